@@ -1,1 +1,19 @@
-//! placeholder
+//! Epochs for cairn: the fixed-length epoch strategy, the epoch -> verifier registry
+//! ([`SchemeProvider`]), chain profiles, and the [`FinalizationVerifier`] that checks a
+//! certified block in the order DESIGN.md fixes.
+
+mod profile;
+mod provider;
+mod strategy;
+mod verifier;
+
+pub use profile::{BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity};
+pub use provider::{
+    DEFAULT_MAX_EPOCHS, EpochVerifier, FinalizationScheme, IdentitySource, RegisterError,
+    Registration, SchemeProvider,
+};
+pub use strategy::{EpochStrategy, InvalidEpochLength};
+pub use verifier::{
+    Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,
+    VerifyError, decode_certificate, encode_certificate,
+};

@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn short_input_is_rejected() {
         assert!(matches!(
-            Digest::decode(&[1u8; 31][..]),
+            Digest::decode(vec![1u8; 31]),
             Err(CodecError::EndOfBuffer)
         ));
     }

@@ -1,0 +1,287 @@
+//! Chain profiles: what a follower must know about a chain before it sees any block (signature
+//! namespace, epoch length, the genesis DKG outcome, and optionally a network identity with the
+//! epoch it is valid from).
+//!
+//! Built in: `tempo-mainnet` and `tempo-moderato`. Any other profile is a JSON file of the same
+//! shape:
+//!
+//! ```json
+//! { "name": "my-devnet", "chainId": 1337, "namespace": "TEMPO", "epochLength": 20,
+//!   "genesisOutcome": "0x...", "networkIdentity": { "identity": "0x...", "fromEpoch": 0 } }
+//! ```
+
+use crate::{EpochStrategy, InvalidEpochLength, SchemeProvider};
+use alloy_primitives::hex;
+use cairn_dkg::{DkgOutcome, Identity, OutcomeError};
+use commonware_codec::DecodeExt;
+use commonware_consensus::types::Epoch;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const TEMPO_MAINNET: &str = include_str!("../profiles/tempo-mainnet.json");
+const TEMPO_MODERATO: &str = include_str!("../profiles/tempo-moderato.json");
+
+/// Names of the built-in profiles.
+pub const BUILTIN_PROFILES: [&str; 2] = ["tempo-mainnet", "tempo-moderato"];
+
+/// Why a profile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The argument is not a built-in name and the file could not be read.
+    #[error(
+        "`{}` is neither a built-in profile ({}) nor a readable file: {source}",
+        path.display(),
+        BUILTIN_PROFILES.join(", ")
+    )]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The JSON does not have the profile shape.
+    #[error("profile is not valid JSON of the expected shape: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The namespace is empty.
+    #[error("profile namespace is empty")]
+    EmptyNamespace,
+    /// The epoch length is unusable.
+    #[error("profile {0}")]
+    EpochLength(#[from] InvalidEpochLength),
+    /// The genesis outcome is not valid hex.
+    #[error("genesisOutcome is not valid hex: {0}")]
+    GenesisHex(hex::FromHexError),
+    /// The genesis outcome does not decode.
+    #[error("genesisOutcome does not decode: {0}")]
+    GenesisOutcome(OutcomeError),
+    /// The genesis outcome is for an epoch other than 0.
+    #[error("genesisOutcome is for epoch {0}, expected 0")]
+    GenesisEpoch(u64),
+    /// The configured identity is not a valid G2 point.
+    #[error("networkIdentity.identity is not a valid BLS12-381 G2 point (96 bytes hex): {0}")]
+    Identity(String),
+}
+
+/// A network identity configured as trusted from some epoch on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfiguredIdentity {
+    /// The identity.
+    pub identity: Identity,
+    /// The first epoch it is valid for.
+    pub from_epoch: Epoch,
+}
+
+/// A validated chain profile.
+#[derive(Clone, Debug)]
+pub struct ChainProfile {
+    /// Profile name.
+    pub name: String,
+    /// EVM chain id, if known.
+    pub chain_id: Option<u64>,
+    /// Base signature namespace of consensus messages.
+    pub namespace: Vec<u8>,
+    /// The epoch strategy.
+    pub epochs: EpochStrategy,
+    /// The DKG outcome for epoch 0 (genesis `extraData`).
+    pub genesis: DkgOutcome,
+    /// A network identity trusted from an epoch on, if configured.
+    pub network_identity: Option<ConfiguredIdentity>,
+    /// A public endpoint to follow, if known.
+    pub follow_url: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    chain_id: Option<u64>,
+    namespace: String,
+    epoch_length: u64,
+    genesis_outcome: String,
+    #[serde(default)]
+    network_identity: Option<IdentityFile>,
+    #[serde(default)]
+    follow_url: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IdentityFile {
+    identity: String,
+    from_epoch: u64,
+}
+
+impl ChainProfile {
+    /// A built-in profile by name.
+    pub fn builtin(name: &str) -> Option<Self> {
+        let json = match name {
+            "tempo-mainnet" => TEMPO_MAINNET,
+            "tempo-moderato" => TEMPO_MODERATO,
+            _ => return None,
+        };
+        Some(Self::from_json(json).expect("built-in profiles are valid (checked by tests)"))
+    }
+
+    /// A built-in profile if `arg` names one, else the JSON file at path `arg`.
+    pub fn resolve(arg: &str) -> Result<Self, ProfileError> {
+        if let Some(profile) = Self::builtin(arg) {
+            return Ok(profile);
+        }
+        Self::load(Path::new(arg))
+    }
+
+    /// Loads a profile from a JSON file.
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let json = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&json)
+    }
+
+    /// Parses and validates a profile from JSON text.
+    pub fn from_json(json: &str) -> Result<Self, ProfileError> {
+        let file: ProfileFile = serde_json::from_str(json)?;
+        if file.namespace.is_empty() {
+            return Err(ProfileError::EmptyNamespace);
+        }
+        let epochs = EpochStrategy::new(file.epoch_length)?;
+        let genesis_bytes = hex::decode(file.genesis_outcome.trim()).map_err(ProfileError::GenesisHex)?;
+        let genesis = DkgOutcome::decode(&genesis_bytes).map_err(ProfileError::GenesisOutcome)?;
+        if genesis.epoch != 0 {
+            return Err(ProfileError::GenesisEpoch(genesis.epoch));
+        }
+        let network_identity = file
+            .network_identity
+            .map(|configured| {
+                Ok::<_, ProfileError>(ConfiguredIdentity {
+                    identity: parse_identity(&configured.identity)
+                        .map_err(ProfileError::Identity)?,
+                    from_epoch: Epoch::new(configured.from_epoch),
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            name: file.name,
+            chain_id: file.chain_id,
+            namespace: file.namespace.into_bytes(),
+            epochs,
+            genesis,
+            network_identity,
+            follow_url: file.follow_url,
+        })
+    }
+
+    /// The profile as JSON (the same shape [`ChainProfile::from_json`] reads).
+    pub fn to_json(&self) -> String {
+        let file = ProfileFile {
+            name: self.name.clone(),
+            chain_id: self.chain_id,
+            namespace: String::from_utf8_lossy(&self.namespace).into_owned(),
+            epoch_length: self.epochs.length(),
+            genesis_outcome: hex::encode_prefixed(self.genesis.to_bytes()),
+            network_identity: self.network_identity.map(|configured| IdentityFile {
+                identity: hex::encode_prefixed(commonware_codec::Encode::encode(
+                    &configured.identity,
+                )),
+                from_epoch: configured.from_epoch.get(),
+            }),
+            follow_url: self.follow_url.clone(),
+        };
+        serde_json::to_string_pretty(&file).expect("profile serializes")
+    }
+
+    /// A verifier registry seeded with what this profile trusts: the genesis outcome for
+    /// epoch 0, and the configured network identity.
+    pub fn scheme_provider(&self, max_epochs: usize) -> SchemeProvider {
+        let provider = SchemeProvider::new(&self.namespace, max_epochs);
+        provider
+            .register(Epoch::zero(), *self.genesis.identity())
+            .expect("an empty registry has no conflicts");
+        if let Some(configured) = self.network_identity {
+            provider.set_configured_identity(configured.identity, configured.from_epoch);
+        }
+        provider
+    }
+}
+
+/// Parses a 96-byte G2 identity from hex (with or without `0x`).
+pub fn parse_identity(text: &str) -> Result<Identity, String> {
+    let bytes = hex::decode(text.trim()).map_err(|err| err.to_string())?;
+    Identity::decode(bytes).map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_load_and_carry_the_public_facts() {
+        let mainnet = ChainProfile::builtin("tempo-mainnet").expect("built in");
+        assert_eq!(mainnet.chain_id, Some(4217));
+        assert_eq!(mainnet.namespace, b"TEMPO");
+        assert_eq!(mainnet.epochs.length(), 21_600);
+        assert_eq!(mainnet.genesis.players().len(), 4);
+        let configured = mainnet.network_identity.expect("mainnet has an identity");
+        assert_eq!(configured.from_epoch, Epoch::zero());
+        // Mainnet has only ever reshared: the genesis identity is the network identity.
+        assert_eq!(*mainnet.genesis.identity(), configured.identity);
+
+        let moderato = ChainProfile::builtin("tempo-moderato").expect("built in");
+        assert_eq!(moderato.chain_id, Some(42431));
+        let configured = moderato.network_identity.expect("moderato has an identity");
+        assert_eq!(configured.from_epoch, Epoch::new(51));
+        // Moderato rotated its identity with full DKGs after genesis.
+        assert_ne!(*moderato.genesis.identity(), configured.identity);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mainnet = ChainProfile::builtin("tempo-mainnet").expect("built in");
+        let again = ChainProfile::from_json(&mainnet.to_json()).expect("round trip");
+        assert_eq!(again.name, mainnet.name);
+        assert_eq!(again.genesis, mainnet.genesis);
+        assert_eq!(again.network_identity, mainnet.network_identity);
+    }
+
+    #[test]
+    fn rejects_bad_profiles() {
+        let good = ChainProfile::builtin("tempo-mainnet").expect("built in").to_json();
+        let mut value: serde_json::Value = serde_json::from_str(&good).expect("json");
+        let cases: Vec<(&str, serde_json::Value, fn(&ProfileError) -> bool)> = vec![
+            ("epochLength", 1.into(), |e| matches!(e, ProfileError::EpochLength(_))),
+            ("namespace", "".into(), |e| matches!(e, ProfileError::EmptyNamespace)),
+            ("genesisOutcome", "0xzz".into(), |e| matches!(e, ProfileError::GenesisHex(_))),
+            ("genesisOutcome", "0x0001".into(), |e| {
+                matches!(e, ProfileError::GenesisOutcome(_))
+            }),
+            (
+                "networkIdentity",
+                serde_json::json!({"identity": "0x00", "fromEpoch": 0}),
+                |e| matches!(e, ProfileError::Identity(_)),
+            ),
+            ("unexpected", 1.into(), |e| matches!(e, ProfileError::Json(_))),
+        ];
+        for (field, bad, check) in cases {
+            let original = value.get(field).cloned();
+            value[field] = bad;
+            let err = ChainProfile::from_json(&value.to_string()).expect_err(field);
+            assert!(check(&err), "{field}: unexpected error {err}");
+            match original {
+                Some(original) => value[field] = original,
+                None => {
+                    value.as_object_mut().expect("object").remove(field);
+                }
+            }
+        }
+        assert!(ChainProfile::from_json(&value.to_string()).is_ok());
+    }
+
+    #[test]
+    fn unknown_name_that_is_not_a_file() {
+        let err = ChainProfile::resolve("no-such-profile").expect_err("unknown");
+        assert!(matches!(err, ProfileError::Read { .. }));
+        assert!(err.to_string().contains("tempo-mainnet"));
+    }
+}
