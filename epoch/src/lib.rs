@@ -4,6 +4,7 @@
 
 mod profile;
 mod provider;
+mod signer;
 mod strategy;
 mod verifier;
 
@@ -12,6 +13,7 @@ pub use provider::{
     DEFAULT_MAX_EPOCHS, EpochVerifier, FinalizationScheme, IdentitySource, RegisterError,
     Registration, SchemeProvider,
 };
+pub use signer::{CommitteeSigner, SignerError};
 pub use strategy::{EpochStrategy, InvalidEpochLength};
 pub use verifier::{
     Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,

@@ -1,1 +1,226 @@
-//! placeholder
+//! Shared support for cairn's cross-crate tests and benchmarks: the real Tempo fixtures, small
+//! committees that sign real threshold certificates, and an allocation meter for decoder tests.
+
+use alloy_primitives::{B256, Bytes};
+use cairn_dkg::{CeremonyOutput, DkgOutcome, trusted_deal};
+use cairn_epoch::{CommitteeSigner, encode_certificate};
+use cairn_primitives::{Block, Body, CertifiedBlock, ConsensusContext, TempoHeader};
+use commonware_consensus::types::{Epoch, Round, View};
+use commonware_cryptography::{
+    Signer,
+    ed25519::{PrivateKey, PublicKey},
+};
+use commonware_math::algebra::Random;
+use rand::{SeedableRng, rngs::StdRng};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    path::PathBuf,
+};
+
+/// Directory of the real Tempo network fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tempo")
+}
+
+/// Reads a fixture file as text.
+pub fn fixture(name: &str) -> String {
+    let path = fixtures_dir().join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("fixture {} is readable: {err}", path.display()))
+}
+
+/// Parses one of the `*.certified-block.json` fixtures.
+pub fn certified_fixture(name: &str) -> CertifiedBlock {
+    serde_json::from_str(&fixture(name)).expect("fixture is a CertifiedBlock")
+}
+
+/// The real mainnet boundary block 32,723,999 (epoch 1514) with its certificate.
+pub fn mainnet_boundary() -> CertifiedBlock {
+    certified_fixture("presto-32723999-boundary.certified-block.json")
+}
+
+/// The real mainnet block 32,724,390 (epoch 1515) with its certificate.
+pub fn mainnet_regular() -> CertifiedBlock {
+    certified_fixture("presto-32724390.certified-block.json")
+}
+
+/// Decodes a fixture hex file (with or without `0x`).
+pub fn fixture_hex(name: &str) -> Vec<u8> {
+    alloy_primitives::hex::decode(fixture(name).trim()).expect("fixture is hex")
+}
+
+/// A committee of `n` ed25519 keys derived from `seed`.
+pub fn keys(seed: u64, n: usize) -> Vec<PrivateKey> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| PrivateKey::random(&mut rng)).collect()
+}
+
+/// Public keys of `keys`.
+pub fn public_keys(keys: &[PrivateKey]) -> Vec<PublicKey> {
+    keys.iter().map(Signer::public_key).collect()
+}
+
+/// A small test chain committee: a real trusted-deal sharing and a signer per member.
+pub struct TestCommittee {
+    /// Namespace the committee signs under.
+    pub namespace: Vec<u8>,
+    /// Members' keys.
+    pub keys: Vec<PrivateKey>,
+    /// The ceremony output and shares.
+    pub ceremony: CeremonyOutput,
+    /// The signer.
+    pub signer: CommitteeSigner,
+}
+
+impl TestCommittee {
+    /// A committee of `n` members from a trusted deal seeded with `seed`.
+    pub fn new(namespace: &[u8], seed: u64, n: usize) -> Self {
+        let keys = keys(seed, n);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let ceremony = trusted_deal(&mut rng, &keys).expect("trusted deal succeeds");
+        Self::from_ceremony(namespace, keys, ceremony)
+    }
+
+    /// A committee from an existing ceremony output.
+    pub fn from_ceremony(namespace: &[u8], keys: Vec<PrivateKey>, ceremony: CeremonyOutput) -> Self {
+        let signer = CommitteeSigner::new(namespace, &ceremony.output, &ceremony.shares)
+            .expect("ceremony output fits its committee");
+        Self {
+            namespace: namespace.to_vec(),
+            keys,
+            ceremony,
+            signer,
+        }
+    }
+
+    /// The DKG outcome for `epoch` describing this committee.
+    pub fn outcome(&self, epoch: u64, is_next_full_dkg: bool) -> DkgOutcome {
+        DkgOutcome {
+            epoch,
+            output: self.ceremony.output.clone(),
+            next_players: self.ceremony.output.players().clone(),
+            is_next_full_dkg,
+        }
+    }
+
+    /// A quorum of signers, starting at member `offset` (rotating who is missing).
+    pub fn quorum_from(&self, offset: usize) -> Vec<PublicKey> {
+        let players: Vec<PublicKey> = self.signer.players().iter().cloned().collect();
+        let quorum = self.signer.quorum() as usize;
+        (0..quorum)
+            .map(|i| players[(offset + i) % players.len()].clone())
+            .collect()
+    }
+
+    /// Certifies `block` at (`epoch`, `view`) with a quorum of members.
+    pub fn certify(&self, block: Block, epoch: u64, view: u64) -> CertifiedBlock {
+        let finalization = self
+            .signer
+            .finalize(
+                Round::new(Epoch::new(epoch), View::new(view)),
+                View::new(view.saturating_sub(1)),
+                block.hash(),
+                &self.quorum_from(view as usize),
+            )
+            .expect("a quorum signs");
+        CertifiedBlock {
+            epoch,
+            view,
+            height: Some(block.height()),
+            digest: block.hash().0,
+            certificate: encode_certificate(&finalization),
+            block: Some(block),
+        }
+    }
+}
+
+/// A block at `height` with a few raw transactions and the given `extraData`.
+pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Block {
+    let transactions: Vec<Bytes> = (0..3u8)
+        .map(|i| Bytes::from(vec![0x02, i, (height % 251) as u8, 0xc0]))
+        .collect();
+    let body = Body { transactions };
+    let inner = alloy_consensus::Header {
+        parent_hash: B256::with_last_byte((height % 256) as u8),
+        number: height,
+        gas_limit: 30_000_000,
+        timestamp: 1_700_000_000 + height,
+        extra_data: Bytes::from(extra_data),
+        transactions_root: body.transactions_root(),
+        base_fee_per_gas: Some(1_000_000_000),
+        ..Default::default()
+    };
+    let header = TempoHeader {
+        general_gas_limit: 30_000_000,
+        shared_gas_limit: 0,
+        timestamp_millis_part: 250,
+        inner,
+        consensus_context: Some(ConsensusContext {
+            epoch,
+            view,
+            parent_view: view.saturating_sub(1),
+            proposer: B256::repeat_byte(0x11),
+        }),
+    };
+    Block::new(header, Some(body)).expect("body matches its root")
+}
+
+/// A global allocator that records, per thread, the bytes currently allocated and the peak
+/// since the last [`AllocationMeter::reset`]. Install it with `#[global_allocator]`.
+pub struct AllocationMeter;
+
+thread_local! {
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+impl AllocationMeter {
+    /// Starts a new measurement on this thread.
+    pub fn reset() {
+        CURRENT.with(|c| c.set(0));
+        PEAK.with(|p| p.set(0));
+    }
+
+    /// Peak bytes allocated on this thread since [`AllocationMeter::reset`].
+    pub fn peak() -> usize {
+        PEAK.with(Cell::get)
+    }
+
+    fn grow(bytes: usize) {
+        let current = CURRENT.with(|c| {
+            let next = c.get().saturating_add(bytes);
+            c.set(next);
+            next
+        });
+        PEAK.with(|p| p.set(p.get().max(current)));
+    }
+
+    fn shrink(bytes: usize) {
+        CURRENT.with(|c| c.set(c.get().saturating_sub(bytes)));
+    }
+}
+
+// SAFETY: every call forwards to the system allocator unchanged; the bookkeeping only touches
+// const-initialised thread-locals, which never allocate.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for AllocationMeter {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::grow(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        Self::shrink(layout.size());
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::shrink(layout.size());
+        Self::grow(new_size);
+        // SAFETY: forwarded with the caller's arguments.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}

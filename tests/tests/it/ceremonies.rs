@@ -1,0 +1,255 @@
+//! Real ceremonies and real threshold certificates: reshares keep the identity, full DKGs change
+//! it, certificates from a quorum of shares verify under the identity alone, and a verifier that
+//! starts from genesis follows the rotations through boundary blocks.
+
+use cairn_dkg::{DkgOutcome, full_dkg, reshare, trusted_deal};
+use cairn_epoch::{
+    EpochStrategy, FinalizationScheme, FinalizationVerifier, IdentitySource, SchemeProvider,
+    SignerError, VerifyError, decode_certificate,
+};
+use cairn_tests::{TestCommittee, keys, test_block};
+use commonware_codec::Encode;
+use commonware_consensus::types::{Epoch, Round, View};
+use commonware_cryptography::{Signer, ed25519::PrivateKey};
+use commonware_parallel::Sequential;
+use proptest::prelude::*;
+use rand::{SeedableRng, rngs::StdRng};
+
+const NAMESPACE: &[u8] = b"CAIRN_TEST";
+
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// The previous committee's keys paired with their shares, for dealing in a reshare.
+fn dealers_of(committee: &TestCommittee, count: usize) -> Vec<(PrivateKey, commonware_cryptography::bls12381::primitives::group::Share)> {
+    committee
+        .keys
+        .iter()
+        .take(count)
+        .map(|key| {
+            let share = committee.ceremony.shares[&key.public_key()].clone();
+            (key.clone(), share)
+        })
+        .collect()
+}
+
+fn certificate_verifies(namespace: &[u8], identity: &cairn_dkg::Identity, committee: &TestCommittee) -> bool {
+    let block = test_block(5, 0, 5, Vec::new());
+    let certified = committee.certify(block, 0, 5);
+    let finalization = decode_certificate(&certified.certificate).expect("decodes");
+    let scheme = FinalizationScheme::certificate_verifier(namespace, *identity);
+    finalization.verify(&mut rng(1), &scheme, &Sequential)
+}
+
+#[test]
+fn reshare_keeps_the_identity_and_full_dkg_changes_it() {
+    let genesis = TestCommittee::new(NAMESPACE, 1, 4);
+    let identity = *genesis.ceremony.output.public().public();
+
+    // Reshare from a quorum of the genesis committee to a different, larger committee.
+    let next_keys = keys(2, 6);
+    let reshared = reshare(
+        &mut rng(3),
+        NAMESPACE,
+        1,
+        &genesis.ceremony.output,
+        &dealers_of(&genesis, 3),
+        &next_keys,
+    )
+    .expect("reshare succeeds");
+    assert_eq!(*reshared.output.public().public(), identity);
+    assert_ne!(reshared.output.players(), genesis.ceremony.output.players());
+    assert_eq!(reshared.shares.len(), 6);
+    let reshared = TestCommittee::from_ceremony(NAMESPACE, next_keys.clone(), reshared);
+    assert!(certificate_verifies(NAMESPACE, &identity, &reshared));
+
+    // Full DKG dealt by the reshared committee to a third committee.
+    let third_keys = keys(4, 5);
+    let fresh = full_dkg(&mut rng(5), NAMESPACE, 2, &next_keys, &third_keys).expect("DKG succeeds");
+    let new_identity = *fresh.output.public().public();
+    assert_ne!(new_identity, identity);
+    let fresh = TestCommittee::from_ceremony(NAMESPACE, third_keys, fresh);
+    assert!(certificate_verifies(NAMESPACE, &new_identity, &fresh));
+    assert!(!certificate_verifies(NAMESPACE, &identity, &fresh));
+}
+
+#[test]
+fn reshare_needs_a_quorum_of_previous_holders() {
+    let genesis = TestCommittee::new(NAMESPACE, 11, 4);
+    let result = reshare(
+        &mut rng(12),
+        NAMESPACE,
+        1,
+        &genesis.ceremony.output,
+        &dealers_of(&genesis, 2),
+        &keys(13, 4),
+    );
+    assert!(result.is_err(), "2 of 4 dealers is below the quorum of 3");
+}
+
+#[test]
+fn below_quorum_cannot_certify() {
+    let committee = TestCommittee::new(NAMESPACE, 21, 4);
+    let signers = committee.quorum_from(0);
+    let err = committee
+        .signer
+        .finalize(
+            Round::new(Epoch::zero(), View::new(1)),
+            View::zero(),
+            test_block(1, 0, 1, Vec::new()).hash(),
+            &signers[..2],
+        )
+        .expect_err("two of four");
+    assert_eq!(err, SignerError::BelowQuorum { got: 2, quorum: 3 });
+
+    let outsider = keys(99, 1)[0].public_key();
+    let err = committee
+        .signer
+        .finalize(
+            Round::new(Epoch::zero(), View::new(1)),
+            View::zero(),
+            test_block(1, 0, 1, Vec::new()).hash(),
+            &[outsider.clone()],
+        )
+        .expect_err("not a member");
+    assert_eq!(err, SignerError::UnknownSigner(outsider));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    /// Any quorum of any committee recovers the same certificate, which verifies under the
+    /// identity alone and under no other identity or namespace.
+    #[test]
+    fn certificates_verify_under_the_identity_only(seed in 0u64..1_000, n in 1usize..8, offset in 0usize..8) {
+        let committee = TestCommittee::new(NAMESPACE, seed, n);
+        let identity = *committee.ceremony.output.public().public();
+        let block = test_block(40 + seed, 2, 7, Vec::new());
+        let round = Round::new(Epoch::new(2), View::new(7));
+        let a = committee.signer.finalize(round, View::new(6), block.hash(), &committee.quorum_from(offset)).expect("quorum");
+        let b = committee.signer.finalize(round, View::new(6), block.hash(), &committee.quorum_from(offset + 1)).expect("quorum");
+        prop_assert_eq!(a.encode(), b.encode());
+
+        let right = FinalizationScheme::certificate_verifier(NAMESPACE, identity);
+        prop_assert!(a.verify(&mut rng(seed), &right, &Sequential));
+
+        let other = TestCommittee::new(NAMESPACE, seed + 1_000, n);
+        let wrong_identity = FinalizationScheme::certificate_verifier(NAMESPACE, *other.ceremony.output.public().public());
+        prop_assert!(!a.verify(&mut rng(seed), &wrong_identity, &Sequential));
+
+        let wrong_namespace = FinalizationScheme::certificate_verifier(b"OTHER", identity);
+        prop_assert!(!a.verify(&mut rng(seed), &wrong_namespace, &Sequential));
+    }
+
+    /// Outcomes of real ceremonies survive encode/decode for any epoch and flag.
+    #[test]
+    fn outcome_round_trip(seed in 0u64..1_000, n in 1usize..10, epoch in any::<u64>(), full in any::<bool>(), next in 1usize..10) {
+        let players = keys(seed, n);
+        let ceremony = trusted_deal(&mut rng(seed), &players).expect("deal");
+        let next_players = cairn_dkg::ceremony::committee_set(&keys(seed + 1, next)).expect("set");
+        let outcome = DkgOutcome { epoch, output: ceremony.output, next_players, is_next_full_dkg: full };
+        let bytes = outcome.to_bytes();
+        let decoded = DkgOutcome::decode(&bytes).expect("decodes");
+        prop_assert_eq!(decoded.to_bytes(), bytes);
+        prop_assert_eq!(decoded, outcome);
+    }
+}
+
+/// Three epochs of length 4: genesis (trusted deal), a reshare into epoch 1, a full DKG into
+/// epoch 2. A verifier that knows only the genesis outcome verifies all of it by registering
+/// each next epoch from its boundary block, and learns the new identity at epoch 2.
+#[test]
+fn verifier_follows_reshare_and_full_dkg_from_genesis() {
+    let epochs = EpochStrategy::new(4).expect("valid");
+    let genesis = TestCommittee::new(NAMESPACE, 31, 4);
+    let genesis_identity = *genesis.ceremony.output.public().public();
+
+    let keys_1 = keys(32, 5);
+    let epoch_1 = reshare(
+        &mut rng(33),
+        NAMESPACE,
+        1,
+        &genesis.ceremony.output,
+        &dealers_of(&genesis, 4),
+        &keys_1,
+    )
+    .expect("reshare");
+    let epoch_1 = TestCommittee::from_ceremony(NAMESPACE, keys_1.clone(), epoch_1);
+
+    let keys_2 = keys(34, 4);
+    let epoch_2 = full_dkg(&mut rng(35), NAMESPACE, 2, &keys_1, &keys_2).expect("full DKG");
+    let epoch_2 = TestCommittee::from_ceremony(NAMESPACE, keys_2, epoch_2);
+    let new_identity = *epoch_2.ceremony.output.public().public();
+    assert_ne!(new_identity, genesis_identity);
+
+    let committees = [&genesis, &epoch_1, &epoch_2];
+    let provider = SchemeProvider::new(NAMESPACE, 8);
+    provider
+        .register(Epoch::zero(), genesis_identity)
+        .expect("fresh");
+    let verifier = FinalizationVerifier::new(epochs.clone(), provider.clone());
+
+    let mut identities = Vec::new();
+    for height in 1..11u64 {
+        let epoch = epochs.epoch_of(height).get();
+        let committee = committees[epoch as usize];
+        let extra = if epochs.is_boundary(height) {
+            let next = committees[epoch as usize + 1];
+            next.outcome(epoch + 1, epoch + 1 == 1).to_bytes()
+        } else {
+            Vec::new()
+        };
+        let block = test_block(height, epoch, height, extra);
+        let certified = committee.certify(block, epoch, height);
+
+        let (verified, _) = verifier
+            .verify_and_register(&mut rng(height), &certified)
+            .unwrap_or_else(|err| panic!("height {height}: {err}"));
+        assert_eq!(verified.identity_source, IdentitySource::Registered);
+        identities.push((epoch, verified.identity));
+    }
+    for (epoch, identity) in identities {
+        let expected = if epoch < 2 { genesis_identity } else { new_identity };
+        assert_eq!(identity, expected, "epoch {epoch}");
+    }
+    assert_eq!(provider.len(), 3);
+}
+
+#[test]
+fn a_forged_boundary_outcome_is_not_registered() {
+    let epochs = EpochStrategy::new(4).expect("valid");
+    let genesis = TestCommittee::new(NAMESPACE, 41, 4);
+    let provider = SchemeProvider::new(NAMESPACE, 8);
+    provider
+        .register(Epoch::zero(), *genesis.ceremony.output.public().public())
+        .expect("fresh");
+    let verifier = FinalizationVerifier::new(epochs, provider.clone());
+
+    // An attacker committee signs a boundary block announcing its own key for epoch 1.
+    let attacker = TestCommittee::new(NAMESPACE, 42, 4);
+    let block = test_block(3, 0, 3, attacker.outcome(1, false).to_bytes());
+    let forged = attacker.certify(block.clone(), 0, 3);
+    let err = verifier
+        .verify_and_register(&mut rng(1), &forged)
+        .expect_err("forged");
+    assert!(matches!(err, VerifyError::BadSignature { .. }), "{err}");
+    assert_eq!(provider.registered_identity(Epoch::new(1)), None);
+
+    // The real committee signing an outcome for the wrong epoch is refused as well.
+    let wrong_epoch = test_block(3, 0, 3, genesis.outcome(5, false).to_bytes());
+    let err = verifier
+        .verify_and_register(&mut rng(2), &genesis.certify(wrong_epoch, 0, 3))
+        .expect_err("outcome for epoch 5 at the end of epoch 0");
+    assert!(
+        matches!(err, VerifyError::OutcomeEpochMismatch { expected: 1, found: 5, .. }),
+        "{err}"
+    );
+    // And garbage in a boundary block's extraData.
+    let garbage = test_block(3, 0, 3, vec![0xff; 40]);
+    let err = verifier
+        .verify_and_register(&mut rng(3), &genesis.certify(garbage, 0, 3))
+        .expect_err("garbage outcome");
+    assert!(matches!(err, VerifyError::BoundaryOutcome { height: 3, .. }), "{err}");
+    assert_eq!(provider.len(), 1);
+}

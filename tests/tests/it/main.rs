@@ -1,0 +1,10 @@
+//! cairn's cross-crate tests, in one binary: conformance with real Tempo data, ceremonies and
+//! certificates, property tests, and decoder robustness.
+
+mod ceremonies;
+mod decoders;
+mod properties;
+mod tempo;
+
+#[global_allocator]
+static ALLOCATOR: cairn_tests::AllocationMeter = cairn_tests::AllocationMeter;
