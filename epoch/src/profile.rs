@@ -29,7 +29,7 @@ pub const BUILTIN_PROFILES: [&str; 2] = ["tempo-mainnet", "tempo-moderato"];
 pub enum ProfileError {
     /// The argument is not a built-in name and the file could not be read.
     #[error(
-        "`{}` is neither a built-in profile ({}) nor a readable file: {source}",
+        "`{}` is neither a built-in profile ({}) nor a readable file: {error}",
         path.display(),
         BUILTIN_PROFILES.join(", ")
     )]
@@ -37,7 +37,7 @@ pub enum ProfileError {
         /// The path tried.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The JSON does not have the profile shape.
     #[error("profile is not valid JSON of the expected shape: {0}")]
@@ -133,9 +133,9 @@ impl ChainProfile {
 
     /// Loads a profile from a JSON file.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let json = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        let json = std::fs::read_to_string(path).map_err(|error| ProfileError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_json(&json)
     }

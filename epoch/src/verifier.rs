@@ -92,12 +92,12 @@ pub enum VerifyError {
         epoch: Epoch,
     },
     /// Check 6: the boundary block's `extraData` is not a DKG outcome.
-    #[error("boundary block {height} carries no valid DKG outcome: {source}")]
+    #[error("boundary block {height} carries no valid DKG outcome: {error}")]
     BoundaryOutcome {
         /// Height of the boundary block.
         height: u64,
         /// The decode error.
-        source: OutcomeError,
+        error: OutcomeError,
     },
     /// Check 6: the boundary outcome is for the wrong epoch.
     #[error("boundary block {height} carries the outcome for epoch {found}, expected {expected}")]
@@ -110,12 +110,12 @@ pub enum VerifyError {
         found: u64,
     },
     /// Check 6: the next epoch already has a verifier for a different identity.
-    #[error("boundary block {height}: {source}")]
+    #[error("boundary block {height}: {error}")]
     Registration {
         /// Height of the boundary block.
         height: u64,
         /// The conflict.
-        source: RegisterError,
+        error: RegisterError,
     },
 }
 
@@ -250,7 +250,7 @@ impl FinalizationVerifier {
 
         let next_epoch = if self.epochs.is_boundary(height) {
             let outcome = DkgOutcome::decode_with(block.header().extra_data(), &self.outcome_limits)
-                .map_err(|source| VerifyError::BoundaryOutcome { height, source })?;
+                .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
             let expected = epoch.get().saturating_add(1);
             if outcome.epoch != expected {
                 return Err(VerifyError::OutcomeEpochMismatch {
@@ -295,9 +295,9 @@ impl FinalizationVerifier {
         self.provider
             .register(Epoch::new(outcome.epoch), *outcome.identity())
             .map(Some)
-            .map_err(|source| VerifyError::Registration {
+            .map_err(|error| VerifyError::Registration {
                 height: verified.height(),
-                source,
+                error,
             })
     }
 }

@@ -1,1 +1,36 @@
-fn main() {}
+//! `cairn`: a verifying follower for epoch-rotating Commonware BFT chains, wire-compatible with
+//! Tempo.
+
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// A verifying follower for epoch-rotating Commonware BFT chains (wire-compatible with Tempo).
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode and verify consensus artifacts (certificates, DKG outcomes) offline.
+    #[command(subcommand)]
+    Inspect(inspect::InspectCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect(command) => inspect::run(command),
+    }
+}

@@ -1,0 +1,346 @@
+//! `cairn inspect`: offline decoding and verification of a certified block or a DKG outcome.
+
+use alloy_primitives::hex;
+use cairn_dkg::DkgOutcome;
+use cairn_epoch::{
+    ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentitySource, VerifiedBlock,
+    VerifyError, decode_certificate,
+};
+use cairn_primitives::CertifiedBlock;
+use clap::{Args, Subcommand};
+use commonware_codec::Encode;
+use commonware_cryptography::ed25519::PublicKey;
+use commonware_utils::ordered::Set;
+use eyre::{WrapErr, eyre};
+use serde::Serialize;
+use std::{io::Read, path::Path, process::ExitCode};
+
+/// Exit status when the input verified / decoded.
+const EXIT_VALID: u8 = 0;
+/// Exit status when a certificate does not verify.
+const EXIT_INVALID: u8 = 1;
+/// Exit status when the input (or the profile) is malformed or unreadable.
+const EXIT_MALFORMED: u8 = 2;
+
+/// What to inspect.
+#[derive(Subcommand, Debug)]
+pub enum InspectCommand {
+    /// Verify a certified block (the JSON `consensus_getFinalization` returns).
+    ///
+    /// Runs every check in order: decode, digest, epoch, identity, signature, and for a boundary
+    /// block the next epoch's DKG outcome. Exit status: 0 valid, 1 does not verify (the failed
+    /// check is named), 2 malformed or unreadable input.
+    Certificate(CertificateArgs),
+    /// Decode an on-chain DKG outcome (a genesis or boundary header's `extraData`).
+    ///
+    /// Exit status: 0 decoded, 2 malformed or unreadable input.
+    DkgOutcome(OutcomeArgs),
+}
+
+/// Arguments of `cairn inspect certificate`.
+#[derive(Args, Debug)]
+pub struct CertificateArgs {
+    /// Chain profile: a built-in name (tempo-mainnet, tempo-moderato) or a profile JSON file.
+    #[arg(long, value_name = "PROFILE|FILE", default_value = "tempo-mainnet")]
+    chain: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The certified block JSON (a bare object or a JSON-RPC response), or `-` for stdin.
+    #[arg(value_name = "FILE|-")]
+    input: String,
+}
+
+/// Arguments of `cairn inspect dkg-outcome`.
+#[derive(Args, Debug)]
+pub struct OutcomeArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The outcome as hex (with or without 0x), a file holding that hex, or `-` for stdin.
+    #[arg(value_name = "HEX|FILE|-")]
+    input: String,
+}
+
+/// Runs an inspect command and returns the process exit status.
+pub fn run(command: InspectCommand) -> ExitCode {
+    match command {
+        InspectCommand::Certificate(args) => inspect_certificate(&args),
+        InspectCommand::DkgOutcome(args) => inspect_outcome(&args),
+    }
+}
+
+/// The `--json` report of `inspect certificate`.
+#[derive(Serialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+struct CertificateReport {
+    valid: bool,
+    /// The failed check (`malformed`, `digest_mismatch`, ...), or null.
+    error: Option<&'static str>,
+    /// Human-readable reason for the failure, or null.
+    reason: Option<String>,
+    height: Option<u64>,
+    epoch: Option<u64>,
+    view: Option<u64>,
+    parent_view: Option<u64>,
+    digest: Option<String>,
+    /// Hex of the identity that verified the certificate.
+    identity: Option<String>,
+    identity_source: Option<String>,
+    boundary: bool,
+    next_epoch: Option<OutcomeReport>,
+}
+
+/// The decoded fields of a DKG outcome.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct OutcomeReport {
+    epoch: u64,
+    identity: String,
+    threshold: u32,
+    players: Vec<String>,
+    dealers: Vec<String>,
+    next_players: Vec<String>,
+    revealed: Vec<String>,
+    is_next_full_dkg: bool,
+}
+
+impl OutcomeReport {
+    fn new(outcome: &DkgOutcome) -> Self {
+        Self {
+            epoch: outcome.epoch,
+            identity: hex::encode(outcome.identity().encode()),
+            threshold: outcome.threshold(),
+            players: keys_hex(outcome.players()),
+            dealers: keys_hex(outcome.dealers()),
+            next_players: keys_hex(&outcome.next_players),
+            revealed: keys_hex(outcome.output.revealed()),
+            is_next_full_dkg: outcome.is_next_full_dkg,
+        }
+    }
+
+    fn print_text(&self, indent: &str) {
+        println!("{indent}epoch          {}", self.epoch);
+        println!("{indent}identity       {}", self.identity);
+        println!(
+            "{indent}threshold      {} of {} players",
+            self.threshold,
+            self.players.len()
+        );
+        print_keys(indent, "players", &self.players);
+        print_keys(indent, "dealers", &self.dealers);
+        print_keys(indent, "next players", &self.next_players);
+        if !self.revealed.is_empty() {
+            print_keys(indent, "revealed", &self.revealed);
+        }
+        println!(
+            "{indent}next ceremony  {}",
+            if self.is_next_full_dkg {
+                "full DKG (new identity)"
+            } else {
+                "reshare (identity kept)"
+            }
+        );
+    }
+}
+
+fn keys_hex(set: &Set<PublicKey>) -> Vec<String> {
+    set.iter().map(|key| hex::encode(key.encode())).collect()
+}
+
+fn print_keys(indent: &str, label: &str, keys: &[String]) {
+    println!("{indent}{label:<14} {}", keys.len());
+    for key in keys {
+        println!("{indent}  {key}");
+    }
+}
+
+fn inspect_certificate(args: &CertificateArgs) -> ExitCode {
+    let mut report = CertificateReport::default();
+    let status = match certificate_report(args, &mut report) {
+        Ok(status) => status,
+        Err(err) => {
+            report.error = Some("malformed");
+            report.reason = Some(format!("{err:#}"));
+            EXIT_MALFORMED
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("the report serializes")
+        );
+    } else {
+        print_certificate_text(&report);
+    }
+    ExitCode::from(status)
+}
+
+/// Fills `report`; `Err` means the input or profile could not be read at all.
+fn certificate_report(args: &CertificateArgs, report: &mut CertificateReport) -> eyre::Result<u8> {
+    let profile = ChainProfile::resolve(&args.chain)
+        .wrap_err_with(|| format!("loading chain profile `{}`", args.chain))?;
+    let text = read_input(&args.input)?;
+    let certified = parse_certified_block(&text)
+        .wrap_err_with(|| format!("parsing a certified block from {}", describe(&args.input)))?;
+
+    // Describe whatever can be decoded, even when verification fails later.
+    if let Some(block) = &certified.block {
+        report.height = Some(block.height());
+        report.digest = Some(block.hash().to_string());
+        report.boundary = profile.epochs.is_boundary(block.height());
+    }
+    if let Ok(finalization) = decode_certificate(&certified.certificate) {
+        report.epoch = Some(finalization.proposal.round.epoch().get());
+        report.view = Some(finalization.proposal.round.view().get());
+        report.parent_view = Some(finalization.proposal.parent.get());
+    }
+
+    let verifier = FinalizationVerifier::new(
+        profile.epochs.clone(),
+        profile.scheme_provider(DEFAULT_MAX_EPOCHS),
+    );
+    match verifier.verify(&mut rand::rng(), &certified) {
+        Ok(verified) => {
+            fill_verified(report, &verified);
+            Ok(EXIT_VALID)
+        }
+        Err(err) => {
+            report.error = Some(err.check());
+            report.reason = Some(err.to_string());
+            Ok(match err {
+                VerifyError::Malformed(_) => EXIT_MALFORMED,
+                _ => EXIT_INVALID,
+            })
+        }
+    }
+}
+
+fn fill_verified(report: &mut CertificateReport, verified: &VerifiedBlock) {
+    report.valid = true;
+    report.identity = Some(hex::encode(verified.identity.encode()));
+    report.identity_source = Some(match verified.identity_source {
+        IdentitySource::Registered => "registered for the epoch".to_string(),
+        IdentitySource::Configured { from_epoch } => {
+            format!("configured network identity, valid from epoch {from_epoch}")
+        }
+    });
+    report.next_epoch = verified.next_epoch.as_ref().map(OutcomeReport::new);
+}
+
+fn print_certificate_text(report: &CertificateReport) {
+    if report.valid {
+        println!("certificate VALID");
+    } else {
+        println!(
+            "certificate INVALID ({}): {}",
+            report.error.unwrap_or("unknown"),
+            report.reason.as_deref().unwrap_or("")
+        );
+    }
+    let show = |label: &str, value: Option<String>| {
+        if let Some(value) = value {
+            println!("  {label:<14} {value}");
+        }
+    };
+    show("height", report.height.map(|h| h.to_string()));
+    show("epoch", report.epoch.map(|e| e.to_string()));
+    show(
+        "view",
+        report
+            .view
+            .map(|v| format!("{v} (parent {})", report.parent_view.unwrap_or_default())),
+    );
+    show("digest", report.digest.clone());
+    show("identity", report.identity.clone());
+    show("identity from", report.identity_source.clone());
+    if let Some(next) = &report.next_epoch {
+        println!("  boundary block: DKG outcome for the next epoch");
+        next.print_text("    ");
+    }
+}
+
+fn inspect_outcome(args: &OutcomeArgs) -> ExitCode {
+    let decoded = outcome_bytes(&args.input).and_then(|bytes| {
+        DkgOutcome::decode(&bytes).map_err(|err| eyre!("not a valid DKG outcome: {err}"))
+    });
+    match decoded {
+        Ok(outcome) => {
+            let report = OutcomeReport::new(&outcome);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("the report serializes")
+                );
+            } else {
+                println!("DKG outcome");
+                report.print_text("  ");
+            }
+            ExitCode::from(EXIT_VALID)
+        }
+        Err(err) => {
+            if args.json {
+                let value = serde_json::json!({ "valid": false, "error": format!("{err:#}") });
+                println!("{value:#}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::from(EXIT_MALFORMED)
+        }
+    }
+}
+
+/// The outcome bytes from hex given inline, in a file, or on stdin.
+fn outcome_bytes(input: &str) -> eyre::Result<Vec<u8>> {
+    let text = if input == "-" || Path::new(input).is_file() {
+        read_input(input)?
+    } else {
+        input.to_string()
+    };
+    hex::decode(text.trim()).map_err(|err| {
+        eyre!(
+            "{} is not hex ({err}) and not a readable file",
+            describe(input)
+        )
+    })
+}
+
+/// Parses a certified block given bare or wrapped in a JSON-RPC response (`{"result": {...}}`).
+fn parse_certified_block(text: &str) -> eyre::Result<CertifiedBlock> {
+    let mut value: serde_json::Value = serde_json::from_str(text).wrap_err("invalid JSON")?;
+    if let Some(result) = value.get_mut("result").map(serde_json::Value::take) {
+        if result.is_null() {
+            return Err(eyre!("the JSON-RPC response has a null result"));
+        }
+        value = result;
+    }
+    serde_json::from_value(value).wrap_err("not a certified block")
+}
+
+/// Most bytes read from a file or stdin.
+const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+fn read_input(input: &str) -> eyre::Result<String> {
+    let mut text = String::new();
+    if input == "-" {
+        std::io::stdin()
+            .take(MAX_INPUT_BYTES)
+            .read_to_string(&mut text)
+            .wrap_err("reading stdin")?;
+    } else {
+        std::fs::File::open(input)
+            .wrap_err_with(|| format!("opening {input}"))?
+            .take(MAX_INPUT_BYTES)
+            .read_to_string(&mut text)
+            .wrap_err_with(|| format!("reading {input}"))?;
+    }
+    Ok(text)
+}
+
+fn describe(input: &str) -> String {
+    if input == "-" {
+        "stdin".to_string()
+    } else {
+        format!("`{input}`")
+    }
+}
