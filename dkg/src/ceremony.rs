@@ -33,20 +33,20 @@ pub enum CeremonyError {
     #[error("player {player} rejected dealer {dealer}: {reason}")]
     DealingRejected {
         /// The dealer's key.
-        dealer: PublicKey,
+        dealer: String,
         /// The player's key.
-        player: PublicKey,
+        player: String,
         /// Why.
         reason: String,
     },
     /// A dealer's signed log did not check out.
     #[error("dealer {0} produced a log that does not verify")]
-    BadDealerLog(PublicKey),
+    BadDealerLog(String),
     /// The players could not finalize the round.
     #[error("player {player} could not finalize: {reason}")]
     Finalize {
         /// The player's key.
-        player: PublicKey,
+        player: String,
         /// Why.
         reason: String,
     },
@@ -138,7 +138,10 @@ fn run(
     dealers: &[(PrivateKey, Option<Share>)],
     players: &[PrivateKey],
 ) -> Result<CeremonyOutput, CeremonyError> {
-    let dealer_keys = dealers.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>();
+    let dealer_keys = dealers
+        .iter()
+        .map(|(key, _)| key.clone())
+        .collect::<Vec<_>>();
     let dealer_set = committee_set(&dealer_keys)?;
     let player_set = committee_set(players)?;
     let info = Info::<MinSig, PublicKey>::new::<N3f1>(
@@ -178,24 +181,24 @@ fn run(
             let ack = player
                 .dealer_message::<N3f1>(dealer_pk.clone(), pub_msg.clone(), priv_msg)
                 .map_err(|err| CeremonyError::DealingRejected {
-                    dealer: dealer_pk.clone(),
-                    player: player_pk.clone(),
+                    dealer: dealer_pk.to_string(),
+                    player: player_pk.to_string(),
                     reason: err.to_string(),
                 })?;
             if let Some(ack) = ack {
-                dealer.receive_player_ack(player_pk.clone(), ack).map_err(|err| {
-                    CeremonyError::DealingRejected {
-                        dealer: dealer_pk.clone(),
-                        player: player_pk.clone(),
+                dealer
+                    .receive_player_ack(player_pk.clone(), ack)
+                    .map_err(|err| CeremonyError::DealingRejected {
+                        dealer: dealer_pk.to_string(),
+                        player: player_pk.to_string(),
                         reason: err.to_string(),
-                    }
-                })?;
+                    })?;
             }
         }
         let (signer, log) = dealer
             .finalize::<N3f1>()
             .check(&info)
-            .ok_or_else(|| CeremonyError::BadDealerLog(dealer_pk.clone()))?;
+            .ok_or_else(|| CeremonyError::BadDealerLog(dealer_pk.to_string()))?;
         logs.record(signer, log);
     }
 
@@ -205,7 +208,7 @@ fn run(
         let (player_output, share) = player
             .finalize::<N3f1>(&mut *rng, logs.clone(), &Sequential)
             .map_err(|err| CeremonyError::Finalize {
-                player: player_pk.clone(),
+                player: player_pk.to_string(),
                 reason: err.to_string(),
             })?;
         match &output {

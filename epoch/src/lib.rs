@@ -8,7 +8,9 @@ mod signer;
 mod strategy;
 mod verifier;
 
-pub use profile::{BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity};
+pub use profile::{
+    BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity,
+};
 pub use provider::{
     DEFAULT_MAX_EPOCHS, EpochVerifier, FinalizationScheme, IdentitySource, RegisterError,
     Registration, SchemeProvider,

@@ -147,7 +147,8 @@ impl ChainProfile {
             return Err(ProfileError::EmptyNamespace);
         }
         let epochs = EpochStrategy::new(file.epoch_length)?;
-        let genesis_bytes = hex::decode(file.genesis_outcome.trim()).map_err(ProfileError::GenesisHex)?;
+        let genesis_bytes =
+            hex::decode(file.genesis_outcome.trim()).map_err(ProfileError::GenesisHex)?;
         let genesis = DkgOutcome::decode(&genesis_bytes).map_err(ProfileError::GenesisOutcome)?;
         if genesis.epoch != 0 {
             return Err(ProfileError::GenesisEpoch(genesis.epoch));
@@ -247,12 +248,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_profiles() {
-        let good = ChainProfile::builtin("tempo-mainnet").expect("built in").to_json();
+        let good = ChainProfile::builtin("tempo-mainnet")
+            .expect("built in")
+            .to_json();
         let mut value: serde_json::Value = serde_json::from_str(&good).expect("json");
-        let cases: Vec<(&str, serde_json::Value, fn(&ProfileError) -> bool)> = vec![
-            ("epochLength", 1.into(), |e| matches!(e, ProfileError::EpochLength(_))),
-            ("namespace", "".into(), |e| matches!(e, ProfileError::EmptyNamespace)),
-            ("genesisOutcome", "0xzz".into(), |e| matches!(e, ProfileError::GenesisHex(_))),
+        type Case = (&'static str, serde_json::Value, fn(&ProfileError) -> bool);
+        let cases: Vec<Case> = vec![
+            ("epochLength", 1.into(), |e| {
+                matches!(e, ProfileError::EpochLength(_))
+            }),
+            ("namespace", "".into(), |e| {
+                matches!(e, ProfileError::EmptyNamespace)
+            }),
+            ("genesisOutcome", "0xzz".into(), |e| {
+                matches!(e, ProfileError::GenesisHex(_))
+            }),
             ("genesisOutcome", "0x0001".into(), |e| {
                 matches!(e, ProfileError::GenesisOutcome(_))
             }),
@@ -261,7 +271,9 @@ mod tests {
                 serde_json::json!({"identity": "0x00", "fromEpoch": 0}),
                 |e| matches!(e, ProfileError::Identity(_)),
             ),
-            ("unexpected", 1.into(), |e| matches!(e, ProfileError::Json(_))),
+            ("unexpected", 1.into(), |e| {
+                matches!(e, ProfileError::Json(_))
+            }),
         ];
         for (field, bad, check) in cases {
             let original = value.get(field).cloned();

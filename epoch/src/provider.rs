@@ -116,7 +116,11 @@ impl SchemeProvider {
     }
 
     /// Registers the verifier of `epoch` for `identity`, exactly once.
-    pub fn register(&self, epoch: Epoch, identity: Identity) -> Result<Registration, RegisterError> {
+    pub fn register(
+        &self,
+        epoch: Epoch,
+        identity: Identity,
+    ) -> Result<Registration, RegisterError> {
         let mut inner = self.write();
         if epoch < inner.floor {
             return Ok(Registration::Pruned);
@@ -193,7 +197,9 @@ impl SchemeProvider {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated: every mutation
         // above completes before the guard drops, so a poisoned lock is still consistent.
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -228,7 +234,10 @@ mod tests {
         let provider = SchemeProvider::new(b"TEST", 8);
         let a = identity(1);
         let b = identity(2);
-        assert_eq!(provider.register(Epoch::new(3), a), Ok(Registration::Registered));
+        assert_eq!(
+            provider.register(Epoch::new(3), a),
+            Ok(Registration::Registered)
+        );
         assert_eq!(
             provider.register(Epoch::new(3), a),
             Ok(Registration::AlreadyRegistered)
@@ -248,14 +257,19 @@ mod tests {
         let provider = SchemeProvider::new(b"TEST", 4);
         let id = identity(1);
         for epoch in 0..10 {
-            provider.register(Epoch::new(epoch), id).expect("no conflict");
+            provider
+                .register(Epoch::new(epoch), id)
+                .expect("no conflict");
             assert!(provider.len() <= 4);
         }
         assert_eq!(provider.len(), 4);
         assert!(provider.verifier(Epoch::new(5)).is_none());
         assert!(provider.verifier(Epoch::new(6)).is_some());
         // An evicted epoch is not silently re-added.
-        assert_eq!(provider.register(Epoch::new(2), id), Ok(Registration::Pruned));
+        assert_eq!(
+            provider.register(Epoch::new(2), id),
+            Ok(Registration::Pruned)
+        );
         assert_eq!(provider.len(), 4);
 
         provider.prune_below(Epoch::new(8));
@@ -270,7 +284,9 @@ mod tests {
         let configured = identity(9);
         provider.set_configured_identity(configured, Epoch::new(51));
         assert!(provider.verifier(Epoch::new(50)).is_none());
-        let verifier = provider.verifier(Epoch::new(51)).expect("configured from 51");
+        let verifier = provider
+            .verifier(Epoch::new(51))
+            .expect("configured from 51");
         assert_eq!(verifier.identity, configured);
         assert_eq!(
             verifier.source,
@@ -281,7 +297,9 @@ mod tests {
         assert!(provider.scoped(Epoch::new(100)).is_some());
 
         let registered = identity(10);
-        provider.register(Epoch::new(60), registered).expect("no conflict");
+        provider
+            .register(Epoch::new(60), registered)
+            .expect("no conflict");
         let verifier = provider.verifier(Epoch::new(60)).expect("registered");
         assert_eq!(verifier.identity, registered);
         assert_eq!(verifier.source, IdentitySource::Registered);

@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignerError {
     /// The sharing does not match the committee (size or threshold).
-    #[error("sharing of {total} participants with threshold {threshold} does not fit a committee of {players}")]
+    #[error(
+        "sharing of {total} participants with threshold {threshold} does not fit a committee of {players}"
+    )]
     SharingMismatch {
         /// Participants in the sharing.
         total: u32,
@@ -39,10 +41,10 @@ pub enum SignerError {
     },
     /// A share does not belong to the committee member it was given for.
     #[error("share for {0} does not match its partial public key")]
-    ShareMismatch(PublicKey),
+    ShareMismatch(String),
     /// A requested signer is not a member with a share.
     #[error("{0} is not a committee member with a share")]
-    UnknownSigner(PublicKey),
+    UnknownSigner(String),
     /// Fewer distinct signers than the quorum.
     #[error("{got} signers, below the quorum of {quorum}")]
     BelowQuorum {
@@ -88,9 +90,13 @@ impl CommitteeSigner {
             if players.position(key).is_none() {
                 continue;
             }
-            let scheme =
-                FinalizationScheme::signer(namespace, players.clone(), sharing.clone(), share.clone())
-                    .ok_or_else(|| SignerError::ShareMismatch(key.clone()))?;
+            let scheme = FinalizationScheme::signer(
+                namespace,
+                players.clone(),
+                sharing.clone(),
+                share.clone(),
+            )
+            .ok_or_else(|| SignerError::ShareMismatch(key.to_string()))?;
             members.insert(key.clone(), scheme);
         }
         Ok(Self { players, members })
@@ -120,9 +126,9 @@ impl CommitteeSigner {
             let scheme = self
                 .members
                 .get(signer)
-                .ok_or_else(|| SignerError::UnknownSigner(signer.clone()))?;
+                .ok_or_else(|| SignerError::UnknownSigner(signer.to_string()))?;
             let vote = Finalize::sign(scheme, proposal.clone())
-                .ok_or_else(|| SignerError::UnknownSigner(signer.clone()))?;
+                .ok_or_else(|| SignerError::UnknownSigner(signer.to_string()))?;
             votes.insert(signer.clone(), vote);
         }
         let quorum = self.quorum();

@@ -56,7 +56,9 @@ pub enum VerifyError {
     #[error("malformed certified block: {0}")]
     Malformed(#[from] MalformedError),
     /// Check 2: the certificate signs another block.
-    #[error("digest mismatch at height {height}: certificate signs {certified}, block hashes to {computed}")]
+    #[error(
+        "digest mismatch at height {height}: certificate signs {certified}, block hashes to {computed}"
+    )]
     DigestMismatch {
         /// Height of the block.
         height: u64,
@@ -66,7 +68,9 @@ pub enum VerifyError {
         computed: Digest,
     },
     /// Check 3: the certificate is for another epoch than the block height's.
-    #[error("epoch mismatch at height {height}: certificate epoch {certificate}, height is in epoch {expected}")]
+    #[error(
+        "epoch mismatch at height {height}: certificate epoch {certificate}, height is in epoch {expected}"
+    )]
     EpochMismatch {
         /// Height of the block.
         height: u64,
@@ -84,7 +88,9 @@ pub enum VerifyError {
         epoch: Epoch,
     },
     /// Check 5: the threshold signatures do not verify.
-    #[error("bad signature at height {height}: certificate does not verify under the epoch {epoch} identity")]
+    #[error(
+        "bad signature at height {height}: certificate does not verify under the epoch {epoch} identity"
+    )]
     BadSignature {
         /// Height of the block.
         height: u64,
@@ -206,7 +212,10 @@ impl FinalizationVerifier {
         rng: &mut impl CryptoRng,
         certified: &CertifiedBlock,
     ) -> Result<VerifiedBlock, VerifyError> {
-        let block = certified.block.as_ref().ok_or(MalformedError::MissingBlock)?;
+        let block = certified
+            .block
+            .as_ref()
+            .ok_or(MalformedError::MissingBlock)?;
         let finalization = decode_certificate(&certified.certificate)?;
         self.verify_parts(rng, block.clone(), finalization)
     }
@@ -249,8 +258,9 @@ impl FinalizationVerifier {
         }
 
         let next_epoch = if self.epochs.is_boundary(height) {
-            let outcome = DkgOutcome::decode_with(block.header().extra_data(), &self.outcome_limits)
-                .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
+            let outcome =
+                DkgOutcome::decode_with(block.header().extra_data(), &self.outcome_limits)
+                    .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
             let expected = epoch.get().saturating_add(1);
             if outcome.epoch != expected {
                 return Err(VerifyError::OutcomeEpochMismatch {
@@ -310,7 +320,8 @@ pub fn decode_certificate(hex_text: &str) -> Result<Finalization, MalformedError
     if digits.len() > 2 * MAX_CERTIFICATE_BYTES {
         return Err(MalformedError::CertificateTooLong(digits.len()));
     }
-    let bytes = hex::decode(digits).map_err(|err| MalformedError::CertificateHex(err.to_string()))?;
+    let bytes =
+        hex::decode(digits).map_err(|err| MalformedError::CertificateHex(err.to_string()))?;
     let finalization = Finalization::decode_cfg(bytes, &())
         .map_err(|err| MalformedError::CertificateCodec(err.to_string()))?;
     if finalization.certificate.get().is_none() {

@@ -23,7 +23,8 @@ fn cairn(args: &[&str], stdin: Option<&str>) -> Output {
         .expect("cairn starts");
     let mut pipe = child.stdin.take().expect("stdin is piped");
     if let Some(text) = stdin {
-        pipe.write_all(text.as_bytes()).expect("stdin accepts input");
+        pipe.write_all(text.as_bytes())
+            .expect("stdin accepts input");
     }
     drop(pipe);
     child.wait_with_output().expect("cairn exits")
@@ -46,7 +47,14 @@ const MAINNET_IDENTITY: &str = "a217bb85001d4dcf8e5c50136f77af88cb2cab1857279b91
 fn valid_certificates_exit_zero_with_the_verifying_identity() {
     let path = fixture(BOUNDARY);
     let output = cairn(
-        &["inspect", "certificate", "--chain", "tempo-mainnet", "--json", path.to_str().expect("utf-8")],
+        &[
+            "inspect",
+            "certificate",
+            "--chain",
+            "tempo-mainnet",
+            "--json",
+            path.to_str().expect("utf-8"),
+        ],
         None,
     );
     assert_eq!(output.status.code(), Some(0));
@@ -63,10 +71,24 @@ fn valid_certificates_exit_zero_with_the_verifying_identity() {
     assert_eq!(report["identity"], MAINNET_IDENTITY);
     assert_eq!(report["nextEpoch"]["epoch"], 1515);
     assert_eq!(report["nextEpoch"]["threshold"], 11);
-    assert_eq!(report["nextEpoch"]["players"].as_array().map(Vec::len), Some(15));
+    assert_eq!(
+        report["nextEpoch"]["players"].as_array().map(Vec::len),
+        Some(15)
+    );
 
-    let text = cairn(&["inspect", "certificate", fixture(REGULAR).to_str().expect("utf-8")], None);
-    assert_eq!(text.status.code(), Some(0), "tempo-mainnet is the default chain");
+    let text = cairn(
+        &[
+            "inspect",
+            "certificate",
+            fixture(REGULAR).to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert_eq!(
+        text.status.code(),
+        Some(0),
+        "tempo-mainnet is the default chain"
+    );
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("certificate VALID"), "{stdout}");
     assert!(stdout.contains("32724390"), "{stdout}");
@@ -76,7 +98,14 @@ fn valid_certificates_exit_zero_with_the_verifying_identity() {
 fn a_certificate_that_does_not_verify_exits_one_naming_the_check() {
     let path = fixture(REGULAR);
     let output = cairn(
-        &["inspect", "certificate", "--chain", "tempo-moderato", "--json", path.to_str().expect("utf-8")],
+        &[
+            "inspect",
+            "certificate",
+            "--chain",
+            "tempo-moderato",
+            "--json",
+            path.to_str().expect("utf-8"),
+        ],
         None,
     );
     assert_eq!(output.status.code(), Some(1));
@@ -88,11 +117,16 @@ fn a_certificate_that_does_not_verify_exits_one_naming_the_check() {
 
     // The regular certificate paired with the boundary block, through stdin.
     let mut swapped: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(REGULAR)).expect("fixture")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixture(REGULAR)).expect("fixture"))
+            .expect("json");
     let boundary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(BOUNDARY)).expect("fixture")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixture(BOUNDARY)).expect("fixture"))
+            .expect("json");
     swapped["block"] = boundary["block"].clone();
-    let output = cairn(&["inspect", "certificate", "--json", "-"], Some(&swapped.to_string()));
+    let output = cairn(
+        &["inspect", "certificate", "--json", "-"],
+        Some(&swapped.to_string()),
+    );
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(json(&output)["error"], "digest_mismatch");
 }
@@ -104,10 +138,25 @@ fn malformed_input_exits_two() {
         (&["inspect", "certificate", "--json", "-"], Some("{}")),
         (
             &["inspect", "certificate", "--json", "-"],
-            Some(r#"{"epoch":1,"view":1,"digest":"0x0000000000000000000000000000000000000000000000000000000000000000","certificate":"zz"}"#),
+            Some(
+                r#"{"epoch":1,"view":1,"digest":"0x0000000000000000000000000000000000000000000000000000000000000000","certificate":"zz"}"#,
+            ),
         ),
-        (&["inspect", "certificate", "--json", "/no/such/file.json"], None),
-        (&["inspect", "certificate", "--chain", "/no/such/profile.json", "--json", "-"], Some("{}")),
+        (
+            &["inspect", "certificate", "--json", "/no/such/file.json"],
+            None,
+        ),
+        (
+            &[
+                "inspect",
+                "certificate",
+                "--chain",
+                "/no/such/profile.json",
+                "--json",
+                "-",
+            ],
+            Some("{}"),
+        ),
     ];
     for (args, stdin) in cases {
         let output = cairn(args, stdin);
@@ -121,9 +170,13 @@ fn malformed_input_exits_two() {
 #[test]
 fn json_rpc_responses_are_accepted() {
     let certified: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(REGULAR)).expect("fixture")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(fixture(REGULAR)).expect("fixture"))
+            .expect("json");
     let response = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": certified});
-    let output = cairn(&["inspect", "certificate", "--json", "-"], Some(&response.to_string()));
+    let output = cairn(
+        &["inspect", "certificate", "--json", "-"],
+        Some(&response.to_string()),
+    );
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(json(&output)["valid"], true);
 }
@@ -131,7 +184,15 @@ fn json_rpc_responses_are_accepted() {
 #[test]
 fn dkg_outcomes_decode_from_hex_files_and_stdin() {
     let path = fixture("presto-genesis-extradata.hex");
-    let output = cairn(&["inspect", "dkg-outcome", "--json", path.to_str().expect("utf-8")], None);
+    let output = cairn(
+        &[
+            "inspect",
+            "dkg-outcome",
+            "--json",
+            path.to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert_eq!(output.status.code(), Some(0));
     let report = json(&output);
     assert_eq!(report["epoch"], 0);

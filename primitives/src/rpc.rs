@@ -87,7 +87,10 @@ mod tests {
 
     #[test]
     fn query_shapes_match_tempo() {
-        assert_eq!(serde_json::to_value(Query::Latest).expect("ser"), json!("latest"));
+        assert_eq!(
+            serde_json::to_value(Query::Latest).expect("ser"),
+            json!("latest")
+        );
         assert_eq!(
             serde_json::to_value(Query::Height(7)).expect("ser"),
             json!({"height": 7})
@@ -126,7 +129,10 @@ mod tests {
         let Event::Finalized { block, seen } = &parsed else {
             panic!("expected a finalized event, got {parsed:?}");
         };
-        assert_eq!((block.epoch, block.view, block.height, *seen), (1, 2, Some(20), 5));
+        assert_eq!(
+            (block.epoch, block.view, block.height, *seen),
+            (1, 2, Some(20), 5)
+        );
         assert_eq!(block.certificate, "abcd");
         assert!(block.block.is_none());
         assert_eq!(serde_json::to_value(&parsed).expect("ser"), event);

@@ -83,7 +83,11 @@ impl TestCommittee {
     }
 
     /// A committee from an existing ceremony output.
-    pub fn from_ceremony(namespace: &[u8], keys: Vec<PrivateKey>, ceremony: CeremonyOutput) -> Self {
+    pub fn from_ceremony(
+        namespace: &[u8],
+        keys: Vec<PrivateKey>,
+        ceremony: CeremonyOutput,
+    ) -> Self {
         let signer = CommitteeSigner::new(namespace, &ceremony.output, &ceremony.shares)
             .expect("ceremony output fits its committee");
         Self {

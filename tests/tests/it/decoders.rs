@@ -75,10 +75,25 @@ fn valid_encodings() -> Vec<(&'static str, Vec<u8>)> {
     let block = test_block(77, 3, 9, fixture_hex("presto-genesis-extradata.hex"));
     vec![
         ("certificate", certificate_bytes(&boundary.certificate)),
-        ("certificate", certificate_bytes(&mainnet_regular().certificate)),
+        (
+            "certificate",
+            certificate_bytes(&mainnet_regular().certificate),
+        ),
         ("outcome", fixture_hex("presto-genesis-extradata.hex")),
-        ("outcome", boundary.block.as_ref().expect("block").header().extra_data().to_vec()),
-        ("header", boundary.block.as_ref().expect("block").header().rlp()),
+        (
+            "outcome",
+            boundary
+                .block
+                .as_ref()
+                .expect("block")
+                .header()
+                .extra_data()
+                .to_vec(),
+        ),
+        (
+            "header",
+            boundary.block.as_ref().expect("block").header().rlp(),
+        ),
         ("block", block.encode().to_vec()),
     ]
 }
@@ -91,13 +106,19 @@ fn every_truncation_of_a_valid_encoding_is_an_error() {
             let failed = match what {
                 "certificate" => {
                     let hex_text = hex::encode(prefix);
-                    within_allowance(what, hex_text.as_bytes(), |_| decode_certificate(&hex_text).is_err())
+                    within_allowance(what, hex_text.as_bytes(), |_| {
+                        decode_certificate(&hex_text).is_err()
+                    })
                 }
                 "outcome" => within_allowance(what, prefix, |b| DkgOutcome::decode(b).is_err()),
                 "header" => within_allowance(what, prefix, |b| TempoHeader::decode_rlp(b).is_err()),
                 _ => within_allowance(what, prefix, |b| decode_block(b).is_err()),
             };
-            assert!(failed, "{what}: a {len}-byte prefix of {} bytes decoded", bytes.len());
+            assert!(
+                failed,
+                "{what}: a {len}-byte prefix of {} bytes decoded",
+                bytes.len()
+            );
         }
     }
 }
@@ -116,13 +137,23 @@ fn outcome_prefix(total: u32) -> Vec<u8> {
 fn oversized_participant_counts_are_refused_before_allocating() {
     let err = within_allowance("outcome", &outcome_prefix(u32::MAX), DkgOutcome::decode)
         .expect_err("u32::MAX participants");
-    assert!(matches!(err, OutcomeError::LengthOutOfRange(n) if n == u32::MAX as usize), "{err}");
+    assert!(
+        matches!(err, OutcomeError::LengthOutOfRange(n) if n == u32::MAX as usize),
+        "{err}"
+    );
 
     // Within the limit, but the input cannot possibly list that many players.
     let mut bytes = outcome_prefix(1000);
     bytes.extend_from_slice(&[0u8; 64]);
-    let err = within_allowance("outcome", &bytes, DkgOutcome::decode).expect_err("1000 players in 64 bytes");
-    assert!(matches!(err, OutcomeError::ImplausibleParticipantCount { claimed: 1000, .. }), "{err}");
+    let err = within_allowance("outcome", &bytes, DkgOutcome::decode)
+        .expect_err("1000 players in 64 bytes");
+    assert!(
+        matches!(
+            err,
+            OutcomeError::ImplausibleParticipantCount { claimed: 1000, .. }
+        ),
+        "{err}"
+    );
 
     // A polynomial length prefix beyond the limit.
     let mut bytes = outcome_prefix(4);
@@ -139,12 +170,18 @@ fn oversized_block_length_prefixes_are_refused() {
     let mut huge_header = Vec::new();
     UInt(u32::MAX).write(&mut huge_header);
     let err = within_allowance("block", &huge_header, decode_block).expect_err("huge header");
-    assert!(matches!(err, commonware_codec::Error::InvalidLength(_)), "{err}");
+    assert!(
+        matches!(err, commonware_codec::Error::InvalidLength(_)),
+        "{err}"
+    );
 
     let mut overlong_varint = Vec::new();
     UInt(1u64 << 40).write(&mut overlong_varint);
     let err = within_allowance("block", &overlong_varint, decode_block).expect_err("not a usize");
-    assert!(matches!(err, commonware_codec::Error::InvalidVarint(_)), "{err}");
+    assert!(
+        matches!(err, commonware_codec::Error::InvalidVarint(_)),
+        "{err}"
+    );
 
     let header = test_block(1, 0, 1, Vec::new()).header().rlp();
     let mut many_txs = Vec::new();
@@ -152,8 +189,12 @@ fn oversized_block_length_prefixes_are_refused() {
     many_txs.extend_from_slice(&header);
     true.write(&mut many_txs);
     (limits.max_transactions + 1).write(&mut many_txs);
-    let err = within_allowance("block", &many_txs, decode_block).expect_err("too many transactions");
-    assert!(matches!(err, commonware_codec::Error::InvalidLength(_)), "{err}");
+    let err =
+        within_allowance("block", &many_txs, decode_block).expect_err("too many transactions");
+    assert!(
+        matches!(err, commonware_codec::Error::InvalidLength(_)),
+        "{err}"
+    );
 
     let mut big_tx = Vec::new();
     header.len().write(&mut big_tx);
@@ -162,7 +203,10 @@ fn oversized_block_length_prefixes_are_refused() {
     1usize.write(&mut big_tx);
     (limits.max_transaction_bytes + 1).write(&mut big_tx);
     let err = within_allowance("block", &big_tx, decode_block).expect_err("oversized transaction");
-    assert!(matches!(err, commonware_codec::Error::InvalidLength(_)), "{err}");
+    assert!(
+        matches!(err, commonware_codec::Error::InvalidLength(_)),
+        "{err}"
+    );
 
     // A claimed transaction count far above what follows fails without a large allocation.
     let mut claimed = Vec::new();
@@ -184,7 +228,10 @@ fn oversized_certificates_are_refused_before_decoding() {
     let real = mainnet_boundary().certificate;
     assert!(real.len() <= 2 * MAX_CERTIFICATE_BYTES);
     let prefixed = format!("0x{real}");
-    assert!(decode_certificate(&prefixed).is_ok(), "a 0x prefix is accepted");
+    assert!(
+        decode_certificate(&prefixed).is_ok(),
+        "a 0x prefix is accepted"
+    );
 }
 
 #[test]
@@ -196,12 +243,18 @@ fn trailing_bytes_are_refused_everywhere() {
                 decode_certificate(&hex::encode(&bytes)),
                 Err(MalformedError::CertificateCodec(_))
             ),
-            "outcome" => matches!(DkgOutcome::decode(&bytes), Err(OutcomeError::TrailingBytes(1))),
+            "outcome" => matches!(
+                DkgOutcome::decode(&bytes),
+                Err(OutcomeError::TrailingBytes(1))
+            ),
             "header" => matches!(
                 TempoHeader::decode_rlp(&bytes),
                 Err(cairn_primitives::HeaderDecodeError::TrailingBytes(1))
             ),
-            _ => matches!(decode_block(&bytes), Err(commonware_codec::Error::ExtraData(1))),
+            _ => matches!(
+                decode_block(&bytes),
+                Err(commonware_codec::Error::ExtraData(1))
+            ),
         };
         assert!(refused, "{what} with a trailing byte");
     }
@@ -221,5 +274,8 @@ fn the_allocation_meter_sees_allocations() {
     let result = std::panic::catch_unwind(|| {
         within_allowance("oversized", &input, |_| vec![0u8; allowance(16) + 1].len())
     });
-    assert!(result.is_err(), "an allocation over the allowance fails the check");
+    assert!(
+        result.is_err(),
+        "an allocation over the allowance fails the check"
+    );
 }

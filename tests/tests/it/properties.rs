@@ -116,7 +116,9 @@ proptest! {
 
 #[test]
 fn header_only_block_json_has_no_body() {
-    let block = cairn_tests::mainnet_regular().block.expect("fixture has a block");
+    let block = cairn_tests::mainnet_regular()
+        .block
+        .expect("fixture has a block");
     assert!(block.body().is_none());
     let value = serde_json::to_value(&block).expect("serializes");
     assert!(value.get("body").is_none());

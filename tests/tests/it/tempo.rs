@@ -32,7 +32,10 @@ fn rng() -> StdRng {
 fn mainnet_identity_hex() -> String {
     let value: serde_json::Value =
         serde_json::from_str(&fixture("presto-mainnet-finalizations.json")).expect("json");
-    value["mainnet_identity"].as_str().expect("identity").to_string()
+    value["mainnet_identity"]
+        .as_str()
+        .expect("identity")
+        .to_string()
 }
 
 #[test]
@@ -62,11 +65,17 @@ fn real_mainnet_certificates_verify() {
         }
     );
 
-    let next = boundary.next_epoch.expect("a boundary block carries the next outcome");
+    let next = boundary
+        .next_epoch
+        .expect("a boundary block carries the next outcome");
     assert_eq!(next.epoch, 1515);
     assert_eq!(next.players().len(), 15);
     assert_eq!(next.threshold(), 11);
-    assert_eq!(hex::encode(next.identity().encode()), identity, "mainnet only reshares");
+    assert_eq!(
+        hex::encode(next.identity().encode()),
+        identity,
+        "mainnet only reshares"
+    );
 
     let regular = verifier
         .verify(&mut rng(), &mainnet_regular())
@@ -115,7 +124,10 @@ fn boundary_outcome_registers_the_next_epoch_exactly_once() {
 
 #[test]
 fn genesis_and_boundary_outcomes_decode_with_no_trailing_bytes() {
-    for name in ["presto-genesis-extradata.hex", "moderato-genesis-extradata.hex"] {
+    for name in [
+        "presto-genesis-extradata.hex",
+        "moderato-genesis-extradata.hex",
+    ] {
         let bytes = fixture_hex(name);
         let outcome = DkgOutcome::decode(&bytes).unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(outcome.epoch, 0, "{name}");
@@ -124,7 +136,10 @@ fn genesis_and_boundary_outcomes_decode_with_no_trailing_bytes() {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(
-            matches!(DkgOutcome::decode(&longer), Err(OutcomeError::TrailingBytes(1))),
+            matches!(
+                DkgOutcome::decode(&longer),
+                Err(OutcomeError::TrailingBytes(1))
+            ),
             "{name}"
         );
         let shorter = &bytes[..bytes.len() - 1];
@@ -248,12 +263,16 @@ fn certificate_paired_with_the_other_block_fails_the_digest_check() {
             .expect_err("wrong block");
         assert!(matches!(err, VerifyError::DigestMismatch { .. }), "{err}");
     }
-    assert_eq!(verifier.provider().registered_identity(Epoch::new(1515)), None);
+    assert_eq!(
+        verifier.provider().registered_identity(Epoch::new(1515)),
+        None
+    );
 }
 
 #[test]
 fn changed_header_fields_fail_the_digest_check() {
-    let mutations: Vec<(&str, fn(&mut TempoHeader))> = vec![
+    type Mutation = (&'static str, fn(&mut TempoHeader));
+    let mutations: Vec<Mutation> = vec![
         ("number", |h| h.inner.number += 1),
         ("timestamp", |h| h.inner.timestamp += 1),
         ("timestampMillisPart", |h| h.timestamp_millis_part ^= 1),
@@ -292,7 +311,10 @@ fn changed_header_fields_fail_the_digest_check() {
             );
         }
     }
-    assert_eq!(verifier.provider().registered_identity(Epoch::new(1515)), None);
+    assert_eq!(
+        verifier.provider().registered_identity(Epoch::new(1515)),
+        None
+    );
 }
 
 #[test]
@@ -300,7 +322,9 @@ fn wrong_profiles_fail_with_the_right_error() {
     // Moderato's identity is configured from epoch 51: it is used, and it is the wrong key.
     let moderato = verifier_for(&ChainProfile::builtin("tempo-moderato").expect("built in"));
     for certified in [mainnet_boundary(), mainnet_regular()] {
-        let err = moderato.verify(&mut rng(), &certified).expect_err("wrong key");
+        let err = moderato
+            .verify(&mut rng(), &certified)
+            .expect_err("wrong key");
         assert!(matches!(err, VerifyError::BadSignature { .. }), "{err}");
     }
 
@@ -385,8 +409,7 @@ fn verbatim_public_fixture_matches_and_verifies() {
             .expect("hash")
             .parse()
             .expect("hash hex");
-        let header: TempoHeader =
-            serde_json::from_value(header_json).expect("header JSON parses");
+        let header: TempoHeader = serde_json::from_value(header_json).expect("header JSON parses");
         let block = Block::header_only(header);
         assert_eq!(block.hash().0, claimed_hash, "{entry}");
 
