@@ -52,36 +52,46 @@ fn certificate_verifies(
     finalization.verify(&mut rng(1), &scheme, &Sequential)
 }
 
-#[test]
-fn reshare_keeps_the_identity_and_full_dkg_changes_it() {
-    let genesis = TestCommittee::new(NAMESPACE, 1, 4);
-    let identity = *genesis.ceremony.output.public().public();
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, .. ProptestConfig::default() })]
 
-    // Reshare from a quorum of the genesis committee to a different, larger committee.
-    let next_keys = keys(2, 6);
-    let reshared = reshare(
-        &mut rng(3),
-        NAMESPACE,
-        1,
-        &genesis.ceremony.output,
-        &dealers_of(&genesis, 3),
-        &next_keys,
-    )
-    .expect("reshare succeeds");
-    assert_eq!(*reshared.output.public().public(), identity);
-    assert_ne!(reshared.output.players(), genesis.ceremony.output.players());
-    assert_eq!(reshared.shares.len(), 6);
-    let reshared = TestCommittee::from_ceremony(NAMESPACE, next_keys.clone(), reshared);
-    assert!(certificate_verifies(NAMESPACE, &identity, &reshared));
+    /// For any committee sizes: a reshare from a quorum of the holders keeps the identity (and
+    /// the new holders' certificates verify under it); a full DKG produces a new identity.
+    #[test]
+    fn reshare_keeps_the_identity_and_full_dkg_changes_it(
+        seed in 0u64..1_000,
+        genesis_size in 1usize..6,
+        next_size in 1usize..7,
+        third_size in 1usize..6,
+    ) {
+        let genesis = TestCommittee::new(NAMESPACE, seed, genesis_size);
+        let identity = *genesis.ceremony.output.public().public();
 
-    // Full DKG dealt by the reshared committee to a third committee.
-    let third_keys = keys(4, 5);
-    let fresh = full_dkg(&mut rng(5), NAMESPACE, 2, &next_keys, &third_keys).expect("DKG succeeds");
-    let new_identity = *fresh.output.public().public();
-    assert_ne!(new_identity, identity);
-    let fresh = TestCommittee::from_ceremony(NAMESPACE, third_keys, fresh);
-    assert!(certificate_verifies(NAMESPACE, &new_identity, &fresh));
-    assert!(!certificate_verifies(NAMESPACE, &identity, &fresh));
+        let next_keys = keys(seed + 1, next_size);
+        let quorum = genesis.signer.quorum() as usize;
+        let reshared = reshare(
+            &mut rng(seed + 2),
+            NAMESPACE,
+            1,
+            &genesis.ceremony.output,
+            &dealers_of(&genesis, quorum),
+            &next_keys,
+        )
+        .expect("reshare succeeds");
+        prop_assert_eq!(*reshared.output.public().public(), identity);
+        prop_assert_eq!(reshared.shares.len(), next_size);
+        let reshared = TestCommittee::from_ceremony(NAMESPACE, next_keys.clone(), reshared);
+        prop_assert!(certificate_verifies(NAMESPACE, &identity, &reshared));
+
+        let third_keys = keys(seed + 3, third_size);
+        let fresh = full_dkg(&mut rng(seed + 4), NAMESPACE, 2, &next_keys, &third_keys)
+            .expect("DKG succeeds");
+        let new_identity = *fresh.output.public().public();
+        prop_assert_ne!(new_identity, identity);
+        let fresh = TestCommittee::from_ceremony(NAMESPACE, third_keys, fresh);
+        prop_assert!(certificate_verifies(NAMESPACE, &new_identity, &fresh));
+        prop_assert!(!certificate_verifies(NAMESPACE, &identity, &fresh));
+    }
 }
 
 #[test]
