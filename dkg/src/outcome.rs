@@ -9,7 +9,8 @@
 
 use bytes::{Buf as _, BufMut};
 use commonware_codec::{
-    Buf, Decode, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write, varint::UInt,
+    Buf, Copying, Decode, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write,
+    varint::UInt,
 };
 use commonware_cryptography::{
     bls12381::{
@@ -130,7 +131,7 @@ impl DkgOutcome {
     /// key in the player set), so no allocation outgrows the input.
     pub fn decode_with(bytes: &[u8], limits: &OutcomeLimits) -> Result<Self, OutcomeError> {
         check_participant_count(bytes, limits)?;
-        let outcome = <Self as Decode>::decode_cfg(bytes.to_vec(), limits)?;
+        let outcome = <Self as Decode>::decode_cfg(Copying(bytes), limits)?;
         outcome.check_consistency()?;
         Ok(outcome)
     }
@@ -182,7 +183,7 @@ impl DkgOutcome {
 
 /// Peeks at the sharing's `total` and rejects counts that the input cannot back.
 fn check_participant_count(bytes: &[u8], limits: &OutcomeLimits) -> Result<(), OutcomeError> {
-    let mut buf = bytes::Bytes::copy_from_slice(bytes);
+    let mut buf = Copying(bytes);
     UInt::<u64>::read(&mut buf)?;
     if buf.remaining() < TOTAL_OFFSET_IN_OUTPUT + 4 {
         return Err(OutcomeError::Truncated);

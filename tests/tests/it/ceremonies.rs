@@ -111,28 +111,19 @@ fn reshare_needs_a_quorum_of_previous_holders() {
 #[test]
 fn below_quorum_cannot_certify() {
     let committee = TestCommittee::new(NAMESPACE, 21, 4);
-    let signers = committee.quorum_from(0);
-    let err = committee
-        .signer
-        .finalize(
+    let finalize = |signers: &[commonware_cryptography::ed25519::PublicKey]| {
+        committee.signer.finalize(
             Round::new(Epoch::zero(), View::new(1)),
             View::zero(),
             test_block(1, 0, 1, Vec::new()).hash(),
-            &signers[..2],
+            signers,
         )
-        .expect_err("two of four");
+    };
+    let err = finalize(&committee.quorum_from(0)[..2]).expect_err("two of four");
     assert_eq!(err, SignerError::BelowQuorum { got: 2, quorum: 3 });
 
     let outsider = keys(99, 1)[0].public_key();
-    let err = committee
-        .signer
-        .finalize(
-            Round::new(Epoch::zero(), View::new(1)),
-            View::zero(),
-            test_block(1, 0, 1, Vec::new()).hash(),
-            std::slice::from_ref(&outsider),
-        )
-        .expect_err("not a member");
+    let err = finalize(std::slice::from_ref(&outsider)).expect_err("not a member");
     assert_eq!(err, SignerError::UnknownSigner(outsider.to_string()));
 }
 
