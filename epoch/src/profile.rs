@@ -9,10 +9,14 @@
 //! { "name": "my-devnet", "chainId": 1337, "namespace": "TEMPO", "epochLength": 20,
 //!   "genesisOutcome": "0x...", "networkIdentity": { "identity": "0x...", "fromEpoch": 0 } }
 //! ```
+//!
+//! A profile may carry the whole genesis header (`genesisHeader`, in the header's JSON form)
+//! instead of, or beside, `genesisOutcome`; its `extraData` is the genesis outcome.
 
 use crate::{EpochStrategy, InvalidEpochLength, SchemeProvider};
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, Identity, OutcomeError};
+use cairn_primitives::TempoHeader;
 use commonware_codec::DecodeExt;
 use commonware_consensus::types::Epoch;
 use serde::{Deserialize, Serialize};
@@ -54,6 +58,15 @@ pub enum ProfileError {
     /// The genesis outcome does not decode.
     #[error("genesisOutcome does not decode: {0}")]
     GenesisOutcome(OutcomeError),
+    /// Neither a genesis outcome nor a genesis header was given.
+    #[error("profile needs genesisOutcome or genesisHeader")]
+    NoGenesis,
+    /// The genesis header's `extraData` differs from `genesisOutcome`.
+    #[error("genesisHeader.extraData does not match genesisOutcome")]
+    GenesisMismatch,
+    /// The genesis header is not at height 0.
+    #[error("genesisHeader is at height {0}, expected 0")]
+    GenesisHeight(u64),
     /// The genesis outcome is for an epoch other than 0.
     #[error("genesisOutcome is for epoch {0}, expected 0")]
     GenesisEpoch(u64),
@@ -84,6 +97,8 @@ pub struct ChainProfile {
     pub epochs: EpochStrategy,
     /// The DKG outcome for epoch 0 (genesis `extraData`).
     pub genesis: DkgOutcome,
+    /// The genesis header, when the profile carries it.
+    pub genesis_header: Option<TempoHeader>,
     /// A network identity trusted from an epoch on, if configured.
     pub network_identity: Option<ConfiguredIdentity>,
     /// A public endpoint to follow, if known.
@@ -98,7 +113,10 @@ struct ProfileFile {
     chain_id: Option<u64>,
     namespace: String,
     epoch_length: u64,
-    genesis_outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    genesis_outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    genesis_header: Option<TempoHeader>,
     #[serde(default)]
     network_identity: Option<IdentityFile>,
     #[serde(default)]
@@ -147,8 +165,25 @@ impl ChainProfile {
             return Err(ProfileError::EmptyNamespace);
         }
         let epochs = EpochStrategy::new(file.epoch_length)?;
-        let genesis_bytes =
-            hex::decode(file.genesis_outcome.trim()).map_err(ProfileError::GenesisHex)?;
+        let genesis_bytes = match (&file.genesis_outcome, &file.genesis_header) {
+            (Some(outcome), header) => {
+                let bytes = hex::decode(outcome.trim()).map_err(ProfileError::GenesisHex)?;
+                if header
+                    .as_ref()
+                    .is_some_and(|h| h.extra_data().as_ref() != bytes.as_slice())
+                {
+                    return Err(ProfileError::GenesisMismatch);
+                }
+                bytes
+            }
+            (None, Some(header)) => header.extra_data().to_vec(),
+            (None, None) => return Err(ProfileError::NoGenesis),
+        };
+        if let Some(header) = &file.genesis_header
+            && header.number() != 0
+        {
+            return Err(ProfileError::GenesisHeight(header.number()));
+        }
         let genesis = DkgOutcome::decode(&genesis_bytes).map_err(ProfileError::GenesisOutcome)?;
         if genesis.epoch != 0 {
             return Err(ProfileError::GenesisEpoch(genesis.epoch));
@@ -169,6 +204,7 @@ impl ChainProfile {
             namespace: file.namespace.into_bytes(),
             epochs,
             genesis,
+            genesis_header: file.genesis_header,
             network_identity,
             follow_url: file.follow_url,
         })
@@ -181,7 +217,8 @@ impl ChainProfile {
             chain_id: self.chain_id,
             namespace: String::from_utf8_lossy(&self.namespace).into_owned(),
             epoch_length: self.epochs.length(),
-            genesis_outcome: hex::encode_prefixed(self.genesis.to_bytes()),
+            genesis_outcome: Some(hex::encode_prefixed(self.genesis.to_bytes())),
+            genesis_header: self.genesis_header.clone(),
             network_identity: self.network_identity.map(|configured| IdentityFile {
                 identity: hex::encode_prefixed(commonware_codec::Encode::encode(
                     &configured.identity,

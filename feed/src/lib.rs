@@ -1,3 +1,11 @@
-//! The feed: the state of verified finalized blocks a cairn node serves, and the JSON-RPC
-//! server (`consensus_*`, `eth_getBlockBy*`, `debug_getRaw*`) that followers and the devnet
-//! use. It builds on the verification in `cairn-epoch`; the server itself lands with the devnet.
+//! The feed of a cairn node: the latest verified finalized block, the event stream, and the
+//! JSON-RPC server (`consensus_*`, `eth_blockNumber`, `eth_getBlockBy*`, `debug_getRaw*`) that
+//! serves them from the node's own store, so followers can follow it.
+
+pub mod rpc;
+mod state;
+
+pub use rpc::{
+    MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcConfig, RunningServer, StartError, start,
+};
+pub use state::{ChainReader, DEFAULT_EVENT_BUFFER, FeedState, ReadError, unix_millis};

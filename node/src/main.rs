@@ -1,6 +1,7 @@
 //! `cairn`: a verifying follower for epoch-rotating Commonware BFT chains, wire-compatible with
 //! Tempo.
 
+mod devnet;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Command {
     /// Decode and verify consensus artifacts (certificates, DKG outcomes) offline.
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
+    /// Run a local chain with real DKG rotation and real threshold certificates, served over
+    /// Tempo's RPC.
+    Devnet(devnet::DevnetArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +36,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(command) => inspect::run(command),
+        Command::Devnet(args) => match devnet::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::{Digest, TempoHeader, header::HeaderDecodeError};
 use alloy_primitives::{B256, Bytes};
+use alloy_rlp::{Decodable, Encodable};
 use bytes::BufMut;
 use commonware_codec::{Buf, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write};
 use commonware_cryptography::Digestible;
@@ -26,6 +27,15 @@ impl Body {
 /// Why a block was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockError {
+    /// The raw block is not well-formed RLP of the expected shape.
+    #[error("malformed block RLP: {0}")]
+    Rlp(alloy_rlp::Error),
+    /// The raw block has ommers or withdrawals, which Tempo blocks never carry.
+    #[error("raw block carries {0}, which Tempo blocks never have")]
+    UnexpectedSection(&'static str),
+    /// A complete raw block was followed by more bytes.
+    #[error("{0} trailing bytes after the raw block")]
+    TrailingBytes(usize),
     /// The body's transactions do not hash to the header's `transactionsRoot`.
     #[error("transactions root mismatch: header has {header}, body hashes to {body}")]
     TransactionsRootMismatch {
@@ -94,6 +104,94 @@ impl Block {
     /// Hash of the parent block.
     pub fn parent(&self) -> Digest {
         Digest(self.header.inner.parent_hash)
+    }
+
+    /// The raw block as execution clients serve it from `debug_getRawBlock`:
+    /// `rlp([header, [tx...], [], []?])`, where a typed transaction is an RLP string of its
+    /// EIP-2718 bytes, a legacy one its RLP list, and the empty withdrawals list is present when
+    /// the header has a withdrawals root. `None` for a block whose body is unknown.
+    pub fn raw_rlp(&self) -> Option<Vec<u8>> {
+        let body = self.body.as_ref()?;
+        let header = self.header.rlp();
+        let mut transactions = Vec::new();
+        for tx in &body.transactions {
+            if tx
+                .first()
+                .is_some_and(|first| *first >= alloy_rlp::EMPTY_LIST_CODE)
+            {
+                transactions.extend_from_slice(tx);
+            } else {
+                tx.as_ref().encode(&mut transactions);
+            }
+        }
+        let with_withdrawals = self.header.inner.withdrawals_root.is_some();
+        let mut payload = header;
+        alloy_rlp::Header {
+            list: true,
+            payload_length: transactions.len(),
+        }
+        .encode(&mut payload);
+        payload.extend_from_slice(&transactions);
+        payload.push(alloy_rlp::EMPTY_LIST_CODE);
+        if with_withdrawals {
+            payload.push(alloy_rlp::EMPTY_LIST_CODE);
+        }
+        let mut out = Vec::with_capacity(payload.len() + 9);
+        alloy_rlp::Header {
+            list: true,
+            payload_length: payload.len(),
+        }
+        .encode(&mut out);
+        out.extend_from_slice(&payload);
+        Some(out)
+    }
+
+    /// Decodes a raw block (the inverse of [`Block::raw_rlp`]), checking the transactions root.
+    pub fn decode_raw_rlp(bytes: &[u8]) -> Result<Self, BlockError> {
+        let mut buf = bytes;
+        let mut payload =
+            alloy_rlp::Header::decode_bytes(&mut buf, true).map_err(BlockError::Rlp)?;
+        if !buf.is_empty() {
+            return Err(BlockError::TrailingBytes(buf.len()));
+        }
+        let header = TempoHeader::decode(&mut payload).map_err(BlockError::Rlp)?;
+        let mut txs_payload =
+            alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
+        let mut transactions = Vec::new();
+        while !txs_payload.is_empty() {
+            let start = txs_payload;
+            let item = alloy_rlp::Header::decode(&mut txs_payload).map_err(BlockError::Rlp)?;
+            if item.payload_length > txs_payload.len() {
+                return Err(BlockError::Rlp(alloy_rlp::Error::InputTooShort));
+            }
+            let (content, rest) = txs_payload.split_at(item.payload_length);
+            let consumed = start.len() - rest.len();
+            transactions.push(if item.list {
+                Bytes::copy_from_slice(&start[..consumed])
+            } else {
+                Bytes::copy_from_slice(content)
+            });
+            txs_payload = rest;
+        }
+        let ommers =
+            alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
+        if !ommers.is_empty() {
+            return Err(BlockError::UnexpectedSection("ommers"));
+        }
+        if !payload.is_empty() {
+            let withdrawals =
+                alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
+            if !withdrawals.is_empty() {
+                return Err(BlockError::UnexpectedSection("withdrawals"));
+            }
+        }
+        if !payload.is_empty() {
+            return Err(BlockError::Rlp(alloy_rlp::Error::ListLengthMismatch {
+                expected: 0,
+                got: payload.len(),
+            }));
+        }
+        Self::new(header, Some(Body { transactions }))
     }
 
     /// Splits the block into header and body.

@@ -1,0 +1,11 @@
+//! A local chain that makes exactly the artifacts a Tempo validator set makes: Tempo-format
+//! blocks, finalization certificates assembled from a quorum of committee members' own shares,
+//! and a DKG outcome in every epoch's last block (reshares by default, full DKGs at configured
+//! epochs), kept on disk so a restart continues the same chain.
+
+mod producer;
+mod secrets;
+mod store;
+
+pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};
+pub use store::{ChainStore, StoreContext, StoreError};

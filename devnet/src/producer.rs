@@ -1,0 +1,689 @@
+//! The chain producer: for each height it builds a Tempo block, has a rotating quorum of the
+//! epoch's committee sign finalize votes with their own shares, assembles the certificate, and
+//! stores both. At each epoch's last block it runs the next epoch's ceremony (a reshare, or a
+//! full DKG at the configured epochs) among a rotating window of the validator pool and writes
+//! the outcome into the block's `extraData`.
+
+use crate::{
+    secrets::{
+        ChainParams, EpochSecrets, PARAMS_KEY, POOL_KEY, Pool, decode_record, encode_record,
+    },
+    store::{ChainStore, StoreContext, StoreError, certified_block},
+};
+use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
+use cairn_dkg::{CeremonyError, DkgOutcome, Identity, ceremony::committee_set};
+use cairn_epoch::{ChainProfile, CommitteeSigner, EpochStrategy, InvalidEpochLength, SignerError};
+use cairn_feed::FeedState;
+use cairn_primitives::{Block, Body, ConsensusContext, TempoHeader};
+use commonware_codec::Encode;
+use commonware_consensus::types::{Epoch, Round, View};
+use commonware_cryptography::{
+    Signer,
+    ed25519::{PrivateKey, PublicKey},
+};
+use commonware_math::algebra::Random;
+use rand::{Rng, RngExt, SeedableRng, rngs::StdRng};
+use std::{
+    collections::BTreeSet,
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tracing::{info, warn};
+
+/// Gas limit for general transactions (as on Tempo mainnet).
+const GENERAL_GAS_LIMIT: u64 = 30_000_000;
+/// Block gas limit (as on Tempo mainnet).
+const GAS_LIMIT: u64 = 500_000_000;
+/// Base fee per gas.
+const BASE_FEE: u64 = 10_000_000_000;
+/// keccak256(rlp([])): the ommers hash of a block without ommers.
+const EMPTY_OMMERS_HASH: B256 =
+    alloy_primitives::b256!("1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347");
+/// Root of an empty trie.
+const EMPTY_ROOT: B256 =
+    alloy_primitives::b256!("56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421");
+/// sha256 of no requests (EIP-7685).
+const EMPTY_REQUESTS_HASH: B256 =
+    alloy_primitives::b256!("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+
+/// Devnet parameters.
+#[derive(Clone, Debug)]
+pub struct DevnetConfig {
+    /// EVM chain id.
+    pub chain_id: u64,
+    /// Signature namespace.
+    pub namespace: Vec<u8>,
+    /// Validators in the pool committees are drawn from.
+    pub validators: usize,
+    /// Committee size.
+    pub committee: usize,
+    /// Blocks per epoch.
+    pub epoch_length: u64,
+    /// Epochs whose key comes from a full DKG (a new network identity).
+    pub full_dkg_at_epochs: BTreeSet<u64>,
+}
+
+impl Default for DevnetConfig {
+    fn default() -> Self {
+        Self {
+            chain_id: 1337,
+            namespace: b"TEMPO".to_vec(),
+            validators: 7,
+            committee: 4,
+            epoch_length: 20,
+            full_dkg_at_epochs: BTreeSet::new(),
+        }
+    }
+}
+
+impl DevnetConfig {
+    fn params(&self) -> ChainParams {
+        ChainParams {
+            chain_id: self.chain_id,
+            namespace: self.namespace.clone(),
+            epoch_length: self.epoch_length,
+            validators: self.validators as u64,
+            committee: self.committee as u64,
+            full_dkg_at_epochs: self.full_dkg_at_epochs.clone(),
+        }
+    }
+}
+
+/// Why the devnet stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    /// The configuration is unusable.
+    #[error("invalid devnet configuration: {0}")]
+    Config(String),
+    /// The epoch length is unusable.
+    #[error("invalid devnet configuration: {0}")]
+    EpochLength(#[from] InvalidEpochLength),
+    /// The datadir holds a chain with other parameters.
+    #[error(
+        "the datadir holds a devnet with other parameters ({stored}); start it with the same flags or use another --datadir"
+    )]
+    ParamsMismatch {
+        /// The stored parameters.
+        stored: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record does not decode.
+    #[error("stored {what} is corrupt: {error}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decode error.
+        error: String,
+    },
+    /// A ceremony failed.
+    #[error("DKG ceremony for epoch {epoch} failed: {error}")]
+    Ceremony {
+        /// The epoch the ceremony was for.
+        epoch: u64,
+        /// The error.
+        error: CeremonyError,
+    },
+    /// The committee could not sign.
+    #[error("committee of epoch {epoch} could not sign height {height}: {error}")]
+    Signing {
+        /// Epoch.
+        epoch: u64,
+        /// Height.
+        height: u64,
+        /// The error.
+        error: SignerError,
+    },
+    /// A block could not be built.
+    #[error("block {height} could not be built: {error}")]
+    Block {
+        /// Height.
+        height: u64,
+        /// The error.
+        error: cairn_primitives::BlockError,
+    },
+}
+
+/// How an epoch's key came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Genesis: a trusted dealer.
+    Genesis,
+    /// A reshare of the previous key (identity kept).
+    Reshare,
+    /// A full DKG (new identity).
+    FullDkg,
+}
+
+impl std::fmt::Display for KeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Genesis => "genesis (trusted deal)",
+            Self::Reshare => "reshare",
+            Self::FullDkg => "full DKG",
+        })
+    }
+}
+
+/// An epoch the producer entered.
+#[derive(Clone, Debug)]
+pub struct EpochEntry {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its committee, in participant order.
+    pub committee: Vec<PublicKey>,
+    /// Its network identity.
+    pub identity: Identity,
+    /// How its key came about.
+    pub origin: KeyOrigin,
+}
+
+/// One produced height.
+#[derive(Clone, Debug)]
+pub struct Produced {
+    /// The certified block as served over RPC.
+    pub certified: cairn_primitives::CertifiedBlock,
+    /// Set when this height is the first of a new epoch.
+    pub entered: Option<EpochEntry>,
+}
+
+struct ActiveEpoch {
+    epoch: u64,
+    secrets: EpochSecrets,
+    signer: CommitteeSigner,
+}
+
+/// The devnet chain producer over an on-disk store.
+pub struct Devnet<E: StoreContext> {
+    config: DevnetConfig,
+    epochs: EpochStrategy,
+    store: ChainStore<E>,
+    feed: FeedState,
+    pool: Vec<PrivateKey>,
+    genesis: Block,
+    active: Option<ActiveEpoch>,
+    next_height: u64,
+    rng: StdRng,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn corrupt(what: impl Into<String>, error: impl std::fmt::Display) -> DevnetError {
+    DevnetError::Corrupt {
+        what: what.into(),
+        error: error.to_string(),
+    }
+}
+
+impl<E: StoreContext> Devnet<E> {
+    /// Opens the devnet in `context`'s storage: creates the pool and genesis on first start,
+    /// or checks the parameters and resumes after the last stored height.
+    pub async fn open(
+        context: E,
+        config: DevnetConfig,
+        feed: FeedState,
+    ) -> Result<Self, DevnetError> {
+        if config.committee == 0 {
+            return Err(DevnetError::Config("--committee must be at least 1".into()));
+        }
+        if config.validators < config.committee {
+            return Err(DevnetError::Config(format!(
+                "--validators ({}) must be at least --committee ({})",
+                config.validators, config.committee
+            )));
+        }
+        if config.full_dkg_at_epochs.contains(&0) {
+            return Err(DevnetError::Config(
+                "epoch 0 is keyed by the genesis deal; --full-dkg-at-epochs takes epochs from 1"
+                    .into(),
+            ));
+        }
+        let epochs = EpochStrategy::new(config.epoch_length)?;
+        let store = ChainStore::open(context).await?;
+        let mut rng = StdRng::from_seed(rand::random());
+
+        let params = config.params();
+        match store.secret(PARAMS_KEY).await? {
+            Some(bytes) => {
+                let stored: ChainParams =
+                    decode_record(&bytes).map_err(|err| corrupt("chain parameters", err))?;
+                if stored != params {
+                    return Err(DevnetError::ParamsMismatch {
+                        stored: format!(
+                            "chain id {}, {} validators, committee {}, epoch length {}, full DKG at {:?}",
+                            stored.chain_id,
+                            stored.validators,
+                            stored.committee,
+                            stored.epoch_length,
+                            stored.full_dkg_at_epochs
+                        ),
+                    });
+                }
+            }
+            None => {
+                store
+                    .put_secret(PARAMS_KEY, encode_record(&params), 0)
+                    .await?;
+            }
+        }
+
+        let pool = match store.secret(POOL_KEY).await? {
+            Some(bytes) => {
+                decode_record::<Pool>(&bytes)
+                    .map_err(|err| corrupt("validator pool", err))?
+                    .0
+            }
+            None => {
+                let pool = Pool(
+                    (0..config.validators)
+                        .map(|_| PrivateKey::random(&mut rng))
+                        .collect(),
+                );
+                store.put_secret(POOL_KEY, encode_record(&pool), 0).await?;
+                pool.0
+            }
+        };
+        if pool.len() != config.validators {
+            return Err(corrupt(
+                "validator pool",
+                format!("{} keys for {} validators", pool.len(), config.validators),
+            ));
+        }
+
+        let mut devnet = Self {
+            config,
+            epochs,
+            store,
+            feed,
+            pool,
+            genesis: Block::header_only(TempoHeader {
+                general_gas_limit: 0,
+                shared_gas_limit: 0,
+                timestamp_millis_part: 0,
+                inner: alloy_consensus::Header::default(),
+                consensus_context: None,
+            }),
+            active: None,
+            next_height: 1,
+            rng,
+        };
+        devnet.genesis = match devnet.store.block(0).await? {
+            Some(genesis) => genesis,
+            None => devnet.create_genesis().await?,
+        };
+        devnet.resume().await?;
+        Ok(devnet)
+    }
+
+    /// The genesis block.
+    pub const fn genesis(&self) -> &Block {
+        &self.genesis
+    }
+
+    /// The chain store.
+    pub const fn store(&self) -> &ChainStore<E> {
+        &self.store
+    }
+
+    /// The next height to produce.
+    pub const fn next_height(&self) -> u64 {
+        self.next_height
+    }
+
+    /// The epoch strategy.
+    pub const fn epochs(&self) -> &EpochStrategy {
+        &self.epochs
+    }
+
+    /// The chain profile followers need (no secrets): namespace, epoch length, genesis header.
+    pub fn profile(&self, name: &str) -> Result<ChainProfile, DevnetError> {
+        let genesis = DkgOutcome::decode(self.genesis.header().extra_data())
+            .map_err(|err| corrupt("genesis outcome", err))?;
+        Ok(ChainProfile {
+            name: name.to_string(),
+            chain_id: Some(self.config.chain_id),
+            namespace: self.config.namespace.clone(),
+            epochs: self.epochs.clone(),
+            genesis,
+            genesis_header: Some(self.genesis.header().clone()),
+            network_identity: None,
+            follow_url: None,
+        })
+    }
+
+    /// The committee (pool window) of `epoch`.
+    fn committee_keys(&self, epoch: u64) -> Vec<PrivateKey> {
+        let validators = self.pool.len() as u64;
+        (0..self.config.committee as u64)
+            .map(|i| {
+                let index = (epoch % validators + i) % validators;
+                self.pool[index as usize].clone()
+            })
+            .collect()
+    }
+
+    fn next_players(
+        &self,
+        epoch: u64,
+    ) -> Result<commonware_utils::ordered::Set<PublicKey>, DevnetError> {
+        committee_set(&self.committee_keys(epoch + 1)).map_err(|error| DevnetError::Ceremony {
+            epoch: epoch + 1,
+            error,
+        })
+    }
+
+    async fn create_genesis(&mut self) -> Result<Block, DevnetError> {
+        let keys = self.committee_keys(0);
+        let ceremony = cairn_dkg::trusted_deal(&mut self.rng, &keys)
+            .map_err(|error| DevnetError::Ceremony { epoch: 0, error })?;
+        let outcome = DkgOutcome {
+            epoch: 0,
+            output: ceremony.output,
+            next_players: self.next_players(0)?,
+            is_next_full_dkg: self.config.full_dkg_at_epochs.contains(&1),
+        };
+        let secrets = EpochSecrets {
+            outcome,
+            shares: ceremony.shares,
+        };
+        self.store.put_secret(0, encode_record(&secrets), 0).await?;
+        let now = now_millis();
+        let inner = alloy_consensus::Header {
+            number: 0,
+            timestamp: now / 1000,
+            gas_limit: GAS_LIMIT,
+            extra_data: Bytes::from(secrets.outcome.to_bytes()),
+            ommers_hash: EMPTY_OMMERS_HASH,
+            transactions_root: EMPTY_ROOT,
+            receipts_root: EMPTY_ROOT,
+            base_fee_per_gas: Some(BASE_FEE),
+            withdrawals_root: Some(EMPTY_ROOT),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let header = TempoHeader {
+            general_gas_limit: GENERAL_GAS_LIMIT,
+            shared_gas_limit: 0,
+            timestamp_millis_part: now % 1000,
+            inner,
+            consensus_context: None,
+        };
+        let genesis = Block::new(header, Some(Body::default()))
+            .map_err(|error| DevnetError::Block { height: 0, error })?;
+        self.store.put_block(&genesis).await?;
+        info!(hash = %genesis.hash(), "devnet genesis created");
+        Ok(genesis)
+    }
+
+    /// Finds where to continue: re-certifies a stored block that lost its finalization in a
+    /// crash, then continues after the last finalized height.
+    async fn resume(&mut self) -> Result<(), DevnetError> {
+        let last_block = self.store.last_block_height().await.unwrap_or(0);
+        let tip = cairn_feed::ChainReader::finalized_height(&self.store).unwrap_or(0);
+        self.next_height = tip + 1;
+        if last_block > tip {
+            let block = self.store.block(tip + 1).await?.ok_or_else(|| {
+                corrupt(format!("block {}", tip + 1), "missing below the stored tip")
+            })?;
+            warn!(
+                height = block.height(),
+                "re-certifying a block stored without its finalization"
+            );
+            self.certify_and_store(block).await?;
+        }
+        if let Some(certified) =
+            cairn_feed::ChainReader::certified_at(&self.store, self.next_height - 1)
+                .await
+                .map_err(|err| corrupt("latest finalization", err))?
+        {
+            self.feed.publish_finalized(certified);
+        }
+        Ok(())
+    }
+
+    /// Loads (or, at an epoch's start, activates) the committee of `epoch`.
+    async fn activate(&mut self, epoch: u64) -> Result<Option<EpochEntry>, DevnetError> {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|active| active.epoch == epoch)
+        {
+            return Ok(None);
+        }
+        let bytes = self
+            .store
+            .secret(epoch)
+            .await?
+            .ok_or_else(|| corrupt(format!("secrets of epoch {epoch}"), "missing"))?;
+        let secrets: EpochSecrets = decode_record(&bytes)
+            .map_err(|err| corrupt(format!("secrets of epoch {epoch}"), err))?;
+        let signer = CommitteeSigner::new(
+            &self.config.namespace,
+            &secrets.outcome.output,
+            &secrets.shares,
+        )
+        .map_err(|error| DevnetError::Signing {
+            epoch,
+            height: self.next_height,
+            error,
+        })?;
+        let origin = if epoch == 0 {
+            KeyOrigin::Genesis
+        } else if self.config.full_dkg_at_epochs.contains(&epoch) {
+            KeyOrigin::FullDkg
+        } else {
+            KeyOrigin::Reshare
+        };
+        let entry = EpochEntry {
+            epoch,
+            committee: secrets.outcome.players().iter().cloned().collect(),
+            identity: *secrets.outcome.identity(),
+            origin,
+        };
+        self.active = Some(ActiveEpoch {
+            epoch,
+            secrets,
+            signer,
+        });
+        Ok(Some(entry))
+    }
+
+    /// The secrets of `epoch + 1`, running its ceremony if they were not stored yet (a restart
+    /// between storing them and writing the boundary block reuses them).
+    async fn next_epoch_secrets(&mut self, epoch: u64) -> Result<EpochSecrets, DevnetError> {
+        let next = epoch + 1;
+        if let Some(bytes) = self.store.secret(next).await? {
+            return decode_record(&bytes)
+                .map_err(|err| corrupt(format!("secrets of epoch {next}"), err));
+        }
+        let active = self
+            .active
+            .as_ref()
+            .filter(|active| active.epoch == epoch)
+            .ok_or_else(|| {
+                corrupt(
+                    format!("secrets of epoch {epoch}"),
+                    "not active at its boundary",
+                )
+            })?;
+        let dealers = self.committee_keys(epoch);
+        let players = self.committee_keys(next);
+        let ceremony = if self.config.full_dkg_at_epochs.contains(&next) {
+            cairn_dkg::full_dkg(
+                &mut self.rng,
+                &self.config.namespace,
+                next,
+                &dealers,
+                &players,
+            )
+        } else {
+            let dealers = dealers
+                .into_iter()
+                .filter_map(|key| {
+                    let share = active.secrets.shares.get(&key.public_key())?.clone();
+                    Some((key, share))
+                })
+                .collect::<Vec<_>>();
+            cairn_dkg::reshare(
+                &mut self.rng,
+                &self.config.namespace,
+                next,
+                &active.secrets.outcome.output,
+                &dealers,
+                &players,
+            )
+        }
+        .map_err(|error| DevnetError::Ceremony { epoch: next, error })?;
+        let secrets = EpochSecrets {
+            outcome: DkgOutcome {
+                epoch: next,
+                output: ceremony.output,
+                next_players: self.next_players(next)?,
+                is_next_full_dkg: self.config.full_dkg_at_epochs.contains(&(next + 1)),
+            },
+            shares: ceremony.shares,
+        };
+        // Keep the active epoch's record (its shares sign until the boundary is stored).
+        self.store
+            .put_secret(next, encode_record(&secrets), epoch)
+            .await?;
+        Ok(secrets)
+    }
+
+    fn random_transactions(&mut self, height: u64) -> Vec<Bytes> {
+        let count = self.rng.random_range(1..=4);
+        (0..count)
+            .map(|_| {
+                let len = self.rng.random_range(40..=120);
+                let mut tx = vec![0u8; len];
+                self.rng.fill_bytes(&mut tx);
+                // An EIP-1559 envelope type byte, then opaque payload bytes.
+                tx[0] = 0x02;
+                tx[1] = (height % 256) as u8;
+                Bytes::from(tx)
+            })
+            .collect()
+    }
+
+    /// Builds, certifies and stores the next height.
+    pub async fn produce_next(&mut self) -> Result<Produced, DevnetError> {
+        let height = self.next_height;
+        let epoch = self.epochs.epoch_of(height).get();
+        let entered = self.activate(epoch).await?;
+        let parent = self
+            .store
+            .block(height - 1)
+            .await?
+            .ok_or_else(|| corrupt(format!("block {}", height - 1), "missing parent"))?;
+
+        let first = self.epochs.first_height(Epoch::new(epoch)).unwrap_or(0);
+        let view = height - first + 1;
+        let extra_data = if self.epochs.is_boundary(height) {
+            self.next_epoch_secrets(epoch).await?.outcome.to_bytes()
+        } else {
+            Vec::new()
+        };
+        let proposer = {
+            let active = self.active.as_ref().expect("activate() just set the epoch");
+            let players = active.signer.players();
+            let index = (view % players.len() as u64) as usize;
+            players[index].clone()
+        };
+        let transactions = self.random_transactions(height);
+        let body = Body { transactions };
+        let parent_millis = parent.header().timestamp_millis();
+        let millis = now_millis().max(parent_millis + 1);
+        let proposer_bytes = B256::from_slice(&proposer.encode());
+        let inner = alloy_consensus::Header {
+            parent_hash: parent.hash().0,
+            ommers_hash: EMPTY_OMMERS_HASH,
+            beneficiary: Address::from_slice(&keccak256(proposer_bytes)[12..]),
+            state_root: keccak256(
+                [
+                    parent.header().inner.state_root.as_slice(),
+                    &height.to_be_bytes(),
+                ]
+                .concat(),
+            ),
+            transactions_root: body.transactions_root(),
+            receipts_root: EMPTY_ROOT,
+            difficulty: U256::ZERO,
+            number: height,
+            gas_limit: GAS_LIMIT,
+            gas_used: 21_000 * body.transactions.len() as u64,
+            timestamp: millis / 1000,
+            extra_data: Bytes::from(extra_data),
+            mix_hash: B256::ZERO,
+            nonce: B64::ZERO,
+            base_fee_per_gas: Some(BASE_FEE),
+            withdrawals_root: Some(EMPTY_ROOT),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let header = TempoHeader {
+            general_gas_limit: GENERAL_GAS_LIMIT,
+            shared_gas_limit: 0,
+            timestamp_millis_part: millis % 1000,
+            inner,
+            consensus_context: Some(ConsensusContext {
+                epoch,
+                view,
+                parent_view: view - 1,
+                proposer: proposer_bytes,
+            }),
+        };
+        let block =
+            Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;
+        self.store.put_block(&block).await?;
+        let certified = self.certify_and_store(block).await?;
+        Ok(Produced { certified, entered })
+    }
+
+    /// Has a rotating quorum sign the block, stores the finalization and publishes it.
+    async fn certify_and_store(
+        &mut self,
+        block: Block,
+    ) -> Result<cairn_primitives::CertifiedBlock, DevnetError> {
+        let height = block.height();
+        let epoch = self.epochs.epoch_of(height).get();
+        self.activate(epoch).await?;
+        let active = self.active.as_ref().expect("activate() just set the epoch");
+        let first = self.epochs.first_height(Epoch::new(epoch)).unwrap_or(0);
+        let view = height - first + 1;
+        let players: Vec<PublicKey> = active.signer.players().iter().cloned().collect();
+        let quorum = active.signer.quorum() as usize;
+        // Rotate which members are missing from the certificate.
+        let signers: Vec<PublicKey> = (0..quorum)
+            .map(|i| players[(view as usize + i) % players.len()].clone())
+            .collect();
+        let finalization = active
+            .signer
+            .finalize(
+                Round::new(Epoch::new(epoch), View::new(view)),
+                View::new(view - 1),
+                block.hash(),
+                &signers,
+            )
+            .map_err(|error| DevnetError::Signing {
+                epoch,
+                height,
+                error,
+            })?;
+        self.store.put_finalization(height, &finalization).await?;
+        self.next_height = height + 1;
+        let certified = certified_block(&finalization, block);
+        self.feed.publish_finalized(certified.clone());
+        Ok(certified)
+    }
+}

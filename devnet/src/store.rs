@@ -1,0 +1,347 @@
+//! The devnet's chain on disk: blocks and finalizations in commonware-storage immutable
+//! archives (indexed by height, keyed by block hash), and the secrets in a metadata store.
+//!
+//! Writes are ordered so that a crash never leaves a finalization without its block: the block
+//! is synced first, then its finalization. A block without a finalization is re-certified on
+//! restart instead of being replaced.
+
+use cairn_epoch::{Finalization, encode_certificate};
+use cairn_feed::{ChainReader, ReadError};
+use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock, Digest};
+use commonware_runtime::{Metrics, Storage, buffer::paged::CacheRef};
+use commonware_storage::{
+    archive::{Archive as _, Identifier, immutable},
+    metadata::{self, Metadata},
+};
+use commonware_utils::sequence::U64;
+use std::{
+    num::{NonZeroU16, NonZeroU64, NonZeroUsize},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+use tokio::sync::RwLock;
+
+/// Most bytes of one secrets record (pool keys or one epoch's shares).
+const MAX_SECRET_RECORD: usize = 1 << 20;
+
+/// Marker for "no finalized block yet" in the tip atomic.
+const NO_TIP: u64 = u64::MAX;
+
+/// The storage context the store needs.
+pub trait StoreContext:
+    Storage + commonware_runtime::Clock + Metrics + Send + Sync + 'static
+{
+}
+
+impl<E: Storage + commonware_runtime::Clock + Metrics + Send + Sync + 'static> StoreContext for E {}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An archive failed.
+    #[error("archive {what}: {error}")]
+    Archive {
+        /// What was being done.
+        what: &'static str,
+        /// The archive error.
+        error: commonware_storage::archive::Error,
+    },
+    /// The metadata store failed.
+    #[error("metadata {what}: {error}")]
+    Metadata {
+        /// What was being done.
+        what: &'static str,
+        /// The metadata error.
+        error: commonware_storage::metadata::Error,
+    },
+    /// A failed write destroyed a store handle; the store cannot be used any more.
+    #[error("the store was poisoned by an earlier failed write")]
+    Poisoned,
+}
+
+type BlockArchive<E> = immutable::Archive<E, Digest, Block>;
+type FinalizationArchive<E> = immutable::Archive<E, Digest, Finalization>;
+type SecretStore<E> = Metadata<E, U64, Vec<u8>>;
+
+struct Archives<E: StoreContext> {
+    blocks: Option<BlockArchive<E>>,
+    finalizations: Option<FinalizationArchive<E>>,
+}
+
+/// The chain store (cheap to clone; clones share state).
+pub struct ChainStore<E: StoreContext> {
+    archives: Arc<RwLock<Archives<E>>>,
+    secrets: Arc<RwLock<Option<SecretStore<E>>>>,
+    tip: Arc<AtomicU64>,
+}
+
+impl<E: StoreContext> Clone for ChainStore<E> {
+    fn clone(&self) -> Self {
+        Self {
+            archives: self.archives.clone(),
+            secrets: self.secrets.clone(),
+            tip: self.tip.clone(),
+        }
+    }
+}
+
+fn archive_config<C>(prefix: &str, page_cache: CacheRef, codec_config: C) -> immutable::Config<C> {
+    let buffer = NonZeroUsize::new(64 * 1024).expect("non-zero");
+    immutable::Config {
+        metadata_partition: format!("{prefix}-metadata"),
+        freezer_table_partition: format!("{prefix}-freezer-table"),
+        freezer_table_initial_size: 1024,
+        freezer_table_resize_frequency: 4,
+        freezer_table_resize_chunk_size: 1024,
+        freezer_key_partition: format!("{prefix}-freezer-key"),
+        freezer_key_page_cache: page_cache,
+        freezer_value_partition: format!("{prefix}-freezer-value"),
+        freezer_value_target_size: 64 * 1024 * 1024,
+        freezer_value_compression: None,
+        ordinal_partition: format!("{prefix}-ordinal"),
+        items_per_section: NonZeroU64::new(4096).expect("non-zero"),
+        freezer_key_write_buffer: buffer,
+        freezer_value_write_buffer: buffer,
+        ordinal_write_buffer: buffer,
+        replay_buffer: buffer,
+        codec_config,
+    }
+}
+
+impl<E: StoreContext> ChainStore<E> {
+    /// Opens (or creates) the store in `context`'s storage.
+    pub async fn open(context: E) -> Result<Self, StoreError> {
+        let page_cache = CacheRef::new(
+            NonZeroU16::new(4096).expect("non-zero"),
+            NonZeroUsize::new(256).expect("non-zero"),
+        );
+        let blocks = immutable::Archive::init(
+            context.child("blocks"),
+            archive_config(
+                "devnet-blocks",
+                page_cache.clone(),
+                BlockCodecConfig::default(),
+            ),
+        )
+        .await
+        .map_err(|error| StoreError::Archive {
+            what: "opening blocks",
+            error,
+        })?;
+        let finalizations = immutable::Archive::init(
+            context.child("finalizations"),
+            archive_config("devnet-finalizations", page_cache, ()),
+        )
+        .await
+        .map_err(|error| StoreError::Archive {
+            what: "opening finalizations",
+            error,
+        })?;
+        let secrets = Metadata::init(
+            context.child("secrets"),
+            metadata::Config {
+                partition: "devnet-secrets".into(),
+                codec_config: ((..=MAX_SECRET_RECORD).into(), ()),
+            },
+        )
+        .await
+        .map_err(|error| StoreError::Metadata {
+            what: "opening secrets",
+            error,
+        })?;
+        let tip = finalizations.last_index().unwrap_or(NO_TIP);
+        Ok(Self {
+            archives: Arc::new(RwLock::new(Archives {
+                blocks: Some(blocks),
+                finalizations: Some(finalizations),
+            })),
+            secrets: Arc::new(RwLock::new(Some(secrets))),
+            tip: Arc::new(AtomicU64::new(tip)),
+        })
+    }
+
+    /// Highest stored block height (genesis is 0), if any.
+    pub async fn last_block_height(&self) -> Option<u64> {
+        let archives = self.archives.read().await;
+        archives.blocks.as_ref()?.last_index()
+    }
+
+    /// Stores a block and syncs it.
+    pub async fn put_block(&self, block: &Block) -> Result<(), StoreError> {
+        let mut archives = self.archives.write().await;
+        let archive = archives.blocks.take().ok_or(StoreError::Poisoned)?;
+        let archive = archive
+            .put_sync(block.height(), block.hash(), block)
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "writing a block",
+                error,
+            })?;
+        archives.blocks = Some(archive);
+        Ok(())
+    }
+
+    /// Stores the finalization of the block at `height`, syncs it, and advances the tip.
+    pub async fn put_finalization(
+        &self,
+        height: u64,
+        finalization: &Finalization,
+    ) -> Result<(), StoreError> {
+        let mut archives = self.archives.write().await;
+        let archive = archives.finalizations.take().ok_or(StoreError::Poisoned)?;
+        let archive = archive
+            .put_sync(height, finalization.proposal.payload, finalization)
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "writing a finalization",
+                error,
+            })?;
+        archives.finalizations = Some(archive);
+        self.tip.store(height, Ordering::Release);
+        Ok(())
+    }
+
+    /// The finalization stored for `height`.
+    pub async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, StoreError> {
+        let archives = self.archives.read().await;
+        let archive = archives
+            .finalizations
+            .as_ref()
+            .ok_or(StoreError::Poisoned)?;
+        archive
+            .get(Identifier::Index(height))
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "reading a finalization",
+                error,
+            })
+    }
+
+    /// The block stored for `height`.
+    pub async fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let archives = self.archives.read().await;
+        let archive = archives.blocks.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .get(Identifier::Index(height))
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "reading a block",
+                error,
+            })
+    }
+
+    /// The block with `hash`.
+    pub async fn block_with_hash(&self, hash: Digest) -> Result<Option<Block>, StoreError> {
+        let archives = self.archives.read().await;
+        let archive = archives.blocks.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .get(Identifier::Key(&hash))
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "reading a block by hash",
+                error,
+            })
+    }
+
+    /// A secrets record.
+    pub async fn secret(&self, key: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let secrets = self.secrets.read().await;
+        let store = secrets.as_ref().ok_or(StoreError::Poisoned)?;
+        Ok(store.get(&U64::new(key)).cloned())
+    }
+
+    /// Writes a secrets record and syncs it; records below `keep_from` (other than keys at or
+    /// above `u64::MAX - 16`, reserved for fixed records) are dropped.
+    pub async fn put_secret(
+        &self,
+        key: u64,
+        value: Vec<u8>,
+        keep_from: u64,
+    ) -> Result<(), StoreError> {
+        let mut secrets = self.secrets.write().await;
+        let mut store = secrets.take().ok_or(StoreError::Poisoned)?;
+        store.retain(|k, _| {
+            let k = u64::from(k);
+            k >= keep_from || k >= u64::MAX - 16
+        });
+        let store = store
+            .put_sync(U64::new(key), value)
+            .await
+            .map_err(|error| StoreError::Metadata {
+                what: "writing secrets",
+                error,
+            })?;
+        *secrets = Some(store);
+        Ok(())
+    }
+
+    /// Syncs everything (used at shutdown).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let mut archives = self.archives.write().await;
+        if let Some(blocks) = archives.blocks.take() {
+            archives.blocks = Some(blocks.sync().await.map_err(|error| StoreError::Archive {
+                what: "syncing blocks",
+                error,
+            })?);
+        }
+        if let Some(finalizations) = archives.finalizations.take() {
+            archives.finalizations =
+                Some(
+                    finalizations
+                        .sync()
+                        .await
+                        .map_err(|error| StoreError::Archive {
+                            what: "syncing finalizations",
+                            error,
+                        })?,
+                );
+        }
+        Ok(())
+    }
+
+    fn read_error(err: StoreError) -> ReadError {
+        ReadError(err.to_string())
+    }
+}
+
+/// Builds the wire form of a stored finalization and its block.
+pub fn certified_block(finalization: &Finalization, block: Block) -> CertifiedBlock {
+    let round = finalization.proposal.round;
+    CertifiedBlock {
+        epoch: round.epoch().get(),
+        view: round.view().get(),
+        height: Some(block.height()),
+        digest: block.hash().0,
+        certificate: encode_certificate(finalization),
+        block: Some(block),
+    }
+}
+
+impl<E: StoreContext> ChainReader for ChainStore<E> {
+    fn finalized_height(&self) -> Option<u64> {
+        let tip = self.tip.load(Ordering::Acquire);
+        (tip != NO_TIP).then_some(tip)
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        let Some(finalization) = self
+            .finalization_at(height)
+            .await
+            .map_err(Self::read_error)?
+        else {
+            return Ok(None);
+        };
+        let block = self.block(height).await.map_err(Self::read_error)?;
+        Ok(block.map(|block| certified_block(&finalization, block)))
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.block(height).await.map_err(Self::read_error)
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        self.block_with_hash(hash).await.map_err(Self::read_error)
+    }
+}

@@ -1,0 +1,117 @@
+//! The feed state: the latest verified finalized block and the event stream subscribers read.
+//!
+//! Publishing never waits on a subscriber: events go into a bounded broadcast ring, and a
+//! subscriber that falls a whole ring behind is told it lagged (the RPC server then drops it).
+
+use cairn_primitives::{CertifiedBlock, Event};
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::broadcast;
+
+/// Default number of events buffered for each subscriber before it counts as lagging.
+pub const DEFAULT_EVENT_BUFFER: usize = 1024;
+
+/// Why the chain could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("chain storage read failed: {0}")]
+pub struct ReadError(pub String);
+
+/// Read access to the finalized chain a node serves (its own store).
+pub trait ChainReader: Clone + Send + Sync + 'static {
+    /// The height of the finalized tip, if any block has been finalized.
+    fn finalized_height(&self) -> Option<u64>;
+
+    /// The certified block at `height` (with its block), if stored.
+    fn certified_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<CertifiedBlock>, ReadError>> + Send;
+
+    /// The block at `height` (height 0 is genesis), if stored.
+    fn block_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send;
+
+    /// The block with hash `hash`, if stored.
+    fn block_by_hash(
+        &self,
+        hash: cairn_primitives::Digest,
+    ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send;
+}
+
+#[derive(Debug)]
+struct Inner {
+    latest: RwLock<Option<CertifiedBlock>>,
+    events: broadcast::Sender<Event>,
+}
+
+/// The latest finalized block and the event stream (cheap to clone; clones share state).
+#[derive(Clone, Debug)]
+pub struct FeedState {
+    inner: Arc<Inner>,
+}
+
+impl FeedState {
+    /// A feed buffering `event_buffer` events per subscriber (at least one).
+    pub fn new(event_buffer: usize) -> Self {
+        let (events, _) = broadcast::channel(event_buffer.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                latest: RwLock::new(None),
+                events,
+            }),
+        }
+    }
+
+    /// Records `certified` as the latest finalized block and sends a `finalized` event stamped
+    /// with the current time.
+    pub fn publish_finalized(&self, certified: CertifiedBlock) {
+        *self
+            .inner
+            .latest
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(certified.clone());
+        // No receivers is not an error: nobody is subscribed right now.
+        let _ = self.inner.events.send(Event::Finalized {
+            block: certified,
+            seen: unix_millis(),
+        });
+    }
+
+    /// The latest finalized block, if any.
+    pub fn latest(&self) -> Option<CertifiedBlock> {
+        self.inner
+            .latest
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// A new subscription to the event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscribers(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+}
+
+impl Default for FeedState {
+    fn default() -> Self {
+        Self::new(DEFAULT_EVENT_BUFFER)
+    }
+}
+
+/// Milliseconds since the unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

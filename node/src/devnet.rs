@@ -1,0 +1,202 @@
+//! `cairn devnet`: runs the local chain producer on disk and serves it over Tempo's RPC.
+
+use cairn_devnet::{Devnet, DevnetConfig, EpochEntry};
+use cairn_feed::{ChainReader, FeedState, RpcConfig};
+use clap::Args;
+use commonware_codec::Encode;
+use commonware_runtime::{Runner as _, Supervisor as _};
+use eyre::{WrapErr, eyre};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+use tokio::time::sleep_until;
+use tracing::info;
+
+/// Arguments of `cairn devnet`.
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// Directory for the chain, the validator keys and the shares (created if missing).
+    /// Starting again on the same directory continues the same chain.
+    #[arg(long, value_name = "DIR", default_value = ".cairn/devnet")]
+    datadir: PathBuf,
+    /// Validators in the pool that committees are drawn from.
+    #[arg(long, default_value_t = 7)]
+    validators: usize,
+    /// Committee size (a rotating window over the pool, moving one validator per epoch).
+    #[arg(long, default_value_t = 4)]
+    committee: usize,
+    /// Blocks per epoch; the last block of each epoch carries the next epoch's DKG outcome.
+    #[arg(long, default_value_t = 20)]
+    epoch_length: u64,
+    /// Time between blocks (e.g. 250ms, 1s; 0 produces as fast as possible).
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    block_time: Duration,
+    /// Epochs whose key comes from a full DKG (a new network identity), e.g. 3,8. Other epochs reshare.
+    #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
+    full_dkg_at_epochs: Vec<u64>,
+    /// Address of the JSON-RPC server (WebSocket and HTTP); port 0 lets the OS choose.
+    #[arg(long, default_value = "127.0.0.1:8546")]
+    rpc_addr: String,
+    /// Stop producing after this height (the RPC keeps serving until Ctrl-C).
+    #[arg(long, value_name = "H")]
+    until_height: Option<u64>,
+    /// EVM chain id written into the chain profile.
+    #[arg(long, default_value_t = 1337)]
+    chain_id: u64,
+}
+
+/// Runs the devnet until Ctrl-C (or SIGTERM).
+pub fn run(args: DevnetArgs) -> eyre::Result<()> {
+    std::fs::create_dir_all(&args.datadir)
+        .wrap_err_with(|| format!("creating datadir {}", args.datadir.display()))?;
+    let storage = args.datadir.join("store");
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(storage);
+    commonware_runtime::tokio::Runner::new(config)
+        .start(|context| async move { serve(context.child("devnet"), args).await })
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    alloy_primitives::hex::encode(&bytes[..bytes.len().min(4)])
+}
+
+fn print_epoch(entry: &EpochEntry, validators: usize) {
+    let committee = entry
+        .committee
+        .iter()
+        .map(|key| short_hex(&key.encode()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "epoch {} | {} | identity {}.. | committee {} of {}: {}",
+        entry.epoch,
+        entry.origin,
+        alloy_primitives::hex::encode(&entry.identity.encode()[..8]),
+        entry.committee.len(),
+        validators,
+        committee
+    );
+}
+
+/// Writes `contents` to `path` through a temporary file, so readers never see half a file.
+fn write_atomically(path: &Path, contents: &str) -> eyre::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, contents).wrap_err_with(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).wrap_err_with(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) -> eyre::Result<()> {
+    let config = DevnetConfig {
+        chain_id: args.chain_id,
+        validators: args.validators,
+        committee: args.committee,
+        epoch_length: args.epoch_length,
+        full_dkg_at_epochs: args
+            .full_dkg_at_epochs
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        ..DevnetConfig::default()
+    };
+    let feed = FeedState::default();
+    let mut devnet = Devnet::open(context, config, feed.clone())
+        .await
+        .wrap_err_with(|| format!("opening the devnet in {}", args.datadir.display()))?;
+
+    let profile_path = args.datadir.join("chain.json");
+    let profile = devnet.profile("cairn-devnet")?;
+    write_atomically(&profile_path, &profile.to_json())?;
+
+    let server = cairn_feed::start(
+        &args.rpc_addr,
+        devnet.store().clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await?;
+    println!("rpc listening on {} (ws and http)", server.local_addr);
+    println!("chain profile {}", profile_path.display());
+    println!(
+        "genesis {} | epoch length {} | next height {}",
+        devnet.genesis().hash(),
+        args.epoch_length,
+        devnet.next_height()
+    );
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut deadline = tokio::time::Instant::now();
+    let mut last_report = Instant::now();
+    let mut produced_since_report = 0u64;
+    loop {
+        if args
+            .until_height
+            .is_some_and(|until| devnet.next_height() > until)
+        {
+            println!(
+                "reached --until-height {}; serving until Ctrl-C",
+                devnet.next_height() - 1
+            );
+            (&mut shutdown).await;
+            break;
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = sleep_until(deadline) => {}
+        }
+        let produced = devnet.produce_next().await?;
+        produced_since_report += 1;
+        if let Some(entry) = &produced.entered {
+            print_epoch(entry, args.validators);
+            info!(epoch = entry.epoch, origin = %entry.origin, "entered epoch");
+        }
+        let elapsed = last_report.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            println!(
+                "height {} | epoch {} view {} | {:.1} blocks/s | {} subscribers",
+                produced.certified.height.unwrap_or_default(),
+                produced.certified.epoch,
+                produced.certified.view,
+                produced_since_report as f64 / elapsed.as_secs_f64(),
+                feed.subscribers()
+            );
+            last_report = Instant::now();
+            produced_since_report = 0;
+        }
+        let now = tokio::time::Instant::now();
+        deadline = (deadline + args.block_time).max(now);
+        if args.block_time.is_zero() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    server
+        .handle
+        .stop()
+        .map_err(|_| eyre!("the rpc server had already stopped"))?;
+    devnet.store().sync().await?;
+    println!(
+        "stopped at height {}",
+        devnet.store().finalized_height().unwrap_or_default()
+    );
+    Ok(())
+}
