@@ -3,6 +3,7 @@
 
 mod ceremonies;
 mod decoders;
+mod devnet;
 mod properties;
 mod tempo;
 

@@ -1,0 +1,238 @@
+//! The devnet producer under commonware's deterministic runtime: every certificate it makes
+//! verifies from the genesis outcome alone, committees rotate, the identity changes exactly at
+//! the full-DKG epoch, and a restart on the same storage continues the chain.
+
+use cairn_devnet::{Devnet, DevnetConfig, DevnetError, KeyOrigin};
+use cairn_dkg::{DkgOutcome, Identity};
+use cairn_epoch::{ChainProfile, FinalizationVerifier};
+use cairn_feed::{ChainReader, FeedState};
+use cairn_primitives::{Block, CertifiedBlock};
+use commonware_runtime::{Runner, Supervisor, deterministic};
+use rand::{SeedableRng, rngs::StdRng};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn config() -> DevnetConfig {
+    DevnetConfig {
+        validators: 5,
+        committee: 4,
+        epoch_length: 4,
+        full_dkg_at_epochs: BTreeSet::from([2]),
+        ..DevnetConfig::default()
+    }
+}
+
+/// Verifies `certified` in height order from the genesis outcome, registering each boundary.
+fn verify_all(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut identities = BTreeMap::new();
+    for certified in chain {
+        let (verified, _) = verifier
+            .verify_and_register(&mut rng, certified)
+            .unwrap_or_else(|err| panic!("height {:?}: {err}", certified.height));
+        identities.insert(verified.epoch().get(), verified.identity);
+    }
+    identities
+}
+
+async fn stored_chain(devnet: &Devnet<deterministic::Context>, to: u64) -> Vec<CertifiedBlock> {
+    let mut chain = Vec::new();
+    for height in 1..=to {
+        let certified = devnet
+            .store()
+            .certified_at(height)
+            .await
+            .expect("store reads")
+            .unwrap_or_else(|| panic!("height {height} is stored"));
+        chain.push(certified);
+    }
+    chain
+}
+
+#[test]
+fn devnet_rotates_keys_and_restarts_where_it_stopped() {
+    let (first_run, checkpoint) =
+        deterministic::Runner::seeded(1).start_and_recover(|context| async move {
+            let mut devnet = Devnet::open(context.child("devnet"), config(), FeedState::default())
+                .await
+                .expect("devnet opens");
+            let profile = devnet.profile("test").expect("profile");
+            let mut produced = Vec::new();
+            let mut entered = Vec::new();
+            for _ in 0..17 {
+                let next = devnet.produce_next().await.expect("produces");
+                if let Some(entry) = next.entered {
+                    entered.push((entry.epoch, entry.origin, entry.committee));
+                }
+                produced.push(next.certified);
+            }
+            let stored = stored_chain(&devnet, 17).await;
+            assert_eq!(
+                stored, produced,
+                "the store serves exactly what was produced"
+            );
+            (profile.to_json(), produced, entered)
+        });
+    let (profile_json, produced, entered) = first_run;
+    let profile = ChainProfile::from_json(&profile_json).expect("the written profile loads");
+
+    // Every certificate verifies knowing only the genesis outcome.
+    let identities = verify_all(&profile, &produced);
+    assert_eq!(identities.len(), 5, "epochs 0..=4");
+    assert_eq!(identities[&0], identities[&1], "reshare keeps the identity");
+    assert_ne!(
+        identities[&1], identities[&2],
+        "full DKG at epoch 2 changes it"
+    );
+    assert_eq!(identities[&2], identities[&3]);
+    assert_eq!(identities[&3], identities[&4]);
+
+    let origins: Vec<_> = entered
+        .iter()
+        .map(|(epoch, origin, _)| (*epoch, *origin))
+        .collect();
+    assert_eq!(
+        origins,
+        vec![
+            (0, KeyOrigin::Genesis),
+            (1, KeyOrigin::Reshare),
+            (2, KeyOrigin::FullDkg),
+            (3, KeyOrigin::Reshare),
+            (4, KeyOrigin::Reshare)
+        ]
+    );
+    for pair in entered.windows(2) {
+        assert_ne!(pair[0].2, pair[1].2, "committees rotate between epochs");
+    }
+
+    // Boundary blocks carry the next outcome; dealers of each reshare are the last committee.
+    for certified in &produced {
+        let block = certified
+            .block
+            .as_ref()
+            .expect("devnet blocks carry bodies");
+        let height = block.height();
+        if profile.epochs.is_boundary(height) {
+            let outcome = DkgOutcome::decode(block.header().extra_data()).expect("outcome");
+            let epoch = profile.epochs.epoch_of(height).get();
+            assert_eq!(outcome.epoch, epoch + 1);
+            assert_eq!(outcome.is_next_full_dkg, epoch + 2 == 2);
+        } else {
+            assert!(block.header().extra_data().is_empty());
+        }
+        // The raw RLP served by debug_getRawBlock decodes back to the certified block.
+        let raw = block.raw_rlp().expect("body known");
+        assert_eq!(
+            &Block::decode_raw_rlp(&raw).expect("raw block decodes"),
+            block
+        );
+        let context = block.header().consensus_context.expect("consensus context");
+        assert_eq!(
+            (context.epoch, context.view),
+            (certified.epoch, certified.view)
+        );
+    }
+    for pair in produced.windows(2) {
+        let (parent, child) = (pair[0].block.as_ref(), pair[1].block.as_ref());
+        let (parent, child) = (parent.expect("block"), child.expect("block"));
+        assert_eq!(child.parent(), parent.hash());
+        assert!(child.header().timestamp_millis() > parent.header().timestamp_millis());
+    }
+
+    // Restart on the same storage: the chain continues, nothing is produced twice.
+    let restarted = deterministic::Runner::from(checkpoint).start(|context| async move {
+        let mut devnet = Devnet::open(context.child("devnet"), config(), FeedState::default())
+            .await
+            .expect("devnet reopens");
+        assert_eq!(devnet.next_height(), 18);
+        assert_eq!(devnet.store().finalized_height(), Some(17));
+        for _ in 0..6 {
+            devnet.produce_next().await.expect("produces after restart");
+        }
+        stored_chain(&devnet, 23).await
+    });
+    assert_eq!(
+        &restarted[..17],
+        &produced[..],
+        "the first run's chain is unchanged"
+    );
+    let identities = verify_all(&profile, &restarted);
+    assert_eq!(identities.len(), 6, "epochs 0..=5");
+    let heights: BTreeSet<_> = restarted.iter().filter_map(|c| c.height).collect();
+    assert_eq!(heights, (1..=23).collect());
+}
+
+#[test]
+fn a_restart_with_other_chain_parameters_is_refused() {
+    let ((), checkpoint) =
+        deterministic::Runner::seeded(2).start_and_recover(|context| async move {
+            let mut devnet = Devnet::open(context.child("devnet"), config(), FeedState::default())
+                .await
+                .expect("opens");
+            devnet.produce_next().await.expect("produces");
+        });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let other = DevnetConfig {
+            epoch_length: 8,
+            ..config()
+        };
+        let Err(err) = Devnet::open(context.child("devnet"), other, FeedState::default()).await
+        else {
+            panic!("a different epoch length must be refused");
+        };
+        assert!(matches!(err, DevnetError::ParamsMismatch { .. }), "{err}");
+        // The stored chain is untouched and still opens with the right parameters.
+        let devnet = Devnet::open(
+            context.child("devnet_again"),
+            config(),
+            FeedState::default(),
+        )
+        .await
+        .expect("reopens");
+        assert_eq!(devnet.next_height(), 2);
+    });
+}
+
+#[test]
+fn invalid_configurations_are_refused_before_anything_is_stored() {
+    let cases = [
+        DevnetConfig {
+            committee: 0,
+            ..config()
+        },
+        DevnetConfig {
+            validators: 3,
+            committee: 4,
+            ..config()
+        },
+        DevnetConfig {
+            full_dkg_at_epochs: BTreeSet::from([0]),
+            ..config()
+        },
+        DevnetConfig {
+            epoch_length: 1,
+            ..config()
+        },
+    ];
+    for (i, bad) in cases.into_iter().enumerate() {
+        deterministic::Runner::seeded(i as u64).start(|context| async move {
+            let result = Devnet::open(context.child("devnet"), bad, FeedState::default()).await;
+            let Err(err) = result else {
+                panic!("case {i} must be refused");
+            };
+            assert!(
+                matches!(err, DevnetError::Config(_) | DevnetError::EpochLength(_)),
+                "case {i}: {err}"
+            );
+            // Nothing was written: a valid devnet on the same storage starts from genesis.
+            let devnet = Devnet::open(
+                context.child("devnet_valid"),
+                config(),
+                FeedState::default(),
+            )
+            .await
+            .expect("opens");
+            assert_eq!(devnet.next_height(), 1);
+        });
+    }
+}
