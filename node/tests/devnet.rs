@@ -1,0 +1,303 @@
+//! `cairn devnet` as a real process on an OS-chosen port: live `finalized` events over
+//! WebSocket and `consensus_getFinalization` answers verify against the written chain profile
+//! across reshares and a full DKG, raw blocks decode to the certified blocks, bad requests get
+//! JSON-RPC errors, and a restart continues the chain.
+
+use cairn_dkg::Identity;
+use cairn_epoch::{ChainProfile, FinalizationVerifier, decode_certificate};
+use cairn_primitives::{Block, CertifiedBlock, Event, Query};
+use jsonrpsee::{
+    core::client::{ClientT, SubscriptionClientT},
+    http_client::{HttpClient, HttpClientBuilder},
+    rpc_params,
+    ws_client::WsClientBuilder,
+};
+use rand::{SeedableRng, rngs::StdRng};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// A running `cairn devnet`; killed when dropped.
+struct DevnetProcess {
+    child: Child,
+    addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl DevnetProcess {
+    fn start(datadir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["devnet", "--datadir"])
+            .arg(datadir)
+            .args([
+                "--epoch-length",
+                "5",
+                "--block-time",
+                "40ms",
+                "--full-dkg-at-epochs",
+                "2",
+                "--rpc-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cairn devnet starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            addr: String::new(),
+            lines,
+        };
+        let line = process.wait_for_line("rpc listening on ");
+        process.addr = line
+            .trim_start_matches("rpc listening on ")
+            .split_whitespace()
+            .next()
+            .expect("an address follows")
+            .to_string();
+        process
+    }
+
+    fn wait_for_line(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|err| panic!("no line starting with {prefix:?}: {err}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn http(&self) -> HttpClient {
+        HttpClientBuilder::default()
+            .build(format!("http://{}", self.addr))
+            .expect("http client")
+    }
+
+    /// Stops the devnet with SIGTERM and waits for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("devnet exits");
+        assert!(exit.success(), "clean shutdown on SIGTERM, got {exit}");
+    }
+}
+
+impl Drop for DevnetProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
+    client
+        .request(
+            "consensus_getFinalization",
+            rpc_params![Query::Height(height)],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
+}
+
+/// The JSON-RPC error code of a failed call.
+fn error_code(err: jsonrpsee::core::client::Error) -> i32 {
+    match err {
+        jsonrpsee::core::client::Error::Call(call) => call.code(),
+        other => panic!("expected a JSON-RPC error, got {other}"),
+    }
+}
+
+/// Verifies `chain` in height order from the profile's genesis, returning each epoch's identity.
+fn verify_chain(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut identities = BTreeMap::new();
+    for certified in chain {
+        let (verified, _) = verifier
+            .verify_and_register(&mut rng, certified)
+            .unwrap_or_else(|err| panic!("height {:?}: {err}", certified.height));
+        identities.insert(verified.epoch().get(), verified.identity);
+    }
+    identities
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_and_finalizations_verify_across_rotations() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet = DevnetProcess::start(dir.path(), &["--until-height", "27"]);
+    let ws = WsClientBuilder::default()
+        .build(format!("ws://{}", devnet.addr))
+        .await
+        .expect("websocket connects");
+    let mut subscription = ws
+        .subscribe::<Event, _>(
+            "consensus_subscribe",
+            rpc_params![],
+            "consensus_unsubscribe",
+        )
+        .await
+        .expect("subscribes");
+
+    let mut events: BTreeMap<u64, CertifiedBlock> = BTreeMap::new();
+    while events.keys().next_back() != Some(&27) {
+        let event = tokio::time::timeout(Duration::from_secs(120), subscription.next())
+            .await
+            .expect("an event arrives in time")
+            .expect("the subscription is open")
+            .expect("the event parses");
+        let Event::Finalized { block, seen } = event else {
+            panic!("the devnet only emits finalized events");
+        };
+        assert!(seen > 0);
+        let height = block.height.expect("height is set");
+        assert!(
+            events.insert(height, block).is_none(),
+            "height {height} twice"
+        );
+    }
+
+    let profile = ChainProfile::load(&dir.path().join("chain.json")).expect("chain.json loads");
+    let http = devnet.http();
+    let mut chain = Vec::new();
+    for height in 1..=27 {
+        let answer = finalization(&http, height).await;
+        if let Some(event) = events.get(&height) {
+            assert_eq!(&answer, event, "height {height}: event and query agree");
+        }
+        chain.push(answer);
+    }
+    let first_event = *events.keys().next().expect("events arrived");
+    assert!(27 - first_event >= 15, "live events span several epochs");
+    let identities = verify_chain(&profile, &chain);
+    assert_eq!(identities.len(), 6, "epochs 0..=5");
+    assert_eq!(identities[&0], identities[&1]);
+    assert_ne!(
+        identities[&1], identities[&2],
+        "the full DKG at epoch 2 rotates the identity"
+    );
+    for epoch in 3..=5 {
+        assert_eq!(identities[&epoch], identities[&2], "epoch {epoch} reshares");
+    }
+
+    // debug_getRawBlock decodes to the block the certificate signs.
+    for height in [1u64, 4, 9, 27] {
+        let raw: alloy_primitives::Bytes = http
+            .request("debug_getRawBlock", rpc_params![format!("{height:#x}")])
+            .await
+            .expect("raw block");
+        let block = Block::decode_raw_rlp(&raw).expect("raw block decodes");
+        let certificate =
+            decode_certificate(&chain[height as usize - 1].certificate).expect("decodes");
+        assert_eq!(
+            block.hash(),
+            certificate.proposal.payload,
+            "height {height}"
+        );
+        let header: alloy_primitives::Bytes = http
+            .request("debug_getRawHeader", rpc_params![block.hash().0])
+            .await
+            .expect("raw header by hash");
+        assert_eq!(header.as_ref(), block.header().rlp().as_slice());
+    }
+    let number: alloy_primitives::U64 = http
+        .request("eth_blockNumber", rpc_params![])
+        .await
+        .expect("number");
+    assert_eq!(number.to::<u64>(), 27);
+    let by_hash: serde_json::Value = http
+        .request("eth_getBlockByHash", rpc_params![chain[3].digest, false])
+        .await
+        .expect("block by hash");
+    assert_eq!(by_hash["number"], "0x4");
+    assert_eq!(by_hash["hash"], serde_json::json!(chain[3].digest));
+
+    // Bad requests get JSON-RPC errors, and the server stays healthy.
+    let unknown = http
+        .request::<serde_json::Value, _>("consensus_nope", rpc_params![])
+        .await;
+    assert_eq!(error_code(unknown.expect_err("unknown method")), -32601);
+    let above = http
+        .request::<CertifiedBlock, _>(
+            "consensus_getFinalization",
+            rpc_params![Query::Height(1_000)],
+        )
+        .await;
+    assert_eq!(error_code(above.expect_err("above the tip")), 503);
+    let malformed = http
+        .request::<CertifiedBlock, _>("consensus_getFinalization", rpc_params!["yesterday"])
+        .await;
+    assert_eq!(error_code(malformed.expect_err("malformed")), -32602);
+    let malformed = http
+        .request::<serde_json::Value, _>("eth_getBlockByNumber", rpc_params![[1, 2], "x"])
+        .await;
+    assert_eq!(error_code(malformed.expect_err("malformed")), -32602);
+
+    // A client that disconnects mid-subscription leaves the server serving others.
+    drop(subscription);
+    drop(ws);
+    let latest: serde_json::Value = http
+        .request("consensus_getLatest", rpc_params![])
+        .await
+        .expect("healthy");
+    assert_eq!(latest["finalized"]["height"], 27);
+    assert!(latest["notarized"].is_null());
+
+    devnet.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_devnet_continues_its_chain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = DevnetProcess::start(dir.path(), &["--until-height", "8"]);
+    first.wait_for_line("reached --until-height 8");
+    let http = first.http();
+    let mut before = Vec::new();
+    for height in 1..=8 {
+        before.push(finalization(&http, height).await);
+    }
+    first.stop();
+
+    let second = DevnetProcess::start(dir.path(), &["--until-height", "16"]);
+    second.wait_for_line("reached --until-height 16");
+    let http = second.http();
+    let mut after = Vec::new();
+    for height in 1..=16 {
+        after.push(finalization(&http, height).await);
+    }
+    assert_eq!(
+        &after[..8],
+        &before[..],
+        "stored heights are served unchanged"
+    );
+    let profile = ChainProfile::load(&dir.path().join("chain.json")).expect("chain.json loads");
+    let identities = verify_chain(&profile, &after);
+    assert_eq!(identities.len(), 4, "epochs 0..=3");
+    for pair in after.windows(2) {
+        let parent = pair[0].block.as_ref().expect("block");
+        let child = pair[1].block.as_ref().expect("block");
+        assert_eq!(child.parent(), parent.hash(), "height {}", child.height());
+    }
+    second.stop();
+}
