@@ -1,13 +1,18 @@
 //! Epochs for cairn: the fixed-length epoch strategy, the epoch -> verifier registry
 //! ([`SchemeProvider`]), chain profiles, and the [`FinalizationVerifier`] that checks a
-//! certified block in the order DESIGN.md fixes.
+//! certified block in the order DESIGN.md fixes, and the [`IdentityLedger`] that learns every
+//! epoch's identity from genesis through the boundary blocks.
 
+mod ledger;
 mod profile;
 mod provider;
 mod signer;
 mod strategy;
 mod verifier;
 
+pub use ledger::{
+    BoundaryEvidence, BoundarySource, IdentityLedger, IdentityRun, LedgerError, SourceError,
+};
 pub use profile::{
     BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity,
 };

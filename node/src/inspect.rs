@@ -1,10 +1,11 @@
 //! `cairn inspect`: offline decoding and verification of a certified block or a DKG outcome.
 
+use crate::upstream::Upstream;
 use alloy_primitives::hex;
 use cairn_dkg::DkgOutcome;
 use cairn_epoch::{
-    ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentitySource, VerifiedBlock,
-    VerifyError, decode_certificate,
+    ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentityLedger, IdentitySource,
+    LedgerError, SchemeProvider, VerifiedBlock, VerifyError, decode_certificate,
 };
 use cairn_primitives::CertifiedBlock;
 use clap::{Args, Subcommand};
@@ -29,7 +30,8 @@ pub enum InspectCommand {
     ///
     /// Runs every check in order: decode, digest, epoch, identity, signature, and for a boundary
     /// block the next epoch's DKG outcome. Exit status: 0 valid, 1 does not verify (the failed
-    /// check is named), 2 malformed or unreadable input.
+    /// check is named; `boundary_chain` when a boundary on the way from genesis fails), 2
+    /// malformed or unreadable input, or an unreachable upstream.
     Certificate(CertificateArgs),
     /// Decode an on-chain DKG outcome (a genesis or boundary header's `extraData`).
     ///
@@ -43,6 +45,11 @@ pub struct CertificateArgs {
     /// Chain profile: a built-in name (tempo-mainnet, tempo-moderato) or a profile JSON file.
     #[arg(long, value_name = "PROFILE|FILE", default_value = "tempo-mainnet")]
     chain: String,
+    /// Learn the certificate's epoch key from first principles: walk the boundary blocks from
+    /// the profile's genesis outcome through this node's `consensus_getFinalization`, each
+    /// verified with its epoch's key (ws://, wss://, http://, https:// or host:port).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -89,6 +96,26 @@ struct CertificateReport {
     identity_source: Option<String>,
     boundary: bool,
     next_epoch: Option<OutcomeReport>,
+    /// With `--upstream`: the identities learnt from the boundary chain.
+    ledger: Option<LedgerReport>,
+}
+
+/// What the boundary walk established.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct LedgerReport {
+    boundaries_verified: u64,
+    runs: Vec<RunReport>,
+}
+
+/// One run of epochs sharing an identity.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct RunReport {
+    from_epoch: u64,
+    identity: String,
+    /// The boundary block that announced it (null for genesis).
+    boundary_height: Option<u64>,
 }
 
 /// The decoded fields of a DKG outcome.
@@ -196,13 +223,23 @@ fn certificate_report(args: &CertificateArgs, report: &mut CertificateReport) ->
         report.parent_view = Some(finalization.proposal.parent.get());
     }
 
-    let verifier = FinalizationVerifier::new(
-        profile.epochs.clone(),
-        profile.scheme_provider(DEFAULT_MAX_EPOCHS),
-    );
+    let provider = match (&args.upstream, report.epoch) {
+        (Some(url), Some(epoch)) => match walk_boundaries(&profile, url, epoch, report) {
+            Ok(provider) => provider,
+            Err(status) => return Ok(status),
+        },
+        _ => profile.scheme_provider(DEFAULT_MAX_EPOCHS),
+    };
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider);
     match verifier.verify(&mut rand::rng(), &certified) {
         Ok(verified) => {
             fill_verified(report, &verified);
+            if let Some(ledger) = &report.ledger {
+                report.identity_source = Some(format!(
+                    "boundary chain from genesis ({} boundaries verified)",
+                    ledger.boundaries_verified
+                ));
+            }
             Ok(EXIT_VALID)
         }
         Err(err) => {
@@ -214,6 +251,54 @@ fn certificate_report(args: &CertificateArgs, report: &mut CertificateReport) ->
             })
         }
     }
+}
+
+/// Walks the boundary chain up to `epoch` through `url`; on failure fills `report` and returns
+/// the exit status.
+fn walk_boundaries(
+    profile: &ChainProfile,
+    url: &str,
+    epoch: u64,
+    report: &mut CertificateReport,
+) -> Result<SchemeProvider, u8> {
+    let mut ledger = IdentityLedger::from_genesis(profile);
+    let walked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| eyre!("starting the async runtime: {err}"))
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let upstream = Upstream::connect(url).await?;
+                ledger
+                    .advance_to(&mut rand::rng(), &upstream, epoch)
+                    .await
+                    .map_err(eyre::Report::new)
+            })
+        });
+    report.ledger = Some(LedgerReport {
+        boundaries_verified: ledger.known_through(),
+        runs: ledger
+            .runs()
+            .iter()
+            .map(|run| RunReport {
+                from_epoch: run.from_epoch,
+                identity: hex::encode(run.identity.encode()),
+                boundary_height: run.evidence.as_ref().map(|evidence| evidence.height),
+            })
+            .collect(),
+    });
+    if let Err(err) = walked {
+        let broken = matches!(
+            err.downcast_ref::<LedgerError>(),
+            Some(LedgerError::Broken { .. })
+        );
+        report.error = Some(if broken { "boundary_chain" } else { "upstream" });
+        report.reason = Some(format!("{err:#}"));
+        return Err(if broken { EXIT_INVALID } else { EXIT_MALFORMED });
+    }
+    Ok(ledger
+        .provider_for(&profile.namespace, epoch)
+        .expect("the ledger reached the epoch"))
 }
 
 fn fill_verified(report: &mut CertificateReport, verified: &VerifiedBlock) {

@@ -3,6 +3,7 @@
 
 mod devnet;
 mod inspect;
+mod upstream;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

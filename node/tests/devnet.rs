@@ -233,6 +233,42 @@ async fn live_events_and_finalizations_verify_across_rotations() {
     assert_eq!(by_hash["number"], "0x4");
     assert_eq!(by_hash["hash"], serde_json::json!(chain[3].digest));
 
+    // `inspect --upstream` verifies the tip knowing only the genesis outcome.
+    let tip_file = dir.path().join("tip.json");
+    std::fs::write(&tip_file, serde_json::to_string(&chain[26]).expect("json")).expect("write");
+    let profile_path = dir.path().join("chain.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["inspect", "certificate", "--json", "--chain"])
+        .arg(&profile_path)
+        .args(["--upstream", &devnet.addr])
+        .arg(&tip_file)
+        .output()
+        .expect("inspect runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["epoch"], 5);
+    assert_eq!(report["ledger"]["boundariesVerified"], 5);
+    let runs = report["ledger"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "genesis and the full DKG at epoch 2");
+    assert_eq!(runs[1]["fromEpoch"], 2);
+    assert_eq!(runs[1]["boundaryHeight"], 9);
+    assert_eq!(report["identity"], runs[1]["identity"]);
+    // Without the walk (or a configured identity) epoch 5's key is unknown.
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["inspect", "certificate", "--json", "--chain"])
+        .arg(&profile_path)
+        .arg(&tip_file)
+        .output()
+        .expect("inspect runs");
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json report");
+    assert_eq!(report["error"], "identity_unavailable");
+
     // Bad requests get JSON-RPC errors, and the server stays healthy.
     let unknown = http
         .request::<serde_json::Value, _>("consensus_nope", rpc_params![])

@@ -4,6 +4,7 @@
 mod ceremonies;
 mod decoders;
 mod devnet;
+mod ledger;
 mod properties;
 mod tempo;
 

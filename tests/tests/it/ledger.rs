@@ -1,0 +1,194 @@
+//! The identity ledger walks boundary blocks from genesis: it learns every identity through
+//! reshares and full DKGs, keeps one run per identity with the boundary that announced it, and
+//! names the boundary where a broken or unavailable chain stops it.
+
+use cairn_devnet::{Devnet, DevnetConfig};
+use cairn_epoch::{
+    BoundarySource, ChainProfile, IdentityLedger, LedgerError, SourceError, VerifyError,
+};
+use cairn_feed::FeedState;
+use cairn_primitives::CertifiedBlock;
+use commonware_runtime::{Runner, Supervisor, deterministic};
+use futures::executor::block_on;
+use rand::{SeedableRng, rngs::StdRng};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Boundary blocks served from memory.
+struct MemorySource(BTreeMap<u64, CertifiedBlock>);
+
+impl BoundarySource for MemorySource {
+    async fn certified_at(&self, height: u64) -> Result<CertifiedBlock, SourceError> {
+        self.0
+            .get(&height)
+            .cloned()
+            .ok_or_else(|| SourceError(format!("height {height} is not served")))
+    }
+}
+
+/// A devnet chain of 25 blocks, epochs of 4, full DKGs at epochs 2 and 4.
+fn chain() -> (ChainProfile, BTreeMap<u64, CertifiedBlock>) {
+    deterministic::Runner::seeded(5).start(|context| async move {
+        let config = DevnetConfig {
+            validators: 6,
+            committee: 4,
+            epoch_length: 4,
+            full_dkg_at_epochs: BTreeSet::from([2, 4]),
+            ..DevnetConfig::default()
+        };
+        let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
+            .await
+            .expect("opens");
+        let mut chain = BTreeMap::new();
+        for _ in 0..25 {
+            let produced = devnet.produce_next().await.expect("produces");
+            chain.insert(
+                produced.certified.height.expect("height"),
+                produced.certified,
+            );
+        }
+        (devnet.profile("test").expect("profile"), chain)
+    })
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(8)
+}
+
+#[test]
+fn walks_reshares_and_full_dkgs_from_genesis() {
+    let (profile, chain) = chain();
+    let source = MemorySource(chain.clone());
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    assert_eq!(ledger.identity_for(0), Some(*profile.genesis.identity()));
+    assert_eq!(ledger.identity_for(1), None, "not walked yet");
+
+    block_on(ledger.advance_to(&mut rng(), &source, 6)).expect("the chain verifies");
+    assert_eq!(ledger.known_through(), 6);
+    let runs: Vec<_> = ledger
+        .runs()
+        .iter()
+        .map(|run| (run.from_epoch, run.evidence.as_ref().map(|e| e.height)))
+        .collect();
+    assert_eq!(runs, vec![(0, None), (2, Some(7)), (4, Some(15))]);
+    assert_eq!(ledger.identity_for(1), ledger.identity_for(0));
+    assert_ne!(ledger.identity_for(2), ledger.identity_for(1));
+    assert_eq!(ledger.identity_for(3), ledger.identity_for(2));
+    assert_ne!(ledger.identity_for(4), ledger.identity_for(3));
+    assert_eq!(ledger.identity_for(6), ledger.identity_for(4));
+    assert_eq!(ledger.identity_for(7), None);
+
+    // The evidence is the real boundary: its certificate is the one the chain served.
+    let evidence = ledger.runs()[1].evidence.as_ref().expect("evidence");
+    assert_eq!(evidence.certificate, chain[&7].certificate);
+
+    // Each block of the last epoch verifies with the identity the ledger learnt.
+    let provider = ledger
+        .provider_for(&profile.namespace, 6)
+        .expect("epoch 6 is known");
+    let verifier = cairn_epoch::FinalizationVerifier::new(profile.epochs.clone(), provider);
+    for height in 24..=25 {
+        verifier
+            .verify(&mut rng(), &chain[&height])
+            .expect("verifies with the learnt key");
+    }
+}
+
+#[test]
+fn a_tampered_boundary_is_named_and_stops_the_walk() {
+    let (profile, mut chain) = chain();
+    // Flip a bit in the seed signature of epoch 3's boundary certificate (height 15).
+    let certified = chain.get_mut(&15).expect("height 15");
+    let mut bytes = alloy_primitives::hex::decode(&certified.certificate).expect("hex");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    certified.certificate = alloy_primitives::hex::encode(bytes);
+
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    let err = block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 6))
+        .expect_err("the chain is broken at epoch 3");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Broken {
+                epoch: 3,
+                height: 15,
+                error: VerifyError::Malformed(_) | VerifyError::BadSignature { .. }
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        ledger.known_through(),
+        3,
+        "what was verified before the break stays known"
+    );
+    assert_eq!(
+        ledger.runs().len(),
+        2,
+        "the identity announced at the broken boundary is not kept"
+    );
+}
+
+#[test]
+fn a_forged_boundary_does_not_rotate_the_identity() {
+    let (profile, mut chain) = chain();
+    // Replace epoch 1's boundary with one from another chain (same heights, other keys).
+    let (_, other) = deterministic::Runner::seeded(6).start(|context| async move {
+        let config = DevnetConfig {
+            validators: 6,
+            committee: 4,
+            epoch_length: 4,
+            full_dkg_at_epochs: BTreeSet::from([2, 4]),
+            ..DevnetConfig::default()
+        };
+        let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
+            .await
+            .expect("opens");
+        let mut chain = BTreeMap::new();
+        for _ in 0..8 {
+            let produced = devnet.produce_next().await.expect("produces");
+            chain.insert(
+                produced.certified.height.expect("height"),
+                produced.certified,
+            );
+        }
+        ((), chain)
+    });
+    chain.insert(7, other[&7].clone());
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    let err = block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 4))
+        .expect_err("forged boundary");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Broken {
+                epoch: 1,
+                height: 7,
+                error: VerifyError::BadSignature { .. }
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(ledger.runs().len(), 1);
+}
+
+#[test]
+fn an_unavailable_boundary_is_named() {
+    let (profile, mut chain) = chain();
+    chain.remove(&11);
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    let err = block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 5))
+        .expect_err("height 11 is missing");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Source {
+                epoch: 2,
+                height: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(ledger.known_through(), 2);
+}
