@@ -6,6 +6,7 @@ mod decoders;
 mod devnet;
 mod ledger;
 mod properties;
+mod rpc;
 mod tempo;
 
 #[global_allocator]
