@@ -51,6 +51,16 @@ pub struct DevnetArgs {
 pub fn run(args: DevnetArgs) -> eyre::Result<()> {
     std::fs::create_dir_all(&args.datadir)
         .wrap_err_with(|| format!("creating datadir {}", args.datadir.display()))?;
+    // Held for the whole run: two processes writing one store would corrupt it.
+    let lock_path = args.datadir.join("LOCK");
+    let lock = std::fs::File::create(&lock_path)
+        .wrap_err_with(|| format!("creating {}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        eyre!(
+            "datadir {} is in use by another cairn process",
+            args.datadir.display()
+        )
+    })?;
     let storage = args.datadir.join("store");
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)

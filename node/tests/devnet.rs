@@ -313,6 +313,14 @@ async fn a_restarted_devnet_continues_its_chain() {
     for height in 1..=8 {
         before.push(finalization(&http, height).await);
     }
+    // A second process on the same datadir is refused while the first runs.
+    let second = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["devnet", "--rpc-addr", "127.0.0.1:0", "--datadir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another cairn process"));
     first.stop();
 
     let second = DevnetProcess::start(dir.path(), &["--until-height", "16"]);
