@@ -8,4 +8,6 @@ mod state;
 pub use rpc::{
     MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcConfig, RunningServer, StartError, start,
 };
-pub use state::{ChainReader, DEFAULT_EVENT_BUFFER, FeedState, ReadError, unix_millis};
+pub use state::{
+    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, unix_millis,
+};

@@ -233,7 +233,7 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
                         let message = match SubscriptionMessage::new(
                             sink.method_name(),
                             sink.subscription_id().clone(),
-                            &event,
+                            &event.json,
                         ) {
                             Ok(message) => message,
                             Err(err) => {

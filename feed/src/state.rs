@@ -43,10 +43,19 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send;
 }
 
+/// An event as published: the typed value and its JSON, serialized once for all subscribers.
+#[derive(Debug)]
+pub struct PublishedEvent {
+    /// The event.
+    pub event: Event,
+    /// Its JSON encoding.
+    pub json: Box<serde_json::value::RawValue>,
+}
+
 #[derive(Debug)]
 struct Inner {
     latest: RwLock<Option<CertifiedBlock>>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<PublishedEvent>>,
 }
 
 /// The latest finalized block and the event stream (cheap to clone; clones share state).
@@ -75,11 +84,22 @@ impl FeedState {
             .latest
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(certified.clone());
-        // No receivers is not an error: nobody is subscribed right now.
-        let _ = self.inner.events.send(Event::Finalized {
+        let event = Event::Finalized {
             block: certified,
             seen: unix_millis(),
-        });
+        };
+        let json = match serde_json::value::to_raw_value(&event) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::warn!(%err, "could not serialize a finalized event; not published");
+                return;
+            }
+        };
+        // No receivers is not an error: nobody is subscribed right now.
+        let _ = self
+            .inner
+            .events
+            .send(Arc::new(PublishedEvent { event, json }));
     }
 
     /// The latest finalized block, if any.
@@ -92,7 +112,7 @@ impl FeedState {
     }
 
     /// A new subscription to the event stream.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<PublishedEvent>> {
         self.inner.events.subscribe()
     }
 
