@@ -93,7 +93,7 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
         feed.publish_finalized(event.clone());
         slowest_publish = slowest_publish.max(before.elapsed());
         published += 1;
-        if published % 16 == 0 {
+        if published.is_multiple_of(16) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
