@@ -220,6 +220,80 @@ fn corrupt(what: impl Into<String>, error: impl std::fmt::Display) -> DevnetErro
     }
 }
 
+/// The committee (a window over the pool moving one validator per epoch) of `epoch`.
+fn committee_keys(pool: &[PrivateKey], committee: usize, epoch: u64) -> Vec<PrivateKey> {
+    let validators = pool.len() as u64;
+    (0..committee as u64)
+        .map(|i| pool[((epoch % validators + i) % validators) as usize].clone())
+        .collect()
+}
+
+/// The players of the ceremony run during `epoch` (the committee of `epoch + 1`).
+fn next_players(
+    pool: &[PrivateKey],
+    committee: usize,
+    epoch: u64,
+) -> Result<commonware_utils::ordered::Set<PublicKey>, DevnetError> {
+    committee_set(&committee_keys(pool, committee, epoch + 1)).map_err(|error| {
+        DevnetError::Ceremony {
+            epoch: epoch + 1,
+            error,
+        }
+    })
+}
+
+/// Deals the genesis key to the epoch-0 committee, stores its secrets and the genesis block
+/// (whose `extraData` is the epoch-0 outcome).
+async fn create_genesis<E: StoreContext>(
+    store: &ChainStore<E>,
+    config: &DevnetConfig,
+    pool: &[PrivateKey],
+    rng: &mut StdRng,
+) -> Result<Block, DevnetError> {
+    let keys = committee_keys(pool, config.committee, 0);
+    let ceremony = cairn_dkg::trusted_deal(rng, &keys)
+        .map_err(|error| DevnetError::Ceremony { epoch: 0, error })?;
+    let secrets = EpochSecrets {
+        outcome: DkgOutcome {
+            epoch: 0,
+            output: ceremony.output,
+            next_players: next_players(pool, config.committee, 0)?,
+            is_next_full_dkg: config.full_dkg_at_epochs.contains(&1),
+        },
+        shares: ceremony.shares,
+    };
+    store.put_secret(0, encode_record(&secrets), 0).await?;
+    let now = now_millis();
+    let inner = alloy_consensus::Header {
+        number: 0,
+        timestamp: now / 1000,
+        gas_limit: GAS_LIMIT,
+        extra_data: Bytes::from(secrets.outcome.to_bytes()),
+        ommers_hash: EMPTY_OMMERS_HASH,
+        transactions_root: EMPTY_ROOT,
+        receipts_root: EMPTY_ROOT,
+        base_fee_per_gas: Some(BASE_FEE),
+        withdrawals_root: Some(EMPTY_ROOT),
+        blob_gas_used: Some(0),
+        excess_blob_gas: Some(0),
+        parent_beacon_block_root: Some(B256::ZERO),
+        requests_hash: Some(EMPTY_REQUESTS_HASH),
+        ..Default::default()
+    };
+    let header = TempoHeader {
+        general_gas_limit: GENERAL_GAS_LIMIT,
+        shared_gas_limit: 0,
+        timestamp_millis_part: now % 1000,
+        inner,
+        consensus_context: None,
+    };
+    let genesis = Block::new(header, Some(Body::default()))
+        .map_err(|error| DevnetError::Block { height: 0, error })?;
+    store.put_block(&genesis).await?;
+    info!(hash = %genesis.hash(), "devnet genesis created");
+    Ok(genesis)
+}
+
 impl<E: StoreContext> Devnet<E> {
     /// Opens the devnet in `context`'s storage: creates the pool and genesis on first start,
     /// or checks the parameters and resumes after the last stored height.
@@ -295,26 +369,20 @@ impl<E: StoreContext> Devnet<E> {
             ));
         }
 
+        let genesis = match store.block(0).await? {
+            Some(genesis) => genesis,
+            None => create_genesis(&store, &config, &pool, &mut rng).await?,
+        };
         let mut devnet = Self {
             config,
             epochs,
             store,
             feed,
             pool,
-            genesis: Block::header_only(TempoHeader {
-                general_gas_limit: 0,
-                shared_gas_limit: 0,
-                timestamp_millis_part: 0,
-                inner: alloy_consensus::Header::default(),
-                consensus_context: None,
-            }),
+            genesis,
             active: None,
             next_height: 1,
             rng,
-        };
-        devnet.genesis = match devnet.store.block(0).await? {
-            Some(genesis) => genesis,
-            None => devnet.create_genesis().await?,
         };
         devnet.resume().await?;
         Ok(devnet)
@@ -358,69 +426,14 @@ impl<E: StoreContext> Devnet<E> {
 
     /// The committee (pool window) of `epoch`.
     fn committee_keys(&self, epoch: u64) -> Vec<PrivateKey> {
-        let validators = self.pool.len() as u64;
-        (0..self.config.committee as u64)
-            .map(|i| {
-                let index = (epoch % validators + i) % validators;
-                self.pool[index as usize].clone()
-            })
-            .collect()
+        committee_keys(&self.pool, self.config.committee, epoch)
     }
 
-    fn next_players(
-        &self,
-        epoch: u64,
-    ) -> Result<commonware_utils::ordered::Set<PublicKey>, DevnetError> {
-        committee_set(&self.committee_keys(epoch + 1)).map_err(|error| DevnetError::Ceremony {
-            epoch: epoch + 1,
-            error,
-        })
-    }
-
-    async fn create_genesis(&mut self) -> Result<Block, DevnetError> {
-        let keys = self.committee_keys(0);
-        let ceremony = cairn_dkg::trusted_deal(&mut self.rng, &keys)
-            .map_err(|error| DevnetError::Ceremony { epoch: 0, error })?;
-        let outcome = DkgOutcome {
-            epoch: 0,
-            output: ceremony.output,
-            next_players: self.next_players(0)?,
-            is_next_full_dkg: self.config.full_dkg_at_epochs.contains(&1),
-        };
-        let secrets = EpochSecrets {
-            outcome,
-            shares: ceremony.shares,
-        };
-        self.store.put_secret(0, encode_record(&secrets), 0).await?;
-        let now = now_millis();
-        let inner = alloy_consensus::Header {
-            number: 0,
-            timestamp: now / 1000,
-            gas_limit: GAS_LIMIT,
-            extra_data: Bytes::from(secrets.outcome.to_bytes()),
-            ommers_hash: EMPTY_OMMERS_HASH,
-            transactions_root: EMPTY_ROOT,
-            receipts_root: EMPTY_ROOT,
-            base_fee_per_gas: Some(BASE_FEE),
-            withdrawals_root: Some(EMPTY_ROOT),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
-            ..Default::default()
-        };
-        let header = TempoHeader {
-            general_gas_limit: GENERAL_GAS_LIMIT,
-            shared_gas_limit: 0,
-            timestamp_millis_part: now % 1000,
-            inner,
-            consensus_context: None,
-        };
-        let genesis = Block::new(header, Some(Body::default()))
-            .map_err(|error| DevnetError::Block { height: 0, error })?;
-        self.store.put_block(&genesis).await?;
-        info!(hash = %genesis.hash(), "devnet genesis created");
-        Ok(genesis)
+    /// The epoch containing `height` and the height's view in it (views start at 1).
+    fn round_of(&self, height: u64) -> (u64, u64) {
+        let epoch = self.epochs.epoch_of(height);
+        let first = self.epochs.first_height(epoch).unwrap_or(0);
+        (epoch.get(), height - first + 1)
     }
 
     /// Finds where to continue: re-certifies a stored block that lost its finalization in a
@@ -546,7 +559,7 @@ impl<E: StoreContext> Devnet<E> {
             outcome: DkgOutcome {
                 epoch: next,
                 output: ceremony.output,
-                next_players: self.next_players(next)?,
+                next_players: next_players(&self.pool, self.config.committee, next)?,
                 is_next_full_dkg: self.config.full_dkg_at_epochs.contains(&(next + 1)),
             },
             shares: ceremony.shares,
@@ -576,16 +589,13 @@ impl<E: StoreContext> Devnet<E> {
     /// Builds, certifies and stores the next height.
     pub async fn produce_next(&mut self) -> Result<Produced, DevnetError> {
         let height = self.next_height;
-        let epoch = self.epochs.epoch_of(height).get();
+        let (epoch, view) = self.round_of(height);
         let entered = self.activate(epoch).await?;
         let parent = self
             .store
             .block(height - 1)
             .await?
             .ok_or_else(|| corrupt(format!("block {}", height - 1), "missing parent"))?;
-
-        let first = self.epochs.first_height(Epoch::new(epoch)).unwrap_or(0);
-        let view = height - first + 1;
         let extra_data = if self.epochs.is_boundary(height) {
             self.next_epoch_secrets(epoch).await?.outcome.to_bytes()
         } else {
@@ -656,11 +666,9 @@ impl<E: StoreContext> Devnet<E> {
         block: Block,
     ) -> Result<cairn_primitives::CertifiedBlock, DevnetError> {
         let height = block.height();
-        let epoch = self.epochs.epoch_of(height).get();
+        let (epoch, view) = self.round_of(height);
         self.activate(epoch).await?;
         let active = self.active.as_ref().expect("activate() just set the epoch");
-        let first = self.epochs.first_height(Epoch::new(epoch)).unwrap_or(0);
-        let view = height - first + 1;
         let players: Vec<PublicKey> = active.signer.players().iter().cloned().collect();
         let quorum = active.signer.quorum() as usize;
         // Rotate which members are missing from the certificate.

@@ -164,11 +164,11 @@ impl<C: ChainReader> RpcHandlers<C> {
     }
 
     /// Resolves a number or tag to a height; every tag but `earliest` means the finalized tip.
-    fn height_of(&self, number: BlockNumberOrTag) -> Result<u64, ErrorObjectOwned> {
+    fn height_of(&self, number: BlockNumberOrTag) -> u64 {
         match number {
-            BlockNumberOrTag::Number(height) => Ok(height),
-            BlockNumberOrTag::Earliest => Ok(0),
-            _ => Ok(self.chain.finalized_height().unwrap_or(0)),
+            BlockNumberOrTag::Number(height) => height,
+            BlockNumberOrTag::Earliest => 0,
+            _ => self.chain.finalized_height().unwrap_or(0),
         }
     }
 
@@ -180,7 +180,7 @@ impl<C: ChainReader> RpcHandlers<C> {
                 .await
                 .map_err(internal)?,
             BlockId::Number(number) => {
-                let height = self.height_of(number)?;
+                let height = self.height_of(number);
                 self.chain.block_at(height).await.map_err(internal)?
             }
         };
@@ -274,7 +274,7 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
         number: BlockNumberOrTag,
         full: Option<bool>,
     ) -> RpcResult<Option<RpcBlock>> {
-        let height = self.height_of(number)?;
+        let height = self.height_of(number);
         let block = self.chain.block_at(height).await.map_err(internal)?;
         Ok(block.map(|block| RpcBlock::new(block, full.unwrap_or(false))))
     }
