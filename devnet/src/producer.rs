@@ -242,6 +242,36 @@ fn next_players(
     })
 }
 
+/// A header at `number` with the fields every devnet header shares (gas limits, fee and fork
+/// fields, empty ommers, receipts and withdrawals); the caller fills in the rest.
+fn header_template(number: u64, millis: u64, extra_data: Bytes) -> TempoHeader {
+    TempoHeader {
+        general_gas_limit: GENERAL_GAS_LIMIT,
+        shared_gas_limit: 0,
+        timestamp_millis_part: millis % 1000,
+        inner: alloy_consensus::Header {
+            ommers_hash: EMPTY_OMMERS_HASH,
+            transactions_root: EMPTY_ROOT,
+            receipts_root: EMPTY_ROOT,
+            difficulty: U256::ZERO,
+            number,
+            gas_limit: GAS_LIMIT,
+            timestamp: millis / 1000,
+            extra_data,
+            mix_hash: B256::ZERO,
+            nonce: B64::ZERO,
+            base_fee_per_gas: Some(BASE_FEE),
+            withdrawals_root: Some(EMPTY_ROOT),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        },
+        consensus_context: None,
+    }
+}
+
 /// Deals the genesis key to the epoch-0 committee, stores its secrets and the genesis block
 /// (whose `extraData` is the epoch-0 outcome).
 async fn create_genesis<E: StoreContext>(
@@ -263,30 +293,7 @@ async fn create_genesis<E: StoreContext>(
         shares: ceremony.shares,
     };
     store.put_secret(0, encode_record(&secrets), 0).await?;
-    let now = now_millis();
-    let inner = alloy_consensus::Header {
-        number: 0,
-        timestamp: now / 1000,
-        gas_limit: GAS_LIMIT,
-        extra_data: Bytes::from(secrets.outcome.to_bytes()),
-        ommers_hash: EMPTY_OMMERS_HASH,
-        transactions_root: EMPTY_ROOT,
-        receipts_root: EMPTY_ROOT,
-        base_fee_per_gas: Some(BASE_FEE),
-        withdrawals_root: Some(EMPTY_ROOT),
-        blob_gas_used: Some(0),
-        excess_blob_gas: Some(0),
-        parent_beacon_block_root: Some(B256::ZERO),
-        requests_hash: Some(EMPTY_REQUESTS_HASH),
-        ..Default::default()
-    };
-    let header = TempoHeader {
-        general_gas_limit: GENERAL_GAS_LIMIT,
-        shared_gas_limit: 0,
-        timestamp_millis_part: now % 1000,
-        inner,
-        consensus_context: None,
-    };
+    let header = header_template(0, now_millis(), Bytes::from(secrets.outcome.to_bytes()));
     let genesis = Block::new(header, Some(Body::default()))
         .map_err(|error| DevnetError::Block { height: 0, error })?;
     store.put_block(&genesis).await?;
@@ -612,47 +619,24 @@ impl<E: StoreContext> Devnet<E> {
         let parent_millis = parent.header().timestamp_millis();
         let millis = now_millis().max(parent_millis + 1);
         let proposer_bytes = B256::from_slice(&proposer.encode());
-        let inner = alloy_consensus::Header {
-            parent_hash: parent.hash().0,
-            ommers_hash: EMPTY_OMMERS_HASH,
-            beneficiary: Address::from_slice(&keccak256(proposer_bytes)[12..]),
-            state_root: keccak256(
-                [
-                    parent.header().inner.state_root.as_slice(),
-                    &height.to_be_bytes(),
-                ]
-                .concat(),
-            ),
-            transactions_root: body.transactions_root(),
-            receipts_root: EMPTY_ROOT,
-            difficulty: U256::ZERO,
-            number: height,
-            gas_limit: GAS_LIMIT,
-            gas_used: 21_000 * body.transactions.len() as u64,
-            timestamp: millis / 1000,
-            extra_data: Bytes::from(extra_data),
-            mix_hash: B256::ZERO,
-            nonce: B64::ZERO,
-            base_fee_per_gas: Some(BASE_FEE),
-            withdrawals_root: Some(EMPTY_ROOT),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
-            ..Default::default()
-        };
-        let header = TempoHeader {
-            general_gas_limit: GENERAL_GAS_LIMIT,
-            shared_gas_limit: 0,
-            timestamp_millis_part: millis % 1000,
-            inner,
-            consensus_context: Some(ConsensusContext {
-                epoch,
-                view,
-                parent_view: view - 1,
-                proposer: proposer_bytes,
-            }),
-        };
+        let mut header = header_template(height, millis, Bytes::from(extra_data));
+        header.inner.parent_hash = parent.hash().0;
+        header.inner.beneficiary = Address::from_slice(&keccak256(proposer_bytes)[12..]);
+        header.inner.state_root = keccak256(
+            [
+                parent.header().inner.state_root.as_slice(),
+                &height.to_be_bytes(),
+            ]
+            .concat(),
+        );
+        header.inner.transactions_root = body.transactions_root();
+        header.inner.gas_used = 21_000 * body.transactions.len() as u64;
+        header.consensus_context = Some(ConsensusContext {
+            epoch,
+            view,
+            parent_view: view - 1,
+            proposer: proposer_bytes,
+        });
         let block =
             Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;
         self.store.put_block(&block).await?;

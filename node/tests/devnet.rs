@@ -3,16 +3,15 @@
 //! across reshares and a full DKG, raw blocks decode to the certified blocks, bad requests get
 //! JSON-RPC errors, and a restart continues the chain.
 
-use cairn_dkg::Identity;
-use cairn_epoch::{ChainProfile, FinalizationVerifier, decode_certificate};
+use cairn_epoch::{ChainProfile, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Event, Query};
+use cairn_tests::verify_chain;
 use jsonrpsee::{
     core::client::{ClientT, SubscriptionClientT},
     http_client::{HttpClient, HttpClientBuilder},
     rpc_params,
     ws_client::WsClientBuilder,
 };
-use rand::{SeedableRng, rngs::StdRng};
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -127,20 +126,6 @@ fn error_code(err: jsonrpsee::core::client::Error) -> i32 {
         jsonrpsee::core::client::Error::Call(call) => call.code(),
         other => panic!("expected a JSON-RPC error, got {other}"),
     }
-}
-
-/// Verifies `chain` in height order from the profile's genesis, returning each epoch's identity.
-fn verify_chain(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut identities = BTreeMap::new();
-    for certified in chain {
-        let (verified, _) = verifier
-            .verify_and_register(&mut rng, certified)
-            .unwrap_or_else(|err| panic!("height {:?}: {err}", certified.height));
-        identities.insert(verified.epoch().get(), verified.identity);
-    }
-    identities
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

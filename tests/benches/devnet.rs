@@ -9,8 +9,9 @@
 //! (as `cargo test --all-targets` runs it) it does a short smoke run of every row.
 
 use cairn_devnet::{Devnet, DevnetConfig};
-use cairn_feed::{ChainReader, FeedState, RpcConfig};
+use cairn_feed::{FeedState, RpcConfig};
 use cairn_primitives::{CertifiedBlock, Event};
+use cairn_tests::EmptyChain;
 use commonware_runtime::{Runner as _, Supervisor as _};
 use jsonrpsee::{core::client::SubscriptionClientT, rpc_params, ws_client::WsClientBuilder};
 use std::time::{Duration, Instant};
@@ -80,34 +81,6 @@ fn sample_event() -> CertifiedBlock {
     })
 }
 
-/// The empty chain behind the server: only subscriptions are measured.
-#[derive(Clone)]
-struct NoChain;
-
-impl ChainReader for NoChain {
-    fn finalized_height(&self) -> Option<u64> {
-        None
-    }
-
-    async fn certified_at(&self, _: u64) -> Result<Option<CertifiedBlock>, cairn_feed::ReadError> {
-        Ok(None)
-    }
-
-    async fn block_at(
-        &self,
-        _: u64,
-    ) -> Result<Option<cairn_primitives::Block>, cairn_feed::ReadError> {
-        Ok(None)
-    }
-
-    async fn block_by_hash(
-        &self,
-        _: cairn_primitives::Digest,
-    ) -> Result<Option<cairn_primitives::Block>, cairn_feed::ReadError> {
-        Ok(None)
-    }
-}
-
 /// Events per second each subscriber receives while `events` are published as fast as the
 /// subscribers take them (buffers sized so nobody is dropped).
 async fn delivery_rate(subscribers: usize, events: usize, sample: &CertifiedBlock) -> f64 {
@@ -117,7 +90,7 @@ async fn delivery_rate(subscribers: usize, events: usize, sample: &CertifiedBloc
         message_buffer: events as u32 + 16,
         ..RpcConfig::default()
     };
-    let server = cairn_feed::start("127.0.0.1:0", NoChain, feed.clone(), config)
+    let server = cairn_feed::start("127.0.0.1:0", EmptyChain, feed.clone(), config)
         .await
         .expect("server starts");
     let url = format!("ws://{}", server.local_addr);

@@ -2,8 +2,10 @@
 //! committees that sign real threshold certificates, and an allocation meter for decoder tests.
 
 use alloy_primitives::{B256, Bytes};
+use cairn_dkg::Identity;
 use cairn_dkg::{CeremonyOutput, DkgOutcome, trusted_deal};
-use cairn_epoch::{CommitteeSigner, encode_certificate};
+use cairn_epoch::{ChainProfile, CommitteeSigner, FinalizationVerifier, encode_certificate};
+use cairn_feed::{ChainReader, ReadError};
 use cairn_primitives::{Block, Body, CertifiedBlock, ConsensusContext, TempoHeader};
 use commonware_consensus::types::{Epoch, Round, View};
 use commonware_cryptography::{
@@ -12,6 +14,7 @@ use commonware_cryptography::{
 };
 use commonware_math::algebra::Random;
 use rand::{SeedableRng, rngs::StdRng};
+use std::collections::BTreeMap;
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
@@ -136,6 +139,43 @@ impl TestCommittee {
             certificate: encode_certificate(&finalization),
             block: Some(block),
         }
+    }
+}
+
+/// Verifies `chain` in height order knowing only the profile's genesis outcome (each boundary
+/// registers the next epoch), and returns the identity that verified each epoch.
+pub fn verify_chain(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut identities = BTreeMap::new();
+    for certified in chain {
+        let (verified, _) = verifier
+            .verify_and_register(&mut rng, certified)
+            .unwrap_or_else(|err| panic!("height {:?}: {err}", certified.height));
+        identities.insert(verified.epoch().get(), verified.identity);
+    }
+    identities
+}
+
+/// A chain with nothing stored, for exercising the RPC server's subscriptions alone.
+#[derive(Clone, Copy, Debug)]
+pub struct EmptyChain;
+
+impl ChainReader for EmptyChain {
+    fn finalized_height(&self) -> Option<u64> {
+        None
+    }
+
+    async fn certified_at(&self, _: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        Ok(None)
+    }
+
+    async fn block_at(&self, _: u64) -> Result<Option<Block>, ReadError> {
+        Ok(None)
+    }
+
+    async fn block_by_hash(&self, _: cairn_primitives::Digest) -> Result<Option<Block>, ReadError> {
+        Ok(None)
     }
 }
 

@@ -3,13 +3,13 @@
 //! the full-DKG epoch, and a restart on the same storage continues the chain.
 
 use cairn_devnet::{Devnet, DevnetConfig, DevnetError, KeyOrigin};
-use cairn_dkg::{DkgOutcome, Identity};
-use cairn_epoch::{ChainProfile, FinalizationVerifier};
+use cairn_dkg::DkgOutcome;
+use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_primitives::{Block, CertifiedBlock};
+use cairn_tests::verify_chain;
 use commonware_runtime::{Runner, Supervisor, deterministic};
-use rand::{SeedableRng, rngs::StdRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 fn config() -> DevnetConfig {
     DevnetConfig {
@@ -19,20 +19,6 @@ fn config() -> DevnetConfig {
         full_dkg_at_epochs: BTreeSet::from([2]),
         ..DevnetConfig::default()
     }
-}
-
-/// Verifies `certified` in height order from the genesis outcome, registering each boundary.
-fn verify_all(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
-    let mut rng = StdRng::seed_from_u64(3);
-    let mut identities = BTreeMap::new();
-    for certified in chain {
-        let (verified, _) = verifier
-            .verify_and_register(&mut rng, certified)
-            .unwrap_or_else(|err| panic!("height {:?}: {err}", certified.height));
-        identities.insert(verified.epoch().get(), verified.identity);
-    }
-    identities
 }
 
 async fn stored_chain(devnet: &Devnet<deterministic::Context>, to: u64) -> Vec<CertifiedBlock> {
@@ -77,7 +63,7 @@ fn devnet_rotates_keys_and_restarts_where_it_stopped() {
     let profile = ChainProfile::from_json(&profile_json).expect("the written profile loads");
 
     // Every certificate verifies knowing only the genesis outcome.
-    let identities = verify_all(&profile, &produced);
+    let identities = verify_chain(&profile, &produced);
     assert_eq!(identities.len(), 5, "epochs 0..=4");
     assert_eq!(identities[&0], identities[&1], "reshare keeps the identity");
     assert_ne!(
@@ -156,7 +142,7 @@ fn devnet_rotates_keys_and_restarts_where_it_stopped() {
         &produced[..],
         "the first run's chain is unchanged"
     );
-    let identities = verify_all(&profile, &restarted);
+    let identities = verify_chain(&profile, &restarted);
     assert_eq!(identities.len(), 6, "epochs 0..=5");
     let heights: BTreeSet<_> = restarted.iter().filter_map(|c| c.height).collect();
     assert_eq!(heights, (1..=23).collect());

@@ -27,7 +27,12 @@ impl BoundarySource for MemorySource {
 
 /// A devnet chain of 25 blocks, epochs of 4, full DKGs at epochs 2 and 4.
 fn chain() -> (ChainProfile, BTreeMap<u64, CertifiedBlock>) {
-    deterministic::Runner::seeded(5).start(|context| async move {
+    devnet_chain(5, 25)
+}
+
+/// `blocks` heights of a fresh devnet (its own keys) with epochs of 4 and full DKGs at 2 and 4.
+fn devnet_chain(seed: u64, blocks: u64) -> (ChainProfile, BTreeMap<u64, CertifiedBlock>) {
+    deterministic::Runner::seeded(seed).start(|context| async move {
         let config = DevnetConfig {
             validators: 6,
             committee: 4,
@@ -39,7 +44,7 @@ fn chain() -> (ChainProfile, BTreeMap<u64, CertifiedBlock>) {
             .await
             .expect("opens");
         let mut chain = BTreeMap::new();
-        for _ in 0..25 {
+        for _ in 0..blocks {
             let produced = devnet.produce_next().await.expect("produces");
             chain.insert(
                 produced.certified.height.expect("height"),
@@ -133,27 +138,7 @@ fn a_tampered_boundary_is_named_and_stops_the_walk() {
 fn a_forged_boundary_does_not_rotate_the_identity() {
     let (profile, mut chain) = chain();
     // Replace epoch 1's boundary with one from another chain (same heights, other keys).
-    let (_, other) = deterministic::Runner::seeded(6).start(|context| async move {
-        let config = DevnetConfig {
-            validators: 6,
-            committee: 4,
-            epoch_length: 4,
-            full_dkg_at_epochs: BTreeSet::from([2, 4]),
-            ..DevnetConfig::default()
-        };
-        let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
-            .await
-            .expect("opens");
-        let mut chain = BTreeMap::new();
-        for _ in 0..8 {
-            let produced = devnet.produce_next().await.expect("produces");
-            chain.insert(
-                produced.certified.height.expect("height"),
-                produced.certified,
-            );
-        }
-        ((), chain)
-    });
+    let (_, other) = devnet_chain(6, 8);
     chain.insert(7, other[&7].clone());
     let mut ledger = IdentityLedger::from_genesis(&profile);
     let err = block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 4))

@@ -1,34 +1,12 @@
 //! The feed's RPC server under a subscriber that stops reading: it is dropped once its bounded
 //! buffer is full, publishing never waits for it, and the server keeps serving others.
 
-use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
-use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
-use cairn_tests::TestCommittee;
+use cairn_feed::{FeedState, RpcConfig};
+use cairn_primitives::{CertifiedBlock, Event};
+use cairn_tests::{EmptyChain, TestCommittee};
 use jsonrpsee::{core::client::SubscriptionClientT, rpc_params, ws_client::WsClientBuilder};
 use std::time::{Duration, Instant};
 use tokio_util::compat::TokioAsyncReadCompatExt;
-
-/// A chain with nothing stored: this test only exercises subscriptions.
-#[derive(Clone)]
-struct EmptyChain;
-
-impl ChainReader for EmptyChain {
-    fn finalized_height(&self) -> Option<u64> {
-        None
-    }
-
-    async fn certified_at(&self, _: u64) -> Result<Option<CertifiedBlock>, ReadError> {
-        Ok(None)
-    }
-
-    async fn block_at(&self, _: u64) -> Result<Option<Block>, ReadError> {
-        Ok(None)
-    }
-
-    async fn block_by_hash(&self, _: Digest) -> Result<Option<Block>, ReadError> {
-        Ok(None)
-    }
-}
 
 /// A certified block with a large body, so that socket buffers fill after a few hundred events.
 fn large_certified(committee: &TestCommittee, height: u64) -> CertifiedBlock {
