@@ -39,8 +39,9 @@ pub enum SignerError {
         /// Committee size.
         players: usize,
     },
-    /// A share does not belong to the committee member it was given for.
-    #[error("share for {0} does not match its partial public key")]
+    /// A share does not belong to the committee member it was given for (wrong index, or a
+    /// secret that does not match the member's partial public key).
+    #[error("share for {0} does not belong to that member")]
     ShareMismatch(String),
     /// A requested signer is not a member with a share.
     #[error("{0} is not a committee member with a share")]
@@ -87,8 +88,13 @@ impl CommitteeSigner {
         }
         let mut members = BTreeMap::new();
         for (key, share) in shares {
-            if players.position(key).is_none() {
+            let Some(position) = players.position(key) else {
                 continue;
+            };
+            // A member signs at its own position; checking it first also keeps commonware from
+            // panicking on an out-of-range index (shares may come from disk).
+            if share.index.get() as usize != position {
+                return Err(SignerError::ShareMismatch(key.to_string()));
             }
             let scheme = FinalizationScheme::signer(
                 namespace,

@@ -278,3 +278,34 @@ fn a_forged_boundary_outcome_is_not_registered() {
     );
     assert_eq!(provider.len(), 1);
 }
+
+#[test]
+fn shares_that_do_not_fit_the_committee_are_refused() {
+    use commonware_cryptography::bls12381::primitives::group::Share;
+    let committee = TestCommittee::new(NAMESPACE, 51, 4);
+    let keys: Vec<_> = committee.ceremony.shares.keys().cloned().collect();
+
+    // A share index beyond the committee (as corrupt storage could produce).
+    let mut shares = committee.ceremony.shares.clone();
+    let first = shares[&keys[0]].clone();
+    shares.insert(
+        keys[0].clone(),
+        Share::new(
+            commonware_utils::Participant::new(99),
+            first.private.clone(),
+        ),
+    );
+    let err = cairn_epoch::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares)
+        .expect_err("index out of range");
+    assert_eq!(err, SignerError::ShareMismatch(keys[0].to_string()));
+
+    // Two members' shares swapped.
+    let mut shares = committee.ceremony.shares.clone();
+    let (a, b) = (shares[&keys[0]].clone(), shares[&keys[1]].clone());
+    shares.insert(keys[0].clone(), b);
+    shares.insert(keys[1].clone(), a);
+    assert!(matches!(
+        cairn_epoch::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares),
+        Err(SignerError::ShareMismatch(_))
+    ));
+}
