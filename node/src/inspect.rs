@@ -1,12 +1,12 @@
 //! `cairn inspect`: offline decoding and verification of a certified block or a DKG outcome.
 
-use crate::upstream::Upstream;
 use alloy_primitives::hex;
 use cairn_dkg::DkgOutcome;
 use cairn_epoch::{
     ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentityLedger, IdentitySource,
     LedgerError, SchemeProvider, VerifiedBlock, VerifyError, decode_certificate,
 };
+use cairn_follow::upstream::{ClientConfig, UpstreamClient};
 use cairn_primitives::CertifiedBlock;
 use clap::{Args, Subcommand};
 use commonware_codec::Encode;
@@ -268,7 +268,7 @@ fn walk_boundaries(
         .map_err(|err| eyre!("starting the async runtime: {err}"))
         .and_then(|runtime| {
             runtime.block_on(async {
-                let upstream = Upstream::connect(url).await?;
+                let upstream = UpstreamClient::connect(url, &ClientConfig::default()).await?;
                 ledger
                     .advance_to(&mut rand::rng(), &upstream, epoch)
                     .await

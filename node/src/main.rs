@@ -3,7 +3,6 @@
 
 mod devnet;
 mod inspect;
-mod upstream;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

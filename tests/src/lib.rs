@@ -179,6 +179,61 @@ impl ChainReader for EmptyChain {
     }
 }
 
+/// An in-memory chain for serving over RPC in tests (a stand-in for a node's store).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryChain {
+    blocks: std::sync::Arc<std::sync::RwLock<BTreeMap<u64, CertifiedBlock>>>,
+}
+
+impl MemoryChain {
+    /// Adds a certified block (it must carry its block).
+    pub fn insert(&self, certified: CertifiedBlock) {
+        let height = certified
+            .block
+            .as_ref()
+            .expect("certified blocks carry blocks")
+            .height();
+        self.blocks.write().expect("lock").insert(height, certified);
+    }
+}
+
+impl ChainReader for MemoryChain {
+    fn finalized_height(&self) -> Option<u64> {
+        self.blocks
+            .read()
+            .expect("lock")
+            .keys()
+            .next_back()
+            .copied()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        Ok(self.blocks.read().expect("lock").get(&height).cloned())
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        Ok(self
+            .blocks
+            .read()
+            .expect("lock")
+            .get(&height)
+            .and_then(|certified| certified.block.clone()))
+    }
+
+    async fn block_by_hash(
+        &self,
+        hash: cairn_primitives::Digest,
+    ) -> Result<Option<Block>, ReadError> {
+        Ok(self
+            .blocks
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|certified| certified.block.clone())
+            .find(|block| block.hash() == hash))
+    }
+}
+
 /// A block at `height` with a few raw transactions and the given `extraData`.
 pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Block {
     let transactions: Vec<Bytes> = (0..3u8)

@@ -8,6 +8,7 @@ mod ledger;
 mod properties;
 mod rpc;
 mod tempo;
+mod upstream;
 
 #[global_allocator]
 static ALLOCATOR: cairn_tests::AllocationMeter = cairn_tests::AllocationMeter;

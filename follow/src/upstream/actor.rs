@@ -1,0 +1,184 @@
+//! The upstream actor's loop.
+
+use super::{Config, Message, Notification, UpstreamClient, UpstreamError};
+use rand::RngExt;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+/// The upstream actor (see the module docs).
+pub struct Actor {
+    config: Config,
+    mailbox: mpsc::Receiver<Message>,
+    notifications: mpsc::Sender<Notification>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Reconnect after a delay.
+    Lost(String),
+    /// The mailbox or the consumer went away: stop.
+    Stop,
+}
+
+impl Actor {
+    pub(super) fn new(
+        config: Config,
+        mailbox: mpsc::Receiver<Message>,
+        notifications: mpsc::Sender<Notification>,
+    ) -> Self {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Self {
+            config,
+            mailbox,
+            notifications,
+            in_flight,
+        }
+    }
+
+    /// Runs until every mailbox handle and the notification receiver are dropped.
+    pub async fn run(mut self) {
+        let mut backoff = self.config.backoff_min;
+        loop {
+            let ended = match UpstreamClient::connect(&self.config.url, &self.config.client).await {
+                Ok(client) => {
+                    let client = Arc::new(client);
+                    match client.subscribe().await {
+                        Ok(subscription) => {
+                            info!(url = %self.config.url, "upstream connected");
+                            backoff = self.config.backoff_min;
+                            if self
+                                .notifications
+                                .send(Notification::Connected {
+                                    url: self.config.url.clone(),
+                                })
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            self.serve(client, subscription).await
+                        }
+                        Err(err) => Ended::Lost(err.to_string()),
+                    }
+                }
+                Err(err) => Ended::Lost(err.to_string()),
+            };
+            let reason = match ended {
+                Ended::Stop => return,
+                Ended::Lost(reason) => reason,
+            };
+            warn!(url = %self.config.url, %reason, retry_in = ?backoff, "upstream connection lost");
+            if self
+                .notifications
+                .send(Notification::Disconnected {
+                    reason: reason.clone(),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if !self.wait_for_retry(jittered(backoff)).await {
+                return;
+            }
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// Answers requests with "not connected" until `delay` has passed; false when told to stop.
+    async fn wait_for_retry(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                message = self.mailbox.recv() => match message {
+                    Some(message) => reject(message, UpstreamError::NotConnected),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Forwards events and serves requests over one connection until it ends.
+    async fn serve(
+        &mut self,
+        client: Arc<UpstreamClient>,
+        mut subscription: jsonrpsee::core::client::Subscription<cairn_primitives::Event>,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                event = subscription.next() => match event {
+                    Some(Ok(event)) => {
+                        if self.notifications.send(Notification::Event(Box::new(event))).await.is_err() {
+                            return Ended::Stop;
+                        }
+                    }
+                    Some(Err(err)) => warn!(%err, "upstream sent an event that does not parse; skipped"),
+                    None => {
+                        let reason = subscription
+                            .close_reason()
+                            .map_or_else(|| "subscription closed".to_string(), |r| format!("subscription closed: {r:?}"));
+                        return Ended::Lost(reason);
+                    }
+                },
+                message = self.mailbox.recv() => match message {
+                    Some(message) => self.dispatch(&client, message),
+                    None => return Ended::Stop,
+                },
+                reason = client.disconnected() => return Ended::Lost(reason),
+            }
+        }
+    }
+
+    /// Runs one request in its own task, bounded by the in-flight limit, and drops it as soon
+    /// as its requester stops waiting.
+    fn dispatch(&self, client: &Arc<UpstreamClient>, message: Message) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            reject(message, UpstreamError::Busy);
+            return;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match message {
+                Message::GetFinalization {
+                    height,
+                    mut response,
+                } => {
+                    tokio::select! {
+                        answer = client.get_finalization(height) => { let _ = response.send(answer); }
+                        () = response.closed() => debug!(height, "finalization request cancelled by its requester"),
+                    }
+                }
+                Message::GetBlock {
+                    digest,
+                    mut response,
+                } => {
+                    tokio::select! {
+                        answer = client.get_block(digest) => { let _ = response.send(answer); }
+                        () = response.closed() => debug!(%digest, "block request cancelled by its requester"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn reject(message: Message, error: UpstreamError) {
+    match message {
+        Message::GetFinalization { response, .. } => {
+            let _ = response.send(Err(error));
+        }
+        Message::GetBlock { response, .. } => {
+            let _ = response.send(Err(error));
+        }
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1.5), so many followers do not retry in step.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.5..1.5))
+}

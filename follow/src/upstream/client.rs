@@ -1,0 +1,239 @@
+//! One connection to an upstream node, over WebSocket or HTTP: typed calls for the data a
+//! follower fetches, with the block hash checked on every block it returns.
+
+use super::UpstreamError;
+use alloy_primitives::{B256, Bytes, U64};
+use cairn_epoch::{BoundarySource, SourceError};
+use cairn_feed::{MISSING_CODE, NOT_READY_CODE};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
+use jsonrpsee::{
+    core::{
+        client::{ClientT, Error as ClientError, Subscription, SubscriptionClientT},
+        params::ArrayParams,
+    },
+    http_client::{HttpClient, HttpClientBuilder},
+    rpc_params,
+    ws_client::{PingConfig, WsClient, WsClientBuilder},
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Time allowed for one request.
+    pub request_timeout: Duration,
+    /// Time allowed to open the connection.
+    pub connect_timeout: Duration,
+    /// WebSocket keep-alive ping interval; the connection is closed after three missed pongs.
+    pub ping_interval: Duration,
+    /// Events buffered for the subscription before the connection counts as lagging.
+    pub subscription_buffer: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            subscription_buffer: 4096,
+        }
+    }
+}
+
+/// Normalises an upstream address: `host:port` means `ws://host:port`.
+pub fn normalize_url(url: &str) -> Result<String, UpstreamError> {
+    let url = url.trim();
+    let normalized = if ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        url.to_string()
+    } else if url.contains("://") {
+        return Err(UpstreamError::InvalidUrl(format!(
+            "`{url}`: use ws://, wss://, http://, https:// or host:port"
+        )));
+    } else {
+        format!("ws://{url}")
+    };
+    let authority = normalized
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    if authority.is_empty() || authority.starts_with('/') {
+        return Err(UpstreamError::InvalidUrl(format!("`{url}` has no host")));
+    }
+    Ok(normalized)
+}
+
+/// A connected upstream.
+#[derive(Debug)]
+pub enum UpstreamClient {
+    /// Over WebSocket (can subscribe).
+    Ws(WsClient),
+    /// Over HTTP (requests only).
+    Http(HttpClient),
+}
+
+fn call_error(method: &str, err: ClientError) -> UpstreamError {
+    match err {
+        ClientError::RequestTimeout => UpstreamError::Timeout,
+        ClientError::RestartNeeded(_) => UpstreamError::NotConnected,
+        other => UpstreamError::Rpc(format!("{method}: {other}")),
+    }
+}
+
+/// Whether a JSON-RPC error means "the upstream does not have it".
+fn is_missing(err: &ClientError) -> bool {
+    matches!(err, ClientError::Call(call) if call.code() == MISSING_CODE || call.code() == NOT_READY_CODE)
+}
+
+impl UpstreamClient {
+    /// Connects to `url` (see [`normalize_url`]).
+    pub async fn connect(url: &str, config: &ClientConfig) -> Result<Self, UpstreamError> {
+        let url = normalize_url(url)?;
+        if url.starts_with("ws") {
+            let ping = PingConfig::new()
+                .ping_interval(config.ping_interval)
+                .inactive_limit(config.ping_interval * 3);
+            WsClientBuilder::default()
+                .request_timeout(config.request_timeout)
+                .connection_timeout(config.connect_timeout)
+                .enable_ws_ping(ping)
+                .max_buffer_capacity_per_subscription(config.subscription_buffer)
+                .build(&url)
+                .await
+                .map(Self::Ws)
+                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))
+        } else {
+            HttpClientBuilder::default()
+                .request_timeout(config.request_timeout)
+                .build(&url)
+                .map(Self::Http)
+                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))
+        }
+    }
+
+    async fn request<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: ArrayParams,
+    ) -> Result<R, ClientError> {
+        match self {
+            Self::Ws(client) => client.request(method, params).await,
+            Self::Http(client) => client.request(method, params).await,
+        }
+    }
+
+    /// Subscribes to `consensus_event` notifications (WebSocket only).
+    pub async fn subscribe(&self) -> Result<Subscription<Event>, UpstreamError> {
+        let Self::Ws(client) = self else {
+            return Err(UpstreamError::InvalidUrl(
+                "subscriptions need a ws:// or wss:// upstream".into(),
+            ));
+        };
+        client
+            .subscribe(
+                "consensus_subscribe",
+                rpc_params![],
+                "consensus_unsubscribe",
+            )
+            .await
+            .map_err(|err| call_error("consensus_subscribe", err))
+    }
+
+    /// Resolves when a WebSocket connection drops (never for HTTP).
+    pub async fn disconnected(&self) -> String {
+        match self {
+            Self::Ws(client) => client.on_disconnect().await.to_string(),
+            Self::Http(_) => std::future::pending().await,
+        }
+    }
+
+    /// The certified block at `height`, with its block (fetched separately when the answer
+    /// lacks it). `None` when the upstream does not have it.
+    pub async fn get_finalization(
+        &self,
+        height: u64,
+    ) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        let mut certified: CertifiedBlock = match self
+            .request(
+                "consensus_getFinalization",
+                rpc_params![Query::Height(height)],
+            )
+            .await
+        {
+            Ok(certified) => certified,
+            Err(err) if is_missing(&err) => return Ok(None),
+            Err(err) => return Err(call_error("consensus_getFinalization", err)),
+        };
+        if certified.block.is_none() {
+            certified.block = self.raw_block(U64::from(height)).await?;
+            if certified.block.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(certified))
+    }
+
+    /// The block with hash `digest`, body included; a block with another hash is an error.
+    pub async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        let block = self.raw_block(B256::from(digest)).await?;
+        match block {
+            Some(block) if block.hash() != digest => Err(UpstreamError::HashMismatch {
+                requested: digest,
+                got: block.hash(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    async fn raw_block(
+        &self,
+        id: impl serde::Serialize + Send,
+    ) -> Result<Option<Block>, UpstreamError> {
+        let raw: Bytes = match self.request("debug_getRawBlock", rpc_params![id]).await {
+            Ok(raw) => raw,
+            Err(err) if is_missing(&err) => return Ok(None),
+            Err(err) => return Err(call_error("debug_getRawBlock", err)),
+        };
+        Block::decode_raw_rlp(&raw)
+            .map(Some)
+            .map_err(|err| UpstreamError::MalformedBlock(err.to_string()))
+    }
+}
+
+impl BoundarySource for UpstreamClient {
+    async fn certified_at(&self, height: u64) -> Result<CertifiedBlock, SourceError> {
+        self.get_finalization(height)
+            .await
+            .map_err(|err| SourceError(err.to_string()))?
+            .ok_or_else(|| {
+                SourceError(format!(
+                    "the upstream has no finalization at height {height}"
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_url;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            normalize_url("127.0.0.1:8546").expect("ok"),
+            "ws://127.0.0.1:8546"
+        );
+        assert_eq!(
+            normalize_url("wss://rpc.example").expect("ok"),
+            "wss://rpc.example"
+        );
+        assert_eq!(normalize_url("http://h:1").expect("ok"), "http://h:1");
+        assert!(normalize_url("ftp://h:1").is_err());
+        assert!(normalize_url("ws://").is_err());
+        assert!(normalize_url("").is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! The upstream actor's mailbox.
+
+use super::UpstreamError;
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request to the upstream actor.
+#[derive(Debug)]
+pub enum Message {
+    /// The certified block at a height (`None` when the upstream does not have it).
+    GetFinalization {
+        /// Height.
+        height: u64,
+        /// Where the answer goes; dropping it cancels the request.
+        response: oneshot::Sender<Result<Option<CertifiedBlock>, UpstreamError>>,
+    },
+    /// A block with its body by hash (`None` when the upstream does not have it).
+    GetBlock {
+        /// Block hash.
+        digest: Digest,
+        /// Where the answer goes; dropping it cancels the request.
+        response: oneshot::Sender<Result<Option<Block>, UpstreamError>>,
+    },
+}
+
+/// Handle to the upstream actor (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    sender: mpsc::Sender<Message>,
+}
+
+impl Mailbox {
+    pub(super) const fn new(sender: mpsc::Sender<Message>) -> Self {
+        Self { sender }
+    }
+
+    /// The certified block at `height`, with its block.
+    pub async fn get_finalization(
+        &self,
+        height: u64,
+    ) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        let (response, answer) = oneshot::channel();
+        self.sender
+            .send(Message::GetFinalization { height, response })
+            .await
+            .map_err(|_| UpstreamError::Stopped)?;
+        answer.await.map_err(|_| UpstreamError::Stopped)?
+    }
+
+    /// The block with hash `digest`, its body included and its hash checked.
+    pub async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        let (response, answer) = oneshot::channel();
+        self.sender
+            .send(Message::GetBlock { digest, response })
+            .await
+            .map_err(|_| UpstreamError::Stopped)?;
+        answer.await.map_err(|_| UpstreamError::Stopped)?
+    }
+}

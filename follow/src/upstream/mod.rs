@@ -1,0 +1,120 @@
+//! The upstream actor: keeps one upstream connection alive (reconnecting with capped,
+//! jittered backoff and resubscribing after any stream error), forwards its consensus events,
+//! and serves `get_finalization` / `get_block` requests, cancelling a request whose requester
+//! went away.
+
+mod actor;
+mod client;
+mod ingress;
+
+pub use actor::Actor;
+pub use client::{ClientConfig, UpstreamClient, normalize_url};
+pub use ingress::{Mailbox, Message};
+
+use cairn_primitives::{Digest, Event};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Why an upstream request failed.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The URL is unusable.
+    #[error("invalid upstream URL {0}")]
+    InvalidUrl(String),
+    /// The connection could not be opened.
+    #[error("cannot connect to upstream {0}")]
+    Connect(String),
+    /// There is no live connection right now.
+    #[error("upstream is not connected")]
+    NotConnected,
+    /// The request took longer than allowed.
+    #[error("upstream request timed out")]
+    Timeout,
+    /// The upstream answered with an error.
+    #[error("upstream error: {0}")]
+    Rpc(String),
+    /// The upstream sent a block other than the one requested.
+    #[error("upstream sent block {got} for requested hash {requested}")]
+    HashMismatch {
+        /// Requested hash.
+        requested: Digest,
+        /// Hash of what was sent.
+        got: Digest,
+    },
+    /// The upstream sent bytes that are not a block.
+    #[error("upstream sent a malformed block: {0}")]
+    MalformedBlock(String),
+    /// Too many requests are in flight.
+    #[error("too many upstream requests in flight")]
+    Busy,
+    /// The actor has stopped.
+    #[error("the upstream actor stopped")]
+    Stopped,
+}
+
+/// What the actor reports to its consumer, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A connection (and subscription) was established.
+    Connected {
+        /// The upstream URL.
+        url: String,
+    },
+    /// The connection was lost; the actor is reconnecting.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A consensus event from the upstream (unverified; boxed, as blocks are large).
+    Event(Box<Event>),
+}
+
+/// Upstream actor settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The upstream (`ws://`, `wss://`, or `host:port`).
+    pub url: String,
+    /// Connection settings.
+    pub client: ClientConfig,
+    /// Requests queued in the mailbox.
+    pub mailbox_size: usize,
+    /// Most requests in flight at once; more are refused with [`UpstreamError::Busy`].
+    pub max_in_flight: usize,
+    /// First reconnect delay; it doubles on each failure.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl Config {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            client: ClientConfig::default(),
+            mailbox_size: 1024,
+            max_in_flight: 64,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Creates the actor and its mailbox; notifications go to `notifications` (bounded: a slow
+/// consumer slows the actor's reading of the stream, never the other way round).
+pub fn init(
+    config: Config,
+    notifications: mpsc::Sender<Notification>,
+) -> Result<(Actor, Mailbox), UpstreamError> {
+    let url = normalize_url(&config.url)?;
+    if !url.starts_with("ws") {
+        return Err(UpstreamError::InvalidUrl(format!(
+            "`{url}`: following needs a ws:// or wss:// upstream"
+        )));
+    }
+    let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));
+    Ok((
+        Actor::new(Config { url, ..config }, receiver, notifications),
+        Mailbox::new(sender),
+    ))
+}

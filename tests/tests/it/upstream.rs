@@ -1,0 +1,214 @@
+//! The upstream actor against a real RPC server on loopback: it forwards events, serves
+//! finalization and block requests (hash-checked), reconnects and resubscribes when the server
+//! goes away and comes back, and refuses URLs it cannot follow.
+
+use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
+use cairn_follow::upstream::{self, Config, Notification, UpstreamError};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use cairn_tests::{MemoryChain, TestCommittee, test_block};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+fn certified(committee: &TestCommittee, height: u64) -> CertifiedBlock {
+    committee.certify(test_block(height, 0, height, Vec::new()), 0, height)
+}
+
+async fn next_notification(notifications: &mut mpsc::Receiver<Notification>) -> Notification {
+    tokio::time::timeout(Duration::from_secs(20), notifications.recv())
+        .await
+        .expect("a notification arrives in time")
+        .expect("the actor is running")
+}
+
+/// The block of a `finalized` event notification.
+fn finalized(notification: Notification) -> CertifiedBlock {
+    match notification {
+        Notification::Event(event) => match *event {
+            Event::Finalized { block, .. } => block,
+            other => panic!("expected a finalized event, got {other:?}"),
+        },
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+fn fast_config(url: String) -> Config {
+    Config {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..Config::new(url)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_events_serves_requests_and_reconnects() {
+    let committee = TestCommittee::new(b"TEMPO", 7, 4);
+    let chain = MemoryChain::default();
+    for height in 1..=3 {
+        chain.insert(certified(&committee, height));
+    }
+    let feed = FeedState::default();
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain.clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let addr = server.local_addr;
+
+    let (sender, mut notifications) = mpsc::channel(64);
+    let (actor, mailbox) =
+        upstream::init(fast_config(addr.to_string()), sender).expect("valid url");
+    let handle = tokio::spawn(actor.run());
+    assert_eq!(
+        next_notification(&mut notifications).await,
+        Notification::Connected {
+            url: format!("ws://{addr}")
+        }
+    );
+
+    // Events are forwarded as they are published.
+    let fourth = certified(&committee, 4);
+    chain.insert(fourth.clone());
+    feed.publish_finalized(fourth.clone());
+    assert_eq!(
+        finalized(next_notification(&mut notifications).await),
+        fourth
+    );
+
+    // Requests: present, missing, and blocks by hash with their bodies.
+    let second = mailbox
+        .get_finalization(2)
+        .await
+        .expect("answers")
+        .expect("height 2 is served");
+    assert_eq!(
+        second,
+        chain.certified_at(2).await.expect("reads").expect("stored")
+    );
+    assert_eq!(mailbox.get_finalization(99).await.expect("answers"), None);
+    let block = second.block.expect("block");
+    assert_eq!(
+        mailbox.get_block(block.hash()).await.expect("answers"),
+        Some(block)
+    );
+    assert_eq!(
+        mailbox
+            .get_block(Digest::from([9u8; 32]))
+            .await
+            .expect("answers"),
+        None
+    );
+
+    // The server goes away: the actor says so, refuses requests meanwhile, and comes back.
+    server.handle.stop().expect("stops");
+    server.handle.stopped().await;
+    let Notification::Disconnected { .. } = next_notification(&mut notifications).await else {
+        panic!("expected a disconnection");
+    };
+    assert_eq!(
+        mailbox.get_finalization(1).await,
+        Err(UpstreamError::NotConnected)
+    );
+    let server = cairn_feed::start(
+        &addr.to_string(),
+        chain.clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server restarts on the same port");
+    loop {
+        match next_notification(&mut notifications).await {
+            Notification::Connected { .. } => break,
+            Notification::Disconnected { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let fifth = certified(&committee, 5);
+    chain.insert(fifth.clone());
+    feed.publish_finalized(fifth.clone());
+    assert_eq!(
+        finalized(next_notification(&mut notifications).await),
+        fifth
+    );
+
+    // Dropping every handle and the receiver stops the actor.
+    drop(mailbox);
+    drop(notifications);
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the actor stops")
+        .expect("the actor does not panic");
+    server.handle.stop().expect("stops");
+}
+
+/// A chain whose blocks by hash are the wrong blocks.
+#[derive(Clone)]
+struct LyingChain(MemoryChain, Block);
+
+impl ChainReader for LyingChain {
+    fn finalized_height(&self) -> Option<u64> {
+        self.0.finalized_height()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        self.0.certified_at(height).await
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.0.block_at(height).await
+    }
+
+    async fn block_by_hash(&self, _: Digest) -> Result<Option<Block>, ReadError> {
+        Ok(Some(self.1.clone()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_with_the_wrong_hash_is_refused() {
+    let committee = TestCommittee::new(b"TEMPO", 8, 4);
+    let chain = MemoryChain::default();
+    chain.insert(certified(&committee, 1));
+    let impostor = test_block(2, 0, 2, Vec::new());
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        LyingChain(chain, impostor.clone()),
+        FeedState::default(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let (sender, mut notifications) = mpsc::channel(8);
+    let (actor, mailbox) =
+        upstream::init(fast_config(server.local_addr.to_string()), sender).expect("valid url");
+    let handle = tokio::spawn(actor.run());
+    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+        panic!("expected a connection");
+    };
+    let requested = Digest::from([1u8; 32]);
+    assert_eq!(
+        mailbox.get_block(requested).await,
+        Err(UpstreamError::HashMismatch {
+            requested,
+            got: impostor.hash()
+        })
+    );
+    handle.abort();
+    server.handle.stop().expect("stops");
+}
+
+#[test]
+fn urls_that_cannot_be_followed_are_refused() {
+    for url in ["http://127.0.0.1:1", "ftp://host:1", "ws://", ""] {
+        let (sender, _receiver) = mpsc::channel(1);
+        assert!(
+            matches!(
+                upstream::init(Config::new(url), sender),
+                Err(UpstreamError::InvalidUrl(_))
+            ),
+            "{url}"
+        );
+    }
+}
