@@ -7,5 +7,6 @@ mod producer;
 mod secrets;
 mod store;
 
+pub use cairn_feed::StoreContext;
 pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};
-pub use store::{ChainStore, StoreContext, StoreError};
+pub use store::{ChainStore, StoreError};

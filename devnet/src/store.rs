@@ -6,20 +6,19 @@
 //! restart instead of being replaced.
 
 use cairn_epoch::{Finalization, encode_certificate};
-use cairn_feed::{ChainReader, ReadError};
-use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock, Digest};
-use commonware_runtime::{Metrics, Storage, buffer::paged::CacheRef};
+use cairn_feed::{
+    BlockStore, ChainReader, ReadError, StoreContext,
+    store::{archive_config, page_cache},
+};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_storage::{
     archive::{Archive as _, Identifier, immutable},
     metadata::{self, Metadata},
 };
 use commonware_utils::sequence::U64;
-use std::{
-    num::{NonZeroU16, NonZeroU64, NonZeroUsize},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 use tokio::sync::RwLock;
 
@@ -28,14 +27,6 @@ const MAX_SECRET_RECORD: usize = 1 << 20;
 
 /// Marker for "no finalized block yet" in the tip atomic.
 const NO_TIP: u64 = u64::MAX;
-
-/// The storage context the store needs.
-pub trait StoreContext:
-    Storage + commonware_runtime::Clock + Metrics + Send + Sync + 'static
-{
-}
-
-impl<E: Storage + commonware_runtime::Clock + Metrics + Send + Sync + 'static> StoreContext for E {}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +39,9 @@ pub enum StoreError {
         /// The archive error.
         error: commonware_storage::archive::Error,
     },
+    /// The block store failed.
+    #[error(transparent)]
+    Blocks(#[from] cairn_feed::StoreError),
     /// The metadata store failed.
     #[error("metadata {what}: {error}")]
     Metadata {
@@ -61,18 +55,13 @@ pub enum StoreError {
     Poisoned,
 }
 
-type BlockArchive<E> = immutable::Archive<E, Digest, Block>;
 type FinalizationArchive<E> = immutable::Archive<E, Digest, Finalization>;
 type SecretStore<E> = Metadata<E, U64, Vec<u8>>;
 
-struct Archives<E: StoreContext> {
-    blocks: Option<BlockArchive<E>>,
-    finalizations: Option<FinalizationArchive<E>>,
-}
-
 /// The chain store (cheap to clone; clones share state).
 pub struct ChainStore<E: StoreContext> {
-    archives: Arc<RwLock<Archives<E>>>,
+    blocks: BlockStore<E>,
+    finalizations: Arc<RwLock<Option<FinalizationArchive<E>>>>,
     secrets: Arc<RwLock<Option<SecretStore<E>>>>,
     tip: Arc<AtomicU64>,
 }
@@ -80,56 +69,20 @@ pub struct ChainStore<E: StoreContext> {
 impl<E: StoreContext> Clone for ChainStore<E> {
     fn clone(&self) -> Self {
         Self {
-            archives: self.archives.clone(),
+            blocks: self.blocks.clone(),
+            finalizations: self.finalizations.clone(),
             secrets: self.secrets.clone(),
             tip: self.tip.clone(),
         }
     }
 }
 
-fn archive_config<C>(prefix: &str, page_cache: CacheRef, codec_config: C) -> immutable::Config<C> {
-    let buffer = NonZeroUsize::new(64 * 1024).expect("non-zero");
-    immutable::Config {
-        metadata_partition: format!("{prefix}-metadata"),
-        freezer_table_partition: format!("{prefix}-freezer-table"),
-        freezer_table_initial_size: 1024,
-        freezer_table_resize_frequency: 4,
-        freezer_table_resize_chunk_size: 1024,
-        freezer_key_partition: format!("{prefix}-freezer-key"),
-        freezer_key_page_cache: page_cache,
-        freezer_value_partition: format!("{prefix}-freezer-value"),
-        freezer_value_target_size: 64 * 1024 * 1024,
-        freezer_value_compression: None,
-        ordinal_partition: format!("{prefix}-ordinal"),
-        items_per_section: NonZeroU64::new(4096).expect("non-zero"),
-        freezer_key_write_buffer: buffer,
-        freezer_value_write_buffer: buffer,
-        ordinal_write_buffer: buffer,
-        replay_buffer: buffer,
-        codec_config,
-    }
-}
-
 impl<E: StoreContext> ChainStore<E> {
     /// Opens (or creates) the store in `context`'s storage.
     pub async fn open(context: E) -> Result<Self, StoreError> {
-        let page_cache = CacheRef::new(
-            NonZeroU16::new(4096).expect("non-zero"),
-            NonZeroUsize::new(256).expect("non-zero"),
-        );
-        let blocks = immutable::Archive::init(
-            context.child("blocks"),
-            archive_config(
-                "devnet-blocks",
-                page_cache.clone(),
-                BlockCodecConfig::default(),
-            ),
-        )
-        .await
-        .map_err(|error| StoreError::Archive {
-            what: "opening blocks",
-            error,
-        })?;
+        let page_cache = page_cache();
+        let blocks =
+            BlockStore::open(context.child("blocks"), "devnet-blocks", page_cache.clone()).await?;
         let finalizations = immutable::Archive::init(
             context.child("finalizations"),
             archive_config("devnet-finalizations", page_cache, ()),
@@ -153,10 +106,8 @@ impl<E: StoreContext> ChainStore<E> {
         })?;
         let tip = finalizations.last_index().unwrap_or(NO_TIP);
         Ok(Self {
-            archives: Arc::new(RwLock::new(Archives {
-                blocks: Some(blocks),
-                finalizations: Some(finalizations),
-            })),
+            blocks,
+            finalizations: Arc::new(RwLock::new(Some(finalizations))),
             secrets: Arc::new(RwLock::new(Some(secrets))),
             tip: Arc::new(AtomicU64::new(tip)),
         })
@@ -164,23 +115,12 @@ impl<E: StoreContext> ChainStore<E> {
 
     /// Highest stored block height (genesis is 0), if any.
     pub async fn last_block_height(&self) -> Option<u64> {
-        let archives = self.archives.read().await;
-        archives.blocks.as_ref()?.last_index()
+        self.blocks.last_height().await
     }
 
     /// Stores a block and syncs it.
     pub async fn put_block(&self, block: &Block) -> Result<(), StoreError> {
-        let mut archives = self.archives.write().await;
-        let archive = archives.blocks.take().ok_or(StoreError::Poisoned)?;
-        let archive = archive
-            .put_sync(block.height(), block.hash(), block)
-            .await
-            .map_err(|error| StoreError::Archive {
-                what: "writing a block",
-                error,
-            })?;
-        archives.blocks = Some(archive);
-        Ok(())
+        Ok(self.blocks.put(block).await?)
     }
 
     /// Stores the finalization of the block at `height`, syncs it, and advances the tip.
@@ -189,8 +129,8 @@ impl<E: StoreContext> ChainStore<E> {
         height: u64,
         finalization: &Finalization,
     ) -> Result<(), StoreError> {
-        let mut archives = self.archives.write().await;
-        let archive = archives.finalizations.take().ok_or(StoreError::Poisoned)?;
+        let mut guard = self.finalizations.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
         let archive = archive
             .put_sync(height, finalization.proposal.payload, finalization)
             .await
@@ -198,18 +138,15 @@ impl<E: StoreContext> ChainStore<E> {
                 what: "writing a finalization",
                 error,
             })?;
-        archives.finalizations = Some(archive);
+        *guard = Some(archive);
         self.tip.store(height, Ordering::Release);
         Ok(())
     }
 
     /// The finalization stored for `height`.
     pub async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, StoreError> {
-        let archives = self.archives.read().await;
-        let archive = archives
-            .finalizations
-            .as_ref()
-            .ok_or(StoreError::Poisoned)?;
+        let guard = self.finalizations.read().await;
+        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
         archive
             .get(Identifier::Index(height))
             .await
@@ -221,28 +158,12 @@ impl<E: StoreContext> ChainStore<E> {
 
     /// The block stored for `height`.
     pub async fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        let archives = self.archives.read().await;
-        let archive = archives.blocks.as_ref().ok_or(StoreError::Poisoned)?;
-        archive
-            .get(Identifier::Index(height))
-            .await
-            .map_err(|error| StoreError::Archive {
-                what: "reading a block",
-                error,
-            })
+        Ok(self.blocks.get(height).await?)
     }
 
     /// The block with `hash`.
     pub async fn block_with_hash(&self, hash: Digest) -> Result<Option<Block>, StoreError> {
-        let archives = self.archives.read().await;
-        let archive = archives.blocks.as_ref().ok_or(StoreError::Poisoned)?;
-        archive
-            .get(Identifier::Key(&hash))
-            .await
-            .map_err(|error| StoreError::Archive {
-                what: "reading a block by hash",
-                error,
-            })
+        Ok(self.blocks.get_by_hash(hash).await?)
     }
 
     /// A secrets record.
@@ -279,25 +200,13 @@ impl<E: StoreContext> ChainStore<E> {
 
     /// Syncs everything (used at shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let mut archives = self.archives.write().await;
-        if let Some(blocks) = archives.blocks.take() {
-            archives.blocks = Some(blocks.sync().await.map_err(|error| StoreError::Archive {
-                what: "syncing blocks",
-                error,
-            })?);
-        }
-        if let Some(finalizations) = archives.finalizations.take() {
-            archives.finalizations =
-                Some(
-                    finalizations
-                        .sync()
-                        .await
-                        .map_err(|error| StoreError::Archive {
-                            what: "syncing finalizations",
-                            error,
-                        })?,
-                );
-        }
+        self.blocks.sync().await?;
+        let mut guard = self.finalizations.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        *guard = Some(archive.sync().await.map_err(|error| StoreError::Archive {
+            what: "syncing finalizations",
+            error,
+        })?);
         Ok(())
     }
 

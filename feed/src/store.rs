@@ -1,0 +1,158 @@
+//! On-disk block storage a node serves from: a commonware-storage immutable archive of blocks,
+//! indexed by height and keyed by hash. Writes are synced before they return.
+
+use cairn_primitives::{Block, BlockCodecConfig, Digest};
+use commonware_runtime::{Clock, Metrics, Storage, buffer::paged::CacheRef};
+use commonware_storage::archive::{Archive as _, Identifier, immutable};
+use std::{
+    num::{NonZeroU16, NonZeroU64, NonZeroUsize},
+    sync::Arc,
+};
+use tokio::sync::RwLock;
+
+/// The storage context a store needs (the commonware tokio or deterministic runtime).
+pub trait StoreContext: Storage + Clock + Metrics + Send + Sync + 'static {}
+
+impl<E: Storage + Clock + Metrics + Send + Sync + 'static> StoreContext for E {}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An archive failed.
+    #[error("archive {what}: {error}")]
+    Archive {
+        /// What was being done.
+        what: &'static str,
+        /// The archive error.
+        error: commonware_storage::archive::Error,
+    },
+    /// A failed write destroyed the archive handle; the store cannot be used any more.
+    #[error("the store was poisoned by an earlier failed write")]
+    Poisoned,
+}
+
+/// The page cache shared by a node's archives.
+pub fn page_cache() -> CacheRef {
+    CacheRef::new(
+        NonZeroU16::new(4096).expect("non-zero"),
+        NonZeroUsize::new(256).expect("non-zero"),
+    )
+}
+
+/// Archive settings for partitions named after `prefix`.
+pub fn archive_config<C>(
+    prefix: &str,
+    page_cache: CacheRef,
+    codec_config: C,
+) -> immutable::Config<C> {
+    let buffer = NonZeroUsize::new(64 * 1024).expect("non-zero");
+    immutable::Config {
+        metadata_partition: format!("{prefix}-metadata"),
+        freezer_table_partition: format!("{prefix}-freezer-table"),
+        freezer_table_initial_size: 1024,
+        freezer_table_resize_frequency: 4,
+        freezer_table_resize_chunk_size: 1024,
+        freezer_key_partition: format!("{prefix}-freezer-key"),
+        freezer_key_page_cache: page_cache,
+        freezer_value_partition: format!("{prefix}-freezer-value"),
+        freezer_value_target_size: 64 * 1024 * 1024,
+        freezer_value_compression: None,
+        ordinal_partition: format!("{prefix}-ordinal"),
+        items_per_section: NonZeroU64::new(4096).expect("non-zero"),
+        freezer_key_write_buffer: buffer,
+        freezer_value_write_buffer: buffer,
+        ordinal_write_buffer: buffer,
+        replay_buffer: buffer,
+        codec_config,
+    }
+}
+
+type Blocks<E> = immutable::Archive<E, Digest, Block>;
+
+/// Blocks by height and hash (cheap to clone; clones share state).
+pub struct BlockStore<E: StoreContext> {
+    archive: Arc<RwLock<Option<Blocks<E>>>>,
+}
+
+impl<E: StoreContext> Clone for BlockStore<E> {
+    fn clone(&self) -> Self {
+        Self {
+            archive: self.archive.clone(),
+        }
+    }
+}
+
+impl<E: StoreContext> BlockStore<E> {
+    /// Opens (or creates) the store in partitions named after `prefix`.
+    pub async fn open(context: E, prefix: &str, page_cache: CacheRef) -> Result<Self, StoreError> {
+        let archive = immutable::Archive::init(
+            context,
+            archive_config(prefix, page_cache, BlockCodecConfig::default()),
+        )
+        .await
+        .map_err(|error| StoreError::Archive {
+            what: "opening blocks",
+            error,
+        })?;
+        Ok(Self {
+            archive: Arc::new(RwLock::new(Some(archive))),
+        })
+    }
+
+    /// Highest stored height, if any.
+    pub async fn last_height(&self) -> Option<u64> {
+        self.archive.read().await.as_ref()?.last_index()
+    }
+
+    /// Stores `block` at its height and syncs it; a height already stored is left unchanged.
+    pub async fn put(&self, block: &Block) -> Result<(), StoreError> {
+        let mut guard = self.archive.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        let archive = archive
+            .put_sync(block.height(), block.hash(), block)
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "writing a block",
+                error,
+            })?;
+        *guard = Some(archive);
+        Ok(())
+    }
+
+    /// The block at `height`.
+    pub async fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let guard = self.archive.read().await;
+        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .get(Identifier::Index(height))
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "reading a block",
+                error,
+            })
+    }
+
+    /// The block with hash `hash`.
+    pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<Block>, StoreError> {
+        let guard = self.archive.read().await;
+        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .get(Identifier::Key(&hash))
+            .await
+            .map_err(|error| StoreError::Archive {
+                what: "reading a block by hash",
+                error,
+            })
+    }
+
+    /// Syncs pending writes (every `put` already syncs; this is for shutdown).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let mut guard = self.archive.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        *guard = Some(archive.sync().await.map_err(|error| StoreError::Archive {
+            what: "syncing blocks",
+            error,
+        })?);
+        Ok(())
+    }
+}
