@@ -265,6 +265,19 @@ pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Bl
     Block::new(header, Some(body)).expect("body matches its root")
 }
 
+/// A genesis block and `count` blocks on top of it, each the parent of the next.
+pub fn linked_chain(count: u64) -> Vec<Block> {
+    let mut chain = vec![test_block(0, 0, 0, Vec::new())];
+    for height in 1..=count {
+        let parent = chain.last().expect("genesis is first").hash();
+        let block = test_block(height, 0, height, Vec::new());
+        let (mut header, body) = block.into_parts();
+        header.inner.parent_hash = parent.0;
+        chain.push(Block::new(header, body).expect("body unchanged"));
+    }
+    chain
+}
+
 /// A global allocator that records, per thread, the bytes currently allocated and the peak
 /// since the last [`AllocationMeter::reset`]. Install it with `#[global_allocator]`.
 pub struct AllocationMeter;

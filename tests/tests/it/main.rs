@@ -4,6 +4,7 @@
 mod ceremonies;
 mod decoders;
 mod devnet;
+mod execution;
 mod ledger;
 mod properties;
 mod rpc;

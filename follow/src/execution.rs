@@ -1,0 +1,213 @@
+//! The execution layer seam: what the follower needs from an execution client (the finalized
+//! height, headers and blocks by number or hash, and a durable "this block is finalized"), and
+//! the embedded on-disk implementation used until a real execution client plugs in here.
+
+use cairn_feed::{BlockStore, StoreContext, StoreError, store::page_cache};
+use cairn_primitives::{Block, Digest, TempoHeader};
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+};
+use tracing::debug;
+
+/// Why the execution layer refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The block is not the next height.
+    #[error("finalized blocks must arrive in order: expected height {expected}, got {got}")]
+    OutOfOrder {
+        /// The next height.
+        expected: u64,
+        /// The height offered.
+        got: u64,
+    },
+    /// The block does not extend the finalized tip.
+    #[error("block {height} has parent {parent}, but the finalized tip is {tip}")]
+    ParentMismatch {
+        /// Height of the block.
+        height: u64,
+        /// Its parent hash.
+        parent: Digest,
+        /// The tip's hash.
+        tip: Digest,
+    },
+    /// A different block is already finalized at this height.
+    #[error("height {height} is already finalized as {stored}, not {offered}")]
+    Conflict {
+        /// Height.
+        height: u64,
+        /// Stored hash.
+        stored: Digest,
+        /// Offered hash.
+        offered: Digest,
+    },
+    /// The store holds another chain's genesis.
+    #[error("the store holds genesis {stored}, not this chain's genesis {expected}")]
+    GenesisMismatch {
+        /// Stored genesis hash.
+        stored: Digest,
+        /// Expected genesis hash.
+        expected: Digest,
+    },
+    /// A block the store claims to hold is missing.
+    #[error("the store lost block {0}")]
+    Missing(u64),
+}
+
+/// What the follower needs from an execution client.
+pub trait ExecutionProvider: Clone + Send + Sync + 'static {
+    /// Height of the finalized tip (0 = genesis only).
+    fn finalized_height(&self) -> u64;
+
+    /// The header at `height`.
+    fn header_by_number(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<TempoHeader>, ExecutionError>> + Send;
+
+    /// The block at `height`.
+    fn block_by_number(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<Block>, ExecutionError>> + Send;
+
+    /// The block with hash `digest`.
+    fn block_by_hash(
+        &self,
+        digest: Digest,
+    ) -> impl Future<Output = Result<Option<Block>, ExecutionError>> + Send;
+
+    /// Makes `block` the finalized tip; it is durable when this returns. Blocks must arrive in
+    /// height order and extend the tip; offering an already finalized block again is a no-op.
+    fn finalize(&self, block: Block) -> impl Future<Output = Result<(), ExecutionError>> + Send;
+}
+
+/// The finalized tip: its height and hash.
+#[derive(Clone, Copy, Debug)]
+struct Tip {
+    height: u64,
+    hash: Digest,
+}
+
+/// The embedded execution store: finalized blocks on disk (cheap to clone).
+pub struct EmbeddedExecution<E: StoreContext> {
+    blocks: BlockStore<E>,
+    tip: Arc<RwLock<Tip>>,
+}
+
+impl<E: StoreContext> Clone for EmbeddedExecution<E> {
+    fn clone(&self) -> Self {
+        Self {
+            blocks: self.blocks.clone(),
+            tip: self.tip.clone(),
+        }
+    }
+}
+
+impl<E: StoreContext> EmbeddedExecution<E> {
+    /// Opens the store for the chain starting at `genesis` (stored on first open; a store of
+    /// another chain is refused).
+    pub async fn open(context: E, genesis: &Block) -> Result<Self, ExecutionError> {
+        let blocks = BlockStore::open(context, "execution-blocks", page_cache()).await?;
+        match blocks.get(0).await? {
+            Some(stored) if stored.hash() != genesis.hash() => {
+                return Err(ExecutionError::GenesisMismatch {
+                    stored: stored.hash(),
+                    expected: genesis.hash(),
+                });
+            }
+            Some(_) => {}
+            None => blocks.put(genesis).await?,
+        }
+        // Blocks are only ever written in order, so the last index is the tip.
+        let height = blocks.last_height().await.unwrap_or(0);
+        let tip_block = blocks
+            .get(height)
+            .await?
+            .ok_or(ExecutionError::Missing(height))?;
+        Ok(Self {
+            blocks,
+            tip: Arc::new(RwLock::new(Tip {
+                height,
+                hash: tip_block.hash(),
+            })),
+        })
+    }
+
+    fn tip(&self) -> Tip {
+        *self
+            .tip
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
+    fn finalized_height(&self) -> u64 {
+        self.tip().height
+    }
+
+    async fn header_by_number(&self, height: u64) -> Result<Option<TempoHeader>, ExecutionError> {
+        Ok(self
+            .block_by_number(height)
+            .await?
+            .map(|block| block.into_parts().0))
+    }
+
+    async fn block_by_number(&self, height: u64) -> Result<Option<Block>, ExecutionError> {
+        if height > self.tip().height {
+            return Ok(None);
+        }
+        Ok(self.blocks.get(height).await?)
+    }
+
+    async fn block_by_hash(&self, digest: Digest) -> Result<Option<Block>, ExecutionError> {
+        Ok(self.blocks.get_by_hash(digest).await?)
+    }
+
+    async fn finalize(&self, block: Block) -> Result<(), ExecutionError> {
+        let tip = self.tip();
+        let height = block.height();
+        if height <= tip.height {
+            let stored = self
+                .blocks
+                .get(height)
+                .await?
+                .ok_or(ExecutionError::Missing(height))?;
+            if stored.hash() == block.hash() {
+                debug!(height, "block already finalized; redelivery ignored");
+                return Ok(());
+            }
+            return Err(ExecutionError::Conflict {
+                height,
+                stored: stored.hash(),
+                offered: block.hash(),
+            });
+        }
+        if height != tip.height + 1 {
+            return Err(ExecutionError::OutOfOrder {
+                expected: tip.height + 1,
+                got: height,
+            });
+        }
+        if block.parent() != tip.hash {
+            return Err(ExecutionError::ParentMismatch {
+                height,
+                parent: block.parent(),
+                tip: tip.hash,
+            });
+        }
+        self.blocks.put(&block).await?;
+        *self
+            .tip
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Tip {
+            height,
+            hash: block.hash(),
+        };
+        Ok(())
+    }
+}

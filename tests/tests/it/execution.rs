@@ -1,0 +1,165 @@
+//! The embedded execution store and the executor: blocks become durable in order, out-of-order,
+//! detached and conflicting blocks are refused with nothing stored, redeliveries are harmless,
+//! a restart keeps the tip, and a store of another chain is refused.
+
+use cairn_follow::{
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    executor,
+};
+use cairn_tests::{linked_chain, test_block};
+use commonware_runtime::{Runner, Supervisor, deterministic};
+
+#[test]
+fn blocks_are_finalized_in_order_and_survive_a_restart() {
+    let chain = linked_chain(6);
+    let genesis = chain[0].clone();
+    let ((), checkpoint) = deterministic::Runner::seeded(1).start_and_recover({
+        let chain = chain.clone();
+        |context| async move {
+            let store = EmbeddedExecution::open(context.child("execution"), &chain[0])
+                .await
+                .expect("opens");
+            assert_eq!(store.finalized_height(), 0);
+            for block in &chain[1..=4] {
+                store.finalize(block.clone()).await.expect("in order");
+            }
+            assert_eq!(store.finalized_height(), 4);
+
+            // Out of order: height 6 before 5.
+            let err = store.finalize(chain[6].clone()).await.expect_err("gap");
+            assert!(
+                matches!(
+                    err,
+                    ExecutionError::OutOfOrder {
+                        expected: 5,
+                        got: 6
+                    }
+                ),
+                "{err}"
+            );
+            // Height 5 of another chain does not extend the tip.
+            let detached = test_block(5, 0, 5, Vec::new());
+            let err = store
+                .finalize(detached.clone())
+                .await
+                .expect_err("detached");
+            assert!(
+                matches!(err, ExecutionError::ParentMismatch { height: 5, .. }),
+                "{err}"
+            );
+            // Another block at a finalized height.
+            let other = test_block(3, 0, 99, Vec::new());
+            let err = store.finalize(other.clone()).await.expect_err("conflict");
+            assert!(
+                matches!(err, ExecutionError::Conflict { height: 3, .. }),
+                "{err}"
+            );
+            // None of them was stored.
+            assert_eq!(store.finalized_height(), 4);
+            assert_eq!(store.block_by_number(5).await.expect("reads"), None);
+            assert_eq!(
+                store.block_by_hash(detached.hash()).await.expect("reads"),
+                None
+            );
+            assert_eq!(
+                store.block_by_hash(other.hash()).await.expect("reads"),
+                None
+            );
+            assert_eq!(
+                store.block_by_number(3).await.expect("reads"),
+                Some(chain[3].clone())
+            );
+
+            // Redelivery of a finalized block is harmless.
+            store.finalize(chain[2].clone()).await.expect("redelivery");
+            assert_eq!(store.finalized_height(), 4);
+        }
+    });
+
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let store = EmbeddedExecution::open(context.child("execution"), &genesis)
+            .await
+            .expect("reopens");
+        assert_eq!(store.finalized_height(), 4, "the tip survives a restart");
+        for height in 0..=4 {
+            let block = store
+                .block_by_number(height)
+                .await
+                .expect("reads")
+                .expect("stored");
+            assert_eq!(block, chain[height as usize]);
+            assert_eq!(
+                store
+                    .header_by_number(height)
+                    .await
+                    .expect("reads")
+                    .as_ref(),
+                Some(chain[height as usize].header())
+            );
+            assert_eq!(
+                store.block_by_hash(block.hash()).await.expect("reads"),
+                Some(block)
+            );
+        }
+        store
+            .finalize(chain[5].clone())
+            .await
+            .expect("continues after a restart");
+        assert_eq!(store.finalized_height(), 5);
+
+        // The same storage opened for another chain is refused.
+        drop(store);
+        let other_genesis = test_block(0, 0, 7, vec![1]);
+        let Err(err) = EmbeddedExecution::open(context.child("other"), &other_genesis).await else {
+            panic!("another chain's genesis must be refused");
+        };
+        assert!(
+            matches!(err, ExecutionError::GenesisMismatch { .. }),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn the_executor_acknowledges_only_durable_blocks() {
+    let chain = linked_chain(3);
+    deterministic::Runner::seeded(2).start(|context| async move {
+        let store = EmbeddedExecution::open(context.child("execution"), &chain[0])
+            .await
+            .expect("opens");
+        let (actor, mailbox, mut watermark) =
+            executor::init(executor::Config::default(), store.clone());
+        let driver = async move {
+            for block in &chain[1..=2] {
+                let ack = mailbox.finalized(block.clone()).await.expect("running");
+                ack.await.expect("answered").expect("durable");
+                // Acknowledged means stored.
+                assert_eq!(
+                    store
+                        .block_by_number(block.height())
+                        .await
+                        .expect("reads")
+                        .as_ref(),
+                    Some(block)
+                );
+                assert_eq!(*watermark.borrow_and_update(), block.height());
+            }
+            // A refused block is answered with the reason and changes nothing.
+            let ack = mailbox
+                .finalized(test_block(3, 0, 3, Vec::new()))
+                .await
+                .expect("running");
+            let refused = ack.await.expect("answered");
+            assert!(matches!(
+                refused,
+                Err(ExecutionError::ParentMismatch { .. })
+            ));
+            assert_eq!(*watermark.borrow(), 2);
+            // The executor keeps going after a refusal.
+            let ack = mailbox.finalized(chain[3].clone()).await.expect("running");
+            ack.await.expect("answered").expect("durable");
+            assert_eq!(*watermark.borrow(), 3);
+        };
+        futures::join!(actor.run(), driver);
+    });
+}
