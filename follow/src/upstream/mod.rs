@@ -1,18 +1,19 @@
 //! The upstream actor: keeps one upstream connection alive (reconnecting with capped,
 //! jittered backoff and resubscribing after any stream error), forwards its consensus events,
 //! and serves `get_finalization` / `get_block` requests, cancelling a request whose requester
-//! went away.
+//! went away. [`in_process`] offers the same over a feed in the same process, for simulations.
 
 mod actor;
 mod client;
+pub mod in_process;
 mod ingress;
 
 pub use actor::Actor;
 pub use client::{ClientConfig, UpstreamClient, normalize_url};
 pub use ingress::{Mailbox, Message};
 
-use cairn_primitives::{Digest, Event};
-use std::time::Duration;
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use std::{future::Future, time::Duration};
 use tokio::sync::mpsc;
 
 /// Why an upstream request failed.
@@ -50,6 +51,31 @@ pub enum UpstreamError {
     /// The actor has stopped.
     #[error("the upstream actor stopped")]
     Stopped,
+}
+
+/// The requests a follower makes of its upstream, whichever transport carries them.
+pub trait UpstreamRequests: Clone + Send + Sync + 'static {
+    /// The certified block at `height`, with its block; `None` when the upstream lacks it.
+    fn get_finalization(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<CertifiedBlock>, UpstreamError>> + Send;
+
+    /// The block with hash `digest`, body included and hash checked; `None` when missing.
+    fn get_block(
+        &self,
+        digest: Digest,
+    ) -> impl Future<Output = Result<Option<Block>, UpstreamError>> + Send;
+}
+
+impl UpstreamRequests for Mailbox {
+    async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        Mailbox::get_finalization(self, height).await
+    }
+
+    async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        Mailbox::get_block(self, digest).await
+    }
 }
 
 /// What the actor reports to its consumer, in order.

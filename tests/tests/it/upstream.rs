@@ -212,3 +212,59 @@ fn urls_that_cannot_be_followed_are_refused() {
         );
     }
 }
+
+#[test]
+fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
+    use cairn_follow::upstream::{UpstreamRequests, in_process};
+    use commonware_runtime::{Runner, deterministic};
+
+    deterministic::Runner::seeded(3).start(|_context| async move {
+        let committee = TestCommittee::new(b"TEMPO", 9, 4);
+        let chain = MemoryChain::default();
+        let first = certified(&committee, 1);
+        chain.insert(first.clone());
+        let feed = FeedState::new(4);
+        let (sender, mut notifications) = mpsc::channel(2);
+        let (actor, upstream) = in_process::init("local", feed.clone(), chain.clone(), sender);
+        let consumer = async move {
+            assert_eq!(
+                notifications.recv().await,
+                Some(Notification::Connected {
+                    url: "local".into()
+                })
+            );
+            let second = certified(&committee, 2);
+            chain.insert(second.clone());
+            feed.publish_finalized(second.clone());
+            assert_eq!(
+                finalized(notifications.recv().await.expect("running")),
+                second
+            );
+
+            assert_eq!(upstream.get_finalization(1).await, Ok(Some(first.clone())));
+            assert_eq!(upstream.get_finalization(5).await, Ok(None));
+            let block = first.block.clone().expect("block");
+            assert_eq!(upstream.get_block(block.hash()).await, Ok(Some(block)));
+            assert_eq!(upstream.get_block(Digest::from([3u8; 32])).await, Ok(None));
+
+            // Falling a whole feed buffer behind reads as a disconnection and a resubscription.
+            for height in 3..13 {
+                feed.publish_finalized(certified(&committee, height));
+            }
+            let Some(Notification::Disconnected { reason }) = notifications.recv().await else {
+                panic!("expected a disconnection after lagging");
+            };
+            assert!(reason.contains("behind"), "{reason}");
+            assert_eq!(
+                notifications.recv().await,
+                Some(Notification::Connected {
+                    url: "local".into()
+                })
+            );
+            // Dropping the receiver stops the actor at its next event.
+            drop(notifications);
+            feed.publish_finalized(certified(&committee, 13));
+        };
+        futures::join!(actor.run(), consumer);
+    });
+}

@@ -1,0 +1,103 @@
+//! The in-process upstream: the same notifications and requests as the WebSocket actor, served
+//! from a [`FeedState`] and a [`ChainReader`] in the same process, so followers can run inside
+//! deterministic simulations without sockets.
+
+use super::{Notification, UpstreamError, UpstreamRequests};
+use cairn_feed::{ChainReader, FeedState};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tracing::warn;
+
+/// Forwards a feed's events as upstream notifications.
+pub struct InProcessActor {
+    feed: FeedState,
+    notifications: mpsc::Sender<Notification>,
+    name: String,
+}
+
+/// Answers upstream requests from a chain in the same process (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct InProcessUpstream<C> {
+    chain: C,
+}
+
+/// Creates the in-process upstream named `name` over `feed` and `chain`.
+pub fn init<C: ChainReader>(
+    name: impl Into<String>,
+    feed: FeedState,
+    chain: C,
+    notifications: mpsc::Sender<Notification>,
+) -> (InProcessActor, InProcessUpstream<C>) {
+    (
+        InProcessActor {
+            feed,
+            notifications,
+            name: name.into(),
+        },
+        InProcessUpstream { chain },
+    )
+}
+
+impl InProcessActor {
+    /// Runs until the notification receiver is dropped. A lagging consumer is reported as a
+    /// disconnection followed by a fresh subscription, as the WebSocket actor would.
+    pub async fn run(self) {
+        loop {
+            let mut events = self.feed.subscribe();
+            let connected = Notification::Connected {
+                url: self.name.clone(),
+            };
+            if self.notifications.send(connected).await.is_err() {
+                return;
+            }
+            let reason = loop {
+                match events.recv().await {
+                    Ok(published) => {
+                        let event = Box::new(published.event.clone());
+                        if self
+                            .notifications
+                            .send(Notification::Event(event))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(skipped)) => {
+                        break format!("fell {skipped} events behind the feed");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            };
+            warn!(upstream = %self.name, %reason, "in-process upstream resubscribing");
+            let lost = Notification::Disconnected { reason };
+            if self.notifications.send(lost).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl<C: ChainReader> UpstreamRequests for InProcessUpstream<C> {
+    async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        self.chain
+            .certified_at(height)
+            .await
+            .map_err(|err| UpstreamError::Rpc(err.to_string()))
+    }
+
+    async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        let block = self
+            .chain
+            .block_by_hash(digest)
+            .await
+            .map_err(|err| UpstreamError::Rpc(err.to_string()))?;
+        match block {
+            Some(block) if block.hash() != digest => Err(UpstreamError::HashMismatch {
+                requested: digest,
+                got: block.hash(),
+            }),
+            other => Ok(other),
+        }
+    }
+}
