@@ -103,7 +103,7 @@ impl Block {
 
     /// Hash of the parent block.
     pub fn parent(&self) -> Digest {
-        Digest(self.header.inner.parent_hash)
+        commonware_consensus::Block::parent(self)
     }
 
     /// The raw block as execution clients serve it from `debug_getRawBlock`:
@@ -205,6 +205,19 @@ impl Digestible for Block {
 
     fn digest(&self) -> Digest {
         self.hash
+    }
+}
+
+impl commonware_consensus::Heightable for Block {
+    fn height(&self) -> commonware_consensus::types::Height {
+        commonware_consensus::types::Height::new(self.header.number())
+    }
+}
+
+/// Lets commonware's marshal order, store and repair Tempo blocks.
+impl commonware_consensus::Block for Block {
+    fn parent(&self) -> Digest {
+        Digest(self.header.inner.parent_hash)
     }
 }
 

@@ -90,6 +90,9 @@ proptest! {
         let body = Body { transactions: txs };
         header.inner.transactions_root = body.transactions_root();
         let block = Block::new(header, with_body.then_some(body)).expect("root matches");
+        // What commonware's marshal sees of the block.
+        prop_assert_eq!(commonware_consensus::Heightable::height(&block).get(), block.header().number());
+        prop_assert_eq!(commonware_consensus::Block::parent(&block).0, block.header().inner.parent_hash);
         let encoded = block.encode();
         let decoded = Block::decode_cfg(encoded, &BlockCodecConfig::default()).expect("decodes");
         prop_assert_eq!(decoded.hash(), block.hash());
