@@ -57,6 +57,16 @@ pub enum LedgerError {
         /// The failed check.
         error: VerifyError,
     },
+    /// The source answered with another height than the boundary asked for.
+    #[error("asked for the boundary of epoch {epoch} (height {height}), got height {got}")]
+    NotTheBoundary {
+        /// Epoch whose boundary was fetched.
+        epoch: u64,
+        /// The boundary height.
+        height: u64,
+        /// The height received.
+        got: u64,
+    },
     /// The epoch has no boundary height (overflow).
     #[error("epoch {0} has no boundary height")]
     NoBoundary(u64),
@@ -157,6 +167,18 @@ impl IdentityLedger {
                         height,
                         error,
                     })?;
+            // A valid certificate for another block of the epoch must not pass for the boundary.
+            let got = certified
+                .block
+                .as_ref()
+                .map_or(height, |block| block.height());
+            if got != height {
+                return Err(LedgerError::NotTheBoundary {
+                    epoch: current,
+                    height,
+                    got,
+                });
+            }
             let (verified, _) =
                 self.verifier
                     .verify_and_register(rng, &certified)
@@ -165,10 +187,13 @@ impl IdentityLedger {
                         height,
                         error,
                     })?;
-            let outcome = verified
-                .next_epoch
-                .as_ref()
-                .expect("a verified boundary block carries the next outcome");
+            let Some(outcome) = verified.next_epoch.as_ref() else {
+                return Err(LedgerError::NotTheBoundary {
+                    epoch: current,
+                    height,
+                    got: verified.height(),
+                });
+            };
             let next_identity = *outcome.identity();
             let previous = self
                 .runs

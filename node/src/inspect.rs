@@ -290,7 +290,7 @@ fn walk_boundaries(
     if let Err(err) = walked {
         let broken = matches!(
             err.downcast_ref::<LedgerError>(),
-            Some(LedgerError::Broken { .. })
+            Some(LedgerError::Broken { .. } | LedgerError::NotTheBoundary { .. })
         );
         report.error = Some(if broken { "boundary_chain" } else { "upstream" });
         report.reason = Some(format!("{err:#}"));

@@ -177,3 +177,26 @@ fn an_unavailable_boundary_is_named() {
     );
     assert_eq!(ledger.known_through(), 2);
 }
+
+#[test]
+fn another_block_of_the_epoch_does_not_pass_for_its_boundary() {
+    let (profile, mut chain) = chain();
+    // Height 6 is validly certified in epoch 1, but it is not epoch 1's boundary (height 7).
+    let not_boundary = chain[&6].clone();
+    chain.insert(7, not_boundary);
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    let err =
+        block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 3)).expect_err("wrong height");
+    assert!(
+        matches!(
+            err,
+            LedgerError::NotTheBoundary {
+                epoch: 1,
+                height: 7,
+                got: 6
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(ledger.known_through(), 1);
+}
