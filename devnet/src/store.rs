@@ -8,7 +8,7 @@
 use cairn_epoch::{Finalization, encode_certificate};
 use cairn_feed::{
     BlockStore, ChainReader, ReadError, StoreContext,
-    store::{archive_config, page_cache},
+    store::{SharedArchive, archive_config, page_cache},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_storage::{
@@ -31,17 +31,9 @@ const NO_TIP: u64 = u64::MAX;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// An archive failed.
-    #[error("archive {what}: {error}")]
-    Archive {
-        /// What was being done.
-        what: &'static str,
-        /// The archive error.
-        error: commonware_storage::archive::Error,
-    },
-    /// The block store failed.
+    /// The block or finalization archive failed.
     #[error(transparent)]
-    Blocks(#[from] cairn_feed::StoreError),
+    Storage(#[from] cairn_feed::StoreError),
     /// The metadata store failed.
     #[error("metadata {what}: {error}")]
     Metadata {
@@ -61,7 +53,7 @@ type SecretStore<E> = Metadata<E, U64, Vec<u8>>;
 /// The chain store (cheap to clone; clones share state).
 pub struct ChainStore<E: StoreContext> {
     blocks: BlockStore<E>,
-    finalizations: Arc<RwLock<Option<FinalizationArchive<E>>>>,
+    finalizations: SharedArchive<FinalizationArchive<E>>,
     secrets: Arc<RwLock<Option<SecretStore<E>>>>,
     tip: Arc<AtomicU64>,
 }
@@ -88,7 +80,7 @@ impl<E: StoreContext> ChainStore<E> {
             archive_config("devnet-finalizations", page_cache, ()),
         )
         .await
-        .map_err(|error| StoreError::Archive {
+        .map_err(|error| cairn_feed::StoreError::Archive {
             what: "opening finalizations",
             error,
         })?;
@@ -107,7 +99,7 @@ impl<E: StoreContext> ChainStore<E> {
         let tip = finalizations.last_index().unwrap_or(NO_TIP);
         Ok(Self {
             blocks,
-            finalizations: Arc::new(RwLock::new(Some(finalizations))),
+            finalizations: SharedArchive::new(finalizations),
             secrets: Arc::new(RwLock::new(Some(secrets))),
             tip: Arc::new(AtomicU64::new(tip)),
         })
@@ -129,31 +121,24 @@ impl<E: StoreContext> ChainStore<E> {
         height: u64,
         finalization: &Finalization,
     ) -> Result<(), StoreError> {
-        let mut guard = self.finalizations.write().await;
-        let archive = guard.take().ok_or(StoreError::Poisoned)?;
-        let archive = archive
-            .put_sync(height, finalization.proposal.payload, finalization)
-            .await
-            .map_err(|error| StoreError::Archive {
-                what: "writing a finalization",
-                error,
-            })?;
-        *guard = Some(archive);
+        self.finalizations
+            .put_sync(
+                height,
+                finalization.proposal.payload,
+                finalization,
+                "writing a finalization",
+            )
+            .await?;
         self.tip.store(height, Ordering::Release);
         Ok(())
     }
 
     /// The finalization stored for `height`.
     pub async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, StoreError> {
-        let guard = self.finalizations.read().await;
-        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
-        archive
-            .get(Identifier::Index(height))
-            .await
-            .map_err(|error| StoreError::Archive {
-                what: "reading a finalization",
-                error,
-            })
+        Ok(self
+            .finalizations
+            .get(Identifier::Index(height), "reading a finalization")
+            .await?)
     }
 
     /// The block stored for `height`.
@@ -201,13 +186,7 @@ impl<E: StoreContext> ChainStore<E> {
     /// Syncs everything (used at shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
         self.blocks.sync().await?;
-        let mut guard = self.finalizations.write().await;
-        let archive = guard.take().ok_or(StoreError::Poisoned)?;
-        *guard = Some(archive.sync().await.map_err(|error| StoreError::Archive {
-            what: "syncing finalizations",
-            error,
-        })?);
-        Ok(())
+        Ok(self.finalizations.sync("syncing finalizations").await?)
     }
 
     fn read_error(err: StoreError) -> ReadError {

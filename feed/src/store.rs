@@ -3,7 +3,7 @@
 
 use cairn_primitives::{Block, BlockCodecConfig, Digest};
 use commonware_runtime::{Clock, Metrics, Storage, buffer::paged::CacheRef};
-use commonware_storage::archive::{Archive as _, Identifier, immutable};
+use commonware_storage::archive::{Archive, Identifier, immutable};
 use std::{
     num::{NonZeroU16, NonZeroU64, NonZeroUsize},
     sync::Arc,
@@ -67,11 +67,83 @@ pub fn archive_config<C>(
     }
 }
 
-type Blocks<E> = immutable::Archive<E, Digest, Block>;
+/// An archive shared between tasks. commonware archives consume themselves on every write, so
+/// the handle lives behind a lock, and a failed write leaves the store poisoned rather than
+/// half-updated.
+pub struct SharedArchive<A> {
+    inner: Arc<RwLock<Option<A>>>,
+}
+
+impl<A> Clone for SharedArchive<A> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<A: Archive> SharedArchive<A> {
+    /// Shares `archive`.
+    pub fn new(archive: A) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(Some(archive))),
+        }
+    }
+
+    /// Highest stored index, if any.
+    pub async fn last_index(&self) -> Option<u64> {
+        self.inner.read().await.as_ref()?.last_index()
+    }
+
+    /// Stores `value` at `index` under `key` and syncs it (an index already stored is kept).
+    pub async fn put_sync(
+        &self,
+        index: u64,
+        key: A::Key,
+        value: &A::Value,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.inner.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        let archive = archive
+            .put_sync(index, key, value)
+            .await
+            .map_err(|error| StoreError::Archive { what, error })?;
+        *guard = Some(archive);
+        Ok(())
+    }
+
+    /// The value at `identifier`.
+    pub async fn get(
+        &self,
+        identifier: Identifier<'_, A::Key>,
+        what: &'static str,
+    ) -> Result<Option<A::Value>, StoreError> {
+        let guard = self.inner.read().await;
+        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .get(identifier)
+            .await
+            .map_err(|error| StoreError::Archive { what, error })
+    }
+
+    /// Syncs pending writes.
+    pub async fn sync(&self, what: &'static str) -> Result<(), StoreError> {
+        let mut guard = self.inner.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        *guard = Some(
+            archive
+                .sync()
+                .await
+                .map_err(|error| StoreError::Archive { what, error })?,
+        );
+        Ok(())
+    }
+}
 
 /// Blocks by height and hash (cheap to clone; clones share state).
 pub struct BlockStore<E: StoreContext> {
-    archive: Arc<RwLock<Option<Blocks<E>>>>,
+    archive: SharedArchive<immutable::Archive<E, Digest, Block>>,
 }
 
 impl<E: StoreContext> Clone for BlockStore<E> {
@@ -95,64 +167,38 @@ impl<E: StoreContext> BlockStore<E> {
             error,
         })?;
         Ok(Self {
-            archive: Arc::new(RwLock::new(Some(archive))),
+            archive: SharedArchive::new(archive),
         })
     }
 
     /// Highest stored height, if any.
     pub async fn last_height(&self) -> Option<u64> {
-        self.archive.read().await.as_ref()?.last_index()
+        self.archive.last_index().await
     }
 
     /// Stores `block` at its height and syncs it; a height already stored is left unchanged.
     pub async fn put(&self, block: &Block) -> Result<(), StoreError> {
-        let mut guard = self.archive.write().await;
-        let archive = guard.take().ok_or(StoreError::Poisoned)?;
-        let archive = archive
-            .put_sync(block.height(), block.hash(), block)
+        self.archive
+            .put_sync(block.height(), block.hash(), block, "writing a block")
             .await
-            .map_err(|error| StoreError::Archive {
-                what: "writing a block",
-                error,
-            })?;
-        *guard = Some(archive);
-        Ok(())
     }
 
     /// The block at `height`.
     pub async fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        let guard = self.archive.read().await;
-        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
-        archive
-            .get(Identifier::Index(height))
+        self.archive
+            .get(Identifier::Index(height), "reading a block")
             .await
-            .map_err(|error| StoreError::Archive {
-                what: "reading a block",
-                error,
-            })
     }
 
     /// The block with hash `hash`.
     pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<Block>, StoreError> {
-        let guard = self.archive.read().await;
-        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
-        archive
-            .get(Identifier::Key(&hash))
+        self.archive
+            .get(Identifier::Key(&hash), "reading a block by hash")
             .await
-            .map_err(|error| StoreError::Archive {
-                what: "reading a block by hash",
-                error,
-            })
     }
 
     /// Syncs pending writes (every `put` already syncs; this is for shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let mut guard = self.archive.write().await;
-        let archive = guard.take().ok_or(StoreError::Poisoned)?;
-        *guard = Some(archive.sync().await.map_err(|error| StoreError::Archive {
-            what: "syncing blocks",
-            error,
-        })?);
-        Ok(())
+        self.archive.sync("syncing blocks").await
     }
 }

@@ -7,10 +7,9 @@ use cairn_epoch::{ChainProfile, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Event, Query};
 use cairn_tests::verify_chain;
 use jsonrpsee::{
-    core::client::{ClientT, SubscriptionClientT},
+    core::client::ClientT,
     http_client::{HttpClient, HttpClientBuilder},
     rpc_params,
-    ws_client::WsClientBuilder,
 };
 use std::{
     collections::BTreeMap,
@@ -132,18 +131,7 @@ fn error_code(err: jsonrpsee::core::client::Error) -> i32 {
 async fn live_events_and_finalizations_verify_across_rotations() {
     let dir = tempfile::tempdir().expect("temp dir");
     let devnet = DevnetProcess::start(dir.path(), &["--until-height", "27"]);
-    let ws = WsClientBuilder::default()
-        .build(format!("ws://{}", devnet.addr))
-        .await
-        .expect("websocket connects");
-    let mut subscription = ws
-        .subscribe::<Event, _>(
-            "consensus_subscribe",
-            rpc_params![],
-            "consensus_unsubscribe",
-        )
-        .await
-        .expect("subscribes");
+    let (ws, mut subscription) = cairn_tests::subscribe(&devnet.addr, 1024).await;
 
     let mut events: BTreeMap<u64, CertifiedBlock> = BTreeMap::new();
     while events.keys().next_back() != Some(&27) {

@@ -10,10 +10,9 @@
 
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_feed::{FeedState, RpcConfig};
-use cairn_primitives::{CertifiedBlock, Event};
-use cairn_tests::EmptyChain;
+use cairn_primitives::CertifiedBlock;
+use cairn_tests::{EmptyChain, subscribe};
 use commonware_runtime::{Runner as _, Supervisor as _};
-use jsonrpsee::{core::client::SubscriptionClientT, rpc_params, ws_client::WsClientBuilder};
 use std::time::{Duration, Instant};
 
 /// What one producer run measured.
@@ -93,22 +92,9 @@ async fn delivery_rate(subscribers: usize, events: usize, sample: &CertifiedBloc
     let server = cairn_feed::start("127.0.0.1:0", EmptyChain, feed.clone(), config)
         .await
         .expect("server starts");
-    let url = format!("ws://{}", server.local_addr);
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let client = WsClientBuilder::default()
-            .max_buffer_capacity_per_subscription(events + 16)
-            .build(&url)
-            .await
-            .expect("connects");
-        let mut subscription = client
-            .subscribe::<Event, _>(
-                "consensus_subscribe",
-                rpc_params![],
-                "consensus_unsubscribe",
-            )
-            .await
-            .expect("subscribes");
+        let (client, mut subscription) = subscribe(server.local_addr, events + 16).await;
         readers.push(tokio::spawn(async move {
             let _client = client;
             for _ in 0..events {

@@ -234,6 +234,31 @@ impl ChainReader for MemoryChain {
     }
 }
 
+/// Connects to `ws://{addr}` and subscribes to `consensus_event` notifications.
+pub async fn subscribe(
+    addr: impl std::fmt::Display,
+    buffer: usize,
+) -> (
+    jsonrpsee::ws_client::WsClient,
+    jsonrpsee::core::client::Subscription<cairn_primitives::Event>,
+) {
+    use jsonrpsee::core::client::SubscriptionClientT;
+    let client = jsonrpsee::ws_client::WsClientBuilder::default()
+        .max_buffer_capacity_per_subscription(buffer)
+        .build(format!("ws://{addr}"))
+        .await
+        .expect("websocket connects");
+    let subscription = client
+        .subscribe(
+            "consensus_subscribe",
+            jsonrpsee::rpc_params![],
+            "consensus_unsubscribe",
+        )
+        .await
+        .expect("subscribes");
+    (client, subscription)
+}
+
 /// A block at `height` with a few raw transactions and the given `extraData`.
 pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Block {
     let transactions: Vec<Bytes> = (0..3u8)

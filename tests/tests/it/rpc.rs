@@ -4,7 +4,6 @@
 use cairn_feed::{FeedState, RpcConfig};
 use cairn_primitives::{CertifiedBlock, Event};
 use cairn_tests::{EmptyChain, TestCommittee};
-use jsonrpsee::{core::client::SubscriptionClientT, rpc_params, ws_client::WsClientBuilder};
 use std::time::{Duration, Instant};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -85,18 +84,7 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
     );
 
     // The server still serves a well-behaved subscriber.
-    let client = WsClientBuilder::default()
-        .build(format!("ws://{addr}"))
-        .await
-        .expect("connects");
-    let mut subscription = client
-        .subscribe::<Event, _>(
-            "consensus_subscribe",
-            rpc_params![],
-            "consensus_unsubscribe",
-        )
-        .await
-        .expect("subscribes");
+    let (_client, mut subscription) = cairn_tests::subscribe(addr, 64).await;
     wait_until("the new client subscribed", Duration::from_secs(10), || {
         feed.subscribers() == 1
     })
