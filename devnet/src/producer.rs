@@ -8,11 +8,13 @@ use crate::{
     secrets::{
         ChainParams, EpochSecrets, PARAMS_KEY, POOL_KEY, Pool, decode_record, encode_record,
     },
-    store::{ChainStore, StoreError, certified_block},
+    store::{ChainStore, StoreError},
 };
 use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
 use cairn_dkg::{CeremonyError, DkgOutcome, Identity, ceremony::committee_set};
-use cairn_epoch::{ChainProfile, CommitteeSigner, EpochStrategy, InvalidEpochLength, SignerError};
+use cairn_epoch::{
+    ChainProfile, CommitteeSigner, EpochStrategy, InvalidEpochLength, SignerError, certified_block,
+};
 use cairn_feed::{FeedState, StoreContext};
 use cairn_primitives::{Block, Body, ConsensusContext, TempoHeader};
 use commonware_codec::Encode;

@@ -5,7 +5,7 @@
 //! is synced first, then its finalization. A block without a finalization is re-certified on
 //! restart instead of being replaced.
 
-use cairn_epoch::{Finalization, encode_certificate};
+use cairn_epoch::{Finalization, certified_block};
 use cairn_feed::{
     BlockStore, ChainReader, ReadError, StoreContext,
     store::{SharedArchive, archive_config, page_cache},
@@ -191,19 +191,6 @@ impl<E: StoreContext> ChainStore<E> {
 
     fn read_error(err: StoreError) -> ReadError {
         ReadError(err.to_string())
-    }
-}
-
-/// Builds the wire form of a stored finalization and its block.
-pub fn certified_block(finalization: &Finalization, block: Block) -> CertifiedBlock {
-    let round = finalization.proposal.round;
-    CertifiedBlock {
-        epoch: round.epoch().get(),
-        view: round.view().get(),
-        height: Some(block.height()),
-        digest: block.hash().0,
-        certificate: encode_certificate(finalization),
-        block: Some(block),
     }
 }
 

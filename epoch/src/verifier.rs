@@ -334,3 +334,17 @@ pub fn decode_certificate(hex_text: &str) -> Result<Finalization, MalformedError
 pub fn encode_certificate(finalization: &Finalization) -> String {
     hex::encode(finalization.encode())
 }
+
+/// The wire form (`consensus_getFinalization`, `finalized` events) of a finalization and the
+/// block it certifies.
+pub fn certified_block(finalization: &Finalization, block: Block) -> CertifiedBlock {
+    let round = finalization.proposal.round;
+    CertifiedBlock {
+        epoch: round.epoch().get(),
+        view: round.view().get(),
+        height: Some(block.height()),
+        digest: block.hash().0,
+        certificate: encode_certificate(finalization),
+        block: Some(block),
+    }
+}

@@ -1,8 +1,16 @@
-//! The follower's actors and their wiring around commonware's marshal. So far: the upstream
-//! actor (keeps a subscription to an upstream node alive and serves block and finalization
-//! requests from it), the execution layer seam with its embedded on-disk store, and the
-//! executor that writes finalized blocks to it in order.
+//! The cairn follower: actors generic over the commonware runtime, wired around commonware's
+//! marshal. The upstream actor keeps a subscription alive and serves requests; the driver
+//! verifies events and registers epochs; marshal orders, stores and repairs the chain through
+//! our resolver; the executor writes finalized blocks to the execution layer and publishes
+//! them on the feed the follower serves. [`engine`] wires them together.
 
+pub mod chain;
+pub mod driver;
+pub mod engine;
 pub mod execution;
 pub mod executor;
+pub mod registry;
+pub mod resolver;
 pub mod upstream;
+
+pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};

@@ -1,5 +1,6 @@
 //! `cairn devnet`: runs the local chain producer on disk and serves it over Tempo's RPC.
 
+use crate::common::{lock_datadir, shutdown_signal};
 use cairn_devnet::{Devnet, DevnetConfig, EpochEntry};
 use cairn_feed::{ChainReader, FeedState, RpcConfig};
 use clap::Args;
@@ -49,18 +50,7 @@ pub struct DevnetArgs {
 
 /// Runs the devnet until Ctrl-C (or SIGTERM).
 pub fn run(args: DevnetArgs) -> eyre::Result<()> {
-    std::fs::create_dir_all(&args.datadir)
-        .wrap_err_with(|| format!("creating datadir {}", args.datadir.display()))?;
-    // Held for the whole run: two processes writing one store would corrupt it.
-    let lock_path = args.datadir.join("LOCK");
-    let lock = std::fs::File::create(&lock_path)
-        .wrap_err_with(|| format!("creating {}", lock_path.display()))?;
-    lock.try_lock().map_err(|_| {
-        eyre!(
-            "datadir {} is in use by another cairn process",
-            args.datadir.display()
-        )
-    })?;
+    let _lock = lock_datadir(&args.datadir)?;
     let storage = args.datadir.join("store");
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)
@@ -97,21 +87,6 @@ fn write_atomically(path: &Path, contents: &str) -> eyre::Result<()> {
     std::fs::write(&tmp, contents).wrap_err_with(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).wrap_err_with(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) -> eyre::Result<()> {

@@ -1,7 +1,9 @@
 //! `cairn`: a verifying follower for epoch-rotating Commonware BFT chains, wire-compatible with
 //! Tempo.
 
+mod common;
 mod devnet;
+mod follow;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,9 @@ enum Command {
     /// Run a local chain with real DKG rotation and real threshold certificates, served over
     /// Tempo's RPC.
     Devnet(devnet::DevnetArgs),
+    /// Follow an upstream node: verify every finalization with its epoch's key, repair gaps,
+    /// store the verified chain and serve it again over the same RPC.
+    Follow(follow::FollowArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,12 +41,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(command) => inspect::run(command),
-        Command::Devnet(args) => match devnet::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Devnet(args) => exit_code(devnet::run(args)),
+        Command::Follow(args) => exit_code(follow::run(args)),
+    }
+}
+
+fn exit_code(result: eyre::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,18 +1,22 @@
 //! The executor's mailbox.
 
-use crate::execution::ExecutionError;
+use cairn_epoch::Finalization;
 use cairn_primitives::Block;
-use tokio::sync::{mpsc, oneshot};
+use commonware_utils::acknowledgement::Exact;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// A finalized block for the execution layer.
 #[derive(Debug)]
 pub enum Message {
-    /// Finalize `block`; `durable` answers once it is on disk (or why it was refused).
+    /// Finalize `block` (the next height), then acknowledge `ack` and publish it.
     Finalized {
-        /// The block (the next height).
-        block: Block,
-        /// The acknowledgement.
-        durable: oneshot::Sender<Result<(), ExecutionError>>,
+        /// The block.
+        block: Arc<Block>,
+        /// Its finalization, published with it (`None` for the genesis anchor).
+        finalization: Option<Finalization>,
+        /// Marshal's acknowledgement, released once the block is durable.
+        ack: Exact,
     },
 }
 
@@ -22,7 +26,7 @@ pub struct Mailbox {
     sender: mpsc::Sender<Message>,
 }
 
-/// The executor stopped before answering.
+/// The executor stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("the executor stopped")]
 pub struct Stopped;
@@ -32,16 +36,20 @@ impl Mailbox {
         Self { sender }
     }
 
-    /// Queues `block` and returns the receiver of its durability acknowledgement.
+    /// Queues `block`; its acknowledgement is released once it is durable.
     pub async fn finalized(
         &self,
-        block: Block,
-    ) -> Result<oneshot::Receiver<Result<(), ExecutionError>>, Stopped> {
-        let (durable, acknowledged) = oneshot::channel();
+        block: Arc<Block>,
+        finalization: Option<Finalization>,
+        ack: Exact,
+    ) -> Result<(), Stopped> {
         self.sender
-            .send(Message::Finalized { block, durable })
+            .send(Message::Finalized {
+                block,
+                finalization,
+                ack,
+            })
             .await
-            .map_err(|_| Stopped)?;
-        Ok(acknowledged)
+            .map_err(|_| Stopped)
     }
 }

@@ -1,13 +1,15 @@
-//! The executor: hands each finalized block to the execution layer in order, acknowledges it
-//! only once it is durable there, and publishes the finalized watermark.
+//! The executor: marshal's finalized blocks, handed on by the driver in height order, go to the
+//! execution layer; each is acknowledged to marshal only once it is durable there. Then the
+//! finalized watermark advances and the block is published on the node's feed.
 
 mod actor;
 mod ingress;
 
 pub use actor::Actor;
-pub use ingress::{Mailbox, Message};
+pub use ingress::{Mailbox, Message, Stopped};
 
 use crate::execution::ExecutionProvider;
+use cairn_feed::FeedState;
 use tokio::sync::{mpsc, watch};
 
 /// Executor settings.
@@ -23,15 +25,17 @@ impl Default for Config {
     }
 }
 
-/// Creates the executor over `provider`; the returned watch holds the finalized height.
+/// Creates the executor over `provider`, publishing on `feed`; the returned watch holds the
+/// finalized height.
 pub fn init<P: ExecutionProvider>(
     config: Config,
     provider: P,
+    feed: FeedState,
 ) -> (Actor<P>, Mailbox, watch::Receiver<u64>) {
     let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));
     let (watermark, watched) = watch::channel(provider.finalized_height());
     (
-        Actor::new(provider, receiver, watermark),
+        Actor::new(provider, receiver, watermark, feed),
         Mailbox::new(sender),
         watched,
     )

@@ -1,6 +1,7 @@
 //! The upstream actor's loop.
 
 use super::{Config, Message, Notification, UpstreamClient, UpstreamError};
+use cairn_primitives::Event;
 use rand::RngExt;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, mpsc};
@@ -58,6 +59,9 @@ impl Actor {
                             {
                                 return;
                             }
+                            if !self.announce_tip(&client).await {
+                                return;
+                            }
                             self.serve(client, subscription).await
                         }
                         Err(err) => Ended::Lost(err.to_string()),
@@ -98,6 +102,28 @@ impl Actor {
                     Some(message) => reject(message, UpstreamError::NotConnected),
                     None => return false,
                 },
+            }
+        }
+    }
+
+    /// Forwards the upstream's latest finalization as an event, so a follower that connects
+    /// while the upstream is idle still learns how far the chain goes. False when told to stop.
+    async fn announce_tip(&self, client: &UpstreamClient) -> bool {
+        match client.get_latest().await {
+            Ok(Some(latest)) => {
+                let event = Event::Finalized {
+                    block: latest,
+                    seen: cairn_feed::unix_millis(),
+                };
+                self.notifications
+                    .send(Notification::Event(Box::new(event)))
+                    .await
+                    .is_ok()
+            }
+            Ok(None) => true,
+            Err(err) => {
+                debug!(%err, "could not read the upstream's latest finalization");
+                true
             }
         }
     }

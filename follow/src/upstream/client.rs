@@ -157,11 +157,17 @@ impl UpstreamClient {
         &self,
         height: u64,
     ) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        self.certified(Query::Height(height)).await
+    }
+
+    /// The upstream's latest certified block, with its block; `None` before its first.
+    pub async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        self.certified(Query::Latest).await
+    }
+
+    async fn certified(&self, query: Query) -> Result<Option<CertifiedBlock>, UpstreamError> {
         let mut certified: CertifiedBlock = match self
-            .request(
-                "consensus_getFinalization",
-                rpc_params![Query::Height(height)],
-            )
+            .request("consensus_getFinalization", rpc_params![query])
             .await
         {
             Ok(certified) => certified,
@@ -169,6 +175,10 @@ impl UpstreamClient {
             Err(err) => return Err(call_error("consensus_getFinalization", err)),
         };
         if certified.block.is_none() {
+            let height = match (query, certified.height) {
+                (Query::Height(height), _) | (Query::Latest, Some(height)) => height,
+                (Query::Latest, None) => return Ok(None),
+            };
             certified.block = self.raw_block(U64::from(height)).await?;
             if certified.block.is_none() {
                 return Ok(None);

@@ -3,8 +3,8 @@
 //! deterministic simulations without sockets.
 
 use super::{Notification, UpstreamError, UpstreamRequests};
-use cairn_feed::{ChainReader, FeedState};
-use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_feed::{ChainReader, FeedState, unix_millis};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tracing::warn;
 
@@ -49,6 +49,21 @@ impl InProcessActor {
             };
             if self.notifications.send(connected).await.is_err() {
                 return;
+            }
+            // As the WebSocket actor does: announce the tip, in case the chain is idle.
+            if let Some(latest) = self.feed.latest() {
+                let event = Event::Finalized {
+                    block: latest,
+                    seen: unix_millis(),
+                };
+                if self
+                    .notifications
+                    .send(Notification::Event(Box::new(event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
             let reason = loop {
                 match events.recv().await {

@@ -1,0 +1,295 @@
+//! The follower's wiring, in one place: the epoch registry and verifier registry, the embedded
+//! execution store, commonware's marshal with on-disk archives and our resolver, the executor,
+//! the driver, and the feed. The upstream is wired by the caller (a WebSocket actor, or the
+//! in-process upstream in simulations), which hands over its notifications and request handle.
+
+use crate::{
+    chain::FollowerChain,
+    driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    executor,
+    registry::{EpochRegistry, RegistryError},
+    resolver::{FetchConfig, UpstreamFetcher},
+    upstream::{Notification, UpstreamRequests},
+};
+use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
+use cairn_feed::{FeedState, StoreContext, store::archive_config, store::page_cache};
+use cairn_primitives::{Block, BlockCodecConfig, Digest};
+use commonware_consensus::{
+    marshal::{self, Start, core::Actor as Marshal, resolver::handler, standard::Standard},
+    types::ViewDelta,
+};
+use commonware_cryptography::{Digested, ed25519};
+use commonware_parallel::Sequential;
+use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
+use commonware_storage::archive::immutable;
+use rand::CryptoRng;
+use std::{
+    num::{NonZeroU64, NonZeroUsize},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+/// Why the follower could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The profile has no genesis header, so there is no block to anchor marshal at.
+    #[error("chain profile `{0}` has no genesis header; following needs one")]
+    NoGenesisHeader(String),
+    /// The genesis block does not carry the profile's genesis outcome.
+    #[error("the genesis block does not carry chain profile `{0}`'s genesis outcome")]
+    GenesisOutcome(String),
+    /// The datadir belongs to another chain, or cannot be opened.
+    #[error(transparent)]
+    Execution(#[from] ExecutionError),
+    /// The epoch registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A marshal archive could not be opened.
+    #[error("opening marshal's {what} archive: {error}")]
+    Archive {
+        /// Which archive.
+        what: &'static str,
+        /// Why.
+        error: commonware_storage::archive::Error,
+    },
+    /// The driver stopped with an error.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// A task ended unexpectedly.
+    #[error("the follower's {0} stopped")]
+    Stopped(&'static str),
+}
+
+/// Follower settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The chain to follow (its genesis header is required).
+    pub profile: ChainProfile,
+    /// Epoch verifiers kept in memory and on disk.
+    pub max_epochs: usize,
+    /// Events kept while their epoch's key is unknown.
+    pub max_pending_events: usize,
+    /// Heights marshal repairs in parallel.
+    pub max_repair: usize,
+    /// Blocks marshal dispatches before waiting for acknowledgements.
+    pub max_pending_acks: usize,
+    /// Resolver fetch settings.
+    pub fetch: FetchConfig,
+    /// Delay before the resolver retries a key no attempt could fetch.
+    pub fetch_retry_delay: Duration,
+    /// Mailbox sizes.
+    pub mailbox_size: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for following `profile`.
+    pub fn new(profile: ChainProfile) -> Self {
+        Self {
+            profile,
+            max_epochs: 64,
+            max_pending_events: 1024,
+            max_repair: 64,
+            max_pending_acks: 64,
+            fetch: FetchConfig::default(),
+            fetch_retry_delay: Duration::from_millis(500),
+            mailbox_size: 1024,
+        }
+    }
+}
+
+/// The runtime context a follower needs.
+pub trait EngineContext: StoreContext + Spawner + Clock + Metrics + Storage + CryptoRng {}
+
+impl<E: StoreContext + Spawner + Clock + Metrics + Storage + CryptoRng> EngineContext for E {}
+
+/// A running follower.
+pub struct Follower<E: EngineContext> {
+    /// What the follower serves: hand it to `cairn_feed::start`.
+    pub chain: FollowerChain<EmbeddedExecution<E>>,
+    /// The verified events the follower publishes.
+    pub feed: FeedState,
+    /// The executed (durable, verified) height.
+    pub executed: watch::Receiver<u64>,
+    /// The upstream's status.
+    pub upstream: watch::Receiver<UpstreamStatus>,
+    /// The verifier registry (epochs with a key).
+    pub provider: SchemeProvider,
+    marshal: Handle<()>,
+    driver: Handle<Result<(), DriverError>>,
+    executor: Handle<Result<(), ExecutionError>>,
+}
+
+impl<E: EngineContext> Follower<E> {
+    /// Resolves when any part of the follower stops: `Ok` when the upstream notifications
+    /// ended, otherwise the error that stopped it.
+    pub async fn stopped(self) -> Result<(), EngineError> {
+        let Self {
+            marshal,
+            driver,
+            executor,
+            ..
+        } = self;
+        tokio::select! {
+            result = driver => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(err.into()),
+                Err(_) => Err(EngineError::Stopped("driver")),
+            },
+            result = executor => match result {
+                Ok(Err(err)) => Err(err.into()),
+                _ => Err(EngineError::Stopped("executor")),
+            },
+            _ = marshal => Err(EngineError::Stopped("marshal")),
+        }
+    }
+}
+
+fn nonzero(value: usize) -> NonZeroUsize {
+    NonZeroUsize::new(value.max(1)).expect("at least one")
+}
+
+/// The genesis block of `profile`, checked to carry its genesis outcome.
+pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
+    let header = profile
+        .genesis_header
+        .clone()
+        .ok_or_else(|| EngineError::NoGenesisHeader(profile.name.clone()))?;
+    if header.extra_data().as_ref() != profile.genesis.to_bytes().as_slice() {
+        return Err(EngineError::GenesisOutcome(profile.name.clone()));
+    }
+    Ok(Block::header_only(header))
+}
+
+/// Starts a follower in `context`'s storage, fed by `notifications` and fetching from
+/// `upstream`.
+pub async fn start<E, U>(
+    context: E,
+    config: EngineConfig,
+    notifications: mpsc::Receiver<Notification>,
+    upstream: U,
+) -> Result<Follower<E>, EngineError>
+where
+    E: EngineContext,
+    U: UpstreamRequests,
+{
+    let profile = &config.profile;
+    let genesis = genesis_block(profile)?;
+    let execution = EmbeddedExecution::open(context.child("execution"), &genesis).await?;
+
+    // Startup trust: the registry of an earlier run, else the profile's genesis outcome.
+    let provider = SchemeProvider::new(&profile.namespace, config.max_epochs);
+    let registry = EpochRegistry::open(context.child("registry"), config.max_epochs).await?;
+    let restored = registry.load_into(&provider).await?;
+    if restored == 0 {
+        registry
+            .register(&provider, 0, *profile.genesis.identity())
+            .await?;
+    }
+    if let Some(configured) = profile.network_identity {
+        provider.set_configured_identity(configured.identity, configured.from_epoch);
+    }
+    info!(
+        epochs = provider.len(),
+        restored,
+        executed = execution.finalized_height(),
+        "follower state opened"
+    );
+
+    let cache = page_cache();
+    let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
+        context.child("finalizations"),
+        archive_config("follow-finalizations", cache.clone(), ()),
+    )
+    .await
+    .map_err(|error| EngineError::Archive {
+        what: "finalizations",
+        error,
+    })?;
+    let blocks: immutable::Archive<E, Digest, Arc<Block>> = immutable::Archive::init(
+        context.child("blocks"),
+        archive_config("follow-blocks", cache.clone(), BlockCodecConfig::default()),
+    )
+    .await
+    .map_err(|error| EngineError::Archive {
+        what: "blocks",
+        error,
+    })?;
+    let buffer = nonzero(64 * 1024);
+    let marshal_config = marshal::Config {
+        provider: provider.clone(),
+        epocher: profile.epochs.epocher().clone(),
+        start: Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash())),
+        partition_prefix: "follow-marshal".into(),
+        mailbox_size: nonzero(config.mailbox_size),
+        view_retention: ViewDelta::new(profile.epochs.length()),
+        prunable_items_per_section: NonZeroU64::new(4096).expect("non-zero"),
+        page_cache: cache,
+        replay_buffer: buffer,
+        key_write_buffer: buffer,
+        value_write_buffer: buffer,
+        block_codec_config: BlockCodecConfig::default(),
+        max_repair: nonzero(config.max_repair),
+        max_pending_acks: nonzero(config.max_pending_acks),
+        strategy: Sequential,
+    };
+    let (marshal_actor, marshal, _floor) = Marshal::<_, Standard<Block>, _, _, _, _, _>::init(
+        context.child("marshal"),
+        finalizations,
+        blocks,
+        marshal_config,
+    )
+    .await;
+
+    let fetcher = UpstreamFetcher::new(
+        context.child("fetcher"),
+        upstream,
+        execution.clone(),
+        config.fetch,
+    );
+    let (handler_rx, handler) =
+        handler::init(context.child("handler"), nonzero(config.mailbox_size));
+    let resolver = commonware_resolver::opaque::init::<_, _, _, ed25519::PublicKey>(
+        context.child("resolver"),
+        fetcher,
+        handler,
+        nonzero(config.mailbox_size),
+        config.fetch_retry_delay,
+    );
+
+    let feed = FeedState::default();
+    let (executor_actor, executor, executed) =
+        executor::init(executor::Config::default(), execution.clone(), feed.clone());
+    let executor_handle = context
+        .child("executor")
+        .spawn(|_| async move { executor_actor.run().await });
+
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
+    let driver_actor = driver::init(driver::Config {
+        verifier,
+        registry,
+        marshal: marshal.clone(),
+        executor,
+        executed: executed.clone(),
+        max_pending_events: config.max_pending_events,
+    });
+    let upstream_status = driver_actor.status();
+    let (updates, delivered) = MarshalUpdates::new();
+    let driver_handle = context
+        .child("driver")
+        .spawn(|rng| async move { driver_actor.run(rng, notifications, delivered).await });
+    let marshal_handle = marshal_actor.start_unbuffered(updates, (handler_rx, resolver));
+
+    Ok(Follower {
+        chain: FollowerChain::new(execution, marshal),
+        feed,
+        executed,
+        upstream: upstream_status,
+        provider,
+        marshal: marshal_handle,
+        driver: driver_handle,
+        executor: executor_handle,
+    })
+}

@@ -1,0 +1,150 @@
+//! The follower's persisted epoch registry: the identity each verified boundary block announced
+//! for the next epoch, in a commonware-storage metadata store. On restart it is loaded into the
+//! verifier registry before anything is verified (the strongest startup trust), so an epoch is
+//! registered once across the node's lifetime and never re-derived from unverified data.
+
+use cairn_dkg::Identity;
+use cairn_epoch::{RegisterError, Registration, SchemeProvider};
+use cairn_feed::StoreContext;
+use commonware_codec::{DecodeExt, Encode};
+use commonware_consensus::types::Epoch;
+use commonware_storage::metadata::{self, Metadata};
+use commonware_utils::sequence::U64;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Encoded size of an identity (a G2 point).
+const IDENTITY_BYTES: usize = 96;
+
+/// Why the registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The metadata store failed.
+    #[error("epoch registry {what}: {error}")]
+    Store {
+        /// What was being done.
+        what: &'static str,
+        /// The store's error.
+        error: commonware_storage::metadata::Error,
+    },
+    /// A stored identity does not decode (the datadir is damaged).
+    #[error("epoch registry holds an undecodable identity for epoch {epoch}: {error}")]
+    Corrupt {
+        /// The epoch.
+        epoch: u64,
+        /// The decode error.
+        error: String,
+    },
+    /// The stored identity of an epoch conflicts with what the chain profile trusts.
+    #[error("epoch {epoch}: {error}")]
+    Conflict {
+        /// The epoch.
+        epoch: u64,
+        /// The conflict.
+        error: RegisterError,
+    },
+    /// An earlier failed write destroyed the store handle.
+    #[error("the epoch registry was poisoned by an earlier failed write")]
+    Poisoned,
+}
+
+/// Epoch identities on disk (cheap to clone; clones share state).
+pub struct EpochRegistry<E: StoreContext> {
+    store: Arc<Mutex<Option<Metadata<E, U64, Vec<u8>>>>>,
+    keep: u64,
+}
+
+impl<E: StoreContext> Clone for EpochRegistry<E> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            keep: self.keep,
+        }
+    }
+}
+
+impl<E: StoreContext> EpochRegistry<E> {
+    /// Opens the registry, keeping the newest `keep` epochs (at least one).
+    pub async fn open(context: E, keep: usize) -> Result<Self, RegistryError> {
+        let store = Metadata::init(
+            context,
+            metadata::Config {
+                partition: "follow-epochs".into(),
+                codec_config: ((..=IDENTITY_BYTES).into(), ()),
+            },
+        )
+        .await
+        .map_err(|error| RegistryError::Store {
+            what: "opening",
+            error,
+        })?;
+        Ok(Self {
+            store: Arc::new(Mutex::new(Some(store))),
+            keep: u64::try_from(keep.max(1)).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// The stored epochs and identities, oldest first.
+    pub async fn entries(&self) -> Result<Vec<(u64, Identity)>, RegistryError> {
+        let guard = self.store.lock().await;
+        let store = guard.as_ref().ok_or(RegistryError::Poisoned)?;
+        let mut entries = Vec::new();
+        for key in store.keys() {
+            let epoch = u64::from(key);
+            let Some(value) = store.get(key) else {
+                continue;
+            };
+            let identity =
+                Identity::decode(value.clone()).map_err(|err| RegistryError::Corrupt {
+                    epoch,
+                    error: err.to_string(),
+                })?;
+            entries.push((epoch, identity));
+        }
+        entries.sort_by_key(|(epoch, _)| *epoch);
+        Ok(entries)
+    }
+
+    /// Loads every stored epoch into `provider`; returns how many were stored.
+    pub async fn load_into(&self, provider: &SchemeProvider) -> Result<usize, RegistryError> {
+        let entries = self.entries().await?;
+        for (epoch, identity) in &entries {
+            provider
+                .register(Epoch::new(*epoch), *identity)
+                .map_err(|error| RegistryError::Conflict {
+                    epoch: *epoch,
+                    error,
+                })?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Registers `identity` for `epoch` in `provider` and, when it is new, persists it (synced
+    /// before returning) and drops epochs older than the newest `keep`.
+    pub async fn register(
+        &self,
+        provider: &SchemeProvider,
+        epoch: u64,
+        identity: Identity,
+    ) -> Result<Registration, RegistryError> {
+        let registration = provider
+            .register(Epoch::new(epoch), identity)
+            .map_err(|error| RegistryError::Conflict { epoch, error })?;
+        if registration != Registration::Registered {
+            return Ok(registration);
+        }
+        let mut guard = self.store.lock().await;
+        let mut store = guard.take().ok_or(RegistryError::Poisoned)?;
+        let keep_from = epoch.saturating_sub(self.keep - 1);
+        store.retain(|key, _| u64::from(key) >= keep_from);
+        let store = store
+            .put_sync(U64::new(epoch), identity.encode().to_vec())
+            .await
+            .map_err(|error| RegistryError::Store {
+                what: "writing",
+                error,
+            })?;
+        *guard = Some(store);
+        Ok(registration)
+    }
+}

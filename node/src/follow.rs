@@ -1,0 +1,176 @@
+//! `cairn follow`: follows an upstream node, verifying every finalization with its epoch's key,
+//! stores what it verified, and serves it again over the same RPC.
+
+use crate::common::{lock_datadir, shutdown_signal};
+use cairn_epoch::ChainProfile;
+use cairn_feed::RpcConfig;
+use cairn_follow::{
+    EngineConfig, EngineError, Follower,
+    execution::ExecutionError,
+    upstream::{self, normalize_url},
+};
+use clap::Args;
+use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
+use eyre::{WrapErr, eyre};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+
+/// Arguments of `cairn follow`.
+#[derive(Args, Debug)]
+pub struct FollowArgs {
+    /// The chain: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile JSON
+    /// file with a genesis header, such as the `chain.json` that `cairn devnet` writes.
+    #[arg(long, value_name = "PROFILE|FILE")]
+    chain: String,
+    /// The upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
+    #[arg(long, value_name = "URL")]
+    upstream: String,
+    /// Directory for the verified chain and the epoch registry (created if missing). Starting
+    /// again on the same directory resumes where the last run stopped.
+    #[arg(long, value_name = "DIR", default_value = ".cairn/follow")]
+    datadir: PathBuf,
+    /// Serve the verified chain over JSON-RPC (WebSocket and HTTP) on this address, so other
+    /// followers can follow this one; port 0 lets the OS choose. Not served when omitted.
+    #[arg(long, value_name = "ADDR")]
+    rpc_addr: Option<String>,
+    /// How often to print a progress line.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    status_interval: Duration,
+}
+
+/// Runs the follower until Ctrl-C (or SIGTERM).
+pub fn run(args: FollowArgs) -> eyre::Result<()> {
+    let url = normalize_url(&args.upstream).map_err(|err| eyre!("--upstream: {err}"))?;
+    if !url.starts_with("ws") {
+        return Err(eyre!(
+            "--upstream {url}: following needs a subscription, so use ws://, wss:// or host:port"
+        ));
+    }
+    let profile = ChainProfile::resolve(&args.chain)
+        .wrap_err_with(|| format!("--chain {}: cannot load the chain profile", args.chain))?;
+    cairn_follow::genesis_block(&profile).wrap_err_with(|| format!("--chain {}", args.chain))?;
+    let _lock = lock_datadir(&args.datadir)?;
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(args.datadir.join("store"));
+    commonware_runtime::tokio::Runner::new(config)
+        .start(|context| async move { follow(context.child("follow"), args, url, profile).await })
+}
+
+async fn follow(
+    context: commonware_runtime::tokio::Context,
+    args: FollowArgs,
+    url: String,
+    profile: ChainProfile,
+) -> eyre::Result<()> {
+    let (notifications_tx, notifications) = mpsc::channel(1024);
+    let (upstream_actor, requests) =
+        upstream::init(upstream::Config::new(url.clone()), notifications_tx)
+            .map_err(|err| eyre!("--upstream: {err}"))?;
+    context
+        .child("upstream")
+        .spawn(|_| async move { upstream_actor.run().await });
+
+    let follower = cairn_follow::start(
+        context.child("engine"),
+        EngineConfig::new(profile.clone()),
+        notifications,
+        requests,
+    )
+    .await
+    .map_err(|err| match err {
+        EngineError::Execution(ExecutionError::GenesisMismatch { .. }) => eyre!(
+            "datadir {} belongs to a different chain than `{}`: {err}",
+            args.datadir.display(),
+            profile.name
+        ),
+        other => eyre!(
+            "starting the follower in {}: {other}",
+            args.datadir.display()
+        ),
+    })?;
+
+    let server = match &args.rpc_addr {
+        Some(addr) => {
+            let server = cairn_feed::start(
+                addr,
+                follower.chain.clone(),
+                follower.feed.clone(),
+                RpcConfig::default(),
+            )
+            .await
+            .wrap_err_with(|| format!("--rpc-addr {addr}"))?;
+            println!("rpc listening on {} (ws and http)", server.local_addr);
+            Some(server)
+        }
+        None => None,
+    };
+    println!(
+        "following {url} | chain {} | verified height {} | {} epochs with a key",
+        profile.name,
+        *follower.executed.borrow(),
+        follower.provider.len()
+    );
+
+    let result = report_until_stopped(follower, &profile, args.status_interval).await;
+    if let Some(server) = server {
+        let _ = server.handle.stop();
+    }
+    result
+}
+
+/// Prints progress lines until Ctrl-C, or until the follower stops.
+async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
+    follower: Follower<E>,
+    profile: &ChainProfile,
+    interval: Duration,
+) -> eyre::Result<()> {
+    let mut executed = follower.executed.clone();
+    let upstream = follower.upstream.clone();
+    let provider = follower.provider.clone();
+    let stopped = follower.stopped();
+    tokio::pin!(stopped);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    let mut last = (Instant::now(), *executed.borrow());
+    let mut last_epoch = provider.latest_epoch();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                println!("stopping at verified height {}", *executed.borrow_and_update());
+                return Ok(());
+            }
+            result = &mut stopped => {
+                return match result {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(eyre!("follower stopped: {err}")),
+                };
+            }
+            _ = ticker.tick() => {
+                let height = *executed.borrow_and_update();
+                let status = upstream.borrow().clone();
+                let target = status.announced_height.max(height);
+                let elapsed = last.0.elapsed().as_secs_f64();
+                let rate = height.saturating_sub(last.1) as f64 / elapsed.max(1e-3);
+                last = (Instant::now(), height);
+                let epoch = profile.epochs.epoch_of(height);
+                let latest_epoch = provider.latest_epoch();
+                if latest_epoch != last_epoch {
+                    if let Some(latest) = latest_epoch {
+                        println!("epoch {latest} has a verified key");
+                    }
+                    last_epoch = latest_epoch;
+                }
+                println!(
+                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s | upstream {} | rejected {}",
+                    if status.connected { "connected" } else { "disconnected" },
+                    status.rejected
+                );
+            }
+        }
+    }
+}
