@@ -82,6 +82,8 @@ pub struct EngineConfig {
     pub fetch_retry_delay: Duration,
     /// Mailbox sizes.
     pub mailbox_size: usize,
+    /// Prefix of every storage partition, so several followers can share one storage.
+    pub partition_prefix: String,
 }
 
 impl EngineConfig {
@@ -96,6 +98,7 @@ impl EngineConfig {
             fetch: FetchConfig::default(),
             fetch_retry_delay: Duration::from_millis(500),
             mailbox_size: 1024,
+            partition_prefix: "follow".into(),
         }
     }
 }
@@ -177,11 +180,22 @@ where
 {
     let profile = &config.profile;
     let genesis = genesis_block(profile)?;
-    let execution = EmbeddedExecution::open(context.child("execution"), &genesis).await?;
+    let prefix = &config.partition_prefix;
+    let execution = EmbeddedExecution::open_in(
+        context.child("execution"),
+        &format!("{prefix}-execution"),
+        &genesis,
+    )
+    .await?;
 
     // Startup trust: the registry of an earlier run, else the profile's genesis outcome.
     let provider = SchemeProvider::new(&profile.namespace, config.max_epochs);
-    let registry = EpochRegistry::open(context.child("registry"), config.max_epochs).await?;
+    let registry = EpochRegistry::open(
+        context.child("registry"),
+        &format!("{prefix}-epochs"),
+        config.max_epochs,
+    )
+    .await?;
     let restored = registry.load_into(&provider).await?;
     if restored == 0 {
         registry
@@ -201,7 +215,7 @@ where
     let cache = page_cache();
     let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
         context.child("finalizations"),
-        archive_config("follow-finalizations", cache.clone(), ()),
+        archive_config(&format!("{prefix}-finalizations"), cache.clone(), ()),
     )
     .await
     .map_err(|error| EngineError::Archive {
@@ -210,7 +224,11 @@ where
     })?;
     let blocks: immutable::Archive<E, Digest, Arc<Block>> = immutable::Archive::init(
         context.child("blocks"),
-        archive_config("follow-blocks", cache.clone(), BlockCodecConfig::default()),
+        archive_config(
+            &format!("{prefix}-blocks"),
+            cache.clone(),
+            BlockCodecConfig::default(),
+        ),
     )
     .await
     .map_err(|error| EngineError::Archive {
@@ -222,7 +240,7 @@ where
         provider: provider.clone(),
         epocher: profile.epochs.epocher().clone(),
         start: Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash())),
-        partition_prefix: "follow-marshal".into(),
+        partition_prefix: format!("{prefix}-marshal"),
         mailbox_size: nonzero(config.mailbox_size),
         view_retention: ViewDelta::new(profile.epochs.length()),
         prunable_items_per_section: NonZeroU64::new(4096).expect("non-zero"),

@@ -111,7 +111,16 @@ impl<E: StoreContext> EmbeddedExecution<E> {
     /// Opens the store for the chain starting at `genesis` (stored on first open; a store of
     /// another chain is refused).
     pub async fn open(context: E, genesis: &Block) -> Result<Self, ExecutionError> {
-        let blocks = BlockStore::open(context, "execution-blocks", page_cache()).await?;
+        Self::open_in(context, "execution", genesis).await
+    }
+
+    /// [`Self::open`] in partitions named after `prefix`, for several stores in one storage.
+    pub async fn open_in(
+        context: E,
+        prefix: &str,
+        genesis: &Block,
+    ) -> Result<Self, ExecutionError> {
+        let blocks = BlockStore::open(context, &format!("{prefix}-blocks"), page_cache()).await?;
         match blocks.get(0).await? {
             Some(stored) if stored.hash() != genesis.hash() => {
                 return Err(ExecutionError::GenesisMismatch {

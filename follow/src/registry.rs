@@ -64,12 +64,13 @@ impl<E: StoreContext> Clone for EpochRegistry<E> {
 }
 
 impl<E: StoreContext> EpochRegistry<E> {
-    /// Opens the registry, keeping the newest `keep` epochs (at least one).
-    pub async fn open(context: E, keep: usize) -> Result<Self, RegistryError> {
+    /// Opens the registry in the partition `partition`, keeping the newest `keep` epochs (at
+    /// least one).
+    pub async fn open(context: E, partition: &str, keep: usize) -> Result<Self, RegistryError> {
         let store = Metadata::init(
             context,
             metadata::Config {
-                partition: "follow-epochs".into(),
+                partition: partition.into(),
                 codec_config: ((..=IDENTITY_BYTES).into(), ()),
             },
         )

@@ -2,12 +2,15 @@
 //! detached and conflicting blocks are refused with nothing stored, redeliveries are harmless,
 //! a restart keeps the tip, and a store of another chain is refused.
 
+use cairn_feed::FeedState;
 use cairn_follow::{
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
 };
 use cairn_tests::{linked_chain, test_block};
 use commonware_runtime::{Runner, Supervisor, deterministic};
+use commonware_utils::{Acknowledgement as _, acknowledgement::Exact};
+use std::sync::Arc;
 
 #[test]
 fn blocks_are_finalized_in_order_and_survive_a_restart() {
@@ -127,12 +130,17 @@ fn the_executor_acknowledges_only_durable_blocks() {
         let store = EmbeddedExecution::open(context.child("execution"), &chain[0])
             .await
             .expect("opens");
+        let feed = FeedState::default();
         let (actor, mailbox, mut watermark) =
-            executor::init(executor::Config::default(), store.clone());
+            executor::init(executor::Config::default(), store.clone(), feed.clone());
         let driver = async move {
             for block in &chain[1..=2] {
-                let ack = mailbox.finalized(block.clone()).await.expect("running");
-                ack.await.expect("answered").expect("durable");
+                let (ack, waiter) = Exact::handle();
+                mailbox
+                    .finalized(Arc::new(block.clone()), None, ack)
+                    .await
+                    .expect("running");
+                waiter.await.expect("acknowledged");
                 // Acknowledged means stored.
                 assert_eq!(
                     store
@@ -144,22 +152,27 @@ fn the_executor_acknowledges_only_durable_blocks() {
                 );
                 assert_eq!(*watermark.borrow_and_update(), block.height());
             }
-            // A refused block is answered with the reason and changes nothing.
-            let ack = mailbox
-                .finalized(test_block(3, 0, 3, Vec::new()))
+            // A refused block is never acknowledged (which stops marshal) and changes nothing.
+            let (ack, waiter) = Exact::handle();
+            mailbox
+                .finalized(Arc::new(test_block(3, 0, 3, Vec::new())), None, ack)
                 .await
                 .expect("running");
-            let refused = ack.await.expect("answered");
-            assert!(matches!(
-                refused,
-                Err(ExecutionError::ParentMismatch { .. })
-            ));
+            assert!(waiter.await.is_err(), "a refused block is not acknowledged");
             assert_eq!(*watermark.borrow(), 2);
-            // The executor keeps going after a refusal.
-            let ack = mailbox.finalized(chain[3].clone()).await.expect("running");
-            ack.await.expect("answered").expect("durable");
-            assert_eq!(*watermark.borrow(), 3);
+            assert!(
+                store.block_by_number(3).await.expect("reads").is_none(),
+                "nothing was stored"
+            );
         };
-        futures::join!(actor.run(), driver);
+        let (stopped, ()) = futures::join!(actor.run(), driver);
+        assert!(matches!(
+            stopped,
+            Err(ExecutionError::ParentMismatch { .. })
+        ));
+        assert!(
+            feed.latest().is_none(),
+            "blocks without finalization are not published"
+        );
     });
 }

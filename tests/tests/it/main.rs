@@ -5,6 +5,7 @@ mod ceremonies;
 mod decoders;
 mod devnet;
 mod execution;
+mod follow;
 mod ledger;
 mod properties;
 mod rpc;

@@ -1,0 +1,244 @@
+//! The follower under commonware's deterministic runtime, fed by the in-process upstream over a
+//! devnet producer in the same simulation: it catches up from genesis across reshares and a full
+//! DKG through marshal's gap repair, serves exactly what the devnet serves, rejects bad events
+//! without storing anything, a follower of the follower converges on its own, and a restart on
+//! the same storage resumes with the epochs it had registered.
+
+use cairn_devnet::{Devnet, DevnetConfig};
+use cairn_epoch::ChainProfile;
+use cairn_feed::{ChainReader, FeedState};
+use cairn_follow::{EngineConfig, Follower, engine::EngineContext, upstream::in_process};
+use cairn_primitives::CertifiedBlock;
+use cairn_tests::{TestCommittee, test_block};
+use commonware_runtime::{Clock, Runner, Supervisor, deterministic};
+use std::{collections::BTreeSet, time::Duration};
+use tokio::sync::mpsc;
+
+fn devnet_config() -> DevnetConfig {
+    DevnetConfig {
+        validators: 5,
+        committee: 4,
+        epoch_length: 4,
+        full_dkg_at_epochs: BTreeSet::from([3]),
+        ..DevnetConfig::default()
+    }
+}
+
+/// Starts a follower of `feed` and `chain` (an in-process upstream) in `context`.
+async fn follow<E: EngineContext, C: ChainReader>(
+    context: &E,
+    label: &'static str,
+    profile: &ChainProfile,
+    feed: FeedState,
+    chain: C,
+) -> Follower<E> {
+    let (notifications, receiver) = mpsc::channel(256);
+    let (actor, requests) = in_process::init(label, feed, chain, notifications);
+    context
+        .child("upstream")
+        .spawn(|_| async move { actor.run().await });
+    let config = EngineConfig {
+        partition_prefix: format!("follow-{label}"),
+        ..EngineConfig::new(profile.clone())
+    };
+    cairn_follow::start(context.child(label), config, receiver, requests)
+        .await
+        .expect("the follower starts")
+}
+
+/// Waits (in simulated time) until `follower` has executed `height`.
+async fn executed<E: EngineContext + Clock>(context: &E, follower: &Follower<E>, height: u64) {
+    for _ in 0..6_000 {
+        if *follower.executed.borrow() >= height {
+            return;
+        }
+        context.sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "follower stuck at {} waiting for {height}",
+        *follower.executed.borrow()
+    );
+}
+
+/// Every height `1..=to` that `follower` serves equals what `reference` serves.
+async fn assert_same_chain<E: EngineContext>(
+    follower: &Follower<E>,
+    reference: &impl ChainReader,
+    to: u64,
+) {
+    for height in 1..=to {
+        let ours = follower.chain.certified_at(height).await.expect("reads");
+        let theirs = reference.certified_at(height).await.expect("reads");
+        assert!(ours.is_some(), "follower serves height {height}");
+        assert_eq!(ours, theirs, "height {height} differs");
+    }
+}
+
+#[test]
+fn follower_catches_up_rejects_bad_events_and_is_followed() {
+    deterministic::Runner::seeded(11).start(|context| async move {
+        let mut devnet = Devnet::open(
+            context.child("devnet"),
+            devnet_config(),
+            FeedState::default(),
+        )
+        .await
+        .expect("devnet opens");
+        let profile = devnet.profile("simulation").expect("profile");
+        // Six epochs (one full DKG among them) exist before the follower starts.
+        let upstream = FeedState::default();
+        let mut last = None;
+        for _ in 0..26 {
+            last = Some(devnet.produce_next().await.expect("produces").certified);
+        }
+        upstream.publish_finalized(last.expect("produced"));
+
+        let follower = follow(
+            &context,
+            "a",
+            &profile,
+            upstream.clone(),
+            devnet.store().clone(),
+        )
+        .await;
+        executed(&context, &follower, 26).await;
+        assert_same_chain(&follower, devnet.store(), 26).await;
+        assert_eq!(follower.provider.latest_epoch().map(|e| e.get()), Some(6));
+
+        // Live: the next block arrives as an event, after four bad versions of it.
+        let good = devnet.produce_next().await.expect("produces").certified;
+        let block = good.block.clone().expect("carries its block");
+        let (epoch, view) = (good.epoch, good.view);
+        let stranger = TestCommittee::new(&profile.namespace, 99, 4);
+        let other_block = test_block(27, epoch, view, Vec::new());
+        let bad: Vec<CertifiedBlock> = vec![
+            CertifiedBlock {
+                certificate: "zz".into(),
+                ..good.clone()
+            },
+            CertifiedBlock {
+                block: Some(other_block.clone()),
+                ..good.clone()
+            },
+            stranger.certify(block.clone(), epoch + 1, view),
+            stranger.certify(block.clone(), epoch, view),
+        ];
+        for event in bad {
+            upstream.publish_finalized(event);
+        }
+        for _ in 0..1_000 {
+            if follower.upstream.borrow().rejected >= 4 {
+                break;
+            }
+            context.sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            follower.upstream.borrow().rejected,
+            4,
+            "all four bad events are rejected"
+        );
+        assert_eq!(*follower.executed.borrow(), 26, "nothing was executed");
+        assert!(
+            follower
+                .chain
+                .certified_at(27)
+                .await
+                .expect("reads")
+                .is_none()
+        );
+        assert!(
+            follower
+                .chain
+                .block_by_hash(other_block.hash())
+                .await
+                .expect("reads")
+                .is_none()
+        );
+        assert!(
+            follower
+                .chain
+                .block_by_hash(block.hash())
+                .await
+                .expect("reads")
+                .is_none()
+        );
+
+        upstream.publish_finalized(good.clone());
+        executed(&context, &follower, 27).await;
+        assert_eq!(
+            follower.chain.certified_at(27).await.expect("reads"),
+            Some(good)
+        );
+
+        // A follower of the follower converges from the first follower's feed and store alone.
+        let second = follow(
+            &context,
+            "b",
+            &profile,
+            follower.feed.clone(),
+            follower.chain.clone(),
+        )
+        .await;
+        executed(&context, &second, 27).await;
+        assert_same_chain(&second, devnet.store(), 27).await;
+        for _ in 0..4 {
+            upstream.publish_finalized(devnet.produce_next().await.expect("produces").certified);
+        }
+        executed(&context, &second, 31).await;
+        assert_same_chain(&second, devnet.store(), 31).await;
+    });
+}
+
+#[test]
+fn follower_restart_resumes_with_its_registered_epochs() {
+    let (profile_json, checkpoint) =
+        deterministic::Runner::seeded(5).start_and_recover(|context| async move {
+            let mut devnet = Devnet::open(
+                context.child("devnet"),
+                devnet_config(),
+                FeedState::default(),
+            )
+            .await
+            .expect("devnet opens");
+            let profile = devnet.profile("simulation").expect("profile");
+            let upstream = FeedState::default();
+            let mut last = None;
+            for _ in 0..18 {
+                last = Some(devnet.produce_next().await.expect("produces").certified);
+            }
+            upstream.publish_finalized(last.expect("produced"));
+            let follower = follow(&context, "a", &profile, upstream, devnet.store().clone()).await;
+            executed(&context, &follower, 18).await;
+            profile.to_json()
+        });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let profile = ChainProfile::from_json(&profile_json).expect("profile");
+        let mut devnet = Devnet::open(
+            context.child("devnet"),
+            devnet_config(),
+            FeedState::default(),
+        )
+        .await
+        .expect("devnet reopens");
+        let upstream = FeedState::default();
+        let follower = follow(
+            &context,
+            "a",
+            &profile,
+            upstream.clone(),
+            devnet.store().clone(),
+        )
+        .await;
+        assert_eq!(*follower.executed.borrow(), 18, "resumes from disk");
+        assert_eq!(
+            follower.provider.latest_epoch().map(|e| e.get()),
+            Some(4),
+            "the epochs registered before the restart are restored"
+        );
+        for _ in 0..6 {
+            upstream.publish_finalized(devnet.produce_next().await.expect("produces").certified);
+        }
+        executed(&context, &follower, 24).await;
+        assert_same_chain(&follower, devnet.store(), 24).await;
+    });
+}
