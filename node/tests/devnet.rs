@@ -5,108 +5,34 @@
 
 use cairn_epoch::{ChainProfile, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Event, Query};
-use cairn_tests::verify_chain;
-use jsonrpsee::{
-    core::client::ClientT,
-    http_client::{HttpClient, HttpClientBuilder},
-    rpc_params,
-};
+use cairn_tests::{process::CairnProcess, verify_chain};
+use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::Duration,
 };
 
-/// A running `cairn devnet`; killed when dropped.
-struct DevnetProcess {
-    child: Child,
-    addr: String,
-    lines: mpsc::Receiver<String>,
-}
-
-impl DevnetProcess {
-    fn start(datadir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["devnet", "--datadir"])
-            .arg(datadir)
-            .args([
-                "--epoch-length",
-                "5",
-                "--block-time",
-                "40ms",
-                "--full-dkg-at-epochs",
-                "2",
-                "--rpc-addr",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cairn devnet starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut process = Self {
-            child,
-            addr: String::new(),
-            lines,
-        };
-        let line = process.wait_for_line("rpc listening on ");
-        process.addr = line
-            .trim_start_matches("rpc listening on ")
-            .split_whitespace()
-            .next()
-            .expect("an address follows")
-            .to_string();
-        process
-    }
-
-    fn wait_for_line(&self, prefix: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|err| panic!("no line starting with {prefix:?}: {err}"));
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-    }
-
-    fn http(&self) -> HttpClient {
-        HttpClientBuilder::default()
-            .build(format!("http://{}", self.addr))
-            .expect("http client")
-    }
-
-    /// Stops the devnet with SIGTERM and waits for a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = self.child.wait().expect("devnet exits");
-        assert!(exit.success(), "clean shutdown on SIGTERM, got {exit}");
-    }
-}
-
-impl Drop for DevnetProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `cairn devnet` on `datadir` with small epochs and an OS-chosen port.
+fn start_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
+    let mut args = vec!["devnet".to_string(), "--datadir".into()];
+    args.push(datadir.display().to_string());
+    args.extend(
+        [
+            "--epoch-length",
+            "5",
+            "--block-time",
+            "40ms",
+            "--full-dkg-at-epochs",
+            "2",
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    CairnProcess::start(Path::new(env!("CARGO_BIN_EXE_cairn")), args, Stdio::null()).with_rpc_addr()
 }
 
 async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
@@ -130,7 +56,7 @@ fn error_code(err: jsonrpsee::core::client::Error) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_and_finalizations_verify_across_rotations() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let devnet = DevnetProcess::start(dir.path(), &["--until-height", "27"]);
+    let devnet = start_devnet(dir.path(), &["--until-height", "27"]);
     let (ws, mut subscription) = cairn_tests::subscribe(&devnet.addr, 1024).await;
 
     let mut events: BTreeMap<u64, CertifiedBlock> = BTreeMap::new();
@@ -279,7 +205,7 @@ async fn live_events_and_finalizations_verify_across_rotations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_devnet_continues_its_chain() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let first = DevnetProcess::start(dir.path(), &["--until-height", "8"]);
+    let first = start_devnet(dir.path(), &["--until-height", "8"]);
     first.wait_for_line("reached --until-height 8");
     let http = first.http();
     let mut before = Vec::new();
@@ -296,7 +222,7 @@ async fn a_restarted_devnet_continues_its_chain() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another cairn process"));
     first.stop();
 
-    let second = DevnetProcess::start(dir.path(), &["--until-height", "16"]);
+    let second = start_devnet(dir.path(), &["--until-height", "16"]);
     second.wait_for_line("reached --until-height 16");
     let http = second.http();
     let mut after = Vec::new();

@@ -1,6 +1,8 @@
 //! Shared support for cairn's cross-crate tests and benchmarks: the real Tempo fixtures, small
 //! committees that sign real threshold certificates, and an allocation meter for decoder tests.
 
+pub mod process;
+
 use alloy_primitives::{B256, Bytes};
 use cairn_dkg::Identity;
 use cairn_dkg::{CeremonyOutput, DkgOutcome, trusted_deal};

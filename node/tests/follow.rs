@@ -1,0 +1,284 @@
+//! `cairn follow` as real processes over loopback: a follower joins a devnet already past five
+//! epochs (a full DKG among them), catches up, follows live, survives SIGKILL during catch-up and
+//! during live following, reconnects across a devnet restart, and is itself followed; every
+//! height it serves equals the devnet's, byte for byte. Bad command lines fail clearly.
+
+use alloy_primitives::Bytes;
+use cairn_primitives::{CertifiedBlock, Query};
+use cairn_tests::process::CairnProcess;
+use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn cairn() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cairn"))
+}
+
+fn start_devnet(datadir: &Path, rpc_addr: &str, chain_id: &str) -> CairnProcess {
+    let datadir = datadir.display().to_string();
+    CairnProcess::start(
+        cairn(),
+        [
+            "devnet",
+            "--datadir",
+            &datadir,
+            "--epoch-length",
+            "5",
+            "--block-time",
+            "40ms",
+            "--full-dkg-at-epochs",
+            "2",
+            "--rpc-addr",
+            rpc_addr,
+            "--chain-id",
+            chain_id,
+        ],
+        Stdio::null(),
+    )
+    .with_rpc_addr()
+}
+
+/// Starts `cairn follow` with its log (info level) written to `log`.
+fn start_follower(chain: &Path, upstream: &str, datadir: &Path, log: &Path) -> CairnProcess {
+    let log = File::create(log).expect("log file");
+    let chain = chain.display().to_string();
+    let datadir = datadir.display().to_string();
+    CairnProcess::start_with_env(
+        cairn(),
+        [
+            "follow",
+            "--chain",
+            &chain,
+            "--upstream",
+            upstream,
+            "--datadir",
+            &datadir,
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+        Stdio::from(log),
+        &[("CAIRN_LOG", "info"), ("NO_COLOR", "1")],
+    )
+    .with_rpc_addr()
+}
+
+async fn height(client: &HttpClient) -> u64 {
+    let number: Result<alloy_primitives::U64, _> =
+        client.request("eth_blockNumber", rpc_params![]).await;
+    number.map(|n| n.to::<u64>()).unwrap_or(0)
+}
+
+/// Polls `client` until it serves `target`; panics after `limit`.
+async fn wait_for_height(client: &HttpClient, target: u64, limit: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        let current = height(client).await;
+        if current >= target {
+            return current;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "stuck at {current} waiting for {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
+    client
+        .request(
+            "consensus_getFinalization",
+            rpc_params![Query::Height(height)],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
+}
+
+async fn raw_block(client: &HttpClient, height: u64) -> Bytes {
+    client
+        .request(
+            "debug_getRawBlock",
+            rpc_params![alloy_primitives::U64::from(height)],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("raw block {height}: {err}"))
+}
+
+/// Epoch registrations logged across `logs`: epoch -> how many times.
+fn registrations(logs: &[PathBuf]) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).expect("log readable");
+        for line in text.lines().filter(|line| line.contains("entered epoch")) {
+            let epoch = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("epoch="))
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("registration line names its epoch: {line}"));
+            *counts.entry(epoch).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet_dir = dir.path().join("devnet");
+    let chain = devnet_dir.join("chain.json");
+    let mut devnet = start_devnet(&devnet_dir, "127.0.0.1:0", "1337");
+    let devnet_addr = devnet.addr.clone();
+    let devnet_rpc = devnet.http();
+    // Six epochs of five blocks, the key of epoch 2 from a full DKG.
+    wait_for_height(&devnet_rpc, 31, Duration::from_secs(120)).await;
+
+    let a_dir = dir.path().join("a");
+    let mut logs = Vec::new();
+    let mut run = |n: usize| {
+        let log = dir.path().join(format!("a-{n}.log"));
+        logs.push(log.clone());
+        start_follower(&chain, &devnet_addr, &a_dir, &log)
+    };
+
+    // Killed during catch-up (as soon as it has verified anything), then during live following.
+    let a = run(1);
+    wait_for_height(&a.http(), 1, Duration::from_secs(120)).await;
+    a.kill();
+    let a = run(2);
+    let tip = height(&devnet_rpc).await;
+    wait_for_height(&a.http(), tip, Duration::from_secs(120)).await;
+    a.kill();
+    let a = run(3);
+    let tip = height(&devnet_rpc).await;
+    wait_for_height(&a.http(), tip + 5, Duration::from_secs(120)).await;
+
+    // The upstream restarts on the same address; the follower reconnects and converges.
+    devnet.stop();
+    devnet = start_devnet(&devnet_dir, &devnet_addr, "1337");
+    let devnet_rpc = devnet.http();
+    let tip = wait_for_height(&devnet_rpc, tip + 10, Duration::from_secs(120)).await;
+    let a_rpc = a.http();
+    wait_for_height(&a_rpc, tip, Duration::from_secs(120)).await;
+
+    // A follower of the follower.
+    let b_log = dir.path().join("b.log");
+    let b = start_follower(&chain, &a.addr, &dir.path().join("b"), &b_log);
+    let b_rpc = b.http();
+    let tip = height(&a_rpc).await;
+    let served = wait_for_height(&b_rpc, tip + 3, Duration::from_secs(120)).await;
+
+    for h in 1..=served {
+        let expected = finalization(&devnet_rpc, h).await;
+        assert_eq!(finalization(&a_rpc, h).await, expected, "follower A at {h}");
+        assert_eq!(finalization(&b_rpc, h).await, expected, "follower B at {h}");
+        let raw = raw_block(&devnet_rpc, h).await;
+        assert_eq!(raw_block(&a_rpc, h).await, raw, "follower A block {h}");
+        assert_eq!(raw_block(&b_rpc, h).await, raw, "follower B block {h}");
+    }
+
+    b.stop();
+    a.stop();
+    devnet.stop();
+
+    let a_registrations = registrations(&logs);
+    let last_epoch = (served + 1) / 5 - 1;
+    for epoch in 1..=last_epoch {
+        assert_eq!(
+            a_registrations.get(&epoch),
+            Some(&1),
+            "epoch {epoch} registered exactly once across three runs and two kills: {a_registrations:?}"
+        );
+    }
+    let b_text = std::fs::read_to_string(&b_log).expect("log");
+    assert!(
+        b_text.contains("network identity rotated"),
+        "the full DKG is noticed by the second-hand follower too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_command_lines_fail_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |args: &[&str]| {
+        let output = Command::new(cairn())
+            .args(args)
+            .output()
+            .expect("cairn runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let datadir = dir.path().join("f").display().to_string();
+
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        "tempo-mainnet",
+        "--upstream",
+        "ftp://x",
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--upstream"), "{stderr}");
+
+    let missing = dir.path().join("missing.json").display().to_string();
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        &missing,
+        "--upstream",
+        "127.0.0.1:1",
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot load the chain profile"), "{stderr}");
+
+    // Built-in Tempo profiles carry no genesis header; following them needs one.
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        "tempo-mainnet",
+        "--upstream",
+        "127.0.0.1:1",
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("genesis header"), "{stderr}");
+
+    // A datadir that belongs to another chain.
+    let first = start_devnet(&dir.path().join("one"), "127.0.0.1:0", "1");
+    let second = start_devnet(&dir.path().join("two"), "127.0.0.1:0", "2");
+    let one = dir.path().join("one/chain.json");
+    let two = dir.path().join("two/chain.json");
+    let follower = start_follower(
+        &one,
+        &first.addr,
+        Path::new(&datadir),
+        &dir.path().join("f.log"),
+    );
+    wait_for_height(&follower.http(), 1, Duration::from_secs(120)).await;
+    follower.stop();
+    let two = two.display().to_string();
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        &two,
+        "--upstream",
+        &second.addr,
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("belongs to a different chain"), "{stderr}");
+    first.stop();
+    second.stop();
+}

@@ -1,0 +1,129 @@
+//! `cairn` processes for end-to-end tests: started with piped stdout read line by line, stopped
+//! with SIGTERM or SIGKILL, and always killed when dropped.
+
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use std::{
+    ffi::OsStr,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// A running `cairn` command.
+pub struct CairnProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// The RPC address it printed (`rpc listening on ADDR`), once known.
+    pub addr: String,
+}
+
+impl CairnProcess {
+    /// Starts `binary` with `args`; stderr goes to `stderr` (a log file, or null).
+    pub fn start<S: AsRef<OsStr>>(
+        binary: &Path,
+        args: impl IntoIterator<Item = S>,
+        stderr: Stdio,
+    ) -> Self {
+        Self::start_with_env(binary, args, stderr, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        binary: &Path,
+        args: impl IntoIterator<Item = S>,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("cairn starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            addr: String::new(),
+        }
+    }
+
+    /// Waits for the `rpc listening on ADDR` line and records the address.
+    pub fn with_rpc_addr(mut self) -> Self {
+        let line = self.wait_for_line("rpc listening on ");
+        self.addr = line
+            .trim_start_matches("rpc listening on ")
+            .split_whitespace()
+            .next()
+            .expect("an address follows")
+            .to_string();
+        self
+    }
+
+    /// The next line starting with `prefix` (earlier lines are skipped); panics after two
+    /// minutes or when the process closes its output.
+    pub fn wait_for_line(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|err| panic!("no line starting with {prefix:?}: {err}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// An HTTP JSON-RPC client for the recorded address.
+    pub fn http(&self) -> HttpClient {
+        HttpClientBuilder::default()
+            .build(format!("http://{}", self.addr))
+            .expect("http client")
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the process with SIGTERM and asserts a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("the process exits");
+        assert!(exit.success(), "clean shutdown on SIGTERM, got {exit}");
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own and returns its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        self.child.wait().expect("the process exits").code()
+    }
+}
+
+impl Drop for CairnProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
