@@ -1,6 +1,9 @@
 //! `cairn devnet`: runs the local chain producer on disk and serves it over Tempo's RPC.
 
-use crate::common::{lock_datadir, shutdown_signal};
+use crate::{
+    common::{lock_datadir, shutdown_signal},
+    followers::FollowerProcess,
+};
 use cairn_devnet::{Devnet, DevnetConfig, EpochEntry};
 use cairn_feed::{ChainReader, FeedState, RpcConfig};
 use clap::Args;
@@ -46,6 +49,10 @@ pub struct DevnetArgs {
     /// EVM chain id written into the chain profile.
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
+    /// Also start this many `cairn follow` processes following this devnet, each with its own
+    /// datadir under DIR/followers/, and show their verified height and lag each second.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    followers: usize,
 }
 
 /// Runs the devnet until Ctrl-C (or SIGTERM).
@@ -79,6 +86,15 @@ fn print_epoch(entry: &EpochEntry, validators: usize) {
         validators,
         committee
     );
+}
+
+/// The followers' part of a status line.
+fn follower_statuses(followers: &mut [FollowerProcess], chain_height: u64) -> String {
+    followers
+        .iter_mut()
+        .enumerate()
+        .map(|(index, follower)| format!(" | {}", follower.status(index + 1, chain_height)))
+        .collect()
 }
 
 /// Writes `contents` to `path` through a temporary file, so readers never see half a file.
@@ -127,6 +143,24 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         devnet.next_height()
     );
 
+    let upstream = server.local_addr.to_string();
+    let mut followers = Vec::with_capacity(args.followers);
+    for index in 1..=args.followers {
+        followers.push(FollowerProcess::start(
+            &args.datadir,
+            index,
+            &profile_path,
+            &upstream,
+        )?);
+    }
+    if !followers.is_empty() {
+        println!(
+            "started {} followers (datadirs and logs under {})",
+            followers.len(),
+            args.datadir.join("followers").display()
+        );
+    }
+
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut deadline = tokio::time::Instant::now();
@@ -141,7 +175,24 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                 "reached --until-height {}; serving until Ctrl-C",
                 devnet.next_height() - 1
             );
-            (&mut shutdown).await;
+            if followers.is_empty() {
+                (&mut shutdown).await;
+                break;
+            }
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = ticker.tick() => {
+                        let height = devnet.next_height() - 1;
+                        println!(
+                            "height {height} | epoch {} | idle{}",
+                            devnet.epochs().epoch_of(height),
+                            follower_statuses(&mut followers, height)
+                        );
+                    }
+                }
+            }
             break;
         }
         tokio::select! {
@@ -156,13 +207,15 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         }
         let elapsed = last_report.elapsed();
         if elapsed >= Duration::from_secs(1) {
+            let height = produced.certified.height.unwrap_or_default();
             println!(
-                "height {} | epoch {} view {} | {:.1} blocks/s | {} subscribers",
-                produced.certified.height.unwrap_or_default(),
+                "height {} | epoch {} view {} | {:.1} blocks/s | {} subscribers{}",
+                height,
                 produced.certified.epoch,
                 produced.certified.view,
                 produced_since_report as f64 / elapsed.as_secs_f64(),
-                feed.subscribers()
+                feed.subscribers(),
+                follower_statuses(&mut followers, height)
             );
             last_report = Instant::now();
             produced_since_report = 0;
@@ -174,6 +227,9 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         }
     }
 
+    for follower in followers {
+        follower.stop(Duration::from_secs(10));
+    }
     server
         .handle
         .stop()

@@ -4,6 +4,7 @@
 mod common;
 mod devnet;
 mod follow;
+mod followers;
 mod inspect;
 
 use clap::{Parser, Subcommand};
