@@ -48,9 +48,12 @@ pub enum RegistryError {
     Poisoned,
 }
 
+/// The metadata store behind the registry: epoch -> encoded identity.
+type IdentityStore<E> = Metadata<E, U64, Vec<u8>>;
+
 /// Epoch identities on disk (cheap to clone; clones share state).
 pub struct EpochRegistry<E: StoreContext> {
-    store: Arc<Mutex<Option<Metadata<E, U64, Vec<u8>>>>>,
+    store: Arc<Mutex<Option<IdentityStore<E>>>>,
     keep: u64,
 }
 

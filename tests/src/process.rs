@@ -75,10 +75,15 @@ impl CairnProcess {
     /// The next line starting with `prefix` (earlier lines are skipped); panics after two
     /// minutes or when the process closes its output.
     pub fn wait_for_line(&self, prefix: &str) -> String {
+        self.wait_for_line_within(prefix, Duration::from_secs(120))
+    }
+
+    /// [`Self::wait_for_line`] waiting up to `limit` between lines.
+    pub fn wait_for_line_within(&self, prefix: &str, limit: Duration) -> String {
         loop {
             let line = self
                 .lines
-                .recv_timeout(Duration::from_secs(120))
+                .recv_timeout(limit)
                 .unwrap_or_else(|err| panic!("no line starting with {prefix:?}: {err}"));
             if line.starts_with(prefix) {
                 return line;

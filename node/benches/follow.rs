@@ -1,0 +1,218 @@
+//! The follower measured as real processes over loopback (`cairn devnet` upstream, `cairn
+//! follow` follower, both the binaries this package builds):
+//!
+//! 1. catch-up: the devnet first produces the chain with no block time; a fresh follower then
+//!    catches up from genesis. Its rate is compared with the producer's own rate in the same run.
+//! 2. live latency: the devnet restarts with a block time; for each height, the follower's
+//!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
+//! 3. memory: the devnet restarts with no block time up to the long target while the follower
+//!    follows live; the follower's resident memory is sampled from /proc once a second.
+//!
+//! `cargo bench -p cairn-node --bench follow` runs 20,000 blocks of catch-up and follows to
+//! 100,000 (`CAIRN_BENCH_CATCHUP` and `CAIRN_BENCH_LONG` override both); without `--bench` (as
+//! `cargo test --all-targets` runs it) it does a short smoke run of every step.
+
+use cairn_primitives::Event;
+use cairn_tests::{process::CairnProcess, subscribe};
+use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+const EPOCH_LENGTH: &str = "100";
+
+fn cairn() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cairn"))
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> CairnProcess {
+    let datadir = datadir.display().to_string();
+    let until = until.to_string();
+    CairnProcess::start(
+        cairn(),
+        [
+            "devnet",
+            "--datadir",
+            &datadir,
+            "--epoch-length",
+            EPOCH_LENGTH,
+            "--full-dkg-at-epochs",
+            "3",
+            "--block-time",
+            block_time,
+            "--until-height",
+            &until,
+            "--rpc-addr",
+            rpc_addr,
+        ],
+        Stdio::null(),
+    )
+    .with_rpc_addr()
+}
+
+async fn height(client: &HttpClient) -> u64 {
+    let number: Result<alloy_primitives::U64, _> =
+        client.request("eth_blockNumber", rpc_params![]).await;
+    number.map(|n| n.to::<u64>()).unwrap_or(0)
+}
+
+/// (current resident, peak resident) of `pid`, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Polls `client` until it serves `target`, sampling `pid`'s memory; returns the peak resident
+/// memory seen (MiB).
+async fn follow_to(client: &HttpClient, target: u64, pid: u32, limit: Duration) -> f64 {
+    let start = Instant::now();
+    let mut peak = 0.0f64;
+    let mut last_sample = Instant::now();
+    loop {
+        let current = height(client).await;
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            peak = peak.max(rss_mib(pid).0);
+            last_sample = Instant::now();
+        }
+        if current >= target {
+            return peak.max(rss_mib(pid).0);
+        }
+        assert!(
+            start.elapsed() < limit,
+            "follower stuck at {current} of {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let catchup = env_u64("CAIRN_BENCH_CATCHUP", if full { 20_000 } else { 150 });
+    let long = env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 }).max(catchup + 100);
+    let live = if full { 300 } else { 20 };
+    let limit = Duration::from_secs(if full { 3_600 } else { 300 });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet_dir = dir.path().join("devnet");
+    let chain = devnet_dir.join("chain.json").display().to_string();
+
+    // 1. Produce, then catch up.
+    let produce_start = Instant::now();
+    let producer = devnet(&devnet_dir, "127.0.0.1:0", "0", catchup);
+    let addr = producer.addr.clone();
+    producer.wait_for_line_within("reached --until-height", limit);
+    let produce_rate = catchup as f64 / produce_start.elapsed().as_secs_f64();
+
+    let follower_dir = dir.path().join("follower").display().to_string();
+    let log = File::create(dir.path().join("follow.log")).expect("log file");
+    let catchup_start = Instant::now();
+    let follower = CairnProcess::start(
+        cairn(),
+        [
+            "follow",
+            "--chain",
+            &chain,
+            "--upstream",
+            &addr,
+            "--datadir",
+            &follower_dir,
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+        Stdio::from(log),
+    )
+    .with_rpc_addr();
+    let follower_rpc = follower.http();
+    let catchup_peak = follow_to(&follower_rpc, catchup, follower.id(), limit).await;
+    let catchup_rate = catchup as f64 / catchup_start.elapsed().as_secs_f64();
+
+    // 2. Live latency at a 50 ms block time.
+    producer.stop();
+    let producer = devnet(&devnet_dir, &addr, "50ms", catchup + live);
+    let (_devnet_ws, mut devnet_events) = subscribe(&producer.addr, 4096).await;
+    let (_follower_ws, mut follower_events) = subscribe(&follower.addr, 4096).await;
+    let mut upstream_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut follower_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let target = catchup + live;
+    while follower_seen.keys().next_back().is_none_or(|h| *h < target) {
+        tokio::select! {
+            event = devnet_events.next() => {
+                if let Some(Ok(Event::Finalized { block, seen })) = event {
+                    upstream_seen.insert(block.height.unwrap_or_default(), seen);
+                }
+            }
+            event = follower_events.next() => {
+                if let Some(Ok(Event::Finalized { block, seen })) = event {
+                    follower_seen.insert(block.height.unwrap_or_default(), seen);
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(60)) => panic!("no live event for a minute"),
+        }
+    }
+    let mut latencies: Vec<i64> = follower_seen
+        .iter()
+        .filter_map(|(height, seen)| {
+            upstream_seen
+                .get(height)
+                .map(|upstream| *seen as i64 - *upstream as i64)
+        })
+        .collect();
+    latencies.sort_unstable();
+    assert!(!latencies.is_empty(), "heights seen on both sides");
+
+    // 3. Follow live at the producer's full rate up to the long target.
+    producer.stop();
+    let long_start = Instant::now();
+    let producer = devnet(&devnet_dir, &addr, "0", long);
+    let long_peak = follow_to(&follower_rpc, long, follower.id(), limit).await;
+    let long_rate = (long - target) as f64 / long_start.elapsed().as_secs_f64();
+    let (_, high_water) = rss_mib(follower.id());
+    follower.stop();
+    producer.stop();
+
+    println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
+    println!();
+    println!("| measurement | value | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| catch-up from genesis, {catchup} blocks | {catchup_rate:.1} blocks/s | producer {produce_rate:.1} blocks/s | {:.2} |",
+        catchup_rate / produce_rate
+    );
+    println!(
+        "| live latency, devnet seen -> follower seen, {} heights at 50 ms | p50 {} ms, p99 {} ms, max {} ms | | |",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    println!("| following live to {long} at full producer speed | {long_rate:.1} blocks/s | | |");
+    println!(
+        "| follower resident memory, sampled peak | {long_peak:.1} MiB at {long} | {catchup_peak:.1} MiB at {catchup} | {:.2} |",
+        long_peak / catchup_peak.max(1e-3)
+    );
+    println!("| follower peak resident memory (VmHWM) | {high_water:.1} MiB | | |");
+}
