@@ -13,8 +13,11 @@
 //! `cargo test --all-targets` runs it) it does a short smoke run of every step.
 
 use cairn_primitives::Event;
-use cairn_tests::{process::CairnProcess, subscribe};
-use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
+use cairn_tests::{
+    process::{CairnProcess, block_number},
+    subscribe,
+};
+use jsonrpsee::http_client::HttpClient;
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -61,12 +64,6 @@ fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> Cairn
     .with_rpc_addr()
 }
 
-async fn height(client: &HttpClient) -> u64 {
-    let number: Result<alloy_primitives::U64, _> =
-        client.request("eth_blockNumber", rpc_params![]).await;
-    number.map(|n| n.to::<u64>()).unwrap_or(0)
-}
-
 /// (current resident, peak resident) of `pid`, in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -88,7 +85,7 @@ async fn follow_to(client: &HttpClient, target: u64, pid: u32, limit: Duration) 
     let mut peak = 0.0f64;
     let mut last_sample = Instant::now();
     loop {
-        let current = height(client).await;
+        let current = block_number(client).await;
         if last_sample.elapsed() >= Duration::from_secs(1) {
             peak = peak.max(rss_mib(pid).0);
             last_sample = Instant::now();

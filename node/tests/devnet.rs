@@ -5,8 +5,11 @@
 
 use cairn_epoch::{ChainProfile, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Event, Query};
-use cairn_tests::{process::CairnProcess, verify_chain};
-use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
+use cairn_tests::{
+    process::{CairnProcess, finalization},
+    verify_chain,
+};
+use jsonrpsee::{core::client::ClientT, rpc_params};
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -33,16 +36,6 @@ fn start_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
     );
     args.extend(extra.iter().map(|arg| arg.to_string()));
     CairnProcess::start(Path::new(env!("CARGO_BIN_EXE_cairn")), args, Stdio::null()).with_rpc_addr()
-}
-
-async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
-    client
-        .request(
-            "consensus_getFinalization",
-            rpc_params![Query::Height(height)],
-        )
-        .await
-        .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
 }
 
 /// The JSON-RPC error code of a failed call.

@@ -4,15 +4,14 @@
 //! height it serves equals the devnet's, byte for byte. Bad command lines fail clearly.
 
 use alloy_primitives::Bytes;
-use cairn_primitives::{CertifiedBlock, Query};
-use cairn_tests::process::CairnProcess;
+use cairn_tests::process::{CairnProcess, block_number, finalization, wait_for_height};
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
     collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 fn cairn() -> &'static Path {
@@ -67,38 +66,6 @@ fn start_follower(chain: &Path, upstream: &str, datadir: &Path, log: &Path) -> C
     .with_rpc_addr()
 }
 
-async fn height(client: &HttpClient) -> u64 {
-    let number: Result<alloy_primitives::U64, _> =
-        client.request("eth_blockNumber", rpc_params![]).await;
-    number.map(|n| n.to::<u64>()).unwrap_or(0)
-}
-
-/// Polls `client` until it serves `target`; panics after `limit`.
-async fn wait_for_height(client: &HttpClient, target: u64, limit: Duration) -> u64 {
-    let start = Instant::now();
-    loop {
-        let current = height(client).await;
-        if current >= target {
-            return current;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "stuck at {current} waiting for {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
-    client
-        .request(
-            "consensus_getFinalization",
-            rpc_params![Query::Height(height)],
-        )
-        .await
-        .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
-}
-
 async fn raw_block(client: &HttpClient, height: u64) -> Bytes {
     client
         .request(
@@ -150,11 +117,11 @@ async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
     wait_for_height(&a.http(), 1, Duration::from_secs(120)).await;
     a.kill();
     let a = run(2);
-    let tip = height(&devnet_rpc).await;
+    let tip = block_number(&devnet_rpc).await;
     wait_for_height(&a.http(), tip, Duration::from_secs(120)).await;
     a.kill();
     let a = run(3);
-    let tip = height(&devnet_rpc).await;
+    let tip = block_number(&devnet_rpc).await;
     wait_for_height(&a.http(), tip + 5, Duration::from_secs(120)).await;
 
     // The upstream restarts on the same address; the follower reconnects and converges.
@@ -169,7 +136,7 @@ async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
     let b_log = dir.path().join("b.log");
     let b = start_follower(&chain, &a.addr, &dir.path().join("b"), &b_log);
     let b_rpc = b.http();
-    let tip = height(&a_rpc).await;
+    let tip = block_number(&a_rpc).await;
     let served = wait_for_height(&b_rpc, tip + 3, Duration::from_secs(120)).await;
 
     for h in 1..=served {

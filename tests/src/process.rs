@@ -1,7 +1,13 @@
 //! `cairn` processes for end-to-end tests: started with piped stdout read line by line, stopped
 //! with SIGTERM or SIGKILL, and always killed when dropped.
 
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use alloy_primitives::U64;
+use cairn_primitives::{CertifiedBlock, Query};
+use jsonrpsee::{
+    core::client::ClientT,
+    http_client::{HttpClient, HttpClientBuilder},
+    rpc_params,
+};
 use std::{
     ffi::OsStr,
     io::{BufRead, BufReader},
@@ -130,5 +136,39 @@ impl Drop for CairnProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `consensus_getFinalization` at `height`; panics when the node does not answer with one.
+pub async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
+    client
+        .request(
+            "consensus_getFinalization",
+            rpc_params![Query::Height(height)],
+        )
+        .await
+        .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
+}
+
+/// `eth_blockNumber`, or 0 while the node has nothing finalized (or does not answer).
+pub async fn block_number(client: &HttpClient) -> u64 {
+    let number: Result<U64, _> = client.request("eth_blockNumber", rpc_params![]).await;
+    number.map(|n| n.to::<u64>()).unwrap_or(0)
+}
+
+/// Polls `client` until it serves `target` and returns the height it reached; panics after
+/// `limit`.
+pub async fn wait_for_height(client: &HttpClient, target: u64, limit: Duration) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let current = block_number(client).await;
+        if current >= target {
+            return current;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "stuck at {current} waiting for {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

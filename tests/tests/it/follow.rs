@@ -2,7 +2,7 @@
 //! devnet producer in the same simulation: it catches up from genesis across reshares and a full
 //! DKG through marshal's gap repair, serves exactly what the devnet serves, rejects bad events
 //! without storing anything, a follower of the follower converges on its own, and a restart on
-//! the same storage resumes with the epochs it had registered.
+//! the same storage resumes with the epochs it had registered, keeping only a bounded number.
 
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::ChainProfile;
@@ -32,6 +32,18 @@ async fn follow<E: EngineContext, C: ChainReader>(
     feed: FeedState,
     chain: C,
 ) -> Follower<E> {
+    follow_keeping(context, label, profile, feed, chain, 64).await
+}
+
+/// [`follow`] keeping at most `max_epochs` epoch verifiers.
+async fn follow_keeping<E: EngineContext, C: ChainReader>(
+    context: &E,
+    label: &'static str,
+    profile: &ChainProfile,
+    feed: FeedState,
+    chain: C,
+    max_epochs: usize,
+) -> Follower<E> {
     let (notifications, receiver) = mpsc::channel(256);
     let (actor, requests) = in_process::init(label, feed, chain, notifications);
     context
@@ -39,6 +51,7 @@ async fn follow<E: EngineContext, C: ChainReader>(
         .spawn(|_| async move { actor.run().await });
     let config = EngineConfig {
         partition_prefix: format!("follow-{label}"),
+        max_epochs,
         ..EngineConfig::new(profile.clone())
     };
     cairn_follow::start(context.child(label), config, receiver, requests)
@@ -74,24 +87,33 @@ async fn assert_same_chain<E: EngineContext>(
     }
 }
 
+/// Opens a devnet in `context`, produces `blocks` heights, and returns it with its profile and
+/// an upstream feed whose latest finalization is the tip.
+async fn devnet_with<E: EngineContext>(
+    context: &E,
+    blocks: u64,
+) -> (Devnet<E>, ChainProfile, FeedState) {
+    let mut devnet = Devnet::open(
+        context.child("devnet"),
+        devnet_config(),
+        FeedState::default(),
+    )
+    .await
+    .expect("devnet opens");
+    let profile = devnet.profile("simulation").expect("profile");
+    let upstream = FeedState::default();
+    for _ in 0..blocks {
+        let produced = devnet.produce_next().await.expect("produces");
+        upstream.publish_finalized(produced.certified);
+    }
+    (devnet, profile, upstream)
+}
+
 #[test]
 fn follower_catches_up_rejects_bad_events_and_is_followed() {
     deterministic::Runner::seeded(11).start(|context| async move {
-        let mut devnet = Devnet::open(
-            context.child("devnet"),
-            devnet_config(),
-            FeedState::default(),
-        )
-        .await
-        .expect("devnet opens");
-        let profile = devnet.profile("simulation").expect("profile");
         // Six epochs (one full DKG among them) exist before the follower starts.
-        let upstream = FeedState::default();
-        let mut last = None;
-        for _ in 0..26 {
-            last = Some(devnet.produce_next().await.expect("produces").certified);
-        }
-        upstream.publish_finalized(last.expect("produced"));
+        let (mut devnet, profile, upstream) = devnet_with(&context, 26).await;
 
         let follower = follow(
             &context,
@@ -193,22 +215,15 @@ fn follower_catches_up_rejects_bad_events_and_is_followed() {
 fn follower_restart_resumes_with_its_registered_epochs() {
     let (profile_json, checkpoint) =
         deterministic::Runner::seeded(5).start_and_recover(|context| async move {
-            let mut devnet = Devnet::open(
-                context.child("devnet"),
-                devnet_config(),
-                FeedState::default(),
-            )
-            .await
-            .expect("devnet opens");
-            let profile = devnet.profile("simulation").expect("profile");
-            let upstream = FeedState::default();
-            let mut last = None;
-            for _ in 0..18 {
-                last = Some(devnet.produce_next().await.expect("produces").certified);
-            }
-            upstream.publish_finalized(last.expect("produced"));
-            let follower = follow(&context, "a", &profile, upstream, devnet.store().clone()).await;
+            let (devnet, profile, upstream) = devnet_with(&context, 18).await;
+            // Two verifiers at most: the registry stays bounded however long the chain.
+            let follower =
+                follow_keeping(&context, "a", &profile, upstream, devnet.store().clone(), 2).await;
             executed(&context, &follower, 18).await;
+            assert!(
+                follower.provider.len() <= 2,
+                "the verifier registry is bounded"
+            );
             profile.to_json()
         });
     deterministic::Runner::from(checkpoint).start(|context| async move {
@@ -221,15 +236,20 @@ fn follower_restart_resumes_with_its_registered_epochs() {
         .await
         .expect("devnet reopens");
         let upstream = FeedState::default();
-        let follower = follow(
+        let follower = follow_keeping(
             &context,
             "a",
             &profile,
             upstream.clone(),
             devnet.store().clone(),
+            2,
         )
         .await;
         assert_eq!(*follower.executed.borrow(), 18, "resumes from disk");
+        assert!(
+            follower.provider.len() <= 2,
+            "only the newest epochs were kept on disk"
+        );
         assert_eq!(
             follower.provider.latest_epoch().map(|e| e.get()),
             Some(4),
@@ -240,5 +260,9 @@ fn follower_restart_resumes_with_its_registered_epochs() {
         }
         executed(&context, &follower, 24).await;
         assert_same_chain(&follower, devnet.store(), 24).await;
+        assert!(
+            follower.provider.len() <= 2,
+            "the verifier registry is bounded"
+        );
     });
 }
