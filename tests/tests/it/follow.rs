@@ -266,3 +266,27 @@ fn follower_restart_resumes_with_its_registered_epochs() {
         );
     });
 }
+
+#[test]
+fn catch_up_converges_under_several_schedules() {
+    for seed in 0..4 {
+        deterministic::Runner::seeded(seed).start(|context| async move {
+            let (mut devnet, profile, upstream) = devnet_with(&context, 13).await;
+            let follower = follow(
+                &context,
+                "a",
+                &profile,
+                upstream.clone(),
+                devnet.store().clone(),
+            )
+            .await;
+            // Live events race the catch-up: they arrive while marshal is still repairing.
+            for _ in 0..3 {
+                upstream
+                    .publish_finalized(devnet.produce_next().await.expect("produces").certified);
+            }
+            executed(&context, &follower, 16).await;
+            assert_same_chain(&follower, devnet.store(), 16).await;
+        });
+    }
+}
