@@ -68,6 +68,12 @@ async fn forwards_events_serves_requests_and_reconnects() {
         }
     );
 
+    // On connecting, the upstream's latest finalization is announced as an event.
+    assert_eq!(
+        finalized(next_notification(&mut notifications).await),
+        chain.certified_at(3).await.expect("reads").expect("stored")
+    );
+
     // Events are forwarded as they are published.
     let fourth = certified(&committee, 4);
     chain.insert(fourth.clone());
@@ -126,6 +132,11 @@ async fn forwards_events_serves_requests_and_reconnects() {
             other => panic!("unexpected {other:?}"),
         }
     }
+    // The tip is announced again after reconnecting.
+    assert_eq!(
+        finalized(next_notification(&mut notifications).await),
+        fourth
+    );
     let fifth = certified(&committee, 5);
     chain.insert(fifth.clone());
     feed.publish_finalized(fifth.clone());
