@@ -61,7 +61,7 @@ pub enum DriverError {
 pub struct UpstreamStatus {
     /// Whether the upstream is connected.
     pub connected: bool,
-    /// The highest height the upstream announced (unverified).
+    /// The highest height of an event that verified or awaits its epoch's key.
     pub announced_height: u64,
     /// Finalized events rejected so far.
     pub rejected: u64,
@@ -151,14 +151,21 @@ impl<E: StoreContext> Actor<E> {
             .map(Block::height)
             .or(certified.height)
             .unwrap_or_default();
-        self.status.send_modify(|status| {
-            status.announced_height = status.announced_height.max(height);
-        });
         if certified.block.is_some() && height <= *self.executed.borrow() {
             debug!(height, "finalized event for a height already executed");
             return;
         }
-        match self.verifier.verify(rng, &certified) {
+        let result = self.verifier.verify(rng, &certified);
+        // A rejected event says nothing about the upstream's height.
+        if matches!(
+            &result,
+            Ok(_) | Err(VerifyError::IdentityUnavailable { .. })
+        ) {
+            self.status.send_modify(|status| {
+                status.announced_height = status.announced_height.max(height);
+            });
+        }
+        match result {
             Ok(verified) => self.report(verified).await,
             Err(VerifyError::IdentityUnavailable { epoch, .. }) => {
                 debug!(height, %epoch, "no key for this epoch yet; event kept until its boundary is processed");

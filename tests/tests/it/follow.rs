@@ -160,6 +160,11 @@ fn follower_catches_up_rejects_bad_events_and_is_followed() {
             "all four bad events are rejected"
         );
         assert_eq!(*follower.executed.borrow(), 26, "nothing was executed");
+        assert_eq!(
+            follower.upstream.borrow().announced_height,
+            26,
+            "rejected events do not move the target"
+        );
         assert!(
             follower
                 .chain
