@@ -116,7 +116,6 @@ where
                 };
                 encode_finalized(height, &certified.certificate, certified.block?)
             }
-            // A follower never reports notarizations, so marshal has no reason to ask for one.
             Key::Notarized { .. } => None,
         }
     }
@@ -161,6 +160,8 @@ where
     type Value = Bytes;
 
     async fn fetch(&self, key: Self::Key) -> Option<Self::Value> {
+        // A follower never reports notarizations, so marshal has no reason to ask for one, and
+        // the upstream has no request for it: not worth an attempt.
         if matches!(key, Key::Notarized { .. }) {
             return None;
         }

@@ -20,9 +20,7 @@ use cairn_tests::{
 use jsonrpsee::http_client::HttpClient;
 use std::{
     collections::BTreeMap,
-    fs::File,
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -40,14 +38,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> CairnProcess {
-    let datadir = datadir.display().to_string();
     let until = until.to_string();
-    CairnProcess::start(
+    CairnProcess::devnet(
         cairn(),
-        [
-            "devnet",
-            "--datadir",
-            &datadir,
+        datadir,
+        &[
             "--epoch-length",
             EPOCH_LENGTH,
             "--full-dkg-at-epochs",
@@ -59,9 +54,7 @@ fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> Cairn
             "--rpc-addr",
             rpc_addr,
         ],
-        Stdio::null(),
     )
-    .with_rpc_addr()
 }
 
 /// (current resident, peak resident) of `pid`, in MiB.
@@ -115,7 +108,6 @@ async fn main() {
     let limit = Duration::from_secs(if full { 3_600 } else { 300 });
     let dir = tempfile::tempdir().expect("temp dir");
     let devnet_dir = dir.path().join("devnet");
-    let chain = devnet_dir.join("chain.json").display().to_string();
 
     // 1. Produce, then catch up.
     let produce_start = Instant::now();
@@ -124,25 +116,14 @@ async fn main() {
     producer.wait_for_line_within("reached --until-height", limit);
     let produce_rate = catchup as f64 / produce_start.elapsed().as_secs_f64();
 
-    let follower_dir = dir.path().join("follower").display().to_string();
-    let log = File::create(dir.path().join("follow.log")).expect("log file");
     let catchup_start = Instant::now();
-    let follower = CairnProcess::start(
+    let follower = CairnProcess::follower(
         cairn(),
-        [
-            "follow",
-            "--chain",
-            &chain,
-            "--upstream",
-            &addr,
-            "--datadir",
-            &follower_dir,
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
-        Stdio::from(log),
-    )
-    .with_rpc_addr();
+        &devnet_dir.join("chain.json"),
+        &addr,
+        &dir.path().join("follower"),
+        &dir.path().join("follow.log"),
+    );
     let follower_rpc = follower.http();
     let catchup_peak = follow_to(&follower_rpc, catchup, follower.id(), limit).await;
     let catchup_rate = catchup as f64 / catchup_start.elapsed().as_secs_f64();

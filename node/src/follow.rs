@@ -7,7 +7,7 @@ use cairn_feed::RpcConfig;
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     execution::ExecutionError,
-    upstream::{self, normalize_url},
+    upstream::{self, follow_url},
 };
 use clap::Args;
 use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
@@ -43,12 +43,7 @@ pub struct FollowArgs {
 
 /// Runs the follower until Ctrl-C (or SIGTERM).
 pub fn run(args: FollowArgs) -> eyre::Result<()> {
-    let url = normalize_url(&args.upstream).map_err(|err| eyre!("--upstream: {err}"))?;
-    if !url.starts_with("ws") {
-        return Err(eyre!(
-            "--upstream {url}: following needs a subscription, so use ws://, wss:// or host:port"
-        ));
-    }
+    let url = follow_url(&args.upstream).map_err(|err| eyre!("--upstream: {err}"))?;
     let profile = ChainProfile::resolve(&args.chain)
         .wrap_err_with(|| format!("--chain {}: cannot load the chain profile", args.chain))?;
     cairn_follow::genesis_block(&profile).wrap_err_with(|| format!("--chain {}", args.chain))?;

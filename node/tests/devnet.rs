@@ -10,32 +10,22 @@ use cairn_tests::{
     verify_chain,
 };
 use jsonrpsee::{core::client::ClientT, rpc_params};
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 /// Starts `cairn devnet` on `datadir` with small epochs and an OS-chosen port.
 fn start_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
-    let mut args = vec!["devnet".to_string(), "--datadir".into()];
-    args.push(datadir.display().to_string());
-    args.extend(
-        [
-            "--epoch-length",
-            "5",
-            "--block-time",
-            "40ms",
-            "--full-dkg-at-epochs",
-            "2",
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
-    );
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    CairnProcess::start(Path::new(env!("CARGO_BIN_EXE_cairn")), args, Stdio::null()).with_rpc_addr()
+    let mut args = vec![
+        "--epoch-length",
+        "5",
+        "--block-time",
+        "40ms",
+        "--full-dkg-at-epochs",
+        "2",
+        "--rpc-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    CairnProcess::devnet(Path::new(env!("CARGO_BIN_EXE_cairn")), datadir, &args)
 }
 
 /// The JSON-RPC error code of a failed call.

@@ -8,9 +8,8 @@ use cairn_tests::process::{CairnProcess, block_number, finalization, wait_for_he
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
     collections::BTreeMap,
-    fs::File,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -19,13 +18,10 @@ fn cairn() -> &'static Path {
 }
 
 fn start_devnet(datadir: &Path, rpc_addr: &str, chain_id: &str) -> CairnProcess {
-    let datadir = datadir.display().to_string();
-    CairnProcess::start(
+    CairnProcess::devnet(
         cairn(),
-        [
-            "devnet",
-            "--datadir",
-            &datadir,
+        datadir,
+        &[
             "--epoch-length",
             "5",
             "--block-time",
@@ -37,33 +33,11 @@ fn start_devnet(datadir: &Path, rpc_addr: &str, chain_id: &str) -> CairnProcess 
             "--chain-id",
             chain_id,
         ],
-        Stdio::null(),
     )
-    .with_rpc_addr()
 }
 
-/// Starts `cairn follow` with its log (info level) written to `log`.
 fn start_follower(chain: &Path, upstream: &str, datadir: &Path, log: &Path) -> CairnProcess {
-    let log = File::create(log).expect("log file");
-    let chain = chain.display().to_string();
-    let datadir = datadir.display().to_string();
-    CairnProcess::start_with_env(
-        cairn(),
-        [
-            "follow",
-            "--chain",
-            &chain,
-            "--upstream",
-            upstream,
-            "--datadir",
-            &datadir,
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
-        Stdio::from(log),
-        &[("CAIRN_LOG", "info"), ("NO_COLOR", "1")],
-    )
-    .with_rpc_addr()
+    CairnProcess::follower(cairn(), chain, upstream, datadir, log)
 }
 
 async fn raw_block(client: &HttpClient, height: u64) -> Bytes {

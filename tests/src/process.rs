@@ -66,6 +66,43 @@ impl CairnProcess {
         }
     }
 
+    /// Starts `cairn devnet --datadir DATADIR ARGS...` and waits for its RPC address.
+    pub fn devnet(binary: &Path, datadir: &Path, args: &[&str]) -> Self {
+        let mut all: Vec<&OsStr> = vec!["devnet".as_ref(), "--datadir".as_ref(), datadir.as_ref()];
+        all.extend(args.iter().map(|arg| OsStr::new(*arg)));
+        Self::start(binary, all, Stdio::null()).with_rpc_addr()
+    }
+
+    /// Starts `cairn follow` of `chain` from `upstream` in `datadir`, serving RPC on an
+    /// OS-chosen port, with its info-level log in `log`; waits for its RPC address.
+    pub fn follower(
+        binary: &Path,
+        chain: &Path,
+        upstream: &str,
+        datadir: &Path,
+        log: &Path,
+    ) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let args: [&OsStr; 9] = [
+            "follow".as_ref(),
+            "--chain".as_ref(),
+            chain.as_ref(),
+            "--upstream".as_ref(),
+            upstream.as_ref(),
+            "--datadir".as_ref(),
+            datadir.as_ref(),
+            "--rpc-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ];
+        Self::start_with_env(
+            binary,
+            args,
+            Stdio::from(log),
+            &[("CAIRN_LOG", "info"), ("NO_COLOR", "1")],
+        )
+        .with_rpc_addr()
+    }
+
     /// Waits for the `rpc listening on ADDR` line and records the address.
     pub fn with_rpc_addr(mut self) -> Self {
         let line = self.wait_for_line("rpc listening on ");

@@ -126,18 +126,24 @@ impl Config {
     }
 }
 
+/// Normalises an upstream address to follow: it must carry subscriptions, so WebSocket only.
+pub fn follow_url(url: &str) -> Result<String, UpstreamError> {
+    let url = normalize_url(url)?;
+    if !url.starts_with("ws") {
+        return Err(UpstreamError::InvalidUrl(format!(
+            "`{url}`: following needs a subscription, so use ws://, wss:// or host:port"
+        )));
+    }
+    Ok(url)
+}
+
 /// Creates the actor and its mailbox; notifications go to `notifications` (bounded: a slow
 /// consumer slows the actor's reading of the stream, never the other way round).
 pub fn init(
     config: Config,
     notifications: mpsc::Sender<Notification>,
 ) -> Result<(Actor, Mailbox), UpstreamError> {
-    let url = normalize_url(&config.url)?;
-    if !url.starts_with("ws") {
-        return Err(UpstreamError::InvalidUrl(format!(
-            "`{url}`: following needs a ws:// or wss:// upstream"
-        )));
-    }
+    let url = follow_url(&config.url)?;
     let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));
     Ok((
         Actor::new(Config { url, ..config }, receiver, notifications),
