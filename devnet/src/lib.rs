@@ -1,11 +1,12 @@
 //! A local chain that makes exactly the artifacts a Tempo validator set makes: Tempo-format
 //! blocks, finalization certificates assembled from a quorum of committee members' own shares,
 //! and a DKG outcome in every epoch's last block (reshares by default, full DKGs at configured
-//! epochs), kept on disk so a restart continues the same chain.
+//! epochs), real signed transactions in every block, kept on disk so a restart continues the same chain.
 
 mod producer;
 mod secrets;
 mod store;
+pub mod transactions;
 
 pub use cairn_feed::StoreContext;
 pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};

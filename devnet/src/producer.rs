@@ -9,14 +9,16 @@ use crate::{
         ChainParams, EpochSecrets, PARAMS_KEY, POOL_KEY, Pool, decode_record, encode_record,
     },
     store::{ChainStore, StoreError},
+    transactions::{SigningError, TransactionFactory},
 };
+use alloy_eips::eip4895::Withdrawals;
 use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
 use cairn_dkg::{CeremonyError, DkgOutcome, Identity, ceremony::committee_set};
 use cairn_epoch::{
     ChainProfile, CommitteeSigner, EpochStrategy, InvalidEpochLength, SignerError, certified_block,
 };
 use cairn_feed::{FeedState, StoreContext};
-use cairn_primitives::{Block, Body, ConsensusContext, TempoHeader};
+use cairn_primitives::{Block, Body, ProposerKey, TempoConsensusContext, TempoHeader};
 use commonware_codec::Encode;
 use commonware_consensus::types::{Epoch, Round, View};
 use commonware_cryptography::{
@@ -24,7 +26,7 @@ use commonware_cryptography::{
     ed25519::{PrivateKey, PublicKey},
 };
 use commonware_math::algebra::Random;
-use rand::{Rng, RngExt, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use std::{
     collections::BTreeSet,
     time::{SystemTime, UNIX_EPOCH},
@@ -144,6 +146,14 @@ pub enum DevnetError {
         /// The error.
         error: cairn_primitives::BlockError,
     },
+    /// A transaction could not be signed.
+    #[error("transactions of block {height} could not be signed: {error}")]
+    Transactions {
+        /// Height.
+        height: u64,
+        /// The error.
+        error: SigningError,
+    },
 }
 
 /// How an epoch's key came about.
@@ -206,6 +216,7 @@ pub struct Devnet<E: StoreContext> {
     active: Option<ActiveEpoch>,
     next_height: u64,
     rng: StdRng,
+    transactions: TransactionFactory,
 }
 
 fn now_millis() -> u64 {
@@ -242,6 +253,29 @@ fn next_players(
             error,
         }
     })
+}
+
+/// A body with the given transactions, no ommers and an empty withdrawals list (the headers
+/// carry the empty withdrawals root).
+fn body_with(transactions: Vec<cairn_primitives::TempoTxEnvelope>) -> Body {
+    Body {
+        transactions,
+        ommers: Vec::new(),
+        withdrawals: Some(Withdrawals::default()),
+    }
+}
+
+/// Opaque bytes in the `extraData` of some non-boundary blocks, where Tempo's validators write
+/// their dealer logs: a follower must parse an outcome only at boundary heights. Derived from the
+/// height so that a block's content follows from its height.
+fn dealer_log(height: u64) -> Vec<u8> {
+    let mut log = Vec::new();
+    let mut link = keccak256(height.to_be_bytes());
+    for _ in 0..(3 + height % 4) {
+        log.extend_from_slice(link.as_slice());
+        link = keccak256(link);
+    }
+    log
 }
 
 /// A header at `number` with the fields every devnet header shares (gas limits, fee and fork
@@ -296,7 +330,7 @@ async fn create_genesis<E: StoreContext>(
     };
     store.put_secret(0, encode_record(&secrets), 0).await?;
     let header = header_template(0, now_millis(), Bytes::from(secrets.outcome.to_bytes()));
-    let genesis = Block::new(header, Some(Body::default()))
+    let genesis = Block::new(header, Some(body_with(Vec::new())))
         .map_err(|error| DevnetError::Block { height: 0, error })?;
     store.put_block(&genesis).await?;
     info!(hash = %genesis.hash(), "devnet genesis created");
@@ -378,6 +412,7 @@ impl<E: StoreContext> Devnet<E> {
             ));
         }
 
+        let transactions = TransactionFactory::new(config.chain_id, BASE_FEE);
         let genesis = match store.block(0).await? {
             Some(genesis) => genesis,
             None => create_genesis(&store, &config, &pool, &mut rng).await?,
@@ -392,6 +427,7 @@ impl<E: StoreContext> Devnet<E> {
             active: None,
             next_height: 1,
             rng,
+            transactions,
         };
         devnet.resume().await?;
         Ok(devnet)
@@ -419,7 +455,7 @@ impl<E: StoreContext> Devnet<E> {
 
     /// The chain profile followers need (no secrets): namespace, epoch length, genesis header.
     pub fn profile(&self, name: &str) -> Result<ChainProfile, DevnetError> {
-        let genesis = DkgOutcome::decode(self.genesis.header().extra_data())
+        let genesis = DkgOutcome::decode(&self.genesis.header().inner.extra_data)
             .map_err(|err| corrupt("genesis outcome", err))?;
         Ok(ChainProfile {
             name: name.to_string(),
@@ -580,21 +616,6 @@ impl<E: StoreContext> Devnet<E> {
         Ok(secrets)
     }
 
-    fn random_transactions(&mut self, height: u64) -> Vec<Bytes> {
-        let count = self.rng.random_range(1..=4);
-        (0..count)
-            .map(|_| {
-                let len = self.rng.random_range(40..=120);
-                let mut tx = vec![0u8; len];
-                self.rng.fill_bytes(&mut tx);
-                // An EIP-1559 envelope type byte, then opaque payload bytes.
-                tx[0] = 0x02;
-                tx[1] = (height % 256) as u8;
-                Bytes::from(tx)
-            })
-            .collect()
-    }
-
     /// Builds, certifies and stores the next height.
     pub async fn produce_next(&mut self) -> Result<Produced, DevnetError> {
         let height = self.next_height;
@@ -607,6 +628,8 @@ impl<E: StoreContext> Devnet<E> {
             .ok_or_else(|| corrupt(format!("block {}", height - 1), "missing parent"))?;
         let extra_data = if self.epochs.is_boundary(height) {
             self.next_epoch_secrets(epoch).await?.outcome.to_bytes()
+        } else if view % 3 == 2 {
+            dealer_log(height)
         } else {
             Vec::new()
         };
@@ -616,8 +639,12 @@ impl<E: StoreContext> Devnet<E> {
             let index = (view % players.len() as u64) as usize;
             players[index].clone()
         };
-        let transactions = self.random_transactions(height);
-        let body = Body { transactions };
+        let transactions = self
+            .transactions
+            .transactions(height)
+            .map_err(|error| DevnetError::Transactions { height, error })?;
+        let gas_used = TransactionFactory::gas_used(&transactions);
+        let body = body_with(transactions);
         let parent_millis = parent.header().timestamp_millis();
         let millis = now_millis().max(parent_millis + 1);
         let proposer_bytes = B256::from_slice(&proposer.encode());
@@ -631,13 +658,15 @@ impl<E: StoreContext> Devnet<E> {
             ]
             .concat(),
         );
-        header.inner.transactions_root = body.transactions_root();
-        header.inner.gas_used = 21_000 * body.transactions.len() as u64;
-        header.consensus_context = Some(ConsensusContext {
+        header.inner.transactions_root =
+            alloy_consensus::proofs::calculate_transaction_root(&body.transactions);
+        header.inner.gas_used = gas_used;
+        header.consensus_context = Some(TempoConsensusContext {
             epoch,
             view,
             parent_view: view - 1,
-            proposer: proposer_bytes,
+            proposer: ProposerKey::try_from(proposer_bytes)
+                .map_err(|err| corrupt(format!("proposer key of epoch {epoch}"), err))?,
         });
         let block =
             Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;

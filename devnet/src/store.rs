@@ -219,4 +219,18 @@ impl<E: StoreContext> ChainReader for ChainStore<E> {
     async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
         self.block_with_hash(hash).await.map_err(Self::read_error)
     }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        let found = self
+            .blocks
+            .transaction(hash)
+            .await
+            .map_err(|err| ReadError(err.to_string()))?;
+        // A block stored a moment before its finalization is not served yet.
+        let tip = self.finalized_height();
+        Ok(found.filter(|(block, _)| tip.is_some_and(|tip| block.height() <= tip)))
+    }
 }

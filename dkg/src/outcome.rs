@@ -136,6 +136,20 @@ impl DkgOutcome {
         Ok(outcome)
     }
 
+    /// Decodes an outcome the way Tempo's validators read one from a boundary header: bytes after
+    /// a complete outcome are ignored (a follower stricter than the chain would halt on a chain
+    /// Tempo finalized). Returns the outcome and the number of bytes ignored.
+    pub fn decode_prefix(
+        bytes: &[u8],
+        limits: &OutcomeLimits,
+    ) -> Result<(Self, usize), OutcomeError> {
+        check_participant_count(bytes, limits)?;
+        let mut buf = Copying(bytes);
+        let outcome = <Self as Read>::read_cfg(&mut buf, limits)?;
+        outcome.check_consistency()?;
+        Ok((outcome, buf.remaining()))
+    }
+
     /// The encoded bytes, as written into a header's `extraData`.
     pub fn to_bytes(&self) -> Vec<u8> {
         commonware_codec::Encode::encode(self).to_vec()

@@ -24,5 +24,5 @@ pub use signer::{CommitteeSigner, SignerError};
 pub use strategy::{EpochStrategy, InvalidEpochLength};
 pub use verifier::{
     Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,
-    VerifyError, certified_block, decode_certificate, encode_certificate,
+    VerifyError, boundary_outcome, certified_block, decode_certificate, encode_certificate,
 };

@@ -16,7 +16,7 @@
 use crate::{EpochStrategy, InvalidEpochLength, SchemeProvider};
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, Identity, OutcomeError};
-use cairn_primitives::TempoHeader;
+use cairn_primitives::{BlockHeader as _, TempoHeader};
 use commonware_codec::DecodeExt;
 use commonware_consensus::types::Epoch;
 use serde::{Deserialize, Serialize};

@@ -29,6 +29,39 @@ pub type Finalization = types::Finalization<FinalizationScheme, Digest>;
 /// the 32-byte payload and two 48-byte G1 signatures.
 pub const MAX_CERTIFICATE_BYTES: usize = 3 * 10 + 32 + 2 * 48;
 
+/// Reads the outcome that boundary block `block` announces for the next epoch (check 6), the
+/// way Tempo's validators read it: bytes after a complete outcome are ignored and noted in the
+/// log. Only the outcome's public polynomial and epoch are relied on; `is_next_full_dkg` never
+/// decides anything (a newer Tempo format drops it). Callers only pass boundary blocks: other
+/// blocks may carry dealer logs in `extraData`.
+pub fn boundary_outcome(
+    epochs: &EpochStrategy,
+    block: &Block,
+    limits: &OutcomeLimits,
+) -> Result<DkgOutcome, VerifyError> {
+    let height = block.height();
+    let (outcome, trailing) =
+        DkgOutcome::decode_prefix(block.header().inner.extra_data.as_ref(), limits)
+            .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
+    let expected = epochs.epoch_of(height).get().saturating_add(1);
+    if outcome.epoch != expected {
+        return Err(VerifyError::OutcomeEpochMismatch {
+            height,
+            expected,
+            found: outcome.epoch,
+        });
+    }
+    if trailing > 0 {
+        tracing::info!(
+            height,
+            epoch = expected,
+            trailing,
+            "boundary outcome followed by bytes Tempo's reader ignores; ignored them too"
+        );
+    }
+    Ok(outcome)
+}
+
 /// Why a certified block is malformed (check 1).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MalformedError {
@@ -258,18 +291,11 @@ impl FinalizationVerifier {
         }
 
         let next_epoch = if self.epochs.is_boundary(height) {
-            let outcome =
-                DkgOutcome::decode_with(block.header().extra_data(), &self.outcome_limits)
-                    .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
-            let expected = epoch.get().saturating_add(1);
-            if outcome.epoch != expected {
-                return Err(VerifyError::OutcomeEpochMismatch {
-                    height,
-                    expected,
-                    found: outcome.epoch,
-                });
-            }
-            Some(outcome)
+            Some(boundary_outcome(
+                &self.epochs,
+                &block,
+                &self.outcome_limits,
+            )?)
         } else {
             None
         };

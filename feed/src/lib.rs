@@ -1,16 +1,18 @@
 //! The feed of a cairn node: the latest verified finalized block, the event stream, and the
-//! JSON-RPC server (`consensus_*`, `eth_blockNumber`, `eth_getBlockBy*`, `debug_getRaw*`) that
-//! serves them from the node's own store, so followers can follow it, and the on-disk block
-//! store nodes serve from.
+//! JSON-RPC server (`consensus_*`, the `eth_` block and transaction methods a standard Ethereum
+//! client calls, `debug_getRaw*`) that serves them from the node's own store, so followers can
+//! follow it, and the on-disk block store (with its transaction index) nodes serve from.
 
 pub mod rpc;
 mod state;
 pub mod store;
 
 pub use rpc::{
-    MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcConfig, RunningServer, StartError, start,
+    CLIENT_VERSION, MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcConfig, RpcHeader, RpcTransaction,
+    RunningServer, StartError, start,
 };
 pub use state::{
-    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, unix_millis,
+    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, SyncProgress,
+    unix_millis,
 };
-pub use store::{BlockStore, StoreContext, StoreError};
+pub use store::{BlockStore, StoreContext, StoreError, TxLocation};

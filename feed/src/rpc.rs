@@ -1,13 +1,22 @@
-//! The JSON-RPC server of a cairn node: Tempo's `consensus` namespace plus the `eth_` and
-//! `debug_` block methods followers use for gap repair, over WebSocket and HTTP on one address.
+//! The JSON-RPC server of a cairn node: Tempo's `consensus` namespace, the `eth_` block and
+//! transaction methods a standard Ethereum client calls (answered from the stored blocks, in the
+//! shapes Tempo's RPC and `tempo-alloy` use), and the `debug_` raw-block methods followers use for
+//! gap repair, over WebSocket and HTTP on one address.
 //!
 //! Errors follow Tempo: code 204 when the node has nothing finalized yet, 503 when the requested
 //! data is missing (the reason is in `data`).
 
 use crate::{ChainReader, FeedState, ReadError};
-use alloy_eips::{BlockId, BlockNumberOrTag};
-use alloy_primitives::{B256, Bytes, U64, keccak256};
-use cairn_primitives::{Block, CertifiedBlock, ConsensusState, Digest, Query, TempoHeader};
+use alloy_consensus::{
+    Transaction as _,
+    transaction::{Recovered, SignerRecoverable, TxHashRef},
+};
+use alloy_eips::{BlockId, BlockNumberOrTag, eip2718::Encodable2718};
+use alloy_primitives::{B256, Bytes, U64, U256};
+use alloy_rpc_types_eth::{BlockTransactions, Index, SyncInfo, SyncStatus};
+use cairn_primitives::{
+    Block, CertifiedBlock, ConsensusState, Digest, HeaderExt, Query, TempoHeader, TempoTxEnvelope,
+};
 use jsonrpsee::{
     PendingSubscriptionSink, SubscriptionMessage,
     core::{RpcResult, SubscriptionResult, async_trait},
@@ -15,7 +24,7 @@ use jsonrpsee::{
     server::{Server, ServerConfig, ServerHandle},
     types::{ErrorObjectOwned, error::INTERNAL_ERROR_CODE},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
@@ -25,9 +34,14 @@ pub const NOT_READY_CODE: i32 = 204;
 /// JSON-RPC error code: the requested data is not available.
 pub const MISSING_CODE: i32 = 503;
 
-/// Server limits.
+/// What `web3_clientVersion` answers.
+pub const CLIENT_VERSION: &str = concat!("cairn/v", env!("CARGO_PKG_VERSION"));
+
+/// Server settings and limits.
 #[derive(Clone, Copy, Debug)]
 pub struct RpcConfig {
+    /// The chain's EVM chain id, for `eth_chainId` and `net_version` (unknown: those answer 503).
+    pub chain_id: Option<u64>,
     /// Most simultaneous connections.
     pub max_connections: u32,
     /// Most subscriptions per connection.
@@ -39,6 +53,7 @@ pub struct RpcConfig {
 impl Default for RpcConfig {
     fn default() -> Self {
         Self {
+            chain_id: None,
             max_connections: 256,
             max_subscriptions_per_connection: 16,
             message_buffer: 1024,
@@ -62,14 +77,30 @@ pub trait ConsensusApi {
     async fn subscribe(&self) -> SubscriptionResult;
 }
 
-/// The block methods of the `eth` and `debug` namespaces.
+/// The `eth_`, `net_`, `web3_` and `debug_` methods answered from the stored blocks.
 #[rpc(server)]
 pub trait BlockApi {
     /// Height of the finalized tip, as a hex quantity.
     #[method(name = "eth_blockNumber")]
     async fn block_number(&self) -> RpcResult<U64>;
 
-    /// A block by number or tag; `full` lists raw transactions instead of their hashes.
+    /// The chain id.
+    #[method(name = "eth_chainId")]
+    async fn chain_id(&self) -> RpcResult<U64>;
+
+    /// The chain id as a decimal string.
+    #[method(name = "net_version")]
+    async fn net_version(&self) -> RpcResult<String>;
+
+    /// The node's name and version.
+    #[method(name = "web3_clientVersion")]
+    async fn client_version(&self) -> RpcResult<String>;
+
+    /// `false`, or the catch-up in progress.
+    #[method(name = "eth_syncing")]
+    async fn syncing(&self) -> RpcResult<SyncStatus>;
+
+    /// A block by number or tag; `full` lists transaction objects instead of their hashes.
     #[method(name = "eth_getBlockByNumber")]
     async fn block_by_number(
         &self,
@@ -77,9 +108,42 @@ pub trait BlockApi {
         full: Option<bool>,
     ) -> RpcResult<Option<RpcBlock>>;
 
-    /// A block by hash; `full` lists raw transactions instead of their hashes.
+    /// A block by hash; `full` lists transaction objects instead of their hashes.
     #[method(name = "eth_getBlockByHash")]
     async fn block_by_hash(&self, hash: B256, full: Option<bool>) -> RpcResult<Option<RpcBlock>>;
+
+    /// Number of transactions in a block by number or tag.
+    #[method(name = "eth_getBlockTransactionCountByNumber")]
+    async fn transaction_count_by_number(&self, number: BlockNumberOrTag)
+    -> RpcResult<Option<U64>>;
+
+    /// Number of transactions in a block by hash.
+    #[method(name = "eth_getBlockTransactionCountByHash")]
+    async fn transaction_count_by_hash(&self, hash: B256) -> RpcResult<Option<U64>>;
+
+    /// A transaction by hash, with its block and position.
+    #[method(name = "eth_getTransactionByHash")]
+    async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<RpcTransaction>>;
+
+    /// A transaction by block number (or tag) and position.
+    #[method(name = "eth_getTransactionByBlockNumberAndIndex")]
+    async fn transaction_by_number_and_index(
+        &self,
+        number: BlockNumberOrTag,
+        index: Index,
+    ) -> RpcResult<Option<RpcTransaction>>;
+
+    /// A transaction by block hash and position.
+    #[method(name = "eth_getTransactionByBlockHashAndIndex")]
+    async fn transaction_by_hash_and_index(
+        &self,
+        hash: B256,
+        index: Index,
+    ) -> RpcResult<Option<RpcTransaction>>;
+
+    /// The EIP-2718 bytes of a transaction by hash.
+    #[method(name = "eth_getRawTransactionByHash")]
+    async fn raw_transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Bytes>>;
 
     /// The RLP bytes of a block.
     #[method(name = "debug_getRawBlock")]
@@ -90,46 +154,81 @@ pub trait BlockApi {
     async fn raw_header(&self, block: BlockId) -> RpcResult<Bytes>;
 }
 
-/// A block in the `eth_getBlockBy*` shape: the header fields, its hash, and its transactions.
-#[derive(Clone, Debug, Serialize)]
+/// A header as Tempo's RPC serves it (`tempo-alloy`'s header response): hash, the header
+/// fields, size, and the timestamp in milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RpcBlock {
-    /// Block hash.
-    pub hash: B256,
-    /// Header fields.
+pub struct RpcHeader {
+    /// Hash, header fields and size.
     #[serde(flatten)]
-    pub header: TempoHeader,
-    /// Transaction hashes, or raw transactions when `full` was requested.
-    pub transactions: Vec<serde_json::Value>,
-    /// Always empty.
-    pub uncles: Vec<B256>,
+    pub inner: alloy_rpc_types_eth::Header<TempoHeader>,
+    /// Block timestamp in milliseconds.
+    #[serde(with = "alloy_serde::quantity")]
+    pub timestamp_millis: u64,
 }
 
-impl RpcBlock {
-    fn new(block: Block, full: bool) -> Self {
-        let transactions = block
-            .body()
-            .map(|body| {
-                body.transactions
-                    .iter()
-                    .map(|tx| {
-                        if full {
-                            serde_json::Value::String(tx.to_string())
-                        } else {
-                            serde_json::Value::String(keccak256(tx).to_string())
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let hash = block.hash().0;
-        let (header, _) = block.into_parts();
-        Self {
-            hash,
-            header,
-            transactions,
-            uncles: Vec::new(),
+/// A transaction object: the signed transaction, its sender, block and position.
+pub type RpcTransaction = alloy_rpc_types_eth::Transaction<TempoTxEnvelope>;
+
+/// A block in the `eth_getBlockBy*` shape.
+pub type RpcBlock = alloy_rpc_types_eth::Block<RpcTransaction, RpcHeader>;
+
+/// The transaction at `index` of `block` as a transaction object, its sender recovered from the
+/// signature. `None` past the end of the block or when the sender cannot be recovered (a block
+/// that verified never holds such a transaction, but this is served, not trusted).
+fn rpc_transaction(block: &Block, index: usize) -> Option<RpcTransaction> {
+    let tx = block.transactions().get(index)?;
+    let sender = match tx.recover_signer() {
+        Ok(sender) => sender,
+        Err(err) => {
+            warn!(height = block.height(), index, %err, "stored transaction has no recoverable sender");
+            return None;
         }
+    };
+    let base_fee = block.header().inner.base_fee_per_gas;
+    Some(alloy_rpc_types_eth::Transaction {
+        effective_gas_price: Some(tx.effective_gas_price(base_fee)),
+        inner: Recovered::new_unchecked(tx.clone(), sender),
+        block_hash: Some(block.hash().0),
+        block_number: Some(block.height()),
+        transaction_index: Some(index as u64),
+        block_timestamp: Some(block.header().inner.timestamp),
+    })
+}
+
+/// `block` in the `eth_getBlockBy*` shape, with transaction objects when `full` is set.
+fn rpc_block(block: &Block, full: bool) -> RpcBlock {
+    let transactions = if full {
+        BlockTransactions::Full(
+            (0..block.transactions().len())
+                .filter_map(|index| rpc_transaction(block, index))
+                .collect(),
+        )
+    } else {
+        BlockTransactions::Hashes(
+            block
+                .transactions()
+                .iter()
+                .map(|tx| *tx.tx_hash())
+                .collect(),
+        )
+    };
+    let size = block
+        .raw_rlp()
+        .map_or_else(|| block.header().rlp_len(), |raw| raw.len());
+    RpcBlock {
+        header: RpcHeader {
+            inner: alloy_rpc_types_eth::Header {
+                hash: block.hash().0,
+                inner: block.header().clone(),
+                total_difficulty: None,
+                size: Some(U256::from(size)),
+            },
+            timestamp_millis: block.header().timestamp_millis(),
+        },
+        uncles: Vec::new(),
+        transactions,
+        withdrawals: block.body().and_then(|body| body.withdrawals.clone()),
     }
 }
 
@@ -151,12 +250,36 @@ fn internal(err: ReadError) -> ErrorObjectOwned {
 pub struct RpcHandlers<C> {
     chain: C,
     feed: FeedState,
+    chain_id: Option<u64>,
 }
 
 impl<C: ChainReader> RpcHandlers<C> {
-    /// Handlers serving `chain` and `feed`.
-    pub const fn new(chain: C, feed: FeedState) -> Self {
-        Self { chain, feed }
+    /// Handlers serving `chain` and `feed` of chain `chain_id`.
+    pub const fn new(chain: C, feed: FeedState, chain_id: Option<u64>) -> Self {
+        Self {
+            chain,
+            feed,
+            chain_id,
+        }
+    }
+
+    fn known_chain_id(&self) -> Result<u64, ErrorObjectOwned> {
+        self.chain_id
+            .ok_or_else(|| missing("this node's chain profile has no chain id"))
+    }
+
+    /// The served block at a number or tag, if any.
+    async fn block_at_number(&self, number: BlockNumberOrTag) -> RpcResult<Option<Block>> {
+        let height = self.height_of(number);
+        self.chain.block_at(height).await.map_err(internal)
+    }
+
+    /// The served block with hash `hash`, if any.
+    async fn block_with_hash(&self, hash: B256) -> RpcResult<Option<Block>> {
+        self.chain
+            .block_by_hash(Digest(hash))
+            .await
+            .map_err(internal)
     }
 
     fn tip(&self) -> Result<u64, ErrorObjectOwned> {
@@ -269,23 +392,97 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
         Ok(U64::from(self.chain.finalized_height().unwrap_or(0)))
     }
 
+    async fn chain_id(&self) -> RpcResult<U64> {
+        Ok(U64::from(self.known_chain_id()?))
+    }
+
+    async fn net_version(&self) -> RpcResult<String> {
+        Ok(self.known_chain_id()?.to_string())
+    }
+
+    async fn client_version(&self) -> RpcResult<String> {
+        Ok(CLIENT_VERSION.to_string())
+    }
+
+    async fn syncing(&self) -> RpcResult<SyncStatus> {
+        let current = self.chain.finalized_height().unwrap_or(0);
+        Ok(match self.feed.sync_progress() {
+            Some(progress) if progress.highest > current => SyncStatus::Info(Box::new(SyncInfo {
+                starting_block: U256::from(progress.starting),
+                current_block: U256::from(current),
+                highest_block: U256::from(progress.highest),
+                ..SyncInfo::default()
+            })),
+            _ => SyncStatus::None,
+        })
+    }
+
     async fn block_by_number(
         &self,
         number: BlockNumberOrTag,
         full: Option<bool>,
     ) -> RpcResult<Option<RpcBlock>> {
-        let height = self.height_of(number);
-        let block = self.chain.block_at(height).await.map_err(internal)?;
-        Ok(block.map(|block| RpcBlock::new(block, full.unwrap_or(false))))
+        let block = self.block_at_number(number).await?;
+        Ok(block.map(|block| rpc_block(&block, full.unwrap_or(false))))
     }
 
     async fn block_by_hash(&self, hash: B256, full: Option<bool>) -> RpcResult<Option<RpcBlock>> {
-        let block = self
+        let block = self.block_with_hash(hash).await?;
+        Ok(block.map(|block| rpc_block(&block, full.unwrap_or(false))))
+    }
+
+    async fn transaction_count_by_number(
+        &self,
+        number: BlockNumberOrTag,
+    ) -> RpcResult<Option<U64>> {
+        let block = self.block_at_number(number).await?;
+        Ok(block.map(|block| U64::from(block.transactions().len())))
+    }
+
+    async fn transaction_count_by_hash(&self, hash: B256) -> RpcResult<Option<U64>> {
+        let block = self.block_with_hash(hash).await?;
+        Ok(block.map(|block| U64::from(block.transactions().len())))
+    }
+
+    async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<RpcTransaction>> {
+        let found = self
             .chain
-            .block_by_hash(Digest(hash))
+            .transaction_by_hash(hash)
             .await
             .map_err(internal)?;
-        Ok(block.map(|block| RpcBlock::new(block, full.unwrap_or(false))))
+        Ok(found.and_then(|(block, index)| rpc_transaction(&block, index)))
+    }
+
+    async fn transaction_by_number_and_index(
+        &self,
+        number: BlockNumberOrTag,
+        index: Index,
+    ) -> RpcResult<Option<RpcTransaction>> {
+        let block = self.block_at_number(number).await?;
+        Ok(block.and_then(|block| rpc_transaction(&block, index.0)))
+    }
+
+    async fn transaction_by_hash_and_index(
+        &self,
+        hash: B256,
+        index: Index,
+    ) -> RpcResult<Option<RpcTransaction>> {
+        let block = self.block_with_hash(hash).await?;
+        Ok(block.and_then(|block| rpc_transaction(&block, index.0)))
+    }
+
+    async fn raw_transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Bytes>> {
+        let found = self
+            .chain
+            .transaction_by_hash(hash)
+            .await
+            .map_err(internal)?;
+        Ok(found.and_then(|(block, index)| {
+            block
+                .transactions()
+                .get(index)
+                .map(|tx| Bytes::from(tx.encoded_2718()))
+        }))
     }
 
     async fn raw_block(&self, id: BlockId) -> RpcResult<Bytes> {
@@ -351,7 +548,7 @@ pub async fn start<C: ChainReader>(
         addr: addr.to_string(),
         error,
     })?;
-    let handlers = RpcHandlers::new(chain, feed);
+    let handlers = RpcHandlers::new(chain, feed, config.chain_id);
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());
     module
         .merge(BlockApiServer::into_rpc(handlers))

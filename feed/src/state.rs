@@ -41,6 +41,13 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
         &self,
         hash: cairn_primitives::Digest,
     ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send;
+
+    /// The served block holding the transaction with hash `hash`, and the transaction's
+    /// position in it, if indexed.
+    fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> impl Future<Output = Result<Option<(cairn_primitives::Block, usize)>, ReadError>> + Send;
 }
 
 /// An event as published: the typed value and its JSON, serialized once for all subscribers.
@@ -56,6 +63,16 @@ pub struct PublishedEvent {
 struct Inner {
     latest: RwLock<Option<CertifiedBlock>>,
     events: broadcast::Sender<Arc<PublishedEvent>>,
+    sync: RwLock<Option<SyncProgress>>,
+}
+
+/// How far a catching-up node is, for `eth_syncing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Height the node stood at when this catch-up began.
+    pub starting: u64,
+    /// The highest height announced by the node's upstreams.
+    pub highest: u64,
 }
 
 /// The latest finalized block and the event stream (cheap to clone; clones share state).
@@ -72,6 +89,7 @@ impl FeedState {
             inner: Arc::new(Inner {
                 latest: RwLock::new(None),
                 events,
+                sync: RwLock::new(None),
             }),
         }
     }
@@ -109,6 +127,33 @@ impl FeedState {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Records the height upstreams announce; the first call (and the first after the node
+    /// caught up) fixes the starting height of this catch-up at `current`.
+    pub fn set_sync_target(&self, current: u64, highest: u64) {
+        let mut sync = self
+            .inner
+            .sync
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *sync = if highest <= current {
+            None
+        } else {
+            Some(SyncProgress {
+                starting: sync.map_or(current, |progress| progress.starting),
+                highest,
+            })
+        };
+    }
+
+    /// The catch-up in progress, if the node is behind what its upstreams announce.
+    pub fn sync_progress(&self) -> Option<SyncProgress> {
+        *self
+            .inner
+            .sync
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A new subscription to the event stream.

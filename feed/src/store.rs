@@ -1,14 +1,18 @@
 //! On-disk block storage a node serves from: a commonware-storage immutable archive of blocks,
-//! indexed by height and keyed by hash. Writes are synced before they return.
+//! indexed by height and keyed by hash, and a persisted index from transaction hash to its block
+//! and position. Writes are synced before they return.
 
+use alloy_primitives::B256;
+use bytes::BufMut;
 use cairn_primitives::{Block, BlockCodecConfig, Digest};
+use commonware_codec::{Buf, Error as CodecError, FixedSize, Read, ReadExt, Write};
 use commonware_runtime::{Clock, Metrics, Storage, buffer::paged::CacheRef};
 use commonware_storage::archive::{Archive, Identifier, immutable};
 use std::{
     num::{NonZeroU16, NonZeroU64, NonZeroUsize},
     sync::Arc,
 };
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 /// The storage context a store needs (the commonware tokio or deterministic runtime).
 pub trait StoreContext: Storage + Clock + Metrics + Send + Sync + 'static {}
@@ -113,6 +117,38 @@ impl<A: Archive> SharedArchive<A> {
         Ok(())
     }
 
+    /// Stores `value` at `index` under `key` without syncing (an index already stored is kept).
+    pub async fn put(
+        &self,
+        index: u64,
+        key: A::Key,
+        value: &A::Value,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.inner.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        let archive = archive
+            .put(index, key, value)
+            .await
+            .map_err(|error| StoreError::Archive { what, error })?;
+        *guard = Some(archive);
+        Ok(())
+    }
+
+    /// Whether `identifier` is stored.
+    pub async fn has(
+        &self,
+        identifier: Identifier<'_, A::Key>,
+        what: &'static str,
+    ) -> Result<bool, StoreError> {
+        let guard = self.inner.read().await;
+        let archive = guard.as_ref().ok_or(StoreError::Poisoned)?;
+        archive
+            .has(identifier)
+            .await
+            .map_err(|error| StoreError::Archive { what, error })
+    }
+
     /// The value at `identifier`.
     pub async fn get(
         &self,
@@ -141,15 +177,56 @@ impl<A: Archive> SharedArchive<A> {
     }
 }
 
-/// Blocks by height and hash (cheap to clone; clones share state).
+/// Where a transaction sits: its block's height and its position in the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxLocation {
+    /// Height of the block holding the transaction.
+    pub height: u64,
+    /// Position of the transaction in the block.
+    pub index: u32,
+}
+
+impl Write for TxLocation {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.height.write(buf);
+        self.index.write(buf);
+    }
+}
+
+impl FixedSize for TxLocation {
+    const SIZE: usize = u64::SIZE + u32::SIZE;
+}
+
+impl Read for TxLocation {
+    type Cfg = ();
+
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(Self {
+            height: u64::read(buf)?,
+            index: u32::read(buf)?,
+        })
+    }
+}
+
+/// Blocks by height and hash, and transactions by hash (cheap to clone; clones share state).
+///
+/// The transaction index is an immutable archive keyed by transaction hash, its entries numbered
+/// in the order they were written (memory stays small: keys live in the on-disk freezer). A
+/// block's entries are written and synced before the block itself, so a crash between the two
+/// leaves at most entries whose block is missing; reads check the block, and storing the block
+/// again skips the entries already there.
 pub struct BlockStore<E: StoreContext> {
     archive: SharedArchive<immutable::Archive<E, Digest, Block>>,
+    transactions: SharedArchive<immutable::Archive<E, Digest, TxLocation>>,
+    next_entry: Arc<Mutex<u64>>,
 }
 
 impl<E: StoreContext> Clone for BlockStore<E> {
     fn clone(&self) -> Self {
         Self {
             archive: self.archive.clone(),
+            transactions: self.transactions.clone(),
+            next_entry: self.next_entry.clone(),
         }
     }
 }
@@ -158,16 +235,28 @@ impl<E: StoreContext> BlockStore<E> {
     /// Opens (or creates) the store in partitions named after `prefix`.
     pub async fn open(context: E, prefix: &str, page_cache: CacheRef) -> Result<Self, StoreError> {
         let archive = immutable::Archive::init(
-            context,
-            archive_config(prefix, page_cache, BlockCodecConfig::default()),
+            context.child("blocks"),
+            archive_config(prefix, page_cache.clone(), BlockCodecConfig::default()),
         )
         .await
         .map_err(|error| StoreError::Archive {
             what: "opening blocks",
             error,
         })?;
+        let transactions = immutable::Archive::init(
+            context.child("transactions"),
+            archive_config(&format!("{prefix}-transactions"), page_cache, ()),
+        )
+        .await
+        .map_err(|error| StoreError::Archive {
+            what: "opening the transaction index",
+            error,
+        })?;
+        let next_entry = transactions.last_index().map_or(0, |last| last + 1);
         Ok(Self {
             archive: SharedArchive::new(archive),
+            transactions: SharedArchive::new(transactions),
+            next_entry: Arc::new(Mutex::new(next_entry)),
         })
     }
 
@@ -176,11 +265,48 @@ impl<E: StoreContext> BlockStore<E> {
         self.archive.last_index().await
     }
 
-    /// Stores `block` at its height and syncs it; a height already stored is left unchanged.
+    /// Stores `block` at its height and indexes its transactions, syncing both; a height
+    /// already stored is left unchanged.
     pub async fn put(&self, block: &Block) -> Result<(), StoreError> {
+        self.index_transactions(block).await?;
         self.archive
             .put_sync(block.height(), block.hash(), block, "writing a block")
             .await
+    }
+
+    /// Writes the index entries of `block` that are not there yet, with one sync.
+    async fn index_transactions(&self, block: &Block) -> Result<(), StoreError> {
+        use alloy_consensus::transaction::TxHashRef as _;
+        if block.transactions().is_empty() {
+            return Ok(());
+        }
+        let mut next_entry = self.next_entry.lock().await;
+        let mut wrote = false;
+        for (index, tx) in block.transactions().iter().enumerate() {
+            let key = Digest(*tx.tx_hash());
+            if self
+                .transactions
+                .has(Identifier::Key(&key), "reading the transaction index")
+                .await?
+            {
+                continue;
+            }
+            let location = TxLocation {
+                height: block.height(),
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+            };
+            self.transactions
+                .put(*next_entry, key, &location, "indexing a transaction")
+                .await?;
+            *next_entry += 1;
+            wrote = true;
+        }
+        if wrote {
+            self.transactions
+                .sync("syncing the transaction index")
+                .await?;
+        }
+        Ok(())
     }
 
     /// The block at `height`.
@@ -197,8 +323,35 @@ impl<E: StoreContext> BlockStore<E> {
             .await
     }
 
+    /// The stored block holding the transaction with hash `hash`, and its position in it.
+    pub async fn transaction(&self, hash: B256) -> Result<Option<(Block, usize)>, StoreError> {
+        use alloy_consensus::transaction::TxHashRef as _;
+        let Some(location) = self
+            .transactions
+            .get(
+                Identifier::Key(&Digest(hash)),
+                "reading the transaction index",
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(block) = self.get(location.height).await? else {
+            return Ok(None);
+        };
+        let index = location.index as usize;
+        let found = block
+            .transactions()
+            .get(index)
+            .is_some_and(|tx| *tx.tx_hash() == hash);
+        Ok(found.then_some((block, index)))
+    }
+
     /// Syncs pending writes (every `put` already syncs; this is for shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
+        self.transactions
+            .sync("syncing the transaction index")
+            .await?;
         self.archive.sync("syncing blocks").await
     }
 }

@@ -62,4 +62,14 @@ impl<P: ExecutionProvider> ChainReader for FollowerChain<P> {
         // The store may hold a block a moment before the watermark names it.
         Ok(block.filter(|block| block.height() <= self.execution.finalized_height()))
     }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        self.execution
+            .transaction_by_hash(hash)
+            .await
+            .map_err(read_error)
+    }
 }

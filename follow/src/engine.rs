@@ -160,7 +160,7 @@ pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
         .genesis_header
         .clone()
         .ok_or_else(|| EngineError::NoGenesisHeader(profile.name.clone()))?;
-    if header.extra_data().as_ref() != profile.genesis.to_bytes().as_slice() {
+    if header.inner.extra_data.as_ref() != profile.genesis.to_bytes().as_slice() {
         return Err(EngineError::GenesisOutcome(profile.name.clone()));
     }
     Ok(Block::header_only(header))

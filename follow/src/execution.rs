@@ -2,6 +2,7 @@
 //! height, headers and blocks by number or hash, and a durable "this block is finalized"), and
 //! the embedded on-disk implementation used until a real execution client plugs in here.
 
+use alloy_primitives::B256;
 use cairn_feed::{BlockStore, StoreContext, StoreError, store::page_cache};
 use cairn_primitives::{Block, Digest, TempoHeader};
 use std::{
@@ -79,6 +80,12 @@ pub trait ExecutionProvider: Clone + Send + Sync + 'static {
         &self,
         digest: Digest,
     ) -> impl Future<Output = Result<Option<Block>, ExecutionError>> + Send;
+
+    /// The finalized block holding the transaction with hash `hash`, and its position in it.
+    fn transaction_by_hash(
+        &self,
+        hash: B256,
+    ) -> impl Future<Output = Result<Option<(Block, usize)>, ExecutionError>> + Send;
 
     /// Makes `block` the finalized tip; it is durable when this returns. Blocks must arrive in
     /// height order and extend the tip; offering an already finalized block again is a no-op.
@@ -175,6 +182,15 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
 
     async fn block_by_hash(&self, digest: Digest) -> Result<Option<Block>, ExecutionError> {
         Ok(self.blocks.get_by_hash(digest).await?)
+    }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: B256,
+    ) -> Result<Option<(Block, usize)>, ExecutionError> {
+        let found = self.blocks.transaction(hash).await?;
+        let tip = self.tip().height;
+        Ok(found.filter(|(block, _)| block.height() <= tip))
     }
 
     async fn finalize(&self, block: Block) -> Result<(), ExecutionError> {

@@ -131,7 +131,10 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         &args.rpc_addr,
         devnet.store().clone(),
         feed.clone(),
-        RpcConfig::default(),
+        RpcConfig {
+            chain_id: profile.chain_id,
+            ..RpcConfig::default()
+        },
     )
     .await?;
     println!("rpc listening on {} (ws and http)", server.local_addr);

@@ -94,7 +94,10 @@ async fn follow(
                 addr,
                 follower.chain.clone(),
                 follower.feed.clone(),
-                RpcConfig::default(),
+                RpcConfig {
+                    chain_id: profile.chain_id,
+                    ..RpcConfig::default()
+                },
             )
             .await
             .wrap_err_with(|| format!("--rpc-addr {addr}"))?;
@@ -126,6 +129,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     let mut executed = follower.executed.clone();
     let upstream = follower.upstream.clone();
     let provider = follower.provider.clone();
+    let feed = follower.feed.clone();
     let stopped = follower.stopped();
     tokio::pin!(stopped);
     let shutdown = shutdown_signal();
@@ -149,6 +153,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                 let height = *executed.borrow_and_update();
                 let status = upstream.borrow().clone();
                 let target = status.announced_height.max(height);
+                feed.set_sync_target(height, target);
                 let elapsed = last.0.elapsed().as_secs_f64();
                 let rate = height.saturating_sub(last.1) as f64 / elapsed.max(1e-3);
                 last = (Instant::now(), height);

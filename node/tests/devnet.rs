@@ -4,7 +4,7 @@
 //! JSON-RPC errors, and a restart continues the chain.
 
 use cairn_epoch::{ChainProfile, decode_certificate};
-use cairn_primitives::{Block, CertifiedBlock, Event, Query};
+use cairn_primitives::{Block, CertifiedBlock, Event, HeaderExt as _, Query};
 use cairn_tests::{
     process::{CairnProcess, finalization},
     verify_chain,

@@ -223,3 +223,93 @@ async fn bad_command_lines_fail_clearly() {
     first.stop();
     second.stop();
 }
+
+/// A standard Ethereum client library (alloy's provider with Tempo's own `tempo-alloy` network
+/// types) connects to a follower, reads blocks with full transaction objects, and finds every
+/// transaction by hash with the same fields as in its block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_ethereum_client_reads_blocks_and_transactions_from_a_follower() {
+    use alloy_provider::{Provider, ProviderBuilder};
+    use tempo_alloy::TempoNetwork;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet_dir = dir.path().join("devnet");
+    let devnet = start_devnet(&devnet_dir, "127.0.0.1:0", "4321");
+    let follower = start_follower(
+        &devnet_dir.join("chain.json"),
+        &devnet.addr,
+        &dir.path().join("follower"),
+        &dir.path().join("follower.log"),
+    );
+    wait_for_height(&follower.http(), 12, Duration::from_secs(120)).await;
+
+    let url = format!("http://{}", follower.addr)
+        .parse()
+        .expect("follower url");
+    let provider = ProviderBuilder::new_with_network::<TempoNetwork>().connect_http(url);
+    assert_eq!(provider.get_chain_id().await.expect("eth_chainId"), 4321);
+    let version = provider
+        .get_client_version()
+        .await
+        .expect("web3_clientVersion");
+    assert!(version.starts_with("cairn/"), "{version}");
+    assert!(provider.get_block_number().await.expect("eth_blockNumber") >= 12);
+
+    let mut types = std::collections::BTreeSet::new();
+    for height in 1..=12u64 {
+        let block = provider
+            .get_block_by_number(height.into())
+            .full()
+            .await
+            .unwrap_or_else(|err| panic!("block {height}: {err}"))
+            .unwrap_or_else(|| panic!("block {height} is served"));
+        assert_eq!(block.header.inner.inner.inner.number, height);
+        let transactions = block
+            .transactions
+            .as_transactions()
+            .unwrap_or_else(|| panic!("block {height} has full transactions"));
+        assert!(!transactions.is_empty(), "block {height} has transactions");
+        for (index, tx) in transactions.iter().enumerate() {
+            use alloy_consensus::{Typed2718 as _, transaction::TxHashRef as _};
+            types.insert(tx.inner.inner().ty());
+            assert_eq!(tx.block_number, Some(height));
+            assert_eq!(tx.transaction_index, Some(index as u64));
+            assert_eq!(tx.block_hash, Some(block.header.inner.hash));
+            let hash = *tx.inner.inner().tx_hash();
+            let by_hash = provider
+                .get_transaction_by_hash(hash)
+                .await
+                .expect("eth_getTransactionByHash")
+                .unwrap_or_else(|| panic!("transaction {hash} is indexed"));
+            assert_eq!(
+                serde_json::to_value(&by_hash).expect("serializes"),
+                serde_json::to_value(tx).expect("serializes"),
+                "transaction {hash} by hash equals the one in block {height}"
+            );
+            let raw = provider
+                .get_raw_transaction_by_hash(hash)
+                .await
+                .expect("eth_getRawTransactionByHash")
+                .expect("raw transaction served");
+            use alloy_eips::eip2718::Encodable2718 as _;
+            assert_eq!(raw.as_ref(), tx.inner.inner().encoded_2718().as_slice());
+        }
+        let count = provider
+            .get_block_transaction_count_by_number(height.into())
+            .await
+            .expect("eth_getBlockTransactionCountByNumber");
+        assert_eq!(count, Some(transactions.len() as u64));
+    }
+    assert_eq!(
+        types,
+        [0x00u8, 0x02, 0x76].into_iter().collect(),
+        "legacy, EIP-1559 and Tempo transactions are all read"
+    );
+    let unknown = provider
+        .get_transaction_by_hash(alloy_primitives::B256::repeat_byte(0xab))
+        .await
+        .expect("eth_getTransactionByHash");
+    assert!(unknown.is_none());
+    follower.stop();
+    devnet.stop();
+}

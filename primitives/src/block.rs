@@ -1,28 +1,26 @@
-//! A Tempo block: a header plus, when known, a body of raw EIP-2718 transactions whose
-//! transactions root matches the header. Header-only blocks are real data (RPC answers often
-//! carry only the header), so the body is optional.
+//! A Tempo block: Tempo's own header and, when known, Tempo's own body (typed transactions
+//! `TempoTxEnvelope`, no ommers, empty withdrawals), checked against the header's roots.
+//! Header-only blocks are real data (RPC answers and fixtures often carry only the header), so
+//! the body is optional.
+//!
+//! The JSON form is Tempo's (`{"header": {...}, "body": {"transactions": [...], "ommers": [],
+//! "withdrawals": [...]}}`), the raw form is the execution clients' RLP block
+//! (`debug_getRawBlock`), and the storage codec wraps the header and body RLP with bounded
+//! length prefixes.
 
-use crate::{Digest, TempoHeader, header::HeaderDecodeError};
-use alloy_primitives::{B256, Bytes};
-use alloy_rlp::{Decodable, Encodable};
+use crate::{Digest, TempoHeader, header::HeaderDecodeError, header::HeaderExt};
+use alloy_consensus::proofs::calculate_transaction_root;
+use alloy_eips::eip4895::Withdrawals;
+use alloy_primitives::B256;
+use alloy_rlp::{Decodable, Encodable, RlpEncodable};
 use bytes::BufMut;
 use commonware_codec::{Buf, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write};
 use commonware_cryptography::Digestible;
 use serde::{Deserialize, Serialize};
+use tempo_primitives::TempoTxEnvelope;
 
-/// The transactions of a block, each the raw EIP-2718 encoding of one transaction.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Body {
-    /// Raw EIP-2718 transaction bytes, in block order.
-    pub transactions: Vec<Bytes>,
-}
-
-impl Body {
-    /// The ordered-trie root of the raw transactions, as stored in `transactionsRoot`.
-    pub fn transactions_root(&self) -> B256 {
-        alloy_trie::root::ordered_trie_root_encoded(&self.transactions)
-    }
-}
+/// The body of a Tempo block: Tempo's `BlockBody` (transactions, ommers, withdrawals).
+pub type Body = tempo_primitives::BlockBody;
 
 /// Why a block was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,9 +28,6 @@ pub enum BlockError {
     /// The raw block is not well-formed RLP of the expected shape.
     #[error("malformed block RLP: {0}")]
     Rlp(alloy_rlp::Error),
-    /// The raw block has ommers or withdrawals, which Tempo blocks never carry.
-    #[error("raw block carries {0}, which Tempo blocks never have")]
-    UnexpectedSection(&'static str),
     /// A complete raw block was followed by more bytes.
     #[error("{0} trailing bytes after the raw block")]
     TrailingBytes(usize),
@@ -44,6 +39,48 @@ pub enum BlockError {
         /// Root computed from the body.
         body: B256,
     },
+    /// The body's ommers do not hash to the header's `sha3Uncles`.
+    #[error("ommers hash mismatch: header has {header}, body hashes to {body}")]
+    OmmersHashMismatch {
+        /// Hash in the header.
+        header: B256,
+        /// Hash computed from the body.
+        body: B256,
+    },
+    /// The body's withdrawals do not match the header's `withdrawalsRoot`.
+    #[error("withdrawals root mismatch: header has {header:?}, body hashes to {body:?}")]
+    WithdrawalsRootMismatch {
+        /// Root in the header (absent before Shanghai).
+        header: Option<B256>,
+        /// Root computed from the body (absent when the body has no withdrawals list).
+        body: Option<B256>,
+    },
+}
+
+/// Checks a body against the roots its header commits to: transactions, ommers, withdrawals.
+fn check_body(header: &TempoHeader, body: &Body) -> Result<(), BlockError> {
+    let transactions_root = calculate_transaction_root(&body.transactions);
+    if transactions_root != header.inner.transactions_root {
+        return Err(BlockError::TransactionsRootMismatch {
+            header: header.inner.transactions_root,
+            body: transactions_root,
+        });
+    }
+    let ommers_hash = body.calculate_ommers_root();
+    if ommers_hash != header.inner.ommers_hash {
+        return Err(BlockError::OmmersHashMismatch {
+            header: header.inner.ommers_hash,
+            body: ommers_hash,
+        });
+    }
+    let withdrawals_root = body.calculate_withdrawals_root();
+    if withdrawals_root != header.inner.withdrawals_root {
+        return Err(BlockError::WithdrawalsRootMismatch {
+            header: header.inner.withdrawals_root,
+            body: withdrawals_root,
+        });
+    }
+    Ok(())
 }
 
 /// A block with its hash computed once at construction.
@@ -56,24 +93,18 @@ pub struct Block {
 }
 
 impl Block {
-    /// Builds a block, checking the body (if any) against the header's transactions root.
+    /// Builds a block, checking the body (if any) against the header's roots.
     pub fn new(header: TempoHeader, body: Option<Body>) -> Result<Self, BlockError> {
         if let Some(body) = &body {
-            let computed = body.transactions_root();
-            if computed != header.inner.transactions_root {
-                return Err(BlockError::TransactionsRootMismatch {
-                    header: header.inner.transactions_root,
-                    body: computed,
-                });
-            }
+            check_body(&header, body)?;
         }
-        let hash = header.hash();
+        let hash = header.digest();
         Ok(Self { header, body, hash })
     }
 
     /// A block known only by its header.
     pub fn header_only(header: TempoHeader) -> Self {
-        let hash = header.hash();
+        let hash = header.digest();
         Self {
             header,
             body: None,
@@ -91,6 +122,13 @@ impl Block {
         self.body.as_ref()
     }
 
+    /// The transactions, empty when the body is unknown.
+    pub fn transactions(&self) -> &[TempoTxEnvelope] {
+        self.body
+            .as_ref()
+            .map_or(&[], |body| body.transactions.as_slice())
+    }
+
     /// The block hash (keccak256 of the header RLP).
     pub const fn hash(&self) -> Digest {
         self.hash
@@ -98,106 +136,50 @@ impl Block {
 
     /// Block height.
     pub const fn height(&self) -> u64 {
-        self.header.number()
+        self.header.inner.number
     }
 
     /// Hash of the parent block.
-    pub fn parent(&self) -> Digest {
-        commonware_consensus::Block::parent(self)
+    pub const fn parent(&self) -> Digest {
+        Digest(self.header.inner.parent_hash)
     }
 
     /// The raw block as execution clients serve it from `debug_getRawBlock`:
-    /// `rlp([header, [tx...], [], []?])`, where a typed transaction is an RLP string of its
-    /// EIP-2718 bytes, a legacy one its RLP list, and the empty withdrawals list is present when
-    /// the header has a withdrawals root. `None` for a block whose body is unknown.
+    /// `rlp([header, [tx...], [ommer...], [withdrawal...]?])`. `None` when the body is unknown.
     pub fn raw_rlp(&self) -> Option<Vec<u8>> {
         let body = self.body.as_ref()?;
-        let header = self.header.rlp();
-        let mut transactions = Vec::new();
-        for tx in &body.transactions {
-            if tx
-                .first()
-                .is_some_and(|first| *first >= alloy_rlp::EMPTY_LIST_CODE)
-            {
-                transactions.extend_from_slice(tx);
-            } else {
-                tx.as_ref().encode(&mut transactions);
-            }
-        }
-        let with_withdrawals = self.header.inner.withdrawals_root.is_some();
-        let mut payload = header;
-        alloy_rlp::Header {
-            list: true,
-            payload_length: transactions.len(),
-        }
-        .encode(&mut payload);
-        payload.extend_from_slice(&transactions);
-        payload.push(alloy_rlp::EMPTY_LIST_CODE);
-        if with_withdrawals {
-            payload.push(alloy_rlp::EMPTY_LIST_CODE);
-        }
-        let mut out = Vec::with_capacity(payload.len() + 9);
-        alloy_rlp::Header {
-            list: true,
-            payload_length: payload.len(),
-        }
-        .encode(&mut out);
-        out.extend_from_slice(&payload);
-        Some(out)
+        Some(alloy_rlp::encode(RawBlockRef {
+            header: &self.header,
+            transactions: &body.transactions,
+            ommers: &body.ommers,
+            withdrawals: body.withdrawals.as_ref(),
+        }))
     }
 
-    /// Decodes a raw block (the inverse of [`Block::raw_rlp`]), checking the transactions root.
+    /// Decodes a raw block (the inverse of [`Block::raw_rlp`]), checking the body's roots.
     pub fn decode_raw_rlp(bytes: &[u8]) -> Result<Self, BlockError> {
         let mut buf = bytes;
-        let mut payload =
-            alloy_rlp::Header::decode_bytes(&mut buf, true).map_err(BlockError::Rlp)?;
+        let block = tempo_primitives::Block::decode(&mut buf).map_err(BlockError::Rlp)?;
         if !buf.is_empty() {
             return Err(BlockError::TrailingBytes(buf.len()));
         }
-        let header = TempoHeader::decode(&mut payload).map_err(BlockError::Rlp)?;
-        let mut txs_payload =
-            alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
-        let mut transactions = Vec::new();
-        while !txs_payload.is_empty() {
-            let start = txs_payload;
-            let item = alloy_rlp::Header::decode(&mut txs_payload).map_err(BlockError::Rlp)?;
-            if item.payload_length > txs_payload.len() {
-                return Err(BlockError::Rlp(alloy_rlp::Error::InputTooShort));
-            }
-            let (content, rest) = txs_payload.split_at(item.payload_length);
-            let consumed = start.len() - rest.len();
-            transactions.push(if item.list {
-                Bytes::copy_from_slice(&start[..consumed])
-            } else {
-                Bytes::copy_from_slice(content)
-            });
-            txs_payload = rest;
-        }
-        let ommers =
-            alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
-        if !ommers.is_empty() {
-            return Err(BlockError::UnexpectedSection("ommers"));
-        }
-        if !payload.is_empty() {
-            let withdrawals =
-                alloy_rlp::Header::decode_bytes(&mut payload, true).map_err(BlockError::Rlp)?;
-            if !withdrawals.is_empty() {
-                return Err(BlockError::UnexpectedSection("withdrawals"));
-            }
-        }
-        if !payload.is_empty() {
-            return Err(BlockError::Rlp(alloy_rlp::Error::ListLengthMismatch {
-                expected: 0,
-                got: payload.len(),
-            }));
-        }
-        Self::new(header, Some(Body { transactions }))
+        Self::new(block.header, Some(block.body))
     }
 
     /// Splits the block into header and body.
     pub fn into_parts(self) -> (TempoHeader, Option<Body>) {
         (self.header, self.body)
     }
+}
+
+/// Borrowed fields of a raw block, encoded exactly as alloy's `Block` encodes.
+#[derive(RlpEncodable)]
+#[rlp(trailing(no_gaps))]
+struct RawBlockRef<'a> {
+    header: &'a TempoHeader,
+    transactions: &'a Vec<TempoTxEnvelope>,
+    ommers: &'a Vec<TempoHeader>,
+    withdrawals: Option<&'a Withdrawals>,
 }
 
 impl Digestible for Block {
@@ -210,7 +192,7 @@ impl Digestible for Block {
 
 impl commonware_consensus::Heightable for Block {
     fn height(&self) -> commonware_consensus::types::Height {
-        commonware_consensus::types::Height::new(self.header.number())
+        commonware_consensus::types::Height::new(self.header.inner.number)
     }
 }
 
@@ -221,7 +203,7 @@ impl commonware_consensus::Block for Block {
     }
 }
 
-/// The JSON shape of a block: `{"header": {...}, "body": {"transactions": ["0x..."]}}`.
+/// Tempo's JSON shape of a block: `{"header": {...}, "body": {...}}`, the body optional.
 #[derive(Serialize, Deserialize)]
 struct BlockJson {
     header: TempoHeader,
@@ -250,24 +232,25 @@ impl From<Block> for BlockJson {
 pub struct BlockCodecConfig {
     /// Largest accepted header encoding, in bytes.
     pub max_header_bytes: usize,
+    /// Largest accepted body encoding, in bytes.
+    pub max_body_bytes: usize,
     /// Most transactions accepted in one body.
     pub max_transactions: usize,
-    /// Largest accepted single transaction, in bytes.
-    pub max_transaction_bytes: usize,
 }
 
 impl Default for BlockCodecConfig {
     fn default() -> Self {
         Self {
             max_header_bytes: 256 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
             max_transactions: 65_536,
-            max_transaction_bytes: 128 * 1024,
         }
     }
 }
 
-/// Codec layout (for marshal storage): `header_rlp: bytes || has_body: u8 ||
-/// [varint(n) || n x bytes]`, where `bytes` is `varint(len) || len` bytes.
+/// Codec layout (for marshal storage): `header_rlp: bytes || has_body: u8 || [body_rlp: bytes]`,
+/// where `bytes` is `varint(len) || len` bytes and `body_rlp` is the RLP list
+/// `[[tx...], [ommer...], [withdrawal...]?]`.
 impl Write for Block {
     fn write(&self, buf: &mut impl BufMut) {
         let header_rlp = self.header.rlp();
@@ -275,11 +258,8 @@ impl Write for Block {
         buf.put_slice(&header_rlp);
         self.body.is_some().write(buf);
         if let Some(body) = &self.body {
-            body.transactions.len().write(buf);
-            for tx in &body.transactions {
-                tx.len().write(buf);
-                buf.put_slice(tx);
-            }
+            body.length().write(buf);
+            body.encode(buf);
         }
     }
 }
@@ -287,14 +267,10 @@ impl Write for Block {
 impl EncodeSize for Block {
     fn encode_size(&self) -> usize {
         let header_len = self.header.rlp_len();
-        let body_len = self.body.as_ref().map_or(0, |body| {
-            body.transactions.len().encode_size()
-                + body
-                    .transactions
-                    .iter()
-                    .map(|tx| tx.len().encode_size() + tx.len())
-                    .sum::<usize>()
-        });
+        let body_len = self
+            .body
+            .as_ref()
+            .map_or(0, |body| body.length().encode_size() + body.length());
         header_len.encode_size() + header_len + true.encode_size() + body_len
     }
 }
@@ -310,22 +286,32 @@ impl Read for Block {
                 CodecError::Invalid("Block", "trailing bytes after header RLP")
             }
         })?;
-        let has_body = bool::read(buf)?;
-        let body = if has_body {
-            let transactions = Vec::<bytes::Bytes>::read_cfg(
-                buf,
-                &(
-                    RangeCfg::new(..=cfg.max_transactions),
-                    RangeCfg::new(..=cfg.max_transaction_bytes),
-                ),
-            )?;
-            Some(Body {
-                transactions: transactions.into_iter().map(Bytes).collect(),
-            })
+        let body = if bool::read(buf)? {
+            let body_bytes = bytes::Bytes::read_cfg(buf, &RangeCfg::new(..=cfg.max_body_bytes))?;
+            let mut slice = body_bytes.as_ref();
+            let body = Body::decode(&mut slice)
+                .map_err(|_| CodecError::Invalid("Block", "malformed body RLP"))?;
+            if !slice.is_empty() {
+                return Err(CodecError::Invalid(
+                    "Block",
+                    "trailing bytes after body RLP",
+                ));
+            }
+            if body.transactions.len() > cfg.max_transactions {
+                return Err(CodecError::InvalidLength(body.transactions.len()));
+            }
+            Some(body)
         } else {
             None
         };
-        Self::new(header, body)
-            .map_err(|_| CodecError::Invalid("Block", "transactions root mismatch"))
+        Self::new(header, body).map_err(|err| match err {
+            BlockError::TransactionsRootMismatch { .. } => {
+                CodecError::Invalid("Block", "transactions root mismatch")
+            }
+            BlockError::OmmersHashMismatch { .. } => {
+                CodecError::Invalid("Block", "ommers hash mismatch")
+            }
+            _ => CodecError::Invalid("Block", "withdrawals root mismatch"),
+        })
     }
 }

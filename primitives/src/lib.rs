@@ -1,5 +1,6 @@
-//! Tempo-compatible chain types for cairn: the block header (RLP, keccak256 hash, JSON),
-//! blocks with raw EIP-2718 bodies, the 32-byte [`Digest`] used by consensus, and the
+//! Tempo-compatible chain types for cairn, built on Tempo's own `tempo-primitives`: the block
+//! (Tempo's header and typed-transaction body, checked against the header's roots, with its
+//! JSON, raw RLP and storage codec), the 32-byte [`Digest`] used by consensus, and the
 //! `consensus` RPC wire types.
 
 mod block;
@@ -7,7 +8,9 @@ mod digest;
 mod header;
 pub mod rpc;
 
+pub use alloy_consensus::BlockHeader;
 pub use block::{Block, BlockCodecConfig, BlockError, Body};
 pub use digest::Digest;
-pub use header::{ConsensusContext, HeaderDecodeError, TempoHeader};
+pub use header::{HeaderDecodeError, HeaderExt, TempoConsensusContext, TempoHeader};
 pub use rpc::{CertifiedBlock, ConsensusState, Event, Query};
+pub use tempo_primitives::{TempoTxEnvelope, ed25519::PublicKey as ProposerKey};

@@ -8,7 +8,9 @@ use cairn_dkg::Identity;
 use cairn_dkg::{CeremonyOutput, DkgOutcome, trusted_deal};
 use cairn_epoch::{ChainProfile, CommitteeSigner, FinalizationVerifier, encode_certificate};
 use cairn_feed::{ChainReader, ReadError};
-use cairn_primitives::{Block, Body, CertifiedBlock, ConsensusContext, TempoHeader};
+use cairn_primitives::{
+    Block, Body, CertifiedBlock, ProposerKey, TempoConsensusContext, TempoHeader,
+};
 use commonware_consensus::types::{Epoch, Round, View};
 use commonware_cryptography::{
     Signer,
@@ -179,6 +181,10 @@ impl ChainReader for EmptyChain {
     async fn block_by_hash(&self, _: cairn_primitives::Digest) -> Result<Option<Block>, ReadError> {
         Ok(None)
     }
+
+    async fn transaction_by_hash(&self, _: B256) -> Result<Option<(Block, usize)>, ReadError> {
+        Ok(None)
+    }
 }
 
 /// An in-memory chain for serving over RPC in tests (a stand-in for a node's store).
@@ -234,6 +240,23 @@ impl ChainReader for MemoryChain {
             .filter_map(|certified| certified.block.clone())
             .find(|block| block.hash() == hash))
     }
+
+    async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {
+        use alloy_consensus::transaction::TxHashRef as _;
+        Ok(self
+            .blocks
+            .read()
+            .expect("lock")
+            .values()
+            .filter_map(|certified| certified.block.clone())
+            .find_map(|block| {
+                let index = block
+                    .transactions()
+                    .iter()
+                    .position(|tx| *tx.tx_hash() == hash)?;
+                Some((block, index))
+            }))
+    }
 }
 
 /// Connects to `ws://{addr}` and subscribes to `consensus_event` notifications.
@@ -261,19 +284,31 @@ pub async fn subscribe(
     (client, subscription)
 }
 
-/// A block at `height` with a few raw transactions and the given `extraData`.
+/// The proposer key written into test headers (a valid ed25519 point, as Tempo's decoder checks).
+pub fn test_proposer() -> ProposerKey {
+    let key = PrivateKey::from_seed(1).public_key();
+    ProposerKey::try_from(B256::from_slice(&commonware_codec::Encode::encode(&key)))
+        .expect("an ed25519 public key is a valid proposer")
+}
+
+/// A block at `height` with the devnet's real signed transactions for that height (EIP-1559,
+/// Tempo 0x76 and legacy) and the given `extraData`.
 pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Block {
-    let transactions: Vec<Bytes> = (0..3u8)
-        .map(|i| Bytes::from(vec![0x02, i, (height % 251) as u8, 0xc0]))
-        .collect();
-    let body = Body { transactions };
+    let transactions = cairn_devnet::transactions::TransactionFactory::new(1337, 1_000_000_000)
+        .transactions(height.max(1))
+        .expect("devnet keys sign");
+    let body = Body {
+        transactions,
+        ommers: Vec::new(),
+        withdrawals: None,
+    };
     let inner = alloy_consensus::Header {
         parent_hash: B256::with_last_byte((height % 256) as u8),
         number: height,
         gas_limit: 30_000_000,
         timestamp: 1_700_000_000 + height,
         extra_data: Bytes::from(extra_data),
-        transactions_root: body.transactions_root(),
+        transactions_root: alloy_consensus::proofs::calculate_transaction_root(&body.transactions),
         base_fee_per_gas: Some(1_000_000_000),
         ..Default::default()
     };
@@ -282,14 +317,14 @@ pub fn test_block(height: u64, epoch: u64, view: u64, extra_data: Vec<u8>) -> Bl
         shared_gas_limit: 0,
         timestamp_millis_part: 250,
         inner,
-        consensus_context: Some(ConsensusContext {
+        consensus_context: Some(TempoConsensusContext {
             epoch,
             view,
             parent_view: view.saturating_sub(1),
-            proposer: B256::repeat_byte(0x11),
+            proposer: test_proposer(),
         }),
     };
-    Block::new(header, Some(body)).expect("body matches its root")
+    Block::new(header, Some(body)).expect("body matches its roots")
 }
 
 /// A genesis block and `count` blocks on top of it, each the parent of the next.

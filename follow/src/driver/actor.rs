@@ -6,8 +6,10 @@ use crate::{
     registry::{EpochRegistry, RegistryError},
     upstream::Notification,
 };
-use cairn_dkg::{DkgOutcome, OutcomeError, OutcomeLimits};
-use cairn_epoch::{EpochStrategy, FinalizationVerifier, Registration, VerifiedBlock, VerifyError};
+use cairn_dkg::OutcomeLimits;
+use cairn_epoch::{
+    EpochStrategy, FinalizationVerifier, Registration, VerifiedBlock, VerifyError, boundary_outcome,
+};
 use cairn_feed::StoreContext;
 use cairn_primitives::{Block, CertifiedBlock, Event};
 use commonware_consensus::{
@@ -28,25 +30,14 @@ pub enum DriverError {
     /// The epoch registry failed (or conflicts with a delivered boundary).
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A finalized boundary block carries no valid outcome: the chain cannot be followed past it.
-    #[error("finalized boundary block {height} carries no valid DKG outcome: {error}")]
-    BoundaryOutcome {
+    /// A finalized boundary block carries no valid outcome for the next epoch: the chain cannot
+    /// be followed past it.
+    #[error("finalized boundary block {height}: {error}")]
+    Boundary {
         /// Height of the boundary block.
         height: u64,
-        /// The decode error.
-        error: OutcomeError,
-    },
-    /// A finalized boundary block carries the outcome of another epoch.
-    #[error(
-        "finalized boundary block {height} carries the outcome for epoch {found}, expected {expected}"
-    )]
-    OutcomeEpoch {
-        /// Height of the boundary block.
-        height: u64,
-        /// The epoch expected.
-        expected: u64,
-        /// The epoch found.
-        found: u64,
+        /// What is wrong with its outcome.
+        error: VerifyError,
     },
     /// Marshal stopped dispatching.
     #[error("marshal stopped")]
@@ -251,17 +242,9 @@ impl<E: StoreContext> Actor<E> {
     async fn register_next_epoch(&mut self, block: &Block) -> Result<bool, DriverError> {
         let height = block.height();
         let epoch = self.epochs.epoch_of(height).get();
-        let outcome =
-            DkgOutcome::decode_with(block.header().extra_data(), &OutcomeLimits::default())
-                .map_err(|error| DriverError::BoundaryOutcome { height, error })?;
-        let expected = epoch.saturating_add(1);
-        if outcome.epoch != expected {
-            return Err(DriverError::OutcomeEpoch {
-                height,
-                expected,
-                found: outcome.epoch,
-            });
-        }
+        let outcome = boundary_outcome(&self.epochs, block, &OutcomeLimits::default())
+            .map_err(|error| DriverError::Boundary { height, error })?;
+        let expected = outcome.epoch;
         let identity = *outcome.identity();
         let previous = self
             .verifier

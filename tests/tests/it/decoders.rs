@@ -4,7 +4,7 @@
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, OutcomeError};
 use cairn_epoch::{MAX_CERTIFICATE_BYTES, MalformedError, decode_certificate};
-use cairn_primitives::{Block, BlockCodecConfig, TempoHeader};
+use cairn_primitives::{Block, BlockCodecConfig, HeaderExt as _, TempoHeader};
 use cairn_tests::{AllocationMeter, fixture_hex, mainnet_boundary, mainnet_regular, test_block};
 use commonware_codec::{Decode, Encode, EncodeSize, Write, varint::UInt};
 use proptest::prelude::*;
@@ -46,6 +46,7 @@ proptest! {
         within_allowance("outcome", &bytes, |b| DkgOutcome::decode(b).ok());
         within_allowance("header", &bytes, |b| TempoHeader::decode_rlp(b).ok());
         within_allowance("block", &bytes, |b| decode_block(b).ok());
+        within_allowance("raw block", &bytes, |b| Block::decode_raw_rlp(b).ok());
     }
 
     /// Random bytes behind a plausible prefix reach deeper into each decoder.
@@ -64,6 +65,7 @@ proptest! {
                 }
                 "outcome" => { within_allowance(what, &mutated, |b| DkgOutcome::decode(b).ok()); }
                 "header" => { within_allowance(what, &mutated, |b| TempoHeader::decode_rlp(b).ok()); }
+                "raw block" => { within_allowance(what, &mutated, |b| Block::decode_raw_rlp(b).ok()); }
                 _ => { within_allowance(what, &mutated, |b| decode_block(b).ok()); }
             }
         }
@@ -87,7 +89,8 @@ fn valid_encodings() -> Vec<(&'static str, Vec<u8>)> {
                 .as_ref()
                 .expect("block")
                 .header()
-                .extra_data()
+                .inner
+                .extra_data
                 .to_vec(),
         ),
         (
@@ -95,6 +98,10 @@ fn valid_encodings() -> Vec<(&'static str, Vec<u8>)> {
             boundary.block.as_ref().expect("block").header().rlp(),
         ),
         ("block", block.encode().to_vec()),
+        (
+            "raw block",
+            block.raw_rlp().expect("the test block has a body"),
+        ),
     ]
 }
 
@@ -112,6 +119,9 @@ fn every_truncation_of_a_valid_encoding_is_an_error() {
                 }
                 "outcome" => within_allowance(what, prefix, |b| DkgOutcome::decode(b).is_err()),
                 "header" => within_allowance(what, prefix, |b| TempoHeader::decode_rlp(b).is_err()),
+                "raw block" => {
+                    within_allowance(what, prefix, |b| Block::decode_raw_rlp(b).is_err())
+                }
                 _ => within_allowance(what, prefix, |b| decode_block(b).is_err()),
             };
             assert!(
@@ -184,37 +194,34 @@ fn oversized_block_length_prefixes_are_refused() {
     );
 
     let header = test_block(1, 0, 1, Vec::new()).header().rlp();
-    let mut many_txs = Vec::new();
-    header.len().write(&mut many_txs);
-    many_txs.extend_from_slice(&header);
-    true.write(&mut many_txs);
-    (limits.max_transactions + 1).write(&mut many_txs);
-    let err =
-        within_allowance("block", &many_txs, decode_block).expect_err("too many transactions");
+    let mut big_body = Vec::new();
+    header.len().write(&mut big_body);
+    big_body.extend_from_slice(&header);
+    true.write(&mut big_body);
+    (limits.max_body_bytes + 1).write(&mut big_body);
+    let err = within_allowance("block", &big_body, decode_block).expect_err("oversized body");
     assert!(
         matches!(err, commonware_codec::Error::InvalidLength(_)),
         "{err}"
     );
 
-    let mut big_tx = Vec::new();
-    header.len().write(&mut big_tx);
-    big_tx.extend_from_slice(&header);
-    true.write(&mut big_tx);
-    1usize.write(&mut big_tx);
-    (limits.max_transaction_bytes + 1).write(&mut big_tx);
-    let err = within_allowance("block", &big_tx, decode_block).expect_err("oversized transaction");
-    assert!(
-        matches!(err, commonware_codec::Error::InvalidLength(_)),
-        "{err}"
-    );
-
-    // A claimed transaction count far above what follows fails without a large allocation.
+    // A claimed body length far above what follows fails without a large allocation.
     let mut claimed = Vec::new();
     header.len().write(&mut claimed);
     claimed.extend_from_slice(&header);
     true.write(&mut claimed);
-    limits.max_transactions.write(&mut claimed);
+    limits.max_body_bytes.write(&mut claimed);
     within_allowance("block", &claimed, decode_block).expect_err("truncated body");
+
+    // A raw block whose list header claims far more than follows fails the same way.
+    let mut raw = Vec::new();
+    alloy_rlp::Header {
+        list: true,
+        payload_length: 1 << 30,
+    }
+    .encode(&mut raw);
+    raw.extend_from_slice(&header);
+    within_allowance("raw block", &raw, Block::decode_raw_rlp).expect_err("truncated raw block");
 }
 
 #[test]
@@ -250,6 +257,10 @@ fn trailing_bytes_are_refused_everywhere() {
             "header" => matches!(
                 TempoHeader::decode_rlp(&bytes),
                 Err(cairn_primitives::HeaderDecodeError::TrailingBytes(1))
+            ),
+            "raw block" => matches!(
+                Block::decode_raw_rlp(&bytes),
+                Err(cairn_primitives::BlockError::TrailingBytes(1))
             ),
             _ => matches!(
                 decode_block(&bytes),

@@ -99,13 +99,19 @@ fn devnet_rotates_keys_and_restarts_where_it_stopped() {
             .expect("devnet blocks carry bodies");
         let height = block.height();
         if profile.epochs.is_boundary(height) {
-            let outcome = DkgOutcome::decode(block.header().extra_data()).expect("outcome");
+            let outcome = DkgOutcome::decode(&block.header().inner.extra_data).expect("outcome");
             let epoch = profile.epochs.epoch_of(height).get();
             assert_eq!(outcome.epoch, epoch + 1);
             assert_eq!(outcome.is_next_full_dkg, epoch + 2 == 2);
         } else {
-            assert!(block.header().extra_data().is_empty());
+            // Some non-boundary blocks carry dealer-log bytes, as Tempo's do; never an outcome.
+            assert!(DkgOutcome::decode(&block.header().inner.extra_data).is_err());
         }
+        // Every block after genesis carries real signed transactions.
+        assert_eq!(
+            block.transactions().len() as u64,
+            cairn_devnet::transactions::TRANSACTIONS_PER_BLOCK
+        );
         // The raw RLP served by debug_getRawBlock decodes back to the certified block.
         let raw = block.raw_rlp().expect("body known");
         assert_eq!(

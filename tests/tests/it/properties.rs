@@ -1,9 +1,16 @@
-//! Property tests: headers round-trip through RLP and JSON, blocks through the storage codec,
-//! and a body that does not match its header's transactions root is refused.
+//! Property tests: headers round-trip through RLP and JSON, blocks with real signed
+//! transactions through the storage codec, raw RLP and JSON, and a body that does not match its
+//! header's roots is refused.
 
+use alloy_consensus::proofs::calculate_transaction_root;
 use alloy_primitives::{Address, B64, B256, Bloom, Bytes, U256};
-use cairn_primitives::{Block, BlockCodecConfig, BlockError, Body, ConsensusContext, TempoHeader};
+use cairn_devnet::transactions::TransactionFactory;
+use cairn_primitives::{
+    Block, BlockCodecConfig, BlockError, BlockHeader as _, Body, HeaderExt as _, ProposerKey,
+    TempoConsensusContext, TempoHeader, TempoTxEnvelope,
+};
 use commonware_codec::{Decode, Encode};
+use commonware_cryptography::{Signer as _, ed25519::PrivateKey};
 use proptest::prelude::*;
 
 fn b256() -> impl Strategy<Value = B256> {
@@ -20,7 +27,7 @@ prop_compose! {
         nonce in any::<[u8; 8]>(),
         extra in proptest::collection::vec(any::<u8>(), 0..300),
         fork_level in 0usize..=6,
-        context in proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), b256())),
+        context in proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())),
     ) -> TempoHeader {
         let inner = alloy_consensus::Header {
             parent_hash: hashes[0],
@@ -52,18 +59,43 @@ prop_compose! {
             shared_gas_limit: numbers[1],
             timestamp_millis_part: numbers[2],
             inner,
-            consensus_context: context.map(|(epoch, view, parent_view, proposer)| ConsensusContext {
-                epoch, view, parent_view, proposer,
+            consensus_context: context.map(|(epoch, view, parent_view, seed)| TempoConsensusContext {
+                epoch, view, parent_view, proposer: proposer(seed),
             }),
         }
     }
 }
 
-fn transactions() -> impl Strategy<Value = Vec<Bytes>> {
-    proptest::collection::vec(
-        proptest::collection::vec(any::<u8>(), 1..200).prop_map(Bytes::from),
-        0..20,
-    )
+/// A valid ed25519 proposer key (Tempo's header decoder checks the point).
+fn proposer(seed: u64) -> ProposerKey {
+    let key = PrivateKey::from_seed(seed).public_key();
+    ProposerKey::try_from(B256::from_slice(&commonware_codec::Encode::encode(&key)))
+        .expect("an ed25519 key is a valid proposer")
+}
+
+/// Real signed transactions of every type the devnet makes, picked from its first 200 heights.
+fn transactions() -> impl Strategy<Value = Vec<TempoTxEnvelope>> {
+    proptest::collection::vec((1u64..200, 0usize..3), 0..8).prop_map(|picks| {
+        let factory = TransactionFactory::new(1337, 1_000_000_000);
+        picks
+            .into_iter()
+            .map(|(height, index)| factory.transactions(height).expect("signs")[index].clone())
+            .collect()
+    })
+}
+
+/// A body of `transactions` whose header commits to it (transactions root, no ommers, and the
+/// empty withdrawals list when the header has a withdrawals root).
+fn body_for(header: &mut TempoHeader, transactions: Vec<TempoTxEnvelope>) -> Body {
+    let body = Body {
+        withdrawals: header.inner.withdrawals_root.map(|_| Default::default()),
+        ommers: Vec::new(),
+        transactions,
+    };
+    header.inner.transactions_root = calculate_transaction_root(&body.transactions);
+    header.inner.ommers_hash = body.calculate_ommers_root();
+    header.inner.withdrawals_root = body.calculate_withdrawals_root();
+    body
 }
 
 proptest! {
@@ -74,7 +106,7 @@ proptest! {
         let rlp = header.rlp();
         prop_assert_eq!(rlp.len(), header.rlp_len());
         let decoded = TempoHeader::decode_rlp(&rlp).expect("own encoding decodes");
-        prop_assert_eq!(decoded.hash(), header.hash());
+        prop_assert_eq!(decoded.digest(), header.digest());
         prop_assert_eq!(decoded, header);
     }
 
@@ -87,9 +119,8 @@ proptest! {
 
     #[test]
     fn block_codec_and_json_round_trip(mut header in header(), txs in transactions(), with_body in any::<bool>()) {
-        let body = Body { transactions: txs };
-        header.inner.transactions_root = body.transactions_root();
-        let block = Block::new(header, with_body.then_some(body)).expect("root matches");
+        let body = body_for(&mut header, txs);
+        let block = Block::new(header, with_body.then_some(body)).expect("roots match");
         // What commonware's marshal sees of the block.
         prop_assert_eq!(commonware_consensus::Heightable::height(&block).get(), block.header().number());
         prop_assert_eq!(commonware_consensus::Block::parent(&block).0, block.header().inner.parent_hash);
@@ -100,13 +131,19 @@ proptest! {
 
         let json = serde_json::to_string(&block).expect("serializes");
         let parsed: Block = serde_json::from_str(&json).expect("parses");
-        prop_assert_eq!(parsed, block);
+        prop_assert_eq!(&parsed, &block);
+
+        // The raw form execution clients serve (`debug_getRawBlock`).
+        if let Some(raw) = block.raw_rlp() {
+            let decoded = Block::decode_raw_rlp(&raw).expect("own raw block decodes");
+            prop_assert_eq!(decoded, block);
+        }
     }
 
     #[test]
     fn body_must_match_transactions_root(header in header(), txs in transactions()) {
-        let body = Body { transactions: txs };
-        prop_assume!(body.transactions_root() != header.inner.transactions_root);
+        let body = Body { transactions: txs, ommers: Vec::new(), withdrawals: header.inner.withdrawals_root.map(|_| Default::default()) };
+        prop_assume!(calculate_transaction_root(&body.transactions) != header.inner.transactions_root);
         let err = Block::new(header.clone(), Some(body.clone())).expect_err("root mismatch");
         let is_root_mismatch = matches!(err, BlockError::TransactionsRootMismatch { .. });
         prop_assert!(is_root_mismatch);

@@ -8,7 +8,7 @@ use cairn_epoch::{
     ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentitySource, MalformedError,
     Registration, VerifyError, decode_certificate,
 };
-use cairn_primitives::{Block, CertifiedBlock, TempoHeader};
+use cairn_primitives::{Block, CertifiedBlock, HeaderExt as _, TempoHeader};
 use cairn_tests::{fixture, fixture_hex, mainnet_boundary, mainnet_regular};
 use commonware_codec::Encode;
 use commonware_consensus::types::Epoch;
@@ -153,7 +153,7 @@ fn genesis_and_boundary_outcomes_decode_with_no_trailing_bytes() {
     assert_eq!(presto.threshold(), 3);
 
     let boundary = mainnet_boundary().block.expect("fixture has the block");
-    let extra = boundary.header().extra_data();
+    let extra = &boundary.header().inner.extra_data;
     let outcome = DkgOutcome::decode(extra).expect("epoch 1515 outcome decodes");
     assert_eq!(outcome.to_bytes(), extra.to_vec());
     assert_eq!(outcome.epoch, 1515);
@@ -440,6 +440,6 @@ fn real_blocks_round_trip_through_json_and_rlp() {
         let header = certified.block.as_ref().expect("block").header();
         let decoded = TempoHeader::decode_rlp(&header.rlp()).expect("rlp decodes");
         assert_eq!(&decoded, header);
-        assert_eq!(decoded.hash().0, certified.digest);
+        assert_eq!(decoded.digest().0, certified.digest);
     }
 }

@@ -175,6 +175,13 @@ impl ChainReader for LyingChain {
     async fn block_by_hash(&self, _: Digest) -> Result<Option<Block>, ReadError> {
         Ok(Some(self.1.clone()))
     }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        self.0.transaction_by_hash(hash).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
