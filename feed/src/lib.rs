@@ -8,8 +8,8 @@ mod state;
 pub mod store;
 
 pub use rpc::{
-    CLIENT_VERSION, MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcConfig, RpcHeader, RpcTransaction,
-    RunningServer, StartError, start,
+    CLIENT_VERSION, MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, RpcConfig, RpcHeader,
+    RpcTransaction, RunningServer, StartError, block_from_rpc, rpc_block, start,
 };
 pub use state::{
     ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, SyncProgress,

@@ -196,8 +196,54 @@ fn rpc_transaction(block: &Block, index: usize) -> Option<RpcTransaction> {
     })
 }
 
+/// Why an `eth_getBlockBy*` answer is not a usable block.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcBlockError {
+    /// The answer lists transaction hashes, not transaction objects (`full` was ignored).
+    #[error("the block lists transaction hashes, not transactions")]
+    HashesOnly,
+    /// The answer names uncles, which Tempo blocks never have.
+    #[error("the block names {0} uncles")]
+    Uncles(usize),
+    /// The header and transactions do not form a valid block.
+    #[error(transparent)]
+    Block(#[from] cairn_primitives::BlockError),
+}
+
+/// The block in an `eth_getBlockBy*` answer with full transactions (what Tempo's own follower
+/// fetches for gap repair), its body checked against the header's roots. The answer's `hash`,
+/// senders and positions are not trusted: the hash is recomputed from the header.
+pub fn block_from_rpc(rpc: RpcBlock) -> Result<Block, RpcBlockError> {
+    if !rpc.uncles.is_empty() {
+        return Err(RpcBlockError::Uncles(rpc.uncles.len()));
+    }
+    let BlockTransactions::Full(transactions) = rpc.transactions else {
+        // An empty block may come back as an empty list of either kind.
+        if rpc.transactions.is_empty() {
+            return Ok(Block::new(
+                rpc.header.inner.inner,
+                Some(cairn_primitives::Body {
+                    transactions: Vec::new(),
+                    ommers: Vec::new(),
+                    withdrawals: rpc.withdrawals,
+                }),
+            )?);
+        }
+        return Err(RpcBlockError::HashesOnly);
+    };
+    let body = cairn_primitives::Body {
+        transactions: transactions
+            .into_iter()
+            .map(|tx| tx.inner.into_inner())
+            .collect(),
+        ommers: Vec::new(),
+        withdrawals: rpc.withdrawals,
+    };
+    Ok(Block::new(rpc.header.inner.inner, Some(body))?)
+}
+
 /// `block` in the `eth_getBlockBy*` shape, with transaction objects when `full` is set.
-fn rpc_block(block: &Block, full: bool) -> RpcBlock {
+pub fn rpc_block(block: &Block, full: bool) -> RpcBlock {
     let transactions = if full {
         BlockTransactions::Full(
             (0..block.transactions().len())

@@ -4,7 +4,7 @@
 use super::UpstreamError;
 use alloy_primitives::{B256, Bytes, U64};
 use cairn_epoch::{BoundarySource, SourceError};
-use cairn_feed::{MISSING_CODE, NOT_READY_CODE};
+use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use jsonrpsee::{
     core::{
@@ -13,10 +13,20 @@ use jsonrpsee::{
     },
     http_client::{HttpClient, HttpClientBuilder},
     rpc_params,
+    types::error::METHOD_NOT_FOUND_CODE,
     ws_client::{PingConfig, WsClient, WsClientBuilder},
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+
+/// Which block to fetch.
+#[derive(Clone, Copy, Debug)]
+enum BlockRef {
+    /// By hash.
+    Hash(B256),
+    /// By height.
+    Number(U64),
+}
 
 /// Connection settings.
 #[derive(Clone, Debug)]
@@ -179,7 +189,9 @@ impl UpstreamClient {
                 (Query::Height(height), _) | (Query::Latest, Some(height)) => height,
                 (Query::Latest, None) => return Ok(None),
             };
-            certified.block = self.raw_block(U64::from(height)).await?;
+            certified.block = self
+                .fetch_block(BlockRef::Number(U64::from(height)))
+                .await?;
             if certified.block.is_none() {
                 return Ok(None);
             }
@@ -189,13 +201,50 @@ impl UpstreamClient {
 
     /// The block with hash `digest`, body included; a block with another hash is an error.
     pub async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
-        let block = self.raw_block(B256::from(digest)).await?;
+        let block = self.fetch_block(BlockRef::Hash(B256::from(digest))).await?;
         match block {
             Some(block) if block.hash() != digest => Err(UpstreamError::HashMismatch {
                 requested: digest,
                 got: block.hash(),
             }),
             other => Ok(other),
+        }
+    }
+
+    /// A block with its body: `eth_getBlockBy*` with full transactions first (what every Tempo
+    /// RPC node serves, and what Tempo's own follower asks for), `debug_getRawBlock` when the
+    /// upstream does not answer that method or leaves out the transactions. Every body is
+    /// checked against its header's roots.
+    async fn fetch_block(&self, block: BlockRef) -> Result<Option<Block>, UpstreamError> {
+        let (method, answer) = match block {
+            BlockRef::Hash(hash) => (
+                "eth_getBlockByHash",
+                self.request::<Option<RpcBlock>>("eth_getBlockByHash", rpc_params![hash, true])
+                    .await,
+            ),
+            BlockRef::Number(number) => (
+                "eth_getBlockByNumber",
+                self.request::<Option<RpcBlock>>("eth_getBlockByNumber", rpc_params![number, true])
+                    .await,
+            ),
+        };
+        match answer {
+            Ok(None) => return Ok(None),
+            Ok(Some(rpc)) => match block_from_rpc(rpc) {
+                Ok(block) => return Ok(Some(block)),
+                Err(RpcBlockError::HashesOnly) => {}
+                Err(err) => return Err(UpstreamError::MalformedBlock(format!("{method}: {err}"))),
+            },
+            Err(err) if is_missing(&err) => return Ok(None),
+            Err(ClientError::Call(call)) if call.code() == METHOD_NOT_FOUND_CODE => {}
+            Err(ClientError::ParseError(err)) => {
+                return Err(UpstreamError::MalformedBlock(format!("{method}: {err}")));
+            }
+            Err(err) => return Err(call_error(method, err)),
+        }
+        match block {
+            BlockRef::Hash(hash) => self.raw_block(hash).await,
+            BlockRef::Number(number) => self.raw_block(number).await,
         }
     }
 

@@ -279,6 +279,47 @@ fn a_forged_boundary_outcome_is_not_registered() {
     assert_eq!(provider.len(), 1);
 }
 
+/// What Tempo's validators accept, a follower accepts: a boundary outcome followed by extra
+/// bytes is read as Tempo reads it, and an outcome-shaped `extraData` in a non-boundary block
+/// (where Tempo writes dealer logs) is never read as an outcome.
+#[test]
+fn boundary_outcomes_are_read_as_tempo_reads_them_and_only_at_boundaries() {
+    let epochs = EpochStrategy::new(4).expect("valid");
+    let genesis = TestCommittee::new(NAMESPACE, 61, 4);
+    let next = TestCommittee::new(NAMESPACE, 62, 4);
+    let provider = SchemeProvider::new(NAMESPACE, 8);
+    provider
+        .register(Epoch::zero(), *genesis.ceremony.output.public().public())
+        .expect("fresh");
+    let verifier = FinalizationVerifier::new(epochs, provider.clone());
+
+    // A valid outcome for epoch 1 in a non-boundary block of epoch 0 registers nothing.
+    let dealer_log = test_block(2, 0, 2, next.outcome(1, false).to_bytes());
+    let (verified, registration) = verifier
+        .verify_and_register(&mut rng(4), &genesis.certify(dealer_log, 0, 2))
+        .expect("a non-boundary block verifies whatever its extraData holds");
+    assert!(verified.next_epoch.is_none());
+    assert!(registration.is_none());
+    assert_eq!(provider.registered_identity(Epoch::new(1)), None);
+
+    // The boundary's outcome followed by bytes Tempo's reader ignores.
+    let mut extra = next.outcome(1, false).to_bytes();
+    extra.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let boundary = test_block(3, 0, 3, extra);
+    let (verified, registration) = verifier
+        .verify_and_register(&mut rng(5), &genesis.certify(boundary, 0, 3))
+        .expect("trailing bytes after the outcome are ignored");
+    assert_eq!(
+        verified.next_epoch.as_ref().map(|outcome| outcome.epoch),
+        Some(1)
+    );
+    assert!(registration.is_some());
+    assert_eq!(
+        provider.registered_identity(Epoch::new(1)),
+        Some(*next.ceremony.output.public().public())
+    );
+}
+
 #[test]
 fn shares_that_do_not_fit_the_committee_are_refused() {
     use commonware_cryptography::bls12381::primitives::group::Share;

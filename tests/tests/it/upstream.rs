@@ -286,3 +286,86 @@ fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
         futures::join!(actor.run(), consumer);
     });
 }
+
+/// How a hand-made server answers block requests.
+#[derive(Clone, Copy, Debug)]
+enum BlockServer {
+    /// Like a public Tempo RPC node: `eth_getBlockByHash` with full transactions, no `debug_*`.
+    EthOnly,
+    /// Only `debug_getRawBlock` (no `eth_getBlockByHash`).
+    RawOnly,
+    /// `eth_getBlockByHash` ignores `full` and lists hashes; `debug_getRawBlock` works.
+    HashesThenRaw,
+    /// `eth_getBlockByHash` answers with one transaction dropped from the body.
+    EthTampered,
+}
+
+async fn block_server(
+    mode: BlockServer,
+    block: Block,
+) -> (jsonrpsee::server::ServerHandle, std::net::SocketAddr) {
+    use jsonrpsee::{RpcModule, server::Server};
+    let server = Server::builder()
+        .build("127.0.0.1:0")
+        .await
+        .expect("server binds");
+    let addr = server.local_addr().expect("bound");
+    let mut module = RpcModule::new(block);
+    if !matches!(mode, BlockServer::RawOnly) {
+        module
+            .register_method("eth_getBlockByHash", move |_, block, _| {
+                let full = !matches!(mode, BlockServer::HashesThenRaw);
+                let mut rpc =
+                    serde_json::to_value(cairn_feed::rpc_block(block, full)).expect("serializes");
+                if matches!(mode, BlockServer::EthTampered) {
+                    rpc["transactions"]
+                        .as_array_mut()
+                        .expect("a list of transactions")
+                        .pop();
+                }
+                rpc
+            })
+            .expect("registers");
+    }
+    if !matches!(mode, BlockServer::EthOnly | BlockServer::EthTampered) {
+        module
+            .register_method("debug_getRawBlock", |_, block, _| {
+                serde_json::to_value(alloy_primitives::Bytes::from(
+                    block.raw_rlp().expect("body known"),
+                ))
+                .expect("serializes")
+            })
+            .expect("registers");
+    }
+    (server.start(module), addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_come_from_eth_get_block_by_hash_or_the_raw_form_and_are_checked() {
+    use cairn_follow::upstream::{ClientConfig, UpstreamClient};
+    let block = test_block(5, 0, 5, Vec::new());
+    for mode in [
+        BlockServer::EthOnly,
+        BlockServer::RawOnly,
+        BlockServer::HashesThenRaw,
+        BlockServer::EthTampered,
+    ] {
+        let (handle, addr) = block_server(mode, block.clone()).await;
+        let client = UpstreamClient::connect(&format!("ws://{addr}"), &ClientConfig::default())
+            .await
+            .expect("connects");
+        let fetched = client.get_block(block.hash()).await;
+        match mode {
+            BlockServer::EthTampered => assert!(
+                matches!(&fetched, Err(UpstreamError::MalformedBlock(reason)) if reason.contains("transactions root mismatch")),
+                "{mode:?}: {fetched:?}"
+            ),
+            _ => assert_eq!(
+                fetched.as_ref().ok().and_then(Option::as_ref),
+                Some(&block),
+                "{mode:?}: {fetched:?}"
+            ),
+        }
+        handle.stop().expect("stops");
+    }
+}
