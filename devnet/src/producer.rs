@@ -464,7 +464,7 @@ impl<E: StoreContext> Devnet<E> {
             epochs: self.epochs.clone(),
             genesis,
             genesis_header: Some(self.genesis.header().clone()),
-            network_identity: None,
+            network_identities: Vec::new(),
             follow_url: None,
         })
     }

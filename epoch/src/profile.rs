@@ -70,6 +70,9 @@ pub enum ProfileError {
     /// The genesis outcome is for an epoch other than 0.
     #[error("genesisOutcome is for epoch {0}, expected 0")]
     GenesisEpoch(u64),
+    /// Two configured identities start at the same epoch.
+    #[error("networkIdentities lists two identities from epoch {0}")]
+    DuplicateIdentityEpoch(u64),
     /// The configured identity is not a valid G2 point.
     #[error("networkIdentity.identity is not a valid BLS12-381 G2 point (96 bytes hex): {0}")]
     Identity(String),
@@ -99,8 +102,9 @@ pub struct ChainProfile {
     pub genesis: DkgOutcome,
     /// The genesis header, when the profile carries it.
     pub genesis_header: Option<TempoHeader>,
-    /// A network identity trusted from an epoch on, if configured.
-    pub network_identity: Option<ConfiguredIdentity>,
+    /// Network identities trusted from an epoch on (each until the next one's epoch), in
+    /// epoch order; Tempo's chainspecs compile such a list.
+    pub network_identities: Vec<ConfiguredIdentity>,
     /// A public endpoint to follow, if known.
     pub follow_url: Option<String>,
 }
@@ -117,8 +121,11 @@ struct ProfileFile {
     genesis_outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     genesis_header: Option<TempoHeader>,
-    #[serde(default)]
+    /// One identity (the older shape of `networkIdentities`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     network_identity: Option<IdentityFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    network_identities: Vec<IdentityFile>,
     #[serde(default)]
     follow_url: Option<String>,
 }
@@ -188,8 +195,10 @@ impl ChainProfile {
         if genesis.epoch != 0 {
             return Err(ProfileError::GenesisEpoch(genesis.epoch));
         }
-        let network_identity = file
+        let mut network_identities = file
             .network_identity
+            .into_iter()
+            .chain(file.network_identities)
             .map(|configured| {
                 Ok::<_, ProfileError>(ConfiguredIdentity {
                     identity: parse_identity(&configured.identity)
@@ -197,7 +206,16 @@ impl ChainProfile {
                     from_epoch: Epoch::new(configured.from_epoch),
                 })
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        network_identities.sort_by_key(|configured| configured.from_epoch);
+        if let Some(pair) = network_identities
+            .windows(2)
+            .find(|pair| pair[0].from_epoch == pair[1].from_epoch)
+        {
+            return Err(ProfileError::DuplicateIdentityEpoch(
+                pair[0].from_epoch.get(),
+            ));
+        }
         Ok(Self {
             name: file.name,
             chain_id: file.chain_id,
@@ -205,7 +223,7 @@ impl ChainProfile {
             epochs,
             genesis,
             genesis_header: file.genesis_header,
-            network_identity,
+            network_identities,
             follow_url: file.follow_url,
         })
     }
@@ -219,25 +237,30 @@ impl ChainProfile {
             epoch_length: self.epochs.length(),
             genesis_outcome: Some(hex::encode_prefixed(self.genesis.to_bytes())),
             genesis_header: self.genesis_header.clone(),
-            network_identity: self.network_identity.map(|configured| IdentityFile {
-                identity: hex::encode_prefixed(commonware_codec::Encode::encode(
-                    &configured.identity,
-                )),
-                from_epoch: configured.from_epoch.get(),
-            }),
+            network_identity: None,
+            network_identities: self
+                .network_identities
+                .iter()
+                .map(|configured| IdentityFile {
+                    identity: hex::encode_prefixed(commonware_codec::Encode::encode(
+                        &configured.identity,
+                    )),
+                    from_epoch: configured.from_epoch.get(),
+                })
+                .collect(),
             follow_url: self.follow_url.clone(),
         };
         serde_json::to_string_pretty(&file).expect("profile serializes")
     }
 
     /// A verifier registry seeded with what this profile trusts: the genesis outcome for
-    /// epoch 0, and the configured network identity.
+    /// epoch 0, and the configured network identities.
     pub fn scheme_provider(&self, max_epochs: usize) -> SchemeProvider {
         let provider = SchemeProvider::new(&self.namespace, max_epochs);
         provider
             .register(Epoch::zero(), *self.genesis.identity())
             .expect("an empty registry has no conflicts");
-        if let Some(configured) = self.network_identity {
+        for configured in &self.network_identities {
             provider.set_configured_identity(configured.identity, configured.from_epoch);
         }
         provider
@@ -261,17 +284,36 @@ mod tests {
         assert_eq!(mainnet.namespace, b"TEMPO");
         assert_eq!(mainnet.epochs.length(), 21_600);
         assert_eq!(mainnet.genesis.players().len(), 4);
-        let configured = mainnet.network_identity.expect("mainnet has an identity");
+        let [configured] = mainnet.network_identities.as_slice() else {
+            panic!("mainnet compiles one identity");
+        };
         assert_eq!(configured.from_epoch, Epoch::zero());
         // Mainnet has only ever reshared: the genesis identity is the network identity.
         assert_eq!(*mainnet.genesis.identity(), configured.identity);
+        assert_eq!(
+            mainnet.follow_url.as_deref(),
+            Some("wss://rpc.presto.tempo.xyz")
+        );
 
         let moderato = ChainProfile::builtin("tempo-moderato").expect("built in");
         assert_eq!(moderato.chain_id, Some(42431));
-        let configured = moderato.network_identity.expect("moderato has an identity");
-        assert_eq!(configured.from_epoch, Epoch::new(51));
-        // Moderato rotated its identity with full DKGs after genesis.
-        assert_ne!(*moderato.genesis.identity(), configured.identity);
+        let epochs: Vec<u64> = moderato
+            .network_identities
+            .iter()
+            .map(|configured| configured.from_epoch.get())
+            .collect();
+        assert_eq!(epochs, [0, 51, 1747]);
+        // Epochs 0-50 used the genesis key; full DKGs rotated it at 51 and 1747.
+        let identities = &moderato.network_identities;
+        assert_eq!(identities[0].identity, *moderato.genesis.identity());
+        assert_ne!(identities[1].identity, identities[0].identity);
+        assert_ne!(identities[2].identity, identities[1].identity);
+        let provider = moderato.scheme_provider(4);
+        let at = |epoch: u64| provider.verifier(Epoch::new(epoch)).map(|v| v.identity);
+        assert_eq!(at(50), Some(identities[0].identity));
+        assert_eq!(at(51), Some(identities[1].identity));
+        assert_eq!(at(1746), Some(identities[1].identity));
+        assert_eq!(at(1747), Some(identities[2].identity));
     }
 
     #[test]
@@ -280,7 +322,10 @@ mod tests {
         let again = ChainProfile::from_json(&mainnet.to_json()).expect("round trip");
         assert_eq!(again.name, mainnet.name);
         assert_eq!(again.genesis, mainnet.genesis);
-        assert_eq!(again.network_identity, mainnet.network_identity);
+        assert_eq!(again.network_identities, mainnet.network_identities);
+        let moderato = ChainProfile::builtin("tempo-moderato").expect("built in");
+        let again = ChainProfile::from_json(&moderato.to_json()).expect("round trip");
+        assert_eq!(again.network_identities, moderato.network_identities);
     }
 
     #[test]
@@ -307,6 +352,16 @@ mod tests {
                 "networkIdentity",
                 serde_json::json!({"identity": "0x00", "fromEpoch": 0}),
                 |e| matches!(e, ProfileError::Identity(_)),
+            ),
+            (
+                "networkIdentities",
+                serde_json::json!([{"identity": "0x00", "fromEpoch": 3}]),
+                |e| matches!(e, ProfileError::Identity(_)),
+            ),
+            (
+                "networkIdentity",
+                serde_json::json!({"identity": format!("0x{}", "a217bb85001d4dcf8e5c50136f77af88cb2cab1857279b91c6240f41cca95c4f43f6dcab3e0dfb87dafb3ecbeb6251e90a5df2e6c47432482821cd8b84665ee4642589d2d9628a92b03e2bbfb00e006d038cd98def76d2a41b7c228c05f5a193"), "fromEpoch": 0}),
+                |e| matches!(e, ProfileError::DuplicateIdentityEpoch(0)),
             ),
             ("unexpected", 1.into(), |e| {
                 matches!(e, ProfileError::Json(_))

@@ -82,7 +82,8 @@ struct Inner {
     epochs: BTreeMap<Epoch, Registered>,
     /// Epochs below this were pruned and are never registered again.
     floor: Epoch,
-    configured: Option<(Epoch, Identity, Arc<FinalizationScheme>)>,
+    /// Configured network identities by the first epoch each is valid for.
+    configured: BTreeMap<Epoch, (Identity, Arc<FinalizationScheme>)>,
 }
 
 /// The epoch -> verifier registry (cheap to clone; clones share state).
@@ -100,19 +101,20 @@ impl SchemeProvider {
                 max_epochs: max_epochs.max(1),
                 epochs: BTreeMap::new(),
                 floor: Epoch::zero(),
-                configured: None,
+                configured: BTreeMap::new(),
             })),
         }
     }
 
-    /// Sets the network identity used for epochs `>= from_epoch` that have no registered verifier.
+    /// Adds a network identity for epochs `>= from_epoch` that have no registered verifier
+    /// (until the next configured identity's epoch). Tempo's chainspecs compile such a list.
     pub fn set_configured_identity(&self, identity: Identity, from_epoch: Epoch) {
         let mut inner = self.write();
         let scheme = Arc::new(FinalizationScheme::certificate_verifier(
             &inner.namespace,
             identity,
         ));
-        inner.configured = Some((from_epoch, identity, scheme));
+        inner.configured.insert(from_epoch, (identity, scheme));
     }
 
     /// Registers the verifier of `epoch` for `identity`, exactly once.
@@ -184,8 +186,8 @@ impl SchemeProvider {
                 source: IdentitySource::Registered,
             });
         }
-        let (from_epoch, identity, scheme) = inner.configured.as_ref()?;
-        (epoch >= *from_epoch).then(|| EpochVerifier {
+        let (from_epoch, (identity, scheme)) = inner.configured.range(..=epoch).next_back()?;
+        Some(EpochVerifier {
             scheme: scheme.clone(),
             identity: *identity,
             source: IdentitySource::Configured {
@@ -295,6 +297,15 @@ mod tests {
             }
         );
         assert!(provider.scoped(Epoch::new(100)).is_some());
+
+        // A later configured identity takes over from its own epoch.
+        let rotated = identity(11);
+        provider.set_configured_identity(rotated, Epoch::new(1747));
+        let at = |epoch: u64| provider.verifier(Epoch::new(epoch)).map(|v| v.identity);
+        assert_eq!(at(1746), Some(configured));
+        assert_eq!(at(1747), Some(rotated));
+        assert_eq!(at(5000), Some(rotated));
+        assert_eq!(at(50), None);
 
         let registered = identity(10);
         provider

@@ -202,7 +202,7 @@ where
             .register(&provider, 0, *profile.genesis.identity())
             .await?;
     }
-    if let Some(configured) = profile.network_identity {
+    for configured in &profile.network_identities {
         provider.set_configured_identity(configured.identity, configured.from_epoch);
     }
     info!(

@@ -26,8 +26,11 @@ pub struct FollowArgs {
     #[arg(long, value_name = "PROFILE|FILE")]
     chain: String,
     /// The upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
+    /// Defaults to the network's public endpoint for the built-in profiles
+    /// (wss://rpc.presto.tempo.xyz, wss://rpc.moderato.tempo.xyz) and for profiles that name one
+    /// in `followUrl`.
     #[arg(long, value_name = "URL")]
-    upstream: String,
+    upstream: Option<String>,
     /// Directory for the verified chain and the epoch registry (created if missing). Starting
     /// again on the same directory resumes where the last run stopped.
     #[arg(long, value_name = "DIR", default_value = ".cairn/follow")]
@@ -43,9 +46,19 @@ pub struct FollowArgs {
 
 /// Runs the follower until Ctrl-C (or SIGTERM).
 pub fn run(args: FollowArgs) -> eyre::Result<()> {
-    let url = follow_url(&args.upstream).map_err(|err| eyre!("--upstream: {err}"))?;
     let profile = ChainProfile::resolve(&args.chain)
         .wrap_err_with(|| format!("--chain {}: cannot load the chain profile", args.chain))?;
+    let upstream = args
+        .upstream
+        .clone()
+        .or_else(|| profile.follow_url.clone())
+        .ok_or_else(|| {
+            eyre!(
+                "--upstream is required: the chain profile `{}` names no public endpoint (followUrl)",
+                profile.name
+            )
+        })?;
+    let url = follow_url(&upstream).map_err(|err| eyre!("--upstream {upstream}: {err}"))?;
     cairn_follow::genesis_block(&profile).wrap_err_with(|| format!("--chain {}", args.chain))?;
     let _lock = lock_datadir(&args.datadir)?;
     let config = commonware_runtime::tokio::Config::new()

@@ -200,6 +200,17 @@ async fn bad_command_lines_fail_clearly() {
     let second = start_devnet(&dir.path().join("two"), "127.0.0.1:0", "2");
     let one = dir.path().join("one/chain.json");
     let two = dir.path().join("two/chain.json");
+
+    // A profile that names no public endpoint needs --upstream.
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        &one.display().to_string(),
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--upstream is required"), "{stderr}");
     let follower = start_follower(
         &one,
         &first.addr,

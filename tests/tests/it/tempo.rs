@@ -92,7 +92,7 @@ fn boundary_outcome_registers_the_next_epoch_exactly_once() {
     // Trust only what the chain itself proves: epoch 1514's key (the genesis identity, as
     // mainnet has only reshared), and nothing configured.
     let mut profile = mainnet();
-    profile.network_identity = None;
+    profile.network_identities.clear();
     let verifier = verifier_for(&profile);
     let provider = verifier.provider();
 
@@ -338,7 +338,7 @@ fn wrong_profiles_fail_with_the_right_error() {
 
     // No key for the epoch at all.
     let mut unconfigured = mainnet();
-    unconfigured.network_identity = None;
+    unconfigured.network_identities.clear();
     let err = verifier_for(&unconfigured)
         .verify(&mut rng(), &mainnet_boundary())
         .expect_err("no key");
