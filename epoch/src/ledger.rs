@@ -1,23 +1,43 @@
-//! The identity ledger: the chain of boundary certificates from genesis, verified one epoch at
-//! a time. Each boundary block is checked with its own epoch's key, and its DKG outcome gives
-//! the next epoch's key, so the ledger learns every identity from the genesis outcome alone,
-//! across reshares and full DKGs.
+//! The identity ledger: the chain of boundary certificates from genesis, each verified with its
+//! own epoch's key, each outcome giving the next epoch's key, so the ledger learns every identity
+//! from the genesis outcome alone, across reshares and full DKGs.
+//!
+//! Boundaries are fetched with bounded concurrency. Everything that needs no key (the
+//! certificate decodes, signs this block, belongs to the block's epoch, the block is the
+//! boundary and carries the next epoch's outcome) is checked first; each next key is then taken
+//! from the outcome, and the certificates that share a key are verified in one batch, bisected
+//! to name the first bad boundary when a batch fails. A batch that verifies proves every outcome
+//! in it (each was certified by the key the previous outcome announced), so the result is the
+//! same as verifying one boundary after the other.
 //!
 //! It keeps only the first epoch of each run of equal identities, with the boundary block that
 //! introduced it (verifiable by the previous identity), and names the boundary that failed when
-//! the chain is broken.
+//! the chain is broken. Its [`LedgerRecord`] can be persisted, so a restart walks only new epochs.
 
-use crate::{ChainProfile, EpochStrategy, FinalizationVerifier, SchemeProvider, VerifyError};
-use cairn_dkg::Identity;
+use crate::{
+    ChainProfile, ConfiguredIdentity, EpochStrategy, Finalization, FinalizationScheme,
+    MalformedError, VerifyError, boundary_outcome, check_unsigned, decode_certificate,
+    parse_identity,
+};
+use alloy_primitives::hex;
+use cairn_dkg::{Identity, OutcomeLimits};
 use cairn_primitives::{CertifiedBlock, TempoHeader};
-use commonware_consensus::types::Epoch;
+use commonware_codec::Encode;
+use commonware_consensus::{simplex::types::Subject, types::Epoch};
+use commonware_cryptography::certificate::Verifier as _;
+use commonware_parallel::Sequential;
+use commonware_utils::iter::NonEmpty;
+use futures::StreamExt as _;
 use rand::CryptoRng;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use tracing::{debug, info};
 
-/// Epochs the ledger's own verifier registry keeps while walking (it only ever needs the
-/// current and the next one).
-const WALK_EPOCHS: usize = 4;
+/// Boundaries fetched at once while walking, unless configured otherwise.
+pub const DEFAULT_WALK_CONCURRENCY: usize = 32;
+
+/// Boundaries checked and verified per round of the walk (bounds memory for long chains).
+const WALK_WINDOW: u64 = 1024;
 
 /// Why a boundary could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +90,21 @@ pub enum LedgerError {
     /// The epoch has no boundary height (overflow).
     #[error("epoch {0} has no boundary height")]
     NoBoundary(u64),
+    /// A network identity compiled into the profile disagrees with the one the walk verified.
+    #[error(
+        "the network identity compiled for epoch {epoch} is {compiled}, but the boundary chain from genesis proves {walked}"
+    )]
+    IdentityDisagrees {
+        /// The epoch the compiled identity is valid from.
+        epoch: u64,
+        /// Hex of the compiled identity.
+        compiled: String,
+        /// Hex of the identity the walk verified for that epoch.
+        walked: String,
+    },
+    /// A persisted ledger record does not fit this chain or does not decode.
+    #[error("the stored identity ledger is unusable: {0}")]
+    Corrupt(String),
 }
 
 /// The boundary block that announced an identity, with its certificate.
@@ -98,29 +133,42 @@ pub struct IdentityRun {
 #[derive(Clone, Debug)]
 pub struct IdentityLedger {
     epochs: EpochStrategy,
-    verifier: FinalizationVerifier,
+    namespace: Vec<u8>,
     runs: Vec<IdentityRun>,
     known_through: u64,
+    concurrency: usize,
+}
+
+/// A boundary whose checks that need no key passed.
+struct CheckedBoundary {
+    epoch: u64,
+    height: u64,
+    header: TempoHeader,
+    certificate: String,
+    finalization: Finalization,
+    next_identity: Identity,
 }
 
 impl IdentityLedger {
     /// A ledger that knows the genesis identity (epoch 0) of `profile`.
     pub fn from_genesis(profile: &ChainProfile) -> Self {
-        let provider = SchemeProvider::new(&profile.namespace, WALK_EPOCHS);
-        let identity = *profile.genesis.identity();
-        provider
-            .register(Epoch::zero(), identity)
-            .expect("an empty registry has no conflicts");
         Self {
             epochs: profile.epochs.clone(),
-            verifier: FinalizationVerifier::new(profile.epochs.clone(), provider),
+            namespace: profile.namespace.clone(),
             runs: vec![IdentityRun {
                 from_epoch: 0,
-                identity,
+                identity: *profile.genesis.identity(),
                 evidence: None,
             }],
             known_through: 0,
+            concurrency: DEFAULT_WALK_CONCURRENCY,
         }
+    }
+
+    /// Fetches at most `concurrency` boundaries at once (at least one).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
     }
 
     /// The runs of equal identities, oldest first.
@@ -145,7 +193,9 @@ impl IdentityLedger {
             .map(|run| run.identity)
     }
 
-    /// Walks the boundary blocks until the identity of `epoch` is known.
+    /// Walks the boundary blocks until the identity of `epoch` is known. When a boundary fails,
+    /// the boundaries verified before it stay known and the error names the one that failed;
+    /// nothing after it is taken.
     pub async fn advance_to(
         &mut self,
         rng: &mut impl CryptoRng,
@@ -153,82 +203,333 @@ impl IdentityLedger {
         epoch: u64,
     ) -> Result<(), LedgerError> {
         while self.known_through < epoch {
-            let current = self.known_through;
-            let height = self
-                .epochs
-                .boundary_height(Epoch::new(current))
-                .ok_or(LedgerError::NoBoundary(current))?;
-            let certified =
-                source
-                    .certified_at(height)
-                    .await
-                    .map_err(|error| LedgerError::Source {
-                        epoch: current,
-                        height,
-                        error,
-                    })?;
-            // A valid certificate for another block of the epoch must not pass for the boundary.
-            let got = certified
-                .block
-                .as_ref()
-                .map_or(height, |block| block.height());
-            if got != height {
-                return Err(LedgerError::NotTheBoundary {
-                    epoch: current,
-                    height,
-                    got,
-                });
+            let first = self.known_through;
+            let end = epoch.min(first.saturating_add(WALK_WINDOW));
+            let mut checked = Vec::new();
+            let mut failure = None;
+            for result in self.fetch_and_check(source, first, end).await {
+                match result {
+                    Ok(boundary) => checked.push(boundary),
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                }
             }
-            let (verified, _) =
-                self.verifier
-                    .verify_and_register(rng, &certified)
-                    .map_err(|error| LedgerError::Broken {
-                        epoch: current,
-                        height,
-                        error,
-                    })?;
-            let Some(outcome) = verified.next_epoch.as_ref() else {
-                return Err(LedgerError::NotTheBoundary {
-                    epoch: current,
-                    height,
-                    got: verified.height(),
-                });
+            let (verified, bad_signature) = match self.verify_signatures(rng, &checked) {
+                Ok(()) => (checked.len(), None),
+                Err((index, err)) => (index, Some(err)),
             };
-            let next_identity = *outcome.identity();
-            let previous = self
-                .runs
-                .last()
-                .expect("the ledger always holds the genesis run")
-                .identity;
-            if next_identity != previous {
-                info!(
-                    epoch = current + 1,
-                    height, "network identity rotated (full DKG)"
-                );
-                self.runs.push(IdentityRun {
-                    from_epoch: current + 1,
-                    identity: next_identity,
-                    evidence: Some(BoundaryEvidence {
-                        height,
-                        header: verified.block.header().clone(),
-                        certificate: certified.certificate.clone(),
-                    }),
-                });
-            } else {
-                debug!(epoch = current + 1, height, "identity kept (reshare)");
+            checked.truncate(verified);
+            for boundary in checked {
+                self.accept(boundary);
             }
-            self.known_through = current + 1;
+            if let Some(err) = bad_signature.or(failure) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the boundaries of epochs `first..end` (bounded concurrency, in epoch order) and
+    /// runs every check that needs no key.
+    async fn fetch_and_check(
+        &self,
+        source: &impl BoundarySource,
+        first: u64,
+        end: u64,
+    ) -> Vec<Result<CheckedBoundary, LedgerError>> {
+        let epochs = &self.epochs;
+        futures::stream::iter(first..end)
+            .map(|epoch| async move {
+                let height = epochs
+                    .boundary_height(Epoch::new(epoch))
+                    .ok_or(LedgerError::NoBoundary(epoch))?;
+                let certified =
+                    source
+                        .certified_at(height)
+                        .await
+                        .map_err(|error| LedgerError::Source {
+                            epoch,
+                            height,
+                            error,
+                        })?;
+                Self::check_boundary(epochs, epoch, height, &certified)
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await
+    }
+
+    /// Checks a fetched boundary without its key: it is the boundary block of `epoch`, its
+    /// certificate decodes, signs it and belongs to its epoch, and it announces epoch + 1.
+    fn check_boundary(
+        epochs: &EpochStrategy,
+        epoch: u64,
+        height: u64,
+        certified: &CertifiedBlock,
+    ) -> Result<CheckedBoundary, LedgerError> {
+        let broken = |error: VerifyError| LedgerError::Broken {
+            epoch,
+            height,
+            error,
+        };
+        let block = certified
+            .block
+            .as_ref()
+            .ok_or_else(|| broken(MalformedError::MissingBlock.into()))?;
+        // A valid certificate for another block of the epoch must not pass for the boundary.
+        if block.height() != height {
+            return Err(LedgerError::NotTheBoundary {
+                epoch,
+                height,
+                got: block.height(),
+            });
+        }
+        let finalization =
+            decode_certificate(&certified.certificate).map_err(|err| broken(err.into()))?;
+        check_unsigned(epochs, block, &finalization).map_err(broken)?;
+        let outcome = boundary_outcome(epochs, block, &OutcomeLimits::default()).map_err(broken)?;
+        Ok(CheckedBoundary {
+            epoch,
+            height,
+            header: block.header().clone(),
+            certificate: certified.certificate.clone(),
+            finalization,
+            next_identity: *outcome.identity(),
+        })
+    }
+
+    /// Verifies the certificates of `checked` (consecutive boundaries from `known_through`):
+    /// each with the key the previous outcome announced, one batch per run of equal keys. On
+    /// failure, returns the position of the first boundary that does not verify.
+    fn verify_signatures(
+        &self,
+        rng: &mut impl CryptoRng,
+        checked: &[CheckedBoundary],
+    ) -> Result<(), (usize, LedgerError)> {
+        let mut key = self
+            .runs
+            .last()
+            .expect("the ledger always holds the genesis run")
+            .identity;
+        let mut start = 0;
+        while start < checked.len() {
+            let identity = key;
+            let mut end = start;
+            while end < checked.len() {
+                key = checked[end].next_identity;
+                end += 1;
+                if key != identity {
+                    break;
+                }
+            }
+            Self::verify_batch(&self.namespace, rng, identity, &checked[start..end])
+                .map_err(|(index, err)| (start + index, err))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Verifies one batch under `identity`; on failure, names the first boundary that fails
+    /// and its position in the batch.
+    fn verify_batch(
+        namespace: &[u8],
+        rng: &mut impl CryptoRng,
+        identity: Identity,
+        batch: &[CheckedBoundary],
+    ) -> Result<(), (usize, LedgerError)> {
+        let scheme = FinalizationScheme::certificate_verifier(namespace, identity);
+        let items = batch.iter().map(|boundary| {
+            (
+                Subject::Finalize {
+                    proposal: &boundary.finalization.proposal,
+                },
+                &boundary.finalization.certificate,
+            )
+        });
+        let Some(items) = NonEmpty::try_new(items) else {
+            return Ok(());
+        };
+        if scheme.verify_certificates::<_, cairn_primitives::Digest, _>(rng, items, &Sequential) {
+            return Ok(());
+        }
+        let items: Vec<_> = batch
+            .iter()
+            .map(|boundary| {
+                (
+                    Subject::Finalize {
+                        proposal: &boundary.finalization.proposal,
+                    },
+                    &boundary.finalization.certificate,
+                )
+            })
+            .collect();
+        let results = scheme.verify_certificates_bisect::<_, cairn_primitives::Digest>(
+            rng,
+            &items,
+            &Sequential,
+        );
+        let index = results.iter().position(|verified| !verified).unwrap_or(0);
+        let bad = &batch[index];
+        Err((
+            index,
+            LedgerError::Broken {
+                epoch: bad.epoch,
+                height: bad.height,
+                error: VerifyError::BadSignature {
+                    height: bad.height,
+                    epoch: Epoch::new(bad.epoch),
+                },
+            },
+        ))
+    }
+
+    /// Records a verified boundary: the next epoch's identity, a new run when it changed.
+    fn accept(&mut self, boundary: CheckedBoundary) {
+        let previous = self
+            .runs
+            .last()
+            .expect("the ledger always holds the genesis run")
+            .identity;
+        let next_epoch = boundary.epoch + 1;
+        if boundary.next_identity != previous {
+            info!(
+                epoch = next_epoch,
+                height = boundary.height,
+                "network identity rotated (full DKG)"
+            );
+            self.runs.push(IdentityRun {
+                from_epoch: next_epoch,
+                identity: boundary.next_identity,
+                evidence: Some(BoundaryEvidence {
+                    height: boundary.height,
+                    header: boundary.header,
+                    certificate: boundary.certificate,
+                }),
+            });
+        } else {
+            debug!(
+                epoch = next_epoch,
+                height = boundary.height,
+                "identity kept (reshare)"
+            );
+        }
+        self.known_through = next_epoch;
+    }
+
+    /// Checks every identity compiled into a profile against the walked chain: one valid from
+    /// an epoch the ledger has reached must be the identity the boundaries proved for it.
+    pub fn check_compiled(&self, compiled: &[ConfiguredIdentity]) -> Result<(), LedgerError> {
+        for configured in compiled {
+            let epoch = configured.from_epoch.get();
+            let Some(walked) = self.identity_for(epoch) else {
+                continue;
+            };
+            if walked != configured.identity {
+                return Err(LedgerError::IdentityDisagrees {
+                    epoch,
+                    compiled: hex::encode(configured.identity.encode()),
+                    walked: hex::encode(walked.encode()),
+                });
+            }
         }
         Ok(())
     }
 
     /// A verifier registry holding the identity of `epoch` (after [`Self::advance_to`]).
-    pub fn provider_for(&self, namespace: &[u8], epoch: u64) -> Option<SchemeProvider> {
+    pub fn provider_for(&self, namespace: &[u8], epoch: u64) -> Option<crate::SchemeProvider> {
         let identity = self.identity_for(epoch)?;
-        let provider = SchemeProvider::new(namespace, 1);
+        let provider = crate::SchemeProvider::new(namespace, 1);
         provider
             .register(Epoch::new(epoch), identity)
             .expect("an empty registry has no conflicts");
         Some(provider)
     }
+
+    /// What to persist so a restart does not walk these epochs again.
+    pub fn record(&self) -> LedgerRecord {
+        LedgerRecord {
+            known_through: self.known_through,
+            runs: self
+                .runs
+                .iter()
+                .map(|run| RunRecord {
+                    from_epoch: run.from_epoch,
+                    identity: hex::encode_prefixed(run.identity.encode()),
+                    evidence: run.evidence.clone().map(|evidence| EvidenceRecord {
+                        height: evidence.height,
+                        header: evidence.header,
+                        certificate: evidence.certificate,
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// A ledger of `profile` restored from a record this node persisted earlier. The record
+    /// must start at the profile's genesis identity.
+    pub fn restore(profile: &ChainProfile, record: LedgerRecord) -> Result<Self, LedgerError> {
+        let mut ledger = Self::from_genesis(profile);
+        let mut runs = Vec::with_capacity(record.runs.len());
+        for run in record.runs {
+            let identity = parse_identity(&run.identity).map_err(LedgerError::Corrupt)?;
+            runs.push(IdentityRun {
+                from_epoch: run.from_epoch,
+                identity,
+                evidence: run.evidence.map(|evidence| BoundaryEvidence {
+                    height: evidence.height,
+                    header: evidence.header,
+                    certificate: evidence.certificate,
+                }),
+            });
+        }
+        let genesis = &ledger.runs[0];
+        match runs.first() {
+            Some(first) if first.from_epoch == 0 && first.identity == genesis.identity => {}
+            _ => {
+                return Err(LedgerError::Corrupt(format!(
+                    "it does not start at chain profile `{}`'s genesis identity",
+                    profile.name
+                )));
+            }
+        }
+        if runs
+            .windows(2)
+            .any(|pair| pair[0].from_epoch >= pair[1].from_epoch)
+            || runs
+                .last()
+                .is_some_and(|run| run.from_epoch > record.known_through)
+        {
+            return Err(LedgerError::Corrupt("its runs are out of order".into()));
+        }
+        ledger.runs = runs;
+        ledger.known_through = record.known_through;
+        Ok(ledger)
+    }
+}
+
+/// The persisted form of an [`IdentityLedger`] (JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LedgerRecord {
+    /// The highest epoch whose identity is known.
+    pub known_through: u64,
+    runs: Vec<RunRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunRecord {
+    from_epoch: u64,
+    identity: String,
+    evidence: Option<EvidenceRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EvidenceRecord {
+    height: u64,
+    header: TempoHeader,
+    certificate: String,
 }

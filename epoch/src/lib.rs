@@ -11,7 +11,8 @@ mod strategy;
 mod verifier;
 
 pub use ledger::{
-    BoundaryEvidence, BoundarySource, IdentityLedger, IdentityRun, LedgerError, SourceError,
+    BoundaryEvidence, BoundarySource, DEFAULT_WALK_CONCURRENCY, IdentityLedger, IdentityRun,
+    LedgerError, LedgerRecord, SourceError,
 };
 pub use profile::{
     BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity,
@@ -24,5 +25,6 @@ pub use signer::{CommitteeSigner, SignerError};
 pub use strategy::{EpochStrategy, InvalidEpochLength};
 pub use verifier::{
     Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,
-    VerifyError, boundary_outcome, certified_block, decode_certificate, encode_certificate,
+    VerifyError, boundary_outcome, certified_block, check_unsigned, decode_certificate,
+    encode_certificate,
 };

@@ -29,6 +29,35 @@ pub type Finalization = types::Finalization<FinalizationScheme, Digest>;
 /// the 32-byte payload and two 48-byte G1 signatures.
 pub const MAX_CERTIFICATE_BYTES: usize = 3 * 10 + 32 + 2 * 48;
 
+/// Checks 2 and 3, which need no key: the certificate signs this block (its payload is the
+/// locally recomputed hash) and its epoch is the epoch containing the block's height.
+pub fn check_unsigned(
+    epochs: &EpochStrategy,
+    block: &Block,
+    finalization: &Finalization,
+) -> Result<(), VerifyError> {
+    let height = block.height();
+    let computed = block.hash();
+    let certified = finalization.proposal.payload;
+    if certified != computed {
+        return Err(VerifyError::DigestMismatch {
+            height,
+            certified,
+            computed,
+        });
+    }
+    let epoch = finalization.proposal.round.epoch();
+    let expected = epochs.epoch_of(height);
+    if epoch != expected {
+        return Err(VerifyError::EpochMismatch {
+            height,
+            certificate: epoch,
+            expected,
+        });
+    }
+    Ok(())
+}
+
 /// Reads the outcome that boundary block `block` announces for the next epoch (check 6), the
 /// way Tempo's validators read it: bytes after a complete outcome are ignored and noted in the
 /// log. Only the outcome's public polynomial and epoch are relied on; `is_next_full_dkg` never
@@ -260,27 +289,9 @@ impl FinalizationVerifier {
         block: Block,
         finalization: Finalization,
     ) -> Result<VerifiedBlock, VerifyError> {
+        check_unsigned(&self.epochs, &block, &finalization)?;
         let height = block.height();
-        let computed = block.hash();
-        let certified = finalization.proposal.payload;
-        if certified != computed {
-            return Err(VerifyError::DigestMismatch {
-                height,
-                certified,
-                computed,
-            });
-        }
-
         let epoch = finalization.proposal.round.epoch();
-        let expected = self.epochs.epoch_of(height);
-        if epoch != expected {
-            return Err(VerifyError::EpochMismatch {
-                height,
-                certificate: epoch,
-                expected,
-            });
-        }
-
         let verifier = self
             .provider
             .verifier(epoch)

@@ -200,3 +200,121 @@ fn another_block_of_the_epoch_does_not_pass_for_its_boundary() {
     );
     assert_eq!(ledger.known_through(), 1);
 }
+
+/// A source that counts the boundaries it was asked for.
+struct CountingSource(MemorySource, std::sync::atomic::AtomicUsize);
+
+impl BoundarySource for CountingSource {
+    async fn certified_at(&self, height: u64) -> Result<CertifiedBlock, SourceError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.certified_at(height).await
+    }
+}
+
+#[test]
+fn a_restored_ledger_walks_only_the_new_epochs() {
+    let (profile, chain) = chain();
+    let source = CountingSource(MemorySource(chain), Default::default());
+    let mut ledger = IdentityLedger::from_genesis(&profile).with_concurrency(3);
+    block_on(ledger.advance_to(&mut rng(), &source, 3)).expect("walks");
+    assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 3);
+
+    // What a node persists, through its JSON form, and restores on the next start.
+    let json = serde_json::to_string(&ledger.record()).expect("serializes");
+    let record = serde_json::from_str(&json).expect("parses");
+    let mut restored = IdentityLedger::restore(&profile, record).expect("restores");
+    assert_eq!(restored.known_through(), 3);
+    assert_eq!(restored.runs().len(), ledger.runs().len());
+    block_on(restored.advance_to(&mut rng(), &source, 6)).expect("walks on");
+    assert_eq!(
+        source.1.load(std::sync::atomic::Ordering::Relaxed),
+        6,
+        "only epochs 3, 4 and 5 were fetched after the restore"
+    );
+    let mut fresh = IdentityLedger::from_genesis(&profile);
+    block_on(fresh.advance_to(&mut rng(), &source.0, 6)).expect("walks");
+    for epoch in 0..=6 {
+        assert_eq!(restored.identity_for(epoch), fresh.identity_for(epoch));
+    }
+
+    // A record of another chain is refused.
+    let (other, _) = devnet_chain(6, 1);
+    let err = IdentityLedger::restore(&other, ledger.record()).expect_err("other chain");
+    assert!(matches!(err, LedgerError::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn a_compiled_identity_that_disagrees_with_the_walk_is_refused() {
+    let (mut profile, chain) = chain();
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 6)).expect("walks");
+    // The walked identities of the rotations (epochs 2 and 4) agree with themselves.
+    let agreeing: Vec<_> = ledger
+        .runs()
+        .iter()
+        .map(|run| cairn_epoch::ConfiguredIdentity {
+            identity: run.identity,
+            from_epoch: commonware_consensus::types::Epoch::new(run.from_epoch),
+        })
+        .collect();
+    ledger.check_compiled(&agreeing).expect("agrees");
+    // Epoch 3 still uses the epoch-2 key: compiling epoch 0's key from epoch 3 disagrees.
+    profile.network_identities = vec![cairn_epoch::ConfiguredIdentity {
+        identity: ledger.runs()[0].identity,
+        from_epoch: commonware_consensus::types::Epoch::new(3),
+    }];
+    let err = ledger
+        .check_compiled(&profile.network_identities)
+        .expect_err("disagrees");
+    let LedgerError::IdentityDisagrees {
+        epoch,
+        compiled,
+        walked,
+    } = &err
+    else {
+        panic!("unexpected error {err}");
+    };
+    assert_eq!(*epoch, 3);
+    assert_ne!(compiled, walked);
+    assert!(err.to_string().contains(compiled) && err.to_string().contains(walked));
+}
+
+#[test]
+fn a_boundary_with_another_outcome_is_named() {
+    let (profile, mut chain) = chain();
+    // Epoch 1's boundary (height 7) with its outcome replaced: the header no longer hashes to
+    // the certified payload.
+    let other = chain_outcome_of_epoch_2(&chain);
+    let certified = chain.get_mut(&7).expect("height 7");
+    let block = certified.block.take().expect("block");
+    let (mut header, body) = block.into_parts();
+    header.inner.extra_data = other.into();
+    certified.block = Some(cairn_primitives::Block::new(header, body).expect("body unchanged"));
+    let mut ledger = IdentityLedger::from_genesis(&profile);
+    let err = block_on(ledger.advance_to(&mut rng(), &MemorySource(chain), 4))
+        .expect_err("tampered outcome");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Broken {
+                epoch: 1,
+                height: 7,
+                error: VerifyError::DigestMismatch { .. }
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(ledger.known_through(), 1);
+}
+
+/// The `extraData` of epoch 2's boundary (height 11): a valid outcome, for another epoch.
+fn chain_outcome_of_epoch_2(chain: &BTreeMap<u64, CertifiedBlock>) -> Vec<u8> {
+    chain[&11]
+        .block
+        .as_ref()
+        .expect("block")
+        .header()
+        .inner
+        .extra_data
+        .to_vec()
+}
