@@ -314,9 +314,21 @@ impl<C: ChainReader> RpcHandlers<C> {
             .ok_or_else(|| missing("this node's chain profile has no chain id"))
     }
 
+    /// Refuses heights below the first one this node stores, saying why.
+    fn check_served(&self, height: u64) -> Result<(), ErrorObjectOwned> {
+        let first = self.chain.first_height();
+        if height < first {
+            return Err(missing(format!(
+                "height {height} is below this node's checkpoint {first}: it started from a verified checkpoint and serves heights {first} and up"
+            )));
+        }
+        Ok(())
+    }
+
     /// The served block at a number or tag, if any.
     async fn block_at_number(&self, number: BlockNumberOrTag) -> RpcResult<Option<Block>> {
         let height = self.height_of(number);
+        self.check_served(height)?;
         self.chain.block_at(height).await.map_err(internal)
     }
 
@@ -336,7 +348,7 @@ impl<C: ChainReader> RpcHandlers<C> {
     fn height_of(&self, number: BlockNumberOrTag) -> u64 {
         match number {
             BlockNumberOrTag::Number(height) => height,
-            BlockNumberOrTag::Earliest => 0,
+            BlockNumberOrTag::Earliest => self.chain.first_height(),
             _ => self.chain.finalized_height().unwrap_or(0),
         }
     }
@@ -350,6 +362,7 @@ impl<C: ChainReader> RpcHandlers<C> {
                 .map_err(internal)?,
             BlockId::Number(number) => {
                 let height = self.height_of(number);
+                self.check_served(height)?;
                 self.chain.block_at(height).await.map_err(internal)?
             }
         };
@@ -370,6 +383,7 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             }
             Query::Height(height) => height,
         };
+        self.check_served(height)?;
         self.chain
             .certified_at(height)
             .await

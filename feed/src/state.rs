@@ -24,6 +24,12 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
     /// The height of the finalized tip, if any block has been finalized.
     fn finalized_height(&self) -> Option<u64>;
 
+    /// The lowest height served: 0 for a chain kept from genesis, the checkpoint's height for a
+    /// node that started at a verified checkpoint (history below it is not stored).
+    fn first_height(&self) -> u64 {
+        0
+    }
+
     /// The certified block at `height` (with its block), if stored.
     fn certified_at(
         &self,

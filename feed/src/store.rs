@@ -94,6 +94,11 @@ impl<A: Archive> SharedArchive<A> {
         }
     }
 
+    /// Lowest stored index, if any.
+    pub async fn first_index(&self) -> Option<u64> {
+        self.inner.read().await.as_ref()?.first_index()
+    }
+
     /// Highest stored index, if any.
     pub async fn last_index(&self) -> Option<u64> {
         self.inner.read().await.as_ref()?.last_index()
@@ -258,6 +263,11 @@ impl<E: StoreContext> BlockStore<E> {
             transactions: SharedArchive::new(transactions),
             next_entry: Arc::new(Mutex::new(next_entry)),
         })
+    }
+
+    /// Lowest stored height, if any (0 for a chain stored from genesis).
+    pub async fn first_height(&self) -> Option<u64> {
+        self.archive.first_index().await
     }
 
     /// Highest stored height, if any.

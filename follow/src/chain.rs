@@ -31,6 +31,10 @@ impl<P: ExecutionProvider> ChainReader for FollowerChain<P> {
         (height > 0).then_some(height)
     }
 
+    fn first_height(&self) -> u64 {
+        self.execution.first_height()
+    }
+
     async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
         if height == 0 || height > self.execution.finalized_height() {
             return Ok(None);

@@ -5,6 +5,7 @@
 
 use crate::{
     chain::FollowerChain,
+    checkpoint::Checkpoint,
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
@@ -84,6 +85,8 @@ pub struct EngineConfig {
     pub mailbox_size: usize,
     /// Prefix of every storage partition, so several followers can share one storage.
     pub partition_prefix: String,
+    /// A verified checkpoint to start from instead of genesis (see [`crate::checkpoint`]).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl EngineConfig {
@@ -99,6 +102,7 @@ impl EngineConfig {
             fetch_retry_delay: Duration::from_millis(500),
             mailbox_size: 1024,
             partition_prefix: "follow".into(),
+            checkpoint: None,
         }
     }
 }
@@ -179,12 +183,22 @@ where
     U: UpstreamRequests,
 {
     let profile = &config.profile;
-    let genesis = genesis_block(profile)?;
+    let (anchor, start) = match &config.checkpoint {
+        Some(checkpoint) => (
+            checkpoint.block.clone(),
+            Start::Floor(checkpoint.finalization.clone()),
+        ),
+        None => {
+            let genesis = genesis_block(profile)?;
+            let start = Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash()));
+            (genesis, start)
+        }
+    };
     let prefix = &config.partition_prefix;
     let execution = EmbeddedExecution::open_in(
         context.child("execution"),
         &format!("{prefix}-execution"),
-        &genesis,
+        &anchor,
     )
     .await?;
 
@@ -197,10 +211,19 @@ where
     )
     .await?;
     let restored = registry.load_into(&provider).await?;
-    if restored == 0 {
-        registry
-            .register(&provider, 0, *profile.genesis.identity())
-            .await?;
+    match &config.checkpoint {
+        // The keys the boundary walk proved for the checkpoint (a no-op after a restart).
+        Some(checkpoint) => {
+            for (epoch, identity) in &checkpoint.identities {
+                registry.register(&provider, *epoch, *identity).await?;
+            }
+        }
+        None if restored == 0 => {
+            registry
+                .register(&provider, 0, *profile.genesis.identity())
+                .await?;
+        }
+        None => {}
     }
     for configured in &profile.network_identities {
         provider.set_configured_identity(configured.identity, configured.from_epoch);
@@ -239,7 +262,7 @@ where
     let marshal_config = marshal::Config {
         provider: provider.clone(),
         epocher: profile.epochs.epocher().clone(),
-        start: Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash())),
+        start,
         partition_prefix: format!("{prefix}-marshal"),
         mailbox_size: nonzero(config.mailbox_size),
         view_retention: ViewDelta::new(profile.epochs.length()),

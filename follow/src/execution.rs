@@ -63,6 +63,10 @@ pub trait ExecutionProvider: Clone + Send + Sync + 'static {
     /// Height of the finalized tip (0 = genesis only).
     fn finalized_height(&self) -> u64;
 
+    /// Height of the first stored block: 0 for a chain stored from genesis, the checkpoint's
+    /// height for one started at a verified checkpoint.
+    fn first_height(&self) -> u64;
+
     /// The header at `height`.
     fn header_by_number(
         &self,
@@ -102,6 +106,7 @@ struct Tip {
 /// The embedded execution store: finalized blocks on disk (cheap to clone).
 pub struct EmbeddedExecution<E: StoreContext> {
     blocks: BlockStore<E>,
+    base: u64,
     tip: Arc<RwLock<Tip>>,
 }
 
@@ -109,6 +114,7 @@ impl<E: StoreContext> Clone for EmbeddedExecution<E> {
     fn clone(&self) -> Self {
         Self {
             blocks: self.blocks.clone(),
+            base: self.base,
             tip: self.tip.clone(),
         }
     }
@@ -122,30 +128,35 @@ impl<E: StoreContext> EmbeddedExecution<E> {
     }
 
     /// [`Self::open`] in partitions named after `prefix`, for several stores in one storage.
-    pub async fn open_in(
-        context: E,
-        prefix: &str,
-        genesis: &Block,
-    ) -> Result<Self, ExecutionError> {
+    ///
+    /// `anchor` is the first block of the stored chain: the genesis block, or the block of a
+    /// verified checkpoint. An empty store starts at it; a store that already holds a chain
+    /// continues that chain (a genesis anchor must match its stored genesis).
+    pub async fn open_in(context: E, prefix: &str, anchor: &Block) -> Result<Self, ExecutionError> {
         let blocks = BlockStore::open(context, &format!("{prefix}-blocks"), page_cache()).await?;
-        match blocks.get(0).await? {
-            Some(stored) if stored.hash() != genesis.hash() => {
-                return Err(ExecutionError::GenesisMismatch {
-                    stored: stored.hash(),
-                    expected: genesis.hash(),
-                });
+        match blocks.first_height().await {
+            None => blocks.put(anchor).await?,
+            Some(0) if anchor.height() == 0 => {
+                let stored = blocks.get(0).await?.ok_or(ExecutionError::Missing(0))?;
+                if stored.hash() != anchor.hash() {
+                    return Err(ExecutionError::GenesisMismatch {
+                        stored: stored.hash(),
+                        expected: anchor.hash(),
+                    });
+                }
             }
             Some(_) => {}
-            None => blocks.put(genesis).await?,
         }
-        // Blocks are only ever written in order, so the last index is the tip.
-        let height = blocks.last_height().await.unwrap_or(0);
+        let base = blocks.first_height().await.unwrap_or(0);
+        // Blocks are only ever written in order from the base, so the last index is the tip.
+        let height = blocks.last_height().await.unwrap_or(base);
         let tip_block = blocks
             .get(height)
             .await?
             .ok_or(ExecutionError::Missing(height))?;
         Ok(Self {
             blocks,
+            base,
             tip: Arc::new(RwLock::new(Tip {
                 height,
                 hash: tip_block.hash(),
@@ -164,6 +175,10 @@ impl<E: StoreContext> EmbeddedExecution<E> {
 impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
     fn finalized_height(&self) -> u64 {
         self.tip().height
+    }
+
+    fn first_height(&self) -> u64 {
+        self.base
     }
 
     async fn header_by_number(&self, height: u64) -> Result<Option<TempoHeader>, ExecutionError> {

@@ -2,9 +2,11 @@
 //! marshal. The upstream actor keeps a subscription alive and serves requests; the driver
 //! verifies events and registers epochs; marshal orders, stores and repairs the chain through
 //! our resolver; the executor writes finalized blocks to the execution layer and publishes
-//! them on the feed the follower serves. [`engine`] wires them together.
+//! them on the feed the follower serves. [`engine`] wires them together; [`checkpoint`] lets a
+//! follower join a long-running chain at a verified finalization.
 
 pub mod chain;
+pub mod checkpoint;
 pub mod driver;
 pub mod engine;
 pub mod execution;

@@ -3,11 +3,13 @@
 
 use crate::common::{lock_datadir, shutdown_signal};
 use cairn_epoch::ChainProfile;
+use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_feed::RpcConfig;
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
+    checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     execution::ExecutionError,
-    upstream::{self, follow_url},
+    upstream::{self, ClientConfig, UpstreamClient, follow_url},
 };
 use clap::Args;
 use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
@@ -39,6 +41,15 @@ pub struct FollowArgs {
     /// followers can follow this one; port 0 lets the OS choose. Not served when omitted.
     #[arg(long, value_name = "ADDR")]
     rpc_addr: Option<String>,
+    /// Where to start: `genesis`, `latest` (the upstream's latest finalization) or a block
+    /// height. A start other than genesis walks the boundary certificates from the profile's
+    /// genesis outcome to the checkpoint's epoch, verifying each with the key the one before it
+    /// announced, then follows from the verified checkpoint; history below it is not stored and
+    /// is answered with 503. Default: `genesis` when the profile carries the genesis header,
+    /// `latest` when it does not (the built-in Tempo profiles). Applies to an empty datadir; a
+    /// datadir that already follows resumes where it stopped.
+    #[arg(long, value_name = "latest|genesis|HEIGHT")]
+    checkpoint: Option<CheckpointTarget>,
     /// How often to print a progress line.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
@@ -59,13 +70,84 @@ pub fn run(args: FollowArgs) -> eyre::Result<()> {
             )
         })?;
     let url = follow_url(&upstream).map_err(|err| eyre!("--upstream {upstream}: {err}"))?;
-    cairn_follow::genesis_block(&profile).wrap_err_with(|| format!("--chain {}", args.chain))?;
+    let target = args
+        .checkpoint
+        .unwrap_or(if profile.genesis_header.is_some() {
+            CheckpointTarget::Genesis
+        } else {
+            CheckpointTarget::Latest
+        });
+    if target == CheckpointTarget::Genesis {
+        cairn_follow::genesis_block(&profile).wrap_err_with(|| {
+            format!(
+                "--chain {} --checkpoint genesis (use --checkpoint latest to start from a verified checkpoint)",
+                args.chain
+            )
+        })?;
+    }
     let _lock = lock_datadir(&args.datadir)?;
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)
         .with_storage_directory(args.datadir.join("store"));
-    commonware_runtime::tokio::Runner::new(config)
-        .start(|context| async move { follow(context.child("follow"), args, url, profile).await })
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        follow(context.child("follow"), args, url, profile, target).await
+    })
+}
+
+/// The checkpoint to start from: the one this datadir started from, none for a datadir that
+/// follows from genesis, else a new one verified through the boundary chain.
+async fn checkpoint_for(
+    context: &commonware_runtime::tokio::Context,
+    url: &str,
+    profile: &ChainProfile,
+    target: CheckpointTarget,
+) -> eyre::Result<Option<Checkpoint>> {
+    let mut store = CheckpointStore::open(context.child("checkpoint"), "follow-checkpoint")
+        .await
+        .wrap_err("opening the checkpoint store")?;
+    if let Some(checkpoint) = store.checkpoint()? {
+        println!(
+            "resuming the chain started at checkpoint {} (no boundary walk needed)",
+            checkpoint.height()
+        );
+        return Ok(Some(checkpoint));
+    }
+    if store.started_from_genesis()? {
+        if target != CheckpointTarget::Genesis {
+            println!("this datadir follows from genesis; --checkpoint applies to an empty datadir");
+        }
+        return Ok(None);
+    }
+    if target == CheckpointTarget::Genesis {
+        store.mark_genesis().await?;
+        return Ok(None);
+    }
+    let client = UpstreamClient::connect(url, &ClientConfig::default())
+        .await
+        .map_err(|err| eyre!("--upstream {url}: {err}"))?;
+    println!("walking the boundary certificates from genesis to the checkpoint ...");
+    let mut rng = context.child("walk");
+    let (checkpoint, report) = checkpoint::establish(
+        &mut rng,
+        profile,
+        &client,
+        &mut store,
+        target,
+        DEFAULT_WALK_CONCURRENCY,
+    )
+    .await
+    .map_err(|err| eyre!("checkpoint start refused: {err}"))?;
+    println!(
+        "checkpoint {} (epoch {}) verified: walked {} boundaries (epochs {}..{}), {} identity rotations, in {} ms",
+        checkpoint.height(),
+        report.to_epoch,
+        report.boundaries,
+        report.from_epoch,
+        report.to_epoch,
+        report.rotations,
+        report.millis
+    );
+    Ok(Some(checkpoint))
 }
 
 async fn follow(
@@ -73,7 +155,9 @@ async fn follow(
     args: FollowArgs,
     url: String,
     profile: ChainProfile,
+    target: CheckpointTarget,
 ) -> eyre::Result<()> {
+    let checkpoint = checkpoint_for(&context, &url, &profile, target).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let (upstream_actor, requests) =
         upstream::init(upstream::Config::new(url.clone()), notifications_tx)
@@ -84,7 +168,10 @@ async fn follow(
 
     let follower = cairn_follow::start(
         context.child("engine"),
-        EngineConfig::new(profile.clone()),
+        EngineConfig {
+            checkpoint,
+            ..EngineConfig::new(profile.clone())
+        },
         notifications,
         requests,
     )

@@ -182,7 +182,21 @@ async fn bad_command_lines_fail_clearly() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot load the chain profile"), "{stderr}");
 
-    // Built-in Tempo profiles carry no genesis header; following them needs one.
+    // Built-in Tempo profiles carry no genesis header: a genesis start is refused, and the
+    // default checkpoint start needs a reachable upstream.
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        "tempo-mainnet",
+        "--upstream",
+        "127.0.0.1:1",
+        "--datadir",
+        &datadir,
+        "--checkpoint",
+        "genesis",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("genesis header"), "{stderr}");
     let (code, stderr) = run(&[
         "follow",
         "--chain",
@@ -193,7 +207,18 @@ async fn bad_command_lines_fail_clearly() {
         &datadir,
     ]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("genesis header"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    let (code, stderr) = run(&[
+        "follow",
+        "--chain",
+        "tempo-mainnet",
+        "--checkpoint",
+        "tip",
+        "--datadir",
+        &datadir,
+    ]);
+    assert_eq!(code, Some(2), "clap refuses a bad --checkpoint: {stderr}");
+    assert!(stderr.contains("--checkpoint"), "{stderr}");
 
     // A datadir that belongs to another chain.
     let first = start_devnet(&dir.path().join("one"), "127.0.0.1:0", "1");
@@ -322,5 +347,183 @@ async fn a_standard_ethereum_client_reads_blocks_and_transactions_from_a_followe
         .expect("eth_getTransactionByHash");
     assert!(unknown.is_none());
     follower.stop();
+    devnet.stop();
+}
+
+/// `chain.json` of a devnet without its genesis header (as the built-in Tempo profiles are),
+/// with `extra` fields merged in.
+fn profile_without_genesis_header(chain: &Path, extra: serde_json::Value) -> PathBuf {
+    let mut profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chain).expect("chain.json")).expect("json");
+    let object = profile.as_object_mut().expect("an object");
+    object.remove("genesisHeader");
+    if let serde_json::Value::Object(extra) = extra {
+        object.extend(extra);
+    }
+    let path = chain.with_file_name(format!(
+        "no-genesis-header-{}.json",
+        object.len() + usize::from(object.contains_key("networkIdentities"))
+    ));
+    std::fs::write(&path, profile.to_string()).expect("profile written");
+    path
+}
+
+/// A follower with only the genesis outcome joins a devnet past 50 epochs (two full DKGs) at its
+/// latest finalization: it walks every boundary, verifies the checkpoint, follows live from
+/// there byte for byte, answers 503 below the checkpoint, and resumes after a restart without
+/// walking again. A compiled identity that disagrees with the walk is refused with both keys,
+/// and nothing of that walk is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet_dir = dir.path().join("devnet");
+    let devnet = CairnProcess::devnet(
+        cairn(),
+        &devnet_dir,
+        &[
+            "--epoch-length",
+            "5",
+            "--block-time",
+            "10ms",
+            "--full-dkg-at-epochs",
+            "2,30",
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let devnet_rpc = devnet.http();
+    wait_for_height(&devnet_rpc, 255, Duration::from_secs(240)).await;
+    let chain = devnet_dir.join("chain.json");
+
+    // A compiled identity that disagrees: the genesis key claimed for epoch 40 (after the full
+    // DKGs of epochs 2 and 30).
+    let genesis_identity = {
+        let profile: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&chain).expect("chain.json"))
+                .expect("json");
+        let outcome = profile["genesisOutcome"]
+            .as_str()
+            .expect("outcome")
+            .to_string();
+        let output = Command::new(cairn())
+            .args(["inspect", "dkg-outcome", "--json", &outcome])
+            .output()
+            .expect("inspect runs");
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        value["identity"].as_str().expect("identity").to_string()
+    };
+    let wrong = profile_without_genesis_header(
+        &chain,
+        serde_json::json!({"networkIdentities": [{"identity": format!("0x{genesis_identity}"), "fromEpoch": 40}]}),
+    );
+    let refused_dir = dir.path().join("refused");
+    let output = Command::new(cairn())
+        .args(["follow", "--chain"])
+        .arg(&wrong)
+        .args(["--upstream", &devnet.addr, "--datadir"])
+        .arg(&refused_dir)
+        .output()
+        .expect("cairn runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("compiled for epoch 40") && stderr.contains(&genesis_identity),
+        "{stderr}"
+    );
+
+    // The follower that starts from the latest finalization.
+    let profile = profile_without_genesis_header(&chain, serde_json::json!({}));
+    let datadir = dir.path().join("follower");
+    let log = dir.path().join("follower.log");
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        &profile,
+        &devnet.addr,
+        &datadir,
+        &log,
+        &["--checkpoint", "latest"],
+    );
+    let line = follower.wait_for_line("checkpoint ");
+    let checkpoint: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|height| height.parse().ok())
+        .unwrap_or_else(|| panic!("the checkpoint line names its height: {line}"));
+    let walked: u64 = line
+        .split("walked ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("the checkpoint line counts the boundaries: {line}"));
+    assert!(checkpoint >= 255, "{line}");
+    assert_eq!(
+        walked,
+        checkpoint / 5,
+        "every boundary below the checkpoint: {line}"
+    );
+    assert!(line.contains("2 identity rotations"), "{line}");
+    let follower = follower.with_rpc_addr();
+    let follower_rpc = follower.http();
+    let live = wait_for_height(&follower_rpc, checkpoint + 20, Duration::from_secs(120)).await;
+    for height in checkpoint..=live {
+        assert_eq!(
+            finalization(&follower_rpc, height).await,
+            finalization(&devnet_rpc, height).await,
+            "height {height}"
+        );
+        assert_eq!(
+            raw_block(&follower_rpc, height).await,
+            raw_block(&devnet_rpc, height).await,
+            "height {height}"
+        );
+    }
+    let below: Result<serde_json::Value, _> = follower_rpc
+        .request(
+            "consensus_getFinalization",
+            rpc_params![serde_json::json!({"height": checkpoint - 1})],
+        )
+        .await;
+    let err = below.expect_err("below the checkpoint");
+    assert!(
+        err.to_string().contains("503") && err.to_string().contains("below this node's checkpoint"),
+        "{err}"
+    );
+
+    // A restart resumes the stored chain without walking again.
+    follower.stop();
+    let restarted = CairnProcess::follower_with(
+        cairn(),
+        &profile,
+        &devnet.addr,
+        &datadir,
+        &dir.path().join("restarted.log"),
+        &["--checkpoint", "latest"],
+    );
+    let line = restarted.wait_for_line("resuming the chain started at checkpoint");
+    assert!(
+        line.ends_with(&format!(
+            "checkpoint {checkpoint} (no boundary walk needed)"
+        )),
+        "{line}"
+    );
+    let restarted = restarted.with_rpc_addr();
+    wait_for_height(&restarted.http(), live + 10, Duration::from_secs(120)).await;
+
+    // The refused start kept nothing: the same datadir with the right profile walks from
+    // genesis.
+    let again = CairnProcess::follower_with(
+        cairn(),
+        &profile,
+        &devnet.addr,
+        &refused_dir,
+        &dir.path().join("again.log"),
+        &[],
+    );
+    let line = again.wait_for_line("checkpoint ");
+    assert!(line.contains("(epochs 0.."), "{line}");
+    let again = again.with_rpc_addr();
+    wait_for_height(&again.http(), live, Duration::from_secs(120)).await;
+    again.stop();
+    restarted.stop();
     devnet.stop();
 }

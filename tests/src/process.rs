@@ -82,8 +82,21 @@ impl CairnProcess {
         datadir: &Path,
         log: &Path,
     ) -> Self {
+        Self::follower_with(binary, chain, upstream, datadir, log, &[]).with_rpc_addr()
+    }
+
+    /// [`Self::follower`] with extra arguments, returning at once (the caller reads the lines
+    /// printed before the RPC address, then calls [`Self::with_rpc_addr`]).
+    pub fn follower_with(
+        binary: &Path,
+        chain: &Path,
+        upstream: &str,
+        datadir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Self {
         let log = std::fs::File::create(log).expect("log file");
-        let args: [&OsStr; 9] = [
+        let mut args: Vec<&OsStr> = vec![
             "follow".as_ref(),
             "--chain".as_ref(),
             chain.as_ref(),
@@ -94,13 +107,13 @@ impl CairnProcess {
             "--rpc-addr".as_ref(),
             "127.0.0.1:0".as_ref(),
         ];
+        args.extend(extra.iter().map(|arg| OsStr::new(*arg)));
         Self::start_with_env(
             binary,
             args,
             Stdio::from(log),
             &[("CAIRN_LOG", "info"), ("NO_COLOR", "1")],
         )
-        .with_rpc_addr()
     }
 
     /// Waits for the `rpc listening on ADDR` line and records the address.

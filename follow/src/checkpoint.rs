@@ -1,0 +1,346 @@
+//! A verified checkpoint start: how a follower joins a long-running chain without replaying it.
+//!
+//! The follower fetches the finalization it will start from (the upstream's latest, or a given
+//! height), walks the boundary certificates from the profile's genesis outcome to that
+//! finalization's epoch with the [`IdentityLedger`] (every key learned from a boundary the key
+//! before it certified), checks the identities compiled into the profile against the walk, and
+//! verifies the checkpoint's certificate with its epoch's key. The ledger and the checkpoint are
+//! persisted, in a commonware-storage metadata store, before anything starts from them: a
+//! restart resumes the stored chain without walking again, and a later walk from the stored
+//! ledger fetches only the epochs it has not verified.
+
+use crate::upstream::{UpstreamClient, UpstreamError};
+use cairn_dkg::Identity;
+use cairn_epoch::{
+    ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, LedgerRecord,
+    MalformedError, VerifyError, check_unsigned, decode_certificate,
+};
+use cairn_feed::StoreContext;
+use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock};
+use commonware_codec::{DecodeExt as _, Encode as _, Read as _};
+use commonware_storage::metadata::{self, Metadata};
+use commonware_utils::sequence::U64;
+use rand::CryptoRng;
+use std::time::Instant;
+use tracing::info;
+
+/// Key of the persisted ledger record.
+const LEDGER_KEY: u64 = 0;
+/// Key of the persisted checkpoint.
+const CHECKPOINT_KEY: u64 = 1;
+/// Key of the marker written when a node starts following from genesis.
+const GENESIS_KEY: u64 = 2;
+/// Largest persisted record accepted (a ledger holds one header per identity rotation).
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where to start following.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointTarget {
+    /// From the genesis block (the profile must carry the genesis header).
+    Genesis,
+    /// From the upstream's latest finalization.
+    Latest,
+    /// From the finalization at this height.
+    Height(u64),
+}
+
+impl std::str::FromStr for CheckpointTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "genesis" => Ok(Self::Genesis),
+            "latest" => Ok(Self::Latest),
+            height => height
+                .parse()
+                .map(Self::Height)
+                .map_err(|_| format!("`{text}` is not `latest`, `genesis` or a block height")),
+        }
+    }
+}
+
+/// A verified finalization a follower starts from, with the keys it needs there.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// The checkpoint block.
+    pub block: Block,
+    /// Its verified finalization (marshal's floor).
+    pub finalization: Finalization,
+    /// The identities the walk proved for the checkpoint's epoch and, when the checkpoint is a
+    /// boundary, the next one.
+    pub identities: Vec<(u64, Identity)>,
+}
+
+impl Checkpoint {
+    /// The checkpoint's height.
+    pub const fn height(&self) -> u64 {
+        self.block.height()
+    }
+}
+
+/// What a walk did, for the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkReport {
+    /// Boundaries fetched and verified by this walk.
+    pub boundaries: u64,
+    /// The epoch the ledger was known through before the walk.
+    pub from_epoch: u64,
+    /// The checkpoint's epoch.
+    pub to_epoch: u64,
+    /// Identity rotations the ledger knows.
+    pub rotations: usize,
+    /// Milliseconds the walk and the checkpoint's verification took.
+    pub millis: u128,
+}
+
+/// Why a checkpoint could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The upstream could not answer.
+    #[error("fetching the checkpoint from the upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The upstream has no finalization to start from.
+    #[error("the upstream has no finalization {0}")]
+    Unavailable(String),
+    /// The upstream answered with a finalization of another height.
+    #[error("asked the upstream for the finalization at height {asked}, got height {got}")]
+    WrongHeight {
+        /// Height asked for.
+        asked: u64,
+        /// Height received.
+        got: u64,
+    },
+    /// The checkpoint's certificate does not verify.
+    #[error("the checkpoint at height {height} does not verify: {error}")]
+    Verify {
+        /// Its height.
+        height: u64,
+        /// The failed check.
+        error: VerifyError,
+    },
+    /// The boundary walk failed (its error names the epoch and height).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The checkpoint store failed.
+    #[error("checkpoint store {what}: {error}")]
+    Store {
+        /// What was being done.
+        what: &'static str,
+        /// The store's error.
+        error: metadata::Error,
+    },
+    /// An earlier failed write destroyed the store handle.
+    #[error("the checkpoint store was poisoned by an earlier failed write")]
+    Poisoned,
+    /// A stored record does not decode (the datadir is damaged).
+    #[error("the stored {0} does not decode")]
+    Corrupt(&'static str),
+}
+
+/// The persisted ledger and checkpoint. commonware's metadata store consumes itself when it
+/// syncs, so the handle is an `Option`; a failed sync leaves the store unusable (`Poisoned`).
+pub struct CheckpointStore<E: StoreContext> {
+    store: Option<Metadata<E, U64, Vec<u8>>>,
+}
+
+impl<E: StoreContext> CheckpointStore<E> {
+    /// Opens (or creates) the store in partition `partition`.
+    pub async fn open(context: E, partition: &str) -> Result<Self, CheckpointError> {
+        let store = Metadata::init(
+            context,
+            metadata::Config {
+                partition: partition.into(),
+                codec_config: ((..=MAX_RECORD_BYTES).into(), ()),
+            },
+        )
+        .await
+        .map_err(|error| CheckpointError::Store {
+            what: "opening",
+            error,
+        })?;
+        Ok(Self { store: Some(store) })
+    }
+
+    fn metadata(&self) -> Result<&Metadata<E, U64, Vec<u8>>, CheckpointError> {
+        self.store.as_ref().ok_or(CheckpointError::Poisoned)
+    }
+
+    /// The ledger persisted earlier, if any.
+    pub fn ledger(&self) -> Result<Option<LedgerRecord>, CheckpointError> {
+        self.metadata()?
+            .get(&U64::new(LEDGER_KEY))
+            .map(|bytes| {
+                serde_json::from_slice(bytes).map_err(|_| CheckpointError::Corrupt("ledger"))
+            })
+            .transpose()
+    }
+
+    /// The checkpoint this node started from, if it started from one.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let Some(bytes) = self.metadata()?.get(&U64::new(CHECKPOINT_KEY)) else {
+            return Ok(None);
+        };
+        let corrupt = || CheckpointError::Corrupt("checkpoint");
+        let mut buf = bytes::Bytes::copy_from_slice(bytes);
+        let block =
+            Block::read_cfg(&mut buf, &BlockCodecConfig::default()).map_err(|_| corrupt())?;
+        let finalization = Finalization::decode(buf).map_err(|_| corrupt())?;
+        Ok(Some(Checkpoint {
+            block,
+            finalization,
+            identities: Vec::new(),
+        }))
+    }
+
+    /// Whether this node started following from genesis.
+    pub fn started_from_genesis(&self) -> Result<bool, CheckpointError> {
+        Ok(self.metadata()?.get(&U64::new(GENESIS_KEY)).is_some())
+    }
+
+    /// Records that this node follows from genesis (a later checkpoint target is ignored).
+    pub async fn mark_genesis(&mut self) -> Result<(), CheckpointError> {
+        let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
+        store.put(U64::new(GENESIS_KEY), Vec::new());
+        let store = store.sync().await.map_err(|error| CheckpointError::Store {
+            what: "syncing",
+            error,
+        })?;
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// Persists `ledger` and, when given, the checkpoint, with one sync.
+    pub async fn put(
+        &mut self,
+        ledger: &IdentityLedger,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), CheckpointError> {
+        let record =
+            serde_json::to_vec(&ledger.record()).map_err(|_| CheckpointError::Corrupt("ledger"))?;
+        let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
+        store.put(U64::new(LEDGER_KEY), record);
+        if let Some(checkpoint) = checkpoint {
+            let mut bytes = checkpoint.block.encode().to_vec();
+            bytes.extend_from_slice(&checkpoint.finalization.encode());
+            store.put(U64::new(CHECKPOINT_KEY), bytes);
+        }
+        let store = store.sync().await.map_err(|error| CheckpointError::Store {
+            what: "syncing",
+            error,
+        })?;
+        self.store = Some(store);
+        Ok(())
+    }
+}
+
+/// Fetches the finalization to start from, walks the boundaries up to its epoch (starting from
+/// the ledger `store` holds, if any), checks the compiled identities, verifies the checkpoint,
+/// and persists the ledger and the checkpoint. `target` is [`CheckpointTarget::Latest`] or a
+/// height.
+pub async fn establish<E: StoreContext>(
+    rng: &mut impl CryptoRng,
+    profile: &ChainProfile,
+    upstream: &UpstreamClient,
+    store: &mut CheckpointStore<E>,
+    target: CheckpointTarget,
+    concurrency: usize,
+) -> Result<(Checkpoint, WalkReport), CheckpointError> {
+    let started = Instant::now();
+    let certified = match target {
+        CheckpointTarget::Height(height) => upstream
+            .get_finalization(height)
+            .await?
+            .ok_or_else(|| CheckpointError::Unavailable(format!("at height {height}")))?,
+        CheckpointTarget::Latest | CheckpointTarget::Genesis => upstream
+            .get_latest()
+            .await?
+            .ok_or_else(|| CheckpointError::Unavailable("yet".into()))?,
+    };
+    let (block, finalization) = unsigned_checkpoint(profile, &certified)?;
+    if let CheckpointTarget::Height(asked) = target
+        && block.height() != asked
+    {
+        return Err(CheckpointError::WrongHeight {
+            asked,
+            got: block.height(),
+        });
+    }
+    let height = block.height();
+    let epoch = profile.epochs.epoch_of(height).get();
+
+    let mut ledger = match store.ledger()? {
+        Some(record) => IdentityLedger::restore(profile, record)?,
+        None => IdentityLedger::from_genesis(profile),
+    }
+    .with_concurrency(concurrency);
+    let from_epoch = ledger.known_through();
+    ledger.advance_to(rng, upstream, epoch).await?;
+    ledger.check_compiled(&profile.network_identities)?;
+
+    let provider = ledger
+        .provider_for(&profile.namespace, epoch)
+        .expect("the ledger was just walked to the checkpoint's epoch");
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider);
+    let verified = verifier
+        .verify_parts(rng, block, finalization)
+        .map_err(|error| CheckpointError::Verify { height, error })?;
+    let mut identities = vec![(epoch, verified.identity)];
+    if let Some(next) = &verified.next_epoch {
+        identities.push((next.epoch, *next.identity()));
+    }
+    let checkpoint = Checkpoint {
+        block: verified.block,
+        finalization: verified.finalization,
+        identities,
+    };
+    store.put(&ledger, Some(&checkpoint)).await?;
+    let report = WalkReport {
+        boundaries: epoch.saturating_sub(from_epoch),
+        from_epoch,
+        to_epoch: epoch,
+        rotations: ledger.runs().len() - 1,
+        millis: started.elapsed().as_millis(),
+    };
+    info!(
+        height,
+        epoch,
+        boundaries = report.boundaries,
+        millis = report.millis as u64,
+        "checkpoint verified through the boundary chain from genesis"
+    );
+    Ok((checkpoint, report))
+}
+
+/// The checkpoint's block and decoded certificate, after the checks that need no key.
+fn unsigned_checkpoint(
+    profile: &ChainProfile,
+    certified: &CertifiedBlock,
+) -> Result<(Block, Finalization), CheckpointError> {
+    let block = certified.block.clone().ok_or(CheckpointError::Verify {
+        height: certified.height.unwrap_or_default(),
+        error: MalformedError::MissingBlock.into(),
+    })?;
+    let height = block.height();
+    let finalization =
+        decode_certificate(&certified.certificate).map_err(|err| CheckpointError::Verify {
+            height,
+            error: err.into(),
+        })?;
+    check_unsigned(&profile.epochs, &block, &finalization)
+        .map_err(|error| CheckpointError::Verify { height, error })?;
+    Ok((block, finalization))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckpointTarget;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!("latest".parse(), Ok(CheckpointTarget::Latest));
+        assert_eq!("genesis".parse(), Ok(CheckpointTarget::Genesis));
+        assert_eq!("1234".parse(), Ok(CheckpointTarget::Height(1234)));
+        assert!("-1".parse::<CheckpointTarget>().is_err());
+        assert!("tip".parse::<CheckpointTarget>().is_err());
+    }
+}
