@@ -17,7 +17,7 @@ use cairn_epoch::{
 };
 use cairn_feed::StoreContext;
 use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock};
-use commonware_codec::{DecodeExt as _, Encode as _, Read as _};
+use commonware_codec::{Decode as _, Encode as _, Read as _, ReadExt as _};
 use commonware_storage::metadata::{self, Metadata};
 use commonware_utils::sequence::U64;
 use rand::CryptoRng;
@@ -67,7 +67,8 @@ pub struct Checkpoint {
     /// Its verified finalization (marshal's floor).
     pub finalization: Finalization,
     /// The identities the walk proved for the checkpoint's epoch and, when the checkpoint is a
-    /// boundary, the next one.
+    /// boundary, the next one (persisted with it: marshal needs the checkpoint epoch's key to
+    /// install its floor).
     pub identities: Vec<(u64, Identity)>,
 }
 
@@ -184,11 +185,13 @@ impl<E: StoreContext> CheckpointStore<E> {
         let mut buf = bytes::Bytes::copy_from_slice(bytes);
         let block =
             Block::read_cfg(&mut buf, &BlockCodecConfig::default()).map_err(|_| corrupt())?;
-        let finalization = Finalization::decode(buf).map_err(|_| corrupt())?;
+        let finalization = Finalization::read(&mut buf).map_err(|_| corrupt())?;
+        let identities = Vec::<(u64, Identity)>::decode_cfg(buf, &((..=2).into(), ((), ())))
+            .map_err(|_| corrupt())?;
         Ok(Some(Checkpoint {
             block,
             finalization,
-            identities: Vec::new(),
+            identities,
         }))
     }
 
@@ -222,6 +225,7 @@ impl<E: StoreContext> CheckpointStore<E> {
         if let Some(checkpoint) = checkpoint {
             let mut bytes = checkpoint.block.encode().to_vec();
             bytes.extend_from_slice(&checkpoint.finalization.encode());
+            bytes.extend_from_slice(&checkpoint.identities.encode());
             store.put(U64::new(CHECKPOINT_KEY), bytes);
         }
         let store = store.sync().await.map_err(|error| CheckpointError::Store {

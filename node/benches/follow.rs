@@ -7,6 +7,11 @@
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
 //! 3. memory: the devnet restarts with no block time up to the long target while the follower
 //!    follows live; the follower's resident memory is sampled from /proc once a second.
+//! 4. checkpoint start: a second devnet with epochs of 5 blocks runs past `CAIRN_BENCH_EPOCHS`
+//!    epochs (1,500, the size of Tempo mainnet's ledger), then produces live blocks; a fresh
+//!    follower given only the genesis outcome starts with `--checkpoint latest`, walks every
+//!    boundary and follows live. The baseline in the same run is the same follower restarted on
+//!    its datadir, which takes its stored checkpoint without walking.
 //!
 //! `cargo bench -p cairn-node --bench follow` runs 20,000 blocks of catch-up and follows to
 //! 100,000 (`CAIRN_BENCH_CATCHUP` and `CAIRN_BENCH_LONG` override both); without `--bench` (as
@@ -14,7 +19,7 @@
 
 use cairn_primitives::Event;
 use cairn_tests::{
-    process::{CairnProcess, block_number},
+    process::{CairnProcess, block_number, profile_without_genesis_header},
     subscribe,
 };
 use jsonrpsee::http_client::HttpClient;
@@ -172,6 +177,11 @@ async fn main() {
     follower.stop();
     producer.stop();
 
+    // 4. Checkpoint start after a long ledger, against a start that takes its stored
+    //    checkpoint without walking.
+    let epochs = env_u64("CAIRN_BENCH_EPOCHS", if full { 1_500 } else { 20 });
+    let checkpoint = checkpoint_start(dir.path(), epochs, limit).await;
+
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
     println!();
     println!("| measurement | value | baseline (same run) | ratio |");
@@ -193,4 +203,141 @@ async fn main() {
         long_peak / catchup_peak.max(1e-3)
     );
     println!("| follower peak resident memory (VmHWM) | {high_water:.1} MiB | | |");
+    println!(
+        "| checkpoint start, {epochs} epochs of 5: boundary walk and checkpoint verification | {} ms | | |",
+        checkpoint.walk_ms
+    );
+    println!(
+        "| checkpoint start: process start -> first verified live block | {} ms (walking {} boundaries) | {} ms (a verified checkpoint copied in, no walk; catches up from it) | {:.2} |",
+        checkpoint.with_walk.as_millis(),
+        checkpoint.boundaries,
+        checkpoint.without_walk.as_millis(),
+        checkpoint.with_walk.as_secs_f64() / checkpoint.without_walk.as_secs_f64().max(1e-6)
+    );
+}
+
+/// Copies the directory tree at `from` to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("directory created");
+    for entry in std::fs::read_dir(from).expect("directory readable") {
+        let entry = entry.expect("entry readable");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("file copied");
+        }
+    }
+}
+
+/// What the checkpoint-start step measured.
+struct CheckpointRun {
+    walk_ms: u64,
+    boundaries: u64,
+    with_walk: Duration,
+    without_walk: Duration,
+}
+
+/// Starts `cairn follow --checkpoint latest` of a profile without its genesis header and
+/// returns when the follower serves a block the devnet made after the follower started.
+async fn start_to_first_live_block(
+    profile: &Path,
+    devnet: &CairnProcess,
+    datadir: &Path,
+    log: &Path,
+    limit: Duration,
+) -> (CairnProcess, Duration, Option<String>) {
+    let devnet_rpc = devnet.http();
+    let started = Instant::now();
+    let above = block_number(&devnet_rpc).await;
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        profile,
+        &devnet.addr,
+        datadir,
+        log,
+        &["--checkpoint", "latest"],
+    );
+    let line = follower.wait_for_line_within("checkpoint ", limit);
+    let walked = line.contains("verified: walked").then_some(line);
+    let follower = follower.with_rpc_addr();
+    let rpc = follower.http();
+    loop {
+        if block_number(&rpc).await > above {
+            break;
+        }
+        assert!(started.elapsed() < limit, "no live block within the limit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (follower, started.elapsed(), walked)
+}
+
+async fn checkpoint_start(dir: &Path, epochs: u64, limit: Duration) -> CheckpointRun {
+    let devnet_dir = dir.join("ledger-devnet");
+    let ledger_devnet = |block_time: &str, until: u64, rpc_addr: &str| {
+        let until = until.to_string();
+        CairnProcess::devnet(
+            cairn(),
+            &devnet_dir,
+            &[
+                "--epoch-length",
+                "5",
+                "--full-dkg-at-epochs",
+                "3",
+                "--block-time",
+                block_time,
+                "--until-height",
+                &until,
+                "--rpc-addr",
+                rpc_addr,
+            ],
+        )
+    };
+    let producer = ledger_devnet("0", epochs * 5 + 1, "127.0.0.1:0");
+    producer.wait_for_line_within("reached --until-height", limit);
+    let addr = producer.addr.clone();
+    producer.stop();
+    let producer = ledger_devnet("50ms", epochs * 5 + 100_000, &addr);
+    let profile = dir.join("ledger-no-genesis-header.json");
+    profile_without_genesis_header(
+        &dir.join("ledger-devnet/chain.json"),
+        &profile,
+        serde_json::json!({}),
+    );
+    let datadir = dir.join("checkpoint-follower");
+    let (follower, with_walk, line) =
+        start_to_first_live_block(&profile, &producer, &datadir, &dir.join("cp.log"), limit).await;
+    let line = line.expect("a fresh datadir walks");
+    let number_after = |marker: &str| -> u64 {
+        line.split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{marker:?} in {line}"))
+    };
+    let boundaries = number_after("walked ");
+    let walk_ms = number_after(" in ");
+    follower.stop();
+    // The baseline: a fresh datadir holding only the checkpoint store of the first run (its
+    // verified ledger and checkpoint), so the follower takes that checkpoint without walking.
+    let baseline = dir.join("checkpoint-baseline");
+    copy_dir(
+        &datadir.join("store/follow-checkpoint"),
+        &baseline.join("store/follow-checkpoint"),
+    );
+    let (follower, without_walk, walked) =
+        start_to_first_live_block(&profile, &producer, &baseline, &dir.join("cp2.log"), limit)
+            .await;
+    assert!(
+        walked.is_none(),
+        "the copied checkpoint is taken without a walk"
+    );
+    follower.stop();
+    producer.stop();
+    CheckpointRun {
+        walk_ms,
+        boundaries,
+        with_walk,
+        without_walk,
+    }
 }

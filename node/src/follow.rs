@@ -107,7 +107,7 @@ async fn checkpoint_for(
         .wrap_err("opening the checkpoint store")?;
     if let Some(checkpoint) = store.checkpoint()? {
         println!(
-            "resuming the chain started at checkpoint {} (no boundary walk needed)",
+            "checkpoint {} taken from the datadir: resuming the chain started there (no boundary walk)",
             checkpoint.height()
         );
         return Ok(Some(checkpoint));

@@ -4,7 +4,9 @@
 //! height it serves equals the devnet's, byte for byte. Bad command lines fail clearly.
 
 use alloy_primitives::Bytes;
-use cairn_tests::process::{CairnProcess, block_number, finalization, wait_for_height};
+use cairn_tests::process::{
+    CairnProcess, block_number, finalization, profile_without_genesis_header, wait_for_height,
+};
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
     collections::BTreeMap,
@@ -350,24 +352,6 @@ async fn a_standard_ethereum_client_reads_blocks_and_transactions_from_a_followe
     devnet.stop();
 }
 
-/// `chain.json` of a devnet without its genesis header (as the built-in Tempo profiles are),
-/// with `extra` fields merged in.
-fn profile_without_genesis_header(chain: &Path, extra: serde_json::Value) -> PathBuf {
-    let mut profile: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(chain).expect("chain.json")).expect("json");
-    let object = profile.as_object_mut().expect("an object");
-    object.remove("genesisHeader");
-    if let serde_json::Value::Object(extra) = extra {
-        object.extend(extra);
-    }
-    let path = chain.with_file_name(format!(
-        "no-genesis-header-{}.json",
-        object.len() + usize::from(object.contains_key("networkIdentities"))
-    ));
-    std::fs::write(&path, profile.to_string()).expect("profile written");
-    path
-}
-
 /// A follower with only the genesis outcome joins a devnet past 50 epochs (two full DKGs) at its
 /// latest finalization: it walks every boundary, verifies the checkpoint, follows live from
 /// there byte for byte, answers 503 below the checkpoint, and resumes after a restart without
@@ -412,8 +396,10 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
         value["identity"].as_str().expect("identity").to_string()
     };
-    let wrong = profile_without_genesis_header(
+    let wrong = dir.path().join("wrong-identity.json");
+    profile_without_genesis_header(
         &chain,
+        &wrong,
         serde_json::json!({"networkIdentities": [{"identity": format!("0x{genesis_identity}"), "fromEpoch": 40}]}),
     );
     let refused_dir = dir.path().join("refused");
@@ -432,7 +418,8 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     );
 
     // The follower that starts from the latest finalization.
-    let profile = profile_without_genesis_header(&chain, serde_json::json!({}));
+    let profile = dir.path().join("no-genesis-header.json");
+    profile_without_genesis_header(&chain, &profile, serde_json::json!({}));
     let datadir = dir.path().join("follower");
     let log = dir.path().join("follower.log");
     let follower = CairnProcess::follower_with(

@@ -17,6 +17,19 @@ use std::{
     time::Duration,
 };
 
+/// Writes to `out` the chain profile at `chain` without its genesis header (as the built-in
+/// Tempo profiles are: only the genesis outcome), with the fields of `extra` merged in.
+pub fn profile_without_genesis_header(chain: &Path, out: &Path, extra: serde_json::Value) {
+    let text = std::fs::read_to_string(chain).expect("chain profile readable");
+    let mut profile: serde_json::Value = serde_json::from_str(&text).expect("chain profile JSON");
+    let object = profile.as_object_mut().expect("a profile is an object");
+    object.remove("genesisHeader");
+    if let serde_json::Value::Object(extra) = extra {
+        object.extend(extra);
+    }
+    std::fs::write(out, profile.to_string()).expect("profile written");
+}
+
 /// A running `cairn` command.
 pub struct CairnProcess {
     child: Child,
