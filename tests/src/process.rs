@@ -141,18 +141,21 @@ impl CairnProcess {
         self
     }
 
-    /// The next line starting with `prefix` (earlier lines are skipped); panics after two
-    /// minutes or when the process closes its output.
+    /// The next line starting with `prefix` (earlier lines are skipped); panics when it has not
+    /// come within two minutes or when the process closes its output.
     pub fn wait_for_line(&self, prefix: &str) -> String {
         self.wait_for_line_within(prefix, Duration::from_secs(120))
     }
 
-    /// [`Self::wait_for_line`] waiting up to `limit` between lines.
+    /// [`Self::wait_for_line`] waiting up to `limit` in all (other lines arriving do not extend
+    /// it).
     pub fn wait_for_line_within(&self, prefix: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = self
                 .lines
-                .recv_timeout(limit)
+                .recv_timeout(left)
                 .unwrap_or_else(|err| panic!("no line starting with {prefix:?}: {err}"));
             if line.starts_with(prefix) {
                 return line;
