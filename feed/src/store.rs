@@ -112,14 +112,8 @@ impl<A: Archive> SharedArchive<A> {
         value: &A::Value,
         what: &'static str,
     ) -> Result<(), StoreError> {
-        let mut guard = self.inner.write().await;
-        let archive = guard.take().ok_or(StoreError::Poisoned)?;
-        let archive = archive
-            .put_sync(index, key, value)
-            .await
-            .map_err(|error| StoreError::Archive { what, error })?;
-        *guard = Some(archive);
-        Ok(())
+        self.put(index, key, value, what).await?;
+        self.sync(what).await
     }
 
     /// Stores `value` at `index` under `key` without syncing (an index already stored is kept).

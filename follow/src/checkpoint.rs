@@ -202,8 +202,15 @@ impl<E: StoreContext> CheckpointStore<E> {
 
     /// Records that this node follows from genesis (a later checkpoint target is ignored).
     pub async fn mark_genesis(&mut self) -> Result<(), CheckpointError> {
+        self.write(vec![(GENESIS_KEY, Vec::new())]).await
+    }
+
+    /// Writes `entries` with one sync.
+    async fn write(&mut self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), CheckpointError> {
         let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
-        store.put(U64::new(GENESIS_KEY), Vec::new());
+        for (key, value) in entries {
+            store.put(U64::new(key), value);
+        }
         let store = store.sync().await.map_err(|error| CheckpointError::Store {
             what: "syncing",
             error,
@@ -220,20 +227,14 @@ impl<E: StoreContext> CheckpointStore<E> {
     ) -> Result<(), CheckpointError> {
         let record =
             serde_json::to_vec(&ledger.record()).map_err(|_| CheckpointError::Corrupt("ledger"))?;
-        let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
-        store.put(U64::new(LEDGER_KEY), record);
+        let mut entries = vec![(LEDGER_KEY, record)];
         if let Some(checkpoint) = checkpoint {
             let mut bytes = checkpoint.block.encode().to_vec();
             bytes.extend_from_slice(&checkpoint.finalization.encode());
             bytes.extend_from_slice(&checkpoint.identities.encode());
-            store.put(U64::new(CHECKPOINT_KEY), bytes);
+            entries.push((CHECKPOINT_KEY, bytes));
         }
-        let store = store.sync().await.map_err(|error| CheckpointError::Store {
-            what: "syncing",
-            error,
-        })?;
-        self.store = Some(store);
-        Ok(())
+        self.write(entries).await
     }
 }
 

@@ -43,13 +43,23 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> CairnProcess {
+    devnet_with_epochs(datadir, EPOCH_LENGTH, rpc_addr, block_time, until)
+}
+
+fn devnet_with_epochs(
+    datadir: &Path,
+    epoch_length: &str,
+    rpc_addr: &str,
+    block_time: &str,
+    until: u64,
+) -> CairnProcess {
     let until = until.to_string();
     CairnProcess::devnet(
         cairn(),
         datadir,
         &[
             "--epoch-length",
-            EPOCH_LENGTH,
+            epoch_length,
             "--full-dkg-at-epochs",
             "3",
             "--block-time",
@@ -275,23 +285,7 @@ async fn start_to_first_live_block(
 async fn checkpoint_start(dir: &Path, epochs: u64, limit: Duration) -> CheckpointRun {
     let devnet_dir = dir.join("ledger-devnet");
     let ledger_devnet = |block_time: &str, until: u64, rpc_addr: &str| {
-        let until = until.to_string();
-        CairnProcess::devnet(
-            cairn(),
-            &devnet_dir,
-            &[
-                "--epoch-length",
-                "5",
-                "--full-dkg-at-epochs",
-                "3",
-                "--block-time",
-                block_time,
-                "--until-height",
-                &until,
-                "--rpc-addr",
-                rpc_addr,
-            ],
-        )
+        devnet_with_epochs(&devnet_dir, "5", rpc_addr, block_time, until)
     };
     let producer = ledger_devnet("0", epochs * 5 + 1, "127.0.0.1:0");
     producer.wait_for_line_within("reached --until-height", limit);
