@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 #[derive(Args, Debug)]
 pub struct FollowArgs {
     /// The chain: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile JSON
-    /// file with a genesis header, such as the `chain.json` that `cairn devnet` writes.
+    /// file, such as the `chain.json` that `cairn devnet` writes.
     #[arg(long, value_name = "PROFILE|FILE")]
     chain: String,
     /// The upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
@@ -33,8 +33,9 @@ pub struct FollowArgs {
     /// in `followUrl`.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// Directory for the verified chain and the epoch registry (created if missing). Starting
-    /// again on the same directory resumes where the last run stopped.
+    /// Directory for the verified chain, the epoch registry and the checkpoint with its identity
+    /// ledger (created if missing). Starting again on the same directory resumes where the last
+    /// run stopped.
     #[arg(long, value_name = "DIR", default_value = ".cairn/follow")]
     datadir: PathBuf,
     /// Serve the verified chain over JSON-RPC (WebSocket and HTTP) on this address, so other
