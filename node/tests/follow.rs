@@ -496,6 +496,44 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     let restarted = restarted.with_rpc_addr();
     wait_for_height(&restarted.http(), live + 10, Duration::from_secs(120)).await;
 
+    // A start at a given height (a non-boundary block of epoch 20) serves from that height.
+    let at_height = CairnProcess::follower_with(
+        cairn(),
+        &profile,
+        &devnet.addr,
+        &dir.path().join("at-height"),
+        &dir.path().join("at-height.log"),
+        &["--checkpoint", "102"],
+    );
+    let line = at_height.wait_for_line("checkpoint ");
+    assert!(
+        line.starts_with("checkpoint 102 (epoch 20) verified: walked 20 boundaries"),
+        "{line}"
+    );
+    let at_height = at_height.with_rpc_addr();
+    let at_height_rpc = at_height.http();
+    wait_for_height(&at_height_rpc, 110, Duration::from_secs(120)).await;
+    for height in 102..=110 {
+        assert_eq!(
+            finalization(&at_height_rpc, height).await,
+            finalization(&devnet_rpc, height).await,
+            "height {height}"
+        );
+    }
+    let below: Result<serde_json::Value, _> = at_height_rpc
+        .request(
+            "debug_getRawBlock",
+            rpc_params![alloy_primitives::U64::from(101)],
+        )
+        .await;
+    assert!(
+        below
+            .expect_err("below the checkpoint")
+            .to_string()
+            .contains("below this node's checkpoint 102"),
+    );
+    at_height.stop();
+
     // The refused start kept nothing: the same datadir with the right profile walks from
     // genesis.
     let again = CairnProcess::follower_with(
