@@ -355,16 +355,8 @@ impl<C: ChainReader> RpcHandlers<C> {
 
     async fn block_for(&self, id: BlockId) -> Result<Block, ErrorObjectOwned> {
         let block = match id {
-            BlockId::Hash(hash) => self
-                .chain
-                .block_by_hash(Digest(hash.block_hash))
-                .await
-                .map_err(internal)?,
-            BlockId::Number(number) => {
-                let height = self.height_of(number);
-                self.check_served(height)?;
-                self.chain.block_at(height).await.map_err(internal)?
-            }
+            BlockId::Hash(hash) => self.block_with_hash(hash.block_hash).await?,
+            BlockId::Number(number) => self.block_at_number(number).await?,
         };
         block.ok_or_else(|| missing(format!("no block {id}")))
     }

@@ -213,11 +213,21 @@ impl Read for TxLocation {
 /// in the order they were written (memory stays small: keys live in the on-disk freezer). A
 /// block's entries are written and synced before the block itself, so a crash between the two
 /// leaves at most entries whose block is missing; reads check the block, and storing the block
-/// again skips the entries already there.
+/// again skips the entries already there. Only a block at or below the highest indexed height
+/// can have entries already, so new blocks are indexed without looking any key up.
 pub struct BlockStore<E: StoreContext> {
     archive: SharedArchive<immutable::Archive<E, Digest, Block>>,
     transactions: SharedArchive<immutable::Archive<E, Digest, TxLocation>>,
-    next_entry: Arc<Mutex<u64>>,
+    cursor: Arc<Mutex<IndexCursor>>,
+}
+
+/// Where the transaction index stands.
+#[derive(Clone, Copy, Debug)]
+struct IndexCursor {
+    /// Number of the next entry.
+    next_entry: u64,
+    /// The highest height with an indexed transaction, if any.
+    indexed_through: Option<u64>,
 }
 
 impl<E: StoreContext> Clone for BlockStore<E> {
@@ -225,7 +235,7 @@ impl<E: StoreContext> Clone for BlockStore<E> {
         Self {
             archive: self.archive.clone(),
             transactions: self.transactions.clone(),
-            next_entry: self.next_entry.clone(),
+            cursor: self.cursor.clone(),
         }
     }
 }
@@ -251,11 +261,25 @@ impl<E: StoreContext> BlockStore<E> {
             what: "opening the transaction index",
             error,
         })?;
-        let next_entry = transactions.last_index().map_or(0, |last| last + 1);
+        let last_entry = transactions.last_index();
+        let indexed_through = match last_entry {
+            Some(entry) => transactions
+                .get(Identifier::Index(entry))
+                .await
+                .map_err(|error| StoreError::Archive {
+                    what: "reading the transaction index",
+                    error,
+                })?
+                .map(|location: TxLocation| location.height),
+            None => None,
+        };
         Ok(Self {
             archive: SharedArchive::new(archive),
             transactions: SharedArchive::new(transactions),
-            next_entry: Arc::new(Mutex::new(next_entry)),
+            cursor: Arc::new(Mutex::new(IndexCursor {
+                next_entry: last_entry.map_or(0, |last| last + 1),
+                indexed_through,
+            })),
         })
     }
 
@@ -278,37 +302,48 @@ impl<E: StoreContext> BlockStore<E> {
             .await
     }
 
+    /// Number of transaction index entries written.
+    pub async fn indexed_transactions(&self) -> u64 {
+        self.cursor.lock().await.next_entry
+    }
+
     /// Writes the index entries of `block` that are not there yet, with one sync.
     async fn index_transactions(&self, block: &Block) -> Result<(), StoreError> {
         use alloy_consensus::transaction::TxHashRef as _;
         if block.transactions().is_empty() {
             return Ok(());
         }
-        let mut next_entry = self.next_entry.lock().await;
+        let mut cursor = self.cursor.lock().await;
+        let height = block.height();
+        let may_be_indexed = cursor
+            .indexed_through
+            .is_some_and(|through| height <= through);
         let mut wrote = false;
         for (index, tx) in block.transactions().iter().enumerate() {
             let key = Digest(*tx.tx_hash());
-            if self
-                .transactions
-                .has(Identifier::Key(&key), "reading the transaction index")
-                .await?
+            if may_be_indexed
+                && self
+                    .transactions
+                    .has(Identifier::Key(&key), "reading the transaction index")
+                    .await?
             {
                 continue;
             }
             let location = TxLocation {
-                height: block.height(),
+                height,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
             };
             self.transactions
-                .put(*next_entry, key, &location, "indexing a transaction")
+                .put(cursor.next_entry, key, &location, "indexing a transaction")
                 .await?;
-            *next_entry += 1;
+            cursor.next_entry += 1;
             wrote = true;
         }
         if wrote {
             self.transactions
                 .sync("syncing the transaction index")
                 .await?;
+            cursor.indexed_through = cursor.indexed_through.max(Some(height));
         }
         Ok(())
     }

@@ -176,3 +176,46 @@ fn the_executor_acknowledges_only_durable_blocks() {
         );
     });
 }
+
+/// The transaction index across a restart: blocks stored again (as after a crash between the
+/// index write and the block write) add no entries, new blocks add one per transaction, and every
+/// transaction is found in its block.
+#[test]
+fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
+    use alloy_consensus::transaction::TxHashRef as _;
+    use cairn_feed::{BlockStore, store::page_cache};
+    let chain = linked_chain(4);
+    let per_block = chain[1].transactions().len() as u64;
+    let ((), checkpoint) = deterministic::Runner::seeded(3).start_and_recover({
+        let chain = chain.clone();
+        |context| async move {
+            let store = BlockStore::open(context.child("store"), "index", page_cache())
+                .await
+                .expect("opens");
+            for block in &chain[1..=2] {
+                store.put(block).await.expect("stored");
+            }
+            assert_eq!(store.indexed_transactions().await, 2 * per_block);
+        }
+    });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let store = BlockStore::open(context.child("store"), "index", page_cache())
+            .await
+            .expect("reopens");
+        assert_eq!(store.indexed_transactions().await, 2 * per_block);
+        store.put(&chain[2]).await.expect("stored again");
+        assert_eq!(store.indexed_transactions().await, 2 * per_block);
+        store.put(&chain[3]).await.expect("stored");
+        assert_eq!(store.indexed_transactions().await, 3 * per_block);
+        for block in &chain[1..=3] {
+            for (index, tx) in block.transactions().iter().enumerate() {
+                let (found, position) = store
+                    .transaction(*tx.tx_hash())
+                    .await
+                    .expect("reads")
+                    .expect("indexed");
+                assert_eq!((found.hash(), position), (block.hash(), index));
+            }
+        }
+    });
+}
