@@ -376,11 +376,25 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             Query::Height(height) => height,
         };
         self.check_served(height)?;
-        self.chain
-            .certified_at(height)
+        if let Some(certified) = self.chain.certified_at(height).await.map_err(internal)? {
+            return Ok(certified);
+        }
+        // Gap repair authenticates a block through its successor's parent hash; such a block
+        // is stored and served without a certificate of its own.
+        let reason = if self
+            .chain
+            .block_at(height)
             .await
             .map_err(internal)?
-            .ok_or_else(|| missing(format!("no finalization stored for height {height}")))
+            .is_some()
+        {
+            format!(
+                "block {height} is stored, authenticated through the parent hash of a later certified block; this node holds no certificate for it"
+            )
+        } else {
+            format!("no finalization stored for height {height}")
+        };
+        Err(missing(reason))
     }
 
     async fn get_latest(&self) -> RpcResult<ConsensusState> {

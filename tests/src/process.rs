@@ -216,6 +216,58 @@ pub async fn finalization(client: &HttpClient, height: u64) -> CertifiedBlock {
         .unwrap_or_else(|err| panic!("finalization {height}: {err}"))
 }
 
+/// The certificate a follower serves at `height`, or `None` when it holds the block without
+/// one (a block repaired through its successor's parent hash); panics on any other answer.
+pub async fn served_certificate(client: &HttpClient, height: u64) -> Option<CertifiedBlock> {
+    match client
+        .request(
+            "consensus_getFinalization",
+            rpc_params![Query::Height(height)],
+        )
+        .await
+    {
+        Ok(certified) => Some(certified),
+        Err(err)
+            if err
+                .to_string()
+                .contains("authenticated through the parent hash") =>
+        {
+            None
+        }
+        Err(err) => panic!("finalization {height}: {err}"),
+    }
+}
+
+/// Checks every certificate `follower` serves in `heights` against the one `devnet` serves, and
+/// that every boundary (with epochs of `epoch_length`) has one. Returns how many heights the
+/// follower holds without a certificate.
+pub async fn same_certificates(
+    follower: &HttpClient,
+    devnet: &HttpClient,
+    heights: std::ops::RangeInclusive<u64>,
+    epoch_length: u64,
+) -> usize {
+    let mut without = 0;
+    for height in heights {
+        match served_certificate(follower, height).await {
+            Some(certified) => assert_eq!(
+                certified,
+                finalization(devnet, height).await,
+                "certificate at {height}"
+            ),
+            None => {
+                assert_ne!(
+                    (height + 1) % epoch_length,
+                    0,
+                    "boundary {height} is served with its certificate"
+                );
+                without += 1;
+            }
+        }
+    }
+    without
+}
+
 /// `eth_blockNumber`, or 0 while the node has nothing finalized (or does not answer).
 pub async fn block_number(client: &HttpClient) -> u64 {
     let number: Result<U64, _> = client.request("eth_blockNumber", rpc_params![]).await;

@@ -142,7 +142,14 @@ impl<E: StoreContext> Actor<E> {
             .map(Block::height)
             .or(certified.height)
             .unwrap_or_default();
-        if certified.block.is_some() && height <= *self.executed.borrow() {
+        let executed = certified.block.is_some() && height <= *self.executed.borrow();
+        if executed
+            && self
+                .marshal
+                .get_finalization(Height::new(height))
+                .await
+                .is_some()
+        {
             debug!(height, "finalized event for a height already executed");
             return;
         }
@@ -157,6 +164,17 @@ impl<E: StoreContext> Actor<E> {
             });
         }
         match result {
+            // A block repaired through its child's parent hash was stored without a
+            // certificate; the late event supplies it.
+            Ok(verified) if executed => {
+                debug!(
+                    height,
+                    "certificate stored for a block repaired by its hash"
+                );
+                let _ = self
+                    .marshal
+                    .report(Activity::Finalization(verified.finalization));
+            }
             Ok(verified) => self.report(verified).await,
             Err(VerifyError::IdentityUnavailable { epoch, .. }) => {
                 debug!(height, %epoch, "no key for this epoch yet; event kept until its boundary is processed");

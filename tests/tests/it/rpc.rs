@@ -1,9 +1,12 @@
 //! The feed's RPC server under a subscriber that stops reading: it is dropped once its bounded
-//! buffer is full, publishing never waits for it, and the server keeps serving others.
+//! buffer is full, publishing never waits for it, and the server keeps serving others. A block
+//! held without its own certificate is answered with a reason that says so.
 
-use cairn_feed::{FeedState, RpcConfig};
-use cairn_primitives::{CertifiedBlock, Event};
-use cairn_tests::{EmptyChain, TestCommittee};
+use alloy_primitives::B256;
+use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
+use cairn_tests::{EmptyChain, MemoryChain, TestCommittee};
+use jsonrpsee::{core::client::ClientT, rpc_params};
 use std::time::{Duration, Instant};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -101,4 +104,93 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
     };
     assert_eq!(block, next);
     server.handle.stop().expect("stops");
+}
+
+/// A chain whose block at `.1` was repaired through its successor's parent hash: stored, but
+/// without a certificate of its own.
+#[derive(Clone)]
+struct RepairedAt(MemoryChain, u64);
+
+impl ChainReader for RepairedAt {
+    fn finalized_height(&self) -> Option<u64> {
+        self.0.finalized_height()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        if height == self.1 {
+            return Ok(None);
+        }
+        self.0.certified_at(height).await
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.0.block_at(height).await
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        self.0.block_by_hash(hash).await
+    }
+
+    async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {
+        self.0.transaction_by_hash(hash).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_held_without_its_certificate_is_served_and_its_certificate_is_refused_with_the_reason()
+ {
+    let committee = TestCommittee::new(b"TEMPO", 7, 4);
+    let chain = MemoryChain::default();
+    for height in 1..=3 {
+        let block = cairn_tests::test_block(height, 0, height, Vec::new());
+        chain.insert(committee.certify(block, 0, height));
+    }
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        RepairedAt(chain.clone(), 2),
+        FeedState::default(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(format!("http://{}", server.local_addr))
+        .expect("client");
+
+    let certificate = |height: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .request::<CertifiedBlock, _>(
+                    "consensus_getFinalization",
+                    rpc_params![Query::Height(height)],
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        certificate(3).await.expect("certified"),
+        chain.certified_at(3).await.expect("reads").expect("stored")
+    );
+    let err = certificate(2)
+        .await
+        .expect_err("no certificate at 2")
+        .to_string();
+    assert!(
+        err.contains("503")
+            && err.contains("block 2 is stored, authenticated through the parent hash"),
+        "{err}"
+    );
+    let err = certificate(4).await.expect_err("nothing at 4").to_string();
+    assert!(err.contains("above the finalized tip 3"), "{err}");
+
+    // The block itself is served.
+    let block: serde_json::Value = client
+        .request(
+            "eth_getBlockByNumber",
+            rpc_params![alloy_primitives::U64::from(2), false],
+        )
+        .await
+        .expect("block 2");
+    assert_eq!(block["number"], "0x2");
 }
