@@ -11,7 +11,7 @@ use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
-    upstream::{Notification, UpstreamRequests},
+    upstream::{SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
 use cairn_feed::{FeedState, StoreContext, store::archive_config, store::page_cache};
@@ -87,6 +87,8 @@ pub struct EngineConfig {
     pub partition_prefix: String,
     /// A verified checkpoint to start from instead of genesis (see [`crate::checkpoint`]).
     pub checkpoint: Option<Checkpoint>,
+    /// Where evidence of conflicting certificates is written (the follower stops after).
+    pub evidence_dir: Option<std::path::PathBuf>,
 }
 
 impl EngineConfig {
@@ -103,6 +105,7 @@ impl EngineConfig {
             mailbox_size: 1024,
             partition_prefix: "follow".into(),
             checkpoint: None,
+            evidence_dir: None,
         }
     }
 }
@@ -120,8 +123,10 @@ pub struct Follower<E: EngineContext> {
     pub feed: FeedState,
     /// The executed (durable, verified) height.
     pub executed: watch::Receiver<u64>,
-    /// The upstream's status.
+    /// The upstreams' status, all together.
     pub upstream: watch::Receiver<UpstreamStatus>,
+    /// Each upstream's health.
+    pub sources: SourceBook,
     /// The verifier registry (epochs with a key).
     pub provider: SchemeProvider,
     marshal: Handle<()>,
@@ -170,13 +175,13 @@ pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
     Ok(Block::header_only(header))
 }
 
-/// Starts a follower in `context`'s storage, fed by `notifications` and fetching from
-/// `upstream`.
+/// Starts a follower in `context`'s storage, fed by the notifications of every source and
+/// fetching from them.
 pub async fn start<E, U>(
     context: E,
     config: EngineConfig,
-    notifications: mpsc::Receiver<Notification>,
-    upstream: U,
+    notifications: mpsc::Receiver<Sourced>,
+    sources: Sources<U>,
 ) -> Result<Follower<E>, EngineError>
 where
     E: EngineContext,
@@ -284,9 +289,13 @@ where
     )
     .await;
 
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
+    let clock = context.child("sources");
+    let sources = sources.with_clock(Arc::new(move || clock.current()));
+    let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
-        upstream,
+        sources.with_verifier(verifier.clone()),
         execution.clone(),
         config.fetch,
     );
@@ -307,7 +316,6 @@ where
         .child("executor")
         .spawn(|_| async move { executor_actor.run().await });
 
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let driver_actor = driver::init(driver::Config {
         verifier,
         registry,
@@ -315,6 +323,8 @@ where
         executor,
         executed: executed.clone(),
         max_pending_events: config.max_pending_events,
+        sources: book.clone(),
+        evidence_dir: config.evidence_dir.clone(),
     });
     let upstream_status = driver_actor.status();
     let (updates, delivered) = MarshalUpdates::new();
@@ -328,6 +338,7 @@ where
         feed,
         executed,
         upstream: upstream_status,
+        sources: book,
         provider,
         marshal: marshal_handle,
         driver: driver_handle,

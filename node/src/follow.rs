@@ -8,8 +8,9 @@ use cairn_feed::RpcConfig;
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
+    driver::DriverError,
     execution::ExecutionError,
-    upstream::{self, ClientConfig, UpstreamClient, follow_url},
+    upstream::{self, ClientConfig, QuarantineConfig, Sources, UpstreamClient, follow_url},
 };
 use clap::Args;
 use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
@@ -27,12 +28,14 @@ pub struct FollowArgs {
     /// file, such as the `chain.json` that `cairn devnet` writes.
     #[arg(long, value_name = "PROFILE|FILE")]
     chain: String,
-    /// The upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
-    /// Defaults to the network's public endpoint for the built-in profiles
+    /// An upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
+    /// Give it several times to follow several upstreams, validators and followers in any mix:
+    /// events are deduplicated, fetches go to the healthy ones, and a source that serves invalid
+    /// data is quarantined. Defaults to the network's public endpoint for the built-in profiles
     /// (wss://rpc.presto.tempo.xyz, wss://rpc.moderato.tempo.xyz) and for profiles that name one
     /// in `followUrl`.
     #[arg(long, value_name = "URL")]
-    upstream: Option<String>,
+    upstream: Vec<String>,
     /// Directory for the verified chain, the epoch registry and the checkpoint with its identity
     /// ledger (created if missing). Starting again on the same directory resumes where the last
     /// run stopped.
@@ -60,17 +63,24 @@ pub struct FollowArgs {
 pub fn run(args: FollowArgs) -> eyre::Result<()> {
     let profile = ChainProfile::resolve(&args.chain)
         .wrap_err_with(|| format!("--chain {}: cannot load the chain profile", args.chain))?;
-    let upstream = args
-        .upstream
-        .clone()
-        .or_else(|| profile.follow_url.clone())
-        .ok_or_else(|| {
+    let upstreams = if args.upstream.is_empty() {
+        vec![profile.follow_url.clone().ok_or_else(|| {
             eyre!(
                 "--upstream is required: the chain profile `{}` names no public endpoint (followUrl)",
                 profile.name
             )
-        })?;
-    let url = follow_url(&upstream).map_err(|err| eyre!("--upstream {upstream}: {err}"))?;
+        })?]
+    } else {
+        args.upstream.clone()
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for upstream in &upstreams {
+        let url = follow_url(upstream).map_err(|err| eyre!("--upstream {upstream}: {err}"))?;
+        if urls.contains(&url) {
+            return Err(eyre!("--upstream {upstream} is given twice"));
+        }
+        urls.push(url);
+    }
     let target = args
         .checkpoint
         .unwrap_or(if profile.genesis_header.is_some() {
@@ -91,15 +101,21 @@ pub fn run(args: FollowArgs) -> eyre::Result<()> {
         .with_worker_threads(2)
         .with_storage_directory(args.datadir.join("store"));
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        follow(context.child("follow"), args, url, profile, target).await
+        follow(context.child("follow"), args, urls, profile, target).await
     })
 }
+
+/// Two valid certificates for different blocks at one height: the follower stopped with
+/// evidence (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SafetyFault(pub String);
 
 /// The checkpoint to start from: the one this datadir started from, none for a datadir that
 /// follows from genesis, else a new one verified through the boundary chain.
 async fn checkpoint_for(
     context: &commonware_runtime::tokio::Context,
-    url: &str,
+    urls: &[String],
     profile: &ChainProfile,
     target: CheckpointTarget,
 ) -> eyre::Result<Option<Checkpoint>> {
@@ -123,9 +139,23 @@ async fn checkpoint_for(
         store.mark_genesis().await?;
         return Ok(None);
     }
-    let client = UpstreamClient::connect(url, &ClientConfig::default())
-        .await
-        .map_err(|err| eyre!("--upstream {url}: {err}"))?;
+    let mut client = None;
+    let mut failures = Vec::new();
+    for url in urls {
+        match UpstreamClient::connect(url, &ClientConfig::default()).await {
+            Ok(connected) => {
+                client = Some(connected);
+                break;
+            }
+            Err(err) => failures.push(format!("{url}: {err}")),
+        }
+    }
+    let client = client.ok_or_else(|| {
+        eyre!(
+            "no upstream reachable for the checkpoint walk: {}",
+            failures.join("; ")
+        )
+    })?;
     println!("walking the boundary certificates from genesis to the checkpoint ...");
     let mut rng = context.child("walk");
     let (checkpoint, report) = checkpoint::establish(
@@ -154,27 +184,37 @@ async fn checkpoint_for(
 async fn follow(
     context: commonware_runtime::tokio::Context,
     args: FollowArgs,
-    url: String,
+    urls: Vec<String>,
     profile: ChainProfile,
     target: CheckpointTarget,
 ) -> eyre::Result<()> {
-    let checkpoint = checkpoint_for(&context, &url, &profile, target).await?;
+    let checkpoint = checkpoint_for(&context, &urls, &profile, target).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
-    let (upstream_actor, requests) =
-        upstream::init(upstream::Config::new(url.clone()), notifications_tx)
-            .map_err(|err| eyre!("--upstream: {err}"))?;
-    context
-        .child("upstream")
-        .spawn(|_| async move { upstream_actor.run().await });
+    let mut requests = Vec::new();
+    for (source, url) in urls.iter().enumerate() {
+        let config = upstream::Config {
+            source,
+            ..upstream::Config::new(url.clone())
+        };
+        let (upstream_actor, mailbox) = upstream::init(config, notifications_tx.clone())
+            .map_err(|err| eyre!("--upstream {url}: {err}"))?;
+        context
+            .child("upstream")
+            .spawn(|_| async move { upstream_actor.run().await });
+        requests.push((url.clone(), mailbox));
+    }
+    drop(notifications_tx);
+    let sources = Sources::new(requests, QuarantineConfig::default());
 
     let follower = cairn_follow::start(
         context.child("engine"),
         EngineConfig {
             checkpoint,
+            evidence_dir: Some(args.datadir.clone()),
             ..EngineConfig::new(profile.clone())
         },
         notifications,
-        requests,
+        sources,
     )
     .await
     .map_err(|err| match err {
@@ -208,7 +248,8 @@ async fn follow(
         None => None,
     };
     println!(
-        "following {url} | chain {} | verified height {} | {} epochs with a key",
+        "following {} | chain {} | verified height {} | {} epochs with a key",
+        urls.join(", "),
         profile.name,
         *follower.executed.borrow(),
         follower.provider.len()
@@ -229,6 +270,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
     let upstream = follower.upstream.clone();
+    let sources = follower.sources.clone();
     let provider = follower.provider.clone();
     let feed = follower.feed.clone();
     let stopped = follower.stopped();
@@ -247,6 +289,9 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
             result = &mut stopped => {
                 return match result {
                     Ok(()) => Ok(()),
+                    Err(EngineError::Driver(err @ DriverError::Conflict { .. })) => {
+                        Err(SafetyFault(format!("follower halted: {err}")).into())
+                    }
                     Err(err) => Err(eyre!("follower stopped: {err}")),
                 };
             }
@@ -267,11 +312,30 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     last_epoch = latest_epoch;
                 }
                 println!(
-                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s | upstream {} | rejected {}",
-                    if status.connected { "connected" } else { "disconnected" },
+                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s | {} | rejected {}",
+                    upstreams_summary(&sources.health()),
                     status.rejected
                 );
             }
         }
     }
+}
+
+/// `upstreams 2/3 healthy`, then each source that is not: `quarantined URL (12s)` or
+/// `disconnected URL`.
+fn upstreams_summary(health: &[upstream::SourceHealth]) -> String {
+    let healthy = health.iter().filter(|source| source.healthy()).count();
+    let mut summary = format!("upstreams {healthy}/{} healthy", health.len());
+    for source in health {
+        if let Some(left) = source.quarantined_for {
+            summary.push_str(&format!(
+                " | quarantined {} ({}s)",
+                source.url,
+                left.as_secs().max(1)
+            ));
+        } else if !source.connected {
+            summary.push_str(&format!(" | disconnected {}", source.url));
+        }
+    }
+    summary
 }

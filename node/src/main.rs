@@ -47,12 +47,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit status of a follower that halted on conflicting certificates.
+const EXIT_SAFETY_FAULT: u8 = 3;
+
 fn exit_code(result: eyre::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if err.downcast_ref::<follow::SafetyFault>().is_some() {
+                ExitCode::from(EXIT_SAFETY_FAULT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

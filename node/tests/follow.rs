@@ -548,3 +548,95 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     restarted.stop();
     devnet.stop();
 }
+
+/// The next status line of `process` that contains `text`; panics after `limit`.
+fn status_line_with(process: &CairnProcess, text: &str, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = process.wait_for_line_within("verified ", left);
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_several_upstreams_goes_on_when_one_dies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet = start_devnet(&dir.path().join("devnet"), "127.0.0.1:0", "1337");
+    let chain = dir.path().join("devnet").join("chain.json");
+    let devnet_rpc = devnet.http();
+    wait_for_height(&devnet_rpc, 8, Duration::from_secs(120)).await;
+    let a = start_follower(
+        &chain,
+        &devnet.addr,
+        &dir.path().join("a"),
+        &dir.path().join("a.log"),
+    );
+    wait_for_height(&a.http(), 8, Duration::from_secs(120)).await;
+
+    // Three upstreams: the devnet, a follower of it, and an address nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let c_log = dir.path().join("c.log");
+    let c = CairnProcess::follower_with(
+        cairn(),
+        &chain,
+        &devnet.addr,
+        &dir.path().join("c"),
+        &c_log,
+        &[
+            "--upstream",
+            &a.addr,
+            "--upstream",
+            &dead,
+            "--status-interval",
+            "200ms",
+        ],
+    );
+    let c = c.with_rpc_addr();
+    let following = c.wait_for_line("following ");
+    assert!(
+        following.contains(&devnet.addr)
+            && following.contains(&a.addr)
+            && following.contains(&dead),
+        "{following}"
+    );
+    let c_rpc = c.http();
+    let tip = block_number(&devnet_rpc).await;
+    wait_for_height(&c_rpc, tip + 3, Duration::from_secs(120)).await;
+    let line = status_line_with(&c, "upstreams 2/3 healthy", Duration::from_secs(30));
+    assert!(
+        line.contains(&format!("disconnected ws://{dead}")),
+        "{line}"
+    );
+
+    // One live upstream dies; the follower goes on with the other.
+    let a_addr = a.addr.clone();
+    a.kill();
+    let line = status_line_with(&c, "upstreams 1/3 healthy", Duration::from_secs(30));
+    assert!(
+        line.contains(&format!("disconnected ws://{a_addr}")),
+        "{line}"
+    );
+    let tip = block_number(&devnet_rpc).await;
+    let served = wait_for_height(&c_rpc, tip + 10, Duration::from_secs(120)).await;
+    same_certificates(&c_rpc, &devnet_rpc, 1..=served, 5).await;
+    for height in 1..=served {
+        assert_eq!(
+            raw_block(&c_rpc, height).await,
+            raw_block(&devnet_rpc, height).await,
+            "block {height}"
+        );
+    }
+    c.stop();
+    devnet.stop();
+    let log = std::fs::read_to_string(&c_log).expect("log");
+    assert!(
+        !log.contains("quarantined"),
+        "no honest or merely dead source is quarantined"
+    );
+}

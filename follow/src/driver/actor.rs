@@ -4,23 +4,27 @@ use super::{Config, Delivered, MarshalMailbox};
 use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
-    upstream::Notification,
+    upstream::{Notification, SourceBook, SourceId, Sourced},
 };
 use cairn_dkg::OutcomeLimits;
 use cairn_epoch::{
-    EpochStrategy, FinalizationVerifier, Registration, VerifiedBlock, VerifyError, boundary_outcome,
+    EpochStrategy, Finalization, FinalizationVerifier, Registration, VerifiedBlock, VerifyError,
+    boundary_outcome,
 };
 use cairn_feed::StoreContext;
-use cairn_primitives::{Block, CertifiedBlock, Event};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use commonware_codec::Encode as _;
 use commonware_consensus::{
     Reporter as _,
+    marshal::Identifier,
     simplex::types::Activity,
     types::{Epoch, Height},
 };
-use commonware_cryptography::{Digested, Signer as _, ed25519};
+use commonware_cryptography::{Digested, Digestible as _, Signer as _, ed25519};
 use commonware_utils::vec::NonEmptyVec;
 use rand::CryptoRng;
-use std::{collections::BTreeMap, sync::Arc};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -45,7 +49,62 @@ pub enum DriverError {
     /// The executor stopped.
     #[error("the executor stopped")]
     ExecutorStopped,
+    /// Two different blocks at one height carry valid finalizations: a safety fault of the
+    /// validator set. The follower stops rather than pick one.
+    #[error(
+        "conflicting finalizations at height {height}: {first} and {second} served different blocks, both certified by the epoch {epoch} key (a safety fault of the validator set); {evidence}"
+    )]
+    Conflict {
+        /// The height.
+        height: u64,
+        /// The epoch.
+        epoch: u64,
+        /// Where the first block came from.
+        first: String,
+        /// Where the second came from.
+        second: String,
+        /// Where the evidence was written, or why it was not.
+        evidence: String,
+    },
 }
+
+impl DriverError {
+    /// Whether this is a conflict between valid certificates (a safety fault).
+    pub const fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// One side of a conflict: a certified block and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceSide {
+    /// The upstream that served it, or this node's store.
+    pub source: String,
+    /// The block and its certificate, in the RPC form.
+    pub certified: CertifiedBlock,
+}
+
+/// Two conflicting certified blocks, as written to the evidence file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// The height both blocks claim.
+    pub height: u64,
+    /// The epoch whose key certified both.
+    pub epoch: u64,
+    /// Hex of that epoch's network identity.
+    pub identity: String,
+    /// The block seen first.
+    pub first: EvidenceSide,
+    /// The conflicting block.
+    pub second: EvidenceSide,
+}
+
+/// How many recent verified heights are kept to deduplicate events and spot conflicts.
+const RECENT_HEIGHTS: usize = 256;
+
+/// Where the source of a block already stored is named in evidence.
+const STORE: &str = "this node's store";
 
 /// What the driver knows of its upstream, for status displays.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,8 +125,11 @@ pub struct Actor<E: StoreContext> {
     marshal: MarshalMailbox,
     executor: executor::Mailbox,
     executed: watch::Receiver<u64>,
-    pending: BTreeMap<u64, CertifiedBlock>,
+    pending: BTreeMap<u64, (SourceId, CertifiedBlock)>,
     max_pending: usize,
+    recent: BTreeMap<u64, (Digest, SourceId, Arc<CertifiedBlock>)>,
+    sources: SourceBook,
+    evidence_dir: Option<PathBuf>,
     hint_target: ed25519::PublicKey,
     status: watch::Sender<UpstreamStatus>,
 }
@@ -84,6 +146,9 @@ impl<E: StoreContext> Actor<E> {
             executed: config.executed,
             pending: BTreeMap::new(),
             max_pending: config.max_pending_events.max(1),
+            recent: BTreeMap::new(),
+            sources: config.sources,
+            evidence_dir: config.evidence_dir,
             // The opaque resolver has no peers and ignores hint targets; marshal's API wants one.
             hint_target: ed25519::PrivateKey::from_seed(0).public_key(),
             status: watch::channel(UpstreamStatus::default()).0,
@@ -99,7 +164,7 @@ impl<E: StoreContext> Actor<E> {
     pub async fn run(
         mut self,
         mut rng: impl CryptoRng + Send,
-        mut notifications: mpsc::Receiver<Notification>,
+        mut notifications: mpsc::Receiver<Sourced>,
         mut delivered: mpsc::UnboundedReceiver<Delivered>,
     ) -> Result<(), DriverError> {
         loop {
@@ -110,48 +175,88 @@ impl<E: StoreContext> Actor<E> {
                     None => return Err(DriverError::MarshalStopped),
                 },
                 notification = notifications.recv() => match notification {
-                    Some(notification) => self.on_notification(&mut rng, notification).await,
+                    Some((source, notification)) => self.on_notification(&mut rng, source, notification).await?,
                     None => return Ok(()),
                 },
             }
         }
     }
 
-    async fn on_notification(&mut self, rng: &mut impl CryptoRng, notification: Notification) {
+    async fn on_notification(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        source: SourceId,
+        notification: Notification,
+    ) -> Result<(), DriverError> {
         match notification {
             Notification::Connected { url } => {
                 info!(%url, "following upstream");
-                self.status.send_modify(|status| status.connected = true);
+                self.sources.set_connected(source, true);
+                self.update_connected();
             }
             Notification::Disconnected { reason } => {
-                warn!(%reason, "upstream disconnected; reconnecting");
-                self.status.send_modify(|status| status.connected = false);
+                warn!(url = %self.sources.url(source), %reason, "upstream disconnected; reconnecting");
+                self.sources.set_connected(source, false);
+                self.update_connected();
             }
             Notification::Event(event) => match *event {
-                Event::Finalized { block, .. } => self.on_finalized(rng, block).await,
+                Event::Finalized { block, .. } => self.on_finalized(rng, source, block).await?,
                 Event::Notarized { .. } | Event::Nullified { .. } => {}
             },
         }
+        Ok(())
+    }
+
+    fn update_connected(&self) {
+        let connected = self.sources.health().iter().any(|health| health.connected);
+        self.status
+            .send_modify(|status| status.connected = connected);
     }
 
     /// Verifies one finalized event and reports it to marshal; nothing is stored on rejection.
-    async fn on_finalized(&mut self, rng: &mut impl CryptoRng, certified: CertifiedBlock) {
+    /// An event already verified from another source is dropped unverified; a valid one that
+    /// conflicts with a block verified or stored at its height stops the follower with
+    /// evidence.
+    async fn on_finalized(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        source: SourceId,
+        certified: CertifiedBlock,
+    ) -> Result<(), DriverError> {
+        if self.sources.is_quarantined(source) {
+            debug!(source = %self.sources.url(source), "event from a quarantined upstream ignored");
+            return Ok(());
+        }
+        let hash = certified.block.as_ref().map(Block::hash);
         let height = certified
             .block
             .as_ref()
             .map(Block::height)
             .or(certified.height)
             .unwrap_or_default();
-        let executed = certified.block.is_some() && height <= *self.executed.borrow();
-        if executed
-            && self
-                .marshal
-                .get_finalization(Height::new(height))
-                .await
-                .is_some()
+        if let (Some(hash), Some((seen, ..))) = (hash, self.recent.get(&height))
+            && *seen == hash
+        {
+            self.sources.announced(source, height);
+            return Ok(());
+        }
+        let executed = hash.is_some() && height <= *self.executed.borrow();
+        let stored = if executed {
+            self.stored_at(height).await
+        } else {
+            None
+        };
+        if let (Some(hash), Some((digest, finalization))) = (hash, &stored)
+            && *digest == hash
+            && finalization.is_some()
         {
             debug!(height, "finalized event for a height already executed");
-            return;
+            self.sources.announced(source, height);
+            return Ok(());
+        }
+        if executed && stored.is_none() {
+            debug!(height, "finalized event below what this node keeps");
+            return Ok(());
         }
         let result = self.verifier.verify(rng, &certified);
         // A rejected event says nothing about the upstream's height.
@@ -159,26 +264,50 @@ impl<E: StoreContext> Actor<E> {
             &result,
             Ok(_) | Err(VerifyError::IdentityUnavailable { .. })
         ) {
+            self.sources.announced(source, height);
             self.status.send_modify(|status| {
                 status.announced_height = status.announced_height.max(height);
             });
         }
         match result {
-            // A block repaired through its child's parent hash was stored without a
-            // certificate; the late event supplies it.
-            Ok(verified) if executed => {
-                debug!(
-                    height,
-                    "certificate stored for a block repaired by its hash"
-                );
-                let _ = self
-                    .marshal
-                    .report(Activity::Finalization(verified.finalization));
+            Ok(verified) => {
+                let digest = verified.digest();
+                let certified = Arc::new(certified);
+                if let Some((seen, first, earlier)) = self.recent.get(&height) {
+                    let first = EvidenceSide {
+                        source: self.sources.url(*first),
+                        certified: earlier.as_ref().clone(),
+                    };
+                    return Err(self.conflict(verified, first, source, &certified, *seen));
+                }
+                if let Some((stored, finalization)) = stored
+                    && stored != digest
+                {
+                    // The block stored at this height is another one.
+                    let first = self.stored_side(height, finalization).await;
+                    return Err(self.conflict(verified, first, source, &certified, stored));
+                }
+                self.recent.insert(height, (digest, source, certified));
+                while self.recent.len() > RECENT_HEIGHTS {
+                    self.recent.pop_first();
+                }
+                if executed {
+                    // A block repaired through its child's parent hash was stored without a
+                    // certificate; the late event supplies it.
+                    debug!(
+                        height,
+                        "certificate stored for a block repaired by its hash"
+                    );
+                    let _ = self
+                        .marshal
+                        .report(Activity::Finalization(verified.finalization));
+                } else {
+                    self.report(verified).await;
+                }
             }
-            Ok(verified) => self.report(verified).await,
             Err(VerifyError::IdentityUnavailable { epoch, .. }) => {
                 debug!(height, %epoch, "no key for this epoch yet; event kept until its boundary is processed");
-                self.pending.insert(height, certified);
+                self.pending.insert(height, (source, certified));
                 while self.pending.len() > self.max_pending {
                     self.pending.pop_first();
                 }
@@ -186,8 +315,104 @@ impl<E: StoreContext> Actor<E> {
             }
             Err(err) => {
                 self.status.send_modify(|status| status.rejected += 1);
-                warn!(height, check = err.check(), %err, "rejected finalized event; nothing stored");
+                warn!(height, source = %self.sources.url(source), check = err.check(), %err, "rejected finalized event; nothing stored");
+                self.sources.invalid(
+                    source,
+                    &format!("a finalized event at height {height} that fails: {err}"),
+                );
             }
+        }
+        Ok(())
+    }
+
+    /// The digest of the block stored at `height`, with its finalization when stored.
+    async fn stored_at(&self, height: u64) -> Option<(Digest, Option<Finalization>)> {
+        let finalization = self.marshal.get_finalization(Height::new(height)).await;
+        if let Some(finalization) = finalization {
+            return Some((finalization.proposal.payload, Some(finalization)));
+        }
+        self.marshal
+            .get_block(Identifier::Height(Height::new(height)))
+            .await
+            .map(|block| (block.digest(), None))
+    }
+
+    /// The stored side of a conflict: the block stored at `height` with its certificate, or
+    /// with none when it was authenticated through a later block's parent hash.
+    async fn stored_side(&self, height: u64, finalization: Option<Finalization>) -> EvidenceSide {
+        let block = self
+            .marshal
+            .get_block(Identifier::Height(Height::new(height)))
+            .await
+            .map(|block| block.inner().clone());
+        let certified = match (block, &finalization) {
+            (Some(block), Some(finalization)) => cairn_epoch::certified_block(finalization, block),
+            (block, _) => CertifiedBlock {
+                epoch: 0,
+                view: 0,
+                height: Some(height),
+                digest: block
+                    .as_ref()
+                    .map(|block| block.hash().0)
+                    .unwrap_or_default(),
+                certificate: String::new(),
+                block,
+            },
+        };
+        let source = if finalization.is_some() {
+            STORE.to_string()
+        } else {
+            format!(
+                "{STORE} (no certificate of its own: authenticated through the parent hash of a later certified block)"
+            )
+        };
+        EvidenceSide { source, certified }
+    }
+
+    /// Writes the evidence of two valid certificates for different blocks at one height and
+    /// returns the error that stops the follower.
+    fn conflict(
+        &self,
+        verified: VerifiedBlock,
+        first: EvidenceSide,
+        source: SourceId,
+        second: &CertifiedBlock,
+        first_digest: Digest,
+    ) -> DriverError {
+        let height = verified.height();
+        let epoch = verified.finalization.proposal.round.epoch().get();
+        let second = EvidenceSide {
+            source: self.sources.url(source),
+            certified: second.clone(),
+        };
+        let evidence = Evidence {
+            height,
+            epoch,
+            identity: alloy_primitives::hex::encode(verified.identity.encode()),
+            first,
+            second,
+        };
+        let written = match &self.evidence_dir {
+            Some(dir) => write_evidence(dir, &evidence)
+                .map(|path| format!("evidence written to {}", path.display()))
+                .unwrap_or_else(|err| format!("the evidence file could not be written: {err}")),
+            None => "no evidence directory configured".to_string(),
+        };
+        tracing::error!(
+            height,
+            epoch,
+            first = %evidence.first.source,
+            first_digest = %first_digest,
+            second = %evidence.second.source,
+            second_digest = %verified.digest(),
+            "conflicting finalizations; stopping"
+        );
+        DriverError::Conflict {
+            height,
+            epoch,
+            first: evidence.first.source,
+            second: evidence.second.source,
+            evidence: written,
         }
     }
 
@@ -250,7 +475,7 @@ impl<E: StoreContext> Actor<E> {
             .await
             .map_err(|_| DriverError::ExecutorStopped)?;
         if registered {
-            self.retry_pending(rng).await;
+            self.retry_pending(rng).await?;
         }
         Ok(())
     }
@@ -300,7 +525,7 @@ impl<E: StoreContext> Actor<E> {
 
     /// Retries kept events whose epoch now has a key; hints the next boundary if some still
     /// wait.
-    async fn retry_pending(&mut self, rng: &mut impl CryptoRng) {
+    async fn retry_pending(&mut self, rng: &mut impl CryptoRng) -> Result<(), DriverError> {
         let executed = *self.executed.borrow();
         self.pending = self.pending.split_off(&executed.saturating_add(1));
         let provider = self.verifier.provider().clone();
@@ -311,12 +536,25 @@ impl<E: StoreContext> Actor<E> {
             .filter(|height| provider.verifier(self.epochs.epoch_of(*height)).is_some())
             .collect();
         for height in ready {
-            if let Some(certified) = self.pending.remove(&height) {
-                self.on_finalized(rng, certified).await;
+            if let Some((source, certified)) = self.pending.remove(&height) {
+                self.on_finalized(rng, source, certified).await?;
             }
         }
         if !self.pending.is_empty() {
             self.hint_boundary();
         }
+        Ok(())
     }
+}
+
+/// Writes `evidence` to `dir/evidence-HEIGHT.json` (synced) and returns the path.
+fn write_evidence(dir: &std::path::Path, evidence: &Evidence) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("evidence-{}.json", evidence.height));
+    let json = serde_json::to_vec_pretty(evidence).map_err(std::io::Error::other)?;
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(&json)?;
+    file.sync_all()?;
+    Ok(path)
 }

@@ -9,10 +9,10 @@
 mod actor;
 mod ingress;
 
-pub use actor::{Actor, DriverError, UpstreamStatus};
+pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
 pub use ingress::{Delivered, MarshalUpdates};
 
-use crate::{executor, registry::EpochRegistry};
+use crate::{executor, registry::EpochRegistry, upstream::SourceBook};
 use cairn_epoch::{FinalizationScheme, FinalizationVerifier};
 use cairn_feed::StoreContext;
 use cairn_primitives::Block;
@@ -36,6 +36,11 @@ pub struct Config<E: StoreContext> {
     pub executed: watch::Receiver<u64>,
     /// Most events kept while their epoch's key is unknown (the newest are kept).
     pub max_pending_events: usize,
+    /// The upstreams' health records: the driver marks connections, announced heights and
+    /// invalid events, and ignores the events of quarantined sources.
+    pub sources: SourceBook,
+    /// Where an evidence file is written when two valid certificates conflict.
+    pub evidence_dir: Option<std::path::PathBuf>,
 }
 
 /// Creates the driver.

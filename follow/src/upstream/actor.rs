@@ -1,6 +1,6 @@
 //! The upstream actor's loop.
 
-use super::{Config, Message, Notification, UpstreamClient, UpstreamError};
+use super::{Config, Message, Notification, Sourced, UpstreamClient, UpstreamError};
 use cairn_primitives::Event;
 use rand::RngExt;
 use std::{sync::Arc, time::Duration};
@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 pub struct Actor {
     config: Config,
     mailbox: mpsc::Receiver<Message>,
-    notifications: mpsc::Sender<Notification>,
+    notifications: mpsc::Sender<Sourced>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -27,7 +27,7 @@ impl Actor {
     pub(super) fn new(
         config: Config,
         mailbox: mpsc::Receiver<Message>,
-        notifications: mpsc::Sender<Notification>,
+        notifications: mpsc::Sender<Sourced>,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         Self {
@@ -49,13 +49,11 @@ impl Actor {
                         Ok(subscription) => {
                             info!(url = %self.config.url, "upstream connected");
                             backoff = self.config.backoff_min;
-                            if self
-                                .notifications
-                                .send(Notification::Connected {
+                            if !self
+                                .notify(Notification::Connected {
                                     url: self.config.url.clone(),
                                 })
                                 .await
-                                .is_err()
                             {
                                 return;
                             }
@@ -74,13 +72,11 @@ impl Actor {
                 Ended::Lost(reason) => reason,
             };
             warn!(url = %self.config.url, %reason, retry_in = ?backoff, "upstream connection lost");
-            if self
-                .notifications
-                .send(Notification::Disconnected {
+            if !self
+                .notify(Notification::Disconnected {
                     reason: reason.clone(),
                 })
                 .await
-                .is_err()
             {
                 return;
             }
@@ -89,6 +85,14 @@ impl Actor {
             }
             backoff = (backoff * 2).min(self.config.backoff_max);
         }
+    }
+
+    /// Hands a notification on; false when the consumer has gone.
+    async fn notify(&self, notification: Notification) -> bool {
+        self.notifications
+            .send((self.config.source, notification))
+            .await
+            .is_ok()
     }
 
     /// Answers requests with "not connected" until `delay` has passed; false when told to stop.
@@ -115,10 +119,7 @@ impl Actor {
                     block: latest,
                     seen: cairn_feed::unix_millis(),
                 };
-                self.notifications
-                    .send(Notification::Event(Box::new(event)))
-                    .await
-                    .is_ok()
+                self.notify(Notification::Event(Box::new(event))).await
             }
             Ok(None) => true,
             Err(err) => {
@@ -138,7 +139,7 @@ impl Actor {
             tokio::select! {
                 event = subscription.next() => match event {
                     Some(Ok(event)) => {
-                        if self.notifications.send(Notification::Event(Box::new(event))).await.is_err() {
+                        if !self.notify(Notification::Event(Box::new(event))).await {
                             return Ended::Stop;
                         }
                     }

@@ -2,7 +2,7 @@
 //! from a [`FeedState`] and a [`ChainReader`] in the same process, so followers can run inside
 //! deterministic simulations without sockets.
 
-use super::{Notification, UpstreamError, UpstreamRequests};
+use super::{Notification, SourceId, Sourced, UpstreamError, UpstreamRequests};
 use cairn_feed::{ChainReader, FeedState, unix_millis};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -11,8 +11,9 @@ use tracing::warn;
 /// Forwards a feed's events as upstream notifications.
 pub struct InProcessActor {
     feed: FeedState,
-    notifications: mpsc::Sender<Notification>,
+    notifications: mpsc::Sender<Sourced>,
     name: String,
+    source: SourceId,
 }
 
 /// Answers upstream requests from a chain in the same process (cheap to clone).
@@ -21,18 +22,20 @@ pub struct InProcessUpstream<C> {
     chain: C,
 }
 
-/// Creates the in-process upstream named `name` over `feed` and `chain`.
+/// Creates the in-process upstream `source`, named `name`, over `feed` and `chain`.
 pub fn init<C: ChainReader>(
     name: impl Into<String>,
+    source: SourceId,
     feed: FeedState,
     chain: C,
-    notifications: mpsc::Sender<Notification>,
+    notifications: mpsc::Sender<Sourced>,
 ) -> (InProcessActor, InProcessUpstream<C>) {
     (
         InProcessActor {
             feed,
             notifications,
             name: name.into(),
+            source,
         },
         InProcessUpstream { chain },
     )
@@ -47,7 +50,12 @@ impl InProcessActor {
             let connected = Notification::Connected {
                 url: self.name.clone(),
             };
-            if self.notifications.send(connected).await.is_err() {
+            if self
+                .notifications
+                .send((self.source, connected))
+                .await
+                .is_err()
+            {
                 return;
             }
             // As the WebSocket actor does: announce the tip, in case the chain is idle.
@@ -58,7 +66,7 @@ impl InProcessActor {
                 };
                 if self
                     .notifications
-                    .send(Notification::Event(Box::new(event)))
+                    .send((self.source, Notification::Event(Box::new(event))))
                     .await
                     .is_err()
                 {
@@ -71,7 +79,7 @@ impl InProcessActor {
                         let event = Box::new(published.event.clone());
                         if self
                             .notifications
-                            .send(Notification::Event(event))
+                            .send((self.source, Notification::Event(event)))
                             .await
                             .is_err()
                         {
@@ -86,7 +94,7 @@ impl InProcessActor {
             };
             warn!(upstream = %self.name, %reason, "in-process upstream resubscribing");
             let lost = Notification::Disconnected { reason };
-            if self.notifications.send(lost).await.is_err() {
+            if self.notifications.send((self.source, lost)).await.is_err() {
                 return;
             }
         }

@@ -7,10 +7,12 @@ mod actor;
 mod client;
 pub mod in_process;
 mod ingress;
+mod sources;
 
 pub use actor::Actor;
 pub use client::{ClientConfig, UpstreamClient, normalize_url};
 pub use ingress::{Mailbox, Message};
+pub use sources::{QuarantineConfig, SourceBook, SourceHealth, SourceId, Sources};
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use std::{future::Future, time::Duration};
@@ -95,11 +97,16 @@ pub enum Notification {
     Event(Box<Event>),
 }
 
+/// A notification with the upstream it came from.
+pub type Sourced = (SourceId, Notification);
+
 /// Upstream actor settings.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The upstream (`ws://`, `wss://`, or `host:port`).
     pub url: String,
+    /// Which upstream this is: its notifications carry it.
+    pub source: SourceId,
     /// Connection settings.
     pub client: ClientConfig,
     /// Requests queued in the mailbox.
@@ -117,6 +124,7 @@ impl Config {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            source: 0,
             client: ClientConfig::default(),
             mailbox_size: 1024,
             max_in_flight: 64,
@@ -141,7 +149,7 @@ pub fn follow_url(url: &str) -> Result<String, UpstreamError> {
 /// consumer slows the actor's reading of the stream, never the other way round).
 pub fn init(
     config: Config,
-    notifications: mpsc::Sender<Notification>,
+    notifications: mpsc::Sender<Sourced>,
 ) -> Result<(Actor, Mailbox), UpstreamError> {
     let url = follow_url(&config.url)?;
     let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));

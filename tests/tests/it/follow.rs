@@ -7,7 +7,11 @@
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
-use cairn_follow::{EngineConfig, Follower, engine::EngineContext, upstream::in_process};
+use cairn_follow::{
+    EngineConfig, Follower,
+    engine::EngineContext,
+    upstream::{Sources, in_process},
+};
 use cairn_primitives::CertifiedBlock;
 use cairn_tests::{TestCommittee, test_block};
 use commonware_runtime::{Clock, Runner, Supervisor, deterministic};
@@ -45,7 +49,7 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
     max_epochs: usize,
 ) -> Follower<E> {
     let (notifications, receiver) = mpsc::channel(256);
-    let (actor, requests) = in_process::init(label, feed, chain, notifications);
+    let (actor, requests) = in_process::init(label, 0, feed, chain, notifications);
     context
         .child("upstream")
         .spawn(|_| async move { actor.run().await });
@@ -54,7 +58,8 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
         max_epochs,
         ..EngineConfig::new(profile.clone())
     };
-    cairn_follow::start(context.child(label), config, receiver, requests)
+    let sources = Sources::single(label, requests);
+    cairn_follow::start(context.child(label), config, receiver, sources)
         .await
         .expect("the follower starts")
 }

@@ -9,6 +9,7 @@ mod follow;
 mod ledger;
 mod properties;
 mod rpc;
+mod sources;
 mod tempo;
 mod upstream;
 

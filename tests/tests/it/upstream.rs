@@ -3,7 +3,7 @@
 //! goes away and comes back, and refuses URLs it cannot follow.
 
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
-use cairn_follow::upstream::{self, Config, Notification, UpstreamError};
+use cairn_follow::upstream::{self, Config, Notification, Sourced, UpstreamError};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use cairn_tests::{MemoryChain, TestCommittee, test_block};
 use std::time::Duration;
@@ -13,11 +13,14 @@ fn certified(committee: &TestCommittee, height: u64) -> CertifiedBlock {
     committee.certify(test_block(height, 0, height, Vec::new()), 0, height)
 }
 
-async fn next_notification(notifications: &mut mpsc::Receiver<Notification>) -> Notification {
-    tokio::time::timeout(Duration::from_secs(20), notifications.recv())
-        .await
-        .expect("a notification arrives in time")
-        .expect("the actor is running")
+async fn next_notification(notifications: &mut mpsc::Receiver<Sourced>) -> Notification {
+    let (source, notification) =
+        tokio::time::timeout(Duration::from_secs(20), notifications.recv())
+            .await
+            .expect("a notification arrives in time")
+            .expect("the actor is running");
+    assert_eq!(source, 0, "notifications carry their source");
+    notification
 }
 
 /// The block of a `finalized` event notification.
@@ -243,19 +246,22 @@ fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
         chain.insert(first.clone());
         let feed = FeedState::new(4);
         let (sender, mut notifications) = mpsc::channel(2);
-        let (actor, upstream) = in_process::init("local", feed.clone(), chain.clone(), sender);
+        let (actor, upstream) = in_process::init("local", 2, feed.clone(), chain.clone(), sender);
         let consumer = async move {
             assert_eq!(
                 notifications.recv().await,
-                Some(Notification::Connected {
-                    url: "local".into()
-                })
+                Some((
+                    2,
+                    Notification::Connected {
+                        url: "local".into()
+                    }
+                ))
             );
             let second = certified(&committee, 2);
             chain.insert(second.clone());
             feed.publish_finalized(second.clone());
             assert_eq!(
-                finalized(notifications.recv().await.expect("running")),
+                finalized(notifications.recv().await.expect("running").1),
                 second
             );
 
@@ -269,15 +275,19 @@ fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
             for height in 3..13 {
                 feed.publish_finalized(certified(&committee, height));
             }
-            let Some(Notification::Disconnected { reason }) = notifications.recv().await else {
+            let Some((2, Notification::Disconnected { reason })) = notifications.recv().await
+            else {
                 panic!("expected a disconnection after lagging");
             };
             assert!(reason.contains("behind"), "{reason}");
             assert_eq!(
                 notifications.recv().await,
-                Some(Notification::Connected {
-                    url: "local".into()
-                })
+                Some((
+                    2,
+                    Notification::Connected {
+                        url: "local".into()
+                    }
+                ))
             );
             // Dropping the receiver stops the actor at its next event.
             drop(notifications);

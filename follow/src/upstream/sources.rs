@@ -1,0 +1,494 @@
+//! Several upstreams as one: a health record per source, requests spread over the healthy
+//! ones and retried on the next when one fails, and quarantine with exponential backoff for a
+//! source that serves invalid data. A source that lacks what was asked, or is behind, is not
+//! punished: it is asked after the others.
+
+use super::{UpstreamError, UpstreamRequests};
+use cairn_epoch::{FinalizationVerifier, VerifyError, decode_certificate};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+use tracing::{debug, warn};
+
+/// Index of an upstream in the order it was configured.
+pub type SourceId = usize;
+
+/// Quarantine settings.
+#[derive(Clone, Copy, Debug)]
+pub struct QuarantineConfig {
+    /// Length of a first quarantine; it doubles with each further offence.
+    pub base: Duration,
+    /// Longest quarantine.
+    pub max: Duration,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the follower knows of one upstream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceHealth {
+    /// The upstream's URL (or name).
+    pub url: String,
+    /// Whether its subscription is live.
+    pub connected: bool,
+    /// Round-trip time of its answered requests (exponentially weighted), in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// The highest height it announced with an event that verified or awaits its key.
+    pub announced_height: u64,
+    /// Requests it answered with the data asked for.
+    pub served: u64,
+    /// Requests it answered with "not found" (never punished).
+    pub missing: u64,
+    /// Requests that failed (connection or RPC errors).
+    pub failed: u64,
+    /// Requests that timed out.
+    pub timed_out: u64,
+    /// Answers and events that were invalid.
+    pub invalid: u64,
+    /// Time left in quarantine, if quarantined.
+    pub quarantined_for: Option<Duration>,
+    /// What its last invalid answer or event was.
+    pub last_invalid: Option<String>,
+}
+
+impl SourceHealth {
+    /// Whether the source is connected and not quarantined.
+    pub fn healthy(&self) -> bool {
+        self.connected && self.quarantined_for.is_none()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    health: SourceHealth,
+    quarantined_until: Option<SystemTime>,
+    offences: u32,
+}
+
+impl State {
+    fn quarantined(&mut self, now: SystemTime) -> bool {
+        match self.quarantined_until {
+            Some(until) if until > now => true,
+            Some(_) => {
+                self.quarantined_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// Reads the current time (the runtime's clock, so that simulations replay exactly).
+pub type ClockFn = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The health records of the upstreams, shared by the fetcher and the driver (cheap to
+/// clone).
+#[derive(Clone)]
+pub struct SourceBook {
+    states: Arc<Mutex<Vec<State>>>,
+    next: Arc<AtomicUsize>,
+    quarantine: QuarantineConfig,
+    clock: ClockFn,
+}
+
+impl std::fmt::Debug for SourceBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceBook")
+            .field("states", &self.states)
+            .field("quarantine", &self.quarantine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Weight of a new sample in the latency average.
+const LATENCY_WEIGHT: f64 = 0.2;
+
+/// How a source answered one request.
+enum Answer {
+    Served(Duration),
+    Missing,
+    Failed(UpstreamError),
+    Invalid(String),
+}
+
+impl SourceBook {
+    /// Records for the upstreams named `urls`, in order of [`SourceId`].
+    pub fn new(urls: impl IntoIterator<Item = String>, quarantine: QuarantineConfig) -> Self {
+        let states = urls
+            .into_iter()
+            .map(|url| State {
+                health: SourceHealth {
+                    url,
+                    ..SourceHealth::default()
+                },
+                quarantined_until: None,
+                offences: 0,
+            })
+            .collect();
+        Self {
+            states: Arc::new(Mutex::new(states)),
+            next: Arc::new(AtomicUsize::new(0)),
+            quarantine,
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    /// Whether a source is the only one: a lone upstream is never quarantined, as there is
+    /// nothing to fall back on; its events are still checked one by one.
+    fn lone(&self) -> bool {
+        self.with_states(|states| states.len() <= 1)
+    }
+
+    fn with_states<T>(&self, f: impl FnOnce(&mut [State]) -> T) -> T {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        f(&mut states)
+    }
+
+    /// A snapshot of every source's health.
+    pub fn health(&self) -> Vec<SourceHealth> {
+        let now = self.now();
+        self.with_states(|states| {
+            states
+                .iter_mut()
+                .map(|state| {
+                    let quarantined = state.quarantined(now);
+                    let mut health = state.health.clone();
+                    health.quarantined_for = quarantined
+                        .then(|| {
+                            state
+                                .quarantined_until
+                                .and_then(|until| until.duration_since(now).ok())
+                        })
+                        .flatten();
+                    health
+                })
+                .collect()
+        })
+    }
+
+    /// The URL of `source`.
+    pub fn url(&self, source: SourceId) -> String {
+        self.with_states(|states| {
+            states
+                .get(source)
+                .map(|state| state.health.url.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Records whether `source`'s subscription is live.
+    pub fn set_connected(&self, source: SourceId, connected: bool) {
+        self.with_states(|states| {
+            if let Some(state) = states.get_mut(source) {
+                state.health.connected = connected;
+            }
+        });
+    }
+
+    /// Records a height `source` announced with an event that verified (or awaits its key).
+    pub fn announced(&self, source: SourceId, height: u64) {
+        self.with_states(|states| {
+            if let Some(state) = states.get_mut(source) {
+                state.health.announced_height = state.health.announced_height.max(height);
+            }
+        });
+    }
+
+    /// The highest height any source announced.
+    pub fn highest_announced(&self) -> u64 {
+        self.with_states(|states| {
+            states
+                .iter()
+                .map(|state| state.health.announced_height)
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Whether `source` is quarantined now (its events are ignored).
+    pub fn is_quarantined(&self, source: SourceId) -> bool {
+        let now = self.now();
+        self.with_states(|states| {
+            states
+                .get_mut(source)
+                .is_some_and(|state| state.quarantined(now))
+        })
+    }
+
+    /// Records invalid data from `source` and quarantines it: the first offence for
+    /// `base`, each further one for twice as long, up to `max`.
+    pub fn invalid(&self, source: SourceId, what: &str) {
+        let now = self.now();
+        let quarantine = self.quarantine;
+        let lone = self.lone();
+        let Some((url, length)) = self.with_states(|states| {
+            let state = states.get_mut(source)?;
+            state.health.invalid += 1;
+            state.health.last_invalid = Some(what.to_string());
+            if lone {
+                return Some((state.health.url.clone(), None));
+            }
+            let length = quarantine
+                .base
+                .saturating_mul(1u32 << state.offences.min(20))
+                .min(quarantine.max);
+            state.offences = state.offences.saturating_add(1);
+            state.quarantined_until = Some(now + length);
+            Some((state.health.url.clone(), Some(length)))
+        }) else {
+            return;
+        };
+        match length {
+            Some(length) => {
+                warn!(source = %url, sent = what, quarantined_for = ?length, "upstream served invalid data; quarantined");
+            }
+            None => {
+                warn!(source = %url, sent = what, "upstream served invalid data; not quarantined, as it is the only upstream");
+            }
+        }
+    }
+
+    fn record(&self, source: SourceId, answer: &Answer) {
+        self.with_states(|states| {
+            let Some(state) = states.get_mut(source) else {
+                return;
+            };
+            let health = &mut state.health;
+            match answer {
+                Answer::Served(elapsed) => {
+                    health.served += 1;
+                    let sample = elapsed.as_secs_f64() * 1000.0;
+                    health.latency_ms = Some(health.latency_ms.map_or(sample, |average| {
+                        average + LATENCY_WEIGHT * (sample - average)
+                    }));
+                }
+                Answer::Missing => health.missing += 1,
+                Answer::Failed(UpstreamError::Timeout) => health.timed_out += 1,
+                Answer::Failed(_) => health.failed += 1,
+                Answer::Invalid(_) => {}
+            }
+        });
+        if let Answer::Invalid(what) = answer {
+            self.invalid(source, what);
+        }
+    }
+
+    /// The order to ask sources in for something at `height` (if known): connected sources
+    /// that announced it first, taken in turn so that fetches spread over them, then the
+    /// connected ones that are behind, then the disconnected ones. Quarantined sources are not
+    /// asked.
+    fn order(&self, height: Option<u64>) -> Vec<SourceId> {
+        let now = self.now();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut ranked: Vec<(u8, usize, SourceId)> = self.with_states(|states| {
+            let count = states.len().max(1);
+            states
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(source, state)| {
+                    if state.quarantined(now) {
+                        return None;
+                    }
+                    let behind = height.is_some_and(|h| state.health.announced_height < h);
+                    let rank = match (state.health.connected, behind) {
+                        (true, false) => 0,
+                        (true, true) => 1,
+                        (false, _) => 2,
+                    };
+                    Some((rank, (source + count - start % count) % count, source))
+                })
+                .collect()
+        });
+        ranked.sort_unstable();
+        ranked.into_iter().map(|(_, _, source)| source).collect()
+    }
+}
+
+/// The upstreams a follower fetches from, as one [`UpstreamRequests`] (cheap to clone).
+#[derive(Debug)]
+pub struct Sources<R> {
+    requests: Arc<[R]>,
+    book: SourceBook,
+    verifier: Option<FinalizationVerifier>,
+}
+
+impl<R> Clone for Sources<R> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+            book: self.book.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+impl<R: UpstreamRequests> Sources<R> {
+    /// The sources, each with its URL (or name) and request handle, in order of [`SourceId`].
+    pub fn new(sources: Vec<(String, R)>, quarantine: QuarantineConfig) -> Self {
+        let (urls, requests): (Vec<_>, Vec<_>) = sources.into_iter().unzip();
+        Self {
+            requests: requests.into(),
+            book: SourceBook::new(urls, quarantine),
+            verifier: None,
+        }
+    }
+
+    /// One source.
+    pub fn single(url: impl Into<String>, requests: R) -> Self {
+        Self::new(vec![(url.into(), requests)], QuarantineConfig::default())
+    }
+
+    /// Verifies fetched finalizations whose epoch has a key before handing them on, so that a
+    /// source answering with a bad signature is found out and quarantined.
+    pub fn with_verifier(mut self, verifier: FinalizationVerifier) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// Takes time from `clock` (the runtime's), for quarantines and latencies. Clones made
+    /// before keep the clock they had.
+    pub fn with_clock(mut self, clock: ClockFn) -> Self {
+        self.book.clock = clock;
+        self
+    }
+
+    /// The health records.
+    pub fn book(&self) -> &SourceBook {
+        &self.book
+    }
+
+    /// Checks a fetched finalization: it carries the block at `height`, its certificate signs
+    /// that block and, when the epoch's key is known, verifies.
+    fn check_finalization(&self, height: u64, certified: &CertifiedBlock) -> Result<(), String> {
+        let block = certified
+            .block
+            .as_ref()
+            .ok_or_else(|| format!("a finalization for height {height} without its block"))?;
+        if block.height() != height {
+            return Err(format!(
+                "block {} for requested height {height}",
+                block.height()
+            ));
+        }
+        let finalization = decode_certificate(&certified.certificate)
+            .map_err(|err| format!("a certificate that does not decode at {height}: {err}"))?;
+        if finalization.proposal.payload != block.hash() {
+            return Err(format!(
+                "a certificate at {height} signing {} for a block hashing to {}",
+                finalization.proposal.payload,
+                block.hash()
+            ));
+        }
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        match verifier.verify(&mut rand::rng(), certified) {
+            Ok(_) | Err(VerifyError::IdentityUnavailable { .. }) => Ok(()),
+            Err(err) => Err(format!("a finalization at {height} that fails: {err}")),
+        }
+    }
+
+    /// Asks the sources in turn until one answers with valid data. `None` when every source
+    /// lacks it; the last failure when none answered.
+    async fn first_valid<T, F, Fut>(
+        &self,
+        height: Option<u64>,
+        what: &str,
+        mut ask: F,
+        check: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<Option<T>, UpstreamError>
+    where
+        F: FnMut(R) -> Fut,
+        Fut: Future<Output = Result<Option<T>, UpstreamError>>,
+    {
+        let order = self.book.order(height);
+        if order.is_empty() {
+            return Err(UpstreamError::NotConnected);
+        }
+        let mut failure = None;
+        let mut missing = false;
+        for source in order {
+            let started = self.book.now();
+            let answer = ask(self.requests[source].clone()).await;
+            let (recorded, result) = match answer {
+                Ok(Some(value)) => match check(&value) {
+                    Ok(()) => {
+                        let elapsed = self.book.now().duration_since(started).unwrap_or_default();
+                        (Answer::Served(elapsed), Some(value))
+                    }
+                    Err(reason) => (Answer::Invalid(reason), None),
+                },
+                Ok(None) => {
+                    missing = true;
+                    (Answer::Missing, None)
+                }
+                Err(
+                    err @ (UpstreamError::HashMismatch { .. } | UpstreamError::MalformedBlock(_)),
+                ) => (Answer::Invalid(err.to_string()), None),
+                Err(err) => {
+                    debug!(source, %err, what, "upstream request failed; asking the next source");
+                    failure = Some(err.clone());
+                    (Answer::Failed(err), None)
+                }
+            };
+            self.book.record(source, &recorded);
+            if let Some(value) = result {
+                return Ok(Some(value));
+            }
+        }
+        match failure {
+            Some(err) if !missing => Err(err),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl<R: UpstreamRequests> UpstreamRequests for Sources<R> {
+    async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        self.first_valid(
+            Some(height),
+            "finalization",
+            |requests| async move { requests.get_finalization(height).await },
+            |certified| self.check_finalization(height, certified),
+        )
+        .await
+    }
+
+    async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        self.first_valid(
+            None,
+            "block",
+            |requests| async move { requests.get_block(digest).await },
+            |block: &Block| {
+                if block.hash() == digest {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "block {} for requested hash {digest}",
+                        block.hash()
+                    ))
+                }
+            },
+        )
+        .await
+    }
+}
