@@ -140,21 +140,25 @@ impl<E: EngineContext> Follower<E> {
     pub async fn stopped(self) -> Result<(), EngineError> {
         let Self {
             marshal,
-            driver,
+            mut driver,
             executor,
             ..
         } = self;
+        let driver_result = |result: Result<Result<(), DriverError>, _>| match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(EngineError::Stopped("driver")),
+        };
+        // The executor ends cleanly only when the driver dropped its mailbox, and marshal's end
+        // ends the driver: in both cases the driver's own result says why.
         tokio::select! {
-            result = driver => match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(err.into()),
-                Err(_) => Err(EngineError::Stopped("driver")),
-            },
+            biased;
+            result = &mut driver => driver_result(result),
             result = executor => match result {
                 Ok(Err(err)) => Err(err.into()),
-                _ => Err(EngineError::Stopped("executor")),
+                _ => driver_result(driver.await),
             },
-            _ = marshal => Err(EngineError::Stopped("marshal")),
+            _ = marshal => driver_result(driver.await).and(Err(EngineError::Stopped("marshal"))),
         }
     }
 }

@@ -390,7 +390,8 @@ fn outcome_bytes(input: &str) -> eyre::Result<Vec<u8>> {
     })
 }
 
-/// Parses a certified block given bare or wrapped in a JSON-RPC response (`{"result": {...}}`).
+/// Parses a certified block given bare, wrapped in a JSON-RPC response (`{"result": {...}}`),
+/// or as one side of an evidence file (`{"source": ..., "certified": {...}}`).
 fn parse_certified_block(text: &str) -> eyre::Result<CertifiedBlock> {
     let mut value: serde_json::Value = serde_json::from_str(text).wrap_err("invalid JSON")?;
     if let Some(result) = value.get_mut("result").map(serde_json::Value::take) {
@@ -398,6 +399,9 @@ fn parse_certified_block(text: &str) -> eyre::Result<CertifiedBlock> {
             return Err(eyre!("the JSON-RPC response has a null result"));
         }
         value = result;
+    }
+    if let Some(certified) = value.get_mut("certified").map(serde_json::Value::take) {
+        value = certified;
     }
     serde_json::from_value(value).wrap_err("not a certified block")
 }

@@ -179,6 +179,15 @@ fn json_rpc_responses_are_accepted() {
     );
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(json(&output)["valid"], true);
+
+    // One side of a follower's evidence file is read as its certified block.
+    let side = serde_json::json!({"source": "ws://127.0.0.1:8546", "certified": certified});
+    let output = cairn(
+        &["inspect", "certificate", "--json", "-"],
+        Some(&side.to_string()),
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(json(&output)["valid"], true);
 }
 
 #[test]
