@@ -64,6 +64,14 @@ pub struct DevnetConfig {
     pub epoch_length: u64,
     /// Epochs whose key comes from a full DKG (a new network identity).
     pub full_dkg_at_epochs: BTreeSet<u64>,
+    /// Fixes the validator keys, the ceremonies and the block schedule: two devnets with the
+    /// same seed and parameters produce the same chain byte for byte, and a restart continues
+    /// it as an uninterrupted run would. Without a seed, randomness comes from the runtime
+    /// context's RNG and timestamps from its clock.
+    pub seed: Option<u64>,
+    /// Time between blocks in the seeded schedule: block `h` is stamped genesis time plus
+    /// `h` times this (at least 1 ms).
+    pub block_time: std::time::Duration,
 }
 
 impl Default for DevnetConfig {
@@ -75,6 +83,8 @@ impl Default for DevnetConfig {
             committee: 4,
             epoch_length: 20,
             full_dkg_at_epochs: BTreeSet::new(),
+            seed: None,
+            block_time: std::time::Duration::from_millis(250),
         }
     }
 }
@@ -216,12 +226,43 @@ pub struct Devnet<E: StoreContext> {
     active: Option<ActiveEpoch>,
     next_height: u64,
     rng: StdRng,
+    clock: E,
     transactions: TransactionFactory,
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// Genesis time of a seeded devnet (2026-01-01T00:00:00Z, in unix milliseconds).
+const SEEDED_GENESIS_MILLIS: u64 = 1_767_225_600_000;
+
+/// What a seeded RNG is for: each use gets its own stream, so a restart draws what an
+/// uninterrupted run would.
+#[derive(Clone, Copy)]
+enum Draw {
+    Pool,
+    Genesis,
+    Ceremony(u64),
+}
+
+/// An RNG for `draw`: derived from `seed` when there is one, else drawn from `fallback` (the
+/// runtime context's RNG).
+fn rng_for(seed: Option<u64>, draw: Draw, fallback: &mut StdRng) -> StdRng {
+    let Some(seed) = seed else {
+        return StdRng::from_rng(fallback);
+    };
+    let tag: &[u8] = match draw {
+        Draw::Pool => b"pool",
+        Draw::Genesis => b"genesis",
+        Draw::Ceremony(_) => b"ceremony",
+    };
+    let epoch = match draw {
+        Draw::Ceremony(epoch) => epoch,
+        _ => 0,
+    };
+    let material = keccak256([&seed.to_be_bytes()[..], tag, &epoch.to_be_bytes()].concat());
+    StdRng::from_seed(material.0)
+}
+
+fn millis_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
@@ -315,6 +356,7 @@ async fn create_genesis<E: StoreContext>(
     config: &DevnetConfig,
     pool: &[PrivateKey],
     rng: &mut StdRng,
+    millis: u64,
 ) -> Result<Block, DevnetError> {
     let keys = committee_keys(pool, config.committee, 0);
     let ceremony = cairn_dkg::trusted_deal(rng, &keys)
@@ -329,7 +371,7 @@ async fn create_genesis<E: StoreContext>(
         shares: ceremony.shares,
     };
     store.put_secret(0, encode_record(&secrets), 0).await?;
-    let header = header_template(0, now_millis(), Bytes::from(secrets.outcome.to_bytes()));
+    let header = header_template(0, millis, Bytes::from(secrets.outcome.to_bytes()));
     let genesis = Block::new(header, Some(body_with(Vec::new())))
         .map_err(|error| DevnetError::Block { height: 0, error })?;
     store.put_block(&genesis).await?;
@@ -341,10 +383,13 @@ impl<E: StoreContext> Devnet<E> {
     /// Opens the devnet in `context`'s storage: creates the pool and genesis on first start,
     /// or checks the parameters and resumes after the last stored height.
     pub async fn open(
-        context: E,
+        mut context: E,
         config: DevnetConfig,
         feed: FeedState,
-    ) -> Result<Self, DevnetError> {
+    ) -> Result<Self, DevnetError>
+    where
+        E: rand::CryptoRng,
+    {
         if config.committee == 0 {
             return Err(DevnetError::Config("--committee must be at least 1".into()));
         }
@@ -361,8 +406,9 @@ impl<E: StoreContext> Devnet<E> {
             ));
         }
         let epochs = EpochStrategy::new(config.epoch_length)?;
+        let mut rng = StdRng::from_rng(&mut context);
+        let clock = context.child("clock");
         let store = ChainStore::open(context).await?;
-        let mut rng = StdRng::from_seed(rand::random());
 
         let params = config.params();
         match store.secret(PARAMS_KEY).await? {
@@ -396,9 +442,10 @@ impl<E: StoreContext> Devnet<E> {
                     .0
             }
             None => {
+                let mut draw = rng_for(config.seed, Draw::Pool, &mut rng);
                 let pool = Pool(
                     (0..config.validators)
-                        .map(|_| PrivateKey::random(&mut rng))
+                        .map(|_| PrivateKey::random(&mut draw))
                         .collect(),
                 );
                 store.put_secret(POOL_KEY, encode_record(&pool), 0).await?;
@@ -415,7 +462,14 @@ impl<E: StoreContext> Devnet<E> {
         let transactions = TransactionFactory::new(config.chain_id, BASE_FEE);
         let genesis = match store.block(0).await? {
             Some(genesis) => genesis,
-            None => create_genesis(&store, &config, &pool, &mut rng).await?,
+            None => {
+                let mut draw = rng_for(config.seed, Draw::Genesis, &mut rng);
+                let millis = match config.seed {
+                    Some(_) => SEEDED_GENESIS_MILLIS,
+                    None => millis_of(clock.current()),
+                };
+                create_genesis(&store, &config, &pool, &mut draw, millis).await?
+            }
         };
         let mut devnet = Self {
             config,
@@ -427,6 +481,7 @@ impl<E: StoreContext> Devnet<E> {
             active: None,
             next_height: 1,
             rng,
+            clock,
             transactions,
         };
         devnet.resume().await?;
@@ -574,14 +629,9 @@ impl<E: StoreContext> Devnet<E> {
             })?;
         let dealers = self.committee_keys(epoch);
         let players = self.committee_keys(next);
+        let mut rng = rng_for(self.config.seed, Draw::Ceremony(next), &mut self.rng);
         let ceremony = if self.config.full_dkg_at_epochs.contains(&next) {
-            cairn_dkg::full_dkg(
-                &mut self.rng,
-                &self.config.namespace,
-                next,
-                &dealers,
-                &players,
-            )
+            cairn_dkg::full_dkg(&mut rng, &self.config.namespace, next, &dealers, &players)
         } else {
             let dealers = dealers
                 .into_iter()
@@ -591,7 +641,7 @@ impl<E: StoreContext> Devnet<E> {
                 })
                 .collect::<Vec<_>>();
             cairn_dkg::reshare(
-                &mut self.rng,
+                &mut rng,
                 &self.config.namespace,
                 next,
                 &active.secrets.outcome.output,
@@ -646,7 +696,19 @@ impl<E: StoreContext> Devnet<E> {
         let gas_used = TransactionFactory::gas_used(&transactions);
         let body = body_with(transactions);
         let parent_millis = parent.header().timestamp_millis();
-        let millis = now_millis().max(parent_millis + 1);
+        let millis = match self.config.seed {
+            Some(_) => {
+                let slot = u64::try_from(self.config.block_time.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                self.genesis
+                    .header()
+                    .timestamp_millis()
+                    .saturating_add(height.saturating_mul(slot))
+            }
+            None => millis_of(self.clock.current()),
+        }
+        .max(parent_millis + 1);
         let proposer_bytes = B256::from_slice(&proposer.encode());
         let mut header = header_template(height, millis, Bytes::from(extra_data));
         header.inner.parent_hash = parent.hash().0;

@@ -49,6 +49,11 @@ pub struct DevnetArgs {
     /// EVM chain id written into the chain profile.
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
+    /// Fix the validator keys, the ceremonies, the transactions and the block schedule (block h
+    /// is stamped 2026-01-01 plus h block times): two devnets with the same seed and parameters
+    /// produce the same chain byte for byte. Without it, keys and timestamps are fresh.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
     /// Also start this many `cairn follow` processes following this devnet, each with its own
     /// datadir under DIR/followers/, and show their verified height and lag each second.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -116,6 +121,8 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
             .iter()
             .copied()
             .collect::<BTreeSet<_>>(),
+        seed: args.seed,
+        block_time: args.block_time,
         ..DevnetConfig::default()
     };
     let feed = FeedState::default();
