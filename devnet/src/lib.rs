@@ -3,6 +3,7 @@
 //! and a DKG outcome in every epoch's last block (reshares by default, full DKGs at configured
 //! epochs), real signed transactions in every block, kept on disk so a restart continues the same chain.
 
+pub mod faults;
 mod producer;
 mod secrets;
 mod store;

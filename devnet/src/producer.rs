@@ -69,6 +69,10 @@ pub struct DevnetConfig {
     /// it as an uninterrupted run would. Without a seed, randomness comes from the runtime
     /// context's RNG and timestamps from its clock.
     pub seed: Option<u64>,
+    /// Produce a different block at this height than the chain would have (one more
+    /// millisecond in its timestamp), certified by the same committee: with the seed of
+    /// another devnet, a real conflicting certificate.
+    pub fork_at: Option<u64>,
     /// Time between blocks in the seeded schedule: block `h` is stamped genesis time plus
     /// `h` times this (at least 1 ms).
     pub block_time: std::time::Duration,
@@ -84,6 +88,7 @@ impl Default for DevnetConfig {
             epoch_length: 20,
             full_dkg_at_epochs: BTreeSet::new(),
             seed: None,
+            fork_at: None,
             block_time: std::time::Duration::from_millis(250),
         }
     }
@@ -708,7 +713,8 @@ impl<E: StoreContext> Devnet<E> {
             }
             None => millis_of(self.clock.current()),
         }
-        .max(parent_millis + 1);
+        .max(parent_millis + 1)
+            + u64::from(self.config.fork_at == Some(height));
         let proposer_bytes = B256::from_slice(&proposer.encode());
         let mut header = header_template(height, millis, Bytes::from(extra_data));
         header.inner.parent_hash = parent.hash().0;

@@ -4,7 +4,10 @@ use crate::{
     common::{lock_datadir, shutdown_signal},
     followers::FollowerProcess,
 };
-use cairn_devnet::{Devnet, DevnetConfig, EpochEntry};
+use cairn_devnet::{
+    Devnet, DevnetConfig, EpochEntry,
+    faults::{Fault, Faults, FaultyChain},
+};
 use cairn_feed::{ChainReader, FeedState, RpcConfig};
 use clap::Args;
 use commonware_codec::Encode;
@@ -54,6 +57,18 @@ pub struct DevnetArgs {
     /// produce the same chain byte for byte. Without it, keys and timestamps are fresh.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Serve byzantine data, to test followers against (repeatable): bad-signature[:RATE],
+    /// wrong-digest[:RATE] and malformed[:RATE] change that share of the events (default 0.5);
+    /// withhold-boundaries never announces a boundary block; stall-after:HEIGHT announces and
+    /// serves nothing above HEIGHT; disconnect-every:DURATION drops every connection at that
+    /// interval; lie-on-fetch[:RATE] tampers with that share of block and finalization answers.
+    /// The chain itself is produced and stored honestly.
+    #[arg(long = "fault", value_name = "MODE")]
+    faults: Vec<Fault>,
+    /// Produce a different block at height H (certified by the same committee); with the
+    /// --seed of another devnet, the two chains carry conflicting certificates from H on.
+    #[arg(long, value_name = "H")]
+    fork_at: Option<u64>,
     /// Also start this many `cairn follow` processes following this devnet, each with its own
     /// datadir under DIR/followers/, and show their verified height and lag each second.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -122,29 +137,51 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
             .copied()
             .collect::<BTreeSet<_>>(),
         seed: args.seed,
+        fork_at: args.fork_at,
         block_time: args.block_time,
         ..DevnetConfig::default()
     };
+    // The producer publishes to a feed of its own; what is served goes through the faults.
     let feed = FeedState::default();
-    let mut devnet = Devnet::open(context, config, feed.clone())
+    let faults = Faults::new(args.faults.clone(), args.seed.unwrap_or_else(rand::random));
+    let mut devnet = Devnet::open(context, config, FeedState::default())
         .await
         .wrap_err_with(|| format!("opening the devnet in {}", args.datadir.display()))?;
+    if let Some(tip) = devnet.store().finalized_height()
+        && let Some(latest) = devnet.store().certified_at(tip).await?
+        && let Some(event) = faults.event(latest, devnet.epochs().is_boundary(tip))
+    {
+        feed.publish_finalized(event);
+    }
 
     let profile_path = args.datadir.join("chain.json");
     let profile = devnet.profile("cairn-devnet")?;
     write_atomically(&profile_path, &profile.to_json())?;
 
-    let server = cairn_feed::start(
+    let served = FaultyChain::new(devnet.store().clone(), faults.clone());
+    let rpc_config = RpcConfig {
+        chain_id: profile.chain_id,
+        ..RpcConfig::default()
+    };
+    let mut server = cairn_feed::start(
         &args.rpc_addr,
-        devnet.store().clone(),
+        served.clone(),
         feed.clone(),
-        RpcConfig {
-            chain_id: profile.chain_id,
-            ..RpcConfig::default()
-        },
+        rpc_config.clone(),
     )
     .await?;
     println!("rpc listening on {} (ws and http)", server.local_addr);
+    if !args.faults.is_empty() {
+        let modes: Vec<String> = args
+            .faults
+            .iter()
+            .map(|fault| format!("{fault:?}"))
+            .collect();
+        println!("serving byzantine data: {}", modes.join(", "));
+    }
+    let mut disconnects = faults
+        .disconnect_interval()
+        .map(|interval| tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
     println!("chain profile {}", profile_path.display());
     println!(
         "genesis {} | epoch length {} | next height {}",
@@ -207,9 +244,27 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         }
         tokio::select! {
             () = &mut shutdown => break,
+            _ = async { disconnects.as_mut().expect("only polled when set").tick().await }, if disconnects.is_some() => {
+                // Drop every connection: stop the server and serve again on the same address.
+                let addr = server.local_addr;
+                let _ = server.handle.stop();
+                server.handle.clone().stopped().await;
+                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone())
+                    .await
+                    .wrap_err_with(|| format!("serving again on {addr} after a disconnect"))?;
+                info!(%addr, "disconnected every subscriber (fault)");
+                continue;
+            }
             () = sleep_until(deadline) => {}
         }
         let produced = devnet.produce_next().await?;
+        let height = produced.certified.height.unwrap_or_default();
+        if let Some(event) = faults.event(
+            produced.certified.clone(),
+            devnet.epochs().is_boundary(height),
+        ) {
+            feed.publish_finalized(event);
+        }
         produced_since_report += 1;
         if let Some(entry) = &produced.entered {
             print_epoch(entry, args.validators);

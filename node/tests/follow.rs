@@ -640,3 +640,179 @@ async fn a_follower_of_several_upstreams_goes_on_when_one_dies() {
         "no honest or merely dead source is quarantined"
     );
 }
+
+/// A devnet with seed 7 (so that several of them produce one chain), epochs of 5 blocks and a
+/// full DKG at epoch 2, with `extra` arguments.
+fn seeded_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
+    let mut args = vec![
+        "--seed",
+        "7",
+        "--epoch-length",
+        "5",
+        "--block-time",
+        "40ms",
+        "--full-dkg-at-epochs",
+        "2",
+        "--rpc-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    CairnProcess::devnet(cairn(), datadir, &args)
+}
+
+/// Two honest devnets and one running `fault`, all with one seed; a follower of the three
+/// (started once the chain is past height 12, so that it also fetches) must reach height 40
+/// with the honest chain byte for byte. Returns the byzantine URL, whether it was quarantined
+/// (in the status line and the log), and the follower's log.
+async fn follow_with_one_byzantine(dir: &Path, fault: &str) -> (String, bool, String) {
+    let honest_a = seeded_devnet(&dir.join("honest-a"), &[]);
+    let honest_b = seeded_devnet(&dir.join("honest-b"), &[]);
+    let byzantine = seeded_devnet(&dir.join("byzantine"), &["--fault", fault]);
+    let chain = dir.join("honest-a").join("chain.json");
+    let honest_rpc = honest_a.http();
+    wait_for_height(&honest_rpc, 12, Duration::from_secs(120)).await;
+    let log = dir.join("follower.log");
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        &chain,
+        &honest_a.addr,
+        &dir.join("follower"),
+        &log,
+        &[
+            "--upstream",
+            &byzantine.addr,
+            "--upstream",
+            &honest_b.addr,
+            "--status-interval",
+            "100ms",
+        ],
+    )
+    .with_rpc_addr();
+    let follower_rpc = follower.http();
+    let served = wait_for_height(&follower_rpc, 40, Duration::from_secs(120)).await;
+    let byzantine_url = format!("ws://{}", byzantine.addr);
+    let mut quarantined_in_status = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let line = follower.wait_for_line_within("verified ", Duration::from_secs(10));
+        if line.contains(&format!("quarantined {byzantine_url}")) {
+            quarantined_in_status = true;
+            break;
+        }
+    }
+    for height in 1..=served {
+        assert_eq!(
+            raw_block(&follower_rpc, height).await,
+            raw_block(&honest_rpc, height).await,
+            "{fault}: block {height}"
+        );
+    }
+    same_certificates(&follower_rpc, &honest_rpc, 1..=served, 5).await;
+    follower.stop();
+    let text = std::fs::read_to_string(&log).expect("log");
+    for honest in [&honest_a.addr, &honest_b.addr] {
+        assert!(
+            !text.lines().any(
+                |line| line.contains("quarantined") && line.contains(&format!("ws://{honest}"))
+            ),
+            "{fault}: an honest source was quarantined:\n{text}"
+        );
+    }
+    let quarantined_in_log = text
+        .lines()
+        .any(|line| line.contains("quarantined") && line.contains(&byzantine_url));
+    (
+        byzantine_url,
+        quarantined_in_status && quarantined_in_log,
+        text,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_upstreams_one_lying_the_liar_is_quarantined_and_the_honest_chain_followed() {
+    for fault in [
+        "bad-signature:1",
+        "wrong-digest:1",
+        "malformed:1",
+        "lie-on-fetch:1",
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (url, quarantined, log) = follow_with_one_byzantine(dir.path(), fault).await;
+        assert!(
+            quarantined,
+            "{fault}: {url} is quarantined in the status line and the log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_upstreams_one_failing_the_follower_goes_on_without_punishing_it() {
+    // Withholding, stalling and dropping connections are not invalid data: the follower gets
+    // what it needs elsewhere and punishes no one.
+    for fault in [
+        "withhold-boundaries",
+        "stall-after:15",
+        "disconnect-every:300ms",
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (url, quarantined, log) = follow_with_one_byzantine(dir.path(), fault).await;
+        assert!(!quarantined, "{fault}: {url} is not quarantined:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_certificates_from_a_forked_devnet_end_the_follower_with_status_3() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let honest = seeded_devnet(&dir.path().join("honest"), &[]);
+    let forked = seeded_devnet(&dir.path().join("forked"), &["--fork-at", "12"]);
+    let chain = dir.path().join("honest").join("chain.json");
+    let datadir = dir.path().join("follower");
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        &chain,
+        &honest.addr,
+        &datadir,
+        &dir.path().join("follower.log"),
+        &["--upstream", &forked.addr],
+    );
+    let status = follower.wait();
+    assert_eq!(status, Some(3), "a safety fault exits with status 3");
+    let evidence: Vec<PathBuf> = std::fs::read_dir(&datadir)
+        .expect("datadir")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("evidence-"))
+        })
+        .collect();
+    assert_eq!(evidence.len(), 1, "one evidence file: {evidence:?}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&evidence[0]).expect("evidence"))
+            .expect("evidence is JSON");
+    let height = file["height"].as_u64().expect("height");
+    assert!(height >= 12, "the chains agree below the fork: {height}");
+    assert_ne!(
+        file["first"]["certified"]["block"], file["second"]["certified"]["block"],
+        "two different blocks"
+    );
+    // Both certificates verify with `cairn inspect certificate`, which learns the epoch's key by
+    // walking the boundaries from the profile's genesis outcome through the honest devnet.
+    for side in ["first", "second"] {
+        let path = dir.path().join(format!("{side}.json"));
+        std::fs::write(&path, file[side].to_string()).expect("write side");
+        let output = Command::new(cairn())
+            .args(["inspect", "certificate", "--chain"])
+            .arg(&chain)
+            .args(["--upstream", &honest.addr])
+            .arg(&path)
+            .output()
+            .expect("inspect runs");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{side}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}

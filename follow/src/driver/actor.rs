@@ -199,6 +199,10 @@ impl<E: StoreContext> Actor<E> {
                 self.sources.set_connected(source, false);
                 self.update_connected();
             }
+            Notification::Invalid { what } => {
+                self.status.send_modify(|status| status.rejected += 1);
+                self.sources.invalid(source, &what);
+            }
             Notification::Event(event) => match *event {
                 Event::Finalized { block, .. } => self.on_finalized(rng, source, block).await?,
                 Event::Notarized { .. } | Event::Nullified { .. } => {}

@@ -143,7 +143,13 @@ impl Actor {
                             return Ended::Stop;
                         }
                     }
-                    Some(Err(err)) => warn!(%err, "upstream sent an event that does not parse; skipped"),
+                    Some(Err(err)) => {
+                        warn!(url = %self.config.url, %err, "upstream sent an event that does not parse; skipped");
+                        let what = format!("an event that does not parse: {err}");
+                        if !self.notify(Notification::Invalid { what }).await {
+                            return Ended::Stop;
+                        }
+                    }
                     None => {
                         let reason = subscription
                             .close_reason()

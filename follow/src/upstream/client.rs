@@ -39,6 +39,9 @@ pub struct ClientConfig {
     pub ping_interval: Duration,
     /// Events buffered for the subscription before the connection counts as lagging.
     pub subscription_buffer: usize,
+    /// Largest answer or event accepted, in bytes; a larger one fails the request (or, for an
+    /// event, the connection).
+    pub max_response_size: u32,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +51,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             subscription_buffer: 4096,
+            max_response_size: 16 * 1024 * 1024,
         }
     }
 }
@@ -112,6 +116,7 @@ impl UpstreamClient {
                 .connection_timeout(config.connect_timeout)
                 .enable_ws_ping(ping)
                 .max_buffer_capacity_per_subscription(config.subscription_buffer)
+                .max_response_size(config.max_response_size)
                 .build(&url)
                 .await
                 .map(Self::Ws)
@@ -119,6 +124,7 @@ impl UpstreamClient {
         } else {
             HttpClientBuilder::default()
                 .request_timeout(config.request_timeout)
+                .max_response_size(config.max_response_size)
                 .build(&url)
                 .map(Self::Http)
                 .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))

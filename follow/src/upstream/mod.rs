@@ -95,6 +95,11 @@ pub enum Notification {
     },
     /// A consensus event from the upstream (unverified; boxed, as blocks are large).
     Event(Box<Event>),
+    /// The upstream sent an event that does not parse.
+    Invalid {
+        /// What was wrong with it.
+        what: String,
+    },
 }
 
 /// A notification with the upstream it came from.
