@@ -163,13 +163,8 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         chain_id: profile.chain_id,
         ..RpcConfig::default()
     };
-    let mut server = cairn_feed::start(
-        &args.rpc_addr,
-        served.clone(),
-        feed.clone(),
-        rpc_config.clone(),
-    )
-    .await?;
+    let mut server =
+        cairn_feed::start(&args.rpc_addr, served.clone(), feed.clone(), rpc_config).await?;
     println!("rpc listening on {} (ws and http)", server.local_addr);
     if !args.faults.is_empty() {
         let modes: Vec<String> = args
@@ -249,7 +244,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                 let addr = server.local_addr;
                 let _ = server.handle.stop();
                 server.handle.clone().stopped().await;
-                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone())
+                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config)
                     .await
                     .wrap_err_with(|| format!("serving again on {addr} after a disconnect"))?;
                 info!(%addr, "disconnected every subscriber (fault)");
