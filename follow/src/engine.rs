@@ -73,6 +73,8 @@ pub struct EngineConfig {
     pub max_epochs: usize,
     /// Events kept while their epoch's key is unknown.
     pub max_pending_events: usize,
+    /// Bytes of such events kept.
+    pub max_pending_bytes: usize,
     /// Heights marshal repairs in parallel.
     pub max_repair: usize,
     /// Blocks marshal dispatches before waiting for acknowledgements.
@@ -98,6 +100,7 @@ impl EngineConfig {
             profile,
             max_epochs: 64,
             max_pending_events: 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
             max_repair: 64,
             max_pending_acks: 64,
             fetch: FetchConfig::default(),
@@ -327,6 +330,7 @@ where
         executor,
         executed: executed.clone(),
         max_pending_events: config.max_pending_events,
+        max_pending_bytes: config.max_pending_bytes,
         sources: book.clone(),
         evidence_dir: config.evidence_dir.clone(),
     });
@@ -337,8 +341,18 @@ where
         .spawn(|rng| async move { driver_actor.run(rng, notifications, delivered).await });
     let marshal_handle = marshal_actor.start_unbuffered(updates, (handler_rx, resolver));
 
+    // After a restart, what was last verified is the latest finalization from the first
+    // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
+    let chain = FollowerChain::new(execution.clone(), marshal);
+    let tip = execution.finalized_height();
+    if tip > 0
+        && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await
+    {
+        feed.publish_finalized(latest);
+    }
+
     Ok(Follower {
-        chain: FollowerChain::new(execution, marshal),
+        chain,
         feed,
         executed,
         upstream: upstream_status,

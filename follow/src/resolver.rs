@@ -160,10 +160,10 @@ where
     type Value = Bytes;
 
     async fn fetch(&self, key: Self::Key) -> Option<Self::Value> {
-        // A follower never reports notarizations, so marshal has no reason to ask for one, and
-        // the upstream has no request for it: not worth an attempt.
+        // A follower never reports notarizations and the upstream has no request for one: the
+        // key stays pending (instead of being retried in a loop) until marshal drops it.
         if matches!(key, Key::Notarized { .. }) {
-            return None;
+            return std::future::pending().await;
         }
         let mut backoff = self.config.backoff;
         for attempt in 1..=self.config.attempts.max(1) {

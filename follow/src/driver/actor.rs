@@ -125,8 +125,10 @@ pub struct Actor<E: StoreContext> {
     marshal: MarshalMailbox,
     executor: executor::Mailbox,
     executed: watch::Receiver<u64>,
-    pending: BTreeMap<u64, (SourceId, CertifiedBlock)>,
+    pending: BTreeMap<u64, (SourceId, CertifiedBlock, usize)>,
+    pending_bytes: usize,
     max_pending: usize,
+    max_pending_bytes: usize,
     recent: BTreeMap<u64, (Digest, SourceId, Arc<CertifiedBlock>)>,
     sources: SourceBook,
     evidence_dir: Option<PathBuf>,
@@ -145,7 +147,9 @@ impl<E: StoreContext> Actor<E> {
             executor: config.executor,
             executed: config.executed,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             max_pending: config.max_pending_events.max(1),
+            max_pending_bytes: config.max_pending_bytes.max(1),
             recent: BTreeMap::new(),
             sources: config.sources,
             evidence_dir: config.evidence_dir,
@@ -263,11 +267,9 @@ impl<E: StoreContext> Actor<E> {
             return Ok(());
         }
         let result = self.verifier.verify(rng, &certified);
-        // A rejected event says nothing about the upstream's height.
-        if matches!(
-            &result,
-            Ok(_) | Err(VerifyError::IdentityUnavailable { .. })
-        ) {
+        // Only a verified event says how far the upstream is: a rejected one says nothing, and
+        // one whose key is not known yet could claim any height.
+        if result.is_ok() {
             self.sources.announced(source, height);
             self.status.send_modify(|status| {
                 status.announced_height = status.announced_height.max(height);
@@ -311,10 +313,7 @@ impl<E: StoreContext> Actor<E> {
             }
             Err(VerifyError::IdentityUnavailable { epoch, .. }) => {
                 debug!(height, %epoch, "no key for this epoch yet; event kept until its boundary is processed");
-                self.pending.insert(height, (source, certified));
-                while self.pending.len() > self.max_pending {
-                    self.pending.pop_first();
-                }
+                self.keep_pending(height, source, certified);
                 self.hint_boundary();
             }
             Err(err) => {
@@ -527,11 +526,39 @@ impl<E: StoreContext> Actor<E> {
         }
     }
 
+    /// Keeps an event whose epoch has no key yet, within the count and byte bounds. One event
+    /// per height is kept (the first). Over a bound, the highest heights go first: they are the
+    /// furthest from a key, and an event claiming a far height cannot push out the ones a
+    /// boundary will soon make verifiable.
+    fn keep_pending(&mut self, height: u64, source: SourceId, certified: CertifiedBlock) {
+        if self.pending.contains_key(&height) {
+            return;
+        }
+        let size = certified.certificate.len()
+            + certified
+                .block
+                .as_ref()
+                .map_or(0, commonware_codec::EncodeSize::encode_size);
+        self.pending.insert(height, (source, certified, size));
+        self.pending_bytes += size;
+        while self.pending.len() > self.max_pending || self.pending_bytes > self.max_pending_bytes {
+            let Some((dropped, (_, _, size))) = self.pending.pop_last() else {
+                break;
+            };
+            self.pending_bytes -= size;
+            debug!(
+                height = dropped,
+                "event dropped: the events kept for a key are at their bound"
+            );
+        }
+    }
+
     /// Retries kept events whose epoch now has a key; hints the next boundary if some still
     /// wait.
     async fn retry_pending(&mut self, rng: &mut impl CryptoRng) -> Result<(), DriverError> {
         let executed = *self.executed.borrow();
         self.pending = self.pending.split_off(&executed.saturating_add(1));
+        self.pending_bytes = self.pending.values().map(|(_, _, size)| size).sum();
         let provider = self.verifier.provider().clone();
         let ready: Vec<u64> = self
             .pending
@@ -540,7 +567,8 @@ impl<E: StoreContext> Actor<E> {
             .filter(|height| provider.verifier(self.epochs.epoch_of(*height)).is_some())
             .collect();
         for height in ready {
-            if let Some((source, certified)) = self.pending.remove(&height) {
+            if let Some((source, certified, size)) = self.pending.remove(&height) {
+                self.pending_bytes -= size;
                 self.on_finalized(rng, source, certified).await?;
             }
         }

@@ -34,8 +34,10 @@ pub struct Config<E: StoreContext> {
     pub executor: executor::Mailbox,
     /// The executor's finalized height.
     pub executed: watch::Receiver<u64>,
-    /// Most events kept while their epoch's key is unknown (the newest are kept).
+    /// Most events kept while their epoch's key is unknown (the lowest heights are kept).
     pub max_pending_events: usize,
+    /// Most bytes of such events (certificate and block).
+    pub max_pending_bytes: usize,
     /// The upstreams' health records: the driver marks connections, announced heights and
     /// invalid events, and ignores the events of quarantined sources.
     pub sources: SourceBook,

@@ -256,6 +256,12 @@ fn follower_restart_resumes_with_its_registered_epochs() {
         )
         .await;
         assert_eq!(*follower.executed.borrow(), 18, "resumes from disk");
+        assert_eq!(
+            follower.feed.latest(),
+            follower.chain.certified_at(18).await.expect("reads"),
+            "the latest finalization is republished at once, before any new event"
+        );
+        assert!(follower.feed.latest().is_some());
         assert!(
             follower.provider.len() <= 2,
             "only the newest epochs were kept on disk"

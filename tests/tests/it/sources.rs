@@ -381,6 +381,14 @@ fn a_source_sending_bad_events_is_quarantined_and_the_honest_one_followed() {
             "a quarantined source moves nothing"
         );
 
+        // An event in an epoch without a key yet (a stranger's, far ahead) is kept, but moves
+        // neither the follower's target nor the source's announced height.
+        let far = cairn_tests::test_block(5_000, 5, 5_000, Vec::new());
+        honest_feed.publish_finalized(stranger.certify(far, 5, 5_000));
+        context.sleep(Duration::from_millis(200)).await;
+        assert_eq!(follower.sources.health()[0].announced_height, 4);
+        assert_eq!(follower.upstream.borrow().announced_height, 4);
+
         // The honest source carries the follower on.
         for block in &certified[4..8] {
             honest_chain.insert(block.clone());
