@@ -1,5 +1,7 @@
 //! Decoder robustness: random, truncated and adversarial bytes into the certificate, outcome,
-//! header and block decoders never panic and never allocate more than the input justifies.
+//! header and block decoders, and into the network-facing JSON decoders (a `consensus_event`
+//! notification, a `consensus_getFinalization` answer, an `eth_getBlockByHash` block with full
+//! transactions), never panic and never allocate more than the input justifies.
 
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, OutcomeError};
@@ -32,6 +34,44 @@ fn decode_block(bytes: &[u8]) -> Result<Block, commonware_codec::Error> {
     Block::decode_cfg(bytes.to_vec(), &BlockCodecConfig::default())
 }
 
+/// The JSON decoders a follower runs on what an upstream sends: an event notification, a
+/// certified block, and an RPC block converted to a block (hash and roots checked).
+fn decode_json(what: &str, bytes: &[u8]) {
+    match what {
+        "event json" => {
+            let _ = serde_json::from_slice::<cairn_primitives::Event>(bytes);
+        }
+        "certified json" => {
+            let _ = serde_json::from_slice::<cairn_primitives::CertifiedBlock>(bytes);
+        }
+        _ => {
+            let _ = serde_json::from_slice::<cairn_feed::RpcBlock>(bytes)
+                .ok()
+                .map(cairn_feed::block_from_rpc);
+        }
+    }
+}
+
+fn json_encodings() -> Vec<(&'static str, Vec<u8>)> {
+    let boundary = mainnet_boundary();
+    let block = test_block(77, 3, 9, Vec::new());
+    let event = cairn_primitives::Event::Finalized {
+        block: boundary.clone(),
+        seen: 1_700_000_000_000,
+    };
+    vec![
+        ("event json", serde_json::to_vec(&event).expect("json")),
+        (
+            "certified json",
+            serde_json::to_vec(&boundary).expect("json"),
+        ),
+        (
+            "rpc block json",
+            serde_json::to_vec(&cairn_feed::rpc_block(&block, true)).expect("json"),
+        ),
+    ]
+}
+
 fn certificate_bytes(hex_text: &str) -> Vec<u8> {
     hex::decode(hex_text).expect("fixture certificate is hex")
 }
@@ -47,6 +87,21 @@ proptest! {
         within_allowance("header", &bytes, |b| TempoHeader::decode_rlp(b).ok());
         within_allowance("block", &bytes, |b| decode_block(b).ok());
         within_allowance("raw block", &bytes, |b| Block::decode_raw_rlp(b).ok());
+        for what in ["event json", "certified json", "rpc block json"] {
+            within_allowance(what, &bytes, |b| decode_json(what, b));
+        }
+    }
+
+    /// Valid JSON from an upstream with one byte changed and cut anywhere.
+    #[test]
+    fn mutated_upstream_json_never_panics(position in any::<prop::sample::Index>(), value in any::<u8>(), cut in any::<prop::sample::Index>()) {
+        for (what, bytes) in json_encodings() {
+            let mut mutated = bytes.clone();
+            let at = position.index(mutated.len());
+            mutated[at] = value;
+            mutated.truncate(cut.index(mutated.len() + 1));
+            within_allowance(what, &mutated, |b| decode_json(what, b));
+        }
     }
 
     /// Random bytes behind a plausible prefix reach deeper into each decoder.
@@ -271,6 +326,19 @@ fn trailing_bytes_are_refused_everywhere() {
     }
     let block = test_block(2, 0, 2, Vec::new());
     assert_eq!(block.encode().len(), block.encode_size());
+}
+
+#[test]
+fn valid_upstream_json_decodes_within_the_allowance() {
+    for (what, bytes) in json_encodings() {
+        within_allowance(what, &bytes, |b| decode_json(what, b));
+    }
+    let (_, rpc) = json_encodings().pop().expect("rpc block");
+    let rpc: cairn_feed::RpcBlock = serde_json::from_slice(&rpc).expect("parses");
+    assert_eq!(
+        cairn_feed::block_from_rpc(rpc).expect("converts").height(),
+        77
+    );
 }
 
 #[test]
