@@ -19,6 +19,16 @@ impl<P: ExecutionProvider> FollowerChain<P> {
     pub const fn new(execution: P, marshal: MarshalMailbox) -> Self {
         Self { execution, marshal }
     }
+
+    /// The execution store itself (not limited to the executed height).
+    pub const fn execution(&self) -> &P {
+        &self.execution
+    }
+
+    /// Marshal, whose archives hold every finalized block and finalization it stored.
+    pub const fn marshal(&self) -> &MarshalMailbox {
+        &self.marshal
+    }
 }
 
 fn read_error(err: impl std::fmt::Display) -> ReadError {

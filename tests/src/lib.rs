@@ -340,6 +340,52 @@ pub fn linked_chain(count: u64) -> Vec<Block> {
     chain
 }
 
+/// A profile whose genesis outcome is `committee`'s (genesis header included), with epochs of
+/// `epoch_length` blocks.
+pub fn committee_profile(committee: &TestCommittee, epoch_length: u64) -> ChainProfile {
+    let outcome = committee.outcome(0, false);
+    let (mut header, _) = test_block(0, 0, 0, Vec::new()).into_parts();
+    header.inner.extra_data = outcome.to_bytes().into();
+    ChainProfile {
+        name: "committee".into(),
+        chain_id: Some(1337),
+        namespace: committee.namespace.clone(),
+        epochs: cairn_epoch::EpochStrategy::new(epoch_length).expect("valid epoch length"),
+        genesis: outcome,
+        genesis_header: Some(header),
+        network_identities: Vec::new(),
+        follow_url: None,
+    }
+}
+
+/// [`committee_profile`] and `count` blocks linked on top of its genesis, each certified by
+/// `committee` in its epoch (view = height); every boundary block carries the outcome of a
+/// reshare to the same committee.
+pub fn committee_chain(
+    committee: &TestCommittee,
+    count: u64,
+    epoch_length: u64,
+) -> (ChainProfile, Vec<CertifiedBlock>) {
+    let profile = committee_profile(committee, epoch_length);
+    let genesis = Block::header_only(profile.genesis_header.clone().expect("genesis header"));
+    let mut parent = genesis.hash();
+    let mut chain = Vec::new();
+    for height in 1..=count {
+        let epoch = height / epoch_length;
+        let extra = if profile.epochs.is_boundary(height) {
+            committee.outcome(epoch + 1, false).to_bytes()
+        } else {
+            Vec::new()
+        };
+        let (mut header, body) = test_block(height, epoch, height, extra).into_parts();
+        header.inner.parent_hash = parent.0;
+        let block = Block::new(header, body).expect("body unchanged");
+        parent = block.hash();
+        chain.push(committee.certify(block, epoch, height));
+    }
+    (profile, chain)
+}
+
 /// A global allocator that records, per thread, the bytes currently allocated and the peak
 /// since the last [`AllocationMeter::reset`]. Install it with `#[global_allocator]`.
 pub struct AllocationMeter;

@@ -6,6 +6,7 @@ mod decoders;
 mod devnet;
 mod execution;
 mod follow;
+mod hostile;
 mod ledger;
 mod properties;
 mod rpc;

@@ -7,7 +7,7 @@
 //! ignored while the honest source is followed; two valid certificates for different blocks at
 //! one height stop the follower with an evidence file whose certificates both verify.
 
-use cairn_epoch::{ChainProfile, EpochStrategy, FinalizationVerifier};
+use cairn_epoch::{ChainProfile, FinalizationVerifier};
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
@@ -16,7 +16,7 @@ use cairn_follow::{
     upstream::{QuarantineConfig, Sources, UpstreamError, UpstreamRequests, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
-use cairn_tests::{MemoryChain, TestCommittee, linked_chain};
+use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
 use commonware_runtime::{Clock, Runner, deterministic};
 use std::{
     path::Path,
@@ -89,40 +89,8 @@ impl UpstreamRequests for Scripted {
     }
 }
 
-/// A profile whose genesis outcome is `committee`'s, with epochs of `epoch_length`.
-fn profile(committee: &TestCommittee, genesis: &Block, epoch_length: u64) -> ChainProfile {
-    let outcome = committee.outcome(0, false);
-    let (mut header, _) = genesis.clone().into_parts();
-    header.inner.extra_data = outcome.to_bytes().into();
-    ChainProfile {
-        name: "sources".into(),
-        chain_id: Some(1337),
-        namespace: NAMESPACE.to_vec(),
-        epochs: EpochStrategy::new(epoch_length).expect("valid length"),
-        genesis: outcome,
-        genesis_header: Some(header),
-        network_identities: Vec::new(),
-        follow_url: None,
-    }
-}
-
-/// A genesis block carrying `committee`'s outcome and `count` blocks linked on top of it,
-/// each certified by `committee` in epoch 0.
 fn certified_chain(committee: &TestCommittee, count: u64) -> (ChainProfile, Vec<CertifiedBlock>) {
-    let blocks = linked_chain(count);
-    let profile = profile(committee, &blocks[0], 1_000);
-    let genesis = cairn_follow::genesis_block(&profile).expect("genesis carries the outcome");
-    let mut parent = genesis.hash();
-    let mut chain = Vec::new();
-    for block in blocks.into_iter().skip(1) {
-        let (mut header, body) = block.into_parts();
-        header.inner.parent_hash = parent.0;
-        let block = Block::new(header, body).expect("body unchanged");
-        parent = block.hash();
-        let view = block.height();
-        chain.push(committee.certify(block, 0, view));
-    }
-    (profile, chain)
+    committee_chain(committee, count, 1_000)
 }
 
 /// The same block at the same height, with another timestamp: another hash, same parent.
