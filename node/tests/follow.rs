@@ -909,3 +909,84 @@ async fn an_upstream_restarting_every_two_seconds_leaves_the_follower_within_a_b
     restarting.stop();
     steady.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_sigkills_lose_and_repeat_nothing() {
+    use rand::{RngExt as _, SeedableRng as _};
+    let kills: usize = std::env::var("CAIRN_KILLS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(100);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstreams: Vec<CairnProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|name| seeded_devnet_at(&dir.path().join(name), "40ms", "127.0.0.1:0", &[]))
+        .collect();
+    let chain = dir.path().join("a").join("chain.json");
+    let honest_rpc = upstreams[0].http();
+    // A chain ahead of the follower, so that the first kills land during catch-up.
+    wait_for_height(&honest_rpc, 60, Duration::from_secs(120)).await;
+    let extra = [
+        "--upstream",
+        upstreams[1].addr.as_str(),
+        "--upstream",
+        upstreams[2].addr.as_str(),
+    ];
+    let datadir = dir.path().join("follower");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(100);
+    let mut logs = Vec::new();
+    let mut watermark = 0;
+    let started = std::time::Instant::now();
+    for run in 0..=kills {
+        let log = dir.path().join(format!("follower-{run}.log"));
+        logs.push(log.clone());
+        let follower = CairnProcess::follower_with(
+            cairn(),
+            &chain,
+            &upstreams[0].addr,
+            &datadir,
+            &log,
+            &extra,
+        )
+        .with_rpc_addr();
+        let rpc = follower.http();
+        let resumed = block_number(&rpc).await;
+        assert!(
+            resumed >= watermark,
+            "run {run} resumed at {resumed}, below the {watermark} served before the kill"
+        );
+        if run == kills {
+            // The last run follows to the tip.
+            let tip = block_number(&honest_rpc).await;
+            let reached = wait_for_height(&rpc, tip, Duration::from_secs(120)).await;
+            for height in 1..=reached {
+                assert_eq!(
+                    raw_block(&rpc, height).await,
+                    raw_block(&honest_rpc, height).await,
+                    "block {height} after {kills} kills"
+                );
+            }
+            same_certificates(&rpc, &honest_rpc, 1..=reached, 5).await;
+            follower.stop();
+            let counts = registrations(&logs);
+            let last_epoch = (reached + 1) / 5 - 1;
+            for epoch in 1..=last_epoch {
+                assert!(
+                    counts.get(&epoch).copied().unwrap_or(0) <= 1,
+                    "epoch {epoch} registered more than once across {kills} kills: {counts:?}"
+                );
+            }
+            eprintln!(
+                "{kills} SIGKILLs in {:.1} s; the follower then reached height {reached} with every block and certificate the upstream serves",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
+        watermark = block_number(&rpc).await;
+        follower.kill();
+    }
+    for upstream in upstreams {
+        upstream.stop();
+    }
+}
