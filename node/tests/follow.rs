@@ -53,6 +53,27 @@ async fn raw_block(client: &HttpClient, height: u64) -> Bytes {
         .unwrap_or_else(|err| panic!("raw block {height}: {err}"))
 }
 
+/// Every block in `heights` that `follower` serves is `reference`'s byte for byte, and every
+/// certificate it serves is `reference`'s, boundaries included (epochs of 5). Waits first for
+/// `reference` to reach the range's end: with several upstreams, the follower may be ahead of
+/// the one it is compared with.
+async fn assert_same_chain(
+    follower: &HttpClient,
+    reference: &HttpClient,
+    heights: std::ops::RangeInclusive<u64>,
+    what: &str,
+) {
+    wait_for_height(reference, *heights.end(), Duration::from_secs(120)).await;
+    for height in heights.clone() {
+        assert_eq!(
+            raw_block(follower, height).await,
+            raw_block(reference, height).await,
+            "{what}: block {height}"
+        );
+    }
+    same_certificates(follower, reference, heights, 5).await;
+}
+
 /// Epoch registrations logged across `logs`: epoch -> how many times.
 fn registrations(logs: &[PathBuf]) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();
@@ -624,14 +645,7 @@ async fn a_follower_of_several_upstreams_goes_on_when_one_dies() {
     );
     let tip = block_number(&devnet_rpc).await;
     let served = wait_for_height(&c_rpc, tip + 10, Duration::from_secs(120)).await;
-    same_certificates(&c_rpc, &devnet_rpc, 1..=served, 5).await;
-    for height in 1..=served {
-        assert_eq!(
-            raw_block(&c_rpc, height).await,
-            raw_block(&devnet_rpc, height).await,
-            "block {height}"
-        );
-    }
+    assert_same_chain(&c_rpc, &devnet_rpc, 1..=served, "three upstreams").await;
     c.stop();
     devnet.stop();
     let log = std::fs::read_to_string(&c_log).expect("log");
@@ -705,14 +719,7 @@ async fn follow_with_one_byzantine(dir: &Path, fault: &str) -> (String, bool, St
             break;
         }
     }
-    for height in 1..=served {
-        assert_eq!(
-            raw_block(&follower_rpc, height).await,
-            raw_block(&honest_rpc, height).await,
-            "{fault}: block {height}"
-        );
-    }
-    same_certificates(&follower_rpc, &honest_rpc, 1..=served, 5).await;
+    assert_same_chain(&follower_rpc, &honest_rpc, 1..=served, fault).await;
     follower.stop();
     let text = std::fs::read_to_string(&log).expect("log");
     for honest in [&honest_a.addr, &honest_b.addr] {
@@ -959,14 +966,7 @@ async fn a_hundred_sigkills_lose_and_repeat_nothing() {
             // The last run follows to the tip.
             let tip = block_number(&honest_rpc).await;
             let reached = wait_for_height(&rpc, tip, Duration::from_secs(120)).await;
-            for height in 1..=reached {
-                assert_eq!(
-                    raw_block(&rpc, height).await,
-                    raw_block(&honest_rpc, height).await,
-                    "block {height} after {kills} kills"
-                );
-            }
-            same_certificates(&rpc, &honest_rpc, 1..=reached, 5).await;
+            assert_same_chain(&rpc, &honest_rpc, 1..=reached, "after the kills").await;
             follower.stop();
             let counts = registrations(&logs);
             let last_epoch = (reached + 1) / 5 - 1;

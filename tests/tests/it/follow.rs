@@ -65,7 +65,11 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
 }
 
 /// Waits (in simulated time) until `follower` has executed `height`.
-async fn executed<E: EngineContext + Clock>(context: &E, follower: &Follower<E>, height: u64) {
+pub(crate) async fn executed<E: EngineContext + Clock>(
+    context: &E,
+    follower: &Follower<E>,
+    height: u64,
+) {
     for _ in 0..6_000 {
         if *follower.executed.borrow() >= height {
             return;

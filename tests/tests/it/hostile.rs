@@ -217,12 +217,7 @@ fn hostile_events_are_rejected_by_name_and_nothing_reaches_the_stores() {
         .await
         .expect("starts");
         feed.publish_finalized(chain[4].clone());
-        for _ in 0..2_000 {
-            if *follower.executed.borrow() >= 5 {
-                break;
-            }
-            context.sleep(Duration::from_millis(10)).await;
-        }
+        crate::follow::executed(&context, &follower, 5).await;
         assert_eq!(*follower.executed.borrow(), 5);
 
         for (index, (name, event, rejection)) in hostile.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! ignored while the honest source is followed; two valid certificates for different blocks at
 //! one height stop the follower with an evidence file whose certificates both verify.
 
+use crate::follow::executed;
 use cairn_epoch::{ChainProfile, FinalizationVerifier};
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
@@ -271,19 +272,6 @@ async fn follow_sources<E: EngineContext>(
     )
     .await
     .expect("the follower starts")
-}
-
-async fn executed<E: Clock>(context: &E, follower: &Follower<impl EngineContext>, height: u64) {
-    for _ in 0..6_000 {
-        if *follower.executed.borrow() >= height {
-            return;
-        }
-        context.sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "follower stuck at {} waiting for {height}",
-        *follower.executed.borrow()
-    );
 }
 
 #[test]
