@@ -1,6 +1,6 @@
 //! The driver's loop.
 
-use super::{Config, Delivered, MarshalMailbox};
+use super::{Config, Delivered, ExecutorPort, MarshalMailbox, MarshalPort};
 use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
@@ -14,14 +14,8 @@ use cairn_epoch::{
 use cairn_feed::StoreContext;
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use commonware_codec::Encode as _;
-use commonware_consensus::{
-    Reporter as _,
-    marshal::Identifier,
-    simplex::types::Activity,
-    types::{Epoch, Height},
-};
-use commonware_cryptography::{Digested, Digestible as _, Signer as _, ed25519};
-use commonware_utils::vec::NonEmptyVec;
+use commonware_consensus::types::Epoch;
+use commonware_cryptography::Digested;
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
@@ -118,12 +112,12 @@ pub struct UpstreamStatus {
 }
 
 /// The driver (see the module docs).
-pub struct Actor<E: StoreContext> {
+pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     verifier: FinalizationVerifier,
     epochs: EpochStrategy,
     registry: EpochRegistry<E>,
-    marshal: MarshalMailbox,
-    executor: executor::Mailbox,
+    marshal: M,
+    executor: X,
     executed: watch::Receiver<u64>,
     pending: BTreeMap<u64, (SourceId, CertifiedBlock, usize)>,
     pending_bytes: usize,
@@ -132,12 +126,11 @@ pub struct Actor<E: StoreContext> {
     recent: BTreeMap<u64, (Digest, SourceId, Arc<CertifiedBlock>)>,
     sources: SourceBook,
     evidence_dir: Option<PathBuf>,
-    hint_target: ed25519::PublicKey,
     status: watch::Sender<UpstreamStatus>,
 }
 
-impl<E: StoreContext> Actor<E> {
-    pub(super) fn new(config: Config<E>) -> Self {
+impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
+    pub(super) fn new(config: Config<E, M, X>) -> Self {
         let epochs = config.verifier.epochs().clone();
         Self {
             verifier: config.verifier,
@@ -153,8 +146,6 @@ impl<E: StoreContext> Actor<E> {
             recent: BTreeMap::new(),
             sources: config.sources,
             evidence_dir: config.evidence_dir,
-            // The opaque resolver has no peers and ignores hint targets; marshal's API wants one.
-            hint_target: ed25519::PrivateKey::from_seed(0).public_key(),
             status: watch::channel(UpstreamStatus::default()).0,
         }
     }
@@ -304,9 +295,7 @@ impl<E: StoreContext> Actor<E> {
                         height,
                         "certificate stored for a block repaired by its hash"
                     );
-                    let _ = self
-                        .marshal
-                        .report(Activity::Finalization(verified.finalization));
+                    self.marshal.report_finalization(verified.finalization);
                 } else {
                     self.report(verified).await;
                 }
@@ -330,24 +319,20 @@ impl<E: StoreContext> Actor<E> {
 
     /// The digest of the block stored at `height`, with its finalization when stored.
     async fn stored_at(&self, height: u64) -> Option<(Digest, Option<Finalization>)> {
-        let finalization = self.marshal.get_finalization(Height::new(height)).await;
+        let finalization = self.marshal.finalization_at(height).await;
         if let Some(finalization) = finalization {
             return Some((finalization.proposal.payload, Some(finalization)));
         }
         self.marshal
-            .get_block(Identifier::Height(Height::new(height)))
+            .block_at(height)
             .await
-            .map(|block| (block.digest(), None))
+            .map(|block| (block.hash(), None))
     }
 
     /// The stored side of a conflict: the block stored at `height` with its certificate, or
     /// with none when it was authenticated through a later block's parent hash.
     async fn stored_side(&self, height: u64, finalization: Option<Finalization>) -> EvidenceSide {
-        let block = self
-            .marshal
-            .get_block(Identifier::Height(Height::new(height)))
-            .await
-            .map(|block| block.inner().clone());
+        let block = self.marshal.block_at(height).await;
         let certified = match (block, &finalization) {
             (Some(block), Some(finalization)) => cairn_epoch::certified_block(finalization, block),
             (block, _) => CertifiedBlock {
@@ -425,13 +410,11 @@ impl<E: StoreContext> Actor<E> {
         let round = verified.finalization.proposal.round;
         let digest = verified.digest();
         let block = Digested::precomputed(verified.block, digest);
-        if !self.marshal.certified(round, block).await {
+        if !self.marshal.verified_block(round, block).await {
             warn!(height, "marshal did not persist a verified block");
             return;
         }
-        let _ = self
-            .marshal
-            .report(Activity::Finalization(verified.finalization));
+        self.marshal.report_finalization(verified.finalization);
         debug!(height, %round, "verified finalization reported to marshal");
     }
 
@@ -448,10 +431,7 @@ impl<E: StoreContext> Actor<E> {
             return;
         }
         debug!(epoch = %latest, boundary, "hinting marshal to fetch the epoch boundary");
-        self.marshal.hint_finalized(
-            Height::new(boundary),
-            NonEmptyVec::new(self.hint_target.clone()),
-        );
+        self.marshal.fetch_finalized(boundary);
     }
 
     /// A finalized block from marshal, in height order: register the next epoch from a
@@ -471,10 +451,10 @@ impl<E: StoreContext> Actor<E> {
         let finalization = if height == 0 {
             None
         } else {
-            self.marshal.get_finalization(Height::new(height)).await
+            self.marshal.finalization_at(height).await
         };
         self.executor
-            .finalized(block, finalization, delivered.ack)
+            .execute(block, finalization, delivered.ack)
             .await
             .map_err(|_| DriverError::ExecutorStopped)?;
         if registered {

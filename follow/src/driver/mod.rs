@@ -13,25 +13,105 @@ pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
 pub use ingress::{Delivered, MarshalUpdates};
 
 use crate::{executor, registry::EpochRegistry, upstream::SourceBook};
-use cairn_epoch::{FinalizationScheme, FinalizationVerifier};
+use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};
 use cairn_feed::StoreContext;
 use cairn_primitives::Block;
-use commonware_consensus::marshal::{core::Mailbox, standard::Standard};
+use commonware_consensus::{
+    Reporter as _,
+    marshal::{Identifier, core::Mailbox, standard::Standard},
+    simplex::types::Activity,
+    types::{Height, Round},
+};
+use commonware_cryptography::{Digested, Signer as _, ed25519};
+use commonware_utils::{acknowledgement::Exact, vec::NonEmptyVec};
+use std::{future::Future, sync::Arc};
 use tokio::sync::watch;
 
 /// Marshal's mailbox as the follower uses it.
 pub type MarshalMailbox = Mailbox<FinalizationScheme, Standard<Block>>;
 
+/// What the driver asks of marshal: commonware's mailbox in a follower, a stand-in in tests.
+pub trait MarshalPort: Send + Sync + 'static {
+    /// Hands over a verified block of `round`; false when it was not persisted.
+    fn verified_block(
+        &self,
+        round: Round,
+        block: Digested<Block>,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Reports a verified finalization.
+    fn report_finalization(&self, finalization: Finalization);
+
+    /// The finalization stored at `height`.
+    fn finalization_at(&self, height: u64) -> impl Future<Output = Option<Finalization>> + Send;
+
+    /// The block stored at `height`.
+    fn block_at(&self, height: u64) -> impl Future<Output = Option<Block>> + Send;
+
+    /// Asks for the finalization at `height` to be fetched.
+    fn fetch_finalized(&self, height: u64);
+}
+
+impl MarshalPort for MarshalMailbox {
+    async fn verified_block(&self, round: Round, block: Digested<Block>) -> bool {
+        self.certified(round, block).await
+    }
+
+    fn report_finalization(&self, finalization: Finalization) {
+        let mut mailbox = self.clone();
+        let _ = mailbox.report(Activity::Finalization(finalization));
+    }
+
+    async fn finalization_at(&self, height: u64) -> Option<Finalization> {
+        self.get_finalization(Height::new(height)).await
+    }
+
+    async fn block_at(&self, height: u64) -> Option<Block> {
+        self.get_block(Identifier::Height(Height::new(height)))
+            .await
+            .map(|block| block.inner().clone())
+    }
+
+    fn fetch_finalized(&self, height: u64) {
+        // The opaque resolver has no peers and ignores hint targets; marshal's API wants one.
+        let target = ed25519::PrivateKey::from_seed(0).public_key();
+        self.hint_finalized(Height::new(height), NonEmptyVec::new(target));
+    }
+}
+
+/// Where the driver hands finalized blocks, in height order: the executor in a follower, a
+/// stand-in in tests.
+pub trait ExecutorPort: Send + Sync + 'static {
+    /// Executes `block`; `ack` is released once it is durable.
+    fn execute(
+        &self,
+        block: Arc<Block>,
+        finalization: Option<Finalization>,
+        ack: Exact,
+    ) -> impl Future<Output = Result<(), executor::Stopped>> + Send;
+}
+
+impl ExecutorPort for executor::Mailbox {
+    async fn execute(
+        &self,
+        block: Arc<Block>,
+        finalization: Option<Finalization>,
+        ack: Exact,
+    ) -> Result<(), executor::Stopped> {
+        self.finalized(block, finalization, ack).await
+    }
+}
+
 /// Driver settings and neighbours.
-pub struct Config<E: StoreContext> {
+pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// Verifies events; shares its verifier registry with marshal.
     pub verifier: FinalizationVerifier,
     /// Where registrations are persisted.
     pub registry: EpochRegistry<E>,
     /// Marshal.
-    pub marshal: MarshalMailbox,
+    pub marshal: M,
     /// The executor.
-    pub executor: executor::Mailbox,
+    pub executor: X,
     /// The executor's finalized height.
     pub executed: watch::Receiver<u64>,
     /// Most events kept while their epoch's key is unknown (the lowest heights are kept).
@@ -46,6 +126,8 @@ pub struct Config<E: StoreContext> {
 }
 
 /// Creates the driver.
-pub fn init<E: StoreContext>(config: Config<E>) -> Actor<E> {
+pub fn init<E: StoreContext, M: MarshalPort, X: ExecutorPort>(
+    config: Config<E, M, X>,
+) -> Actor<E, M, X> {
     Actor::new(config)
 }

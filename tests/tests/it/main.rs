@@ -4,6 +4,7 @@
 mod ceremonies;
 mod decoders;
 mod devnet;
+mod driver;
 mod execution;
 mod follow;
 mod hostile;

@@ -1,0 +1,294 @@
+//! The driver alone, with stand-ins for marshal and the executor (the ports it reaches them
+//! through): one event from three sources is verified and handed on once; events waiting for
+//! their epoch's key are bounded in count and bytes, keep the lowest heights, never move the
+//! announced height, and are handed on once the boundary that announces their key is
+//! delivered; two valid blocks at one height stop the driver.
+
+use cairn_epoch::{Finalization, FinalizationVerifier};
+use cairn_follow::{
+    driver::{self, Delivered, DriverError, ExecutorPort, MarshalPort},
+    executor,
+    registry::EpochRegistry,
+    upstream::{Notification, QuarantineConfig, SourceBook, Sourced},
+};
+use cairn_primitives::{Block, CertifiedBlock, Event};
+use cairn_tests::{TestCommittee, committee_chain};
+use commonware_consensus::types::Round;
+use commonware_cryptography::Digested;
+use commonware_runtime::{Clock, Runner, Spawner as _, Supervisor as _, deterministic};
+use commonware_utils::acknowledgement::{Acknowledgement as _, Exact};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::{mpsc, watch};
+
+/// What the stand-in marshal was given.
+#[derive(Default)]
+struct MarshalLog {
+    verified: Vec<u64>,
+    blocks: BTreeMap<u64, Block>,
+    finalizations: BTreeMap<u64, Finalization>,
+    fetches: Vec<u64>,
+}
+
+#[derive(Clone, Default)]
+struct StandInMarshal(Arc<Mutex<MarshalLog>>);
+
+impl StandInMarshal {
+    fn log<T>(&self, f: impl FnOnce(&mut MarshalLog) -> T) -> T {
+        f(&mut self.0.lock().expect("lock"))
+    }
+}
+
+impl MarshalPort for StandInMarshal {
+    async fn verified_block(&self, _: Round, block: Digested<Block>) -> bool {
+        let block = block.inner().clone();
+        self.log(|log| {
+            log.verified.push(block.height());
+            log.blocks.insert(block.height(), block);
+        });
+        true
+    }
+
+    fn report_finalization(&self, finalization: Finalization) {
+        self.log(|log| {
+            let height = log
+                .blocks
+                .iter()
+                .find(|(_, block)| block.hash() == finalization.proposal.payload)
+                .map(|(height, _)| *height);
+            if let Some(height) = height {
+                log.finalizations.insert(height, finalization);
+            }
+        });
+    }
+
+    async fn finalization_at(&self, height: u64) -> Option<Finalization> {
+        self.log(|log| log.finalizations.get(&height).cloned())
+    }
+
+    async fn block_at(&self, height: u64) -> Option<Block> {
+        self.log(|log| log.blocks.get(&height).cloned())
+    }
+
+    fn fetch_finalized(&self, height: u64) {
+        self.log(|log| log.fetches.push(height));
+    }
+}
+
+/// Executes by acknowledging at once, recording heights.
+#[derive(Clone, Default)]
+struct StandInExecutor(Arc<Mutex<Vec<u64>>>);
+
+impl ExecutorPort for StandInExecutor {
+    async fn execute(
+        &self,
+        block: Arc<Block>,
+        _: Option<Finalization>,
+        ack: Exact,
+    ) -> Result<(), executor::Stopped> {
+        self.0.lock().expect("lock").push(block.height());
+        ack.acknowledge();
+        Ok(())
+    }
+}
+
+struct Harness {
+    marshal: StandInMarshal,
+    executor: StandInExecutor,
+    sources: SourceBook,
+    notifications: mpsc::Sender<Sourced>,
+    delivered: mpsc::UnboundedSender<Delivered>,
+    status: watch::Receiver<driver::UpstreamStatus>,
+    stopped: commonware_runtime::Handle<Result<(), DriverError>>,
+}
+
+async fn harness(
+    context: &deterministic::Context,
+    profile: &cairn_epoch::ChainProfile,
+    max_pending_events: usize,
+    max_pending_bytes: usize,
+) -> Harness {
+    let provider = profile.scheme_provider(16);
+    let registry = EpochRegistry::open(context.child("registry"), "driver-epochs", 16)
+        .await
+        .expect("registry opens");
+    let marshal = StandInMarshal::default();
+    let executor = StandInExecutor::default();
+    let sources = SourceBook::new(
+        ["a", "b", "c"].map(String::from),
+        QuarantineConfig::default(),
+    );
+    let (_executed_tx, executed) = watch::channel(0);
+    let actor = driver::init(driver::Config {
+        verifier: FinalizationVerifier::new(profile.epochs.clone(), provider),
+        registry,
+        marshal: marshal.clone(),
+        executor: executor.clone(),
+        executed,
+        max_pending_events,
+        max_pending_bytes,
+        sources: sources.clone(),
+        evidence_dir: None,
+    });
+    let status = actor.status();
+    let (notifications, notifications_rx) = mpsc::channel(64);
+    let (delivered, delivered_rx) = mpsc::unbounded_channel();
+    let stopped = context.child("driver").spawn(move |rng| async move {
+        let _keep = _executed_tx;
+        actor.run(rng, notifications_rx, delivered_rx).await
+    });
+    Harness {
+        marshal,
+        executor,
+        sources,
+        notifications,
+        delivered,
+        status,
+        stopped,
+    }
+}
+
+impl Harness {
+    async fn event(&self, source: usize, certified: &CertifiedBlock) {
+        let event = Event::Finalized {
+            block: certified.clone(),
+            seen: 0,
+        };
+        self.notifications
+            .send((source, Notification::Event(Box::new(event))))
+            .await
+            .expect("driver running");
+    }
+
+    fn deliver(&self, certified: &CertifiedBlock) {
+        let block = certified.block.clone().expect("block");
+        let digest = block.hash();
+        let (ack, _waiter) = Exact::handle();
+        self.delivered
+            .send(Delivered {
+                block: Digested::precomputed(block, digest),
+                ack,
+            })
+            .expect("driver running");
+    }
+}
+
+async fn settle(context: &deterministic::Context) {
+    context.sleep(Duration::from_millis(50)).await;
+}
+
+#[test]
+fn one_event_from_three_sources_is_verified_and_handed_on_once() {
+    let committee = TestCommittee::new(b"TEMPO", 41, 4);
+    let (profile, chain) = committee_chain(&committee, 3, 5);
+    deterministic::Runner::seeded(1).start(|context| async move {
+        let driver = harness(&context, &profile, 16, 1 << 20).await;
+        for source in 0..3 {
+            driver.event(source, &chain[0]).await;
+        }
+        settle(&context).await;
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![1]);
+        assert!(
+            driver
+                .sources
+                .health()
+                .iter()
+                .all(|health| health.announced_height == 1)
+        );
+        assert_eq!(driver.status.borrow().rejected, 0);
+    });
+}
+
+#[test]
+fn events_waiting_for_a_key_keep_the_lowest_heights_and_follow_their_boundaries() {
+    let committee = TestCommittee::new(b"TEMPO", 42, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    let at = |height: u64| chain[height as usize - 1].clone();
+    deterministic::Runner::seeded(2).start(|context| async move {
+        // At most two events kept.
+        let driver = harness(&context, &profile, 2, 1 << 20).await;
+        for height in [11, 7, 12] {
+            driver.event(0, &at(height)).await;
+        }
+        settle(&context).await;
+        assert!(driver.marshal.log(|log| log.verified.is_empty()));
+        assert_eq!(
+            driver.status.borrow().announced_height,
+            0,
+            "events without a key move no target"
+        );
+        assert_eq!(driver.sources.health()[0].announced_height, 0);
+        assert!(
+            driver.marshal.log(|log| log.fetches.contains(&4)),
+            "the boundary of the newest epoch with a key is asked for"
+        );
+
+        // The boundary of epoch 0 registers epoch 1: height 7 is handed on, 11 still waits.
+        driver.deliver(&at(4));
+        settle(&context).await;
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![7]);
+        // The boundary of epoch 1 registers epoch 2: 11 is handed on; 12 was dropped for the
+        // bound, being the highest.
+        driver.deliver(&at(9));
+        settle(&context).await;
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![7, 11]);
+        assert_eq!(*driver.executor.0.lock().expect("lock"), vec![4, 9]);
+    });
+}
+
+#[test]
+fn events_waiting_for_a_key_are_bounded_in_bytes() {
+    let committee = TestCommittee::new(b"TEMPO", 43, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    let at = |height: u64| chain[height as usize - 1].clone();
+    let one = {
+        let certified = at(7);
+        certified.certificate.len()
+            + commonware_codec::EncodeSize::encode_size(certified.block.as_ref().expect("block"))
+    };
+    deterministic::Runner::seeded(3).start(|context| async move {
+        // Room for one event by bytes, many by count.
+        let driver = harness(&context, &profile, 64, one + one / 2).await;
+        for height in [8, 7, 6] {
+            driver.event(0, &at(height)).await;
+        }
+        settle(&context).await;
+        driver.deliver(&at(4));
+        settle(&context).await;
+        assert_eq!(
+            driver.marshal.log(|log| log.verified.clone()),
+            vec![6],
+            "only the lowest event fitted"
+        );
+    });
+}
+
+#[test]
+fn two_valid_blocks_at_one_height_stop_the_driver() {
+    let committee = TestCommittee::new(b"TEMPO", 44, 4);
+    let (profile, chain) = committee_chain(&committee, 3, 5);
+    let block = chain[1].block.clone().expect("block");
+    let (mut header, body) = block.into_parts();
+    header.timestamp_millis_part = (header.timestamp_millis_part + 1) % 1000;
+    let other = committee.certify(Block::new(header, body).expect("body unchanged"), 0, 2);
+    deterministic::Runner::seeded(4).start(|context| async move {
+        let driver = harness(&context, &profile, 16, 1 << 20).await;
+        driver.event(0, &chain[1]).await;
+        driver.event(2, &other).await;
+        let result = driver.stopped.await.expect("driver task");
+        let Err(DriverError::Conflict {
+            height,
+            first,
+            second,
+            ..
+        }) = result
+        else {
+            panic!("expected a conflict, got {result:?}");
+        };
+        assert_eq!((height, first.as_str(), second.as_str()), (2, "a", "c"));
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
+    });
+}
