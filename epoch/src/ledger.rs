@@ -25,10 +25,10 @@ use cairn_primitives::{CertifiedBlock, TempoHeader};
 use commonware_codec::Encode;
 use commonware_consensus::{simplex::types::Subject, types::Epoch};
 use commonware_cryptography::certificate::Verifier as _;
-use commonware_parallel::Sequential;
+use commonware_parallel::{Rayon, Sequential, Strategy};
 use commonware_utils::iter::NonEmpty;
 use futures::StreamExt as _;
-use rand::CryptoRng;
+use rand::{CryptoRng, SeedableRng as _, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use tracing::{debug, info};
@@ -36,8 +36,12 @@ use tracing::{debug, info};
 /// Boundaries fetched at once while walking, unless configured otherwise.
 pub const DEFAULT_WALK_CONCURRENCY: usize = 32;
 
-/// Boundaries checked and verified per round of the walk (bounds memory for long chains).
-const WALK_WINDOW: u64 = 1024;
+/// Boundaries per round of the walk: a round is checked and verified on the worker pool while
+/// the next one is fetched, and bounds memory for long chains.
+const WALK_WINDOW: u64 = 256;
+
+/// Boundaries checked per job on the worker pool.
+const CHECK_CHUNK: usize = 64;
 
 /// Why a boundary could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +141,8 @@ pub struct IdentityLedger {
     runs: Vec<IdentityRun>,
     known_through: u64,
     concurrency: usize,
+    window: u64,
+    pool: Option<Rayon>,
 }
 
 /// A boundary whose checks that need no key passed.
@@ -162,6 +168,34 @@ impl IdentityLedger {
             }],
             known_through: 0,
             concurrency: DEFAULT_WALK_CONCURRENCY,
+            window: WALK_WINDOW,
+            pool: None,
+        }
+    }
+
+    /// Walks `window` boundaries per round (at least one; 256 by default).
+    pub fn with_window(mut self, window: u64) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Checks and verifies boundaries on `pool`, overlapped with fetching the next ones (by
+    /// default everything runs on the calling task).
+    pub fn with_pool(mut self, pool: Rayon) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// [`Self::with_pool`] with a pool of one thread per core; unchanged when no pool can be
+    /// started.
+    pub fn with_machine_pool(self) -> Self {
+        let threads = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
+        match Rayon::new(threads) {
+            Ok(pool) => self.with_pool(pool),
+            Err(err) => {
+                tracing::warn!(%err, "no worker pool for the boundary walk; checking on one thread");
+                self
+            }
         }
     }
 
@@ -195,52 +229,66 @@ impl IdentityLedger {
 
     /// Walks the boundary blocks until the identity of `epoch` is known. When a boundary fails,
     /// the boundaries verified before it stay known and the error names the one that failed;
-    /// nothing after it is taken.
+    /// nothing after it is taken. Each round of boundaries is checked and verified while the
+    /// next round is fetched.
     pub async fn advance_to(
         &mut self,
         rng: &mut impl CryptoRng,
         source: &impl BoundarySource,
         epoch: u64,
     ) -> Result<(), LedgerError> {
-        while self.known_through < epoch {
-            let first = self.known_through;
-            let end = epoch.min(first.saturating_add(WALK_WINDOW));
-            let mut checked = Vec::new();
-            let mut failure = None;
-            for result in self.fetch_and_check(source, first, end).await {
-                match result {
-                    Ok(boundary) => checked.push(boundary),
-                    Err(err) => {
-                        failure = Some(err);
-                        break;
-                    }
+        let window = self.window;
+        let round_end = |first: u64| epoch.min(first.saturating_add(window));
+        let mut first = self.known_through;
+        let mut fetched = self.fetch(source, first, round_end(first)).await;
+        while first < epoch {
+            let end = round_end(first);
+            let key = self
+                .runs
+                .last()
+                .expect("the ledger always holds the genesis run")
+                .identity;
+            let job_rng = StdRng::from_rng(rng);
+            let fetch_failed = fetched.last().is_some_and(Result::is_err);
+            let checking = Self::check_and_verify(
+                self.epochs.clone(),
+                self.namespace.clone(),
+                self.pool.clone(),
+                key,
+                job_rng,
+                fetched,
+            );
+            // Nothing after a failed fetch is needed.
+            let next = async {
+                if end < epoch && !fetch_failed {
+                    self.fetch(source, end, round_end(end)).await
+                } else {
+                    Vec::new()
                 }
-            }
-            let (verified, bad_signature) = match self.verify_signatures(rng, &checked) {
-                Ok(()) => (checked.len(), None),
-                Err((index, err)) => (index, Some(err)),
             };
-            checked.truncate(verified);
-            for boundary in checked {
+            let ((verified, failure), next) = futures::join!(checking, next);
+            for boundary in verified {
                 self.accept(boundary);
             }
-            if let Some(err) = bad_signature.or(failure) {
+            if let Some(err) = failure {
                 return Err(err);
             }
+            first = end;
+            fetched = next;
         }
         Ok(())
     }
 
-    /// Fetches the boundaries of epochs `first..end` (bounded concurrency, in epoch order) and
-    /// runs every check that needs no key.
-    async fn fetch_and_check(
+    /// Fetches the boundaries of epochs `first..end` with bounded concurrency, in epoch order,
+    /// up to the first that fails.
+    async fn fetch(
         &self,
         source: &impl BoundarySource,
         first: u64,
         end: u64,
-    ) -> Vec<Result<CheckedBoundary, LedgerError>> {
+    ) -> Vec<Result<(u64, u64, CertifiedBlock), LedgerError>> {
         let epochs = &self.epochs;
-        futures::stream::iter(first..end)
+        let mut fetched: Vec<_> = futures::stream::iter(first..end)
             .map(|epoch| async move {
                 let height = epochs
                     .boundary_height(Epoch::new(epoch))
@@ -254,11 +302,73 @@ impl IdentityLedger {
                             height,
                             error,
                         })?;
-                Self::check_boundary(epochs, epoch, height, &certified)
+                Ok((epoch, height, certified))
             })
             .buffered(self.concurrency)
             .collect()
+            .await;
+        if let Some(failed) = fetched.iter().position(Result::is_err) {
+            fetched.truncate(failed + 1);
+        }
+        fetched
+    }
+
+    /// Runs the checks that need no key on `fetched` (in chunks on the pool), then verifies the
+    /// signatures of the boundaries that passed, starting from `key`. Returns the boundaries
+    /// verified, in order, and the first failure.
+    async fn check_and_verify(
+        epochs: EpochStrategy,
+        namespace: Vec<u8>,
+        pool: Option<Rayon>,
+        key: Identity,
+        mut rng: StdRng,
+        fetched: Vec<Result<(u64, u64, CertifiedBlock), LedgerError>>,
+    ) -> (Vec<CheckedBoundary>, Option<LedgerError>) {
+        let mut chunks = Vec::new();
+        let mut items = fetched.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<_> = items.by_ref().take(CHECK_CHUNK).collect();
+            let epochs = epochs.clone();
+            chunks.push(offload(pool.clone(), chunk.len(), move || {
+                chunk
+                    .into_iter()
+                    .map(|item| {
+                        let (epoch, height, certified) = item?;
+                        Self::check_boundary(&epochs, epoch, height, &certified)
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut checked = Vec::new();
+        let mut failure = None;
+        for result in futures::future::join_all(chunks)
             .await
+            .into_iter()
+            .flatten()
+        {
+            match result {
+                Ok(boundary) => checked.push(boundary),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        let len = checked.len();
+        let verify_pool = pool.clone();
+        offload(pool, len, move || {
+            let verified = match verify_pool {
+                Some(pool) => Self::verify_signatures(&namespace, key, &mut rng, &checked, &pool),
+                None => Self::verify_signatures(&namespace, key, &mut rng, &checked, &Sequential),
+            };
+            let (count, bad) = match verified {
+                Ok(()) => (checked.len(), None),
+                Err((index, err)) => (index, Some(err)),
+            };
+            checked.truncate(count);
+            (checked, bad.or(failure))
+        })
+        .await
     }
 
     /// Checks a fetched boundary without its key: it is the boundary block of `epoch`, its
@@ -300,19 +410,16 @@ impl IdentityLedger {
         })
     }
 
-    /// Verifies the certificates of `checked` (consecutive boundaries from `known_through`):
-    /// each with the key the previous outcome announced, one batch per run of equal keys. On
-    /// failure, returns the position of the first boundary that does not verify.
+    /// Verifies the certificates of `checked` (consecutive boundaries, the first certified by
+    /// `key`): each with the key the previous outcome announced, one batch per run of equal
+    /// keys. On failure, returns the position of the first boundary that does not verify.
     fn verify_signatures(
-        &self,
+        namespace: &[u8],
+        mut key: Identity,
         rng: &mut impl CryptoRng,
         checked: &[CheckedBoundary],
+        strategy: &impl Strategy,
     ) -> Result<(), (usize, LedgerError)> {
-        let mut key = self
-            .runs
-            .last()
-            .expect("the ledger always holds the genesis run")
-            .identity;
         let mut start = 0;
         while start < checked.len() {
             let identity = key;
@@ -324,7 +431,7 @@ impl IdentityLedger {
                     break;
                 }
             }
-            Self::verify_batch(&self.namespace, rng, identity, &checked[start..end])
+            Self::verify_batch(namespace, rng, identity, &checked[start..end], strategy)
                 .map_err(|(index, err)| (start + index, err))?;
             start = end;
         }
@@ -338,6 +445,7 @@ impl IdentityLedger {
         rng: &mut impl CryptoRng,
         identity: Identity,
         batch: &[CheckedBoundary],
+        strategy: &impl Strategy,
     ) -> Result<(), (usize, LedgerError)> {
         let scheme = FinalizationScheme::certificate_verifier(namespace, identity);
         let items = batch.iter().map(|boundary| {
@@ -351,7 +459,7 @@ impl IdentityLedger {
         let Some(items) = NonEmpty::try_new(items) else {
             return Ok(());
         };
-        if scheme.verify_certificates::<_, cairn_primitives::Digest, _>(rng, items, &Sequential) {
+        if scheme.verify_certificates::<_, cairn_primitives::Digest, _>(rng, items, strategy) {
             return Ok(());
         }
         let items: Vec<_> = batch
@@ -365,11 +473,8 @@ impl IdentityLedger {
                 )
             })
             .collect();
-        let results = scheme.verify_certificates_bisect::<_, cairn_primitives::Digest>(
-            rng,
-            &items,
-            &Sequential,
-        );
+        let results =
+            scheme.verify_certificates_bisect::<_, cairn_primitives::Digest>(rng, &items, strategy);
         let index = results.iter().position(|verified| !verified).unwrap_or(0);
         let bad = &batch[index];
         Err((
@@ -532,4 +637,17 @@ struct EvidenceRecord {
     height: u64,
     header: TempoHeader,
     certificate: String,
+}
+
+/// Runs `job` on `pool` (`len` sizes it for the pool's policy), or on the calling task without
+/// one.
+async fn offload<T: Send + 'static>(
+    pool: Option<Rayon>,
+    len: usize,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    match pool {
+        Some(pool) => pool.spawn(len, move |_| job()).await,
+        None => job(),
+    }
 }

@@ -277,7 +277,8 @@ pub async fn establish<E: StoreContext>(
         Some(record) => IdentityLedger::restore(profile, record)?,
         None => IdentityLedger::from_genesis(profile),
     }
-    .with_concurrency(concurrency);
+    .with_concurrency(concurrency)
+    .with_machine_pool();
     let from_epoch = ledger.known_through();
     ledger.advance_to(rng, upstream, epoch).await?;
     ledger.check_compiled(&profile.network_identities)?;

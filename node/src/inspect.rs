@@ -261,7 +261,7 @@ fn walk_boundaries(
     epoch: u64,
     report: &mut CertificateReport,
 ) -> Result<SchemeProvider, u8> {
-    let mut ledger = IdentityLedger::from_genesis(profile);
+    let mut ledger = IdentityLedger::from_genesis(profile).with_machine_pool();
     let walked = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,7 @@
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::{
     BoundarySource, ChainProfile, IdentityLedger, LedgerError, SourceError, VerifyError,
+    decode_certificate,
 };
 use cairn_feed::FeedState;
 use cairn_primitives::CertifiedBlock;
@@ -132,6 +133,58 @@ fn a_tampered_boundary_is_named_and_stops_the_walk() {
         2,
         "the identity announced at the broken boundary is not kept"
     );
+}
+
+/// A worker pool of two threads.
+fn pool() -> commonware_parallel::Rayon {
+    commonware_parallel::Rayon::new(std::num::NonZeroUsize::new(2).expect("two"))
+        .expect("pool starts")
+}
+
+#[test]
+fn a_pool_and_rounds_of_two_walk_the_same_ledger_and_stop_at_the_same_break() {
+    let (profile, chain) = chain();
+    let mut inline = IdentityLedger::from_genesis(&profile);
+    block_on(inline.advance_to(&mut rng(), &MemorySource(chain.clone()), 6)).expect("verifies");
+    // Rounds of two boundaries: each round is checked on the pool while the next is fetched.
+    let mut pooled = IdentityLedger::from_genesis(&profile)
+        .with_window(2)
+        .with_pool(pool());
+    block_on(pooled.advance_to(&mut rng(), &MemorySource(chain.clone()), 6)).expect("verifies");
+    assert_eq!(pooled.known_through(), 6);
+    let runs = |ledger: &IdentityLedger| -> Vec<_> {
+        ledger
+            .runs()
+            .iter()
+            .map(|run| (run.from_epoch, run.identity))
+            .collect()
+    };
+    assert_eq!(runs(&pooled), runs(&inline));
+
+    // A bad signature at epoch 3 (the second round): the first round stays verified.
+    let mut broken = chain;
+    let other = decode_certificate(&broken[&7].certificate).expect("decodes");
+    let certified = broken.get_mut(&15).expect("height 15");
+    let mut finalization = decode_certificate(&certified.certificate).expect("decodes");
+    finalization.certificate = other.certificate;
+    certified.certificate = cairn_epoch::encode_certificate(&finalization);
+    let mut pooled = IdentityLedger::from_genesis(&profile)
+        .with_window(2)
+        .with_pool(pool());
+    let err = block_on(pooled.advance_to(&mut rng(), &MemorySource(broken), 6))
+        .expect_err("broken at epoch 3");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Broken {
+                epoch: 3,
+                height: 15,
+                error: VerifyError::BadSignature { .. }
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(pooled.known_through(), 3);
 }
 
 #[test]
