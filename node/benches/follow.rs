@@ -118,8 +118,10 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 async fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let catchup = env_u64("CAIRN_BENCH_CATCHUP", if full { 20_000 } else { 150 });
-    let long = env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 }).max(catchup + 100);
     let live = if full { 300 } else { 20 };
+    // The long run starts where the live measurement ends.
+    let long =
+        env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 }).max(catchup + live + 100);
     let limit = Duration::from_secs(if full { 3_600 } else { 300 });
     let dir = tempfile::tempdir().expect("temp dir");
     let devnet_dir = dir.path().join("devnet");
