@@ -1,13 +1,16 @@
 //! On-disk block storage a node serves from: a commonware-storage immutable archive of blocks,
-//! indexed by height and keyed by hash, and a persisted index from transaction hash to its block
-//! and position. Writes are synced before they return.
+//! indexed by height and keyed by hash, and a persisted, bounded index from transaction hash to
+//! its block and position (the most recent transactions). Writes are synced before they return.
 
 use alloy_primitives::B256;
 use bytes::BufMut;
 use cairn_primitives::{Block, BlockCodecConfig, Digest};
 use commonware_codec::{Buf, Error as CodecError, FixedSize, Read, ReadExt, Write};
 use commonware_runtime::{Clock, Metrics, Storage, buffer::paged::CacheRef};
-use commonware_storage::archive::{Archive, Identifier, immutable};
+use commonware_storage::{
+    archive::{Archive, Identifier, immutable, prunable},
+    translator::EightCap,
+};
 use std::{
     num::{NonZeroU16, NonZeroU64, NonZeroUsize},
     sync::Arc,
@@ -68,6 +71,34 @@ pub fn archive_config<C>(
         ordinal_write_buffer: buffer,
         replay_buffer: buffer,
         codec_config,
+    }
+}
+
+/// Transactions the index keeps by default: the most recent 262,144 (older ones are pruned a
+/// section at a time, and looking them up finds nothing, as on nodes with a transaction
+/// lookup limit). Its in-memory part costs tens of bytes per transaction.
+pub const DEFAULT_TX_INDEX_LIMIT: u64 = 1 << 18;
+
+/// Settings of the transaction index keeping `limit` transactions, pruned in sections of a
+/// sixteenth of that.
+fn tx_index_config(
+    prefix: &str,
+    page_cache: CacheRef,
+    limit: u64,
+) -> prunable::Config<EightCap, ()> {
+    let buffer = NonZeroUsize::new(64 * 1024).expect("non-zero");
+    prunable::Config {
+        translator: EightCap,
+        metadata_partition: format!("{prefix}-metadata"),
+        key_partition: format!("{prefix}-keys"),
+        key_page_cache: page_cache,
+        value_partition: format!("{prefix}-values"),
+        compression: None,
+        codec_config: (),
+        items_per_section: NonZeroU64::new((limit / 16).max(1)).expect("non-zero"),
+        key_write_buffer: buffer,
+        value_write_buffer: buffer,
+        replay_buffer: buffer,
     }
 }
 
@@ -176,6 +207,21 @@ impl<A: Archive> SharedArchive<A> {
     }
 }
 
+impl<E: StoreContext> SharedArchive<prunable::Archive<EightCap, E, Digest, TxLocation>> {
+    /// Drops the entries below `min` (whole sections).
+    async fn prune(&self, min: u64, what: &'static str) -> Result<(), StoreError> {
+        let mut guard = self.inner.write().await;
+        let archive = guard.take().ok_or(StoreError::Poisoned)?;
+        *guard = Some(
+            archive
+                .prune(min)
+                .await
+                .map_err(|error| StoreError::Archive { what, error })?,
+        );
+        Ok(())
+    }
+}
+
 /// Where a transaction sits: its block's height and its position in the block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxLocation {
@@ -209,16 +255,17 @@ impl Read for TxLocation {
 
 /// Blocks by height and hash, and transactions by hash (cheap to clone; clones share state).
 ///
-/// The transaction index is an immutable archive keyed by transaction hash, its entries numbered
-/// in the order they were written (memory stays small: keys live in the on-disk freezer). A
-/// block's entries are written and synced before the block itself, so a crash between the two
+/// The transaction index is a prunable archive keyed by transaction hash, its entries numbered
+/// in the order they were written; it keeps the most recent `tx_limit` entries. A block's
+/// entries are written and synced before the block itself, so a crash between the two
 /// leaves at most entries whose block is missing; reads check the block, and storing the block
 /// again skips the entries already there. Only a block at or below the highest indexed height
 /// can have entries already, so new blocks are indexed without looking any key up.
 pub struct BlockStore<E: StoreContext> {
     archive: SharedArchive<immutable::Archive<E, Digest, Block>>,
-    transactions: SharedArchive<immutable::Archive<E, Digest, TxLocation>>,
+    transactions: SharedArchive<prunable::Archive<EightCap, E, Digest, TxLocation>>,
     cursor: Arc<Mutex<IndexCursor>>,
+    tx_limit: u64,
 }
 
 /// Where the transaction index stands.
@@ -236,13 +283,27 @@ impl<E: StoreContext> Clone for BlockStore<E> {
             archive: self.archive.clone(),
             transactions: self.transactions.clone(),
             cursor: self.cursor.clone(),
+            tx_limit: self.tx_limit,
         }
     }
 }
 
 impl<E: StoreContext> BlockStore<E> {
-    /// Opens (or creates) the store in partitions named after `prefix`.
+    /// Opens (or creates) the store in partitions named after `prefix`, indexing the most recent
+    /// [`DEFAULT_TX_INDEX_LIMIT`] transactions.
     pub async fn open(context: E, prefix: &str, page_cache: CacheRef) -> Result<Self, StoreError> {
+        Self::open_with_tx_limit(context, prefix, page_cache, DEFAULT_TX_INDEX_LIMIT).await
+    }
+
+    /// [`Self::open`] keeping the most recent `tx_limit` transactions in the index (at least
+    /// one; up to a section more are kept, as pruning goes by sections).
+    pub async fn open_with_tx_limit(
+        context: E,
+        prefix: &str,
+        page_cache: CacheRef,
+        tx_limit: u64,
+    ) -> Result<Self, StoreError> {
+        let tx_limit = tx_limit.max(1);
         let archive = immutable::Archive::init(
             context.child("blocks"),
             archive_config(prefix, page_cache.clone(), BlockCodecConfig::default()),
@@ -252,9 +313,9 @@ impl<E: StoreContext> BlockStore<E> {
             what: "opening blocks",
             error,
         })?;
-        let transactions = immutable::Archive::init(
+        let transactions = prunable::Archive::init(
             context.child("transactions"),
-            archive_config(&format!("{prefix}-transactions"), page_cache, ()),
+            tx_index_config(&format!("{prefix}-tx-index"), page_cache, tx_limit),
         )
         .await
         .map_err(|error| StoreError::Archive {
@@ -280,6 +341,7 @@ impl<E: StoreContext> BlockStore<E> {
                 next_entry: last_entry.map_or(0, |last| last + 1),
                 indexed_through,
             })),
+            tx_limit,
         })
     }
 
@@ -344,6 +406,11 @@ impl<E: StoreContext> BlockStore<E> {
                 .sync("syncing the transaction index")
                 .await?;
             cursor.indexed_through = cursor.indexed_through.max(Some(height));
+            if let Some(min) = cursor.next_entry.checked_sub(self.tx_limit) {
+                self.transactions
+                    .prune(min, "pruning the transaction index")
+                    .await?;
+            }
         }
         Ok(())
     }

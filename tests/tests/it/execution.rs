@@ -219,3 +219,54 @@ fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
         }
     });
 }
+
+/// The transaction index is bounded: with room for 6 transactions (pruned in sections of one),
+/// only the most recent 6 are found, before and after a restart, while every block stays.
+#[test]
+fn the_transaction_index_keeps_only_the_most_recent_transactions() {
+    use alloy_consensus::transaction::TxHashRef as _;
+    use cairn_feed::{BlockStore, store::page_cache};
+    let chain = linked_chain(6);
+    let per_block = chain[1].transactions().len();
+    assert_eq!(per_block, 3, "the devnet's three transactions per block");
+    let check = |store: BlockStore<deterministic::Context>, chain: Vec<cairn_primitives::Block>| async move {
+        for block in &chain[1..=6] {
+            assert_eq!(
+                store.get(block.height()).await.expect("reads").as_ref(),
+                Some(block),
+                "every block is kept"
+            );
+            for tx in block.transactions() {
+                let found = store.transaction(*tx.tx_hash()).await.expect("reads");
+                assert_eq!(
+                    found.is_some(),
+                    block.height() >= 5,
+                    "block {}: only the last 6 transactions are indexed",
+                    block.height()
+                );
+            }
+        }
+    };
+    let ((), checkpoint) = deterministic::Runner::seeded(4).start_and_recover({
+        let chain = chain.clone();
+        move |context| async move {
+            let store =
+                BlockStore::open_with_tx_limit(context.child("store"), "bounded", page_cache(), 6)
+                    .await
+                    .expect("opens");
+            for block in &chain[1..=6] {
+                store.put(block).await.expect("stored");
+            }
+            assert_eq!(store.indexed_transactions().await, 18);
+            check(store, chain).await;
+        }
+    });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let store =
+            BlockStore::open_with_tx_limit(context.child("store"), "bounded", page_cache(), 6)
+                .await
+                .expect("reopens");
+        assert_eq!(store.indexed_transactions().await, 18);
+        check(store, chain).await;
+    });
+}
