@@ -2,6 +2,7 @@
 //! certificates, property tests, and decoder robustness.
 
 mod ceremonies;
+mod checkpoint;
 mod decoders;
 mod devnet;
 mod driver;

@@ -1,0 +1,115 @@
+//! The checkpoint start against an upstream on loopback that answers a finalization request
+//! with another height's (valid) finalization: the start is refused naming both heights, and
+//! the checkpoint store holds nothing afterwards.
+
+use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
+use cairn_follow::{
+    checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
+    upstream::{ClientConfig, UpstreamClient},
+};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
+use commonware_runtime::{Runner as _, Supervisor as _};
+
+/// A chain that answers a finalization request for `.1` with the one at `.1 + 1`.
+#[derive(Clone)]
+struct OffByOne(MemoryChain, u64);
+
+impl ChainReader for OffByOne {
+    fn finalized_height(&self) -> Option<u64> {
+        self.0.finalized_height()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        let height = if height == self.1 { height + 1 } else { height };
+        self.0.certified_at(height).await
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.0.block_at(height).await
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        self.0.block_by_hash(hash).await
+    }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        self.0.transaction_by_hash(hash).await
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
+    let committee = TestCommittee::new(b"TEMPO", 51, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(dir.path());
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        let memory = MemoryChain::default();
+        for certified in &chain {
+            memory.insert(certified.clone());
+        }
+        let server = cairn_feed::start(
+            "127.0.0.1:0",
+            OffByOne(memory, 11),
+            FeedState::default(),
+            RpcConfig::default(),
+        )
+        .await
+        .expect("server starts");
+        let upstream = UpstreamClient::connect(
+            &format!("ws://{}", server.local_addr),
+            &ClientConfig::default(),
+        )
+        .await
+        .expect("connects");
+        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
+            .await
+            .expect("store opens");
+        let mut rng = rand::rng();
+        let err = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &upstream,
+            &mut store,
+            CheckpointTarget::Height(11),
+            8,
+        )
+        .await
+        .expect_err("another height is refused");
+        assert!(
+            matches!(err, CheckpointError::WrongHeight { asked: 11, got: 12 }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "asked the upstream for the finalization at height 11, got height 12"
+        );
+        assert!(
+            store.checkpoint().expect("reads").is_none(),
+            "no checkpoint stored"
+        );
+        assert!(store.ledger().expect("reads").is_none(), "no ledger stored");
+
+        // The honest height is taken.
+        let (checkpoint, report) = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &upstream,
+            &mut store,
+            CheckpointTarget::Height(12),
+            8,
+        )
+        .await
+        .expect("height 12 verifies");
+        assert_eq!(checkpoint.height(), 12);
+        assert_eq!(report.boundaries, 2, "the boundaries of epochs 0 and 1");
+        assert!(store.checkpoint().expect("reads").is_some());
+        server.handle.stop().expect("stops");
+    });
+}
