@@ -14,6 +14,7 @@ use cairn_follow::{
     EngineConfig, EngineError, Follower,
     driver::{DriverError, Evidence},
     engine::EngineContext,
+    execution::ExecutionProvider as _,
     upstream::{QuarantineConfig, Sources, UpstreamError, UpstreamRequests, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
@@ -315,14 +316,27 @@ fn a_source_sending_bad_events_is_quarantined_and_the_honest_one_followed() {
         let health = follower.sources.health();
         assert!(health[1].quarantined_for.is_some(), "{:?}", health[1]);
         assert_eq!(health[1].invalid, 1);
+        // Nothing of it in the stores themselves (not only below the served height).
         assert!(
             follower
                 .chain
+                .execution()
                 .block_by_hash(block.hash())
                 .await
                 .expect("reads")
                 .is_none(),
-            "nothing stored from the bad event"
+            "nothing in the execution store from the bad event"
+        );
+        assert!(
+            follower
+                .chain
+                .marshal()
+                .get_block(commonware_consensus::marshal::Identifier::Digest(
+                    block.hash()
+                ))
+                .await
+                .is_none(),
+            "nothing in marshal's archives from the bad event"
         );
 
         // While quarantined, even its valid events are ignored: block 6 from the liar alone is
