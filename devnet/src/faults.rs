@@ -105,11 +105,6 @@ impl Faults {
         })
     }
 
-    /// Whether any fault is configured.
-    pub fn is_empty(&self) -> bool {
-        self.faults.is_empty()
-    }
-
     /// The height nothing above is announced or served, if stalled.
     pub fn stall_height(&self) -> Option<u64> {
         self.faults.iter().find_map(|fault| match fault {

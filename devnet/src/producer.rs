@@ -253,14 +253,10 @@ fn rng_for(seed: Option<u64>, draw: Draw, fallback: &mut StdRng) -> StdRng {
     let Some(seed) = seed else {
         return StdRng::from_rng(fallback);
     };
-    let tag: &[u8] = match draw {
-        Draw::Pool => b"pool",
-        Draw::Genesis => b"genesis",
-        Draw::Ceremony(_) => b"ceremony",
-    };
-    let epoch = match draw {
-        Draw::Ceremony(epoch) => epoch,
-        _ => 0,
+    let (tag, epoch): (&[u8], u64) = match draw {
+        Draw::Pool => (b"pool", 0),
+        Draw::Genesis => (b"genesis", 0),
+        Draw::Ceremony(epoch) => (b"ceremony", epoch),
     };
     let material = keccak256([&seed.to_be_bytes()[..], tag, &epoch.to_be_bytes()].concat());
     StdRng::from_seed(material.0)

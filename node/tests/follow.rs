@@ -570,16 +570,23 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     devnet.stop();
 }
 
-/// The next status line of `process` that contains `text`; panics after `limit`.
-fn status_line_with(process: &CairnProcess, text: &str, limit: Duration) -> String {
+/// The next status line of `process` that contains `text`, among those read until `limit`
+/// from now (lines already printed are read first).
+fn status_line_within(process: &CairnProcess, text: &str, limit: Duration) -> Option<String> {
     let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = process.wait_for_line_within("verified ", left);
+    while std::time::Instant::now() < deadline {
+        let line = process.wait_for_line_within("verified ", Duration::from_secs(10));
         if line.contains(text) {
-            return line;
+            return Some(line);
         }
     }
+    None
+}
+
+/// [`status_line_within`]; panics when no such line comes.
+fn status_line_with(process: &CairnProcess, text: &str, limit: Duration) -> String {
+    status_line_within(process, text, limit)
+        .unwrap_or_else(|| panic!("no status line with {text:?} within {limit:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,15 +717,12 @@ async fn follow_with_one_byzantine(dir: &Path, fault: &str) -> (String, bool, St
     let follower_rpc = follower.http();
     let served = wait_for_height(&follower_rpc, 40, Duration::from_secs(120)).await;
     let byzantine_url = format!("ws://{}", byzantine.addr);
-    let mut quarantined_in_status = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < deadline {
-        let line = follower.wait_for_line_within("verified ", Duration::from_secs(10));
-        if line.contains(&format!("quarantined {byzantine_url}")) {
-            quarantined_in_status = true;
-            break;
-        }
-    }
+    let quarantined_in_status = status_line_within(
+        &follower,
+        &format!("quarantined {byzantine_url}"),
+        Duration::from_secs(2),
+    )
+    .is_some();
     assert_same_chain(&follower_rpc, &honest_rpc, 1..=served, fault).await;
     follower.stop();
     let text = std::fs::read_to_string(&log).expect("log");

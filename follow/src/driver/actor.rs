@@ -62,13 +62,6 @@ pub enum DriverError {
     },
 }
 
-impl DriverError {
-    /// Whether this is a conflict between valid certificates (a safety fault).
-    pub const fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
-    }
-}
-
 /// One side of a conflict: a certified block and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvidenceSide {

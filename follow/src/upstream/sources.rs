@@ -213,17 +213,6 @@ impl SourceBook {
         });
     }
 
-    /// The highest height any source announced.
-    pub fn highest_announced(&self) -> u64 {
-        self.with_states(|states| {
-            states
-                .iter()
-                .map(|state| state.health.announced_height)
-                .max()
-                .unwrap_or(0)
-        })
-    }
-
     /// Whether `source` is quarantined now (its events are ignored).
     pub fn is_quarantined(&self, source: SourceId) -> bool {
         let now = self.now();
