@@ -9,7 +9,7 @@ use crate::{
 use cairn_dkg::OutcomeLimits;
 use cairn_epoch::{
     EpochStrategy, Finalization, FinalizationVerifier, Registration, VerifiedBlock, VerifyError,
-    boundary_outcome,
+    boundary_outcome, encode_certificate,
 };
 use cairn_feed::StoreContext;
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
@@ -226,8 +226,11 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             .map(Block::height)
             .or(certified.height)
             .unwrap_or_default();
-        if let (Some(hash), Some((seen, ..))) = (hash, self.recent.get(&height))
+        // A certificate is a recovered threshold signature, the same bytes from every honest
+        // source: only a byte-identical copy of a verified event is dropped unverified.
+        if let (Some(hash), Some((seen, _, earlier))) = (hash, self.recent.get(&height))
             && *seen == hash
+            && earlier.certificate == certified.certificate
         {
             self.sources.announced(source, height);
             return Ok(());
@@ -238,9 +241,9 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         } else {
             None
         };
-        if let (Some(hash), Some((digest, finalization))) = (hash, &stored)
+        if let (Some(hash), Some((digest, Some(finalization)))) = (hash, &stored)
             && *digest == hash
-            && finalization.is_some()
+            && encode_certificate(finalization) == certified.certificate
         {
             debug!(height, "finalized event for a height already executed");
             self.sources.announced(source, height);
@@ -263,6 +266,12 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             Ok(verified) => {
                 let digest = verified.digest();
                 let certified = Arc::new(certified);
+                if let Some((seen, _, _)) = self.recent.get(&height)
+                    && *seen == digest
+                {
+                    // Another valid certificate of a block already handed on.
+                    return Ok(());
+                }
                 if let Some((seen, first, earlier)) = self.recent.get(&height) {
                     let first = EvidenceSide {
                         source: self.sources.url(*first),

@@ -1,5 +1,6 @@
 //! The driver alone, with stand-ins for marshal and the executor (the ports it reaches them
-//! through): one event from three sources is verified and handed on once; events waiting for
+//! through): one event from three sources is verified and handed on once, while a copy of
+//! a verified block under another certificate is verified (and rejected); events waiting for
 //! their epoch's key are bounded in count and bytes, keep the lowest heights, never move the
 //! announced height, and are handed on once the boundary that announces their key is
 //! delivered; two valid blocks at one height stop the driver.
@@ -199,6 +200,35 @@ fn one_event_from_three_sources_is_verified_and_handed_on_once() {
                 .all(|health| health.announced_height == 1)
         );
         assert_eq!(driver.status.borrow().rejected, 0);
+    });
+}
+
+#[test]
+fn a_copy_of_a_verified_block_with_another_certificate_is_verified_and_rejected() {
+    let committee = TestCommittee::new(b"TEMPO", 45, 4);
+    let (profile, chain) = committee_chain(&committee, 3, 5);
+    // Block 2 under a certificate carrying the signatures of block 1's.
+    let mut forged = cairn_epoch::decode_certificate(&chain[1].certificate).expect("decodes");
+    forged.certificate = cairn_epoch::decode_certificate(&chain[0].certificate)
+        .expect("decodes")
+        .certificate;
+    let forged = CertifiedBlock {
+        certificate: cairn_epoch::encode_certificate(&forged),
+        ..chain[1].clone()
+    };
+    deterministic::Runner::seeded(5).start(|context| async move {
+        let driver = harness(&context, &profile, 16, 1 << 20).await;
+        driver.event(0, &chain[1]).await;
+        driver.event(1, &forged).await;
+        settle(&context).await;
+        let health = driver.sources.health();
+        assert_eq!(
+            health[1].invalid, 1,
+            "the forged copy is checked, not deduplicated"
+        );
+        assert_eq!(health[0].invalid, 0);
+        assert_eq!(driver.status.borrow().rejected, 1);
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
     });
 }
 
