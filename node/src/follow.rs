@@ -322,19 +322,38 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
 }
 
 /// `upstreams 2/3 healthy`, then each source that is not: `quarantined URL (12s)` or
-/// `disconnected URL`.
+/// `disconnected URL`, and each that misbehaves without serving invalid data: `flapping URL
+/// (4 drops/60s)`, `stalled URL at 15 (4s)`, `skipping URL (3 heights/60s)`.
 fn upstreams_summary(health: &[upstream::SourceHealth]) -> String {
     let healthy = health.iter().filter(|source| source.healthy()).count();
     let mut summary = format!("upstreams {healthy}/{} healthy", health.len());
+    let window = upstream::CONDUCT_WINDOW.as_secs();
     for source in health {
+        let url = &source.url;
         if let Some(left) = source.quarantined_for {
             summary.push_str(&format!(
-                " | quarantined {} ({}s)",
-                source.url,
+                " | quarantined {url} ({}s)",
                 left.as_secs().max(1)
             ));
-        } else if !source.connected {
-            summary.push_str(&format!(" | disconnected {}", source.url));
+            continue;
+        }
+        if !source.connected {
+            summary.push_str(&format!(" | disconnected {url}"));
+        }
+        if source.flapping() {
+            let drops = source.recent_disconnects;
+            summary.push_str(&format!(" | flapping {url} ({drops} drops/{window}s)"));
+        }
+        if let Some(stalled) = source.stalled_for {
+            let at = source.announced_height;
+            summary.push_str(&format!(
+                " | stalled {url} at {at} ({}s)",
+                stalled.as_secs()
+            ));
+        }
+        if source.recent_skipped > 0 {
+            let skipped = source.recent_skipped;
+            summary.push_str(&format!(" | skipping {url} ({skipped} heights/{window}s)"));
         }
     }
     summary

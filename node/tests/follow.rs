@@ -91,6 +91,30 @@ fn registrations(logs: &[PathBuf]) -> BTreeMap<u64, usize> {
     counts
 }
 
+/// The epochs and keys in a stopped follower's registry on disk, oldest first.
+fn stored_epochs(datadir: &Path) -> Vec<(u64, cairn_dkg::Identity)> {
+    use commonware_runtime::{Runner as _, Supervisor as _};
+    let config =
+        commonware_runtime::tokio::Config::new().with_storage_directory(datadir.join("store"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+                    let registry = cairn_follow::registry::EpochRegistry::open(
+                        context.child("registry"),
+                        "follow-epochs",
+                        usize::MAX,
+                    )
+                    .await
+                    .expect("the registry opens");
+                    registry.entries().await.expect("the registry reads")
+                })
+            })
+            .join()
+            .expect("reading the registry")
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -657,8 +681,8 @@ async fn a_follower_of_several_upstreams_goes_on_when_one_dies() {
     devnet.stop();
     let log = std::fs::read_to_string(&c_log).expect("log");
     assert!(
-        !log.contains("quarantined"),
-        "no honest or merely dead source is quarantined"
+        !log.contains(Shown::Quarantined.logged()),
+        "no honest or merely dead source is quarantined:\n{log}"
     );
 }
 
@@ -686,11 +710,42 @@ fn seeded_devnet_at(datadir: &Path, block_time: &str, addr: &str, extra: &[&str]
     CairnProcess::devnet(cairn(), datadir, &args)
 }
 
+/// What the follower shows of a byzantine source: its label in the status line and a phrase of
+/// the `warn` line that logs it.
+#[derive(Clone, Copy, Debug)]
+enum Shown {
+    Quarantined,
+    Stalled,
+    Flapping,
+    Skipping,
+}
+
+impl Shown {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Quarantined => "quarantined",
+            Self::Stalled => "stalled",
+            Self::Flapping => "flapping",
+            Self::Skipping => "skipping",
+        }
+    }
+
+    fn logged(self) -> &'static str {
+        match self {
+            Self::Quarantined => "upstream served invalid data; quarantined",
+            Self::Stalled => "upstream stalled",
+            Self::Flapping => "upstream flapping",
+            Self::Skipping => "upstream skipped heights",
+        }
+    }
+}
+
 /// Two honest devnets and one running `fault`, all with one seed; a follower of the three
 /// (started once the chain is past height 12, so that it also fetches) must reach height 40
-/// with the honest chain byte for byte. Returns the byzantine URL, whether it was quarantined
-/// (in the status line and the log), and the follower's log.
-async fn follow_with_one_byzantine(dir: &Path, fault: &str) -> (String, bool, String) {
+/// with the honest chain byte for byte, show the byzantine source as `shown` in its status
+/// line and log, never quarantine it unless `shown` says so, and never show an honest source
+/// as anything.
+async fn follow_with_one_byzantine(dir: &Path, fault: &str, shown: Shown) {
     let honest_a = seeded_devnet(&dir.join("honest-a"), &[]);
     let honest_b = seeded_devnet(&dir.join("honest-b"), &[]);
     let byzantine = seeded_devnet(&dir.join("byzantine"), &["--fault", fault]);
@@ -717,31 +772,49 @@ async fn follow_with_one_byzantine(dir: &Path, fault: &str) -> (String, bool, St
     let follower_rpc = follower.http();
     let served = wait_for_height(&follower_rpc, 40, Duration::from_secs(120)).await;
     let byzantine_url = format!("ws://{}", byzantine.addr);
-    let quarantined_in_status = status_line_within(
+    let status = status_line_within(
         &follower,
-        &format!("quarantined {byzantine_url}"),
-        Duration::from_secs(2),
-    )
-    .is_some();
+        &format!("{} {byzantine_url}", shown.label()),
+        Duration::from_secs(15),
+    );
     assert_same_chain(&follower_rpc, &honest_rpc, 1..=served, fault).await;
     follower.stop();
     let text = std::fs::read_to_string(&log).expect("log");
-    for honest in [&honest_a.addr, &honest_b.addr] {
+    assert!(
+        status.is_some(),
+        "{fault}: no status line shows {} {byzantine_url}:\n{text}",
+        shown.label()
+    );
+    let logged = |phrase: &str, url: &str| {
+        text.lines()
+            .any(|line| line.contains(phrase) && line.contains(url))
+    };
+    assert!(
+        logged(shown.logged(), &byzantine_url),
+        "{fault}: the log shows {byzantine_url} as {}:\n{text}",
+        shown.label()
+    );
+    if !matches!(shown, Shown::Quarantined) {
         assert!(
-            !text.lines().any(
-                |line| line.contains("quarantined") && line.contains(&format!("ws://{honest}"))
-            ),
-            "{fault}: an honest source was quarantined:\n{text}"
+            !logged(Shown::Quarantined.logged(), &byzantine_url),
+            "{fault}: {byzantine_url} served nothing invalid, yet was quarantined:\n{text}"
         );
     }
-    let quarantined_in_log = text
-        .lines()
-        .any(|line| line.contains("quarantined") && line.contains(&byzantine_url));
-    (
-        byzantine_url,
-        quarantined_in_status && quarantined_in_log,
-        text,
-    )
+    for honest in [&honest_a.addr, &honest_b.addr] {
+        let url = format!("ws://{honest}");
+        for shown in [
+            Shown::Quarantined,
+            Shown::Stalled,
+            Shown::Flapping,
+            Shown::Skipping,
+        ] {
+            assert!(
+                !logged(shown.logged(), &url),
+                "{fault}: the honest {url} was shown as {}:\n{text}",
+                shown.label()
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,26 +826,22 @@ async fn three_upstreams_one_lying_the_liar_is_quarantined_and_the_honest_chain_
         "lie-on-fetch:1",
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (url, quarantined, log) = follow_with_one_byzantine(dir.path(), fault).await;
-        assert!(
-            quarantined,
-            "{fault}: {url} is quarantined in the status line and the log:\n{log}"
-        );
+        follow_with_one_byzantine(dir.path(), fault, Shown::Quarantined).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_upstreams_one_failing_the_follower_goes_on_without_punishing_it() {
-    // Withholding, stalling and dropping connections are not invalid data: the follower gets
-    // what it needs elsewhere and punishes no one.
-    for fault in [
-        "withhold-boundaries",
-        "stall-after:15",
-        "disconnect-every:300ms",
+async fn three_upstreams_one_failing_the_failure_is_shown_never_punished_and_the_chain_followed() {
+    // Withholding, stalling and dropping connections are not invalid data: an honest node that
+    // is syncing or restarting does the same. The follower gets what it needs elsewhere, shows
+    // the conduct, and quarantines no one.
+    for (fault, shown) in [
+        ("withhold-boundaries", Shown::Skipping),
+        ("stall-after:15", Shown::Stalled),
+        ("disconnect-every:300ms", Shown::Flapping),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (url, quarantined, log) = follow_with_one_byzantine(dir.path(), fault).await;
-        assert!(!quarantined, "{fault}: {url} is not quarantined:\n{log}");
+        follow_with_one_byzantine(dir.path(), fault, shown).await;
     }
 }
 
@@ -919,6 +988,18 @@ async fn an_upstream_restarting_every_two_seconds_leaves_the_follower_within_a_b
     follower.stop();
     restarting.stop();
     steady.stop();
+    // The restarting upstream is honest: shown as flapping, never quarantined.
+    let log = std::fs::read_to_string(dir.path().join("follower.log")).expect("log");
+    assert!(
+        !log.contains(Shown::Quarantined.logged()),
+        "an honest restarting upstream was quarantined:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|line| line.contains(Shown::Flapping.logged())
+                && line.contains(&format!("ws://{restarting_addr}"))),
+        "the restarting upstream is shown as flapping"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,6 +1059,37 @@ async fn a_hundred_sigkills_lose_and_repeat_nothing() {
                 assert!(
                     counts.get(&epoch).copied().unwrap_or(0) <= 1,
                     "epoch {epoch} registered more than once across {kills} kills: {counts:?}"
+                );
+            }
+            // Registered at most once (the log), and held once with the key its boundary
+            // announced (the registry on disk, which keeps the newest 64 epochs).
+            let stored = stored_epochs(&datadir);
+            let epochs: Vec<u64> = stored.iter().map(|(epoch, _)| *epoch).collect();
+            let newest = epochs.last().copied().expect("the registry holds epochs");
+            assert!(newest >= last_epoch, "{epochs:?}");
+            let oldest = newest.saturating_sub(63);
+            assert_eq!(
+                epochs,
+                (oldest..=newest).collect::<Vec<_>>(),
+                "the registry holds each of the newest epochs once"
+            );
+            let profile = cairn_epoch::ChainProfile::load(&chain).expect("profile");
+            for (epoch, identity) in stored.iter().filter(|(epoch, _)| *epoch <= last_epoch) {
+                let expected = if *epoch == 0 {
+                    *profile.genesis.identity()
+                } else {
+                    let boundary = epoch * 5 - 1;
+                    let block = cairn_primitives::Block::decode_raw_rlp(
+                        &raw_block(&honest_rpc, boundary).await,
+                    )
+                    .expect("boundary block");
+                    *cairn_epoch::boundary_outcome(&profile.epochs, &block, &Default::default())
+                        .expect("boundary outcome")
+                        .identity()
+                };
+                assert_eq!(
+                    *identity, expected,
+                    "epoch {epoch} holds its boundary's key"
                 );
             }
             eprintln!(

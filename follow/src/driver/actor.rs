@@ -226,6 +226,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             .map(Block::height)
             .or(certified.height)
             .unwrap_or_default();
+        self.sources.sequenced(source, height);
         // A certificate is a recovered threshold signature, the same bytes from every honest
         // source: only a byte-identical copy of a verified event is dropped unverified.
         if let (Some(hash), Some((seen, _, earlier))) = (hash, self.recent.get(&height))

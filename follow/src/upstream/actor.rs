@@ -1,6 +1,8 @@
 //! The upstream actor's loop.
 
-use super::{Config, Message, Notification, Sourced, UpstreamClient, UpstreamError};
+use super::{
+    Config, Message, Notification, Sourced, UpstreamClient, UpstreamError, client::Disconnect,
+};
 use cairn_primitives::Event;
 use rand::RngExt;
 use std::{sync::Arc, time::Duration};
@@ -150,6 +152,9 @@ impl Actor {
                             return Ended::Stop;
                         }
                     }
+                    None if !client.is_connected() => {
+                        return self.lost(client.disconnected().await).await;
+                    }
                     None => {
                         let reason = subscription
                             .close_reason()
@@ -161,9 +166,23 @@ impl Actor {
                     Some(message) => self.dispatch(&client, message),
                     None => return Ended::Stop,
                 },
-                reason = client.disconnected() => return Ended::Lost(reason),
+                disconnect = client.disconnected() => return self.lost(disconnect).await,
             }
         }
+    }
+
+    /// Ends a connection that dropped. One that dropped on a message over the size limit is
+    /// reported as invalid data first.
+    async fn lost(&self, disconnect: Disconnect) -> Ended {
+        if disconnect.oversized {
+            let limit = self.config.client.max_response_size;
+            warn!(url = %self.config.url, limit, "upstream sent a message over the size limit");
+            let what = format!("a message over the {limit}-byte limit");
+            if !self.notify(Notification::Invalid { what }).await {
+                return Ended::Stop;
+            }
+        }
+        Ended::Lost(disconnect.reason)
     }
 
     /// Runs one request in its own task, bounded by the in-flight limit, and drops it as soon

@@ -7,11 +7,13 @@ use cairn_epoch::{BoundarySource, SourceError};
 use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use jsonrpsee::{
+    client_transport::ws::WsError,
     core::{
         client::{ClientT, Error as ClientError, Subscription, SubscriptionClientT},
+        http_helpers::HttpError,
         params::ArrayParams,
     },
-    http_client::{HttpClient, HttpClientBuilder},
+    http_client::{HttpClient, HttpClientBuilder, transport::Error as HttpTransportError},
     rpc_params,
     types::error::METHOD_NOT_FOUND_CODE,
     ws_client::{PingConfig, WsClient, WsClientBuilder},
@@ -91,10 +93,42 @@ pub enum UpstreamClient {
 }
 
 fn call_error(method: &str, err: ClientError) -> UpstreamError {
+    if oversized(&err) {
+        return UpstreamError::Oversized(method.to_string());
+    }
     match err {
         ClientError::RequestTimeout => UpstreamError::Timeout,
         ClientError::RestartNeeded(_) => UpstreamError::NotConnected,
         other => UpstreamError::Rpc(format!("{method}: {other}")),
+    }
+}
+
+/// Why a WebSocket connection ended.
+#[derive(Clone, Debug)]
+pub struct Disconnect {
+    /// The client's error.
+    pub reason: String,
+    /// Whether the upstream sent a message over [`ClientConfig::max_response_size`]: invalid
+    /// data, not a network failure.
+    pub oversized: bool,
+}
+
+/// Whether an error (or the end of a connection) is a received message over the size limit.
+fn oversized(err: &ClientError) -> bool {
+    match err {
+        ClientError::RestartNeeded(inner) => oversized(inner),
+        ClientError::Transport(err) => {
+            matches!(
+                err.downcast_ref::<WsError>(),
+                Some(WsError::Connection(
+                    soketto::connection::Error::MessageTooLarge { .. }
+                ))
+            ) || matches!(
+                err.downcast_ref::<HttpTransportError>(),
+                Some(HttpTransportError::Http(HttpError::TooLarge))
+            )
+        }
+        _ => false,
     }
 }
 
@@ -160,10 +194,24 @@ impl UpstreamClient {
     }
 
     /// Resolves when a WebSocket connection drops (never for HTTP).
-    pub async fn disconnected(&self) -> String {
+    pub async fn disconnected(&self) -> Disconnect {
         match self {
-            Self::Ws(client) => client.on_disconnect().await.to_string(),
+            Self::Ws(client) => {
+                let err = client.on_disconnect().await;
+                Disconnect {
+                    reason: err.to_string(),
+                    oversized: oversized(&err),
+                }
+            }
             Self::Http(_) => std::future::pending().await,
+        }
+    }
+
+    /// Whether a WebSocket connection is still up (HTTP is always).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Self::Ws(client) => client.is_connected(),
+            Self::Http(_) => true,
         }
     }
 

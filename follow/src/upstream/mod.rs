@@ -12,7 +12,10 @@ mod sources;
 pub use actor::Actor;
 pub use client::{ClientConfig, UpstreamClient, normalize_url};
 pub use ingress::{Mailbox, Message};
-pub use sources::{QuarantineConfig, SourceBook, SourceHealth, SourceId, Sources};
+pub use sources::{
+    CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP, SourceBook,
+    SourceHealth, SourceId, Sources,
+};
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use std::{future::Future, time::Duration};
@@ -47,6 +50,9 @@ pub enum UpstreamError {
     /// The upstream sent bytes that are not a block.
     #[error("upstream sent a malformed block: {0}")]
     MalformedBlock(String),
+    /// The upstream answered with more bytes than the response size limit.
+    #[error("upstream answered {0} with a message over the size limit")]
+    Oversized(String),
     /// Too many requests are in flight.
     #[error("too many upstream requests in flight")]
     Busy,

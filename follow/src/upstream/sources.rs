@@ -2,11 +2,18 @@
 //! ones and retried on the next when one fails, and quarantine with exponential backoff for a
 //! source that serves invalid data. A source that lacks what was asked, or is behind, is not
 //! punished: it is asked after the others.
+//!
+//! Conduct that is not invalid data (a source that stalls, drops its connection again and
+//! again, or skips heights in its event stream) cannot be told apart from an honest node that
+//! is restarting, overloaded or syncing, so it is never quarantined. It is observed instead:
+//! shown in the health record, logged once at `warn` when it starts, and the source is asked
+//! after the well-behaved ones.
 
 use super::{UpstreamError, UpstreamRequests};
 use cairn_epoch::{FinalizationVerifier, VerifyError, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use std::{
+    collections::VecDeque,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -61,12 +68,43 @@ pub struct SourceHealth {
     pub quarantined_for: Option<Duration>,
     /// What its last invalid answer or event was.
     pub last_invalid: Option<String>,
+    /// Times its connection was lost.
+    pub disconnects: u64,
+    /// Connections lost within the last [`CONDUCT_WINDOW`].
+    pub recent_disconnects: usize,
+    /// Heights its event stream skipped within one connection, within the last
+    /// [`CONDUCT_WINDOW`].
+    pub recent_skipped: u64,
+    /// How long it has been connected without announcing anything new while other sources
+    /// announced at least [`STALL_GAP`] heights more.
+    pub stalled_for: Option<Duration>,
 }
+
+/// The window that recent disconnects and skipped heights are counted in.
+pub const CONDUCT_WINDOW: Duration = Duration::from_secs(60);
+/// Disconnects within [`CONDUCT_WINDOW`] from which a source is flapping.
+pub const FLAPPING_DISCONNECTS: usize = 3;
+/// How far behind the best announced height a silent source must be to be stalled.
+pub const STALL_GAP: u64 = 3;
+/// How long a source must announce nothing new, while behind by [`STALL_GAP`], to be stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(3);
 
 impl SourceHealth {
     /// Whether the source is connected and not quarantined.
     pub fn healthy(&self) -> bool {
         self.connected && self.quarantined_for.is_none()
+    }
+
+    /// Whether it lost its connection [`FLAPPING_DISCONNECTS`] times or more within the last
+    /// [`CONDUCT_WINDOW`].
+    pub fn flapping(&self) -> bool {
+        self.recent_disconnects >= FLAPPING_DISCONNECTS
+    }
+
+    /// Whether it observably misbehaves without serving invalid data: flapping, stalled or
+    /// skipping heights. Such a source is asked after the others, never quarantined.
+    pub fn misbehaving(&self) -> bool {
+        self.flapping() || self.stalled_for.is_some() || self.recent_skipped > 0
     }
 }
 
@@ -75,9 +113,57 @@ struct State {
     health: SourceHealth,
     quarantined_until: Option<SystemTime>,
     offences: u32,
+    /// The highest height seen on the current connection.
+    session_height: Option<u64>,
+    /// When the announced height last moved, or the connection came up.
+    advanced_at: Option<SystemTime>,
+    drops: VecDeque<SystemTime>,
+    skips: VecDeque<(SystemTime, u64)>,
+    /// Whether the current stall was logged.
+    stall_logged: bool,
 }
 
 impl State {
+    fn new(url: String) -> Self {
+        Self {
+            health: SourceHealth {
+                url,
+                ..SourceHealth::default()
+            },
+            quarantined_until: None,
+            offences: 0,
+            session_height: None,
+            advanced_at: None,
+            drops: VecDeque::new(),
+            skips: VecDeque::new(),
+            stall_logged: false,
+        }
+    }
+
+    /// Forgets disconnects and skips older than the window.
+    fn expire(&mut self, now: SystemTime) {
+        let recent = |at: &SystemTime| {
+            now.duration_since(*at)
+                .is_ok_and(|age| age >= CONDUCT_WINDOW)
+        };
+        while self.drops.front().is_some_and(recent) {
+            self.drops.pop_front();
+        }
+        while self.skips.front().is_some_and(|(at, _)| recent(at)) {
+            self.skips.pop_front();
+        }
+        self.health.recent_disconnects = self.drops.len();
+        self.health.recent_skipped = self.skips.iter().map(|(_, skipped)| skipped).sum();
+    }
+
+    /// How long it has been stalled, given the best height any source announced.
+    fn stalled_for(&self, now: SystemTime, best: u64) -> Option<Duration> {
+        if !self.health.connected || self.health.announced_height.saturating_add(STALL_GAP) > best {
+            return None;
+        }
+        let silent = now.duration_since(self.advanced_at?).ok()?;
+        (silent >= STALL_AFTER).then_some(silent)
+    }
     fn quarantined(&mut self, now: SystemTime) -> bool {
         match self.quarantined_until {
             Some(until) if until > now => true,
@@ -126,17 +212,7 @@ enum Answer {
 impl SourceBook {
     /// Records for the upstreams named `urls`, in order of [`SourceId`].
     pub fn new(urls: impl IntoIterator<Item = String>, quarantine: QuarantineConfig) -> Self {
-        let states = urls
-            .into_iter()
-            .map(|url| State {
-                health: SourceHealth {
-                    url,
-                    ..SourceHealth::default()
-                },
-                quarantined_until: None,
-                offences: 0,
-            })
-            .collect();
+        let states = urls.into_iter().map(State::new).collect();
         Self {
             states: Arc::new(Mutex::new(states)),
             next: Arc::new(AtomicUsize::new(0)),
@@ -163,14 +239,21 @@ impl SourceBook {
         f(&mut states)
     }
 
-    /// A snapshot of every source's health.
+    /// A snapshot of every source's health. A source found stalled for the first time since
+    /// it last announced something new is logged at `warn`.
     pub fn health(&self) -> Vec<SourceHealth> {
         let now = self.now();
         self.with_states(|states| {
+            let best = states
+                .iter()
+                .map(|state| state.health.announced_height)
+                .max()
+                .unwrap_or_default();
             states
                 .iter_mut()
                 .map(|state| {
                     let quarantined = state.quarantined(now);
+                    state.expire(now);
                     let mut health = state.health.clone();
                     health.quarantined_for = quarantined
                         .then(|| {
@@ -179,6 +262,16 @@ impl SourceBook {
                                 .and_then(|until| until.duration_since(now).ok())
                         })
                         .flatten();
+                    health.stalled_for = state.stalled_for(now, best);
+                    if health.stalled_for.is_some() && !state.stall_logged {
+                        state.stall_logged = true;
+                        warn!(
+                            source = %health.url,
+                            announced = health.announced_height,
+                            best,
+                            "upstream stalled: connected but announcing nothing new while others are ahead; asked last, not quarantined"
+                        );
+                    }
                     health
                 })
                 .collect()
@@ -195,22 +288,69 @@ impl SourceBook {
         })
     }
 
-    /// Records whether `source`'s subscription is live.
+    /// Records whether `source`'s subscription is live. Losing it [`FLAPPING_DISCONNECTS`]
+    /// times within [`CONDUCT_WINDOW`] is logged at `warn` as flapping.
     pub fn set_connected(&self, source: SourceId, connected: bool) {
-        self.with_states(|states| {
-            if let Some(state) = states.get_mut(source) {
-                state.health.connected = connected;
+        let now = self.now();
+        let flapping = self.with_states(|states| {
+            let state = states.get_mut(source)?;
+            let was = std::mem::replace(&mut state.health.connected, connected);
+            state.session_height = None;
+            if connected {
+                state.advanced_at = Some(now);
+                state.stall_logged = false;
+                return None;
             }
+            if !was {
+                return None;
+            }
+            state.health.disconnects += 1;
+            state.drops.push_back(now);
+            state.expire(now);
+            (state.drops.len() == FLAPPING_DISCONNECTS).then(|| state.health.url.clone())
         });
+        if let Some(url) = flapping {
+            warn!(source = %url, disconnects = FLAPPING_DISCONNECTS, window = ?CONDUCT_WINDOW, "upstream flapping: its connection keeps dropping; asked last, not quarantined");
+        }
     }
 
     /// Records a height `source` announced with an event that verified (or awaits its key).
     pub fn announced(&self, source: SourceId, height: u64) {
+        let now = self.now();
         self.with_states(|states| {
-            if let Some(state) = states.get_mut(source) {
-                state.health.announced_height = state.health.announced_height.max(height);
+            if let Some(state) = states.get_mut(source)
+                && height > state.health.announced_height
+            {
+                state.health.announced_height = height;
+                state.advanced_at = Some(now);
+                state.stall_logged = false;
             }
         });
+    }
+
+    /// Records the height of an event `source` sent on its current connection, before it is
+    /// checked. Heights the stream jumps over are counted as skipped (an honest upstream sends
+    /// every finalization in order), and logged at `warn`.
+    pub fn sequenced(&self, source: SourceId, height: u64) {
+        let now = self.now();
+        let skipped = self.with_states(|states| {
+            let state = states.get_mut(source)?;
+            let Some(last) = state.session_height else {
+                state.session_height = Some(height);
+                return None;
+            };
+            state.session_height = Some(last.max(height));
+            let gap = height
+                .checked_sub(last)?
+                .checked_sub(1)
+                .filter(|gap| *gap > 0)?;
+            state.skips.push_back((now, gap));
+            state.expire(now);
+            Some((state.health.url.clone(), last))
+        });
+        if let Some((url, last)) = skipped {
+            warn!(source = %url, after = last, next = height, "upstream skipped heights in its event stream; asked last, not quarantined");
+        }
     }
 
     /// Whether `source` is quarantined now (its events are ignored).
@@ -281,15 +421,20 @@ impl SourceBook {
         }
     }
 
-    /// The order to ask sources in for something at `height` (if known): connected sources
-    /// that announced it first, taken in turn so that fetches spread over them, then the
-    /// connected ones that are behind, then the disconnected ones. Quarantined sources are not
-    /// asked.
+    /// The order to ask sources in for something at `height` (if known): connected,
+    /// well-behaved sources that announced it first, taken in turn so that fetches spread over
+    /// them, then the connected ones that are behind or misbehaving (flapping, stalled,
+    /// skipping), then the disconnected ones. Quarantined sources are not asked.
     fn order(&self, height: Option<u64>) -> Vec<SourceId> {
         let now = self.now();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut ranked: Vec<(u8, usize, SourceId)> = self.with_states(|states| {
             let count = states.len().max(1);
+            let best = states
+                .iter()
+                .map(|state| state.health.announced_height)
+                .max()
+                .unwrap_or_default();
             states
                 .iter_mut()
                 .enumerate()
@@ -297,8 +442,11 @@ impl SourceBook {
                     if state.quarantined(now) {
                         return None;
                     }
+                    state.expire(now);
                     let behind = height.is_some_and(|h| state.health.announced_height < h);
-                    let rank = match (state.health.connected, behind) {
+                    state.health.stalled_for = state.stalled_for(now, best);
+                    let rank = match (state.health.connected, behind || state.health.misbehaving())
+                    {
                         (true, false) => 0,
                         (true, true) => 1,
                         (false, _) => 2,
@@ -431,7 +579,9 @@ impl<R: UpstreamRequests> Sources<R> {
                     (Answer::Missing, None)
                 }
                 Err(
-                    err @ (UpstreamError::HashMismatch { .. } | UpstreamError::MalformedBlock(_)),
+                    err @ (UpstreamError::HashMismatch { .. }
+                    | UpstreamError::MalformedBlock(_)
+                    | UpstreamError::Oversized(_)),
                 ) => (Answer::Invalid(err.to_string()), None),
                 Err(err) => {
                     debug!(source, %err, what, "upstream request failed; asking the next source");

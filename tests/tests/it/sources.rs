@@ -15,7 +15,10 @@ use cairn_follow::{
     driver::{DriverError, Evidence},
     engine::EngineContext,
     execution::ExecutionProvider as _,
-    upstream::{QuarantineConfig, Sources, UpstreamError, UpstreamRequests, in_process},
+    upstream::{
+        CONDUCT_WINDOW, QuarantineConfig, STALL_AFTER, Sources, UpstreamError, UpstreamRequests,
+        in_process,
+    },
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
@@ -42,6 +45,8 @@ enum Behaviour {
     WrongBlock(Box<Block>),
     /// Answers a finalization request for height h with entry h - 1 (certified by strangers).
     WrongFinalization(Vec<CertifiedBlock>),
+    /// Answers with more than the response size limit.
+    Oversized,
 }
 
 #[derive(Clone)]
@@ -75,6 +80,9 @@ impl UpstreamRequests for Scripted {
             Behaviour::Lacking => Ok(None),
             Behaviour::Failing => Err(UpstreamError::Timeout),
             Behaviour::WrongFinalization(forged) => Ok(forged.get(height as usize - 1).cloned()),
+            Behaviour::Oversized => {
+                Err(UpstreamError::Oversized("consensus_getFinalization".into()))
+            }
         }
     }
 
@@ -87,6 +95,7 @@ impl UpstreamRequests for Scripted {
             Behaviour::Lacking => Ok(None),
             Behaviour::Failing => Err(UpstreamError::Timeout),
             Behaviour::WrongBlock(block) => Ok(Some(block.as_ref().clone())),
+            Behaviour::Oversized => Err(UpstreamError::Oversized("eth_getBlockByHash".into())),
         }
     }
 }
@@ -136,6 +145,7 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
     let failing = Scripted::new(&honest, Behaviour::Failing);
     let wrong_block = Scripted::new(&honest, Behaviour::WrongBlock(Box::new(blocks[0].clone())));
     let forger = Scripted::new(&honest, Behaviour::WrongFinalization(forged));
+    let oversized = Scripted::new(&honest, Behaviour::Oversized);
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(8));
     let sources = Sources::new(
         vec![
@@ -145,12 +155,13 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
             ("failing".into(), failing.clone()),
             ("wrong-block".into(), wrong_block.clone()),
             ("forger".into(), forger.clone()),
+            ("oversized".into(), oversized.clone()),
         ],
         fast_quarantine(),
     )
     .with_verifier(verifier);
     let book = sources.book().clone();
-    for source in 0..6 {
+    for source in 0..7 {
         book.set_connected(source, true);
         book.announced(source, 6);
     }
@@ -177,9 +188,9 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
     assert!(health[2].quarantined_for.is_none());
     assert!(health[3].timed_out > 0, "{:?}", health[3]);
     assert!(health[3].quarantined_for.is_none());
-    // The two liars are quarantined after their first offence, and not asked again while it
+    // The three liars are quarantined after their first offence, and not asked again while it
     // lasts.
-    for liar in [4, 5] {
+    for liar in [4, 5, 6] {
         assert_eq!(health[liar].invalid, 1, "{:?}", health[liar]);
         assert!(health[liar].quarantined_for.is_some(), "{:?}", health[liar]);
     }
@@ -199,14 +210,28 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
         "{:?}",
         health[5]
     );
-    let (wrong_calls, forger_calls) = (wrong_block.calls(), forger.calls());
+    assert!(
+        health[6]
+            .last_invalid
+            .as_deref()
+            .is_some_and(|what| what.contains("over the size limit")),
+        "{:?}",
+        health[6]
+    );
+    let (wrong_calls, forger_calls, oversized_calls) =
+        (wrong_block.calls(), forger.calls(), oversized.calls());
     for _ in 0..4 {
         sources.get_block(blocks[1].hash()).await.expect("served");
         sources.get_finalization(2).await.expect("served");
     }
     assert_eq!(wrong_block.calls(), wrong_calls, "not asked in quarantine");
     assert_eq!(forger.calls(), forger_calls, "not asked in quarantine");
-    assert!(book.is_quarantined(4) && book.is_quarantined(5));
+    assert_eq!(
+        oversized.calls(),
+        oversized_calls,
+        "not asked in quarantine"
+    );
+    assert!(book.is_quarantined(4) && book.is_quarantined(5) && book.is_quarantined(6));
     assert!(!(0..4).any(|source| book.is_quarantined(source)));
 
     // After the quarantine the liar is asked again; a second offence doubles it.
@@ -242,6 +267,121 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
     assert_eq!(alone.get_block(blocks[3].hash()).await, Ok(None));
     assert_eq!(alone.book().health()[0].invalid, 1);
     assert!(!alone.book().is_quarantined(0));
+}
+
+#[tokio::test]
+async fn stalling_flapping_and_skipping_sources_are_observed_asked_last_and_never_quarantined() {
+    let committee = TestCommittee::new(NAMESPACE, 22, 4);
+    let (_, certified) = certified_chain(&committee, 4);
+    let honest = MemoryChain::default();
+    for block in &certified {
+        honest.insert(block.clone());
+    }
+    let now = Arc::new(std::sync::Mutex::new(std::time::SystemTime::UNIX_EPOCH));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().expect("clock"))
+    };
+    let advance = |by: Duration| *now.lock().expect("clock") += by;
+    let names = ["steady", "flapping", "stalled", "skipping"];
+    let scripted: Vec<Scripted> = names
+        .iter()
+        .map(|_| Scripted::new(&honest, Behaviour::Honest))
+        .collect();
+    let sources = Sources::new(
+        names
+            .iter()
+            .zip(&scripted)
+            .map(|(name, source)| (name.to_string(), source.clone()))
+            .collect(),
+        fast_quarantine(),
+    )
+    .with_clock(clock);
+    let book = sources.book().clone();
+    for source in 0..4 {
+        book.set_connected(source, true);
+    }
+    for height in 1..=4 {
+        for source in [0, 1, 3] {
+            book.sequenced(source, height);
+            book.announced(source, height);
+        }
+        advance(Duration::from_millis(100));
+    }
+    // Source 2 announced height 1, then nothing; source 3 jumps from 4 to 9.
+    book.sequenced(2, 1);
+    book.announced(2, 1);
+    for height in [9, 10] {
+        for source in [0, 1, 3] {
+            if source != 3 {
+                for skipped in 5..height {
+                    book.sequenced(source, skipped);
+                }
+            }
+            book.sequenced(source, height);
+            book.announced(source, height);
+        }
+    }
+    // Source 1 loses its connection three times within the window.
+    for _ in 0..3 {
+        book.set_connected(1, false);
+        advance(Duration::from_millis(500));
+        book.set_connected(1, true);
+    }
+    // A disconnect reported twice is one disconnect.
+    book.set_connected(2, false);
+    book.set_connected(2, false);
+    book.set_connected(2, true);
+    advance(STALL_AFTER);
+
+    let health = book.health();
+    assert!(!health[0].misbehaving(), "{:?}", health[0]);
+    assert_eq!(
+        (health[1].disconnects, health[1].recent_disconnects),
+        (3, 3)
+    );
+    assert!(health[1].flapping(), "{:?}", health[1]);
+    assert_eq!(health[2].disconnects, 1);
+    assert!(!health[2].flapping());
+    assert!(
+        health[2]
+            .stalled_for
+            .is_some_and(|stalled| stalled >= STALL_AFTER),
+        "{:?}",
+        health[2]
+    );
+    assert_eq!(
+        health[3].recent_skipped, 4,
+        "heights 5 to 8: {:?}",
+        health[3]
+    );
+    for source in [0, 1, 3] {
+        assert!(health[source].stalled_for.is_none(), "{:?}", health[source]);
+    }
+    assert!(
+        health
+            .iter()
+            .all(|source| source.quarantined_for.is_none() && source.invalid == 0)
+    );
+
+    // The well-behaved source is asked first for everything.
+    for round in 0..8 {
+        let block = certified[round % 4].block.clone().expect("block");
+        assert_eq!(sources.get_block(block.hash()).await, Ok(Some(block)));
+    }
+    assert_eq!(scripted[0].calls(), 8);
+    assert!(scripted[1..].iter().all(|source| source.calls() == 0));
+
+    // Misconduct is forgotten after the window; a stalled source that announces again is
+    // no longer stalled.
+    book.sequenced(2, 10);
+    book.announced(2, 10);
+    advance(CONDUCT_WINDOW);
+    let health = book.health();
+    assert!(
+        health.iter().all(|source| !source.misbehaving()),
+        "{health:?}"
+    );
 }
 
 /// Starts a follower of `upstreams` (name, feed, chain), writing evidence to `evidence`.

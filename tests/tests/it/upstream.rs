@@ -158,6 +158,59 @@ async fn forwards_events_serves_requests_and_reconnects() {
     server.handle.stop().expect("stops");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_size_limit_is_reported_as_invalid_data_and_the_connection_reopened() {
+    let committee = TestCommittee::new(b"TEMPO", 8, 4);
+    let chain = MemoryChain::default();
+    let feed = FeedState::default();
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain.clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let limit = 1024;
+    let mut config = fast_config(server.local_addr.to_string());
+    config.client.max_response_size = limit;
+    let (sender, mut notifications) = mpsc::channel(64);
+    let (actor, _mailbox) = upstream::init(config, sender).expect("valid url");
+    let handle = tokio::spawn(actor.run());
+    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+        panic!("expected a connection");
+    };
+
+    let big = certified(&committee, 1);
+    let event = serde_json::to_vec(&Event::Finalized {
+        block: big.clone(),
+        seen: 0,
+    })
+    .expect("serializes");
+    assert!(
+        event.len() > limit as usize,
+        "the event is {} bytes",
+        event.len()
+    );
+    feed.publish_finalized(big);
+    assert_eq!(
+        next_notification(&mut notifications).await,
+        Notification::Invalid {
+            what: format!("a message over the {limit}-byte limit")
+        }
+    );
+    let Notification::Disconnected { reason } = next_notification(&mut notifications).await else {
+        panic!("expected a disconnection");
+    };
+    assert!(reason.contains("too large"), "{reason}");
+    // The connection is reopened: a dropped connection is not a reason to stop following.
+    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+        panic!("expected a reconnection");
+    };
+    handle.abort();
+    server.handle.stop().expect("stops");
+}
+
 /// A chain whose blocks by hash are the wrong blocks.
 #[derive(Clone)]
 struct LyingChain(MemoryChain, Block);
@@ -378,4 +431,44 @@ async fn blocks_come_from_eth_get_block_by_hash_or_the_raw_form_and_are_checked(
         }
         handle.stop().expect("stops");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_size_limit_is_an_oversized_error_over_http_and_websocket() {
+    use cairn_follow::upstream::{ClientConfig, UpstreamClient};
+    let committee = TestCommittee::new(b"TEMPO", 9, 4);
+    let chain = MemoryChain::default();
+    chain.insert(certified(&committee, 1));
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain.clone(),
+        FeedState::default(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let small = ClientConfig {
+        max_response_size: 1024,
+        ..ClientConfig::default()
+    };
+    for scheme in ["http", "ws"] {
+        let url = format!("{scheme}://{}", server.local_addr);
+        let client = UpstreamClient::connect(&url, &small)
+            .await
+            .expect("connects");
+        assert_eq!(
+            client.get_finalization(1).await,
+            Err(UpstreamError::Oversized("consensus_getFinalization".into())),
+            "{scheme}"
+        );
+        // The same answer within the default limit is served.
+        let client = UpstreamClient::connect(&url, &ClientConfig::default())
+            .await
+            .expect("connects");
+        assert!(
+            matches!(client.get_finalization(1).await, Ok(Some(_))),
+            "{scheme}"
+        );
+    }
+    server.handle.stop().expect("stops");
 }
