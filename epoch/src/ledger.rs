@@ -143,6 +143,23 @@ pub struct IdentityLedger {
     concurrency: usize,
     window: u64,
     pool: Option<Rayon>,
+    walked: Vec<WalkedBoundary>,
+}
+
+/// A boundary block the walk verified: its certificate verified with its epoch's key, so its
+/// hash authenticates every block below it through parent hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalkedBoundary {
+    /// The epoch it ends.
+    pub epoch: u64,
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub digest: cairn_primitives::Digest,
+    /// The identity it announced for the next epoch.
+    pub next_identity: Identity,
+    /// Its verified finalization.
+    pub finalization: Finalization,
 }
 
 /// A boundary whose checks that need no key passed.
@@ -170,7 +187,27 @@ impl IdentityLedger {
             concurrency: DEFAULT_WALK_CONCURRENCY,
             window: WALK_WINDOW,
             pool: None,
+            walked: Vec::new(),
         }
+    }
+
+    /// A ledger that knows `identity` for `epoch` (verified earlier, as a follower's registry
+    /// holds it) and walks on from there; it knows nothing of earlier epochs.
+    pub fn from_epoch(profile: &ChainProfile, epoch: u64, identity: Identity) -> Self {
+        Self {
+            runs: vec![IdentityRun {
+                from_epoch: epoch,
+                identity,
+                evidence: None,
+            }],
+            known_through: epoch,
+            ..Self::from_genesis(profile)
+        }
+    }
+
+    /// The boundaries verified since the last call, oldest first.
+    pub fn take_walked(&mut self) -> Vec<WalkedBoundary> {
+        std::mem::take(&mut self.walked)
     }
 
     /// Walks `window` boundaries per round (at least one; 256 by default).
@@ -217,7 +254,7 @@ impl IdentityLedger {
 
     /// The identity of `epoch`, if the ledger has reached it.
     pub fn identity_for(&self, epoch: u64) -> Option<Identity> {
-        if epoch > self.known_through {
+        if epoch > self.known_through || epoch < self.runs.first()?.from_epoch {
             return None;
         }
         self.runs
@@ -498,6 +535,13 @@ impl IdentityLedger {
             .expect("the ledger always holds the genesis run")
             .identity;
         let next_epoch = boundary.epoch + 1;
+        self.walked.push(WalkedBoundary {
+            epoch: boundary.epoch,
+            height: boundary.height,
+            digest: boundary.finalization.proposal.payload,
+            next_identity: boundary.next_identity,
+            finalization: boundary.finalization.clone(),
+        });
         if boundary.next_identity != previous {
             info!(
                 epoch = next_epoch,

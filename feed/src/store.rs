@@ -364,6 +364,25 @@ impl<E: StoreContext> BlockStore<E> {
             .await
     }
 
+    /// Stores `blocks` (consecutive heights) and indexes their transactions with one sync of
+    /// each store: the index first, then the blocks, so a block on disk is always indexed.
+    /// Heights already stored are left unchanged.
+    pub async fn put_batch(&self, blocks: &[Block]) -> Result<(), StoreError> {
+        for block in blocks {
+            self.index_transactions_unsynced(block).await?;
+        }
+        self.transactions
+            .sync("syncing the transaction index")
+            .await?;
+        self.prune_transactions().await?;
+        for block in blocks {
+            self.archive
+                .put(block.height(), block.hash(), block, "writing a block")
+                .await?;
+        }
+        self.archive.sync("writing blocks").await
+    }
+
     /// Number of transaction index entries written.
     pub async fn indexed_transactions(&self) -> u64 {
         self.cursor.lock().await.next_entry
@@ -371,9 +390,32 @@ impl<E: StoreContext> BlockStore<E> {
 
     /// Writes the index entries of `block` that are not there yet, with one sync.
     async fn index_transactions(&self, block: &Block) -> Result<(), StoreError> {
+        if self.index_transactions_unsynced(block).await? {
+            self.transactions
+                .sync("syncing the transaction index")
+                .await?;
+            self.prune_transactions().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest index entries beyond the limit.
+    async fn prune_transactions(&self) -> Result<(), StoreError> {
+        let cursor = self.cursor.lock().await;
+        if let Some(min) = cursor.next_entry.checked_sub(self.tx_limit) {
+            self.transactions
+                .prune(min, "pruning the transaction index")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index entries of `block` that are not there yet, without syncing; whether
+    /// any was written.
+    async fn index_transactions_unsynced(&self, block: &Block) -> Result<bool, StoreError> {
         use alloy_consensus::transaction::TxHashRef as _;
         if block.transactions().is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut cursor = self.cursor.lock().await;
         let height = block.height();
@@ -402,17 +444,9 @@ impl<E: StoreContext> BlockStore<E> {
             wrote = true;
         }
         if wrote {
-            self.transactions
-                .sync("syncing the transaction index")
-                .await?;
             cursor.indexed_through = cursor.indexed_through.max(Some(height));
-            if let Some(min) = cursor.next_entry.checked_sub(self.tx_limit) {
-                self.transactions
-                    .prune(min, "pruning the transaction index")
-                    .await?;
-            }
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// The block at `height`.

@@ -1,23 +1,39 @@
 //! What a follower serves: finalized blocks from its execution store and their finalizations
-//! from marshal's archive, only up to the executed height, so it never serves a gap.
+//! from marshal's archive (or, for the boundaries and tips catch-up verified, from the anchor
+//! store), only up to the executed height, so it never serves a gap.
 
-use crate::{driver::MarshalMailbox, execution::ExecutionProvider};
+use crate::{catchup::AnchorStore, driver::MarshalMailbox, execution::ExecutionProvider};
 use cairn_epoch::certified_block;
-use cairn_feed::{ChainReader, ReadError};
+use cairn_feed::{ChainReader, ReadError, StoreContext};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_consensus::types::Height;
+use commonware_storage::archive::Identifier;
 
 /// The follower's chain, read by its RPC server (cheap to clone).
-#[derive(Clone)]
-pub struct FollowerChain<P> {
+pub struct FollowerChain<P, E: StoreContext> {
     execution: P,
     marshal: MarshalMailbox,
+    anchors: AnchorStore<E>,
 }
 
-impl<P: ExecutionProvider> FollowerChain<P> {
-    /// Reads blocks from `execution` and finalizations from `marshal`.
-    pub const fn new(execution: P, marshal: MarshalMailbox) -> Self {
-        Self { execution, marshal }
+impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
+    fn clone(&self) -> Self {
+        Self {
+            execution: self.execution.clone(),
+            marshal: self.marshal.clone(),
+            anchors: self.anchors.clone(),
+        }
+    }
+}
+
+impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
+    /// Reads blocks from `execution` and finalizations from `marshal`, then `anchors`.
+    pub const fn new(execution: P, marshal: MarshalMailbox, anchors: AnchorStore<E>) -> Self {
+        Self {
+            execution,
+            marshal,
+            anchors,
+        }
     }
 
     /// The execution store itself (not limited to the executed height).
@@ -35,7 +51,7 @@ fn read_error(err: impl std::fmt::Display) -> ReadError {
     ReadError(err.to_string())
 }
 
-impl<P: ExecutionProvider> ChainReader for FollowerChain<P> {
+impl<P: ExecutionProvider, E: StoreContext> ChainReader for FollowerChain<P, E> {
     fn finalized_height(&self) -> Option<u64> {
         let height = self.execution.finalized_height();
         (height > 0).then_some(height)
@@ -49,8 +65,17 @@ impl<P: ExecutionProvider> ChainReader for FollowerChain<P> {
         if height == 0 || height > self.execution.finalized_height() {
             return Ok(None);
         }
-        let Some(finalization) = self.marshal.get_finalization(Height::new(height)).await else {
-            return Ok(None);
+        let finalization = match self.marshal.get_finalization(Height::new(height)).await {
+            Some(finalization) => finalization,
+            None => match self
+                .anchors
+                .get(Identifier::Index(height), "reading a verified finalization")
+                .await
+                .map_err(read_error)?
+            {
+                Some(finalization) => finalization,
+                None => return Ok(None),
+            },
         };
         let block = self
             .execution

@@ -4,6 +4,7 @@
 //! in-process upstream in simulations), which hands over its notifications and request handle.
 
 use crate::{
+    catchup::{CatchUp, CatchUpConfig, CatchUpReport, open_anchors},
     chain::FollowerChain,
     checkpoint::Checkpoint,
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
@@ -31,7 +32,10 @@ use std::{
     time::Duration,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
+
+/// Catch-up attempts before marshal is left to repair the gap.
+const CATCH_UP_ATTEMPTS: u32 = 3;
 
 /// Why the follower could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,9 @@ pub enum EngineError {
         /// Why.
         error: commonware_storage::archive::Error,
     },
+    /// The anchor store failed.
+    #[error("the store of verified finalizations: {0}")]
+    Anchors(cairn_feed::StoreError),
     /// The driver stopped with an error.
     #[error(transparent)]
     Driver(#[from] DriverError),
@@ -91,6 +98,8 @@ pub struct EngineConfig {
     pub checkpoint: Option<Checkpoint>,
     /// Where evidence of conflicting certificates is written (the follower stops after).
     pub evidence_dir: Option<std::path::PathBuf>,
+    /// How a follower far behind catches up.
+    pub catch_up: CatchUpConfig,
 }
 
 impl EngineConfig {
@@ -109,6 +118,7 @@ impl EngineConfig {
             partition_prefix: "follow".into(),
             checkpoint: None,
             evidence_dir: None,
+            catch_up: CatchUpConfig::default(),
         }
     }
 }
@@ -121,7 +131,7 @@ impl<E: StoreContext + Spawner + Clock + Metrics + Storage + CryptoRng> EngineCo
 /// A running follower.
 pub struct Follower<E: EngineContext> {
     /// What the follower serves: hand it to `cairn_feed::start`.
-    pub chain: FollowerChain<EmbeddedExecution<E>>,
+    pub chain: FollowerChain<EmbeddedExecution<E>, E>,
     /// The verified events the follower publishes.
     pub feed: FeedState,
     /// The executed (durable, verified) height.
@@ -132,6 +142,8 @@ pub struct Follower<E: EngineContext> {
     pub sources: SourceBook,
     /// The verifier registry (epochs with a key).
     pub provider: SchemeProvider,
+    /// What the catch-up through the hash chain did at start, when it ran.
+    pub caught_up: Option<CatchUpReport>,
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
@@ -247,6 +259,66 @@ where
         "follower state opened"
     );
 
+    // Far behind: catch up through the hash chain, then hand marshal the verified tip as its
+    // floor. What a failed attempt stored was verified; marshal repairs what is left.
+    let clock = context.child("sources");
+    let sources = sources.with_clock(Arc::new(move || clock.current()));
+    let anchors = open_anchors(context.child("anchors"), &format!("{prefix}-anchors"))
+        .await
+        .map_err(|error| EngineError::Archive {
+            what: "anchors",
+            error,
+        })?;
+    // The checkpoint's verified finalization is served from the anchors, as marshal's floor
+    // moves on when catch-up runs.
+    if let Some(checkpoint) = &config.checkpoint {
+        anchors
+            .put_sync(
+                checkpoint.height(),
+                checkpoint.block.hash(),
+                &checkpoint.finalization,
+                "storing the checkpoint's finalization",
+            )
+            .await
+            .map_err(EngineError::Anchors)?;
+    }
+    let mut start = start;
+    let mut caught_up = None;
+    let mut catch_up_rng = context.child("catchup");
+    for attempt in 1..=CATCH_UP_ATTEMPTS {
+        let catch_up = CatchUp {
+            profile,
+            provider: &provider,
+            registry: &registry,
+            execution: &execution,
+            anchors: &anchors,
+            sources: &sources,
+            config: config.catch_up,
+        };
+        match catch_up.run(&context, &mut catch_up_rng).await {
+            Ok(report) => {
+                if let Some(floor) = report.floor.clone() {
+                    info!(
+                        from = report.from,
+                        to = report.to,
+                        certificates = report.certificates,
+                        "caught up through the hash chain"
+                    );
+                    start = Start::Floor(floor);
+                    caught_up = Some(report);
+                }
+                break;
+            }
+            Err(err) if err.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
+                warn!(%err, attempt, "catch-up attempt failed; trying again");
+            }
+            Err(err) => {
+                warn!(%err, "catch-up through the hash chain stopped; marshal repairs the gap block by block");
+                break;
+            }
+        }
+    }
+
     let cache = page_cache();
     let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
         context.child("finalizations"),
@@ -297,8 +369,6 @@ where
     .await;
 
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
-    let clock = context.child("sources");
-    let sources = sources.with_clock(Arc::new(move || clock.current()));
     let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
@@ -343,7 +413,7 @@ where
 
     // After a restart, what was last verified is the latest finalization from the first
     // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
-    let chain = FollowerChain::new(execution.clone(), marshal);
+    let chain = FollowerChain::new(execution.clone(), marshal, anchors);
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await
@@ -358,6 +428,7 @@ where
         upstream: upstream_status,
         sources: book,
         provider,
+        caught_up,
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,

@@ -164,6 +164,47 @@ impl<E: StoreContext> EmbeddedExecution<E> {
         })
     }
 
+    /// Stores `blocks`, the consecutive heights after the tip each the parent of the next,
+    /// with one sync, then moves the tip to the last. The caller has authenticated them (by
+    /// parent hashes from a verified certificate); the first must extend the tip.
+    pub async fn finalize_batch(&self, blocks: &[Block]) -> Result<(), ExecutionError> {
+        let Some(last) = blocks.last() else {
+            return Ok(());
+        };
+        let tip = self.tip();
+        let mut expected = (tip.height + 1, tip.hash);
+        for block in blocks {
+            if block.height() != expected.0 {
+                return Err(ExecutionError::OutOfOrder {
+                    expected: expected.0,
+                    got: block.height(),
+                });
+            }
+            if block.parent() != expected.1 {
+                return Err(ExecutionError::ParentMismatch {
+                    height: block.height(),
+                    parent: block.parent(),
+                    tip: expected.1,
+                });
+            }
+            expected = (block.height() + 1, block.hash());
+        }
+        self.blocks.put_batch(blocks).await?;
+        *self
+            .tip
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Tip {
+            height: last.height(),
+            hash: last.hash(),
+        };
+        Ok(())
+    }
+
+    /// The hash of the block at the finalized height.
+    pub fn finalized_hash(&self) -> Digest {
+        self.tip().hash
+    }
+
     fn tip(&self) -> Tip {
         *self
             .tip

@@ -7,6 +7,7 @@ use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_feed::RpcConfig;
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
+    catchup::{CatchUpConfig, VerifyPolicy},
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     driver::DriverError,
     execution::ExecutionError,
@@ -54,6 +55,19 @@ pub struct FollowArgs {
     /// datadir that already follows resumes where it stopped.
     #[arg(long, value_name = "latest|genesis|HEIGHT")]
     checkpoint: Option<CheckpointTarget>,
+    /// How a follower behind the chain verifies what it catches up. `hash-chain`: verify the
+    /// certificate of every epoch boundary (it carries the next key) and of the upstream's
+    /// latest block, and authenticate the blocks between them by their parent hashes, fetched
+    /// in batches and stored with one sync per segment. `every-block`: verify every block's
+    /// certificate one by one (Tempo's own policy; slower, for comparison). Live blocks are
+    /// always verified one by one.
+    #[arg(
+        long,
+        value_name = "hash-chain|every-block",
+        default_value = "hash-chain"
+    )]
+    verify: VerifyPolicy,
+
     /// How often to print a progress line.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
@@ -206,11 +220,17 @@ async fn follow(
     drop(notifications_tx);
     let sources = Sources::new(requests, QuarantineConfig::default());
 
+    let starting = Instant::now();
     let follower = cairn_follow::start(
         context.child("engine"),
         EngineConfig {
             checkpoint,
             evidence_dir: Some(args.datadir.clone()),
+            catch_up: CatchUpConfig {
+                policy: args.verify,
+                workers: std::thread::available_parallelism().map_or(1, usize::from),
+                ..CatchUpConfig::default()
+            },
             ..EngineConfig::new(profile.clone())
         },
         notifications,
@@ -247,6 +267,16 @@ async fn follow(
         }
         None => None,
     };
+    if let Some(report) = &follower.caught_up {
+        let blocks = report.to - report.from;
+        let seconds = starting.elapsed().as_secs_f64();
+        println!(
+            "caught up {blocks} blocks ({}..={}) through the hash chain in {seconds:.2} s: {} certificates verified",
+            report.from + 1,
+            report.to,
+            report.certificates
+        );
+    }
     println!(
         "following {} | chain {} | verified height {} | {} epochs with a key",
         urls.join(", "),

@@ -105,7 +105,7 @@ impl Actor {
             tokio::select! {
                 () = &mut sleep => return true,
                 message = self.mailbox.recv() => match message {
-                    Some(message) => reject(message, UpstreamError::NotConnected),
+                    Some(message) => message.reject(UpstreamError::NotConnected),
                     None => return false,
                 },
             }
@@ -189,7 +189,7 @@ impl Actor {
     /// as its requester stops waiting.
     fn dispatch(&self, client: &Arc<UpstreamClient>, message: Message) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            reject(message, UpstreamError::Busy);
+            message.reject(UpstreamError::Busy);
             return;
         };
         let client = client.clone();
@@ -214,19 +214,24 @@ impl Actor {
                         () = response.closed() => debug!(%digest, "block request cancelled by its requester"),
                     }
                 }
+                Message::GetLatest { mut response } => {
+                    tokio::select! {
+                        answer = client.get_latest() => { let _ = response.send(answer); }
+                        () = response.closed() => debug!("latest request cancelled by its requester"),
+                    }
+                }
+                Message::GetBlocks {
+                    first,
+                    last,
+                    mut response,
+                } => {
+                    tokio::select! {
+                        answer = client.get_blocks(first, last) => { let _ = response.send(answer); }
+                        () = response.closed() => debug!(first, last, "range request cancelled by its requester"),
+                    }
+                }
             }
         });
-    }
-}
-
-fn reject(message: Message, error: UpstreamError) {
-    match message {
-        Message::GetFinalization { response, .. } => {
-            let _ = response.send(Err(error));
-        }
-        Message::GetBlock { response, .. } => {
-            let _ = response.send(Err(error));
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use jsonrpsee::{
     core::{
         client::{ClientT, Error as ClientError, Subscription, SubscriptionClientT},
         http_helpers::HttpError,
-        params::ArrayParams,
+        params::{ArrayParams, BatchRequestBuilder},
     },
     http_client::{HttpClient, HttpClientBuilder, transport::Error as HttpTransportError},
     rpc_params,
@@ -251,6 +251,78 @@ impl UpstreamClient {
             }
         }
         Ok(Some(certified))
+    }
+
+    /// The blocks at heights `first..=last` in one JSON-RPC batch of `debug_getRawBlock`
+    /// calls, each decoded and checked against its roots; the answer stops before the first
+    /// height the upstream lacks. An upstream that does not answer the batch is asked block
+    /// by block.
+    pub async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        const METHOD: &str = "debug_getRawBlock";
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let mut batch = BatchRequestBuilder::new();
+        for height in first..=last {
+            batch
+                .insert(METHOD, rpc_params![U64::from(height)])
+                .map_err(|err| UpstreamError::Rpc(format!("{METHOD}: {err}")))?;
+        }
+        let answer = match self {
+            Self::Ws(client) => client.batch_request::<Bytes>(batch).await,
+            Self::Http(client) => client.batch_request::<Bytes>(batch).await,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(ClientError::Call(call)) if call.code() == METHOD_NOT_FOUND_CODE => {
+                return self.blocks_one_by_one(first, last).await;
+            }
+            Err(err) => return Err(call_error(METHOD, err)),
+        };
+        let mut blocks = Vec::with_capacity(answer.len());
+        for (height, entry) in (first..=last).zip(answer) {
+            let raw = match entry {
+                Ok(raw) => raw,
+                Err(err) if err.code() == MISSING_CODE || err.code() == NOT_READY_CODE => break,
+                Err(err) if err.code() == METHOD_NOT_FOUND_CODE => {
+                    return self.blocks_one_by_one(first, last).await;
+                }
+                Err(err) => return Err(UpstreamError::Rpc(format!("{METHOD} {height}: {err}"))),
+            };
+            let block = Block::decode_raw_rlp(&raw).map_err(|err| {
+                UpstreamError::MalformedBlock(format!("{METHOD} {height}: {err}"))
+            })?;
+            if block.height() != height {
+                return Err(UpstreamError::MalformedBlock(format!(
+                    "{METHOD} {height} answered block {}",
+                    block.height()
+                )));
+            }
+            blocks.push(block);
+        }
+        Ok(blocks)
+    }
+
+    /// [`Self::get_blocks`] one request per block, for upstreams without batches or
+    /// `debug_getRawBlock`.
+    async fn blocks_one_by_one(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        let mut blocks = Vec::new();
+        for height in first..=last {
+            match self
+                .fetch_block(BlockRef::Number(U64::from(height)))
+                .await?
+            {
+                Some(block) if block.height() == height => blocks.push(block),
+                Some(block) => {
+                    return Err(UpstreamError::MalformedBlock(format!(
+                        "block {height} answered block {}",
+                        block.height()
+                    )));
+                }
+                None => break,
+            }
+        }
+        Ok(blocks)
     }
 
     /// The block with hash `digest`, body included; a block with another hash is an error.

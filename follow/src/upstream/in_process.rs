@@ -123,4 +123,27 @@ impl<C: ChainReader> UpstreamRequests for InProcessUpstream<C> {
             other => Ok(other),
         }
     }
+
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        match self.chain.finalized_height() {
+            Some(height) => self.get_finalization(height).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        let mut blocks = Vec::new();
+        for height in first..=last {
+            match self
+                .chain
+                .block_at(height)
+                .await
+                .map_err(|err| UpstreamError::Rpc(err.to_string()))?
+            {
+                Some(block) => blocks.push(block),
+                None => break,
+            }
+        }
+        Ok(blocks)
+    }
 }

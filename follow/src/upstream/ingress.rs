@@ -21,6 +21,37 @@ pub enum Message {
         /// Where the answer goes; dropping it cancels the request.
         response: oneshot::Sender<Result<Option<Block>, UpstreamError>>,
     },
+    /// The latest certified block (`None` before the upstream's first).
+    GetLatest {
+        /// Where the answer goes; dropping it cancels the request.
+        response: oneshot::Sender<Result<Option<CertifiedBlock>, UpstreamError>>,
+    },
+    /// The blocks of a range of heights, in order (a prefix when the upstream lacks the rest).
+    GetBlocks {
+        /// First height.
+        first: u64,
+        /// Last height.
+        last: u64,
+        /// Where the answer goes; dropping it cancels the request.
+        response: oneshot::Sender<Result<Vec<Block>, UpstreamError>>,
+    },
+}
+
+impl Message {
+    /// Answers the request with `error`.
+    pub(super) fn reject(self, error: UpstreamError) {
+        match self {
+            Self::GetFinalization { response, .. } | Self::GetLatest { response } => {
+                let _ = response.send(Err(error));
+            }
+            Self::GetBlock { response, .. } => {
+                let _ = response.send(Err(error));
+            }
+            Self::GetBlocks { response, .. } => {
+                let _ = response.send(Err(error));
+            }
+        }
+    }
 }
 
 /// Handle to the upstream actor (cheap to clone).
@@ -52,6 +83,31 @@ impl Mailbox {
         let (response, answer) = oneshot::channel();
         self.sender
             .send(Message::GetBlock { digest, response })
+            .await
+            .map_err(|_| UpstreamError::Stopped)?;
+        answer.await.map_err(|_| UpstreamError::Stopped)?
+    }
+
+    /// The latest certified block, with its block.
+    pub async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        let (response, answer) = oneshot::channel();
+        self.sender
+            .send(Message::GetLatest { response })
+            .await
+            .map_err(|_| UpstreamError::Stopped)?;
+        answer.await.map_err(|_| UpstreamError::Stopped)?
+    }
+
+    /// The blocks at heights `first..=last`, in order (a prefix when the upstream lacks the
+    /// rest).
+    pub async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        let (response, answer) = oneshot::channel();
+        self.sender
+            .send(Message::GetBlocks {
+                first,
+                last,
+                response,
+            })
             .await
             .map_err(|_| UpstreamError::Stopped)?;
         answer.await.map_err(|_| UpstreamError::Stopped)?

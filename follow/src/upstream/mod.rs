@@ -50,6 +50,9 @@ pub enum UpstreamError {
     /// The upstream sent bytes that are not a block.
     #[error("upstream sent a malformed block: {0}")]
     MalformedBlock(String),
+    /// Every upstream that answered served invalid data (each was recorded for it).
+    #[error("upstream served invalid data: {0}")]
+    Invalid(String),
     /// The upstream answered with more bytes than the response size limit.
     #[error("upstream answered {0} with a message over the size limit")]
     Oversized(String),
@@ -74,6 +77,20 @@ pub trait UpstreamRequests: Clone + Send + Sync + 'static {
         &self,
         digest: Digest,
     ) -> impl Future<Output = Result<Option<Block>, UpstreamError>> + Send;
+
+    /// The upstream's latest certified block, with its block; `None` before its first.
+    fn get_latest(
+        &self,
+    ) -> impl Future<Output = Result<Option<CertifiedBlock>, UpstreamError>> + Send;
+
+    /// The blocks at heights `first..=last`, in order, bodies included and checked against
+    /// their roots. A shorter answer (a prefix) means the upstream lacks the rest. Nothing in
+    /// it is authenticated: the caller links it to a verified block by parent hashes.
+    fn get_blocks(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> impl Future<Output = Result<Vec<Block>, UpstreamError>> + Send;
 }
 
 impl UpstreamRequests for Mailbox {
@@ -83,6 +100,14 @@ impl UpstreamRequests for Mailbox {
 
     async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
         Mailbox::get_block(self, digest).await
+    }
+
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        Mailbox::get_latest(self).await
+    }
+
+    async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        Mailbox::get_blocks(self, first, last).await
     }
 }
 

@@ -10,7 +10,9 @@
 //! after the well-behaved ones.
 
 use super::{UpstreamError, UpstreamRequests};
-use cairn_epoch::{FinalizationVerifier, VerifyError, decode_certificate};
+use cairn_epoch::{
+    BoundarySource, FinalizationVerifier, SourceError, VerifyError, decode_certificate,
+};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use std::{
     collections::VecDeque,
@@ -544,8 +546,8 @@ impl<R: UpstreamRequests> Sources<R> {
         }
     }
 
-    /// Asks the sources in turn until one answers with valid data. `None` when every source
-    /// lacks it; the last failure when none answered.
+    /// Asks the sources in turn until one answers with valid data. `None` when a source lacks
+    /// it; else the last failure when one failed, else what was invalid.
     async fn first_valid<T, F, Fut>(
         &self,
         height: Option<u64>,
@@ -562,6 +564,7 @@ impl<R: UpstreamRequests> Sources<R> {
             return Err(UpstreamError::NotConnected);
         }
         let mut failure = None;
+        let mut invalid = None;
         let mut missing = false;
         for source in order {
             let started = self.book.now();
@@ -589,14 +592,19 @@ impl<R: UpstreamRequests> Sources<R> {
                     (Answer::Failed(err), None)
                 }
             };
+            if let Answer::Invalid(reason) = &recorded {
+                invalid = Some(reason.clone());
+            }
             self.book.record(source, &recorded);
             if let Some(value) = result {
                 return Ok(Some(value));
             }
         }
-        match failure {
-            Some(err) if !missing => Err(err),
-            _ => Ok(None),
+        match (failure, invalid) {
+            _ if missing => Ok(None),
+            (Some(err), _) => Err(err),
+            (None, Some(reason)) => Err(UpstreamError::Invalid(reason)),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -629,5 +637,91 @@ impl<R: UpstreamRequests> UpstreamRequests for Sources<R> {
             },
         )
         .await
+    }
+
+    /// Asks every source that is not quarantined at once and answers with the highest latest
+    /// finalization that carries its block and signs it (verified too when the key is known).
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        let order = self.book.order(None);
+        if order.is_empty() {
+            return Err(UpstreamError::NotConnected);
+        }
+        let answers = futures::future::join_all(order.iter().map(|source| {
+            let requests = self.requests[*source].clone();
+            let started = self.book.now();
+            async move { (requests.get_latest().await, started) }
+        }))
+        .await;
+        let mut best: Option<CertifiedBlock> = None;
+        let mut failure = None;
+        for (source, (answer, started)) in order.into_iter().zip(answers) {
+            let recorded = match answer {
+                Ok(Some(certified)) => {
+                    let height = certified.block.as_ref().map_or(0, |block| block.height());
+                    match self.check_finalization(height, &certified) {
+                        Ok(()) => {
+                            let elapsed =
+                                self.book.now().duration_since(started).unwrap_or_default();
+                            self.book.announced(source, height);
+                            if best.as_ref().is_none_or(|best| {
+                                best.block.as_ref().map_or(0, |block| block.height()) < height
+                            }) {
+                                best = Some(certified);
+                            }
+                            Answer::Served(elapsed)
+                        }
+                        Err(reason) => Answer::Invalid(reason),
+                    }
+                }
+                Ok(None) => Answer::Missing,
+                Err(err) => {
+                    failure = Some(err.clone());
+                    Answer::Failed(err)
+                }
+            };
+            self.book.record(source, &recorded);
+        }
+        match (best, failure) {
+            (Some(best), _) => Ok(Some(best)),
+            (None, Some(err)) => Err(err),
+            (None, None) => Ok(None),
+        }
+    }
+
+    async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        let blocks = self
+            .first_valid(
+                Some(last),
+                "blocks",
+                |requests| async move {
+                    let blocks = requests.get_blocks(first, last).await?;
+                    Ok((!blocks.is_empty()).then_some(blocks))
+                },
+                |blocks: &Vec<Block>| {
+                    let wrong = blocks
+                        .iter()
+                        .zip(first..)
+                        .find(|(block, height)| block.height() != *height);
+                    match wrong {
+                        None if blocks.len() as u64 <= last - first + 1 => Ok(()),
+                        None => Err(format!("more blocks than heights {first}..={last}")),
+                        Some((block, height)) => Err(format!(
+                            "block {} where height {height} was asked",
+                            block.height()
+                        )),
+                    }
+                },
+            )
+            .await?;
+        Ok(blocks.unwrap_or_default())
+    }
+}
+
+impl<R: UpstreamRequests> BoundarySource for Sources<R> {
+    async fn certified_at(&self, height: u64) -> Result<CertifiedBlock, SourceError> {
+        self.get_finalization(height)
+            .await
+            .map_err(|err| SourceError(err.to_string()))?
+            .ok_or_else(|| SourceError(format!("no upstream has the finalization at {height}")))
     }
 }

@@ -331,6 +331,18 @@ impl UpstreamRequests for Scripted {
             Answer::Finalization(_) => Ok(None),
         }
     }
+
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        self.get_finalization(0).await
+    }
+
+    async fn get_blocks(&self, _: u64, _: u64) -> Result<Vec<Block>, UpstreamError> {
+        Ok(self
+            .get_block(Digest::from([0; 32]))
+            .await?
+            .into_iter()
+            .collect())
+    }
 }
 
 #[tokio::test]

@@ -98,6 +98,27 @@ impl UpstreamRequests for Scripted {
             Behaviour::Oversized => Err(UpstreamError::Oversized("eth_getBlockByHash".into())),
         }
     }
+
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        match self.chain.finalized_height() {
+            Some(height) => self.get_finalization(height).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        let mut blocks = Vec::new();
+        for height in first..=last {
+            let Some(block) = self.chain.block_at(height).await.expect("reads") else {
+                break;
+            };
+            match self.get_block(block.hash()).await? {
+                Some(block) => blocks.push(block),
+                None => break,
+            }
+        }
+        Ok(blocks)
+    }
 }
 
 fn certified_chain(committee: &TestCommittee, count: u64) -> (ChainProfile, Vec<CertifiedBlock>) {
@@ -259,12 +280,19 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
     let unknown = Digest::from([7u8; 32]);
     assert_eq!(sources.get_block(unknown).await, Ok(None));
     // A lone source that lies is recorded but not quarantined: there is nothing to fall back on.
+    // The answer says what was invalid.
     let alone = Sources::new(
         vec![("alone".into(), wrong_block.clone())],
         fast_quarantine(),
     );
     alone.book().set_connected(0, true);
-    assert_eq!(alone.get_block(blocks[3].hash()).await, Ok(None));
+    assert!(
+        matches!(
+            alone.get_block(blocks[3].hash()).await,
+            Err(UpstreamError::Invalid(what)) if what.contains("for requested hash")
+        ),
+        "the lie is named"
+    );
     assert_eq!(alone.book().health()[0].invalid, 1);
     assert!(!alone.book().is_quarantined(0));
 }

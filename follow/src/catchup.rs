@@ -1,0 +1,473 @@
+//! Catch-up at disk speed: a follower far behind the chain verifies one certificate per epoch
+//! instead of one per block.
+//!
+//! A verified finalization authenticates its block's hash, and a block's hash commits to its
+//! parent's hash, so it authenticates every ancestor. The follower therefore verifies:
+//!
+//! - the certificate of every epoch boundary between its tip and the upstream's (each with its
+//!   epoch's key, batched per key and bisected on failure by the [`IdentityLedger`] walk): they
+//!   carry the next epoch's key, and their hashes anchor the blocks of their epoch;
+//! - the certificate of the upstream's latest block, the last anchor.
+//!
+//! The blocks between anchors are fetched by height in JSON-RPC batches, several ranges in
+//! flight over the healthy upstreams. Each segment (the blocks up to the next anchor) is linked
+//! from the anchor's hash down through the parent hashes to the stored tip before anything is
+//! written; a block whose hash breaks the chain, or a segment that does not reach the stored
+//! tip (a fork below a verified block), is refused with nothing stored. A linked segment is
+//! written with one sync. Marshal then takes over at the last anchor as its floor.
+//!
+//! [`VerifyPolicy::EveryBlock`] skips this and leaves the whole gap to marshal, which verifies
+//! every certificate: Tempo's own policy, kept for comparison.
+
+use crate::{
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    registry::{EpochRegistry, RegistryError},
+    upstream::{Sources, UpstreamError, UpstreamRequests},
+};
+use cairn_dkg::OutcomeLimits;
+use cairn_epoch::{
+    ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, SchemeProvider,
+    VerifyError, boundary_outcome, decode_certificate,
+};
+use cairn_feed::{
+    StoreContext, StoreError,
+    store::{SharedArchive, archive_config, page_cache},
+};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use commonware_consensus::types::Epoch;
+use commonware_parallel::Rayon;
+use commonware_runtime::Clock;
+use commonware_storage::archive::immutable;
+use futures::{StreamExt as _, TryStreamExt as _};
+use rand::CryptoRng;
+use std::{num::NonZeroUsize, time::Duration};
+use tracing::{debug, info, warn};
+
+/// How a follower behind the chain verifies what it catches up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyPolicy {
+    /// Verify the boundary certificates and the tip; authenticate the blocks between them by
+    /// their parent hashes.
+    #[default]
+    HashChain,
+    /// Verify every block's certificate one by one (Tempo's policy).
+    EveryBlock,
+}
+
+impl std::str::FromStr for VerifyPolicy {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "hash-chain" => Ok(Self::HashChain),
+            "every-block" => Ok(Self::EveryBlock),
+            other => Err(format!(
+                "unknown verify policy `{other}`: use hash-chain or every-block"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for VerifyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::HashChain => "hash-chain",
+            Self::EveryBlock => "every-block",
+        })
+    }
+}
+
+/// Catch-up settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CatchUpConfig {
+    /// How catch-up verifies.
+    pub policy: VerifyPolicy,
+    /// Blocks per range request.
+    pub chunk: u64,
+    /// Range requests in flight.
+    pub in_flight: usize,
+    /// The fast path runs when the upstream's tip is at least this far ahead; a smaller gap is
+    /// left to marshal.
+    pub min_gap: u64,
+    /// How long to wait for a first upstream to answer with its latest finalization.
+    pub wait: Duration,
+    /// Attempts at a range whose blocks are missing or fail to fetch.
+    pub attempts: u32,
+    /// Worker threads verifying boundary certificates; 0 verifies on the calling task, which
+    /// deterministic simulations need (a node uses one per core).
+    pub workers: usize,
+}
+
+impl Default for CatchUpConfig {
+    fn default() -> Self {
+        Self {
+            policy: VerifyPolicy::HashChain,
+            chunk: 256,
+            in_flight: 8,
+            min_gap: 128,
+            wait: Duration::from_secs(5),
+            attempts: 3,
+            workers: 0,
+        }
+    }
+}
+
+/// What a catch-up did.
+#[derive(Clone, Debug, Default)]
+pub struct CatchUpReport {
+    /// The stored tip before.
+    pub from: u64,
+    /// The stored tip after.
+    pub to: u64,
+    /// Certificates verified (boundaries and the tip).
+    pub certificates: u64,
+    /// The verified finalization of the new tip: marshal's floor. `None` when nothing was
+    /// caught up.
+    pub floor: Option<Finalization>,
+}
+
+/// Why catch-up stopped. What was stored before it stays (it was verified).
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    /// The upstream's latest finalization does not verify.
+    #[error("the latest finalization, at height {height}, does not verify: {error}")]
+    Tip {
+        /// Its height.
+        height: u64,
+        /// The failed check.
+        error: VerifyError,
+    },
+    /// The boundary walk failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A range of blocks could not be fetched.
+    #[error("fetching blocks {first}..={last}: {error}")]
+    Fetch {
+        /// First height.
+        first: u64,
+        /// Last height.
+        last: u64,
+        /// Why.
+        error: UpstreamError,
+    },
+    /// No upstream has a block below the tip it announced.
+    #[error("no upstream serves block {0}")]
+    Missing(u64),
+    /// A block is not the parent of the verified block above it.
+    #[error(
+        "block {height} hashes to {got}, but the verified block above it names {expected} as its parent"
+    )]
+    Broken {
+        /// Height of the block that breaks the chain.
+        height: u64,
+        /// Its hash.
+        got: Digest,
+        /// The hash the block above it names.
+        expected: Digest,
+    },
+    /// The verified chain does not extend the stored chain: it forks below a verified block.
+    #[error("the verified chain names {expected} as block {height}, but this node stores {stored}")]
+    Fork {
+        /// The stored tip's height.
+        height: u64,
+        /// The stored tip's hash.
+        stored: Digest,
+        /// The hash the verified chain names at that height.
+        expected: Digest,
+    },
+    /// The boundary block does not carry the next epoch's outcome.
+    #[error("the boundary at {height}: {error}")]
+    Boundary {
+        /// Its height.
+        height: u64,
+        /// Why.
+        error: VerifyError,
+    },
+    /// The execution store failed.
+    #[error(transparent)]
+    Execution(#[from] ExecutionError),
+    /// The epoch registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The anchor store failed.
+    #[error(transparent)]
+    Anchors(#[from] StoreError),
+}
+
+impl CatchUpError {
+    /// Whether another attempt may succeed (another upstream may answer it): fetches, missing
+    /// blocks, and chains a lying upstream broke.
+    pub const fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Fetch { .. } | Self::Missing(_) | Self::Broken { .. } | Self::Ledger(_)
+        )
+    }
+}
+
+/// A verified finalization at a height: the blocks up to it are authenticated from its hash.
+#[derive(Clone, Debug)]
+struct Anchor {
+    height: u64,
+    digest: Digest,
+    finalization: Finalization,
+}
+
+/// The finalizations catch-up verified (boundaries and tips), by height and block hash: what
+/// a follower serves for those heights, as marshal holds none for them.
+pub type AnchorStore<E> = SharedArchive<immutable::Archive<E, Digest, Finalization>>;
+
+/// Opens the anchor store in the partitions named after `prefix`.
+pub async fn open_anchors<E: StoreContext>(
+    context: E,
+    prefix: &str,
+) -> Result<AnchorStore<E>, commonware_storage::archive::Error> {
+    let archive =
+        immutable::Archive::init(context, archive_config(prefix, page_cache(), ())).await?;
+    Ok(SharedArchive::new(archive))
+}
+
+/// What catch-up writes to and verifies with.
+pub struct CatchUp<'a, E: StoreContext, U> {
+    /// The chain.
+    pub profile: &'a ChainProfile,
+    /// The verifier registry (keys are registered as boundaries verify).
+    pub provider: &'a SchemeProvider,
+    /// The persisted epoch registry.
+    pub registry: &'a EpochRegistry<E>,
+    /// The execution store.
+    pub execution: &'a EmbeddedExecution<E>,
+    /// Where the verified anchors' finalizations go.
+    pub anchors: &'a AnchorStore<E>,
+    /// The upstreams (without a verifier: catch-up verifies itself).
+    pub sources: &'a Sources<U>,
+    /// Settings.
+    pub config: CatchUpConfig,
+}
+
+impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
+    /// Catches the execution store up to the upstreams' latest verified finalization. Returns
+    /// at once, with nothing done, under [`VerifyPolicy::EveryBlock`], when no upstream answers
+    /// within the wait, or when the gap is under `min_gap`.
+    pub async fn run(
+        &self,
+        context: &impl Clock,
+        rng: &mut impl CryptoRng,
+    ) -> Result<CatchUpReport, CatchUpError> {
+        let from = self.execution.finalized_height();
+        let mut report = CatchUpReport {
+            from,
+            to: from,
+            ..CatchUpReport::default()
+        };
+        if self.config.policy == VerifyPolicy::EveryBlock {
+            return Ok(report);
+        }
+        let Some(tip) = self.latest(context).await else {
+            info!(
+                waited = ?self.config.wait,
+                "no upstream answered with its latest finalization; marshal catches up"
+            );
+            return Ok(report);
+        };
+        let Some(tip_height) = tip.block.as_ref().map(Block::height) else {
+            return Ok(report);
+        };
+        if tip_height < from.saturating_add(self.config.min_gap) {
+            return Ok(report);
+        }
+        info!(from, to = tip_height, "catching up through the hash chain");
+
+        // The keys: walk the boundaries from the stored tip's epoch to the tip's.
+        let epochs = &self.profile.epochs;
+        let first_epoch = epochs.epoch_of(from.saturating_add(1)).get();
+        let tip_epoch = epochs.epoch_of(tip_height).get();
+        let identity = self
+            .provider
+            .registered_identity(Epoch::new(first_epoch))
+            .ok_or(CatchUpError::Tip {
+                height: tip_height,
+                error: VerifyError::IdentityUnavailable {
+                    height: from + 1,
+                    epoch: Epoch::new(first_epoch),
+                },
+            })?;
+        let mut ledger = IdentityLedger::from_epoch(self.profile, first_epoch, identity);
+        if let Some(workers) = NonZeroUsize::new(self.config.workers) {
+            match Rayon::new(workers) {
+                Ok(pool) => ledger = ledger.with_pool(pool),
+                Err(err) => warn!(%err, "no worker pool for catch-up; verifying on one thread"),
+            }
+        }
+        let walked = ledger.advance_to(rng, self.sources, tip_epoch).await;
+        let boundaries = ledger.take_walked();
+        report.certificates += boundaries.len() as u64;
+        for boundary in &boundaries {
+            self.registry
+                .register(self.provider, boundary.epoch + 1, boundary.next_identity)
+                .await?;
+        }
+        walked?;
+
+        // The tip, with its epoch's key.
+        let verifier = FinalizationVerifier::new(epochs.clone(), self.provider.clone());
+        let verified = verifier
+            .verify(rng, &tip)
+            .map_err(|error| CatchUpError::Tip {
+                height: tip_height,
+                error,
+            })?;
+        report.certificates += 1;
+        let floor = decode_certificate(&tip.certificate).map_err(|error| CatchUpError::Tip {
+            height: tip_height,
+            error: error.into(),
+        })?;
+        let tip_block = tip.block.as_ref().expect("checked above");
+        if epochs.is_boundary(tip_height) {
+            let outcome = boundary_outcome(epochs, tip_block, &OutcomeLimits::default()).map_err(
+                |error| CatchUpError::Boundary {
+                    height: tip_height,
+                    error,
+                },
+            )?;
+            self.registry
+                .register(self.provider, outcome.epoch, *outcome.identity())
+                .await?;
+        }
+
+        let mut anchors: Vec<Anchor> = boundaries
+            .iter()
+            .filter(|boundary| boundary.height > from && boundary.height < tip_height)
+            .map(|boundary| Anchor {
+                height: boundary.height,
+                digest: boundary.digest,
+                finalization: boundary.finalization.clone(),
+            })
+            .collect();
+        anchors.push(Anchor {
+            height: tip_height,
+            digest: verified.digest(),
+            finalization: floor.clone(),
+        });
+        self.fill(from, &anchors).await?;
+        report.to = self.execution.finalized_height();
+        report.floor = Some(floor);
+        Ok(report)
+    }
+
+    /// The highest latest finalization any upstream answers with, waiting up to `wait` for a
+    /// first answer.
+    async fn latest(&self, context: &impl Clock) -> Option<CertifiedBlock> {
+        let deadline = context.current() + self.config.wait;
+        loop {
+            match self.sources.get_latest().await {
+                Ok(Some(tip)) => return Some(tip),
+                Ok(None) => debug!("no upstream has a finalization yet"),
+                Err(err) => debug!(%err, "asking the upstreams for their latest finalization"),
+            }
+            if context.current() >= deadline {
+                return None;
+            }
+            context.sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fetches the blocks from `from + 1` to the last anchor, links each segment from its
+    /// anchor down to the stored chain, and stores it with one sync.
+    async fn fill(&self, from: u64, anchors: &[Anchor]) -> Result<(), CatchUpError> {
+        let chunk = self.config.chunk.max(1);
+        let mut ranges = Vec::new();
+        let mut first = from + 1;
+        for anchor in anchors {
+            while first <= anchor.height {
+                let last = anchor.height.min(first.saturating_add(chunk - 1));
+                ranges.push((first, last));
+                first = last + 1;
+            }
+        }
+        let mut fetched = futures::stream::iter(ranges)
+            .map(|(first, last)| self.fetch_range(first, last))
+            .buffered(self.config.in_flight.max(1));
+        let mut segment: Vec<Block> = Vec::new();
+        let mut anchors = anchors.iter();
+        let mut anchor = anchors.next();
+        while let Some(blocks) = fetched.try_next().await? {
+            segment.extend(blocks);
+            let Some(current) = anchor else { break };
+            if segment.last().map(Block::height) == Some(current.height) {
+                self.link(current, &segment)?;
+                self.execution.finalize_batch(&segment).await?;
+                self.anchors
+                    .put_sync(
+                        current.height,
+                        current.digest,
+                        &current.finalization,
+                        "storing a verified finalization",
+                    )
+                    .await?;
+                debug!(
+                    height = current.height,
+                    blocks = segment.len(),
+                    "segment linked to its anchor and stored"
+                );
+                segment.clear();
+                anchor = anchors.next();
+            }
+        }
+        Ok(())
+    }
+
+    /// The blocks `first..=last`, asking again for what a source left out.
+    async fn fetch_range(&self, first: u64, last: u64) -> Result<Vec<Block>, CatchUpError> {
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        let mut attempts = 0;
+        let mut next = first;
+        while next <= last {
+            match self.sources.get_blocks(next, last).await {
+                Ok(more) if !more.is_empty() => {
+                    next += more.len() as u64;
+                    blocks.extend(more);
+                }
+                Ok(_) => {
+                    attempts += 1;
+                    if attempts >= self.config.attempts {
+                        return Err(CatchUpError::Missing(next));
+                    }
+                }
+                Err(error) => {
+                    attempts += 1;
+                    if attempts >= self.config.attempts {
+                        return Err(CatchUpError::Fetch { first, last, error });
+                    }
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Checks that `segment` (consecutive blocks ending at `anchor`) is the chain `anchor`
+    /// authenticates, and that it extends the stored tip.
+    fn link(&self, anchor: &Anchor, segment: &[Block]) -> Result<(), CatchUpError> {
+        let mut expected = anchor.digest;
+        for block in segment.iter().rev() {
+            if block.hash() != expected {
+                return Err(CatchUpError::Broken {
+                    height: block.height(),
+                    got: block.hash(),
+                    expected,
+                });
+            }
+            expected = block.parent();
+        }
+        let height = self.execution.finalized_height();
+        let stored = self.execution.finalized_hash();
+        if expected != stored {
+            return Err(CatchUpError::Fork {
+                height,
+                stored,
+                expected,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! Catch-up through the hash chain, under the deterministic runtime against an in-process
+//! upstream: it stores the chain the boundary and tip certificates authenticate, and refuses,
+//! with nothing stored, what the one-by-one path refuses: a tampered interior block (its hash
+//! breaks the parent chain), a tampered boundary, a tip whose certificate does not verify, and
+//! a chain that forks below the stored tip.
+
+use cairn_epoch::{ChainProfile, LedgerError};
+use cairn_feed::FeedState;
+use cairn_follow::{
+    catchup::{
+        AnchorStore, CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy,
+        open_anchors,
+    },
+    execution::{EmbeddedExecution, ExecutionProvider as _},
+    genesis_block,
+    registry::EpochRegistry,
+    upstream::{Sources, in_process},
+};
+use cairn_primitives::{Block, CertifiedBlock};
+use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
+use commonware_consensus::types::Epoch;
+use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
+use commonware_storage::archive::Identifier;
+use tokio::sync::mpsc;
+
+const EPOCH_LENGTH: u64 = 10;
+const TIP: u64 = 55;
+
+/// What a catch-up left behind.
+struct Outcome {
+    result: Result<CatchUpReport, CatchUpError>,
+    executed: u64,
+    /// Heights with a block in the execution store: by height up to the finalized height, or
+    /// the served block by its hash at any height (the store itself, not the watermark).
+    stored: Vec<u64>,
+    /// Heights with a finalization in the anchor store.
+    anchored: Vec<u64>,
+    /// Epochs with a key.
+    epochs: Vec<u64>,
+}
+
+/// `block` with one header field changed: another hash, same height and parent.
+fn tampered(block: &Block) -> Block {
+    let (mut header, body) = block.clone().into_parts();
+    header.inner.gas_limit += 1;
+    Block::new(header, body).expect("body unchanged")
+}
+
+/// `certified` serving `block` under its original certificate.
+fn serving(certified: &CertifiedBlock, block: Block) -> CertifiedBlock {
+    CertifiedBlock {
+        block: Some(block),
+        ..certified.clone()
+    }
+}
+
+/// Stores `stored` (blocks 1..), then catches up from an upstream serving `served`.
+fn catch_up(
+    profile: &ChainProfile,
+    stored: &[CertifiedBlock],
+    served: Vec<CertifiedBlock>,
+    policy: VerifyPolicy,
+) -> Outcome {
+    let profile = profile.clone();
+    let stored: Vec<Block> = stored
+        .iter()
+        .map(|certified| certified.block.clone().expect("block"))
+        .collect();
+    deterministic::Runner::default().start(|context| async move {
+        let genesis = genesis_block(&profile).expect("genesis");
+        let execution = EmbeddedExecution::open_in(context.child("execution"), "t", &genesis)
+            .await
+            .expect("execution opens");
+        execution
+            .finalize_batch(&stored)
+            .await
+            .expect("prefix stored");
+        let provider = profile.scheme_provider(64);
+        let registry = EpochRegistry::open(context.child("registry"), "t-epochs", 64)
+            .await
+            .expect("registry opens");
+        let anchors: AnchorStore<_> = open_anchors(context.child("anchors"), "t-anchors")
+            .await
+            .expect("anchors open");
+        let served_hashes: Vec<_> = served
+            .iter()
+            .map(|certified| certified.block.as_ref().expect("block").hash())
+            .collect();
+        let chain = MemoryChain::default();
+        for certified in served {
+            chain.insert(certified);
+        }
+        let (sender, _notifications) = mpsc::channel(1);
+        let (_actor, upstream) =
+            in_process::init("upstream", 0, FeedState::default(), chain, sender);
+        let sources = Sources::single("upstream", upstream);
+        let catch_up = CatchUp {
+            profile: &profile,
+            provider: &provider,
+            registry: &registry,
+            execution: &execution,
+            anchors: &anchors,
+            sources: &sources,
+            config: CatchUpConfig {
+                policy,
+                chunk: 4,
+                in_flight: 3,
+                min_gap: 1,
+                ..CatchUpConfig::default()
+            },
+        };
+        let mut rng = context.child("rng");
+        let result = catch_up.run(&context, &mut rng).await;
+        let mut stored = Vec::new();
+        let mut anchored = Vec::new();
+        for (height, hash) in (1..=TIP).zip(served_hashes) {
+            let by_number = execution.block_by_number(height).await.expect("reads");
+            let by_hash = execution.block_by_hash(hash).await.expect("reads");
+            if by_number.is_some() || by_hash.is_some() {
+                stored.push(height);
+            }
+            if has_anchor(&anchors, height).await {
+                anchored.push(height);
+            }
+        }
+        let epochs = (0..=TIP / EPOCH_LENGTH + 1)
+            .filter(|epoch| provider.verifier(Epoch::new(*epoch)).is_some())
+            .collect();
+        Outcome {
+            result,
+            executed: execution.finalized_height(),
+            stored,
+            anchored,
+            epochs,
+        }
+    })
+}
+
+async fn has_anchor<E: cairn_feed::StoreContext>(anchors: &AnchorStore<E>, height: u64) -> bool {
+    anchors
+        .has(Identifier::Index(height), "reading")
+        .await
+        .expect("reads")
+}
+
+fn chain() -> (TestCommittee, ChainProfile, Vec<CertifiedBlock>) {
+    let committee = TestCommittee::new(b"TEMPO", 61, 4);
+    let (profile, chain) = committee_chain(&committee, TIP, EPOCH_LENGTH);
+    (committee, profile, chain)
+}
+
+#[test]
+fn the_hash_chain_from_verified_boundaries_and_tip_is_stored_with_their_certificates() {
+    let (_, profile, chain) = chain();
+    let outcome = catch_up(&profile, &[], chain.clone(), VerifyPolicy::HashChain);
+    let report = outcome.result.expect("caught up");
+    assert_eq!((report.from, report.to), (0, TIP));
+    // Five boundaries (9, 19, .., 49) and the tip: one certificate per epoch.
+    assert_eq!(report.certificates, 6);
+    assert!(report.floor.is_some());
+    assert_eq!(outcome.executed, TIP);
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9, 19, 29, 39, 49, TIP]);
+    assert_eq!(outcome.epochs, vec![0, 1, 2, 3, 4, 5]);
+
+    // Tempo's policy leaves everything to marshal: nothing is done here.
+    let outcome = catch_up(&profile, &[], chain, VerifyPolicy::EveryBlock);
+    let report = outcome.result.expect("nothing to do");
+    assert_eq!((report.from, report.to, report.certificates), (0, 0, 0));
+    assert!(report.floor.is_none() && outcome.stored.is_empty());
+}
+
+#[test]
+fn a_tampered_interior_block_breaks_the_chain_and_its_segment_is_not_stored() {
+    let (_, profile, mut chain) = chain();
+    let original = chain[22].block.clone().expect("block");
+    chain[22] = serving(&chain[22], tampered(&original));
+    let outcome = catch_up(&profile, &[], chain, VerifyPolicy::HashChain);
+    match outcome.result {
+        Err(CatchUpError::Broken { height, .. }) => assert_eq!(height, 23),
+        other => panic!("expected a broken chain at 23, got {other:?}"),
+    }
+    // The segments below, linked to their verified boundaries, were stored; nothing of the
+    // segment holding the tampered block, nor its anchor.
+    assert_eq!(outcome.executed, 19);
+    assert_eq!(outcome.stored, (1..=19).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9, 19]);
+}
+
+#[test]
+fn a_tampered_boundary_stops_the_walk_before_anything_is_stored() {
+    let (_, profile, mut chain) = chain();
+    let original = chain[18].block.clone().expect("block");
+    chain[18] = serving(&chain[18], tampered(&original));
+    let outcome = catch_up(&profile, &[], chain, VerifyPolicy::HashChain);
+    // The upstream layer already finds that the certificate does not sign the block.
+    match &outcome.result {
+        Err(CatchUpError::Ledger(LedgerError::Source { height, error, .. })) => {
+            assert_eq!(*height, 19);
+            assert!(
+                error.0.contains("served invalid data") && error.0.contains("signing"),
+                "{error}"
+            );
+        }
+        other => panic!("expected the walk to stop at 19, got {other:?}"),
+    }
+    assert_eq!(outcome.executed, 0);
+    assert!(outcome.stored.is_empty() && outcome.anchored.is_empty());
+    // The key the tampered boundary would announce is not taken.
+    assert_eq!(outcome.epochs, vec![0, 1]);
+}
+
+#[test]
+fn a_tip_whose_certificate_does_not_verify_stores_nothing() {
+    let (_, profile, mut chain) = chain();
+    let stranger = TestCommittee::new(b"TEMPO", 62, 4);
+    let tip = chain[TIP as usize - 1].block.clone().expect("block");
+    chain[TIP as usize - 1] = stranger.certify(tip, TIP / EPOCH_LENGTH, TIP);
+    let outcome = catch_up(&profile, &[], chain, VerifyPolicy::HashChain);
+    match &outcome.result {
+        Err(CatchUpError::Tip { height, .. }) => assert_eq!(*height, TIP),
+        other => panic!("expected the tip to fail, got {other:?}"),
+    }
+    assert_eq!(outcome.executed, 0);
+    assert!(outcome.stored.is_empty() && outcome.anchored.is_empty());
+}
+
+#[test]
+fn a_chain_forking_below_the_stored_tip_is_never_stored() {
+    let (committee, profile, chain) = chain();
+    // Another chain, certified by the same committee, that differs from height 3 on.
+    let mut fork = chain[..2].to_vec();
+    let mut parent = chain[1].block.as_ref().expect("block").hash();
+    for certified in &chain[2..] {
+        let block = certified.block.as_ref().expect("block");
+        let (mut header, body) = block.clone().into_parts();
+        header.inner.parent_hash = parent.0;
+        if block.height() == 3 {
+            header.inner.gas_limit += 1;
+        }
+        let block = Block::new(header, body).expect("body unchanged");
+        parent = block.hash();
+        let height = block.height();
+        fork.push(committee.certify(block, height / EPOCH_LENGTH, height));
+    }
+    let outcome = catch_up(&profile, &chain[..5], fork, VerifyPolicy::HashChain);
+    match &outcome.result {
+        Err(CatchUpError::Fork { height, .. }) => assert_eq!(*height, 5),
+        other => panic!("expected a fork below the stored tip, got {other:?}"),
+    }
+    assert_eq!(outcome.executed, 5);
+    assert_eq!(outcome.stored, (1..=5).collect::<Vec<_>>());
+    assert!(outcome.anchored.is_empty());
+}
