@@ -38,7 +38,7 @@ use commonware_consensus::types::Epoch;
 use commonware_parallel::Rayon;
 use commonware_runtime::Clock;
 use commonware_storage::archive::immutable;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{SinkExt as _, StreamExt as _};
 use rand::CryptoRng;
 use std::{num::NonZeroUsize, time::Duration};
 use tracing::{debug, info, warn};
@@ -93,6 +93,8 @@ pub struct CatchUpConfig {
     pub wait: Duration,
     /// Attempts at a range whose blocks are missing or fail to fetch.
     pub attempts: u32,
+    /// Linked blocks written together, with one sync.
+    pub write_batch: usize,
     /// Worker threads verifying boundary certificates; 0 verifies on the calling task, which
     /// deterministic simulations need (a node uses one per core).
     pub workers: usize,
@@ -107,6 +109,7 @@ impl Default for CatchUpConfig {
             min_gap: 128,
             wait: Duration::from_secs(5),
             attempts: 3,
+            write_batch: 4096,
             workers: 0,
         }
     }
@@ -372,8 +375,10 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         }
     }
 
-    /// Fetches the blocks from `from + 1` to the last anchor, links each segment from its
-    /// anchor down to the stored chain, and stores it with one sync.
+    /// Fetches the blocks from `from + 1` to the last anchor and links each segment from its
+    /// anchor down to the block below it (the stored tip, or the segment before). Linked
+    /// segments are written together, with one sync, once `write_batch` blocks are waiting (and
+    /// at the end, or before returning an error). Fetching goes on while a batch is written.
     async fn fill(&self, from: u64, anchors: &[Anchor]) -> Result<(), CatchUpError> {
         let chunk = self.config.chunk.max(1);
         let mut ranges = Vec::new();
@@ -385,35 +390,91 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 first = last + 1;
             }
         }
-        let mut fetched = futures::stream::iter(ranges)
-            .map(|(first, last)| self.fetch_range(first, last))
-            .buffered(self.config.in_flight.max(1));
-        let mut segment: Vec<Block> = Vec::new();
-        let mut anchors = anchors.iter();
-        let mut anchor = anchors.next();
-        while let Some(blocks) = fetched.try_next().await? {
-            segment.extend(blocks);
-            let Some(current) = anchor else { break };
-            if segment.last().map(Block::height) == Some(current.height) {
-                self.link(current, &segment)?;
-                self.execution.finalize_batch(&segment).await?;
-                self.anchors
-                    .put_sync(
-                        current.height,
-                        current.digest,
-                        &current.finalization,
-                        "storing a verified finalization",
-                    )
-                    .await?;
-                debug!(
-                    height = current.height,
-                    blocks = segment.len(),
-                    "segment linked to its anchor and stored"
-                );
-                segment.clear();
+        let in_flight = self.config.in_flight.max(1);
+        let (mut sender, received) = futures::channel::mpsc::channel(in_flight);
+        let fetching = async move {
+            let mut fetched = futures::stream::iter(ranges)
+                .map(|(first, last)| self.fetch_range(first, last))
+                .buffered(in_flight);
+            while let Some(result) = fetched.next().await {
+                let failed = result.is_err();
+                if sender.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        };
+        let storing = async {
+            // Owned here, so that fetching stops as soon as storing does.
+            let mut received = received;
+            let mut below = (from, self.execution.finalized_hash());
+            let mut segment: Vec<Block> = Vec::new();
+            let mut linked = Linked::default();
+            let mut anchors = anchors.iter();
+            let mut anchor = anchors.next();
+            while let Some(blocks) = received.next().await {
+                let blocks = match blocks {
+                    Ok(blocks) => blocks,
+                    Err(err) => return self.write_then(&mut linked, err).await,
+                };
+                segment.extend(blocks);
+                let Some(current) = anchor else { break };
+                if segment.last().map(Block::height) != Some(current.height) {
+                    continue;
+                }
+                if let Err(err) = link(current, &segment, below) {
+                    return self.write_then(&mut linked, err).await;
+                }
+                below = (current.height, current.digest);
+                linked.blocks.append(&mut segment);
+                linked.anchors.push(current);
+                if linked.blocks.len() >= self.config.write_batch {
+                    self.write(&mut linked).await?;
+                }
                 anchor = anchors.next();
             }
+            self.write(&mut linked).await
+        };
+        let ((), stored) = futures::join!(fetching, storing);
+        stored
+    }
+
+    /// Writes what was linked, then returns `err`.
+    async fn write_then(
+        &self,
+        linked: &mut Linked<'_>,
+        err: CatchUpError,
+    ) -> Result<(), CatchUpError> {
+        self.write(linked).await?;
+        Err(err)
+    }
+
+    /// Writes linked segments with one sync, then their anchors' finalizations with one sync.
+    async fn write(&self, linked: &mut Linked<'_>) -> Result<(), CatchUpError> {
+        if linked.blocks.is_empty() {
+            return Ok(());
         }
+        self.execution.finalize_batch(&linked.blocks).await?;
+        for anchor in &linked.anchors {
+            self.anchors
+                .put(
+                    anchor.height,
+                    anchor.digest,
+                    &anchor.finalization,
+                    "storing a verified finalization",
+                )
+                .await?;
+        }
+        self.anchors
+            .sync("syncing the verified finalizations")
+            .await?;
+        debug!(
+            to = linked.blocks.last().map(Block::height),
+            blocks = linked.blocks.len(),
+            segments = linked.anchors.len(),
+            "linked segments stored"
+        );
+        linked.blocks.clear();
+        linked.anchors.clear();
         Ok(())
     }
 
@@ -444,30 +505,36 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         }
         Ok(blocks)
     }
+}
 
-    /// Checks that `segment` (consecutive blocks ending at `anchor`) is the chain `anchor`
-    /// authenticates, and that it extends the stored tip.
-    fn link(&self, anchor: &Anchor, segment: &[Block]) -> Result<(), CatchUpError> {
-        let mut expected = anchor.digest;
-        for block in segment.iter().rev() {
-            if block.hash() != expected {
-                return Err(CatchUpError::Broken {
-                    height: block.height(),
-                    got: block.hash(),
-                    expected,
-                });
-            }
-            expected = block.parent();
-        }
-        let height = self.execution.finalized_height();
-        let stored = self.execution.finalized_hash();
-        if expected != stored {
-            return Err(CatchUpError::Fork {
-                height,
-                stored,
+/// Segments linked to their anchors and waiting to be written.
+#[derive(Default)]
+struct Linked<'a> {
+    blocks: Vec<Block>,
+    anchors: Vec<&'a Anchor>,
+}
+
+/// Checks that `segment` (consecutive blocks ending at `anchor`) is the chain `anchor`
+/// authenticates, and that it extends `below` (the height and hash of the block under it).
+fn link(anchor: &Anchor, segment: &[Block], below: (u64, Digest)) -> Result<(), CatchUpError> {
+    let mut expected = anchor.digest;
+    for block in segment.iter().rev() {
+        if block.hash() != expected {
+            return Err(CatchUpError::Broken {
+                height: block.height(),
+                got: block.hash(),
                 expected,
             });
         }
-        Ok(())
+        expected = block.parent();
     }
+    let (height, stored) = below;
+    if expected != stored {
+        return Err(CatchUpError::Fork {
+            height,
+            stored,
+            expected,
+        });
+    }
+    Ok(())
 }

@@ -7,9 +7,11 @@
 //!    block (from /proc) and certificates verified per block are compared in the same run.
 //! 2. live latency: the devnet restarts with a block time; for each height, the follower's
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
-//! 3. memory: the devnet restarts with no block time up to the long target while the follower
+//! 3. fan-out: subscribers of the follower (1,000 with `--bench`), opened by this process,
+//!    while the devnet produces 10 blocks a second; every subscriber must receive every height.
+//! 4. memory: the devnet restarts with no block time up to the long target while the follower
 //!    follows live; the follower's resident memory is sampled from /proc once a second.
-//! 4. checkpoint start: a second devnet with epochs of 5 blocks runs past `CAIRN_BENCH_EPOCHS`
+//! 5. checkpoint start: a second devnet with epochs of 5 blocks runs past `CAIRN_BENCH_EPOCHS`
 //!    epochs (1,500, the size of Tempo mainnet's ledger), then produces live blocks; a fresh
 //!    follower given only the genesis outcome starts with `--checkpoint latest`, walks every
 //!    boundary and follows live. The baseline in the same run is the same follower restarted on
@@ -151,8 +153,10 @@ async fn main() {
     let catchup = env_u64("CAIRN_BENCH_CATCHUP", if full { 20_000 } else { 150 });
     let live = if full { 300 } else { 20 };
     // The long run starts where the live measurement ends.
-    let long =
-        env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 }).max(catchup + live + 100);
+    let subscribers = if full { 1_000 } else { 20 };
+    let fanout_blocks = if full { 100 } else { 10 };
+    let long = env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 })
+        .max(catchup + live + fanout_blocks + 100);
     let limit = Duration::from_secs(if full { 3_600 } else { 300 });
     let dir = tempfile::tempdir().expect("temp dir");
     let devnet_dir = dir.path().join("devnet");
@@ -234,17 +238,25 @@ async fn main() {
     latencies.sort_unstable();
     assert!(!latencies.is_empty(), "heights seen on both sides");
 
-    // 3. Follow live at the producer's full rate up to the long target.
+    // 3. Fan-out: subscribers of the follower, in this process, while the devnet produces 10
+    //    blocks a second; every subscriber must receive every height.
     producer.stop();
+    let fanout_end = target + fanout_blocks;
+    let fanout = fan_out(&follower.addr, subscribers, target, fanout_end, || {
+        devnet(&devnet_dir, &addr, "100ms", fanout_end)
+    })
+    .await;
+
+    // 4. Follow live at the producer's full rate up to the long target.
     let long_start = Instant::now();
     let producer = devnet(&devnet_dir, &addr, "0", long);
     let long_peak = follow_to(&follower_rpc, long, follower.id(), limit).await;
-    let long_rate = (long - target) as f64 / long_start.elapsed().as_secs_f64();
+    let long_rate = (long - fanout_end) as f64 / long_start.elapsed().as_secs_f64();
     let (_, high_water) = rss_mib(follower.id());
     follower.stop();
     producer.stop();
 
-    // 4. Checkpoint start after a long ledger, against a start that takes its stored
+    // 5. Checkpoint start after a long ledger, against a start that takes its stored
     //    checkpoint without walking.
     let epochs = env_u64("CAIRN_BENCH_EPOCHS", if full { 1_500 } else { 20 });
     let checkpoint = checkpoint_start(dir.path(), epochs, limit).await;
@@ -273,6 +285,14 @@ async fn main() {
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
+    println!(
+        "| fan-out: {} WebSocket subscribers of the follower, 10 events/s each, {} heights | {} events delivered, {} missing | {} expected | |",
+        fanout.subscribers,
+        fanout_end - target,
+        fanout.delivered,
+        fanout.missing,
+        fanout.expected
+    );
     println!("| following live to {long} at full producer speed | {long_rate:.1} blocks/s | | |");
     println!(
         "| follower resident memory, sampled peak | {long_peak:.1} MiB at {long} | {catchup_peak:.1} MiB at {catchup} | {:.2} |",
@@ -290,6 +310,70 @@ async fn main() {
         checkpoint.without_walk.as_millis(),
         checkpoint.with_walk.as_secs_f64() / checkpoint.without_walk.as_secs_f64().max(1e-6)
     );
+}
+
+/// What the fan-out step measured.
+struct FanOut {
+    subscribers: usize,
+    expected: u64,
+    delivered: u64,
+    missing: u64,
+}
+
+/// Subscribes `count` WebSocket clients to the follower at `addr`, then starts the producer
+/// (`start`) and collects every subscriber's `finalized` events for heights `after + 1..=end`.
+async fn fan_out(
+    addr: &str,
+    count: usize,
+    after: u64,
+    end: u64,
+    start: impl FnOnce() -> CairnProcess,
+) -> FanOut {
+    let mut subscriptions = Vec::with_capacity(count);
+    for _ in 0..count {
+        subscriptions.push(subscribe(addr, 1024).await);
+    }
+    let producer = start();
+    let tasks: Vec<_> = subscriptions
+        .into_iter()
+        .map(|(client, mut events)| {
+            tokio::spawn(async move {
+                let _client = client;
+                let mut heights = std::collections::BTreeSet::new();
+                while let Ok(Some(Ok(event))) =
+                    tokio::time::timeout(Duration::from_secs(30), events.next()).await
+                {
+                    if let Event::Finalized { block, .. } = event {
+                        let height = block.height.unwrap_or_default();
+                        if height > after {
+                            heights.insert(height);
+                        }
+                        if height >= end {
+                            break;
+                        }
+                    }
+                }
+                heights
+            })
+        })
+        .collect();
+    let per_subscriber = end - after;
+    let mut delivered = 0;
+    let mut missing = 0;
+    for task in tasks {
+        let heights = task.await.expect("subscriber task");
+        delivered += heights.len() as u64;
+        missing += (after + 1..=end)
+            .filter(|height| !heights.contains(height))
+            .count() as u64;
+    }
+    producer.stop();
+    FanOut {
+        subscribers: count,
+        expected: per_subscriber * count as u64,
+        delivered,
+        missing,
+    }
 }
 
 /// Copies the directory tree at `from` to `to`.

@@ -46,6 +46,10 @@ pub struct FollowArgs {
     /// followers can follow this one; port 0 lets the OS choose. Not served when omitted.
     #[arg(long, value_name = "ADDR")]
     rpc_addr: Option<String>,
+    /// Most simultaneous RPC connections (each WebSocket subscriber holds one). The process
+    /// also needs as many open files.
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    rpc_max_connections: u32,
     /// Where to start: `genesis`, `latest` (the upstream's latest finalization) or a block
     /// height. A start other than genesis walks the boundary certificates from the profile's
     /// genesis outcome to the checkpoint's epoch, verifying each with the key the one before it
@@ -257,6 +261,7 @@ async fn follow(
                 follower.feed.clone(),
                 RpcConfig {
                     chain_id: profile.chain_id,
+                    max_connections: args.rpc_max_connections,
                     ..RpcConfig::default()
                 },
             )

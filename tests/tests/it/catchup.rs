@@ -106,6 +106,7 @@ fn catch_up(
                 chunk: 4,
                 in_flight: 3,
                 min_gap: 1,
+                write_batch: 15,
                 ..CatchUpConfig::default()
             },
         };
