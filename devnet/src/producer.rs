@@ -551,7 +551,7 @@ impl<E: StoreContext> Devnet<E> {
                 height = block.height(),
                 "re-certifying a block stored without its finalization"
             );
-            self.certify_and_store(block).await?;
+            self.certify_and_store(block, true).await?;
         }
         if let Some(certified) =
             cairn_feed::ChainReader::certified_at(&self.store, self.next_height - 1)
@@ -667,8 +667,23 @@ impl<E: StoreContext> Devnet<E> {
         Ok(secrets)
     }
 
-    /// Builds, certifies and stores the next height.
+    /// Builds, certifies and stores the next height (synced), and publishes it.
     pub async fn produce_next(&mut self) -> Result<Produced, DevnetError> {
+        self.produce(true).await
+    }
+
+    /// Builds and certifies the next height, written but neither synced nor published nor
+    /// served: bulk generation, made durable and served by [`Self::commit`].
+    pub async fn produce_unsynced(&mut self) -> Result<Produced, DevnetError> {
+        self.produce(false).await
+    }
+
+    /// Syncs what [`Self::produce_unsynced`] wrote and serves it.
+    pub async fn commit(&mut self) -> Result<(), DevnetError> {
+        Ok(self.store.commit(self.next_height - 1).await?)
+    }
+
+    async fn produce(&mut self, durable: bool) -> Result<Produced, DevnetError> {
         let height = self.next_height;
         let (epoch, view) = self.round_of(height);
         let entered = self.activate(epoch).await?;
@@ -734,15 +749,19 @@ impl<E: StoreContext> Devnet<E> {
         });
         let block =
             Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;
-        self.store.put_block(&block).await?;
-        let certified = self.certify_and_store(block).await?;
+        if durable {
+            self.store.put_block(&block).await?;
+        }
+        let certified = self.certify_and_store(block, durable).await?;
         Ok(Produced { certified, entered })
     }
 
-    /// Has a rotating quorum sign the block, stores the finalization and publishes it.
+    /// Has a rotating quorum sign the block and stores the finalization; when `durable`, syncs
+    /// it and publishes it, else writes block and finalization without syncing.
     async fn certify_and_store(
         &mut self,
         block: Block,
+        durable: bool,
     ) -> Result<cairn_primitives::CertifiedBlock, DevnetError> {
         let height = block.height();
         let (epoch, view) = self.round_of(height);
@@ -767,10 +786,16 @@ impl<E: StoreContext> Devnet<E> {
                 height,
                 error,
             })?;
-        self.store.put_finalization(height, &finalization).await?;
+        if durable {
+            self.store.put_finalization(height, &finalization).await?;
+        } else {
+            self.store.put_unsynced(&block, &finalization).await?;
+        }
         self.next_height = height + 1;
         let certified = certified_block(&finalization, block);
-        self.feed.publish_finalized(certified.clone());
+        if durable {
+            self.feed.publish_finalized(certified.clone());
+        }
         Ok(certified)
     }
 }

@@ -133,6 +133,33 @@ impl<E: StoreContext> ChainStore<E> {
         Ok(())
     }
 
+    /// Stores a block and its finalization without syncing either, nor moving the tip: the
+    /// bulk producer writes many, then calls [`Self::commit`].
+    pub async fn put_unsynced(
+        &self,
+        block: &Block,
+        finalization: &Finalization,
+    ) -> Result<(), StoreError> {
+        self.blocks.put_unsynced(block).await?;
+        self.finalizations
+            .put(
+                block.height(),
+                finalization.proposal.payload,
+                finalization,
+                "writing a finalization",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Syncs what [`Self::put_unsynced`] wrote (blocks, then finalizations) and moves the tip
+    /// to `height`, so it is served only once durable.
+    pub async fn commit(&self, height: u64) -> Result<(), StoreError> {
+        self.sync().await?;
+        self.tip.store(height, Ordering::Release);
+        Ok(())
+    }
+
     /// The finalization stored for `height`.
     pub async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, StoreError> {
         Ok(self

@@ -364,6 +364,15 @@ impl<E: StoreContext> BlockStore<E> {
             .await
     }
 
+    /// Stores `block` and indexes its transactions without syncing (see [`Self::sync`]): a
+    /// producer writing many blocks at once syncs them together.
+    pub async fn put_unsynced(&self, block: &Block) -> Result<(), StoreError> {
+        self.index_transactions_unsynced(block).await?;
+        self.archive
+            .put(block.height(), block.hash(), block, "writing a block")
+            .await
+    }
+
     /// Stores `blocks` (consecutive heights) and indexes their transactions with one sync of
     /// each store: the index first, then the blocks, so a block on disk is always indexed.
     /// Heights already stored are left unchanged.
@@ -487,11 +496,13 @@ impl<E: StoreContext> BlockStore<E> {
         Ok(found.then_some((block, index)))
     }
 
-    /// Syncs pending writes (every `put` already syncs; this is for shutdown).
+    /// Syncs pending writes: the transaction index first, then the blocks (every `put`
+    /// already syncs; this is for [`Self::put_unsynced`] and shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
         self.transactions
             .sync("syncing the transaction index")
             .await?;
+        self.prune_transactions().await?;
         self.archive.sync("syncing blocks").await
     }
 }

@@ -49,6 +49,12 @@ pub struct DevnetArgs {
     /// Stop producing after this height (the RPC keeps serving until Ctrl-C).
     #[arg(long, value_name = "H")]
     until_height: Option<u64>,
+    /// First generate this many blocks at full speed (with their ceremonies and real
+    /// certificates, written in batches of 4,096 blocks with one sync each, served once
+    /// synced, not published as events), then go on as configured. For building long chains
+    /// to follow, e.g. `--bulk 1000000 --until-height 1000000`.
+    #[arg(long, value_name = "N")]
+    bulk: Option<u64>,
     /// EVM chain id written into the chain profile.
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
@@ -88,6 +94,51 @@ pub fn run(args: DevnetArgs) -> eyre::Result<()> {
 
 fn short_hex(bytes: &[u8]) -> String {
     alloy_primitives::hex::encode(&bytes[..bytes.len().min(4)])
+}
+
+/// Blocks the bulk producer writes between syncs.
+const BULK_BATCH: u64 = 4096;
+
+/// Generates `count` blocks at full speed, syncing and serving them every [`BULK_BATCH`];
+/// stops early (after a last sync) on Ctrl-C, and then returns true.
+async fn bulk<E: cairn_feed::StoreContext>(
+    devnet: &mut Devnet<E>,
+    count: u64,
+    validators: usize,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> eyre::Result<bool> {
+    let started = Instant::now();
+    let first = devnet.next_height();
+    for produced_count in 1..=count {
+        let produced = devnet.produce_unsynced().await?;
+        if let Some(entry) = &produced.entered {
+            print_epoch(entry, validators);
+        }
+        if produced_count % BULK_BATCH == 0 || produced_count == count {
+            devnet.commit().await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            println!(
+                "bulk: height {} | {produced_count} of {count} | {:.1} blocks/s",
+                devnet.next_height() - 1,
+                produced_count as f64 / elapsed.max(1e-9)
+            );
+            let stopped = tokio::select! {
+                biased;
+                () = shutdown.as_mut() => true,
+                () = std::future::ready(()) => false,
+            };
+            if stopped {
+                println!("bulk generation stopped by a signal");
+                return Ok(true);
+            }
+        }
+    }
+    println!(
+        "bulk: generated heights {first}..={} in {:.1} s",
+        devnet.next_height() - 1,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(false)
 }
 
 fn print_epoch(entry: &EpochEntry, validators: usize) {
@@ -205,10 +256,17 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let stopped_in_bulk = match args.bulk {
+        Some(count) => bulk(&mut devnet, count, args.validators, &mut shutdown).await?,
+        None => false,
+    };
     let mut deadline = tokio::time::Instant::now();
     let mut last_report = Instant::now();
     let mut produced_since_report = 0u64;
     loop {
+        if stopped_in_bulk {
+            break;
+        }
         if args
             .until_height
             .is_some_and(|until| devnet.next_height() > until)

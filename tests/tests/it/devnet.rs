@@ -322,3 +322,34 @@ fn a_seed_fixes_the_chain_and_a_runtime_seed_replays_it() {
         "another runtime seed deals other keys"
     );
 }
+
+#[test]
+fn bulk_generation_stores_the_same_chain_and_serves_it_only_once_synced() {
+    let seeded = DevnetConfig {
+        seed: Some(42),
+        ..config()
+    };
+    let one_by_one = produce(seeded.clone(), 1, 14, 14);
+    let bulk = deterministic::Runner::seeded(1).start(|context| async move {
+        let feed = FeedState::default();
+        let mut events = feed.subscribe();
+        let mut devnet = Devnet::open(context.child("devnet"), seeded, feed)
+            .await
+            .expect("devnet opens");
+        for _ in 0..6 {
+            devnet.produce_unsynced().await.expect("produces");
+        }
+        // Written, not yet served: the tip moves only when the batch is synced.
+        assert_eq!(devnet.store().finalized_height(), None);
+        devnet.commit().await.expect("commits");
+        assert_eq!(devnet.store().finalized_height(), Some(6));
+        for _ in 6..14 {
+            devnet.produce_unsynced().await.expect("produces");
+        }
+        devnet.commit().await.expect("commits");
+        assert_eq!(devnet.store().finalized_height(), Some(14));
+        assert!(events.try_recv().is_err(), "bulk blocks are not published");
+        stored_chain(&devnet, 14).await
+    });
+    assert_eq!(bulk, one_by_one, "the same chain byte for byte");
+}
