@@ -305,11 +305,11 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         let walked = ledger.advance_to(rng, self.sources, tip_epoch).await;
         let boundaries = ledger.take_walked();
         report.certificates += boundaries.len() as u64;
-        for boundary in &boundaries {
-            self.registry
-                .register(self.provider, boundary.epoch + 1, boundary.next_identity)
-                .await?;
-        }
+        let keys: Vec<_> = boundaries
+            .iter()
+            .map(|boundary| (boundary.epoch + 1, boundary.next_identity))
+            .collect();
+        self.registry.register_all(self.provider, &keys).await?;
         walked?;
 
         // The tip, with its epoch's key.

@@ -134,21 +134,51 @@ impl<E: StoreContext> EpochRegistry<E> {
         let registration = provider
             .register(Epoch::new(epoch), identity)
             .map_err(|error| RegistryError::Conflict { epoch, error })?;
-        if registration != Registration::Registered {
-            return Ok(registration);
+        if registration == Registration::Registered {
+            self.persist(&[(epoch, identity)]).await?;
         }
+        Ok(registration)
+    }
+
+    /// [`Self::register`] for consecutive epochs, oldest first, persisted with one sync.
+    pub async fn register_all(
+        &self,
+        provider: &SchemeProvider,
+        entries: &[(u64, Identity)],
+    ) -> Result<(), RegistryError> {
+        let mut registered = Vec::new();
+        for (epoch, identity) in entries {
+            let registration =
+                provider
+                    .register(Epoch::new(*epoch), *identity)
+                    .map_err(|error| RegistryError::Conflict {
+                        epoch: *epoch,
+                        error,
+                    })?;
+            if registration == Registration::Registered {
+                registered.push((*epoch, *identity));
+            }
+        }
+        self.persist(&registered).await
+    }
+
+    /// Writes `entries` (oldest first), keeps the newest `keep` epochs, and syncs once.
+    async fn persist(&self, entries: &[(u64, Identity)]) -> Result<(), RegistryError> {
+        let Some((newest, _)) = entries.last() else {
+            return Ok(());
+        };
         let mut guard = self.store.lock().await;
         let mut store = guard.take().ok_or(RegistryError::Poisoned)?;
-        let keep_from = epoch.saturating_sub(self.keep - 1);
+        let keep_from = newest.saturating_sub(self.keep - 1);
+        for (epoch, identity) in entries.iter().filter(|(epoch, _)| *epoch >= keep_from) {
+            store.put(U64::new(*epoch), identity.encode().to_vec());
+        }
         store.retain(|key, _| u64::from(key) >= keep_from);
-        let store = store
-            .put_sync(U64::new(epoch), identity.encode().to_vec())
-            .await
-            .map_err(|error| RegistryError::Store {
-                what: "writing",
-                error,
-            })?;
+        let store = store.sync().await.map_err(|error| RegistryError::Store {
+            what: "writing",
+            error,
+        })?;
         *guard = Some(store);
-        Ok(registration)
+        Ok(())
     }
 }

@@ -37,6 +37,8 @@ struct Outcome {
     anchored: Vec<u64>,
     /// Epochs with a key.
     epochs: Vec<u64>,
+    /// Epochs in the registry on disk.
+    persisted: Vec<u64>,
 }
 
 /// `block` with one header field changed: another hash, same height and parent.
@@ -127,12 +129,20 @@ fn catch_up(
         let epochs = (0..=TIP / EPOCH_LENGTH + 1)
             .filter(|epoch| provider.verifier(Epoch::new(*epoch)).is_some())
             .collect();
+        let persisted = registry
+            .entries()
+            .await
+            .expect("registry reads")
+            .into_iter()
+            .map(|(epoch, _)| epoch)
+            .collect();
         Outcome {
             result,
             executed: execution.finalized_height(),
             stored,
             anchored,
             epochs,
+            persisted,
         }
     })
 }
@@ -163,6 +173,11 @@ fn the_hash_chain_from_verified_boundaries_and_tip_is_stored_with_their_certific
     assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
     assert_eq!(outcome.anchored, vec![9, 19, 29, 39, 49, TIP]);
     assert_eq!(outcome.epochs, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        outcome.persisted,
+        vec![1, 2, 3, 4, 5],
+        "registered with one sync"
+    );
 
     // Tempo's policy leaves everything to marshal: nothing is done here.
     let outcome = catch_up(&profile, &[], chain, VerifyPolicy::EveryBlock);
@@ -209,6 +224,7 @@ fn a_tampered_boundary_stops_the_walk_before_anything_is_stored() {
     assert!(outcome.stored.is_empty() && outcome.anchored.is_empty());
     // The key the tampered boundary would announce is not taken.
     assert_eq!(outcome.epochs, vec![0, 1]);
+    assert_eq!(outcome.persisted, vec![1]);
 }
 
 #[test]

@@ -34,6 +34,13 @@ fn finalized(notification: Notification) -> CertifiedBlock {
     }
 }
 
+/// Serves `chain` and `feed` on a free loopback port.
+async fn serve<C: ChainReader>(chain: C, feed: FeedState) -> cairn_feed::RunningServer {
+    cairn_feed::start("127.0.0.1:0", chain, feed, RpcConfig::default())
+        .await
+        .expect("server starts")
+}
+
 fn fast_config(url: String) -> Config {
     Config {
         backoff_min: Duration::from_millis(20),
@@ -50,14 +57,7 @@ async fn forwards_events_serves_requests_and_reconnects() {
         chain.insert(certified(&committee, height));
     }
     let feed = FeedState::default();
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        chain.clone(),
-        feed.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
+    let server = serve(chain.clone(), feed.clone()).await;
     let addr = server.local_addr;
 
     let (sender, mut notifications) = mpsc::channel(64);
@@ -163,14 +163,7 @@ async fn an_event_over_the_size_limit_is_reported_as_invalid_data_and_the_connec
     let committee = TestCommittee::new(b"TEMPO", 8, 4);
     let chain = MemoryChain::default();
     let feed = FeedState::default();
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        chain.clone(),
-        feed.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
+    let server = serve(chain.clone(), feed.clone()).await;
     let limit = 1024;
     let mut config = fast_config(server.local_addr.to_string());
     config.client.max_response_size = limit;
@@ -246,14 +239,7 @@ async fn a_block_with_the_wrong_hash_is_refused() {
     let chain = MemoryChain::default();
     chain.insert(certified(&committee, 1));
     let impostor = test_block(2, 0, 2, Vec::new());
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        LyingChain(chain, impostor.clone()),
-        FeedState::default(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
+    let server = serve(LyingChain(chain, impostor.clone()), FeedState::default()).await;
     let (sender, mut notifications) = mpsc::channel(8);
     let (actor, mailbox) =
         upstream::init(fast_config(server.local_addr.to_string()), sender).expect("valid url");
@@ -439,14 +425,7 @@ async fn an_answer_over_the_size_limit_is_an_oversized_error_over_http_and_webso
     let committee = TestCommittee::new(b"TEMPO", 9, 4);
     let chain = MemoryChain::default();
     chain.insert(certified(&committee, 1));
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        chain.clone(),
-        FeedState::default(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
+    let server = serve(chain.clone(), FeedState::default()).await;
     let small = ClientConfig {
         max_response_size: 1024,
         ..ClientConfig::default()
