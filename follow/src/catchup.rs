@@ -22,7 +22,7 @@
 use crate::{
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     registry::{EpochRegistry, RegistryError},
-    upstream::{Sources, UpstreamError, UpstreamRequests},
+    upstream::{SourceId, Sources, UpstreamError, UpstreamRequests},
 };
 use cairn_dkg::OutcomeLimits;
 use cairn_epoch::{
@@ -199,11 +199,15 @@ pub enum CatchUpError {
 
 impl CatchUpError {
     /// Whether another attempt may succeed (another upstream may answer it): fetches, missing
-    /// blocks, and chains a lying upstream broke.
+    /// blocks, and what a lying upstream broke (a chain, a boundary, a tip).
     pub const fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Fetch { .. } | Self::Missing(_) | Self::Broken { .. } | Self::Ledger(_)
+            Self::Fetch { .. }
+                | Self::Missing(_)
+                | Self::Broken { .. }
+                | Self::Ledger(_)
+                | Self::Tip { .. }
         )
     }
 }
@@ -266,7 +270,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         if self.config.policy == VerifyPolicy::EveryBlock {
             return Ok(report);
         }
-        let Some(tip) = self.latest(context).await else {
+        let Some((tip_source, tip)) = self.latest(context).await else {
             info!(
                 waited = ?self.config.wait,
                 "no upstream answered with its latest finalization; marshal catches up"
@@ -314,12 +318,21 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
 
         // The tip, with its epoch's key.
         let verifier = FinalizationVerifier::new(epochs.clone(), self.provider.clone());
-        let verified = verifier
-            .verify(rng, &tip)
-            .map_err(|error| CatchUpError::Tip {
-                height: tip_height,
-                error,
-            })?;
+        let verified = match verifier.verify(rng, &tip) {
+            Ok(verified) => verified,
+            Err(error) => {
+                // A source whose latest finalization does not verify lied: it is quarantined,
+                // and the next attempt takes another source's.
+                self.sources.book().invalid(
+                    tip_source,
+                    &format!("a latest finalization at {tip_height} that fails: {error}"),
+                );
+                return Err(CatchUpError::Tip {
+                    height: tip_height,
+                    error,
+                });
+            }
+        };
         report.certificates += 1;
         let floor = decode_certificate(&tip.certificate).map_err(|error| CatchUpError::Tip {
             height: tip_height,
@@ -360,10 +373,10 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
 
     /// The highest latest finalization any upstream answers with, waiting up to `wait` for a
     /// first answer.
-    async fn latest(&self, context: &impl Clock) -> Option<CertifiedBlock> {
+    async fn latest(&self, context: &impl Clock) -> Option<(SourceId, CertifiedBlock)> {
         let deadline = context.current() + self.config.wait;
         loop {
-            match self.sources.get_latest().await {
+            match self.sources.latest().await {
                 Ok(Some(tip)) => return Some(tip),
                 Ok(None) => debug!("no upstream has a finalization yet"),
                 Err(err) => debug!(%err, "asking the upstreams for their latest finalization"),

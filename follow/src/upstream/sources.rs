@@ -546,6 +546,55 @@ impl<R: UpstreamRequests> Sources<R> {
         }
     }
 
+    /// Asks every source that is not quarantined at once and answers with the highest latest
+    /// finalization that carries its block and signs it (verified too when the key is known),
+    /// with the source that sent it. Its height is not taken as announced: it may not verify.
+    pub async fn latest(&self) -> Result<Option<(SourceId, CertifiedBlock)>, UpstreamError> {
+        let order = self.book.order(None);
+        if order.is_empty() {
+            return Err(UpstreamError::NotConnected);
+        }
+        let answers = futures::future::join_all(order.iter().map(|source| {
+            let requests = self.requests[*source].clone();
+            let started = self.book.now();
+            async move { (requests.get_latest().await, started) }
+        }))
+        .await;
+        let mut best: Option<(SourceId, CertifiedBlock)> = None;
+        let mut failure = None;
+        for (source, (answer, started)) in order.into_iter().zip(answers) {
+            let recorded = match answer {
+                Ok(Some(certified)) => {
+                    let height = certified.block.as_ref().map_or(0, |block| block.height());
+                    match self.check_finalization(height, &certified) {
+                        Ok(()) => {
+                            let elapsed =
+                                self.book.now().duration_since(started).unwrap_or_default();
+                            if best.as_ref().is_none_or(|(_, best)| {
+                                best.block.as_ref().map_or(0, |block| block.height()) < height
+                            }) {
+                                best = Some((source, certified));
+                            }
+                            Answer::Served(elapsed)
+                        }
+                        Err(reason) => Answer::Invalid(reason),
+                    }
+                }
+                Ok(None) => Answer::Missing,
+                Err(err) => {
+                    failure = Some(err.clone());
+                    Answer::Failed(err)
+                }
+            };
+            self.book.record(source, &recorded);
+        }
+        match (best, failure) {
+            (Some(best), _) => Ok(Some(best)),
+            (None, Some(err)) => Err(err),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Asks the sources in turn until one answers with valid data. `None` when a source lacks
     /// it; else the last failure when one failed, else what was invalid.
     async fn first_valid<T, F, Fut>(
@@ -639,53 +688,8 @@ impl<R: UpstreamRequests> UpstreamRequests for Sources<R> {
         .await
     }
 
-    /// Asks every source that is not quarantined at once and answers with the highest latest
-    /// finalization that carries its block and signs it (verified too when the key is known).
     async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
-        let order = self.book.order(None);
-        if order.is_empty() {
-            return Err(UpstreamError::NotConnected);
-        }
-        let answers = futures::future::join_all(order.iter().map(|source| {
-            let requests = self.requests[*source].clone();
-            let started = self.book.now();
-            async move { (requests.get_latest().await, started) }
-        }))
-        .await;
-        let mut best: Option<CertifiedBlock> = None;
-        let mut failure = None;
-        for (source, (answer, started)) in order.into_iter().zip(answers) {
-            let recorded = match answer {
-                Ok(Some(certified)) => {
-                    let height = certified.block.as_ref().map_or(0, |block| block.height());
-                    match self.check_finalization(height, &certified) {
-                        Ok(()) => {
-                            let elapsed =
-                                self.book.now().duration_since(started).unwrap_or_default();
-                            self.book.announced(source, height);
-                            if best.as_ref().is_none_or(|best| {
-                                best.block.as_ref().map_or(0, |block| block.height()) < height
-                            }) {
-                                best = Some(certified);
-                            }
-                            Answer::Served(elapsed)
-                        }
-                        Err(reason) => Answer::Invalid(reason),
-                    }
-                }
-                Ok(None) => Answer::Missing,
-                Err(err) => {
-                    failure = Some(err.clone());
-                    Answer::Failed(err)
-                }
-            };
-            self.book.record(source, &recorded);
-        }
-        match (best, failure) {
-            (Some(best), _) => Ok(Some(best)),
-            (None, Some(err)) => Err(err),
-            (None, None) => Ok(None),
-        }
+        Ok(self.latest().await?.map(|(_, certified)| certified))
     }
 
     async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {

@@ -14,7 +14,7 @@ use cairn_follow::{
     execution::{EmbeddedExecution, ExecutionProvider as _},
     genesis_block,
     registry::EpochRegistry,
-    upstream::{Sources, in_process},
+    upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock};
 use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
@@ -28,7 +28,12 @@ const TIP: u64 = 55;
 
 /// What a catch-up left behind.
 struct Outcome {
+    /// The last attempt's result.
     result: Result<CatchUpReport, CatchUpError>,
+    /// The earlier attempts' results.
+    earlier: Vec<Result<CatchUpReport, CatchUpError>>,
+    /// Whether each upstream is quarantined at the end.
+    quarantined: Vec<bool>,
     executed: u64,
     /// Heights with a block in the execution store: by height up to the finalized height, or
     /// the served block by its hash at any height (the store itself, not the watermark).
@@ -63,6 +68,18 @@ fn catch_up(
     served: Vec<CertifiedBlock>,
     policy: VerifyPolicy,
 ) -> Outcome {
+    catch_up_from(profile, stored, served, Vec::new(), policy, 1)
+}
+
+/// [`catch_up`] with a second upstream serving `other` (when not empty), in `attempts` runs.
+fn catch_up_from(
+    profile: &ChainProfile,
+    stored: &[CertifiedBlock],
+    served: Vec<CertifiedBlock>,
+    other: Vec<CertifiedBlock>,
+    policy: VerifyPolicy,
+    attempts: usize,
+) -> Outcome {
     let profile = profile.clone();
     let stored: Vec<Block> = stored
         .iter()
@@ -93,9 +110,24 @@ fn catch_up(
             chain.insert(certified);
         }
         let (sender, _notifications) = mpsc::channel(1);
-        let (_actor, upstream) =
-            in_process::init("upstream", 0, FeedState::default(), chain, sender);
-        let sources = Sources::single("upstream", upstream);
+        let mut upstreams = vec![(
+            "upstream".to_string(),
+            in_process::init("upstream", 0, FeedState::default(), chain, sender.clone()).1,
+        )];
+        if !other.is_empty() {
+            let chain = MemoryChain::default();
+            for certified in other {
+                chain.insert(certified);
+            }
+            upstreams.push((
+                "other".to_string(),
+                in_process::init("other", 1, FeedState::default(), chain, sender).1,
+            ));
+        }
+        let sources = Sources::new(upstreams, QuarantineConfig::default());
+        for source in 0..sources.book().health().len() {
+            sources.book().set_connected(source, true);
+        }
         let catch_up = CatchUp {
             profile: &profile,
             provider: &provider,
@@ -113,7 +145,15 @@ fn catch_up(
             },
         };
         let mut rng = context.child("rng");
-        let result = catch_up.run(&context, &mut rng).await;
+        let mut earlier = Vec::new();
+        let mut result = catch_up.run(&context, &mut rng).await;
+        for _ in 1..attempts {
+            earlier.push(result);
+            result = catch_up.run(&context, &mut rng).await;
+        }
+        let quarantined = (0..sources.book().health().len())
+            .map(|source| sources.book().is_quarantined(source))
+            .collect();
         let mut stored = Vec::new();
         let mut anchored = Vec::new();
         for (height, hash) in (1..=TIP).zip(served_hashes) {
@@ -138,6 +178,8 @@ fn catch_up(
             .collect();
         Outcome {
             result,
+            earlier,
+            quarantined,
             executed: execution.finalized_height(),
             stored,
             anchored,
@@ -268,4 +310,37 @@ fn a_chain_forking_below_the_stored_tip_is_never_stored() {
     assert_eq!(outcome.executed, 5);
     assert_eq!(outcome.stored, (1..=5).collect::<Vec<_>>());
     assert!(outcome.anchored.is_empty());
+}
+
+#[test]
+fn a_source_whose_latest_finalization_does_not_verify_is_quarantined_and_another_followed() {
+    let (_, profile, chain) = chain();
+    // The liar serves the chain and claims one more block, certified by strangers.
+    let stranger = TestCommittee::new(b"TEMPO", 63, 4);
+    let (_, longer) = committee_chain(&stranger, TIP + 1, EPOCH_LENGTH);
+    let mut lying = chain.clone();
+    let mut extra = longer[TIP as usize].clone();
+    let (mut header, body) = extra.block.take().expect("block").into_parts();
+    header.inner.parent_hash = chain[TIP as usize - 1]
+        .block
+        .as_ref()
+        .expect("block")
+        .hash()
+        .0;
+    extra = stranger.certify(
+        Block::new(header, body).expect("body unchanged"),
+        (TIP + 1) / EPOCH_LENGTH,
+        TIP + 1,
+    );
+    lying.push(extra);
+    let outcome = catch_up_from(&profile, &[], lying, chain, VerifyPolicy::HashChain, 2);
+    match &outcome.earlier[..] {
+        [Err(CatchUpError::Tip { height, .. })] => assert_eq!(*height, TIP + 1),
+        other => panic!("expected the liar's tip to fail first, got {other:?}"),
+    }
+    assert_eq!(outcome.quarantined, vec![true, false]);
+    let report = outcome.result.expect("caught up from the honest source");
+    assert_eq!(report.to, TIP);
+    assert_eq!(outcome.executed, TIP);
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
 }
