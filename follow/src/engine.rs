@@ -12,7 +12,7 @@ use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
-    upstream::{SourceBook, Sourced, Sources, UpstreamRequests},
+    upstream::{Notification, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
 use cairn_feed::{FeedState, StoreContext, store::archive_config, store::page_cache};
@@ -178,6 +178,22 @@ impl<E: EngineContext> Follower<E> {
     }
 }
 
+/// Events held while catch-up runs; older ones are dropped (catch-up and marshal cover them).
+const MAX_HELD_EVENTS: usize = 1024;
+
+/// Holds a notification received before the driver runs: every connection change and invalid
+/// event, and the newest [`MAX_HELD_EVENTS`] events.
+fn hold(held: &mut Vec<Sourced>, notification: Sourced) {
+    let is_event = |(_, notification): &Sourced| matches!(notification, Notification::Event(_));
+    if is_event(&notification)
+        && held.iter().filter(|held| is_event(held)).count() >= MAX_HELD_EVENTS
+        && let Some(oldest) = held.iter().position(is_event)
+    {
+        held.remove(oldest);
+    }
+    held.push(notification);
+}
+
 fn nonzero(value: usize) -> NonZeroUsize {
     NonZeroUsize::new(value.max(1)).expect("at least one")
 }
@@ -284,6 +300,8 @@ where
     }
     let mut start = start;
     let mut caught_up = None;
+    let mut notifications = notifications;
+    let mut held = Vec::new();
     let mut catch_up_rng = context.child("catchup");
     for attempt in 1..=CATCH_UP_ATTEMPTS {
         let catch_up = CatchUp {
@@ -295,7 +313,22 @@ where
             sources: &sources,
             config: config.catch_up,
         };
-        match catch_up.run(&context, &mut catch_up_rng).await {
+        let attempt_result = {
+            let running = catch_up.run(&context, &mut catch_up_rng);
+            tokio::pin!(running);
+            // The upstreams go on sending while catch-up asks them for data: their
+            // notifications are held here (the newest events only) so they never block.
+            loop {
+                tokio::select! {
+                    result = &mut running => break result,
+                    notification = notifications.recv() => match notification {
+                        Some(notification) => hold(&mut held, notification),
+                        None => break Ok(CatchUpReport::default()),
+                    },
+                }
+            }
+        };
+        match attempt_result {
             Ok(report) => {
                 if let Some(floor) = report.floor.clone() {
                     info!(
@@ -408,7 +441,7 @@ where
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context
         .child("driver")
-        .spawn(|rng| async move { driver_actor.run(rng, notifications, delivered).await });
+        .spawn(|rng| async move { driver_actor.run(rng, held, notifications, delivered).await });
     let marshal_handle = marshal_actor.start_unbuffered(updates, (handler_rx, resolver));
 
     // After a restart, what was last verified is the latest finalization from the first
@@ -433,4 +466,53 @@ where
         driver: driver_handle,
         executor: executor_handle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_HELD_EVENTS, hold};
+    use crate::upstream::Notification;
+    use cairn_primitives::{CertifiedBlock, Event};
+
+    fn event(height: u64) -> Notification {
+        Notification::Event(Box::new(Event::Finalized {
+            block: CertifiedBlock {
+                epoch: 0,
+                view: height,
+                height: Some(height),
+                digest: Default::default(),
+                certificate: String::new(),
+                block: None,
+            },
+            seen: 0,
+        }))
+    }
+
+    #[test]
+    fn held_notifications_keep_connection_changes_and_the_newest_events() {
+        let mut held = Vec::new();
+        hold(&mut held, (0, Notification::Connected { url: "a".into() }));
+        let events = MAX_HELD_EVENTS as u64 + 10;
+        for height in 1..=events {
+            hold(&mut held, (0, event(height)));
+        }
+        hold(
+            &mut held,
+            (
+                0,
+                Notification::Disconnected {
+                    reason: "gone".into(),
+                },
+            ),
+        );
+        assert_eq!(held.len(), MAX_HELD_EVENTS + 2);
+        assert!(matches!(held[0].1, Notification::Connected { .. }));
+        assert!(matches!(
+            held[held.len() - 1].1,
+            Notification::Disconnected { .. }
+        ));
+        // The oldest events went; the newest stayed, in order.
+        assert_eq!(held[1].1, event(11));
+        assert_eq!(held[MAX_HELD_EVENTS].1, event(events));
+    }
 }

@@ -148,13 +148,18 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         self.status.subscribe()
     }
 
-    /// Runs until the upstream notifications end (`Ok`) or a neighbour fails.
+    /// Handles `held` (notifications received before the driver started), then runs until the
+    /// upstream notifications end (`Ok`) or a neighbour fails.
     pub async fn run(
         mut self,
         mut rng: impl CryptoRng + Send,
+        held: Vec<Sourced>,
         mut notifications: mpsc::Receiver<Sourced>,
         mut delivered: mpsc::UnboundedReceiver<Delivered>,
     ) -> Result<(), DriverError> {
+        for (source, notification) in held {
+            self.on_notification(&mut rng, source, notification).await?;
+        }
         loop {
             tokio::select! {
                 biased;

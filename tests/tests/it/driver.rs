@@ -139,7 +139,9 @@ async fn harness(
     let (delivered, delivered_rx) = mpsc::unbounded_channel();
     let stopped = context.child("driver").spawn(move |rng| async move {
         let _keep = _executed_tx;
-        actor.run(rng, notifications_rx, delivered_rx).await
+        actor
+            .run(rng, Vec::new(), notifications_rx, delivered_rx)
+            .await
     });
     Harness {
         marshal,
