@@ -352,6 +352,24 @@ where
         }
     }
 
+    // A verified finalization of the stored tip (a catch-up whose floor marshal may not have
+    // installed before the process stopped) is marshal's floor, so marshal does not repair the
+    // stored blocks again; marshal ignores a floor at or below its own.
+    if caught_up.is_none() {
+        let tip = execution.finalized_height();
+        if anchors.last_index().await == Some(tip)
+            && let Some(floor) = anchors
+                .get(
+                    commonware_storage::archive::Identifier::Index(tip),
+                    "reading the stored tip's finalization",
+                )
+                .await
+                .map_err(EngineError::Anchors)?
+        {
+            start = Start::Floor(floor);
+        }
+    }
+
     let cache = page_cache();
     let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
         context.child("finalizations"),
