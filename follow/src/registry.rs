@@ -113,12 +113,7 @@ impl<E: StoreContext> EpochRegistry<E> {
     pub async fn load_into(&self, provider: &SchemeProvider) -> Result<usize, RegistryError> {
         let entries = self.entries().await?;
         for (epoch, identity) in &entries {
-            provider
-                .register(Epoch::new(*epoch), *identity)
-                .map_err(|error| RegistryError::Conflict {
-                    epoch: *epoch,
-                    error,
-                })?;
+            register_in(provider, *epoch, *identity)?;
         }
         Ok(entries.len())
     }
@@ -131,9 +126,7 @@ impl<E: StoreContext> EpochRegistry<E> {
         epoch: u64,
         identity: Identity,
     ) -> Result<Registration, RegistryError> {
-        let registration = provider
-            .register(Epoch::new(epoch), identity)
-            .map_err(|error| RegistryError::Conflict { epoch, error })?;
+        let registration = register_in(provider, epoch, identity)?;
         if registration == Registration::Registered {
             self.persist(&[(epoch, identity)]).await?;
         }
@@ -148,14 +141,7 @@ impl<E: StoreContext> EpochRegistry<E> {
     ) -> Result<(), RegistryError> {
         let mut registered = Vec::new();
         for (epoch, identity) in entries {
-            let registration =
-                provider
-                    .register(Epoch::new(*epoch), *identity)
-                    .map_err(|error| RegistryError::Conflict {
-                        epoch: *epoch,
-                        error,
-                    })?;
-            if registration == Registration::Registered {
+            if register_in(provider, *epoch, *identity)? == Registration::Registered {
                 registered.push((*epoch, *identity));
             }
         }
@@ -181,4 +167,15 @@ impl<E: StoreContext> EpochRegistry<E> {
         *guard = Some(store);
         Ok(())
     }
+}
+
+/// Registers `identity` for `epoch` in `provider` (memory only).
+fn register_in(
+    provider: &SchemeProvider,
+    epoch: u64,
+    identity: Identity,
+) -> Result<Registration, RegistryError> {
+    provider
+        .register(Epoch::new(epoch), identity)
+        .map_err(|error| RegistryError::Conflict { epoch, error })
 }
