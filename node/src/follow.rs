@@ -59,12 +59,12 @@ pub struct FollowArgs {
     /// datadir that already follows resumes where it stopped.
     #[arg(long, value_name = "latest|genesis|HEIGHT")]
     checkpoint: Option<CheckpointTarget>,
-    /// How a follower behind the chain verifies what it catches up. `hash-chain`: verify the
-    /// certificate of every epoch boundary (it carries the next key) and of the upstream's
-    /// latest block, and authenticate the blocks between them by their parent hashes, fetched
-    /// in batches and stored with one sync per segment. `every-block`: verify every block's
-    /// certificate one by one (Tempo's own policy; slower, for comparison). Live blocks are
-    /// always verified one by one.
+    /// How a follower that starts 128 blocks or more behind verifies what it catches up.
+    /// `hash-chain`: verify the certificate of every epoch boundary (it carries the next key)
+    /// and of the upstreams' latest block, and authenticate the blocks between them by their
+    /// parent hashes; blocks are fetched in JSON-RPC batches and stored with one sync per 4,096.
+    /// `every-block`: verify every block's certificate one by one (Tempo's own policy; slower,
+    /// for comparison). Live blocks are always verified one by one.
     #[arg(
         long,
         value_name = "hash-chain|every-block",
