@@ -154,11 +154,9 @@ pub struct WalkedBoundary {
     pub epoch: u64,
     /// Its height.
     pub height: u64,
-    /// Its hash.
-    pub digest: cairn_primitives::Digest,
     /// The identity it announced for the next epoch.
     pub next_identity: Identity,
-    /// Its verified finalization.
+    /// Its verified finalization (which names its hash).
     pub finalization: Finalization,
 }
 
@@ -538,7 +536,6 @@ impl IdentityLedger {
         self.walked.push(WalkedBoundary {
             epoch: boundary.epoch,
             height: boundary.height,
-            digest: boundary.finalization.proposal.payload,
             next_identity: boundary.next_identity,
             finalization: boundary.finalization.clone(),
         });

@@ -24,10 +24,9 @@ use crate::{
     registry::{EpochRegistry, RegistryError},
     upstream::{SourceId, Sources, UpstreamError, UpstreamRequests},
 };
-use cairn_dkg::OutcomeLimits;
 use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, SchemeProvider,
-    VerifyError, boundary_outcome, decode_certificate,
+    VerifyError,
 };
 use cairn_feed::{
     StoreContext, StoreError,
@@ -178,14 +177,6 @@ pub enum CatchUpError {
         /// The hash the verified chain names at that height.
         expected: Digest,
     },
-    /// The boundary block does not carry the next epoch's outcome.
-    #[error("the boundary at {height}: {error}")]
-    Boundary {
-        /// Its height.
-        height: u64,
-        /// Why.
-        error: VerifyError,
-    },
     /// The execution store failed.
     #[error(transparent)]
     Execution(#[from] ExecutionError),
@@ -216,8 +207,14 @@ impl CatchUpError {
 #[derive(Clone, Debug)]
 struct Anchor {
     height: u64,
-    digest: Digest,
     finalization: Finalization,
+}
+
+impl Anchor {
+    /// The hash of the block it certifies.
+    const fn digest(&self) -> Digest {
+        self.finalization.proposal.payload
+    }
 }
 
 /// The finalizations catch-up verified (boundaries and tips), by height and block hash: what
@@ -334,18 +331,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             }
         };
         report.certificates += 1;
-        let floor = decode_certificate(&tip.certificate).map_err(|error| CatchUpError::Tip {
-            height: tip_height,
-            error: error.into(),
-        })?;
-        let tip_block = tip.block.as_ref().expect("checked above");
-        if epochs.is_boundary(tip_height) {
-            let outcome = boundary_outcome(epochs, tip_block, &OutcomeLimits::default()).map_err(
-                |error| CatchUpError::Boundary {
-                    height: tip_height,
-                    error,
-                },
-            )?;
+        if let Some(outcome) = &verified.next_epoch {
             self.registry
                 .register(self.provider, outcome.epoch, *outcome.identity())
                 .await?;
@@ -356,18 +342,16 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             .filter(|boundary| boundary.height > from && boundary.height < tip_height)
             .map(|boundary| Anchor {
                 height: boundary.height,
-                digest: boundary.digest,
                 finalization: boundary.finalization.clone(),
             })
             .collect();
         anchors.push(Anchor {
             height: tip_height,
-            digest: verified.digest(),
-            finalization: floor.clone(),
+            finalization: verified.finalization.clone(),
         });
         self.fill(from, &anchors).await?;
         report.to = self.execution.finalized_height();
-        report.floor = Some(floor);
+        report.floor = Some(verified.finalization);
         Ok(report)
     }
 
@@ -437,7 +421,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 if let Err(err) = link(current, &segment, below) {
                     return self.write_then(&mut linked, err).await;
                 }
-                below = (current.height, current.digest);
+                below = (current.height, current.digest());
                 linked.blocks.append(&mut segment);
                 linked.anchors.push(current);
                 if linked.blocks.len() >= self.config.write_batch {
@@ -471,7 +455,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             self.anchors
                 .put(
                     anchor.height,
-                    anchor.digest,
+                    anchor.digest(),
                     &anchor.finalization,
                     "storing a verified finalization",
                 )
@@ -530,7 +514,7 @@ struct Linked<'a> {
 /// Checks that `segment` (consecutive blocks ending at `anchor`) is the chain `anchor`
 /// authenticates, and that it extends `below` (the height and hash of the block under it).
 fn link(anchor: &Anchor, segment: &[Block], below: (u64, Digest)) -> Result<(), CatchUpError> {
-    let mut expected = anchor.digest;
+    let mut expected = anchor.digest();
     for block in segment.iter().rev() {
         if block.hash() != expected {
             return Err(CatchUpError::Broken {

@@ -23,6 +23,7 @@
 
 use cairn_primitives::Event;
 use cairn_tests::{
+    env_number,
     process::{CairnProcess, block_number, profile_without_genesis_header},
     subscribe,
 };
@@ -37,13 +38,6 @@ const EPOCH_LENGTH: &str = "100";
 
 fn cairn() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cairn"))
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> CairnProcess {
@@ -150,12 +144,12 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
-    let catchup = env_u64("CAIRN_BENCH_CATCHUP", if full { 20_000 } else { 150 });
+    let catchup = env_number("CAIRN_BENCH_CATCHUP", if full { 20_000 } else { 150 });
     let live = if full { 300 } else { 20 };
     // The long run starts where the live measurement ends.
     let subscribers = if full { 1_000 } else { 20 };
     let fanout_blocks = if full { 100 } else { 10 };
-    let long = env_u64("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 })
+    let long = env_number("CAIRN_BENCH_LONG", if full { 100_000 } else { 300 })
         .max(catchup + live + fanout_blocks + 100);
     let limit = Duration::from_secs(if full { 3_600 } else { 300 });
     let dir = tempfile::tempdir().expect("temp dir");
@@ -258,7 +252,7 @@ async fn main() {
 
     // 5. Checkpoint start after a long ledger, against a start that takes its stored
     //    checkpoint without walking.
-    let epochs = env_u64("CAIRN_BENCH_EPOCHS", if full { 1_500 } else { 20 });
+    let epochs = env_number("CAIRN_BENCH_EPOCHS", if full { 1_500 } else { 20 });
     let checkpoint = checkpoint_start(dir.path(), epochs, limit).await;
 
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");

@@ -905,10 +905,7 @@ async fn conflicting_certificates_from_a_forked_devnet_end_the_follower_with_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_restarting_every_two_seconds_leaves_the_follower_within_a_block_time() {
     // Two minutes by default, as the goal is stated; CAIRN_RESTART_SECS shortens it.
-    let seconds: u64 = std::env::var("CAIRN_RESTART_SECS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(120);
+    let seconds: u64 = cairn_tests::env_number("CAIRN_RESTART_SECS", 120);
     let block_time = Duration::from_millis(250);
     let dir = tempfile::tempdir().expect("temp dir");
     let steady = seeded_devnet_at(&dir.path().join("steady"), "250ms", "127.0.0.1:0", &[]);
@@ -1005,10 +1002,7 @@ async fn an_upstream_restarting_every_two_seconds_leaves_the_follower_within_a_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_sigkills_lose_and_repeat_nothing() {
     use rand::{RngExt as _, SeedableRng as _};
-    let kills: usize = std::env::var("CAIRN_KILLS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(100);
+    let kills: usize = cairn_tests::env_number("CAIRN_KILLS", 100);
     let dir = tempfile::tempdir().expect("temp dir");
     let upstreams: Vec<CairnProcess> = ["a", "b", "c"]
         .iter()

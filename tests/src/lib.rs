@@ -25,6 +25,14 @@ use std::{
     path::PathBuf,
 };
 
+/// The number in environment variable `name` (a test's or benchmark's size), else `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Directory of the real Tempo network fixtures.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tempo")
