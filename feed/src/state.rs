@@ -25,7 +25,8 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
     fn finalized_height(&self) -> Option<u64>;
 
     /// The lowest height served: 0 for a chain kept from genesis, the checkpoint's height for a
-    /// node that started at a verified checkpoint (history below it is not stored).
+    /// node that started at a verified checkpoint (history below it is not stored), or lower
+    /// as that history is backfilled.
     fn first_height(&self) -> u64 {
         0
     }

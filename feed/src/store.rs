@@ -135,6 +135,18 @@ impl<A: Archive> SharedArchive<A> {
         self.inner.read().await.as_ref()?.last_index()
     }
 
+    /// The first index of the run of consecutive stored indices that holds `index`, if
+    /// `index` is stored.
+    pub async fn run_holding(&self, index: u64) -> Option<u64> {
+        let guard = self.inner.read().await;
+        let archive = guard.as_ref()?;
+        archive
+            .ranges_from(index)
+            .next()
+            .filter(|(first, _)| *first <= index)
+            .map(|(first, _)| first)
+    }
+
     /// Stores `value` at `index` under `key` and syncs it (an index already stored is kept).
     pub async fn put_sync(
         &self,
@@ -390,6 +402,23 @@ impl<E: StoreContext> BlockStore<E> {
                 .await?;
         }
         self.archive.sync("writing blocks").await
+    }
+
+    /// Stores `blocks` (history below the stored ones, already authenticated) with one sync,
+    /// without indexing their transactions: the index keeps the newest transactions, and these
+    /// are older than every stored one. Heights already stored are left unchanged.
+    pub async fn put_history(&self, blocks: &[Block]) -> Result<(), StoreError> {
+        for block in blocks {
+            self.archive
+                .put(block.height(), block.hash(), block, "writing a block")
+                .await?;
+        }
+        self.archive.sync("writing blocks").await
+    }
+
+    /// The lowest height of the consecutive stored heights that hold `height`.
+    pub async fn consecutive_down_from(&self, height: u64) -> Option<u64> {
+        self.archive.run_holding(height).await
     }
 
     /// Number of transaction index entries written.

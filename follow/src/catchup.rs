@@ -387,19 +387,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 first = last + 1;
             }
         }
-        let in_flight = self.config.in_flight.max(1);
-        let (mut sender, received) = futures::channel::mpsc::channel(in_flight);
-        let fetching = async move {
-            let mut fetched = futures::stream::iter(ranges)
-                .map(|(first, last)| self.fetch_range(first, last))
-                .buffered(in_flight);
-            while let Some(result) = fetched.next().await {
-                let failed = result.is_err();
-                if sender.send(result).await.is_err() || failed {
-                    break;
-                }
-            }
-        };
+        let (fetching, received) = fetch_in_order(self.sources, &self.config, ranges);
         let storing = async {
             // Owned here, so that fetching stops as soon as storing does.
             let mut received = received;
@@ -474,34 +462,69 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         linked.anchors.clear();
         Ok(())
     }
+}
 
-    /// The blocks `first..=last`, asking again for what a source left out.
-    async fn fetch_range(&self, first: u64, last: u64) -> Result<Vec<Block>, CatchUpError> {
-        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
-        let mut attempts = 0;
-        let mut next = first;
-        while next <= last {
-            match self.sources.get_blocks(next, last).await {
-                Ok(more) if !more.is_empty() => {
-                    next += more.len() as u64;
-                    blocks.extend(more);
+/// Fetches `ranges` in their order, `config.in_flight` at a time over the healthy upstreams,
+/// and hands each range's blocks to the receiver while the next ones are fetched: the
+/// returned future does the fetching (join it with the consumer). It stops after the first
+/// failed range, or when the receiver is dropped.
+pub(crate) fn fetch_in_order<'a, U: UpstreamRequests>(
+    sources: &'a Sources<U>,
+    config: &CatchUpConfig,
+    ranges: Vec<(u64, u64)>,
+) -> (
+    impl std::future::Future<Output = ()> + 'a,
+    futures::channel::mpsc::Receiver<Result<Vec<Block>, CatchUpError>>,
+) {
+    let in_flight = config.in_flight.max(1);
+    let attempts = config.attempts;
+    let (mut sender, received) = futures::channel::mpsc::channel(in_flight);
+    let fetching = async move {
+        let mut fetched = futures::stream::iter(ranges)
+            .map(|(first, last)| fetch_range(sources, attempts, first, last))
+            .buffered(in_flight);
+        while let Some(result) = fetched.next().await {
+            let failed = result.is_err();
+            if sender.send(result).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    (fetching, received)
+}
+
+/// The blocks `first..=last`, asking again (up to `attempts` times in all) for what a source
+/// left out.
+async fn fetch_range<U: UpstreamRequests>(
+    sources: &Sources<U>,
+    attempts: u32,
+    first: u64,
+    last: u64,
+) -> Result<Vec<Block>, CatchUpError> {
+    let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+    let mut failed = 0;
+    let mut next = first;
+    while next <= last {
+        match sources.get_blocks(next, last).await {
+            Ok(more) if !more.is_empty() => {
+                next += more.len() as u64;
+                blocks.extend(more);
+            }
+            Ok(_) => {
+                failed += 1;
+                if failed >= attempts {
+                    return Err(CatchUpError::Missing(next));
                 }
-                Ok(_) => {
-                    attempts += 1;
-                    if attempts >= self.config.attempts {
-                        return Err(CatchUpError::Missing(next));
-                    }
-                }
-                Err(error) => {
-                    attempts += 1;
-                    if attempts >= self.config.attempts {
-                        return Err(CatchUpError::Fetch { first, last, error });
-                    }
+            }
+            Err(error) => {
+                failed += 1;
+                if failed >= attempts {
+                    return Err(CatchUpError::Fetch { first, last, error });
                 }
             }
         }
-        Ok(blocks)
     }
+    Ok(blocks)
 }
 
 /// Segments linked to their anchors and waiting to be written.

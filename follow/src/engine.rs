@@ -4,6 +4,7 @@
 //! in-process upstream in simulations), which hands over its notifications and request handle.
 
 use crate::{
+    backfill::Backfill,
     catchup::{CatchUp, CatchUpConfig, CatchUpReport, open_anchors},
     chain::FollowerChain,
     checkpoint::Checkpoint,
@@ -32,7 +33,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Catch-up attempts before marshal is left to repair the gap.
 const CATCH_UP_ATTEMPTS: u32 = 3;
@@ -100,6 +101,9 @@ pub struct EngineConfig {
     pub evidence_dir: Option<std::path::PathBuf>,
     /// How a follower far behind catches up.
     pub catch_up: CatchUpConfig,
+    /// Fetch the history under a checkpoint start down to genesis, in the background (see
+    /// [`crate::backfill`]).
+    pub backfill: bool,
 }
 
 impl EngineConfig {
@@ -119,6 +123,7 @@ impl EngineConfig {
             checkpoint: None,
             evidence_dir: None,
             catch_up: CatchUpConfig::default(),
+            backfill: false,
         }
     }
 }
@@ -192,6 +197,51 @@ fn hold(held: &mut Vec<Sourced>, notification: Sourced) {
         held.remove(oldest);
     }
     held.push(notification);
+}
+
+/// The longest wait between backfill attempts.
+const MAX_BACKFILL_DELAY: Duration = Duration::from_secs(60);
+
+/// Backfills the history under the lowest stored block down to genesis, trying again (after
+/// a growing delay) whenever the upstreams fail it or serve a broken chain.
+async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
+    context: E,
+    execution: EmbeddedExecution<E>,
+    sources: Sources<U>,
+    config: CatchUpConfig,
+) {
+    let mut delay = Duration::from_secs(1);
+    let started = context.current();
+    loop {
+        let backfill = Backfill {
+            execution: &execution,
+            sources: &sources,
+            config,
+        };
+        match backfill.run().await {
+            Ok(report) => {
+                let took = context
+                    .current()
+                    .duration_since(started)
+                    .unwrap_or_default();
+                info!(
+                    from = report.from,
+                    ?took,
+                    "history backfilled down to genesis"
+                );
+                return;
+            }
+            Err(err) if err.is_retryable() => {
+                warn!(%err, down_to = execution.first_height(), retry_in = ?delay, "backfill interrupted; trying again");
+                context.sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKFILL_DELAY);
+            }
+            Err(err) => {
+                error!(%err, down_to = execution.first_height(), "backfill stopped");
+                return;
+            }
+        }
+    }
 }
 
 fn nonzero(value: usize) -> NonZeroUsize {
@@ -418,6 +468,15 @@ where
         marshal_config,
     )
     .await;
+
+    if config.backfill && execution.first_height() > 0 {
+        let execution = execution.clone();
+        let sources = sources.clone();
+        let settings = config.catch_up;
+        context
+            .child("backfill")
+            .spawn(move |context| backfill_history(context, execution, sources, settings));
+    }
 
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let book = sources.book().clone();

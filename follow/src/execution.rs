@@ -35,6 +35,18 @@ pub enum ExecutionError {
         /// The tip's hash.
         tip: Digest,
     },
+    /// A history block is not the parent of the block above it.
+    #[error(
+        "block {height} hashes to {hash}, but the block above it names {expected} as its parent"
+    )]
+    NotParent {
+        /// Height of the block.
+        height: u64,
+        /// Its hash.
+        hash: Digest,
+        /// The parent hash the block above names.
+        expected: Digest,
+    },
     /// A different block is already finalized at this height.
     #[error("height {height} is already finalized as {stored}, not {offered}")]
     Conflict {
@@ -63,8 +75,9 @@ pub trait ExecutionProvider: Clone + Send + Sync + 'static {
     /// Height of the finalized tip (0 = genesis only).
     fn finalized_height(&self) -> u64;
 
-    /// Height of the first stored block: 0 for a chain stored from genesis, the checkpoint's
-    /// height for one started at a verified checkpoint.
+    /// Height of the first served block: 0 for a chain stored from genesis, the checkpoint's
+    /// height for one started at a verified checkpoint, lower as history below the checkpoint
+    /// is backfilled.
     fn first_height(&self) -> u64;
 
     /// The header at `height`.
@@ -103,10 +116,18 @@ struct Tip {
     hash: Digest,
 }
 
+/// The lowest stored block of the consecutive heights up to the tip: its height, and the hash
+/// it names as its parent (what the block below it must hash to).
+#[derive(Clone, Copy, Debug)]
+struct First {
+    height: u64,
+    parent: Digest,
+}
+
 /// The embedded execution store: finalized blocks on disk (cheap to clone).
 pub struct EmbeddedExecution<E: StoreContext> {
     blocks: BlockStore<E>,
-    base: u64,
+    first: Arc<RwLock<First>>,
     tip: Arc<RwLock<Tip>>,
 }
 
@@ -114,7 +135,7 @@ impl<E: StoreContext> Clone for EmbeddedExecution<E> {
     fn clone(&self) -> Self {
         Self {
             blocks: self.blocks.clone(),
-            base: self.base,
+            first: self.first.clone(),
             tip: self.tip.clone(),
         }
     }
@@ -147,21 +168,88 @@ impl<E: StoreContext> EmbeddedExecution<E> {
             }
             Some(_) => {}
         }
-        let base = blocks.first_height().await.unwrap_or(0);
-        // Blocks are only ever written in order from the base, so the last index is the tip.
-        let height = blocks.last_height().await.unwrap_or(base);
+        // Blocks above the anchor are only ever written in order, so the last index is the
+        // tip; history below it is written downwards from the anchor, so the served chain is
+        // the run of consecutive heights that holds the tip.
+        let height = blocks.last_height().await.unwrap_or(anchor.height());
         let tip_block = blocks
             .get(height)
             .await?
             .ok_or(ExecutionError::Missing(height))?;
+        let first = blocks.consecutive_down_from(height).await.unwrap_or(height);
+        let first_block = blocks
+            .get(first)
+            .await?
+            .ok_or(ExecutionError::Missing(first))?;
         Ok(Self {
             blocks,
-            base,
+            first: Arc::new(RwLock::new(First {
+                height: first,
+                parent: first_block.parent(),
+            })),
             tip: Arc::new(RwLock::new(Tip {
                 height,
                 hash: tip_block.hash(),
             })),
         })
+    }
+
+    /// Stores `blocks`, history directly below the first stored block in descending heights
+    /// (each the parent of the one before), with one sync, then serves them. The caller has
+    /// authenticated them through the parent hashes from the first stored block; the first of
+    /// them must be its parent.
+    pub async fn store_history(&self, blocks: &[Block]) -> Result<(), ExecutionError> {
+        let Some(last) = blocks.last() else {
+            return Ok(());
+        };
+        let first = self.first();
+        let mut expected = (first.height, first.parent);
+        for block in blocks {
+            let height = expected
+                .0
+                .checked_sub(1)
+                .ok_or(ExecutionError::OutOfOrder {
+                    expected: 0,
+                    got: block.height(),
+                })?;
+            if block.height() != height {
+                return Err(ExecutionError::OutOfOrder {
+                    expected: height,
+                    got: block.height(),
+                });
+            }
+            if block.hash() != expected.1 {
+                return Err(ExecutionError::NotParent {
+                    height,
+                    hash: block.hash(),
+                    expected: expected.1,
+                });
+            }
+            expected = (height, block.parent());
+        }
+        self.blocks.put_history(blocks).await?;
+        *self
+            .first
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = First {
+            height: last.height(),
+            parent: last.parent(),
+        };
+        Ok(())
+    }
+
+    /// The lowest served height and the hash its block names as its parent: where history
+    /// below it continues.
+    pub fn history_start(&self) -> (u64, Digest) {
+        let first = self.first();
+        (first.height, first.parent)
+    }
+
+    fn first(&self) -> First {
+        *self
+            .first
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores `blocks`, the consecutive heights after the tip each the parent of the next,
@@ -219,7 +307,7 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
     }
 
     fn first_height(&self) -> u64 {
-        self.base
+        self.first().height
     }
 
     async fn header_by_number(&self, height: u64) -> Result<Option<TempoHeader>, ExecutionError> {

@@ -5,6 +5,7 @@
 //! them on the feed the follower serves. [`engine`] wires them together; [`checkpoint`] lets a
 //! follower join a long-running chain at a verified finalization.
 
+pub mod backfill;
 pub mod catchup;
 pub mod chain;
 pub mod checkpoint;

@@ -4,7 +4,7 @@
 use crate::common::{lock_datadir, shutdown_signal};
 use cairn_epoch::ChainProfile;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
-use cairn_feed::RpcConfig;
+use cairn_feed::{ChainReader as _, RpcConfig};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     catchup::{CatchUpConfig, VerifyPolicy},
@@ -53,8 +53,8 @@ pub struct FollowArgs {
     /// Where to start: `genesis`, `latest` (the upstream's latest finalization) or a block
     /// height. A start other than genesis walks the boundary certificates from the profile's
     /// genesis outcome to the checkpoint's epoch, verifying each with the key the one before it
-    /// announced, then follows from the verified checkpoint; history below it is not stored and
-    /// is answered with 503. Default: `genesis` when the profile carries the genesis header,
+    /// announced, then follows from the verified checkpoint; history below it is not stored (see
+    /// --backfill) and is answered with 503. Default: `genesis` when the profile carries the genesis header,
     /// `latest` when it does not (the built-in Tempo profiles). Applies to an empty datadir; a
     /// datadir that already follows resumes where it stopped.
     #[arg(long, value_name = "latest|genesis|HEIGHT")]
@@ -71,6 +71,14 @@ pub struct FollowArgs {
         default_value = "hash-chain"
     )]
     verify: VerifyPolicy,
+    /// After a start from a checkpoint, also fetch the history under it down to genesis, in the
+    /// background while following: each block must hash to the parent hash the block above it
+    /// names (no certificates needed), blocks are fetched in JSON-RPC batches and stored with
+    /// one sync per 4,096, and each stored batch is served at once. Interrupted or restarted,
+    /// it continues from the lowest stored block. Transactions of these blocks are not indexed
+    /// for lookup by hash.
+    #[arg(long)]
+    backfill: bool,
 
     /// How often to print a progress line.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -235,6 +243,7 @@ async fn follow(
                 workers: std::thread::available_parallelism().map_or(1, usize::from),
                 ..CatchUpConfig::default()
             },
+            backfill: args.backfill,
             ..EngineConfig::new(profile.clone())
         },
         notifications,
@@ -290,7 +299,8 @@ async fn follow(
         follower.provider.len()
     );
 
-    let result = report_until_stopped(follower, &profile, args.status_interval).await;
+    let result =
+        report_until_stopped(follower, &profile, args.status_interval, args.backfill).await;
     if let Some(server) = server {
         let _ = server.handle.stop();
     }
@@ -302,8 +312,11 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     follower: Follower<E>,
     profile: &ChainProfile,
     interval: Duration,
+    backfill: bool,
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
+    let chain = follower.chain.clone();
+    let mut history = backfill.then(|| (Instant::now(), chain.first_height()));
     let upstream = follower.upstream.clone();
     let sources = follower.sources.clone();
     let provider = follower.provider.clone();
@@ -346,8 +359,24 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     }
                     last_epoch = latest_epoch;
                 }
+                let first = chain.first_height();
+                let backfilling = match history {
+                    Some((started, from)) if first == 0 => {
+                        if from > 0 {
+                            println!(
+                                "backfilled {from} blocks (0..={}) in {:.2} s",
+                                from - 1,
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                        history = None;
+                        String::new()
+                    }
+                    Some(_) => format!(" | history from {first}"),
+                    None => String::new(),
+                };
                 println!(
-                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s | {} | rejected {}",
+                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s{backfilling} | {} | rejected {}",
                     upstreams_summary(&sources.health()),
                     status.rejected
                 );

@@ -575,6 +575,38 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     );
     at_height.stop();
 
+    // The same start with --backfill fetches the history under the checkpoint down to
+    // genesis, linked through the parent hashes, and serves it.
+    let backfilled = CairnProcess::follower_with(
+        cairn(),
+        &profile,
+        &devnet.addr,
+        &dir.path().join("backfilled"),
+        &dir.path().join("backfilled.log"),
+        &["--checkpoint", "102", "--backfill"],
+    )
+    .with_rpc_addr();
+    let line = backfilled.wait_for_line_within("backfilled ", Duration::from_secs(120));
+    assert!(
+        line.starts_with("backfilled 102 blocks (0..=101) in "),
+        "{line}"
+    );
+    let backfilled_rpc = backfilled.http();
+    wait_for_height(&backfilled_rpc, 110, Duration::from_secs(120)).await;
+    for height in 0..=110 {
+        assert_eq!(
+            raw_block(&backfilled_rpc, height).await,
+            raw_block(&devnet_rpc, height).await,
+            "backfilled block {height}"
+        );
+    }
+    let earliest: serde_json::Value = backfilled_rpc
+        .request("eth_getBlockByNumber", rpc_params!["earliest", false])
+        .await
+        .expect("earliest block");
+    assert_eq!(earliest["number"], "0x0", "history reaches genesis");
+    backfilled.stop();
+
     // The refused start kept nothing: the same datadir with the right profile walks from
     // genesis.
     let again = CairnProcess::follower_with(

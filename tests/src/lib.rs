@@ -199,6 +199,8 @@ impl ChainReader for EmptyChain {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryChain {
     blocks: std::sync::Arc<std::sync::RwLock<BTreeMap<u64, CertifiedBlock>>>,
+    /// Blocks served without a certificate (genesis, history).
+    uncertified: std::sync::Arc<std::sync::RwLock<BTreeMap<u64, Block>>>,
 }
 
 impl MemoryChain {
@@ -210,6 +212,14 @@ impl MemoryChain {
             .expect("certified blocks carry blocks")
             .height();
         self.blocks.write().expect("lock").insert(height, certified);
+    }
+
+    /// Adds a block served without a certificate (by height and hash only).
+    pub fn insert_block(&self, block: Block) {
+        self.uncertified
+            .write()
+            .expect("lock")
+            .insert(block.height(), block);
     }
 }
 
@@ -228,12 +238,13 @@ impl ChainReader for MemoryChain {
     }
 
     async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
-        Ok(self
+        let certified = self
             .blocks
             .read()
             .expect("lock")
             .get(&height)
-            .and_then(|certified| certified.block.clone()))
+            .and_then(|certified| certified.block.clone());
+        Ok(certified.or_else(|| self.uncertified.read().expect("lock").get(&height).cloned()))
     }
 
     async fn block_by_hash(

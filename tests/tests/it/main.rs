@@ -1,6 +1,7 @@
 //! cairn's cross-crate tests, in one binary: conformance with real Tempo data, ceremonies and
 //! certificates, property tests, and decoder robustness.
 
+mod backfill;
 mod catchup;
 mod ceremonies;
 mod checkpoint;

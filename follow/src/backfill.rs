@@ -1,0 +1,117 @@
+//! Backfill: the history under a checkpoint start, fetched down to genesis in the background.
+//!
+//! A follower that started at a verified checkpoint stores nothing below it. Its lowest stored
+//! block is authenticated (by the checkpoint's certificate, or by the hash chain from it), and
+//! names its parent's hash, so the history below needs no certificate at all: each block must
+//! hash to the parent hash the block above it names, down to genesis. Ranges are fetched the
+//! way catch-up fetches them (JSON-RPC batches, several in flight over the healthy upstreams),
+//! linked downwards, and written in batches with one sync each; a batch is served once it is
+//! durable. A block that breaks the chain is refused, with nothing of it or below it stored.
+//!
+//! Transactions of history blocks are not indexed: the transaction index keeps the newest ones.
+
+use crate::{
+    catchup::{CatchUpConfig, CatchUpError, fetch_in_order},
+    execution::EmbeddedExecution,
+    upstream::{Sources, UpstreamRequests},
+};
+use cairn_feed::StoreContext;
+use cairn_primitives::Block;
+use futures::StreamExt as _;
+use tracing::debug;
+
+/// What a backfill did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// The lowest served height before.
+    pub from: u64,
+    /// The lowest served height after (0 once history reaches genesis).
+    pub to: u64,
+}
+
+/// What backfill reads from and writes to.
+pub struct Backfill<'a, E: StoreContext, U> {
+    /// The execution store; history goes under its lowest block.
+    pub execution: &'a EmbeddedExecution<E>,
+    /// The upstreams.
+    pub sources: &'a Sources<U>,
+    /// Fetch and write settings (the policy and the worker count do not apply).
+    pub config: CatchUpConfig,
+}
+
+impl<E: StoreContext, U: UpstreamRequests> Backfill<'_, E, U> {
+    /// Fetches and stores the history from the lowest served height down to genesis. On an
+    /// error, what was written before it stays (it was authenticated) and is served; running
+    /// again continues from there.
+    pub async fn run(&self) -> Result<BackfillReport, CatchUpError> {
+        let (from, parent) = self.execution.history_start();
+        let chunk = self.config.chunk.max(1);
+        let mut ranges = Vec::new();
+        let mut below = from;
+        while below > 0 {
+            let first = below.saturating_sub(chunk);
+            ranges.push((first, below - 1));
+            below = first;
+        }
+        let (fetching, received) = fetch_in_order(self.sources, &self.config, ranges);
+        let storing = async {
+            // Owned here, so that fetching stops as soon as storing does.
+            let mut received = received;
+            let mut expected = parent;
+            let mut linked: Vec<Block> = Vec::new();
+            while let Some(blocks) = received.next().await {
+                let blocks = match blocks {
+                    Ok(blocks) => blocks,
+                    Err(err) => return self.write_then(&mut linked, err).await,
+                };
+                for block in blocks.into_iter().rev() {
+                    if block.hash() != expected {
+                        let err = CatchUpError::Broken {
+                            height: block.height(),
+                            got: block.hash(),
+                            expected,
+                        };
+                        return self.write_then(&mut linked, err).await;
+                    }
+                    expected = block.parent();
+                    linked.push(block);
+                }
+                if linked.len() >= self.config.write_batch {
+                    self.write(&mut linked).await?;
+                }
+            }
+            self.write(&mut linked).await
+        };
+        let ((), stored) = futures::join!(fetching, storing);
+        stored?;
+        Ok(BackfillReport {
+            from,
+            to: self.execution.history_start().0,
+        })
+    }
+
+    /// Writes what was linked, then returns `err`.
+    async fn write_then(
+        &self,
+        linked: &mut Vec<Block>,
+        err: CatchUpError,
+    ) -> Result<(), CatchUpError> {
+        self.write(linked).await?;
+        Err(err)
+    }
+
+    /// Writes linked history with one sync.
+    async fn write(&self, linked: &mut Vec<Block>) -> Result<(), CatchUpError> {
+        if linked.is_empty() {
+            return Ok(());
+        }
+        self.execution.store_history(linked).await?;
+        debug!(
+            down_to = linked.last().map(Block::height),
+            blocks = linked.len(),
+            "history stored"
+        );
+        linked.clear();
+        Ok(())
+    }
+}
