@@ -15,7 +15,8 @@ use alloy_eips::eip4895::Withdrawals;
 use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
 use cairn_dkg::{CeremonyError, DkgOutcome, Identity, ceremony::committee_set};
 use cairn_epoch::{
-    ChainProfile, CommitteeSigner, EpochStrategy, InvalidEpochLength, SignerError, certified_block,
+    ChainProfile, CommitteeSigner, EpochStrategy, Finalization, InvalidEpochLength, SignerError,
+    certified_block,
 };
 use cairn_feed::{FeedState, StoreContext};
 use cairn_primitives::{Block, Body, ProposerKey, TempoConsensusContext, TempoHeader};
@@ -26,9 +27,11 @@ use commonware_cryptography::{
     ed25519::{PrivateKey, PublicKey},
 };
 use commonware_math::algebra::Random;
+use commonware_parallel::Strategy;
 use rand::{SeedableRng, rngs::StdRng};
 use std::{
     collections::BTreeSet,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 use tracing::{info, warn};
@@ -217,7 +220,7 @@ pub struct Produced {
 struct ActiveEpoch {
     epoch: u64,
     secrets: EpochSecrets,
-    signer: CommitteeSigner,
+    signer: Arc<CommitteeSigner>,
 }
 
 /// The devnet chain producer over an on-disk store.
@@ -352,6 +355,34 @@ fn header_template(number: u64, millis: u64, extra_data: Bytes) -> TempoHeader {
 
 /// Deals the genesis key to the epoch-0 committee, stores its secrets and the genesis block
 /// (whose `extraData` is the epoch-0 outcome).
+/// Has a quorum of `signer`'s committee, rotating with the view, sign `block` at `view` of
+/// `epoch`, and assembles their votes into its finalization.
+fn certify(
+    signer: &CommitteeSigner,
+    block: &Block,
+    epoch: u64,
+    view: u64,
+) -> Result<Finalization, DevnetError> {
+    let players: Vec<PublicKey> = signer.players().iter().cloned().collect();
+    let quorum = signer.quorum() as usize;
+    // Rotate which members are missing from the certificate.
+    let signers: Vec<PublicKey> = (0..quorum)
+        .map(|i| players[(view as usize + i) % players.len()].clone())
+        .collect();
+    signer
+        .finalize(
+            Round::new(Epoch::new(epoch), View::new(view)),
+            View::new(view - 1),
+            block.hash(),
+            &signers,
+        )
+        .map_err(|error| DevnetError::Signing {
+            epoch,
+            height: block.height(),
+            error,
+        })
+}
+
 async fn create_genesis<E: StoreContext>(
     store: &ChainStore<E>,
     config: &DevnetConfig,
@@ -551,7 +582,7 @@ impl<E: StoreContext> Devnet<E> {
                 height = block.height(),
                 "re-certifying a block stored without its finalization"
             );
-            self.certify_and_store(block, true).await?;
+            self.certify_and_store(block).await?;
         }
         if let Some(certified) =
             cairn_feed::ChainReader::certified_at(&self.store, self.next_height - 1)
@@ -584,6 +615,7 @@ impl<E: StoreContext> Devnet<E> {
             &secrets.outcome.output,
             &secrets.shares,
         )
+        .map(Arc::new)
         .map_err(|error| DevnetError::Signing {
             epoch,
             height: self.next_height,
@@ -669,29 +701,71 @@ impl<E: StoreContext> Devnet<E> {
 
     /// Builds, certifies and stores the next height (synced), and publishes it.
     pub async fn produce_next(&mut self) -> Result<Produced, DevnetError> {
-        self.produce(true).await
-    }
-
-    /// Builds and certifies the next height, written but neither synced nor published nor
-    /// served: bulk generation, made durable and served by [`Self::commit`].
-    pub async fn produce_unsynced(&mut self) -> Result<Produced, DevnetError> {
-        self.produce(false).await
-    }
-
-    /// Syncs what [`Self::produce_unsynced`] wrote and serves it.
-    pub async fn commit(&mut self) -> Result<(), DevnetError> {
-        Ok(self.store.commit(self.next_height - 1).await?)
-    }
-
-    async fn produce(&mut self, durable: bool) -> Result<Produced, DevnetError> {
         let height = self.next_height;
-        let (epoch, view) = self.round_of(height);
-        let entered = self.activate(epoch).await?;
         let parent = self
             .store
             .block(height - 1)
             .await?
             .ok_or_else(|| corrupt(format!("block {}", height - 1), "missing parent"))?;
+        let (block, entered) = self.build(height, &parent).await?;
+        self.store.put_block(&block).await?;
+        let certified = self.certify_and_store(block).await?;
+        Ok(Produced { certified, entered })
+    }
+
+    /// Syncs what [`Self::produce_batch_unsynced`] wrote and serves it.
+    pub async fn commit(&mut self) -> Result<(), DevnetError> {
+        Ok(self.store.commit(self.next_height - 1).await?)
+    }
+
+    /// Builds the next `count` heights, has their committees sign them on `strategy`'s
+    /// threads, and writes them without syncing: bulk generation, made durable and served by
+    /// [`Self::commit`]. Returns each new epoch entered, in order.
+    pub async fn produce_batch_unsynced(
+        &mut self,
+        count: u64,
+        strategy: &impl Strategy,
+    ) -> Result<Vec<EpochEntry>, DevnetError> {
+        let first = self.next_height;
+        let mut parent = self
+            .store
+            .block(first - 1)
+            .await?
+            .ok_or_else(|| corrupt(format!("block {}", first - 1), "missing parent"))?;
+        let mut entered = Vec::new();
+        let mut built = Vec::with_capacity(count as usize);
+        for height in first..first + count {
+            let (block, entry) = self.build(height, &parent).await?;
+            entered.extend(entry);
+            let signer = self
+                .active
+                .as_ref()
+                .expect("build() activated the epoch")
+                .signer
+                .clone();
+            parent = block.clone();
+            built.push((self.round_of(height), block, signer));
+        }
+        let finalizations = strategy
+            .try_map_collect_vec(&built, |((epoch, view), block, signer)| {
+                certify(signer, block, *epoch, *view)
+            })?;
+        for ((_, block, _), finalization) in built.into_iter().zip(finalizations) {
+            self.store.put_unsynced(&block, &finalization).await?;
+            self.next_height = block.height() + 1;
+        }
+        Ok(entered)
+    }
+
+    /// Builds the block at `height` on `parent`, running the next epoch's ceremony at a
+    /// boundary; returns it with the epoch it enters, if it is an epoch's first height.
+    async fn build(
+        &mut self,
+        height: u64,
+        parent: &Block,
+    ) -> Result<(Block, Option<EpochEntry>), DevnetError> {
+        let (epoch, view) = self.round_of(height);
+        let entered = self.activate(epoch).await?;
         let extra_data = if self.epochs.is_boundary(height) {
             self.next_epoch_secrets(epoch).await?.outcome.to_bytes()
         } else if view % 3 == 2 {
@@ -749,53 +823,24 @@ impl<E: StoreContext> Devnet<E> {
         });
         let block =
             Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;
-        if durable {
-            self.store.put_block(&block).await?;
-        }
-        let certified = self.certify_and_store(block, durable).await?;
-        Ok(Produced { certified, entered })
+        Ok((block, entered))
     }
 
-    /// Has a rotating quorum sign the block and stores the finalization; when `durable`, syncs
-    /// it and publishes it, else writes block and finalization without syncing.
+    /// Has a rotating quorum sign the block, stores the finalization (synced) and publishes
+    /// it.
     async fn certify_and_store(
         &mut self,
         block: Block,
-        durable: bool,
     ) -> Result<cairn_primitives::CertifiedBlock, DevnetError> {
         let height = block.height();
         let (epoch, view) = self.round_of(height);
         self.activate(epoch).await?;
         let active = self.active.as_ref().expect("activate() just set the epoch");
-        let players: Vec<PublicKey> = active.signer.players().iter().cloned().collect();
-        let quorum = active.signer.quorum() as usize;
-        // Rotate which members are missing from the certificate.
-        let signers: Vec<PublicKey> = (0..quorum)
-            .map(|i| players[(view as usize + i) % players.len()].clone())
-            .collect();
-        let finalization = active
-            .signer
-            .finalize(
-                Round::new(Epoch::new(epoch), View::new(view)),
-                View::new(view - 1),
-                block.hash(),
-                &signers,
-            )
-            .map_err(|error| DevnetError::Signing {
-                epoch,
-                height,
-                error,
-            })?;
-        if durable {
-            self.store.put_finalization(height, &finalization).await?;
-        } else {
-            self.store.put_unsynced(&block, &finalization).await?;
-        }
+        let finalization = certify(&active.signer, &block, epoch, view)?;
+        self.store.put_finalization(height, &finalization).await?;
         self.next_height = height + 1;
         let certified = certified_block(&finalization, block);
-        if durable {
-            self.feed.publish_finalized(certified.clone());
-        }
+        self.feed.publish_finalized(certified.clone());
         Ok(certified)
     }
 }

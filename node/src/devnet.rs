@@ -109,28 +109,33 @@ async fn bulk<E: cairn_feed::StoreContext>(
 ) -> eyre::Result<bool> {
     let started = Instant::now();
     let first = devnet.next_height();
-    for produced_count in 1..=count {
-        let produced = devnet.produce_unsynced().await?;
-        if let Some(entry) = &produced.entered {
-            print_epoch(entry, validators);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let strategy = commonware_parallel::Rayon::new(
+        std::num::NonZeroUsize::new(threads).expect("at least one thread"),
+    )
+    .map_err(|err| eyre::eyre!("no signing threads: {err}"))?;
+    let mut produced_count = 0;
+    while produced_count < count {
+        let batch = BULK_BATCH.min(count - produced_count);
+        for entry in devnet.produce_batch_unsynced(batch, &strategy).await? {
+            print_epoch(&entry, validators);
         }
-        if produced_count % BULK_BATCH == 0 || produced_count == count {
-            devnet.commit().await?;
-            let elapsed = started.elapsed().as_secs_f64();
-            println!(
-                "bulk: height {} | {produced_count} of {count} | {:.1} blocks/s",
-                devnet.next_height() - 1,
-                produced_count as f64 / elapsed.max(1e-9)
-            );
-            let stopped = tokio::select! {
-                biased;
-                () = shutdown.as_mut() => true,
-                () = std::future::ready(()) => false,
-            };
-            if stopped {
-                println!("bulk generation stopped by a signal");
-                return Ok(true);
-            }
+        devnet.commit().await?;
+        produced_count += batch;
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "bulk: height {} | {produced_count} of {count} | {:.1} blocks/s",
+            devnet.next_height() - 1,
+            produced_count as f64 / elapsed.max(1e-9)
+        );
+        let stopped = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => true,
+            () = std::future::ready(()) => false,
+        };
+        if stopped {
+            println!("bulk generation stopped by a signal");
+            return Ok(true);
         }
     }
     println!(

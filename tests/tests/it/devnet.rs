@@ -8,8 +8,9 @@ use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_primitives::{Block, CertifiedBlock};
 use cairn_tests::verify_chain;
+use commonware_parallel::Rayon;
 use commonware_runtime::{Runner, Supervisor, deterministic};
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, num::NonZeroUsize};
 
 fn config() -> DevnetConfig {
     DevnetConfig {
@@ -336,16 +337,26 @@ fn bulk_generation_stores_the_same_chain_and_serves_it_only_once_synced() {
         let mut devnet = Devnet::open(context.child("devnet"), seeded, feed)
             .await
             .expect("devnet opens");
-        for _ in 0..6 {
-            devnet.produce_unsynced().await.expect("produces");
-        }
+        // Signed on two threads, in batches that cross epoch boundaries.
+        let threads = Rayon::new(NonZeroUsize::new(2).expect("non-zero")).expect("pool");
+        let entered = devnet
+            .produce_batch_unsynced(6, &threads)
+            .await
+            .expect("produces");
+        let epochs: Vec<u64> = entered.iter().map(|entry| entry.epoch).collect();
+        assert_eq!(
+            epochs,
+            vec![0, 1],
+            "epochs 0 and 1 entered within the first batch"
+        );
         // Written, not yet served: the tip moves only when the batch is synced.
         assert_eq!(devnet.store().finalized_height(), None);
         devnet.commit().await.expect("commits");
         assert_eq!(devnet.store().finalized_height(), Some(6));
-        for _ in 6..14 {
-            devnet.produce_unsynced().await.expect("produces");
-        }
+        devnet
+            .produce_batch_unsynced(8, &threads)
+            .await
+            .expect("produces");
         devnet.commit().await.expect("commits");
         assert_eq!(devnet.store().finalized_height(), Some(14));
         assert!(events.try_recv().is_err(), "bulk blocks are not published");
