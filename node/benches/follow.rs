@@ -2,9 +2,10 @@
 //! follow` follower, both the binaries this package builds):
 //!
 //! 1. catch-up: the devnet first produces the chain with no block time; a fresh follower with
-//!    `--verify every-block` (Tempo's policy: every certificate verified) catches up from
-//!    genesis, then a fresh follower with the default hash-chain catch-up. Rates, CPU time per
-//!    block (from /proc) and certificates verified per block are compared in the same run.
+//!    `--verify every-block` (Tempo's policy: every certificate verified, one block in flight)
+//!    catches up from genesis, then a fresh follower with the default hash-chain catch-up.
+//!    Rates, CPU time per block (from /proc) and certificates verified per block are compared
+//!    in the same run.
 //! 2. live latency: the devnet restarts with a block time; for each height, the follower's
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
 //! 3. fan-out: subscribers of the follower (1,000 with `--bench`), opened by this process,
@@ -16,6 +17,12 @@
 //!    follower given only the genesis outcome starts with `--checkpoint latest`, walks every
 //!    boundary and follows live. The baseline in the same run is the same follower restarted on
 //!    its datadir, which takes its stored checkpoint without walking.
+//!
+//! 6. memory by chain length: for each length in `CAIRN_BENCH_MEMORY` (100,000 by default), a
+//!    chain is generated with `cairn devnet --bulk` (seed 1, epochs of 100, a full DKG), and a
+//!    fresh follower catches up from genesis; its peak resident memory (VmHWM) is read at the
+//!    end. With `CAIRN_BENCH_CHAINS=DIR`, chains are kept in `DIR/LENGTH` and reused by later
+//!    runs.
 //!
 //! `cargo bench -p cairn-node --bench follow` runs 20,000 blocks of catch-up and follows to
 //! 100,000 (`CAIRN_BENCH_CATCHUP` and `CAIRN_BENCH_LONG` override both); without `--bench` (as
@@ -162,7 +169,7 @@ async fn main() {
     producer.wait_for_line_within("reached --until-height", limit);
     let produce_rate = catchup as f64 / produce_start.elapsed().as_secs_f64();
 
-    // The baseline first: Tempo's policy, every certificate verified.
+    // The baseline first: Tempo's policy, every certificate verified, one block in flight.
     let baseline_start = Instant::now();
     let baseline = CairnProcess::follower_with(
         cairn(),
@@ -255,12 +262,31 @@ async fn main() {
     let epochs = env_number("CAIRN_BENCH_EPOCHS", if full { 1_500 } else { 20 });
     let checkpoint = checkpoint_start(dir.path(), epochs, limit).await;
 
+    // 6. Memory by chain length.
+    let lengths: Vec<u64> = std::env::var("CAIRN_BENCH_MEMORY")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .map(|length| {
+                    length
+                        .trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("CAIRN_BENCH_MEMORY: {length:?}"))
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![if full { 100_000 } else { 1_000 }]);
+    let mut memory = Vec::new();
+    for length in lengths {
+        memory.push(memory_at(dir.path(), length, limit).await);
+    }
+
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
     println!();
     println!("| measurement | value | baseline (same run) | ratio |");
     println!("|---|---|---|---|");
     println!(
-        "| catch-up from genesis, {catchup} blocks, hash chain (default) | {catchup_rate:.1} blocks/s | every certificate verified (`--verify every-block`, Tempo's policy) {baseline_rate:.1} blocks/s | {:.2} |",
+        "| catch-up from genesis, {catchup} blocks, hash chain (default) | {catchup_rate:.1} blocks/s | every certificate verified, one block in flight (`--verify every-block`, Tempo's policy) {baseline_rate:.1} blocks/s | {:.2} |",
         catchup_rate / baseline_rate
     );
     println!(
@@ -304,6 +330,74 @@ async fn main() {
         checkpoint.without_walk.as_millis(),
         checkpoint.with_walk.as_secs_f64() / checkpoint.without_walk.as_secs_f64().max(1e-6)
     );
+    let smallest = memory.first().map_or(1e-3, |run| run.peak_mib);
+    for run in &memory {
+        println!(
+            "| follower peak resident memory (VmHWM), catch-up from genesis of {} blocks | {:.1} MiB ({:.1} blocks/s) | {:.1} MiB at {} blocks | {:.2} |",
+            run.length,
+            run.peak_mib,
+            run.rate,
+            smallest,
+            memory.first().map_or(0, |run| run.length),
+            run.peak_mib / smallest.max(1e-3)
+        );
+    }
+}
+
+/// What the memory step measured at one chain length.
+struct MemoryRun {
+    length: u64,
+    peak_mib: f64,
+    rate: f64,
+}
+
+/// Generates (or reuses, under `CAIRN_BENCH_CHAINS`) a chain of `length` blocks with `cairn
+/// devnet --bulk`, and has a fresh follower catch up from genesis.
+async fn memory_at(dir: &Path, length: u64, limit: Duration) -> MemoryRun {
+    let kept = std::env::var_os("CAIRN_BENCH_CHAINS").map(std::path::PathBuf::from);
+    let chain_dir = kept.as_ref().map_or_else(
+        || dir.join(format!("chain-{length}")),
+        |kept| kept.join(length.to_string()),
+    );
+    let until = length.to_string();
+    let mut args = vec![
+        "--epoch-length",
+        EPOCH_LENGTH,
+        "--full-dkg-at-epochs",
+        "3",
+        "--seed",
+        "1",
+        "--block-time",
+        "0",
+        "--until-height",
+        &until,
+        "--rpc-addr",
+        "127.0.0.1:0",
+    ];
+    if !chain_dir.join("chain.json").exists() {
+        args.extend(["--bulk", until.as_str()]);
+    }
+    let producer = CairnProcess::devnet(cairn(), &chain_dir, &args);
+    producer.wait_for_line_within("reached --until-height", limit);
+    let started = Instant::now();
+    let follower = CairnProcess::follower(
+        cairn(),
+        &chain_dir.join("chain.json"),
+        &producer.addr,
+        &dir.join(format!("memory-follower-{length}")),
+        &dir.join(format!("memory-follow-{length}.log")),
+    );
+    follow_to(&follower.http(), length, follower.id(), limit).await;
+    let rate = length as f64 / started.elapsed().as_secs_f64();
+    let (_, peak_mib) = rss_mib(follower.id());
+    follower.stop();
+    producer.stop();
+    let _ = std::fs::remove_dir_all(dir.join(format!("memory-follower-{length}")));
+    MemoryRun {
+        length,
+        peak_mib,
+        rate,
+    }
 }
 
 /// What the fan-out step measured.

@@ -63,8 +63,8 @@ pub struct FollowArgs {
     /// `hash-chain`: verify the certificate of every epoch boundary (it carries the next key)
     /// and of the upstreams' latest block, and authenticate the blocks between them by their
     /// parent hashes; blocks are fetched in JSON-RPC batches and stored with one sync per 4,096.
-    /// `every-block`: verify every block's certificate one by one (Tempo's own policy; slower,
-    /// for comparison). Live blocks are always verified one by one.
+    /// `every-block`: verify every block's certificate one by one, one block in flight (Tempo's
+    /// own policy; slower, for comparison). Live blocks are always verified one by one.
     #[arg(
         long,
         value_name = "hash-chain|every-block",
@@ -244,7 +244,7 @@ async fn follow(
                 ..CatchUpConfig::default()
             },
             backfill: args.backfill,
-            ..EngineConfig::new(profile.clone())
+            ..engine_config(&profile, args.verify)
         },
         notifications,
         sources,
@@ -305,6 +305,20 @@ async fn follow(
         let _ = server.handle.stop();
     }
     result
+}
+
+/// The engine's defaults for `profile` under `policy`: Tempo's policy also keeps one block in
+/// flight, as Tempo's follow mode does.
+fn engine_config(profile: &ChainProfile, policy: VerifyPolicy) -> EngineConfig {
+    let defaults = EngineConfig::new(profile.clone());
+    match policy {
+        VerifyPolicy::HashChain => defaults,
+        VerifyPolicy::EveryBlock => EngineConfig {
+            max_repair: 1,
+            max_pending_acks: 1,
+            ..defaults
+        },
+    }
 }
 
 /// Prints progress lines until Ctrl-C, or until the follower stops.
