@@ -243,6 +243,13 @@ impl<E: StoreContext> ChainReader for ChainStore<E> {
         self.block(height).await.map_err(Self::read_error)
     }
 
+    async fn raw_block_at(&self, height: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        self.blocks
+            .get_raw(height)
+            .await
+            .map_err(|err| ReadError(err.to_string()))
+    }
+
     async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
         self.block_with_hash(hash).await.map_err(Self::read_error)
     }

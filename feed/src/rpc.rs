@@ -552,6 +552,14 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
     }
 
     async fn raw_block(&self, id: BlockId) -> RpcResult<Bytes> {
+        if let BlockId::Number(number) = id {
+            let height = self.height_of(number);
+            self.check_served(height)?;
+            if let Some(raw) = self.chain.raw_block_at(height).await.map_err(internal)? {
+                return Ok(Bytes::from(raw));
+            }
+        }
+        // By hash, or missing: the block says why.
         let block = self.block_for(id).await?;
         block
             .raw_rlp()

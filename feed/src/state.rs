@@ -43,6 +43,21 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
         height: u64,
     ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send;
 
+    /// The raw block at `height` (the RLP `debug_getRawBlock` serves), if stored with its
+    /// body. By default the block is read and encoded; a store that keeps blocks in their
+    /// encoded form serves it without decoding them.
+    fn raw_block_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ReadError>> + Send {
+        async move {
+            Ok(self
+                .block_at(height)
+                .await?
+                .and_then(|block| block.raw_rlp()))
+        }
+    }
+
     /// The block with hash `hash`, if stored.
     fn block_by_hash(
         &self,

@@ -4,7 +4,7 @@
 
 use alloy_primitives::B256;
 use bytes::BufMut;
-use cairn_primitives::{Block, BlockCodecConfig, Digest};
+use cairn_primitives::{Block, BlockCodecConfig, Digest, StoredBlock};
 use commonware_codec::{Buf, Error as CodecError, FixedSize, Read, ReadExt, Write};
 use commonware_runtime::{Clock, Metrics, Storage, buffer::paged::CacheRef};
 use commonware_storage::{
@@ -33,6 +33,14 @@ pub enum StoreError {
         /// The archive error.
         error: commonware_storage::archive::Error,
     },
+    /// A stored block does not decode.
+    #[error("{what}: the stored block does not decode: {error}")]
+    Decode {
+        /// What was being done.
+        what: &'static str,
+        /// The codec error.
+        error: commonware_codec::Error,
+    },
     /// A failed write destroyed the archive handle; the store cannot be used any more.
     #[error("the store was poisoned by an earlier failed write")]
     Poisoned,
@@ -44,6 +52,13 @@ pub fn page_cache() -> CacheRef {
         NonZeroU16::new(4096).expect("non-zero"),
         NonZeroUsize::new(256).expect("non-zero"),
     )
+}
+
+/// Decodes a stored block.
+fn decode(stored: &StoredBlock, what: &'static str) -> Result<Block, StoreError> {
+    stored
+        .decode(&BlockCodecConfig::default())
+        .map_err(|error| StoreError::Decode { what, error })
 }
 
 /// Archive settings for partitions named after `prefix`.
@@ -274,7 +289,7 @@ impl Read for TxLocation {
 /// again skips the entries already there. Only a block at or below the highest indexed height
 /// can have entries already, so new blocks are indexed without looking any key up.
 pub struct BlockStore<E: StoreContext> {
-    archive: SharedArchive<immutable::Archive<E, Digest, Block>>,
+    archive: SharedArchive<immutable::Archive<E, Digest, StoredBlock>>,
     transactions: SharedArchive<prunable::Archive<EightCap, E, Digest, TxLocation>>,
     cursor: Arc<Mutex<IndexCursor>>,
     tx_limit: u64,
@@ -372,7 +387,12 @@ impl<E: StoreContext> BlockStore<E> {
     pub async fn put(&self, block: &Block) -> Result<(), StoreError> {
         self.index_transactions(block).await?;
         self.archive
-            .put_sync(block.height(), block.hash(), block, "writing a block")
+            .put_sync(
+                block.height(),
+                block.hash(),
+                &StoredBlock::new(block),
+                "writing a block",
+            )
             .await
     }
 
@@ -381,7 +401,12 @@ impl<E: StoreContext> BlockStore<E> {
     pub async fn put_unsynced(&self, block: &Block) -> Result<(), StoreError> {
         self.index_transactions_unsynced(block).await?;
         self.archive
-            .put(block.height(), block.hash(), block, "writing a block")
+            .put(
+                block.height(),
+                block.hash(),
+                &StoredBlock::new(block),
+                "writing a block",
+            )
             .await
     }
 
@@ -398,7 +423,12 @@ impl<E: StoreContext> BlockStore<E> {
         self.prune_transactions().await?;
         for block in blocks {
             self.archive
-                .put(block.height(), block.hash(), block, "writing a block")
+                .put(
+                    block.height(),
+                    block.hash(),
+                    &StoredBlock::new(block),
+                    "writing a block",
+                )
                 .await?;
         }
         self.archive.sync("writing blocks").await
@@ -410,7 +440,12 @@ impl<E: StoreContext> BlockStore<E> {
     pub async fn put_history(&self, blocks: &[Block]) -> Result<(), StoreError> {
         for block in blocks {
             self.archive
-                .put(block.height(), block.hash(), block, "writing a block")
+                .put(
+                    block.height(),
+                    block.hash(),
+                    &StoredBlock::new(block),
+                    "writing a block",
+                )
                 .await?;
         }
         self.archive.sync("writing blocks").await
@@ -489,16 +524,26 @@ impl<E: StoreContext> BlockStore<E> {
 
     /// The block at `height`.
     pub async fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
-        self.archive
-            .get(Identifier::Index(height), "reading a block")
-            .await
+        const WHAT: &str = "reading a block";
+        let stored = self.archive.get(Identifier::Index(height), WHAT).await?;
+        stored.map(|stored| decode(&stored, WHAT)).transpose()
+    }
+
+    /// The raw block at `height` (as [`Block::raw_rlp`] gives it), read without decoding
+    /// the block; `None` when it is not stored or its body is unknown.
+    pub async fn get_raw(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = self
+            .archive
+            .get(Identifier::Index(height), "reading a raw block")
+            .await?;
+        Ok(stored.as_ref().and_then(StoredBlock::raw_rlp))
     }
 
     /// The block with hash `hash`.
     pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<Block>, StoreError> {
-        self.archive
-            .get(Identifier::Key(&hash), "reading a block by hash")
-            .await
+        const WHAT: &str = "reading a block by hash";
+        let stored = self.archive.get(Identifier::Key(&hash), WHAT).await?;
+        stored.map(|stored| decode(&stored, WHAT)).transpose()
     }
 
     /// The stored block holding the transaction with hash `hash`, and its position in it.

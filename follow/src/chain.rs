@@ -92,6 +92,13 @@ impl<P: ExecutionProvider, E: StoreContext> ChainReader for FollowerChain<P, E> 
             .map_err(read_error)
     }
 
+    async fn raw_block_at(&self, height: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        self.execution
+            .raw_block_by_number(height)
+            .await
+            .map_err(read_error)
+    }
+
     async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
         let block = self
             .execution

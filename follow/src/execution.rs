@@ -92,6 +92,20 @@ pub trait ExecutionProvider: Clone + Send + Sync + 'static {
         height: u64,
     ) -> impl Future<Output = Result<Option<Block>, ExecutionError>> + Send;
 
+    /// The raw block at `height` (its RLP), if stored with its body. By default the block is
+    /// read and encoded.
+    fn raw_block_by_number(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ExecutionError>> + Send {
+        async move {
+            Ok(self
+                .block_by_number(height)
+                .await?
+                .and_then(|block| block.raw_rlp()))
+        }
+    }
+
     /// The block with hash `digest`.
     fn block_by_hash(
         &self,
@@ -322,6 +336,13 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
             return Ok(None);
         }
         Ok(self.blocks.get(height).await?)
+    }
+
+    async fn raw_block_by_number(&self, height: u64) -> Result<Option<Vec<u8>>, ExecutionError> {
+        if height > self.tip().height {
+            return Ok(None);
+        }
+        Ok(self.blocks.get_raw(height).await?)
     }
 
     async fn block_by_hash(&self, digest: Digest) -> Result<Option<Block>, ExecutionError> {

@@ -279,32 +279,58 @@ impl Read for Block {
     type Cfg = BlockCodecConfig;
 
     fn read_cfg(buf: &mut impl Buf, cfg: &BlockCodecConfig) -> Result<Self, CodecError> {
-        let header_bytes = bytes::Bytes::read_cfg(buf, &RangeCfg::new(..=cfg.max_header_bytes))?;
-        let header = TempoHeader::decode_rlp(&header_bytes).map_err(|err| match err {
+        StoredBlock::read_cfg(buf, cfg)?.decode(cfg)
+    }
+}
+
+/// A block in its storage codec layout (see [`Block`]'s `Write`), read without decoding the
+/// RLP: a store serves its raw form without decoding and encoding it again, and decodes it
+/// into a [`Block`] only when asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlock {
+    header: bytes::Bytes,
+    body: Option<bytes::Bytes>,
+}
+
+impl StoredBlock {
+    /// The block's storage form.
+    pub fn new(block: &Block) -> Self {
+        Self {
+            header: block.header.rlp().into(),
+            body: block
+                .body
+                .as_ref()
+                .map(|body| alloy_rlp::encode(body).into()),
+        }
+    }
+
+    /// Decodes the block, checking its body against its header's roots.
+    pub fn decode(&self, cfg: &BlockCodecConfig) -> Result<Block, CodecError> {
+        let header = TempoHeader::decode_rlp(&self.header).map_err(|err| match err {
             HeaderDecodeError::Rlp(_) => CodecError::Invalid("Block", "malformed header RLP"),
             HeaderDecodeError::TrailingBytes(_) => {
                 CodecError::Invalid("Block", "trailing bytes after header RLP")
             }
         })?;
-        let body = if bool::read(buf)? {
-            let body_bytes = bytes::Bytes::read_cfg(buf, &RangeCfg::new(..=cfg.max_body_bytes))?;
-            let mut slice = body_bytes.as_ref();
-            let body = Body::decode(&mut slice)
-                .map_err(|_| CodecError::Invalid("Block", "malformed body RLP"))?;
-            if !slice.is_empty() {
-                return Err(CodecError::Invalid(
-                    "Block",
-                    "trailing bytes after body RLP",
-                ));
+        let body = match &self.body {
+            Some(body_bytes) => {
+                let mut slice = body_bytes.as_ref();
+                let body = Body::decode(&mut slice)
+                    .map_err(|_| CodecError::Invalid("Block", "malformed body RLP"))?;
+                if !slice.is_empty() {
+                    return Err(CodecError::Invalid(
+                        "Block",
+                        "trailing bytes after body RLP",
+                    ));
+                }
+                if body.transactions.len() > cfg.max_transactions {
+                    return Err(CodecError::InvalidLength(body.transactions.len()));
+                }
+                Some(body)
             }
-            if body.transactions.len() > cfg.max_transactions {
-                return Err(CodecError::InvalidLength(body.transactions.len()));
-            }
-            Some(body)
-        } else {
-            None
+            None => None,
         };
-        Self::new(header, body).map_err(|err| match err {
+        Block::new(header, body).map_err(|err| match err {
             BlockError::TransactionsRootMismatch { .. } => {
                 CodecError::Invalid("Block", "transactions root mismatch")
             }
@@ -313,5 +339,74 @@ impl Read for Block {
             }
             _ => CodecError::Invalid("Block", "withdrawals root mismatch"),
         })
+    }
+
+    /// The raw block (what [`Block::raw_rlp`] gives for the decoded block), composed from the
+    /// stored RLP: the header followed by the body list's items, in one list. `None` when the
+    /// body is unknown or its RLP is not a list.
+    pub fn raw_rlp(&self) -> Option<Vec<u8>> {
+        let mut body = self.body.as_ref()?.as_ref();
+        let list = alloy_rlp::Header::decode(&mut body).ok()?;
+        if !list.list || list.payload_length != body.len() {
+            return None;
+        }
+        let payload_length = self.header.len() + body.len();
+        let mut raw =
+            Vec::with_capacity(payload_length + alloy_rlp::length_of_length(payload_length));
+        alloy_rlp::Header {
+            list: true,
+            payload_length,
+        }
+        .encode(&mut raw);
+        raw.extend_from_slice(&self.header);
+        raw.extend_from_slice(body);
+        Some(raw)
+    }
+}
+
+impl From<&Block> for StoredBlock {
+    fn from(block: &Block) -> Self {
+        Self::new(block)
+    }
+}
+
+impl Write for StoredBlock {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.header.len().write(buf);
+        buf.put_slice(&self.header);
+        self.body.is_some().write(buf);
+        if let Some(body) = &self.body {
+            body.len().write(buf);
+            buf.put_slice(body);
+        }
+    }
+}
+
+impl EncodeSize for StoredBlock {
+    fn encode_size(&self) -> usize {
+        self.header.len().encode_size()
+            + self.header.len()
+            + true.encode_size()
+            + self
+                .body
+                .as_ref()
+                .map_or(0, |body| body.len().encode_size() + body.len())
+    }
+}
+
+impl Read for StoredBlock {
+    type Cfg = BlockCodecConfig;
+
+    fn read_cfg(buf: &mut impl Buf, cfg: &BlockCodecConfig) -> Result<Self, CodecError> {
+        let header = bytes::Bytes::read_cfg(buf, &RangeCfg::new(..=cfg.max_header_bytes))?;
+        let body = if bool::read(buf)? {
+            Some(bytes::Bytes::read_cfg(
+                buf,
+                &RangeCfg::new(..=cfg.max_body_bytes),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { header, body })
     }
 }

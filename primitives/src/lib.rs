@@ -9,7 +9,7 @@ mod header;
 pub mod rpc;
 
 pub use alloy_consensus::BlockHeader;
-pub use block::{Block, BlockCodecConfig, BlockError, Body};
+pub use block::{Block, BlockCodecConfig, BlockError, Body, StoredBlock};
 pub use digest::Digest;
 pub use header::{HeaderDecodeError, HeaderExt, TempoConsensusContext, TempoHeader};
 pub use rpc::{CertifiedBlock, ConsensusState, Event, Query};

@@ -6,7 +6,7 @@ use cairn_devnet::{Devnet, DevnetConfig, DevnetError, KeyOrigin};
 use cairn_dkg::DkgOutcome;
 use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
-use cairn_primitives::{Block, CertifiedBlock};
+use cairn_primitives::{Block, CertifiedBlock, StoredBlock};
 use cairn_tests::verify_chain;
 use commonware_parallel::Rayon;
 use commonware_runtime::{Runner, Supervisor, deterministic};
@@ -360,7 +360,34 @@ fn bulk_generation_stores_the_same_chain_and_serves_it_only_once_synced() {
         devnet.commit().await.expect("commits");
         assert_eq!(devnet.store().finalized_height(), Some(14));
         assert!(events.try_recv().is_err(), "bulk blocks are not published");
-        stored_chain(&devnet, 14).await
+        let chain = stored_chain(&devnet, 14).await;
+        // The raw blocks served from the stored form, without decoding, are the decoded
+        // blocks' raw form byte for byte.
+        let mut transactions = 0;
+        for certified in &chain {
+            let block = certified.block.as_ref().expect("block");
+            transactions += block.transactions().len();
+            let raw = devnet
+                .store()
+                .raw_block_at(block.height())
+                .await
+                .expect("reads");
+            assert_eq!(raw, block.raw_rlp(), "raw block {}", block.height());
+            assert_eq!(
+                Block::decode_raw_rlp(&raw.expect("stored with its body")).as_ref(),
+                Ok(block)
+            );
+        }
+        assert!(transactions > 0, "blocks with transactions");
+        assert_eq!(
+            StoredBlock::new(&Block::header_only(
+                chain[0].block.as_ref().expect("block").header().clone()
+            ))
+            .raw_rlp(),
+            None,
+            "a block without its body has no raw form"
+        );
+        chain
     });
     assert_eq!(bulk, one_by_one, "the same chain byte for byte");
 }
