@@ -368,7 +368,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             if context.current() >= deadline {
                 return None;
             }
-            context.sleep(Duration::from_millis(50)).await;
+            context.sleep(Duration::from_millis(10)).await;
         }
     }
 

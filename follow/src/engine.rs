@@ -149,6 +149,9 @@ pub struct Follower<E: EngineContext> {
     pub provider: SchemeProvider,
     /// What the catch-up through the hash chain did at start, when it ran.
     pub caught_up: Option<CatchUpReport>,
+    /// With [`EngineConfig::backfill`]: set once the history reaches genesis, to how long the
+    /// backfill took.
+    pub backfilled: watch::Receiver<Option<Duration>>,
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
@@ -203,12 +206,14 @@ fn hold(held: &mut Vec<Sourced>, notification: Sourced) {
 const MAX_BACKFILL_DELAY: Duration = Duration::from_secs(60);
 
 /// Backfills the history under the lowest stored block down to genesis, trying again (after
-/// a growing delay) whenever the upstreams fail it or serve a broken chain.
+/// a growing delay) whenever the upstreams fail it or serve a broken chain; sends how long it
+/// took on `done`.
 async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
     context: E,
     execution: EmbeddedExecution<E>,
     sources: Sources<U>,
     config: CatchUpConfig,
+    done: watch::Sender<Option<Duration>>,
 ) {
     let mut delay = Duration::from_secs(1);
     let started = context.current();
@@ -229,6 +234,7 @@ async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
                     ?took,
                     "history backfilled down to genesis"
                 );
+                done.send_replace(Some(took));
                 return;
             }
             Err(err) if err.is_retryable() => {
@@ -469,13 +475,14 @@ where
     )
     .await;
 
+    let (backfill_done, backfilled) = watch::channel(None);
     if config.backfill && execution.first_height() > 0 {
         let execution = execution.clone();
         let sources = sources.clone();
         let settings = config.catch_up;
-        context
-            .child("backfill")
-            .spawn(move |context| backfill_history(context, execution, sources, settings));
+        context.child("backfill").spawn(move |context| {
+            backfill_history(context, execution, sources, settings, backfill_done)
+        });
     }
 
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
@@ -539,6 +546,7 @@ where
         sources: book,
         provider,
         caught_up,
+        backfilled,
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,

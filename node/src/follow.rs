@@ -330,7 +330,10 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
     let chain = follower.chain.clone();
-    let mut history = backfill.then(|| (Instant::now(), chain.first_height()));
+    let mut history = backfill
+        .then(|| chain.first_height())
+        .filter(|first| *first > 0);
+    let backfilled = follower.backfilled.clone();
     let upstream = follower.upstream.clone();
     let sources = follower.sources.clone();
     let provider = follower.provider.clone();
@@ -375,15 +378,16 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                 }
                 let first = chain.first_height();
                 let backfilling = match history {
-                    Some((started, from)) if first == 0 => {
-                        if from > 0 {
+                    Some(from) if first == 0 => {
+                        let took = *backfilled.borrow();
+                        if let Some(took) = took {
                             println!(
                                 "backfilled {from} blocks (0..={}) in {:.2} s",
-                                from - 1,
-                                started.elapsed().as_secs_f64()
+                                from.saturating_sub(1),
+                                took.as_secs_f64()
                             );
+                            history = None;
                         }
-                        history = None;
                         String::new()
                     }
                     Some(_) => format!(" | history from {first}"),
