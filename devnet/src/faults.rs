@@ -267,6 +267,17 @@ impl<C: ChainReader> ChainReader for FaultyChain<C> {
         }))
     }
 
+    async fn raw_block_at(&self, height: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        if self.faults.stalled(height) {
+            return Ok(None);
+        }
+        if self.faults.lies() {
+            let block = self.inner.block_at(height).await?;
+            return Ok(block.and_then(|block| tampered(&block).raw_rlp()));
+        }
+        self.inner.raw_block_at(height).await
+    }
+
     async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
         let Some(block) = self.inner.block_by_hash(hash).await? else {
             return Ok(None);
