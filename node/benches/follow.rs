@@ -381,13 +381,15 @@ async fn memory_at(dir: &Path, length: u64, limit: Duration) -> MemoryRun {
     let producer = CairnProcess::devnet(cairn(), &chain_dir, &args);
     producer.wait_for_line_within("reached --until-height", limit);
     let started = Instant::now();
-    let follower = CairnProcess::follower(
+    let follower = CairnProcess::follower_with(
         cairn(),
         &chain_dir.join("chain.json"),
         &producer.addr,
         &dir.join(format!("memory-follower-{length}")),
         &dir.join(format!("memory-follow-{length}.log")),
-    );
+        &[],
+    )
+    .with_rpc_addr_within(limit);
     follow_to(&follower.http(), length, follower.id(), limit).await;
     let rate = length as f64 / started.elapsed().as_secs_f64();
     let (_, peak_mib) = rss_mib(follower.id());

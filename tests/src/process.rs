@@ -130,8 +130,14 @@ impl CairnProcess {
     }
 
     /// Waits for the `rpc listening on ADDR` line and records the address.
-    pub fn with_rpc_addr(mut self) -> Self {
-        let line = self.wait_for_line("rpc listening on ");
+    pub fn with_rpc_addr(self) -> Self {
+        self.with_rpc_addr_within(Duration::from_secs(120))
+    }
+
+    /// [`Self::with_rpc_addr`] waiting up to `limit` (a follower serves RPC once its catch-up
+    /// at start is done).
+    pub fn with_rpc_addr_within(mut self, limit: Duration) -> Self {
+        let line = self.wait_for_line_within("rpc listening on ", limit);
         self.addr = line
             .trim_start_matches("rpc listening on ")
             .split_whitespace()
