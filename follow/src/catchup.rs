@@ -338,11 +338,11 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         }
 
         let mut anchors: Vec<Anchor> = boundaries
-            .iter()
+            .into_iter()
             .filter(|boundary| boundary.height > from && boundary.height < tip_height)
             .map(|boundary| Anchor {
                 height: boundary.height,
-                finalization: boundary.finalization.clone(),
+                finalization: boundary.finalization,
             })
             .collect();
         anchors.push(Anchor {
