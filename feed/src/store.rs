@@ -400,6 +400,11 @@ impl<E: StoreContext> BlockStore<E> {
     /// producer writing many blocks at once syncs them together.
     pub async fn put_unsynced(&self, block: &Block) -> Result<(), StoreError> {
         self.index_transactions_unsynced(block).await?;
+        self.write_block(block).await
+    }
+
+    /// Writes `block` to the block archive, without syncing or indexing.
+    async fn write_block(&self, block: &Block) -> Result<(), StoreError> {
         self.archive
             .put(
                 block.height(),
@@ -421,32 +426,15 @@ impl<E: StoreContext> BlockStore<E> {
             .sync("syncing the transaction index")
             .await?;
         self.prune_transactions().await?;
-        for block in blocks {
-            self.archive
-                .put(
-                    block.height(),
-                    block.hash(),
-                    &StoredBlock::new(block),
-                    "writing a block",
-                )
-                .await?;
-        }
-        self.archive.sync("writing blocks").await
+        self.put_unindexed(blocks).await
     }
 
-    /// Stores `blocks` (history below the stored ones, already authenticated) with one sync,
-    /// without indexing their transactions: the index keeps the newest transactions, and these
-    /// are older than every stored one. Heights already stored are left unchanged.
-    pub async fn put_history(&self, blocks: &[Block]) -> Result<(), StoreError> {
+    /// Stores `blocks` with one sync of the block archive, without indexing their transactions
+    /// (for history below the stored blocks: the index keeps the newest transactions, and those
+    /// are older than every indexed one). Heights already stored are left unchanged.
+    pub async fn put_unindexed(&self, blocks: &[Block]) -> Result<(), StoreError> {
         for block in blocks {
-            self.archive
-                .put(
-                    block.height(),
-                    block.hash(),
-                    &StoredBlock::new(block),
-                    "writing a block",
-                )
-                .await?;
+            self.write_block(block).await?;
         }
         self.archive.sync("writing blocks").await
     }

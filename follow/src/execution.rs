@@ -241,7 +241,7 @@ impl<E: StoreContext> EmbeddedExecution<E> {
             }
             expected = (height, block.parent());
         }
-        self.blocks.put_history(blocks).await?;
+        self.blocks.put_unindexed(blocks).await?;
         *self
             .first
             .write()

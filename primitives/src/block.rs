@@ -364,12 +364,6 @@ impl StoredBlock {
     }
 }
 
-impl From<&Block> for StoredBlock {
-    fn from(block: &Block) -> Self {
-        Self::new(block)
-    }
-}
-
 impl Write for StoredBlock {
     fn write(&self, buf: &mut impl BufMut) {
         self.header.len().write(buf);
