@@ -386,14 +386,8 @@ impl<E: StoreContext> BlockStore<E> {
     /// already stored is left unchanged.
     pub async fn put(&self, block: &Block) -> Result<(), StoreError> {
         self.index_transactions(block).await?;
-        self.archive
-            .put_sync(
-                block.height(),
-                block.hash(),
-                &StoredBlock::new(block),
-                "writing a block",
-            )
-            .await
+        self.write_block(block).await?;
+        self.archive.sync("writing a block").await
     }
 
     /// Stores `block` and indexes its transactions without syncing (see [`Self::sync`]): a
