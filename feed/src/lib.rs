@@ -3,13 +3,15 @@
 //! client calls, `debug_getRaw*`) that serves them from the node's own store, so followers can
 //! follow it, and the on-disk block store (with its transaction index) nodes serve from.
 
+pub mod page;
 pub mod rpc;
 mod state;
 pub mod store;
 
 pub use rpc::{
     CLIENT_VERSION, MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, RpcConfig, RpcHeader,
-    RpcTransaction, RunningServer, StartError, block_from_rpc, rpc_block, start,
+    RpcTransaction, RunningServer, STATUS_METHOD, StartError, StatusSource, block_from_rpc,
+    rpc_block, start,
 };
 pub use state::{
     ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, SyncProgress,

@@ -6,7 +6,7 @@
 //! Errors follow Tempo: code 204 when the node has nothing finalized yet, 503 when the requested
 //! data is missing (the reason is in `data`).
 
-use crate::{ChainReader, FeedState, ReadError};
+use crate::{ChainReader, FeedState, ReadError, page::StatusPageLayer};
 use alloy_consensus::{
     Transaction as _,
     transaction::{Recovered, SignerRecoverable, TxHashRef},
@@ -18,7 +18,7 @@ use cairn_primitives::{
     Block, CertifiedBlock, ConsensusState, Digest, HeaderExt, Query, TempoHeader, TempoTxEnvelope,
 };
 use jsonrpsee::{
-    PendingSubscriptionSink, SubscriptionMessage,
+    PendingSubscriptionSink, RpcModule, SubscriptionMessage,
     core::{RpcResult, SubscriptionResult, async_trait},
     proc_macros::rpc,
     server::{Server, ServerConfig, ServerHandle},
@@ -34,11 +34,25 @@ pub const NOT_READY_CODE: i32 = 204;
 /// JSON-RPC error code: the requested data is not available.
 pub const MISSING_CODE: i32 = 503;
 
+/// The method that answers a node's status summary (see [`StatusSource`]).
+pub const STATUS_METHOD: &str = "cairn_status";
+
 /// What `web3_clientVersion` answers.
 pub const CLIENT_VERSION: &str = concat!("cairn/v", env!("CARGO_PKG_VERSION"));
 
+/// What `cairn_status` answers: a fresh JSON summary of the node (the follower's or the
+/// devnet's own view), read on every call.
+#[derive(Clone)]
+pub struct StatusSource(pub std::sync::Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for StatusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusSource")
+    }
+}
+
 /// Server settings and limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RpcConfig {
     /// The chain's EVM chain id, for `eth_chainId` and `net_version` (unknown: those answer 503).
     pub chain_id: Option<u64>,
@@ -48,6 +62,9 @@ pub struct RpcConfig {
     pub max_subscriptions_per_connection: u32,
     /// Messages buffered per connection; a subscriber whose buffer is full is dropped.
     pub message_buffer: u32,
+    /// Answers `cairn_status` (and feeds the page at `/status`); without it, `cairn_status`
+    /// answers 503.
+    pub status: Option<StatusSource>,
 }
 
 impl Default for RpcConfig {
@@ -57,6 +74,7 @@ impl Default for RpcConfig {
             max_connections: 256,
             max_subscriptions_per_connection: 16,
             message_buffer: 1024,
+            status: None,
         }
     }
 }
@@ -612,6 +630,7 @@ pub async fn start<C: ChainReader>(
         .build();
     let server = Server::builder()
         .set_config(server_config)
+        .set_http_middleware(tower::ServiceBuilder::new().layer(StatusPageLayer))
         .build(addr)
         .await
         .map_err(|error| StartError::Bind {
@@ -626,6 +645,16 @@ pub async fn start<C: ChainReader>(
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());
     module
         .merge(BlockApiServer::into_rpc(handlers))
+        .map_err(|err| StartError::Register(err.to_string()))?;
+    let mut status = RpcModule::new(config.status);
+    status
+        .register_method(STATUS_METHOD, |_, source, _| match source.as_ref() {
+            Some(source) => Ok((source.0)()),
+            None => Err(missing("this node serves no status")),
+        })
+        .map_err(|err| StartError::Register(err.to_string()))?;
+    module
+        .merge(status)
         .map_err(|err| StartError::Register(err.to_string()))?;
     let handle = server.start(module);
     info!(%local_addr, "rpc server listening (ws and http)");

@@ -331,6 +331,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             }
         };
         report.certificates += 1;
+        self.sources.book().announced(tip_source, tip_height);
         if let Some(outcome) = &verified.next_epoch {
             self.registry
                 .register(self.provider, outcome.epoch, *outcome.identity())

@@ -59,6 +59,16 @@ impl std::str::FromStr for CheckpointTarget {
     }
 }
 
+impl std::fmt::Display for CheckpointTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Genesis => f.write_str("genesis"),
+            Self::Latest => f.write_str("latest"),
+            Self::Height(height) => write!(f, "{height}"),
+        }
+    }
+}
+
 /// A verified finalization a follower starts from, with the keys it needs there.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {

@@ -13,6 +13,7 @@ use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
+    status::{IdentityHistory, Sampled, StatusBoard, sample},
     upstream::{Notification, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
@@ -24,7 +25,9 @@ use commonware_consensus::{
 };
 use commonware_cryptography::{Digested, ed25519};
 use commonware_parallel::Sequential;
-use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
+use commonware_runtime::{
+    Clock, Handle, Metrics, Spawner, Storage, telemetry::metrics::MetricsExt as _,
+};
 use commonware_storage::archive::immutable;
 use rand::CryptoRng;
 use std::{
@@ -34,6 +37,11 @@ use std::{
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+
+/// Buckets of the fetch latency histogram, in seconds.
+const FETCH_LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Catch-up attempts before marshal is left to repair the gap.
 const CATCH_UP_ATTEMPTS: u32 = 3;
@@ -104,6 +112,9 @@ pub struct EngineConfig {
     /// Fetch the history under a checkpoint start down to genesis, in the background (see
     /// [`crate::backfill`]).
     pub backfill: bool,
+    /// Where the follower's status is kept fresh from the moment its stores are open (during
+    /// the start-up catch-up too); its metrics are registered on the engine's context.
+    pub status: StatusBoard,
 }
 
 impl EngineConfig {
@@ -124,6 +135,7 @@ impl EngineConfig {
             evidence_dir: None,
             catch_up: CatchUpConfig::default(),
             backfill: false,
+            status: StatusBoard::default(),
         }
     }
 }
@@ -152,6 +164,10 @@ pub struct Follower<E: EngineContext> {
     /// With [`EngineConfig::backfill`]: set once the history reaches genesis, to how long the
     /// backfill took.
     pub backfilled: watch::Receiver<Option<Duration>>,
+    /// The follower's status, refreshed every [`crate::status::SAMPLE_INTERVAL`].
+    pub status: StatusBoard,
+    /// The identity changes the follower verified.
+    pub identities: IdentityHistory,
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
@@ -335,6 +351,28 @@ where
     // floor. What a failed attempt stored was verified; marshal repairs what is left.
     let clock = context.child("sources");
     let sources = sources.with_clock(Arc::new(move || clock.current()));
+
+    // The status and the metrics, from now on.
+    let (upstream_tx, upstream_status) = watch::channel(UpstreamStatus::default());
+    let status_context = context.child("status");
+    sources
+        .book()
+        .observe_fetch_latency(status_context.histogram(
+            "fetch_latency_seconds",
+            "Round-trip time of requests the upstreams served (blocks, finalizations, batches)",
+            FETCH_LATENCY_BUCKETS,
+        ));
+    let sampled = Sampled {
+        chain: profile.name.clone(),
+        epochs: profile.epochs.clone(),
+        execution: execution.clone(),
+        provider: provider.clone(),
+        identities: registry.history(),
+        sources: sources.book().clone(),
+        upstream: upstream_status.clone(),
+    };
+    let board = config.status.clone();
+    status_context.spawn(move |context| sample(context, sampled, board));
     let anchors = open_anchors(context.child("anchors"), &format!("{prefix}-anchors"))
         .await
         .map_err(|error| EngineError::Archive {
@@ -510,6 +548,7 @@ where
         .child("executor")
         .spawn(|_| async move { executor_actor.run().await });
 
+    let registry_history = registry.history();
     let driver_actor = driver::init(driver::Config {
         verifier,
         registry,
@@ -520,8 +559,9 @@ where
         max_pending_bytes: config.max_pending_bytes,
         sources: book.clone(),
         evidence_dir: config.evidence_dir.clone(),
+        status: upstream_tx,
     });
-    let upstream_status = driver_actor.status();
+    let identities = registry_history;
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context
         .child("driver")
@@ -547,6 +587,8 @@ where
         provider,
         caught_up,
         backfilled,
+        status: config.status,
+        identities,
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,

@@ -15,6 +15,7 @@ pub mod execution;
 pub mod executor;
 pub mod registry;
 pub mod resolver;
+pub mod status;
 pub mod upstream;
 
 pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};

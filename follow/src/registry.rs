@@ -3,6 +3,7 @@
 //! verifier registry before anything is verified (the strongest startup trust), so an epoch is
 //! registered once across the node's lifetime and never re-derived from unverified data.
 
+use crate::status::IdentityHistory;
 use cairn_dkg::Identity;
 use cairn_epoch::{RegisterError, Registration, SchemeProvider};
 use cairn_feed::StoreContext;
@@ -55,6 +56,7 @@ type IdentityStore<E> = Metadata<E, U64, Vec<u8>>;
 pub struct EpochRegistry<E: StoreContext> {
     store: Arc<Mutex<Option<IdentityStore<E>>>>,
     keep: u64,
+    history: IdentityHistory,
 }
 
 impl<E: StoreContext> Clone for EpochRegistry<E> {
@@ -62,6 +64,7 @@ impl<E: StoreContext> Clone for EpochRegistry<E> {
         Self {
             store: self.store.clone(),
             keep: self.keep,
+            history: self.history.clone(),
         }
     }
 }
@@ -85,7 +88,14 @@ impl<E: StoreContext> EpochRegistry<E> {
         Ok(Self {
             store: Arc::new(Mutex::new(Some(store))),
             keep: u64::try_from(keep.max(1)).unwrap_or(u64::MAX),
+            history: IdentityHistory::default(),
         })
+    }
+
+    /// The identity changes among the epochs this registry loaded or registered (after a
+    /// restart, those of the newest `keep` stored epochs onwards).
+    pub fn history(&self) -> IdentityHistory {
+        self.history.clone()
     }
 
     /// The stored epochs and identities, oldest first.
@@ -114,6 +124,7 @@ impl<E: StoreContext> EpochRegistry<E> {
         let entries = self.entries().await?;
         for (epoch, identity) in &entries {
             register_in(provider, *epoch, *identity)?;
+            self.history.observe(*epoch, *identity);
         }
         Ok(entries.len())
     }
@@ -129,6 +140,7 @@ impl<E: StoreContext> EpochRegistry<E> {
         let registration = register_in(provider, epoch, identity)?;
         if registration == Registration::Registered {
             self.persist(&[(epoch, identity)]).await?;
+            self.history.observe(epoch, identity);
         }
         Ok(registration)
     }
@@ -145,7 +157,11 @@ impl<E: StoreContext> EpochRegistry<E> {
                 registered.push((*epoch, *identity));
             }
         }
-        self.persist(&registered).await
+        self.persist(&registered).await?;
+        for (epoch, identity) in registered {
+            self.history.observe(epoch, identity);
+        }
+        Ok(())
     }
 
     /// Writes `entries` (oldest first), keeps the newest `keep` epochs, and syncs once.

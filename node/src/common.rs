@@ -1,7 +1,9 @@
-//! Pieces every long-running `cairn` command shares: the datadir lock and the shutdown signal.
+//! Pieces every long-running `cairn` command shares: the datadir lock, the shutdown signal and
+//! the metrics endpoint.
 
+use commonware_runtime::Metrics;
 use eyre::{WrapErr, eyre};
-use std::{fs::File, path::Path};
+use std::{fs::File, net::SocketAddr, path::Path};
 
 /// Creates `datadir` and takes its lock, held for as long as the returned file lives: two
 /// processes writing one store would corrupt it.
@@ -20,6 +22,23 @@ pub fn lock_datadir(datadir: &Path) -> eyre::Result<File> {
     Ok(lock)
 }
 
+/// Writes `line` and a newline to stdout. When stdout is a pipe whose reader has gone (as in
+/// `cairn ... | head`), the process exits at once with status 0 and no message, as Unix tools
+/// do; other write errors are dropped (progress output never stops a node).
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(err) = written
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let terminate = async {
@@ -34,4 +53,38 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// Serves the Prometheus text encoding of every metric registered in `context`'s runtime at
+/// `http://addr/metrics`, in the background; returns the address bound.
+pub async fn serve_metrics<M: Metrics + Send + Sync + 'static>(
+    addr: &str,
+    context: M,
+) -> eyre::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .wrap_err_with(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let context = std::sync::Arc::new(context);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let context = context.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    context.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "the metrics server stopped");
+        }
+    });
+    Ok(local)
 }

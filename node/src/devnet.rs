@@ -2,20 +2,23 @@
 
 use crate::{
     common::{lock_datadir, shutdown_signal},
-    followers::FollowerProcess,
+    followers::{FollowerProcess, FollowerView},
 };
 use cairn_devnet::{
-    Devnet, DevnetConfig, EpochEntry,
+    Devnet, DevnetConfig, EpochEntry, KeyOrigin,
     faults::{Fault, Faults, FaultyChain},
 };
-use cairn_feed::{ChainReader, FeedState, RpcConfig};
+use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
+use cairn_follow::status::{IdentityChange, IdentityHistory};
 use clap::Args;
 use commonware_codec::Encode;
 use commonware_runtime::{Runner as _, Supervisor as _};
+use commonware_utils::{Faults as FaultModel, N3f1};
 use eyre::{WrapErr, eyre};
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, VecDeque},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tokio::time::sleep_until;
@@ -105,6 +108,7 @@ async fn bulk<E: cairn_feed::StoreContext>(
     devnet: &mut Devnet<E>,
     count: u64,
     validators: usize,
+    board: &DevnetBoard,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> eyre::Result<bool> {
     let started = Instant::now();
@@ -119,11 +123,19 @@ async fn bulk<E: cairn_feed::StoreContext>(
         let batch = BULK_BATCH.min(count - produced_count);
         for entry in devnet.produce_batch_unsynced(batch, &strategy).await? {
             print_epoch(&entry, validators);
+            board.entered(&entry);
         }
         devnet.commit().await?;
         produced_count += batch;
         let elapsed = started.elapsed().as_secs_f64();
-        println!(
+        let height = devnet.next_height() - 1;
+        board.update(|status| {
+            status.verified_height = height;
+            status.target_height = height;
+            status.epoch = devnet.epochs().epoch_of(height).get();
+            status.blocks_per_second = produced_count as f64 / elapsed.max(1e-9);
+        });
+        say!(
             "bulk: height {} | {produced_count} of {count} | {:.1} blocks/s",
             devnet.next_height() - 1,
             produced_count as f64 / elapsed.max(1e-9)
@@ -134,11 +146,11 @@ async fn bulk<E: cairn_feed::StoreContext>(
             () = std::future::ready(()) => false,
         };
         if stopped {
-            println!("bulk generation stopped by a signal");
+            say!("bulk generation stopped by a signal");
             return Ok(true);
         }
     }
-    println!(
+    say!(
         "bulk: generated heights {first}..={} in {:.1} s",
         devnet.next_height() - 1,
         started.elapsed().as_secs_f64()
@@ -153,7 +165,7 @@ fn print_epoch(entry: &EpochEntry, validators: usize) {
         .map(|key| short_hex(&key.encode()))
         .collect::<Vec<_>>()
         .join(" ");
-    println!(
+    say!(
         "epoch {} | {} | identity {}.. | committee {} of {}: {}",
         entry.epoch,
         entry.origin,
@@ -164,12 +176,153 @@ fn print_epoch(entry: &EpochEntry, validators: usize) {
     );
 }
 
+/// Committees and ceremonies the devnet's status keeps (the newest).
+const STATUS_EPOCHS: usize = 32;
+
+/// One committee, as the devnet's status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommitteeView {
+    epoch: u64,
+    first_height: u64,
+    last_height: u64,
+    validators: Vec<String>,
+    threshold: u32,
+    identity: String,
+}
+
+/// One DKG ceremony: the one whose outcome the boundary before `for_epoch` carries.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CeremonyView {
+    for_epoch: u64,
+    kind: String,
+    boundary: Option<u64>,
+    dealers: usize,
+    players: usize,
+}
+
+/// The devnet's own view, answered by `cairn_status` and shown on its status page.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DevnetStatus {
+    role: &'static str,
+    chain: String,
+    epoch_length: u64,
+    verified_height: u64,
+    target_height: u64,
+    history_from: u64,
+    epoch: u64,
+    key_epoch: u64,
+    blocks_per_second: f64,
+    identities: Vec<IdentityChange>,
+    committees: VecDeque<CommitteeView>,
+    ceremonies: VecDeque<CeremonyView>,
+    followers: Vec<FollowerView>,
+}
+
+/// The devnet's status, shared with the RPC server (cheap to clone).
+#[derive(Clone)]
+struct DevnetBoard {
+    status: Arc<Mutex<DevnetStatus>>,
+    identities: IdentityHistory,
+    epochs: cairn_epoch::EpochStrategy,
+}
+
+impl DevnetBoard {
+    fn new(chain: &str, epochs: cairn_epoch::EpochStrategy) -> Self {
+        let status = DevnetStatus {
+            role: "devnet",
+            chain: chain.to_string(),
+            epoch_length: epochs.length(),
+            ..DevnetStatus::default()
+        };
+        Self {
+            status: Arc::new(Mutex::new(status)),
+            identities: IdentityHistory::default(),
+            epochs,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut DevnetStatus)) {
+        f(&mut self
+            .status
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()));
+    }
+
+    fn entered(&self, entry: &EpochEntry) {
+        self.identities.observe(entry.epoch, entry.identity);
+        let epoch = commonware_consensus::types::Epoch::new(entry.epoch);
+        let first_height = self.epochs.first_height(epoch).unwrap_or_default();
+        let players = entry.committee.len();
+        let identities = self.identities.changes(&self.epochs);
+        self.update(|status| {
+            status.key_epoch = status.key_epoch.max(entry.epoch);
+            let dealers = status
+                .committees
+                .back()
+                .map_or(0, |previous| previous.validators.len());
+            status.committees.push_back(CommitteeView {
+                epoch: entry.epoch,
+                first_height,
+                last_height: self.epochs.boundary_height(epoch).unwrap_or_default(),
+                validators: entry
+                    .committee
+                    .iter()
+                    .map(|key| short_hex(&key.encode()))
+                    .collect(),
+                threshold: <N3f1 as FaultModel>::quorum(
+                    u32::try_from(players.max(1)).unwrap_or(u32::MAX),
+                ),
+                identity: alloy_primitives::hex::encode_prefixed(entry.identity.encode()),
+            });
+            status.ceremonies.push_back(CeremonyView {
+                for_epoch: entry.epoch,
+                kind: entry.origin.to_string(),
+                boundary: first_height.checked_sub(1),
+                dealers: if entry.origin == KeyOrigin::Reshare {
+                    dealers
+                } else {
+                    players
+                },
+                players,
+            });
+            for list_len in [status.committees.len(), status.ceremonies.len()] {
+                if list_len > STATUS_EPOCHS {
+                    status.committees.pop_front();
+                    status.ceremonies.pop_front();
+                    break;
+                }
+            }
+            status.identities = identities;
+        });
+    }
+
+    fn source(&self) -> StatusSource {
+        let status = self.status.clone();
+        StatusSource(Arc::new(move || {
+            serde_json::to_value(&*status.lock().unwrap_or_else(|poison| poison.into_inner()))
+                .unwrap_or_default()
+        }))
+    }
+}
+
 /// The followers' part of a status line.
 fn follower_statuses(followers: &mut [FollowerProcess], chain_height: u64) -> String {
     followers
         .iter_mut()
         .enumerate()
         .map(|(index, follower)| format!(" | {}", follower.status(index + 1, chain_height)))
+        .collect()
+}
+
+/// The followers for the status page.
+fn follower_views(followers: &mut [FollowerProcess], chain_height: u64) -> Vec<FollowerView> {
+    followers
+        .iter_mut()
+        .enumerate()
+        .map(|(index, follower)| follower.view(index + 1, chain_height))
         .collect()
 }
 
@@ -215,26 +368,43 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
     write_atomically(&profile_path, &profile.to_json())?;
 
     let served = FaultyChain::new(devnet.store().clone(), faults.clone());
+    let board = DevnetBoard::new(&profile.name, devnet.epochs().clone());
+    let tip = devnet.next_height().saturating_sub(1);
+    board.update(|status| {
+        status.verified_height = tip;
+        status.target_height = tip;
+        status.epoch = devnet.epochs().epoch_of(tip).get();
+    });
     let rpc_config = RpcConfig {
         chain_id: profile.chain_id,
+        status: Some(board.source()),
         ..RpcConfig::default()
     };
-    let mut server =
-        cairn_feed::start(&args.rpc_addr, served.clone(), feed.clone(), rpc_config).await?;
-    println!("rpc listening on {} (ws and http)", server.local_addr);
+    let mut server = cairn_feed::start(
+        &args.rpc_addr,
+        served.clone(),
+        feed.clone(),
+        rpc_config.clone(),
+    )
+    .await?;
+    say!(
+        "rpc listening on {} (ws and http); status page at http://{}/status",
+        server.local_addr,
+        server.local_addr
+    );
     if !args.faults.is_empty() {
         let modes: Vec<String> = args
             .faults
             .iter()
             .map(|fault| format!("{fault:?}"))
             .collect();
-        println!("serving byzantine data: {}", modes.join(", "));
+        say!("serving byzantine data: {}", modes.join(", "));
     }
     let mut disconnects = faults
         .disconnect_interval()
         .map(|interval| tokio::time::interval_at(tokio::time::Instant::now() + interval, interval));
-    println!("chain profile {}", profile_path.display());
-    println!(
+    say!("chain profile {}", profile_path.display());
+    say!(
         "genesis {} | epoch length {} | next height {}",
         devnet.genesis().hash(),
         args.epoch_length,
@@ -252,7 +422,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         )?);
     }
     if !followers.is_empty() {
-        println!(
+        say!(
             "started {} followers (datadirs and logs under {})",
             followers.len(),
             args.datadir.join("followers").display()
@@ -262,7 +432,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let stopped_in_bulk = match args.bulk {
-        Some(count) => bulk(&mut devnet, count, args.validators, &mut shutdown).await?,
+        Some(count) => bulk(&mut devnet, count, args.validators, &board, &mut shutdown).await?,
         None => false,
     };
     let mut deadline = tokio::time::Instant::now();
@@ -276,7 +446,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
             .until_height
             .is_some_and(|until| devnet.next_height() > until)
         {
-            println!(
+            say!(
                 "reached --until-height {}; serving until Ctrl-C",
                 devnet.next_height() - 1
             );
@@ -290,7 +460,11 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                     () = &mut shutdown => break,
                     _ = ticker.tick() => {
                         let height = devnet.next_height() - 1;
-                        println!(
+                        board.update(|status| {
+                            status.blocks_per_second = 0.0;
+                            status.followers = follower_views(&mut followers, height);
+                        });
+                        say!(
                             "height {height} | epoch {} | idle{}",
                             devnet.epochs().epoch_of(height),
                             follower_statuses(&mut followers, height)
@@ -307,7 +481,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                 let addr = server.local_addr;
                 let _ = server.handle.stop();
                 server.handle.clone().stopped().await;
-                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config)
+                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone())
                     .await
                     .wrap_err_with(|| format!("serving again on {addr} after a disconnect"))?;
                 info!(%addr, "disconnected every subscriber (fault)");
@@ -324,19 +498,29 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
             feed.publish_finalized(event);
         }
         produced_since_report += 1;
+        board.update(|status| {
+            status.verified_height = height;
+            status.target_height = height;
+            status.epoch = produced.certified.epoch;
+        });
         if let Some(entry) = &produced.entered {
             print_epoch(entry, args.validators);
+            board.entered(entry);
             info!(epoch = entry.epoch, origin = %entry.origin, "entered epoch");
         }
         let elapsed = last_report.elapsed();
         if elapsed >= Duration::from_secs(1) {
-            let height = produced.certified.height.unwrap_or_default();
-            println!(
+            let rate = produced_since_report as f64 / elapsed.as_secs_f64();
+            board.update(|status| {
+                status.blocks_per_second = rate;
+                status.followers = follower_views(&mut followers, height);
+            });
+            say!(
                 "height {} | epoch {} view {} | {:.1} blocks/s | {} subscribers{}",
                 height,
                 produced.certified.epoch,
                 produced.certified.view,
-                produced_since_report as f64 / elapsed.as_secs_f64(),
+                rate,
                 feed.subscribers(),
                 follower_statuses(&mut followers, height)
             );
@@ -358,7 +542,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         .stop()
         .map_err(|_| eyre!("the rpc server had already stopped"))?;
     devnet.store().sync().await?;
-    println!(
+    say!(
         "stopped at height {}",
         devnet.store().finalized_height().unwrap_or_default()
     );

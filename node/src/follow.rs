@@ -1,63 +1,102 @@
 //! `cairn follow`: follows an upstream node, verifying every finalization with its epoch's key,
 //! stores what it verified, and serves it again over the same RPC.
 
-use crate::common::{lock_datadir, shutdown_signal};
+use crate::common::{lock_datadir, serve_metrics, shutdown_signal};
+use crate::config::{default_datadir, layered, to_toml};
 use cairn_epoch::ChainProfile;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
-use cairn_feed::{ChainReader as _, RpcConfig};
+use cairn_feed::{ChainReader as _, RpcConfig, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     catchup::{CatchUpConfig, VerifyPolicy},
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
-    driver::DriverError,
+    driver::{DriverError, Evidence},
     execution::ExecutionError,
+    status::StatusBoard,
     upstream::{self, ClientConfig, QuarantineConfig, Sources, UpstreamClient, follow_url},
 };
-use clap::Args;
+use clap::{ArgMatches, Args};
 use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
 use eyre::{WrapErr, eyre};
+use serde::{Deserialize, Serialize};
+use serde_with::{DisplayFromStr, serde_as};
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 use tokio::sync::mpsc;
 
-/// Arguments of `cairn follow`.
-#[derive(Args, Debug)]
+/// Arguments of `cairn follow`. Every setting but --config and --print-config can also come
+/// from a `CAIRN_*` environment variable or from the --config file (keys named as the flags:
+/// `rpc-addr = "127.0.0.1:8545"`); flags win over the environment, the environment over the
+/// file, the file over the defaults.
+#[serde_as]
+#[derive(Args, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FollowArgs {
+    /// A TOML file of settings, keyed by the flags' names without dashes (see docs/operator.md).
+    /// An unknown key is an error.
+    #[arg(long, value_name = "FILE", env = "CAIRN_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective settings (flags over environment over --config file over defaults)
+    /// as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
     /// The chain: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile JSON
-    /// file, such as the `chain.json` that `cairn devnet` writes.
-    #[arg(long, value_name = "PROFILE|FILE")]
-    chain: String,
+    /// file, such as the `chain.json` that `cairn devnet` writes. Required (here, in the
+    /// environment or in the --config file).
+    #[arg(long, value_name = "PROFILE|FILE", env = "CAIRN_CHAIN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
     /// An upstream node to follow: ws://HOST:PORT, wss://HOST, or HOST:PORT (meaning ws://).
-    /// Give it several times to follow several upstreams, validators and followers in any mix:
-    /// events are deduplicated, fetches go to the healthy ones, and a source that serves invalid
-    /// data is quarantined. Defaults to the network's public endpoint for the built-in profiles
-    /// (wss://rpc.presto.tempo.xyz, wss://rpc.moderato.tempo.xyz) and for profiles that name one
-    /// in `followUrl`.
-    #[arg(long, value_name = "URL")]
+    /// Give it several times (or comma-separated) to follow several upstreams, validators and
+    /// followers in any mix: events are deduplicated, fetches go to the healthy ones, and a
+    /// source that serves invalid data is quarantined. [default: the network's public endpoint
+    /// for the built-in profiles (wss://rpc.presto.tempo.xyz, wss://rpc.moderato.tempo.xyz) and
+    /// for profiles that name one in `followUrl`]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CAIRN_UPSTREAM",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
     upstream: Vec<String>,
     /// Directory for the verified chain, the epoch registry and the checkpoint with its identity
     /// ledger (created if missing). Starting again on the same directory resumes where the last
-    /// run stopped.
-    #[arg(long, value_name = "DIR", default_value = ".cairn/follow")]
-    datadir: PathBuf,
+    /// run stopped. [default: cairn/CHAIN in the platform's data directory, e.g.
+    /// ~/.local/share/cairn/tempo-mainnet on Linux]
+    #[arg(long, value_name = "DIR", env = "CAIRN_DATADIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    datadir: Option<PathBuf>,
     /// Serve the verified chain over JSON-RPC (WebSocket and HTTP) on this address, so other
-    /// followers can follow this one; port 0 lets the OS choose. Not served when omitted.
-    #[arg(long, value_name = "ADDR")]
+    /// followers can follow this one, with a live status page at /status; port 0 lets the OS
+    /// choose. [default: not served]
+    #[arg(long, value_name = "ADDR", env = "CAIRN_RPC_ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     rpc_addr: Option<String>,
     /// Most simultaneous RPC connections (each WebSocket subscriber holds one). The process
     /// also needs as many open files.
-    #[arg(long, value_name = "N", default_value_t = 2048)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2048,
+        env = "CAIRN_RPC_MAX_CONNECTIONS"
+    )]
     rpc_max_connections: u32,
     /// Where to start: `genesis`, `latest` (the upstream's latest finalization) or a block
     /// height. A start other than genesis walks the boundary certificates from the profile's
     /// genesis outcome to the checkpoint's epoch, verifying each with the key the one before it
-    /// announced, then follows from the verified checkpoint; history below it is not stored (see
-    /// --backfill) and is answered with 503. Default: `genesis` when the profile carries the genesis header,
-    /// `latest` when it does not (the built-in Tempo profiles). Applies to an empty datadir; a
-    /// datadir that already follows resumes where it stopped.
-    #[arg(long, value_name = "latest|genesis|HEIGHT")]
+    /// announced, then follows from the verified checkpoint; history below it is not stored
+    /// (see --backfill) and is answered with 503. Applies to an empty datadir; a datadir that
+    /// already follows resumes where it stopped. [default: `genesis` when the profile carries
+    /// the genesis header, `latest` when it does not (the built-in Tempo profiles)]
+    #[arg(long, value_name = "latest|genesis|HEIGHT", env = "CAIRN_CHECKPOINT")]
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     checkpoint: Option<CheckpointTarget>,
     /// How a follower that starts 128 blocks or more behind verifies what it catches up.
     /// `hash-chain`: verify the certificate of every epoch boundary (it carries the next key)
@@ -68,8 +107,10 @@ pub struct FollowArgs {
     #[arg(
         long,
         value_name = "hash-chain|every-block",
-        default_value = "hash-chain"
+        default_value = "hash-chain",
+        env = "CAIRN_VERIFY"
     )]
+    #[serde_as(as = "DisplayFromStr")]
     verify: VerifyPolicy,
     /// After a start from a checkpoint, also fetch the history under it down to genesis, in the
     /// background while following: each block must hash to the parent hash the block above it
@@ -77,18 +118,49 @@ pub struct FollowArgs {
     /// one sync per 4,096, and each stored batch is served at once. Interrupted or restarted,
     /// it continues from the lowest stored block. Transactions of these blocks are not indexed
     /// for lookup by hash.
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_BACKFILL")]
     backfill: bool,
-
-    /// How often to print a progress line.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Serve Prometheus metrics at http://ADDR/metrics: the follower's heights, lag, epoch,
+    /// identity rotations, rejected events by check, each upstream's health, fetch latency,
+    /// blocks/s, and marshal's and the runtime's own metrics. Port 0 lets the OS choose.
+    /// [default: not served]
+    #[arg(long, value_name = "ADDR", env = "CAIRN_METRICS_ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
+    /// How often to print a progress line (when output is not a terminal; a terminal shows a
+    /// progress bar).
+    #[arg(
+        long,
+        default_value = "1s",
+        value_parser = humantime::parse_duration,
+        env = "CAIRN_STATUS_INTERVAL"
+    )]
+    #[serde(with = "humantime_serde")]
     status_interval: Duration,
 }
 
-/// Runs the follower until Ctrl-C (or SIGTERM).
-pub fn run(args: FollowArgs) -> eyre::Result<()> {
-    let profile = ChainProfile::resolve(&args.chain)
-        .wrap_err_with(|| format!("--chain {}: cannot load the chain profile", args.chain))?;
+/// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
+/// and the environment gave.
+pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
+    let config = args.config.clone();
+    let print_config = args.print_config;
+    let mut args = layered(args, matches, config.as_deref())?;
+    let chain = args.chain.clone().ok_or_else(|| {
+        eyre!(
+            "--chain is required: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile file (also CAIRN_CHAIN, or `chain` in the --config file)"
+        )
+    })?;
+    let profile = ChainProfile::resolve(&chain)
+        .wrap_err_with(|| format!("--chain {chain}: cannot load the chain profile"))?;
+    let datadir = args
+        .datadir
+        .get_or_insert_with(|| default_datadir(&profile.name))
+        .clone();
+    if print_config {
+        say!("{}", to_toml(&args)?.trim_end());
+        return Ok(());
+    }
+    say!("datadir {}", datadir.display());
     let upstreams = if args.upstream.is_empty() {
         vec![profile.follow_url.clone().ok_or_else(|| {
             eyre!(
@@ -117,17 +189,16 @@ pub fn run(args: FollowArgs) -> eyre::Result<()> {
     if target == CheckpointTarget::Genesis {
         cairn_follow::genesis_block(&profile).wrap_err_with(|| {
             format!(
-                "--chain {} --checkpoint genesis (use --checkpoint latest to start from a verified checkpoint)",
-                args.chain
+                "--chain {chain} --checkpoint genesis (use --checkpoint latest to start from a verified checkpoint)"
             )
         })?;
     }
-    let _lock = lock_datadir(&args.datadir)?;
+    let _lock = lock_datadir(&datadir)?;
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)
-        .with_storage_directory(args.datadir.join("store"));
+        .with_storage_directory(datadir.join("store"));
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        follow(context.child("follow"), args, urls, profile, target).await
+        follow(context.child("cairn"), args, datadir, urls, profile, target).await
     })
 }
 
@@ -149,7 +220,7 @@ async fn checkpoint_for(
         .await
         .wrap_err("opening the checkpoint store")?;
     if let Some(checkpoint) = store.checkpoint()? {
-        println!(
+        say!(
             "checkpoint {} taken from the datadir: resuming the chain started there (no boundary walk)",
             checkpoint.height()
         );
@@ -157,7 +228,7 @@ async fn checkpoint_for(
     }
     if store.started_from_genesis()? {
         if target != CheckpointTarget::Genesis {
-            println!("this datadir follows from genesis; --checkpoint applies to an empty datadir");
+            say!("this datadir follows from genesis; --checkpoint applies to an empty datadir");
         }
         return Ok(None);
     }
@@ -182,7 +253,7 @@ async fn checkpoint_for(
             failures.join("; ")
         )
     })?;
-    println!("walking the boundary certificates from genesis to the checkpoint ...");
+    say!("walking the boundary certificates from genesis to the checkpoint ...");
     let mut rng = context.child("walk");
     let (checkpoint, report) = checkpoint::establish(
         &mut rng,
@@ -194,7 +265,7 @@ async fn checkpoint_for(
     )
     .await
     .map_err(|err| eyre!("checkpoint start refused: {err}"))?;
-    println!(
+    say!(
         "checkpoint {} (epoch {}) verified: walked {} boundaries (epochs {}..{}), {} identity rotations, in {} ms",
         checkpoint.height(),
         report.to_epoch,
@@ -210,10 +281,17 @@ async fn checkpoint_for(
 async fn follow(
     context: commonware_runtime::tokio::Context,
     args: FollowArgs,
+    datadir: PathBuf,
     urls: Vec<String>,
     profile: ChainProfile,
     target: CheckpointTarget,
 ) -> eyre::Result<()> {
+    if let Some(addr) = &args.metrics_addr {
+        let local = serve_metrics(addr, context.child("metrics"))
+            .await
+            .wrap_err_with(|| format!("--metrics-addr {addr}"))?;
+        say!("metrics on http://{local}/metrics");
+    }
     let checkpoint = checkpoint_for(&context, &urls, &profile, target).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
@@ -233,17 +311,19 @@ async fn follow(
     let sources = Sources::new(requests, QuarantineConfig::default());
 
     let starting = Instant::now();
+    let board = StatusBoard::default();
     let follower = cairn_follow::start(
-        context.child("engine"),
+        context.child("follower"),
         EngineConfig {
             checkpoint,
-            evidence_dir: Some(args.datadir.clone()),
+            evidence_dir: Some(datadir.clone()),
             catch_up: CatchUpConfig {
                 policy: args.verify,
                 workers: std::thread::available_parallelism().map_or(1, usize::from),
                 ..CatchUpConfig::default()
             },
             backfill: args.backfill,
+            status: board.clone(),
             ..engine_config(&profile, args.verify)
         },
         notifications,
@@ -253,13 +333,10 @@ async fn follow(
     .map_err(|err| match err {
         EngineError::Execution(ExecutionError::GenesisMismatch { .. }) => eyre!(
             "datadir {} belongs to a different chain than `{}`: {err}",
-            args.datadir.display(),
+            datadir.display(),
             profile.name
         ),
-        other => eyre!(
-            "starting the follower in {}: {other}",
-            args.datadir.display()
-        ),
+        other => eyre!("starting the follower in {}: {other}", datadir.display()),
     })?;
 
     let server = match &args.rpc_addr {
@@ -271,12 +348,17 @@ async fn follow(
                 RpcConfig {
                     chain_id: profile.chain_id,
                     max_connections: args.rpc_max_connections,
+                    status: Some(status_source(board.clone(), datadir.clone())),
                     ..RpcConfig::default()
                 },
             )
             .await
             .wrap_err_with(|| format!("--rpc-addr {addr}"))?;
-            println!("rpc listening on {} (ws and http)", server.local_addr);
+            say!(
+                "rpc listening on {} (ws and http); status page at http://{}/status",
+                server.local_addr,
+                server.local_addr
+            );
             Some(server)
         }
         None => None,
@@ -284,14 +366,14 @@ async fn follow(
     if let Some(report) = &follower.caught_up {
         let blocks = report.to - report.from;
         let seconds = starting.elapsed().as_secs_f64();
-        println!(
+        say!(
             "caught up {blocks} blocks ({}..={}) through the hash chain in {seconds:.2} s: {} certificates verified",
             report.from + 1,
             report.to,
             report.certificates
         );
     }
-    println!(
+    say!(
         "following {} | chain {} | verified height {} | {} epochs with a key",
         urls.join(", "),
         profile.name,
@@ -305,6 +387,75 @@ async fn follow(
         let _ = server.handle.stop();
     }
     result
+}
+
+/// What `cairn_status` answers for a follower: its newest status snapshot, with `role` and the
+/// evidence files of conflicting certificates found in its datadir.
+fn status_source(board: StatusBoard, datadir: PathBuf) -> StatusSource {
+    StatusSource(Arc::new(move || {
+        let mut status = serde_json::to_value(board.latest()).unwrap_or_default();
+        if let Some(object) = status.as_object_mut() {
+            object.insert("role".into(), "follower".into());
+            object.insert(
+                "evidence".into(),
+                serde_json::to_value(evidence_in(&datadir)).unwrap_or_default(),
+            );
+        }
+        status
+    }))
+}
+
+/// One evidence file, as the status reports it.
+#[derive(serde::Serialize)]
+struct EvidenceSummary {
+    file: String,
+    height: u64,
+    epoch: u64,
+    first: String,
+    second: String,
+}
+
+/// The evidence files of conflicting certificates in `datadir` (`evidence-HEIGHT.json`); a file
+/// that does not parse is listed with what is wrong.
+fn evidence_in(datadir: &std::path::Path) -> Vec<EvidenceSummary> {
+    let Ok(entries) = std::fs::read_dir(datadir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("evidence-") && name.ends_with(".json"))
+        })
+        .map(|path| {
+            let file = path.display().to_string();
+            let parsed = std::fs::read(&path)
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Evidence>(&bytes).map_err(|err| err.to_string())
+                });
+            match parsed {
+                Ok(evidence) => EvidenceSummary {
+                    file,
+                    height: evidence.height,
+                    epoch: evidence.epoch,
+                    first: evidence.first.source,
+                    second: evidence.second.source,
+                },
+                Err(err) => EvidenceSummary {
+                    file,
+                    height: 0,
+                    epoch: 0,
+                    first: format!("unreadable: {err}"),
+                    second: String::new(),
+                },
+            }
+        })
+        .collect();
+    found.sort_by_key(|summary| summary.height);
+    found
 }
 
 /// The engine's defaults for `profile` under `policy`: Tempo's policy also keeps one block in
@@ -348,7 +499,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     loop {
         tokio::select! {
             () = &mut shutdown => {
-                println!("stopping at verified height {}", *executed.borrow_and_update());
+                say!("stopping at verified height {}", *executed.borrow_and_update());
                 return Ok(());
             }
             result = &mut stopped => {
@@ -372,7 +523,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                 let latest_epoch = provider.latest_epoch();
                 if latest_epoch != last_epoch {
                     if let Some(latest) = latest_epoch {
-                        println!("epoch {latest} has a verified key");
+                        say!("epoch {latest} has a verified key");
                     }
                     last_epoch = latest_epoch;
                 }
@@ -381,7 +532,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     Some(from) if first == 0 => {
                         let took = *backfilled.borrow();
                         if let Some(took) = took {
-                            println!(
+                            say!(
                                 "backfilled {from} blocks (0..={}) in {:.2} s",
                                 from.saturating_sub(1),
                                 took.as_secs_f64()
@@ -393,7 +544,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     Some(_) => format!(" | history from {first}"),
                     None => String::new(),
                 };
-                println!(
+                say!(
                     "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s{backfilling} | {} | rejected {}",
                     upstreams_summary(&sources.health()),
                     status.rejected

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -20,7 +20,24 @@ pub struct FollowerProcess {
     child: Child,
     verified: Arc<AtomicU64>,
     connected: Arc<AtomicBool>,
+    rpc: Arc<Mutex<Option<String>>>,
     datadir: PathBuf,
+}
+
+/// One follower as the devnet's status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowerView {
+    /// `f1`, `f2`, ...
+    pub name: String,
+    /// Its RPC address, once it serves.
+    pub rpc: Option<String>,
+    /// Its verified height (from its progress lines).
+    pub height: u64,
+    /// Blocks behind the devnet.
+    pub lag: u64,
+    /// Why it is not following, when it exited.
+    pub exited: Option<String>,
 }
 
 impl FollowerProcess {
@@ -60,7 +77,9 @@ impl FollowerProcess {
             .ok_or_else(|| eyre!("follower {index} has no stdout"))?;
         let verified = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicBool::new(false));
-        let (seen_verified, seen_connected) = (verified.clone(), connected.clone());
+        let rpc = Arc::new(Mutex::new(None));
+        let (seen_verified, seen_connected, seen_rpc) =
+            (verified.clone(), connected.clone(), rpc.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -74,7 +93,11 @@ impl FollowerProcess {
                     }
                     seen_connected.store(line.contains("upstream connected"), Ordering::Relaxed);
                 } else if let Some(addr) = line.strip_prefix("rpc listening on ") {
-                    println!("follower {index}: rpc listening on {addr}");
+                    say!("follower {index}: rpc listening on {addr}");
+                    if let Some(bound) = addr.split_whitespace().next() {
+                        *seen_rpc.lock().unwrap_or_else(|poison| poison.into_inner()) =
+                            Some(bound.to_string());
+                    }
                 }
             }
         });
@@ -82,8 +105,28 @@ impl FollowerProcess {
             child,
             verified,
             connected,
+            rpc,
             datadir,
         })
+    }
+
+    /// The follower for the devnet's status page.
+    pub fn view(&mut self, index: usize, chain_height: u64) -> FollowerView {
+        let height = self.verified.load(Ordering::Relaxed);
+        FollowerView {
+            name: format!("f{index}"),
+            rpc: self
+                .rpc
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone(),
+            height,
+            lag: chain_height.saturating_sub(height),
+            exited: match self.child.try_wait() {
+                Ok(Some(exit)) => Some(exit.to_string()),
+                _ => None,
+            },
+        }
     }
 
     /// The follower's status for the devnet's status line.

@@ -147,9 +147,9 @@ impl OutcomeReport {
     }
 
     fn print_text(&self, indent: &str) {
-        println!("{indent}epoch          {}", self.epoch);
-        println!("{indent}identity       {}", self.identity);
-        println!(
+        say!("{indent}epoch          {}", self.epoch);
+        say!("{indent}identity       {}", self.identity);
+        say!(
             "{indent}threshold      {} of {} players",
             self.threshold,
             self.players.len()
@@ -160,7 +160,7 @@ impl OutcomeReport {
         if !self.revealed.is_empty() {
             print_keys(indent, "revealed", &self.revealed);
         }
-        println!(
+        say!(
             "{indent}next ceremony  {}",
             if self.is_next_full_dkg {
                 "full DKG (new identity)"
@@ -176,9 +176,9 @@ fn keys_hex(set: &Set<PublicKey>) -> Vec<String> {
 }
 
 fn print_keys(indent: &str, label: &str, keys: &[String]) {
-    println!("{indent}{label:<14} {}", keys.len());
+    say!("{indent}{label:<14} {}", keys.len());
     for key in keys {
-        println!("{indent}  {key}");
+        say!("{indent}  {key}");
     }
 }
 
@@ -193,7 +193,7 @@ fn inspect_certificate(args: &CertificateArgs) -> ExitCode {
         }
     };
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&report).expect("the report serializes")
         );
@@ -315,9 +315,9 @@ fn fill_verified(report: &mut CertificateReport, verified: &VerifiedBlock) {
 
 fn print_certificate_text(report: &CertificateReport) {
     if report.valid {
-        println!("certificate VALID");
+        say!("certificate VALID");
     } else {
-        println!(
+        say!(
             "certificate INVALID ({}): {}",
             report.error.unwrap_or("unknown"),
             report.reason.as_deref().unwrap_or("")
@@ -325,7 +325,7 @@ fn print_certificate_text(report: &CertificateReport) {
     }
     let show = |label: &str, value: Option<String>| {
         if let Some(value) = value {
-            println!("  {label:<14} {value}");
+            say!("  {label:<14} {value}");
         }
     };
     show("height", report.height.map(|h| h.to_string()));
@@ -340,7 +340,7 @@ fn print_certificate_text(report: &CertificateReport) {
     show("identity", report.identity.clone());
     show("identity from", report.identity_source.clone());
     if let Some(next) = &report.next_epoch {
-        println!("  boundary block: DKG outcome for the next epoch");
+        say!("  boundary block: DKG outcome for the next epoch");
         next.print_text("    ");
     }
 }
@@ -353,12 +353,12 @@ fn inspect_outcome(args: &OutcomeArgs) -> ExitCode {
         Ok(outcome) => {
             let report = OutcomeReport::new(&outcome);
             if args.json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("the report serializes")
                 );
             } else {
-                println!("DKG outcome");
+                say!("DKG outcome");
                 report.print_text("  ");
             }
             ExitCode::from(EXIT_VALID)
@@ -366,7 +366,7 @@ fn inspect_outcome(args: &OutcomeArgs) -> ExitCode {
         Err(err) => {
             if args.json {
                 let value = serde_json::json!({ "valid": false, "error": format!("{err:#}") });
-                println!("{value:#}");
+                say!("{value:#}");
             } else {
                 eprintln!("error: {err:#}");
             }

@@ -1,13 +1,23 @@
 //! `cairn`: a verifying follower for epoch-rotating Commonware BFT chains, wire-compatible with
 //! Tempo.
 
+/// `println!` for commands: a line on stdout, and a quiet exit when stdout is gone (a pipe
+/// whose reader closed, as in `cairn inspect ... | head -3`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::common::print_line(format_args!($($arg)*))
+    };
+}
+
 mod common;
+mod config;
 mod devnet;
 mod follow;
 mod followers;
 mod inspect;
+mod status;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -15,8 +25,27 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log shippers.
+    /// The level comes from CAIRN_LOG (e.g. `info`, `cairn_follow=debug`; `warn` when unset).
+    #[arg(
+        long,
+        global = true,
+        value_name = "text|json",
+        default_value = "text",
+        env = "CAIRN_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the log is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,20 +59,36 @@ enum Command {
     /// Follow an upstream node: verify every finalization with its epoch's key, repair gaps,
     /// store the verified chain and serve it again over the same RPC.
     Follow(follow::FollowArgs),
+    /// Print the status of a running follower or devnet (what its /status page shows): heights
+    /// and lag, the identity history, upstreams, rejected events, committees.
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let filter = EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match cli.command {
         Command::Inspect(command) => inspect::run(command),
         Command::Devnet(args) => exit_code(devnet::run(args)),
-        Command::Follow(args) => exit_code(follow::run(args)),
+        Command::Follow(args) => {
+            let follow_matches = matches
+                .subcommand_matches("follow")
+                .cloned()
+                .unwrap_or_default();
+            exit_code(follow::run(args, &follow_matches))
+        }
+        Command::Status(args) => exit_code(status::run(args)),
     }
 }
 

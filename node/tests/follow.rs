@@ -16,6 +16,9 @@ use std::{
     time::Duration,
 };
 
+#[path = "follow/operator.rs"]
+mod operator;
+
 fn cairn() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cairn"))
 }

@@ -102,6 +102,8 @@ pub struct UpstreamStatus {
     pub announced_height: u64,
     /// Finalized events rejected so far.
     pub rejected: u64,
+    /// The same, by the check they failed (`malformed_event` for events that do not parse).
+    pub rejected_by_check: BTreeMap<&'static str, u64>,
 }
 
 /// The driver (see the module docs).
@@ -139,7 +141,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             recent: BTreeMap::new(),
             sources: config.sources,
             evidence_dir: config.evidence_dir,
-            status: watch::channel(UpstreamStatus::default()).0,
+            status: config.status,
         }
     }
 
@@ -193,7 +195,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                 self.update_connected();
             }
             Notification::Invalid { what } => {
-                self.status.send_modify(|status| status.rejected += 1);
+                self.count_rejected("malformed_event");
                 self.sources.invalid(source, &what);
             }
             Notification::Event(event) => match *event {
@@ -202,6 +204,13 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             },
         }
         Ok(())
+    }
+
+    fn count_rejected(&self, check: &'static str) {
+        self.status.send_modify(|status| {
+            status.rejected += 1;
+            *status.rejected_by_check.entry(check).or_default() += 1;
+        });
     }
 
     fn update_connected(&self) {
@@ -314,7 +323,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                 self.hint_boundary();
             }
             Err(err) => {
-                self.status.send_modify(|status| status.rejected += 1);
+                self.count_rejected(err.check());
                 warn!(height, source = %self.sources.url(source), check = err.check(), %err, "rejected finalized event; nothing stored");
                 self.sources.invalid(
                     source,

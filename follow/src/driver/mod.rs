@@ -123,6 +123,8 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     pub sources: SourceBook,
     /// Where an evidence file is written when two valid certificates conflict.
     pub evidence_dir: Option<std::path::PathBuf>,
+    /// Where the driver reports the upstreams' status (see [`Actor::status`]).
+    pub status: watch::Sender<UpstreamStatus>,
 }
 
 /// Creates the driver.

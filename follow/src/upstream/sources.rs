@@ -14,10 +14,11 @@ use cairn_epoch::{
     BoundarySource, FinalizationVerifier, SourceError, VerifyError, decode_certificate,
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use commonware_runtime::telemetry::metrics::Histogram;
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -189,6 +190,7 @@ pub struct SourceBook {
     next: Arc<AtomicUsize>,
     quarantine: QuarantineConfig,
     clock: ClockFn,
+    fetch_latency: Arc<OnceLock<Histogram>>,
 }
 
 impl std::fmt::Debug for SourceBook {
@@ -220,7 +222,14 @@ impl SourceBook {
             next: Arc::new(AtomicUsize::new(0)),
             quarantine,
             clock: Arc::new(SystemTime::now),
+            fetch_latency: Arc::default(),
         }
+    }
+
+    /// Observes the latency of every served request in `histogram` (in seconds), from now on;
+    /// the first histogram given stays.
+    pub fn observe_fetch_latency(&self, histogram: Histogram) {
+        let _ = self.fetch_latency.set(histogram);
     }
 
     fn now(&self) -> SystemTime {
@@ -406,6 +415,9 @@ impl SourceBook {
             let health = &mut state.health;
             match answer {
                 Answer::Served(elapsed) => {
+                    if let Some(histogram) = self.fetch_latency.get() {
+                        histogram.observe(elapsed.as_secs_f64());
+                    }
                     health.served += 1;
                     let sample = elapsed.as_secs_f64() * 1000.0;
                     health.latency_ms = Some(health.latency_ms.map_or(sample, |average| {

@@ -133,6 +133,7 @@ async fn harness(
         max_pending_bytes,
         sources: sources.clone(),
         evidence_dir: None,
+        status: watch::Sender::default(),
     });
     let status = actor.status();
     let (notifications, notifications_rx) = mpsc::channel(64);

@@ -1,0 +1,480 @@
+//! What a follower knows about itself, in one snapshot: heights and lag, the epoch and the
+//! identity history, the upstreams' health and the events rejected by check. A sampler task
+//! refreshes the snapshot on a [`StatusBoard`] and mirrors it into Prometheus metrics through the
+//! runtime's registry (so simulations carry them too); the node serves the same snapshot as
+//! `cairn_status`, on its status page and in its progress output.
+
+use crate::{
+    driver::UpstreamStatus,
+    execution::{EmbeddedExecution, ExecutionProvider as _},
+    upstream::{SourceBook, SourceHealth},
+};
+use cairn_dkg::Identity;
+use cairn_epoch::EpochStrategy;
+use cairn_feed::StoreContext;
+use commonware_codec::Encode as _;
+use commonware_consensus::types::Epoch;
+use commonware_runtime::{
+    Clock, Metrics,
+    telemetry::metrics::{
+        EncodeLabelSet, Gauge, GaugeExt as _, MetricsExt as _, Registered,
+        raw::{Counter, Family, Gauge as RawGauge},
+    },
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+use tokio::sync::watch;
+
+/// Network identities by the first epoch each signed, as the follower verified them (cheap to
+/// clone; clones share state). Only changes are kept: an epoch whose identity equals the one
+/// before it adds nothing.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityHistory {
+    changes: Arc<RwLock<BTreeMap<u64, Identity>>>,
+}
+
+/// One entry of the identity history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityChange {
+    /// The first epoch it signs.
+    pub epoch: u64,
+    /// The boundary block that announced it (the last block of the epoch before); `None` for
+    /// epoch 0, whose identity the genesis block carries.
+    pub boundary: Option<u64>,
+    /// The identity (a BLS12-381 G2 point), 0x-prefixed hex.
+    pub identity: String,
+}
+
+impl IdentityHistory {
+    /// Notes that `identity` signs `epoch`.
+    pub fn observe(&self, epoch: u64, identity: Identity) {
+        let mut changes = self
+            .changes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = changes.range(..epoch).next_back().map(|(_, known)| *known);
+        if before == Some(identity) {
+            return;
+        }
+        changes.insert(epoch, identity);
+        // An entry after it that repeats it is no longer a change.
+        if let Some((&next, known)) = changes.range(epoch + 1..).next()
+            && *known == identity
+        {
+            changes.remove(&next);
+        }
+    }
+
+    /// The changes, oldest first.
+    pub fn changes(&self, epochs: &EpochStrategy) -> Vec<IdentityChange> {
+        let changes = self
+            .changes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        changes
+            .iter()
+            .map(|(epoch, identity)| IdentityChange {
+                epoch: *epoch,
+                boundary: epoch
+                    .checked_sub(1)
+                    .and_then(|before| epochs.boundary_height(Epoch::new(before))),
+                identity: alloy_primitives::hex::encode_prefixed(identity.encode()),
+            })
+            .collect()
+    }
+
+    /// Identity rotations seen: changes after the first.
+    pub fn rotations(&self) -> usize {
+        self.changes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+            .saturating_sub(1)
+    }
+}
+
+/// One upstream, as the status reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamReport {
+    /// Its URL.
+    pub url: String,
+    /// Whether its subscription is live.
+    pub connected: bool,
+    /// Connected, not quarantined and well-behaved.
+    pub healthy: bool,
+    /// Round-trip time of its answered requests (exponentially weighted).
+    pub latency_ms: Option<f64>,
+    /// The highest height it announced with a verified event.
+    pub announced_height: u64,
+    /// Seconds left in quarantine.
+    pub quarantined_secs: Option<u64>,
+    /// Invalid answers and events it sent.
+    pub invalid: u64,
+    /// What its last invalid answer or event was.
+    pub last_invalid: Option<String>,
+    /// Requests it answered with the data asked for.
+    pub served: u64,
+    /// Requests that failed or timed out.
+    pub failed: u64,
+    /// Times its connection was lost.
+    pub disconnects: u64,
+}
+
+impl From<&SourceHealth> for UpstreamReport {
+    fn from(health: &SourceHealth) -> Self {
+        Self {
+            url: health.url.clone(),
+            connected: health.connected,
+            healthy: health.healthy(),
+            latency_ms: health.latency_ms,
+            announced_height: health.announced_height,
+            quarantined_secs: health.quarantined_for.map(|left| left.as_secs().max(1)),
+            invalid: health.invalid,
+            last_invalid: health.last_invalid.clone(),
+            served: health.served,
+            failed: health.failed + health.timed_out,
+            disconnects: health.disconnects,
+        }
+    }
+}
+
+/// A follower's status at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowerStatus {
+    /// The chain profile's name.
+    pub chain: String,
+    /// Blocks per epoch.
+    pub epoch_length: u64,
+    /// The verified, durable height.
+    pub verified_height: u64,
+    /// The lowest height served (above 0 after a checkpoint start, until backfilled).
+    pub history_from: u64,
+    /// The highest verified height any upstream announced (at least the verified height).
+    pub target_height: u64,
+    /// `target_height - verified_height`.
+    pub lag: u64,
+    /// The epoch of the verified height.
+    pub epoch: u64,
+    /// The newest epoch with a registered key.
+    pub key_epoch: Option<u64>,
+    /// Every identity change the follower verified, oldest first.
+    pub identities: Vec<IdentityChange>,
+    /// The upstreams.
+    pub upstreams: Vec<UpstreamReport>,
+    /// Finalized events rejected, in all.
+    pub rejected: u64,
+    /// Finalized events rejected, by the check they failed.
+    pub rejected_by_check: BTreeMap<String, u64>,
+    /// Blocks verified per second over the last sample.
+    pub blocks_per_second: f64,
+    /// Milliseconds since the Unix epoch when this was sampled.
+    pub sampled_at_ms: u64,
+}
+
+/// The newest [`FollowerStatus`], shared by the sampler and its readers (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct StatusBoard {
+    latest: watch::Sender<FollowerStatus>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        Self {
+            latest: watch::Sender::new(FollowerStatus::default()),
+        }
+    }
+}
+
+impl StatusBoard {
+    /// The newest snapshot.
+    pub fn latest(&self) -> FollowerStatus {
+        self.latest.borrow().clone()
+    }
+
+    /// A receiver told of every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<FollowerStatus> {
+        self.latest.subscribe()
+    }
+}
+
+/// Per-upstream metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    url: String,
+}
+
+/// Rejected-event metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabel {
+    check: String,
+}
+
+/// The follower's own metrics (marshal, the archives and the runtime register theirs).
+struct StatusMetrics {
+    verified_height: Gauge,
+    history_from: Gauge,
+    target_height: Gauge,
+    lag: Gauge,
+    epoch: Gauge,
+    identity_rotations: Gauge,
+    blocks_per_second: Gauge,
+    rejected: Registered<Family<CheckLabel, Counter>>,
+    upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
+    upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
+    upstream_quarantined: Registered<Family<UpstreamLabel, RawGauge>>,
+    upstream_latency_us: Registered<Family<UpstreamLabel, RawGauge>>,
+    upstream_announced: Registered<Family<UpstreamLabel, RawGauge>>,
+    upstream_invalid: Registered<Family<UpstreamLabel, Counter>>,
+}
+
+impl StatusMetrics {
+    fn register(context: &impl Metrics) -> Self {
+        Self {
+            verified_height: context.gauge("verified_height", "The verified, durable height"),
+            history_from: context.gauge(
+                "history_from",
+                "The lowest height served (above 0 after a checkpoint start until backfilled)",
+            ),
+            target_height: context.gauge(
+                "target_height",
+                "The highest verified height any upstream announced",
+            ),
+            lag: context.gauge("lag", "Blocks between the target and the verified height"),
+            epoch: context.gauge("epoch", "The epoch of the verified height"),
+            identity_rotations: context.gauge(
+                "identity_rotations",
+                "Network identity changes verified (full DKG ceremonies)",
+            ),
+            blocks_per_second: context.gauge(
+                "blocks_per_second",
+                "Blocks verified per second over the last sample (catch-up and live)",
+            ),
+            rejected: context.family(
+                "rejected_events",
+                "Finalized events rejected, by the check they failed",
+            ),
+            upstream_connected: context.family(
+                "upstream_connected",
+                "Whether the upstream's subscription is live",
+            ),
+            upstream_healthy: context.family(
+                "upstream_healthy",
+                "Whether the upstream is connected, not quarantined and well-behaved",
+            ),
+            upstream_quarantined: context.family(
+                "upstream_quarantined",
+                "Whether the upstream is quarantined for serving invalid data",
+            ),
+            upstream_latency_us: context.family(
+                "upstream_latency_microseconds",
+                "Round-trip time of the upstream's answered requests (exponentially weighted)",
+            ),
+            upstream_announced: context.family(
+                "upstream_announced_height",
+                "The highest height the upstream announced with a verified event",
+            ),
+            upstream_invalid: context.family(
+                "upstream_invalid",
+                "Invalid answers and events the upstream sent",
+            ),
+        }
+    }
+
+    /// Mirrors `status`; counters move by what `previous` did not have yet.
+    fn update(&self, status: &FollowerStatus, previous: &FollowerStatus) {
+        let set = |gauge: &Gauge, value: u64| {
+            let _ = gauge.try_set(value);
+        };
+        set(&self.verified_height, status.verified_height);
+        set(&self.history_from, status.history_from);
+        set(&self.target_height, status.target_height);
+        set(&self.lag, status.lag);
+        set(&self.epoch, status.epoch);
+        set(
+            &self.identity_rotations,
+            status.identities.len().saturating_sub(1) as u64,
+        );
+        set(
+            &self.blocks_per_second,
+            status.blocks_per_second.round() as u64,
+        );
+        for (check, count) in &status.rejected_by_check {
+            let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
+            self.rejected
+                .get_or_create(&CheckLabel {
+                    check: check.clone(),
+                })
+                .inc_by(count.saturating_sub(before));
+        }
+        for upstream in &status.upstreams {
+            let label = UpstreamLabel {
+                url: upstream.url.clone(),
+            };
+            let flag = |family: &Family<UpstreamLabel, RawGauge>, on: bool| {
+                family.get_or_create(&label).set(i64::from(on));
+            };
+            flag(&self.upstream_connected, upstream.connected);
+            flag(&self.upstream_healthy, upstream.healthy);
+            flag(
+                &self.upstream_quarantined,
+                upstream.quarantined_secs.is_some(),
+            );
+            if let Some(latency) = upstream.latency_ms {
+                self.upstream_latency_us
+                    .get_or_create(&label)
+                    .set((latency * 1000.0).round() as i64);
+            }
+            let _ = self
+                .upstream_announced
+                .get_or_create(&label)
+                .try_set(upstream.announced_height);
+            let before = previous
+                .upstreams
+                .iter()
+                .find(|known| known.url == upstream.url)
+                .map_or(0, |known| known.invalid);
+            self.upstream_invalid
+                .get_or_create(&label)
+                .inc_by(upstream.invalid.saturating_sub(before));
+        }
+    }
+}
+
+/// What the sampler reads.
+pub(crate) struct Sampled<E: StoreContext> {
+    pub chain: String,
+    pub epochs: EpochStrategy,
+    pub execution: EmbeddedExecution<E>,
+    pub provider: cairn_epoch::SchemeProvider,
+    pub identities: IdentityHistory,
+    pub sources: SourceBook,
+    pub upstream: watch::Receiver<UpstreamStatus>,
+}
+
+impl<E: StoreContext> Sampled<E> {
+    fn snapshot(&self, now: SystemTime, rate: f64) -> FollowerStatus {
+        let verified_height = self.execution.finalized_height();
+        let health = self.sources.health();
+        let upstream = self.upstream.borrow().clone();
+        let target_height = health
+            .iter()
+            .map(|source| source.announced_height)
+            .chain([upstream.announced_height, verified_height])
+            .max()
+            .unwrap_or(verified_height);
+        FollowerStatus {
+            chain: self.chain.clone(),
+            epoch_length: self.epochs.length(),
+            verified_height,
+            history_from: self.execution.first_height(),
+            target_height,
+            lag: target_height - verified_height,
+            epoch: self.epochs.epoch_of(verified_height).get(),
+            key_epoch: self.provider.latest_epoch().map(|epoch| epoch.get()),
+            identities: self.identities.changes(&self.epochs),
+            upstreams: health.iter().map(UpstreamReport::from).collect(),
+            rejected: upstream.rejected,
+            rejected_by_check: upstream
+                .rejected_by_check
+                .iter()
+                .map(|(check, count)| ((*check).to_string(), *count))
+                .collect(),
+            blocks_per_second: rate,
+            sampled_at_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+        }
+    }
+}
+
+/// How often the sampler refreshes the board and the metrics.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How far back the blocks-per-second rate looks.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Refreshes `board` and the metrics registered on `context` every [`SAMPLE_INTERVAL`], until
+/// the runtime stops.
+pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
+    context: E,
+    sampled: Sampled<E>,
+    board: StatusBoard,
+) {
+    let metrics = StatusMetrics::register(&context);
+    let mut previous = FollowerStatus::default();
+    let mut window: std::collections::VecDeque<(SystemTime, u64)> = Default::default();
+    loop {
+        let now = context.current();
+        let height = sampled.execution.finalized_height();
+        window.push_back((now, height));
+        while window.len() > 2
+            && window
+                .front()
+                .and_then(|(at, _)| now.duration_since(*at).ok())
+                .is_some_and(|age| age > RATE_WINDOW)
+        {
+            window.pop_front();
+        }
+        let rate = match window.front() {
+            Some((at, from)) => {
+                let seconds = now.duration_since(*at).unwrap_or_default().as_secs_f64();
+                if seconds > 0.0 {
+                    height.saturating_sub(*from) as f64 / seconds
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        let status = sampled.snapshot(now, rate);
+        metrics.update(&status, &previous);
+        board.latest.send_replace(status.clone());
+        previous = status;
+        context.sleep(SAMPLE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdentityHistory;
+    use cairn_dkg::Identity;
+    use cairn_epoch::EpochStrategy;
+    use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
+    use rand::{SeedableRng as _, rngs::StdRng};
+
+    fn identity(seed: u64) -> Identity {
+        keypair::<_, MinSig>(&mut StdRng::seed_from_u64(seed)).1
+    }
+
+    #[test]
+    fn history_keeps_only_changes_with_their_boundaries() {
+        let history = IdentityHistory::default();
+        history.observe(0, identity(1));
+        history.observe(1, identity(1));
+        history.observe(2, identity(1));
+        history.observe(3, identity(2));
+        history.observe(4, identity(2));
+        // Out of order: epoch 5 before 4 was known would still merge.
+        history.observe(6, identity(3));
+        history.observe(5, identity(3));
+        let epochs = EpochStrategy::new(10).expect("valid length");
+        let changes = history.changes(&epochs);
+        let epochs_and_boundaries: Vec<_> = changes
+            .iter()
+            .map(|change| (change.epoch, change.boundary))
+            .collect();
+        assert_eq!(
+            epochs_and_boundaries,
+            vec![(0, None), (3, Some(29)), (5, Some(49))]
+        );
+        assert_eq!(history.rotations(), 2);
+        assert_ne!(changes[0].identity, changes[1].identity);
+    }
+}

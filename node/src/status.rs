@@ -1,0 +1,253 @@
+//! `cairn status`: asks a running follower or devnet for `cairn_status` over JSON-RPC and prints
+//! the summary its status page shows.
+
+use cairn_feed::STATUS_METHOD;
+use clap::Args;
+use eyre::{WrapErr, eyre};
+use jsonrpsee::{core::client::ClientT, http_client::HttpClientBuilder, rpc_params};
+use serde_json::Value;
+use std::{fmt::Write as _, time::Duration};
+
+/// Arguments of `cairn status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The node's RPC address (its --rpc-addr): http://HOST:PORT, ws://HOST:PORT or HOST:PORT.
+    #[arg(long, value_name = "URL", default_value = "127.0.0.1:8546")]
+    rpc: String,
+    /// Print the status as JSON (what `cairn_status` answers) instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// The HTTP URL of an RPC address given as `HOST:PORT`, `ws://`, `wss://`, `http://` or
+/// `https://`.
+fn http_url(rpc: &str) -> String {
+    if let Some(rest) = rpc.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = rpc.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if rpc.starts_with("http://") || rpc.starts_with("https://") {
+        rpc.to_string()
+    } else {
+        format!("http://{rpc}")
+    }
+}
+
+/// Prints the status of the node at `--rpc`.
+pub fn run(args: StatusArgs) -> eyre::Result<()> {
+    let url = http_url(&args.rpc);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .wrap_err("starting the async runtime")?;
+    let status: Value = runtime.block_on(async {
+        let client = HttpClientBuilder::default()
+            .request_timeout(args.timeout)
+            .build(&url)
+            .map_err(|err| eyre!("--rpc {}: {err}", args.rpc))?;
+        client
+            .request(STATUS_METHOD, rpc_params![])
+            .await
+            .map_err(|err| eyre!("{STATUS_METHOD} from {url}: {err}"))
+    })?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&status)?
+    } else {
+        summary(&status)
+    };
+    say!("{}", text.trim_end());
+    Ok(())
+}
+
+fn u64_of(value: &Value, key: &str) -> u64 {
+    value.get(key).and_then(Value::as_u64).unwrap_or_default()
+}
+
+fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn short(hex: &str) -> String {
+    if hex.len() > 26 {
+        format!("{}…{}", &hex[..14], &hex[hex.len() - 10..])
+    } else {
+        hex.to_string()
+    }
+}
+
+/// The status as lines of text (what the status page shows).
+pub fn summary(status: &Value) -> String {
+    let mut out = String::new();
+    let role = str_of(status, "role");
+    let rate = status
+        .get("blocksPerSecond")
+        .and_then(Value::as_f64)
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{role} of {} | verified {} | target {} | lag {} | epoch {} (epochs of {}) | {rate:.1} blocks/s",
+        str_of(status, "chain"),
+        u64_of(status, "verifiedHeight"),
+        u64_of(status, "targetHeight"),
+        u64_of(status, "targetHeight").saturating_sub(u64_of(status, "verifiedHeight")),
+        u64_of(status, "epoch"),
+        u64_of(status, "epochLength"),
+    );
+    if role == "follower" {
+        let _ = writeln!(
+            out,
+            "history from height {} | newest epoch with a key {}",
+            u64_of(status, "historyFrom"),
+            status
+                .get("keyEpoch")
+                .and_then(Value::as_u64)
+                .map_or("none".to_string(), |epoch| epoch.to_string())
+        );
+    }
+    let _ = writeln!(out, "identities:");
+    for change in list(status, "identities") {
+        let from = match change.get("boundary").and_then(Value::as_u64) {
+            Some(boundary) => format!("boundary {boundary}"),
+            None => "genesis".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  epoch {} from {from}: {}",
+            u64_of(change, "epoch"),
+            short(str_of(change, "identity"))
+        );
+    }
+    if role == "follower" {
+        let upstreams = list(status, "upstreams");
+        let healthy = upstreams
+            .iter()
+            .filter(|u| u.get("healthy").and_then(Value::as_bool) == Some(true))
+            .count();
+        let _ = writeln!(out, "upstreams {healthy}/{} healthy:", upstreams.len());
+        for upstream in upstreams {
+            let state = if let Some(left) = upstream.get("quarantinedSecs").and_then(Value::as_u64)
+            {
+                format!("quarantined ({left} s)")
+            } else if upstream.get("healthy").and_then(Value::as_bool) == Some(true) {
+                "healthy".into()
+            } else if upstream.get("connected").and_then(Value::as_bool) == Some(true) {
+                "unhealthy".into()
+            } else {
+                "disconnected".into()
+            };
+            let latency = upstream
+                .get("latencyMs")
+                .and_then(Value::as_f64)
+                .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+            let _ = writeln!(
+                out,
+                "  {} {state} | announced {} | latency {latency} | served {} | failed {} | invalid {} | drops {}",
+                str_of(upstream, "url"),
+                u64_of(upstream, "announcedHeight"),
+                u64_of(upstream, "served"),
+                u64_of(upstream, "failed"),
+                u64_of(upstream, "invalid"),
+                u64_of(upstream, "disconnects"),
+            );
+        }
+        let by_check = status
+            .get("rejectedByCheck")
+            .and_then(Value::as_object)
+            .map(|checks| {
+                checks
+                    .iter()
+                    .map(|(check, count)| format!("{check} {}", count.as_u64().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "rejected events {}{}",
+            u64_of(status, "rejected"),
+            if by_check.is_empty() {
+                String::new()
+            } else {
+                format!(": {by_check}")
+            }
+        );
+        let evidence = list(status, "evidence");
+        if evidence.is_empty() {
+            let _ = writeln!(out, "evidence of conflicting certificates: none");
+        }
+        for found in evidence {
+            let _ = writeln!(
+                out,
+                "HALTED: conflicting certificates at height {} (epoch {}) from {} and {}; evidence {}",
+                u64_of(found, "height"),
+                u64_of(found, "epoch"),
+                str_of(found, "first"),
+                str_of(found, "second"),
+                str_of(found, "file"),
+            );
+        }
+    }
+    if role == "devnet" {
+        let _ = writeln!(out, "committees:");
+        for committee in list(status, "committees") {
+            let _ = writeln!(
+                out,
+                "  epoch {} (heights {}..={}): threshold {} of {}",
+                u64_of(committee, "epoch"),
+                u64_of(committee, "firstHeight"),
+                u64_of(committee, "lastHeight"),
+                u64_of(committee, "threshold"),
+                list(committee, "validators").len(),
+            );
+        }
+        let _ = writeln!(out, "ceremonies:");
+        for ceremony in list(status, "ceremonies") {
+            let _ = writeln!(
+                out,
+                "  for epoch {}: {} ({} dealers, {} players)",
+                u64_of(ceremony, "forEpoch"),
+                str_of(ceremony, "kind"),
+                u64_of(ceremony, "dealers"),
+                u64_of(ceremony, "players"),
+            );
+        }
+        let _ = writeln!(out, "followers:");
+        for follower in list(status, "followers") {
+            let _ = writeln!(
+                out,
+                "  {} at {} | verified {} | lag {}",
+                str_of(follower, "name"),
+                follower
+                    .get("rpc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no rpc yet)"),
+                u64_of(follower, "height"),
+                u64_of(follower, "lag"),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_url;
+
+    #[test]
+    fn rpc_addresses_become_http_urls() {
+        assert_eq!(http_url("127.0.0.1:8546"), "http://127.0.0.1:8546");
+        assert_eq!(http_url("ws://h:1"), "http://h:1");
+        assert_eq!(http_url("wss://h"), "https://h");
+        assert_eq!(http_url("https://h"), "https://h");
+    }
+}
