@@ -43,19 +43,22 @@ pub struct DevnetArgs {
     /// Time between blocks (e.g. 250ms, 1s; 0 produces as fast as possible).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     block_time: Duration,
-    /// Epochs whose key comes from a full DKG (a new network identity), e.g. 3,8. Other epochs reshare.
+    /// Epochs whose key comes from a full DKG (a new network identity), e.g. 3,8. Other epochs
+    /// reshare. [default: none; every epoch reshares]
     #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
     full_dkg_at_epochs: Vec<u64>,
     /// Address of the JSON-RPC server (WebSocket and HTTP); port 0 lets the OS choose.
     #[arg(long, default_value = "127.0.0.1:8546")]
     rpc_addr: String,
-    /// Stop producing after this height (the RPC keeps serving until Ctrl-C).
+    /// Stop producing after this height (the RPC keeps serving until Ctrl-C). [default: none;
+    /// produce until Ctrl-C]
     #[arg(long, value_name = "H")]
     until_height: Option<u64>,
     /// First generate this many blocks at full speed (with their ceremonies and real
     /// certificates, written in batches of 4,096 blocks with one sync each, served once
     /// synced, not published as events), then go on as configured. For building long chains
-    /// to follow, e.g. `--bulk 1000000 --until-height 1000000`.
+    /// to follow, e.g. `--bulk 1000000 --until-height 1000000`. [default: none; every block
+    /// at the block time]
     #[arg(long, value_name = "N")]
     bulk: Option<u64>,
     /// EVM chain id written into the chain profile.
@@ -63,7 +66,7 @@ pub struct DevnetArgs {
     chain_id: u64,
     /// Fix the validator keys, the ceremonies, the transactions and the block schedule (block h
     /// is stamped 2026-01-01 plus h block times): two devnets with the same seed and parameters
-    /// produce the same chain byte for byte. Without it, keys and timestamps are fresh.
+    /// produce the same chain byte for byte. [default: none; fresh keys and timestamps]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
     /// Serve byzantine data, to test followers against (repeatable): bad-signature[:RATE],
@@ -71,11 +74,12 @@ pub struct DevnetArgs {
     /// withhold-boundaries never announces a boundary block; stall-after:HEIGHT announces and
     /// serves nothing above HEIGHT; disconnect-every:DURATION drops every connection at that
     /// interval; lie-on-fetch[:RATE] tampers with that share of block and finalization answers.
-    /// The chain itself is produced and stored honestly.
+    /// The chain itself is produced and stored honestly. [default: none; honest]
     #[arg(long = "fault", value_name = "MODE")]
     faults: Vec<Fault>,
     /// Produce a different block at height H (certified by the same committee); with the
     /// --seed of another devnet, the two chains carry conflicting certificates from H on.
+    /// [default: none]
     #[arg(long, value_name = "H")]
     fork_at: Option<u64>,
     /// Also start this many `cairn follow` processes following this devnet, each with its own

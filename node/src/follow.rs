@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FollowArgs {
     /// A TOML file of settings, keyed by the flags' names without dashes (see docs/operator.md).
-    /// An unknown key is an error.
+    /// An unknown key is an error. [default: none; flags, environment and defaults only]
     #[arg(long, value_name = "FILE", env = "CAIRN_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -46,8 +46,8 @@ pub struct FollowArgs {
     #[serde(skip)]
     print_config: bool,
     /// The chain: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile JSON
-    /// file, such as the `chain.json` that `cairn devnet` writes. Required (here, in the
-    /// environment or in the --config file).
+    /// file, such as the `chain.json` that `cairn devnet` writes. [default: none; required
+    /// here, in the environment or in the --config file]
     #[arg(long, value_name = "PROFILE|FILE", env = "CAIRN_CHAIN")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chain: Option<String>,

@@ -48,6 +48,7 @@ pub struct CertificateArgs {
     /// Learn the certificate's epoch key from first principles: walk the boundary blocks from
     /// the profile's genesis outcome through this node's `consensus_getFinalization`, each
     /// verified with its epoch's key (ws://, wss://, http://, https:// or host:port).
+    /// [default: none; the epoch key comes from the profile]
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
     /// Print one JSON object instead of text.

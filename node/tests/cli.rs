@@ -231,3 +231,209 @@ fn dkg_outcomes_decode_from_hex_files_and_stdin() {
         assert_eq!(output.status.code(), Some(2), "{bad}");
     }
 }
+
+/// `cairn ARGS` in an environment holding only `env` (and PATH).
+fn cairn_in_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("cairn runs")
+}
+
+fn settings(output: &Output) -> toml::Table {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .parse()
+        .expect("--print-config prints TOML")
+}
+
+#[test]
+fn settings_come_from_flags_over_environment_over_the_config_file_over_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(
+        &file,
+        r#"
+chain = "tempo-moderato"
+rpc-addr = "127.0.0.1:1001"
+metrics-addr = "127.0.0.1:2001"
+verify = "every-block"
+status-interval = "5s"
+backfill = true
+upstream = ["ws://file-a:1", "ws://file-b:2"]
+"#,
+    )
+    .expect("config written");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let config = file.to_str().expect("utf-8");
+
+    // Defaults only (the datadir is the chain's, in the platform data directory).
+    let defaults = settings(&cairn_in_env(
+        &["follow", "--chain", "tempo-mainnet", "--print-config"],
+        &[("XDG_DATA_HOME", data), ("HOME", data)],
+    ));
+    assert_eq!(defaults["verify"].as_str(), Some("hash-chain"));
+    assert_eq!(defaults["status-interval"].as_str(), Some("1s"));
+    assert_eq!(defaults["rpc-max-connections"].as_integer(), Some(2048));
+    assert_eq!(defaults["backfill"].as_bool(), Some(false));
+    assert!(defaults.get("rpc-addr").is_none());
+    assert_eq!(
+        defaults["datadir"].as_str(),
+        Some(format!("{data}/cairn/tempo-mainnet").as_str())
+    );
+
+    // The file over the defaults.
+    let from_file = settings(&cairn_in_env(
+        &["follow", "--config", config, "--print-config"],
+        &[("XDG_DATA_HOME", data), ("HOME", data)],
+    ));
+    assert_eq!(from_file["chain"].as_str(), Some("tempo-moderato"));
+    assert_eq!(from_file["rpc-addr"].as_str(), Some("127.0.0.1:1001"));
+    assert_eq!(from_file["verify"].as_str(), Some("every-block"));
+    assert_eq!(from_file["status-interval"].as_str(), Some("5s"));
+    assert_eq!(from_file["backfill"].as_bool(), Some(true));
+    assert_eq!(from_file["upstream"].as_array().map(Vec::len), Some(2));
+    assert_eq!(from_file["rpc-max-connections"].as_integer(), Some(2048));
+    assert_eq!(
+        from_file["datadir"].as_str(),
+        Some(format!("{data}/cairn/tempo-moderato").as_str())
+    );
+
+    // The environment over the file (the file named by CAIRN_CONFIG), the flags over both.
+    let layered = settings(&cairn_in_env(
+        &["follow", "--rpc-addr", "127.0.0.1:3003", "--print-config"],
+        &[
+            ("XDG_DATA_HOME", data),
+            ("HOME", data),
+            ("CAIRN_CONFIG", config),
+            ("CAIRN_RPC_ADDR", "127.0.0.1:1002"),
+            ("CAIRN_METRICS_ADDR", "127.0.0.1:2002"),
+            ("CAIRN_VERIFY", "hash-chain"),
+            ("CAIRN_UPSTREAM", "ws://env-a:1,ws://env-b:2,ws://env-c:3"),
+        ],
+    ));
+    assert_eq!(layered["rpc-addr"].as_str(), Some("127.0.0.1:3003"));
+    assert_eq!(layered["metrics-addr"].as_str(), Some("127.0.0.1:2002"));
+    assert_eq!(layered["verify"].as_str(), Some("hash-chain"));
+    assert_eq!(layered["upstream"].as_array().map(Vec::len), Some(3));
+    assert_eq!(layered["status-interval"].as_str(), Some("5s"));
+    assert_eq!(layered["chain"].as_str(), Some("tempo-moderato"));
+}
+
+#[test]
+fn a_bad_config_file_is_an_error_that_names_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cairn.toml");
+    std::fs::write(&file, "chain = \"tempo-mainnet\"\nrpc_adress = \"x\"\n").expect("written");
+    let config = file.to_str().expect("utf-8");
+    let output = cairn_in_env(&["follow", "--config", config, "--print-config"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field"), "{stderr}");
+    assert!(stderr.contains("rpc_adress"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    std::fs::write(&file, "chain = \"tempo-mainnet\"\nverify = \"sometimes\"\n").expect("written");
+    let output = cairn_in_env(&["follow", "--config", config, "--print-config"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sometimes"), "{stderr}");
+
+    let missing = dir.path().join("missing.toml");
+    let output = cairn_in_env(
+        &["follow", "--config", missing.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no such file"));
+
+    let output = cairn_in_env(&["follow", "--print-config"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--chain is required"));
+}
+
+/// Output cut short (a reader that closed, as `| head` does) ends the command quietly.
+#[test]
+fn output_cut_short_exits_quietly() {
+    let outcome = fixture("presto-genesis-extradata.hex");
+    let commands: [&[&str]; 3] = [
+        &["inspect", "dkg-outcome", outcome.to_str().expect("utf-8")],
+        &["follow", "--chain", "tempo-mainnet", "--print-config"],
+        &["follow", "--help"],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cairn starts");
+        // Close the reading end before anything is read.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("cairn exits");
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+/// Every flag of every subcommand is explained, and every flag that takes a value names its
+/// default, or says it has none.
+#[test]
+fn help_explains_every_flag() {
+    let subcommands: [&[&str]; 6] = [
+        &["follow"],
+        &["devnet"],
+        &["status"],
+        &["inspect", "certificate"],
+        &["inspect", "dkg-outcome"],
+        &[],
+    ];
+    for subcommand in subcommands {
+        let mut args = subcommand.to_vec();
+        args.push("--help");
+        let output = cairn_in_env(&args, &[]);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8_lossy(&output.stdout).to_string();
+        // `--help` shows each option on its own line, its explanation on the lines after it;
+        // an option that takes a value names its default (or says there is none).
+        let lines: Vec<&str> = help.lines().collect();
+        // Options are indented by at most 6 spaces, their explanations by 10.
+        let is_option = |line: &str| {
+            let trimmed = line.trim_start();
+            line.len() - trimmed.len() <= 6 && trimmed.starts_with('-')
+        };
+        for (index, line) in lines.iter().enumerate() {
+            if !is_option(line) {
+                continue;
+            }
+            let block: Vec<&str> = lines[index + 1..]
+                .iter()
+                .take_while(|next| !is_option(next))
+                .copied()
+                .collect();
+            let explanation = block.first().map_or("", |first| first.trim());
+            assert!(
+                !explanation.is_empty(),
+                "{args:?}: {} is not explained",
+                line.trim()
+            );
+            if line.contains('<') {
+                assert!(
+                    block.iter().any(|text| text.contains("[default")),
+                    "{args:?}: {} does not name its default",
+                    line.trim()
+                );
+            }
+        }
+    }
+}

@@ -228,7 +228,10 @@ async fn metrics_status_page_and_status_command_follow_a_devnet_through_a_full_d
         if required(&first, "verified_height", &[]) >= 15.0 {
             break first;
         }
-        assert!(Instant::now() < deadline, "the verified height metric stays below 15");
+        assert!(
+            Instant::now() < deadline,
+            "the verified height metric stays below 15"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let height = required(&first, "verified_height", &[]);
