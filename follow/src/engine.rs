@@ -416,7 +416,16 @@ where
                 tokio::select! {
                     result = &mut running => break result,
                     notification = notifications.recv() => match notification {
-                        Some(notification) => hold(&mut held, notification),
+                        Some(notification) => {
+                            // Connection changes show in the status at once; the driver
+                            // handles them again when it starts.
+                            match &notification.1 {
+                                Notification::Connected { .. } => sources.book().set_connected(notification.0, true),
+                                Notification::Disconnected { .. } => sources.book().set_connected(notification.0, false),
+                                _ => {}
+                            }
+                            hold(&mut held, notification);
+                        }
                         None => break Ok(CatchUpReport::default()),
                     },
                 }

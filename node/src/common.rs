@@ -22,16 +22,36 @@ pub fn lock_datadir(datadir: &Path) -> eyre::Result<File> {
     Ok(lock)
 }
 
+/// The progress bar shown on the terminal, if any.
+static PROGRESS_BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Shows `bar` (or none) under the lines [`print_line`] writes.
+pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    *PROGRESS_BAR
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner()) = bar;
+}
+
 /// Writes `line` and a newline to stdout. When stdout is a pipe whose reader has gone (as in
 /// `cairn ... | head`), the process exits at once with status 0 and no message, as Unix tools
 /// do; other write errors are dropped (progress output never stops a node).
 pub fn print_line(line: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(line)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
+    let write = || {
+        let mut out = std::io::stdout().lock();
+        out.write_fmt(line)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+    };
+    // A progress bar on the terminal is cleared for the line, then drawn again under it.
+    let bar = PROGRESS_BAR
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    let written = match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    };
     if let Err(err) = written
         && err.kind() == std::io::ErrorKind::BrokenPipe
     {

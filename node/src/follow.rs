@@ -3,6 +3,7 @@
 
 use crate::common::{lock_datadir, serve_metrics, shutdown_signal};
 use crate::config::{default_datadir, layered, to_toml};
+use crate::progress::Progress;
 use cairn_epoch::ChainProfile;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_feed::{ChainReader as _, RpcConfig, StatusSource};
@@ -312,6 +313,7 @@ async fn follow(
 
     let starting = Instant::now();
     let board = StatusBoard::default();
+    let progress = Progress::show(&board, args.status_interval);
     let follower = cairn_follow::start(
         context.child("follower"),
         EngineConfig {
@@ -381,8 +383,16 @@ async fn follow(
         follower.provider.len()
     );
 
-    let result =
-        report_until_stopped(follower, &profile, args.status_interval, args.backfill).await;
+    progress.started();
+    let result = report_until_stopped(
+        follower,
+        &profile,
+        args.status_interval,
+        args.backfill,
+        !progress.has_bar(),
+    )
+    .await;
+    drop(progress);
     if let Some(server) = server {
         let _ = server.handle.stop();
     }
@@ -478,6 +488,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     profile: &ChainProfile,
     interval: Duration,
     backfill: bool,
+    lines: bool,
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
     let chain = follower.chain.clone();
@@ -544,11 +555,13 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     Some(_) => format!(" | history from {first}"),
                     None => String::new(),
                 };
-                say!(
-                    "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s{backfilling} | {} | rejected {}",
-                    upstreams_summary(&sources.health()),
-                    status.rejected
-                );
+                if lines {
+                    say!(
+                        "verified {height} | target {target} | epoch {epoch} | {rate:.1} blocks/s{backfilling} | {} | rejected {}",
+                        upstreams_summary(&sources.health()),
+                        status.rejected
+                    );
+                }
             }
         }
     }

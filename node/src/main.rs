@@ -15,6 +15,7 @@ mod devnet;
 mod follow;
 mod followers;
 mod inspect;
+mod progress;
 mod status;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
