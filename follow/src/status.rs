@@ -152,15 +152,18 @@ pub struct FollowerStatus {
     pub chain: String,
     /// Blocks per epoch.
     pub epoch_length: u64,
-    /// The verified, durable height.
+    /// The highest height whose certificate this follower verified (an event, or the tip of a
+    /// catch-up), at least the executed height.
     pub verified_height: u64,
+    /// The verified height that is durable in the execution store and served.
+    pub executed_height: u64,
     /// The lowest height served (above 0 after a checkpoint start, until backfilled).
     pub history_from: u64,
     /// The highest verified height any upstream announced (at least the verified height).
     pub target_height: u64,
-    /// `target_height - verified_height`.
+    /// `target_height - executed_height`.
     pub lag: u64,
-    /// The epoch of the verified height.
+    /// The epoch of the executed height.
     pub epoch: u64,
     /// The newest epoch with a registered key.
     pub key_epoch: Option<u64>,
@@ -219,6 +222,7 @@ struct CheckLabel {
 /// The follower's own metrics (marshal, the archives and the runtime register theirs).
 struct StatusMetrics {
     verified_height: Gauge,
+    executed_height: Gauge,
     history_from: Gauge,
     target_height: Gauge,
     lag: Gauge,
@@ -237,7 +241,14 @@ struct StatusMetrics {
 impl StatusMetrics {
     fn register(context: &impl Metrics) -> Self {
         Self {
-            verified_height: context.gauge("verified_height", "The verified, durable height"),
+            verified_height: context.gauge(
+                "verified_height",
+                "The highest height whose certificate this follower verified",
+            ),
+            executed_height: context.gauge(
+                "executed_height",
+                "The verified height durable in the execution store and served",
+            ),
             history_from: context.gauge(
                 "history_from",
                 "The lowest height served (above 0 after a checkpoint start until backfilled)",
@@ -246,8 +257,8 @@ impl StatusMetrics {
                 "target_height",
                 "The highest verified height any upstream announced",
             ),
-            lag: context.gauge("lag", "Blocks between the target and the verified height"),
-            epoch: context.gauge("epoch", "The epoch of the verified height"),
+            lag: context.gauge("lag", "Blocks between the target and the executed height"),
+            epoch: context.gauge("epoch", "The epoch of the executed height"),
             identity_rotations: context.gauge(
                 "identity_rotations",
                 "Network identity changes verified (full DKG ceremonies)",
@@ -293,6 +304,7 @@ impl StatusMetrics {
             let _ = gauge.try_set(value);
         };
         set(&self.verified_height, status.verified_height);
+        set(&self.executed_height, status.executed_height);
         set(&self.history_from, status.history_from);
         set(&self.target_height, status.target_height);
         set(&self.lag, status.lag);
@@ -360,23 +372,25 @@ pub(crate) struct Sampled<E: StoreContext> {
 
 impl<E: StoreContext> Sampled<E> {
     fn snapshot(&self, now: SystemTime, rate: f64) -> FollowerStatus {
-        let verified_height = self.execution.finalized_height();
+        let executed_height = self.execution.finalized_height();
         let health = self.sources.health();
         let upstream = self.upstream.borrow().clone();
+        let verified_height = upstream.announced_height.max(executed_height);
         let target_height = health
             .iter()
             .map(|source| source.announced_height)
-            .chain([upstream.announced_height, verified_height])
+            .chain([verified_height])
             .max()
             .unwrap_or(verified_height);
         FollowerStatus {
             chain: self.chain.clone(),
             epoch_length: self.epochs.length(),
             verified_height,
+            executed_height,
             history_from: self.execution.first_height(),
             target_height,
-            lag: target_height - verified_height,
-            epoch: self.epochs.epoch_of(verified_height).get(),
+            lag: target_height - executed_height,
+            epoch: self.epochs.epoch_of(executed_height).get(),
             key_epoch: self.provider.latest_epoch().map(|epoch| epoch.get()),
             identities: self.identities.changes(&self.epochs),
             upstreams: health.iter().map(UpstreamReport::from).collect(),

@@ -135,6 +135,7 @@ async fn bulk<E: cairn_feed::StoreContext>(
         let height = devnet.next_height() - 1;
         board.update(|status| {
             status.verified_height = height;
+            status.executed_height = height;
             status.target_height = height;
             status.epoch = devnet.epochs().epoch_of(height).get();
             status.blocks_per_second = produced_count as f64 / elapsed.max(1e-9);
@@ -214,6 +215,7 @@ struct DevnetStatus {
     chain: String,
     epoch_length: u64,
     verified_height: u64,
+    executed_height: u64,
     target_height: u64,
     history_from: u64,
     epoch: u64,
@@ -376,6 +378,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
     let tip = devnet.next_height().saturating_sub(1);
     board.update(|status| {
         status.verified_height = tip;
+        status.executed_height = tip;
         status.target_height = tip;
         status.epoch = devnet.epochs().epoch_of(tip).get();
     });
@@ -504,6 +507,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         produced_since_report += 1;
         board.update(|status| {
             status.verified_height = height;
+            status.executed_height = height;
             status.target_height = height;
             status.epoch = produced.certified.epoch;
         });

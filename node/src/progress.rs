@@ -61,8 +61,8 @@ impl Progress {
                 let status = updates.borrow_and_update().clone();
                 match &shown {
                     Some(bar) => {
-                        bar.set_length(status.target_height.max(status.verified_height));
-                        bar.set_position(status.verified_height);
+                        bar.set_length(status.target_height.max(status.executed_height));
+                        bar.set_position(status.executed_height);
                         bar.set_message(message(&status));
                         bar.tick();
                     }
@@ -75,8 +75,8 @@ impl Progress {
                             Duration::from_secs_f64(status.lag as f64 / status.blocks_per_second)
                         });
                         say!(
-                            "catching up: verified {} of {} | ETA {} | {}",
-                            status.verified_height,
+                            "catching up: stored {} of {} | ETA {} | {}",
+                            status.executed_height,
                             status.target_height,
                             eta.map_or("unknown".into(), |eta| humantime::format_duration(
                                 Duration::from_secs(eta.as_secs())

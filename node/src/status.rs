@@ -95,11 +95,12 @@ pub fn summary(status: &Value) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "{role} of {} | verified {} | target {} | lag {} | epoch {} (epochs of {}) | {rate:.1} blocks/s",
+        "{role} of {} | executed {} | verified {} | target {} | lag {} | epoch {} (epochs of {}) | {rate:.1} blocks/s",
         str_of(status, "chain"),
+        u64_of(status, "executedHeight"),
         u64_of(status, "verifiedHeight"),
         u64_of(status, "targetHeight"),
-        u64_of(status, "targetHeight").saturating_sub(u64_of(status, "verifiedHeight")),
+        u64_of(status, "targetHeight").saturating_sub(u64_of(status, "executedHeight")),
         u64_of(status, "epoch"),
         u64_of(status, "epochLength"),
     );
