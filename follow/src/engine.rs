@@ -112,6 +112,9 @@ pub struct EngineConfig {
     /// Fetch the history under a checkpoint start down to genesis, in the background (see
     /// [`crate::backfill`]).
     pub backfill: bool,
+    /// Identities verified before the follower started (the boundary walk of a checkpoint
+    /// start, as first epoch and identity), added to the identity history.
+    pub known_identities: Vec<(u64, cairn_dkg::Identity)>,
     /// Where the follower's status is kept fresh from the moment its stores are open (during
     /// the start-up catch-up too); its metrics are registered on the engine's context.
     pub status: StatusBoard,
@@ -135,6 +138,7 @@ impl EngineConfig {
             evidence_dir: None,
             catch_up: CatchUpConfig::default(),
             backfill: false,
+            known_identities: Vec::new(),
             status: StatusBoard::default(),
         }
     }
@@ -323,6 +327,9 @@ where
     )
     .await?;
     let restored = registry.load_into(&provider).await?;
+    for (epoch, identity) in &config.known_identities {
+        registry.history().observe(*epoch, *identity);
+    }
     match &config.checkpoint {
         // The keys the boundary walk proved for the checkpoint (a no-op after a restart).
         Some(checkpoint) => {

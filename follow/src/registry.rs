@@ -3,11 +3,11 @@
 //! verifier registry before anything is verified (the strongest startup trust), so an epoch is
 //! registered once across the node's lifetime and never re-derived from unverified data.
 
-use crate::status::IdentityHistory;
+use crate::status::{IdentityHistory, MAX_HISTORY_CHANGES};
 use cairn_dkg::Identity;
 use cairn_epoch::{RegisterError, Registration, SchemeProvider};
 use cairn_feed::StoreContext;
-use commonware_codec::{DecodeExt, Encode};
+use commonware_codec::{Decode as _, DecodeExt, Encode};
 use commonware_consensus::types::Epoch;
 use commonware_storage::metadata::{self, Metadata};
 use commonware_utils::sequence::U64;
@@ -16,6 +16,13 @@ use tokio::sync::Mutex;
 
 /// Encoded size of an identity (a G2 point).
 const IDENTITY_BYTES: usize = 96;
+
+/// The key under which the identity history is kept (no epoch reaches it).
+const HISTORY_KEY: u64 = u64::MAX;
+
+/// Most bytes of a stored value: the identity history's changes, each an epoch and an
+/// identity, with a length prefix.
+const MAX_VALUE_BYTES: usize = 16 + MAX_HISTORY_CHANGES * (8 + IDENTITY_BYTES);
 
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +80,11 @@ impl<E: StoreContext> EpochRegistry<E> {
     /// Opens the registry in the partition `partition`, keeping the newest `keep` epochs (at
     /// least one).
     pub async fn open(context: E, partition: &str, keep: usize) -> Result<Self, RegistryError> {
-        let store = Metadata::init(
+        let store: IdentityStore<E> = Metadata::init(
             context,
             metadata::Config {
                 partition: partition.into(),
-                codec_config: ((..=IDENTITY_BYTES).into(), ()),
+                codec_config: ((..=MAX_VALUE_BYTES).into(), ()),
             },
         )
         .await
@@ -85,15 +92,29 @@ impl<E: StoreContext> EpochRegistry<E> {
             what: "opening",
             error,
         })?;
+        let history = IdentityHistory::default();
+        if let Some(stored) = store.get(&U64::new(HISTORY_KEY)) {
+            let changes = Vec::<(u64, Identity)>::decode_cfg(
+                bytes::Bytes::copy_from_slice(stored),
+                &((..=MAX_HISTORY_CHANGES).into(), ((), ())),
+            )
+            .map_err(|err| RegistryError::Corrupt {
+                epoch: HISTORY_KEY,
+                error: format!("the identity history does not decode: {err}"),
+            })?;
+            for (epoch, identity) in changes {
+                history.observe(epoch, identity);
+            }
+        }
         Ok(Self {
             store: Arc::new(Mutex::new(Some(store))),
             keep: u64::try_from(keep.max(1)).unwrap_or(u64::MAX),
-            history: IdentityHistory::default(),
+            history,
         })
     }
 
-    /// The identity changes among the epochs this registry loaded or registered (after a
-    /// restart, those of the newest `keep` stored epochs onwards).
+    /// Every identity change this registry verified, kept on disk with it (the newest
+    /// [`MAX_HISTORY_CHANGES`]).
     pub fn history(&self) -> IdentityHistory {
         self.history.clone()
     }
@@ -105,6 +126,9 @@ impl<E: StoreContext> EpochRegistry<E> {
         let mut entries = Vec::new();
         for key in store.keys() {
             let epoch = u64::from(key);
+            if epoch == HISTORY_KEY {
+                continue;
+            }
             let Some(value) = store.get(key) else {
                 continue;
             };
@@ -139,8 +163,8 @@ impl<E: StoreContext> EpochRegistry<E> {
     ) -> Result<Registration, RegistryError> {
         let registration = register_in(provider, epoch, identity)?;
         if registration == Registration::Registered {
-            self.persist(&[(epoch, identity)]).await?;
             self.history.observe(epoch, identity);
+            self.persist(&[(epoch, identity)]).await?;
         }
         Ok(registration)
     }
@@ -154,17 +178,15 @@ impl<E: StoreContext> EpochRegistry<E> {
         let mut registered = Vec::new();
         for (epoch, identity) in entries {
             if register_in(provider, *epoch, *identity)? == Registration::Registered {
+                self.history.observe(*epoch, *identity);
                 registered.push((*epoch, *identity));
             }
         }
-        self.persist(&registered).await?;
-        for (epoch, identity) in registered {
-            self.history.observe(epoch, identity);
-        }
-        Ok(())
+        self.persist(&registered).await
     }
 
-    /// Writes `entries` (oldest first), keeps the newest `keep` epochs, and syncs once.
+    /// Writes `entries` (oldest first) and the identity history, keeps the newest `keep`
+    /// epochs, and syncs once.
     async fn persist(&self, entries: &[(u64, Identity)]) -> Result<(), RegistryError> {
         let Some((newest, _)) = entries.last() else {
             return Ok(());
@@ -176,6 +198,10 @@ impl<E: StoreContext> EpochRegistry<E> {
             store.put(U64::new(*epoch), identity.encode().to_vec());
         }
         store.retain(|key, _| u64::from(key) >= keep_from);
+        store.put(
+            U64::new(HISTORY_KEY),
+            self.history.known().encode().to_vec(),
+        );
         let store = store.sync().await.map_err(|error| RegistryError::Store {
             what: "writing",
             error,

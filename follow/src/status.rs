@@ -50,6 +50,9 @@ pub struct IdentityChange {
     pub identity: String,
 }
 
+/// Most identity changes a history keeps (the newest).
+pub const MAX_HISTORY_CHANGES: usize = 4096;
+
 impl IdentityHistory {
     /// Notes that `identity` signs `epoch`.
     pub fn observe(&self, epoch: u64, identity: Identity) {
@@ -68,6 +71,19 @@ impl IdentityHistory {
         {
             changes.remove(&next);
         }
+        while changes.len() > MAX_HISTORY_CHANGES {
+            changes.pop_first();
+        }
+    }
+
+    /// The changes as (first epoch, identity), oldest first.
+    pub fn known(&self) -> Vec<(u64, Identity)> {
+        self.changes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(epoch, identity)| (*epoch, *identity))
+            .collect()
     }
 
     /// The changes, oldest first.

@@ -4,8 +4,8 @@
 use crate::common::{lock_datadir, serve_metrics, shutdown_signal};
 use crate::config::{default_datadir, layered, to_toml};
 use crate::progress::Progress;
-use cairn_epoch::ChainProfile;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
+use cairn_epoch::{ChainProfile, IdentityLedger};
 use cairn_feed::{ChainReader as _, RpcConfig, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
@@ -279,6 +279,28 @@ async fn checkpoint_for(
     Ok(Some(checkpoint))
 }
 
+/// The identities the boundary walk of a checkpoint start verified, from genesis to the
+/// checkpoint (oldest first), for the identity history; none for a datadir that follows from
+/// genesis.
+async fn walked_identities(
+    context: &commonware_runtime::tokio::Context,
+    profile: &ChainProfile,
+) -> eyre::Result<Vec<(u64, cairn_dkg::Identity)>> {
+    let store = CheckpointStore::open(context.child("checkpoint"), "follow-checkpoint")
+        .await
+        .wrap_err("opening the checkpoint store")?;
+    let Some(record) = store.ledger()? else {
+        return Ok(Vec::new());
+    };
+    let ledger = IdentityLedger::restore(profile, record)
+        .map_err(|err| eyre!("the checkpoint's identity ledger: {err}"))?;
+    Ok(ledger
+        .runs()
+        .iter()
+        .map(|run| (run.from_epoch, run.identity))
+        .collect())
+}
+
 async fn follow(
     context: commonware_runtime::tokio::Context,
     args: FollowArgs,
@@ -294,6 +316,7 @@ async fn follow(
         say!("metrics on http://{local}/metrics");
     }
     let checkpoint = checkpoint_for(&context, &urls, &profile, target).await?;
+    let walked_identities = walked_identities(&context, &profile).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
     for (source, url) in urls.iter().enumerate() {
@@ -326,6 +349,7 @@ async fn follow(
             },
             backfill: args.backfill,
             status: board.clone(),
+            known_identities: walked_identities,
             ..engine_config(&profile, args.verify)
         },
         notifications,

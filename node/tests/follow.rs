@@ -540,6 +540,25 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     );
     let restarted = restarted.with_rpc_addr();
     wait_for_height(&restarted.http(), live + 10, Duration::from_secs(120)).await;
+    // Its identity history holds what the walk verified: the genesis identity and the full DKGs
+    // of epochs 2 and 30, each with the boundary that announced it.
+    let status: serde_json::Value = restarted
+        .http()
+        .request("cairn_status", rpc_params![])
+        .await
+        .expect("cairn_status answers");
+    let history: Vec<(u64, Option<u64>)> = status["identities"]
+        .as_array()
+        .expect("an identity history")
+        .iter()
+        .map(|change| {
+            (
+                change["epoch"].as_u64().unwrap_or(u64::MAX),
+                change["boundary"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(history, vec![(0, None), (2, Some(9)), (30, Some(149))]);
 
     // A start at a given height (a non-boundary block of epoch 20) serves from that height.
     let at_height = CairnProcess::follower_with(

@@ -325,3 +325,62 @@ fn two_valid_blocks_at_one_height_stop_the_driver() {
         assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
     });
 }
+
+/// The epoch registry keeps the newest epochs only, but the identity history it keeps with them
+/// survives their pruning and a restart: every change, with the boundary that announced it.
+#[test]
+fn the_identity_history_outlives_pruned_epochs_and_restarts() {
+    use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
+    use rand::{SeedableRng as _, rngs::StdRng};
+    let identity = |seed| keypair::<_, MinSig>(&mut StdRng::seed_from_u64(seed)).1;
+    let (first, second, third) = (identity(1), identity(2), identity(3));
+    let epochs = cairn_epoch::EpochStrategy::new(10).expect("epoch length");
+    let (changes, recovered) = deterministic::Runner::seeded(3).start_and_recover(|context| {
+        let epochs = epochs.clone();
+        async move {
+            let registry = EpochRegistry::open(context.child("registry"), "history-epochs", 2)
+                .await
+                .expect("registry opens");
+            let provider = cairn_epoch::SchemeProvider::new(b"TEST", 2);
+            for (epoch, identity) in [(0, first), (1, first), (2, second)] {
+                registry
+                    .register(&provider, epoch, identity)
+                    .await
+                    .expect("registers");
+            }
+            registry
+                .register_all(&provider, &[(3, second), (4, third), (5, third)])
+                .await
+                .expect("registers");
+            registry.history().changes(&epochs)
+        }
+    });
+    let summary = |changes: &[cairn_follow::status::IdentityChange]| -> Vec<(u64, Option<u64>)> {
+        changes
+            .iter()
+            .map(|change| (change.epoch, change.boundary))
+            .collect()
+    };
+    assert_eq!(
+        summary(&changes),
+        vec![(0, None), (2, Some(19)), (4, Some(39))]
+    );
+    deterministic::Runner::from(recovered).start(|context| async move {
+        let registry = EpochRegistry::open(context.child("registry"), "history-epochs", 2)
+            .await
+            .expect("registry reopens");
+        // Only the newest two epochs are kept ...
+        let kept: Vec<u64> = registry
+            .entries()
+            .await
+            .expect("entries read")
+            .iter()
+            .map(|(epoch, _)| *epoch)
+            .collect();
+        assert_eq!(kept, vec![4, 5]);
+        // ... and every change is still known, identities included.
+        let reopened = registry.history().changes(&epochs);
+        assert_eq!(reopened, changes);
+        assert_eq!(registry.history().rotations(), 2);
+    });
+}
