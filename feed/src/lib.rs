@@ -14,7 +14,7 @@ pub use rpc::{
     rpc_block, start,
 };
 pub use state::{
-    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, PublishedEvent, ReadError, SyncProgress,
-    unix_millis,
+    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, LateChain, PublishedEvent, ReadError,
+    SyncProgress, unix_millis,
 };
 pub use store::{BlockStore, StoreContext, StoreError, TxLocation};

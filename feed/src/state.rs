@@ -202,3 +202,114 @@ pub fn unix_millis() -> u64 {
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// A chain given to the RPC server before the node can read it, bound once it can: until
+/// [`Self::bind`], nothing is finalized (the RPC answers 204 and `null`), while everything that
+/// does not read the chain (`cairn_status`, the status page, subscriptions) is served.
+#[derive(Debug)]
+pub struct LateChain<C> {
+    chain: Arc<std::sync::OnceLock<C>>,
+}
+
+impl<C> Clone for LateChain<C> {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+        }
+    }
+}
+
+impl<C> Default for LateChain<C> {
+    fn default() -> Self {
+        Self {
+            chain: Arc::default(),
+        }
+    }
+}
+
+impl<C: ChainReader> LateChain<C> {
+    /// Serves `chain` from now on (every clone does); the first chain bound stays.
+    pub fn bind(&self, chain: C) {
+        let _ = self.chain.set(chain);
+    }
+
+    fn bound(&self) -> Option<C> {
+        self.chain.get().cloned()
+    }
+}
+
+impl<C: ChainReader> ChainReader for LateChain<C> {
+    fn finalized_height(&self) -> Option<u64> {
+        self.chain.get()?.finalized_height()
+    }
+
+    fn first_height(&self) -> u64 {
+        self.chain.get().map_or(0, ChainReader::first_height)
+    }
+
+    fn certified_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<CertifiedBlock>, ReadError>> + Send {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.certified_at(height).await,
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn block_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.block_at(height).await,
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn raw_block_at(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ReadError>> + Send {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.raw_block_at(height).await,
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn block_by_hash(
+        &self,
+        hash: cairn_primitives::Digest,
+    ) -> impl Future<Output = Result<Option<cairn_primitives::Block>, ReadError>> + Send {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.block_by_hash(hash).await,
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> impl Future<Output = Result<Option<(cairn_primitives::Block, usize)>, ReadError>> + Send
+    {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.transaction_by_hash(hash).await,
+                None => Ok(None),
+            }
+        }
+    }
+}

@@ -115,6 +115,9 @@ pub struct EngineConfig {
     /// Identities verified before the follower started (the boundary walk of a checkpoint
     /// start, as first epoch and identity), added to the identity history.
     pub known_identities: Vec<(u64, cairn_dkg::Identity)>,
+    /// The feed the follower publishes its verified blocks on (an RPC server may serve it
+    /// before the follower starts).
+    pub feed: FeedState,
     /// Where the follower's status is kept fresh from the moment its stores are open (during
     /// the start-up catch-up too); its metrics are registered on the engine's context.
     pub status: StatusBoard,
@@ -139,6 +142,7 @@ impl EngineConfig {
             catch_up: CatchUpConfig::default(),
             backfill: false,
             known_identities: Vec::new(),
+            feed: FeedState::default(),
             status: StatusBoard::default(),
         }
     }
@@ -298,6 +302,23 @@ where
     E: EngineContext,
     U: UpstreamRequests,
 {
+    start_with(context, config, notifications, sources, |_| {}).await
+}
+
+/// [`start`], handing `opened` the chain the follower serves as soon as its stores are open:
+/// before the start-up catch-up, which can take minutes, so an RPC server can serve the stored
+/// chain, its status and its progress meanwhile.
+pub async fn start_with<E, U>(
+    context: E,
+    config: EngineConfig,
+    notifications: mpsc::Receiver<Sourced>,
+    sources: Sources<U>,
+    opened: impl FnOnce(FollowerChain<EmbeddedExecution<E>, E>),
+) -> Result<Follower<E>, EngineError>
+where
+    E: EngineContext,
+    U: UpstreamRequests,
+{
     let profile = &config.profile;
     let (anchor, start) = match &config.checkpoint {
         Some(checkpoint) => (
@@ -399,6 +420,9 @@ where
             .await
             .map_err(EngineError::Anchors)?;
     }
+    let chain = FollowerChain::new(execution.clone(), anchors.clone());
+    opened(chain.clone());
+
     let mut start = start;
     let mut caught_up = None;
     let mut notifications = notifications;
@@ -557,7 +581,7 @@ where
         config.fetch_retry_delay,
     );
 
-    let feed = FeedState::default();
+    let feed = config.feed.clone();
     let (executor_actor, executor, executed) =
         executor::init(executor::Config::default(), execution.clone(), feed.clone());
     let executor_handle = context
@@ -586,7 +610,7 @@ where
 
     // After a restart, what was last verified is the latest finalization from the first
     // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
-    let chain = FollowerChain::new(execution.clone(), marshal, anchors);
+    chain.attach_marshal(marshal);
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await

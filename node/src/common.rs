@@ -59,19 +59,37 @@ pub fn print_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C (SIGINT) and SIGTERM, caught from the moment this is created: a signal that arrives
+/// before anything waits for it is kept, so a node stops cleanly at any point of its start-up.
+pub struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Starts catching the signals (the process no longer dies of them).
+    pub fn install() -> eyre::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).wrap_err("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).wrap_err("catching SIGTERM")?,
+        })
+    }
+
+    /// Resolves on the next Ctrl-C or SIGTERM (at once for one already received).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (caught from the first poll on).
+pub async fn shutdown_signal() {
+    match Shutdown::install() {
+        Ok(mut shutdown) => shutdown.wait().await,
+        Err(_) => std::future::pending::<()>().await,
     }
 }
 

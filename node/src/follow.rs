@@ -1,12 +1,12 @@
 //! `cairn follow`: follows an upstream node, verifying every finalization with its epoch's key,
 //! stores what it verified, and serves it again over the same RPC.
 
-use crate::common::{lock_datadir, serve_metrics, shutdown_signal};
+use crate::common::{Shutdown, lock_datadir, serve_metrics};
 use crate::config::{default_datadir, layered, to_toml};
 use crate::progress::Progress;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger};
-use cairn_feed::{ChainReader as _, RpcConfig, StatusSource};
+use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     catchup::{CatchUpConfig, VerifyPolicy},
@@ -309,13 +309,46 @@ async fn follow(
     profile: ChainProfile,
     target: CheckpointTarget,
 ) -> eyre::Result<()> {
+    // Ctrl-C and SIGTERM stop the follower cleanly from here on, the boundary walk and the
+    // start-up catch-up included.
+    let mut shutdown = Shutdown::install()?;
     if let Some(addr) = &args.metrics_addr {
         let local = serve_metrics(addr, context.child("metrics"))
             .await
             .wrap_err_with(|| format!("--metrics-addr {addr}"))?;
         say!("metrics on http://{local}/metrics");
     }
-    let checkpoint = checkpoint_for(&context, &urls, &profile, target).await?;
+    // The RPC server binds now, so a taken address fails at once; it serves the chain from the
+    // moment the follower's stores are open, before the start-up catch-up.
+    let feed = FeedState::default();
+    let board = StatusBoard::default();
+    let served = LateChain::default();
+    let server = match &args.rpc_addr {
+        Some(addr) => Some(
+            cairn_feed::start(
+                addr,
+                served.clone(),
+                feed.clone(),
+                RpcConfig {
+                    chain_id: profile.chain_id,
+                    max_connections: args.rpc_max_connections,
+                    status: Some(status_source(board.clone(), datadir.clone())),
+                    ..RpcConfig::default()
+                },
+            )
+            .await
+            .wrap_err_with(|| format!("--rpc-addr {addr}"))?,
+        ),
+        None => None,
+    };
+    let rpc_addr = server.as_ref().map(|server| server.local_addr);
+    let checkpoint = tokio::select! {
+        checkpoint = checkpoint_for(&context, &urls, &profile, target) => checkpoint?,
+        () = shutdown.wait() => {
+            say!("stopped before the follower started");
+            return Ok(());
+        }
+    };
     let walked_identities = walked_identities(&context, &profile).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
@@ -335,9 +368,8 @@ async fn follow(
     let sources = Sources::new(requests, QuarantineConfig::default());
 
     let starting = Instant::now();
-    let board = StatusBoard::default();
-    let progress = Progress::show(&board, args.status_interval);
-    let follower = cairn_follow::start(
+    let progress = Progress::show(&board, &feed, args.status_interval);
+    let starting_follower = cairn_follow::start_with(
         context.child("follower"),
         EngineConfig {
             checkpoint,
@@ -349,14 +381,31 @@ async fn follow(
             },
             backfill: args.backfill,
             status: board.clone(),
+            feed: feed.clone(),
             known_identities: walked_identities,
             ..engine_config(&profile, args.verify)
         },
         notifications,
         sources,
-    )
-    .await
-    .map_err(|err| match err {
+        |chain| {
+            served.bind(chain);
+            if let Some(addr) = rpc_addr {
+                say!("rpc listening on {addr} (ws and http); status page at http://{addr}/status");
+            }
+        },
+    );
+    let started = tokio::select! {
+        started = starting_follower => started,
+        () = shutdown.wait() => {
+            // What the start-up stored is durable batch by batch; the next start resumes it.
+            say!(
+                "stopped during start-up at stored height {}",
+                board.latest().executed_height
+            );
+            return Ok(());
+        }
+    };
+    let follower = started.map_err(|err| match err {
         EngineError::Execution(ExecutionError::GenesisMismatch { .. }) => eyre!(
             "datadir {} belongs to a different chain than `{}`: {err}",
             datadir.display(),
@@ -365,30 +414,6 @@ async fn follow(
         other => eyre!("starting the follower in {}: {other}", datadir.display()),
     })?;
 
-    let server = match &args.rpc_addr {
-        Some(addr) => {
-            let server = cairn_feed::start(
-                addr,
-                follower.chain.clone(),
-                follower.feed.clone(),
-                RpcConfig {
-                    chain_id: profile.chain_id,
-                    max_connections: args.rpc_max_connections,
-                    status: Some(status_source(board.clone(), datadir.clone())),
-                    ..RpcConfig::default()
-                },
-            )
-            .await
-            .wrap_err_with(|| format!("--rpc-addr {addr}"))?;
-            say!(
-                "rpc listening on {} (ws and http); status page at http://{}/status",
-                server.local_addr,
-                server.local_addr
-            );
-            Some(server)
-        }
-        None => None,
-    };
     if let Some(report) = &follower.caught_up {
         let blocks = report.to - report.from;
         let seconds = starting.elapsed().as_secs_f64();
@@ -414,6 +439,7 @@ async fn follow(
         args.status_interval,
         args.backfill,
         !progress.has_bar(),
+        &mut shutdown,
     )
     .await;
     drop(progress);
@@ -513,6 +539,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     interval: Duration,
     backfill: bool,
     lines: bool,
+    shutdown: &mut Shutdown,
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
     let chain = follower.chain.clone();
@@ -523,17 +550,14 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     let upstream = follower.upstream.clone();
     let sources = follower.sources.clone();
     let provider = follower.provider.clone();
-    let feed = follower.feed.clone();
     let stopped = follower.stopped();
     tokio::pin!(stopped);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
     let mut last = (Instant::now(), *executed.borrow());
     let mut last_epoch = provider.latest_epoch();
     loop {
         tokio::select! {
-            () = &mut shutdown => {
+            () = shutdown.wait() => {
                 say!("stopping at verified height {}", *executed.borrow_and_update());
                 return Ok(());
             }
@@ -550,7 +574,6 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                 let height = *executed.borrow_and_update();
                 let status = upstream.borrow().clone();
                 let target = status.announced_height.max(height);
-                feed.set_sync_target(height, target);
                 let elapsed = last.0.elapsed().as_secs_f64();
                 let rate = height.saturating_sub(last.1) as f64 / elapsed.max(1e-3);
                 last = (Instant::now(), height);

@@ -2,6 +2,7 @@
 //! the target, the rate and the time left, redrawn from the follower's status, with the other
 //! output lines printed above it. Elsewhere (a pipe, a log file): plain lines.
 
+use cairn_feed::FeedState;
 use cairn_follow::status::{FollowerStatus, StatusBoard};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::{
@@ -36,9 +37,10 @@ fn message(status: &FollowerStatus) -> String {
 
 impl Progress {
     /// Starts showing the progress `board` reports: a bar when stdout is a terminal, else a
-    /// plain line every `interval` while the follower starts (its catch-up); after
-    /// [`Self::started`], the caller prints its own lines.
-    pub fn show(board: &StatusBoard, interval: Duration) -> Self {
+    /// plain line every `interval` while the follower starts (its catch-up). `eth_syncing` on
+    /// `feed` follows the same progress. After [`Self::started`], the caller prints its own
+    /// lines.
+    pub fn show(board: &StatusBoard, feed: &FeedState, interval: Duration) -> Self {
         let started = Arc::new(AtomicBool::new(false));
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
@@ -51,7 +53,7 @@ impl Progress {
             bar
         });
         let mut updates = board.subscribe();
-        let (shown, done) = (bar.clone(), started.clone());
+        let (shown, done, feed) = (bar.clone(), started.clone(), feed.clone());
         tokio::spawn(async move {
             let mut last_line = tokio::time::Instant::now();
             loop {
@@ -59,6 +61,7 @@ impl Progress {
                     break;
                 }
                 let status = updates.borrow_and_update().clone();
+                feed.set_sync_target(status.executed_height, status.target_height);
                 match &shown {
                     Some(bar) => {
                         bar.set_length(status.target_height.max(status.executed_height));
