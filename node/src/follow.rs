@@ -157,23 +157,24 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
         .datadir
         .get_or_insert_with(|| default_datadir(&profile.name))
         .clone();
+    if args.upstream.is_empty()
+        && let Some(url) = &profile.follow_url
+    {
+        args.upstream.push(url.clone());
+    }
     if print_config {
         say!("{}", to_toml(&args)?.trim_end());
         return Ok(());
     }
     say!("datadir {}", datadir.display());
-    let upstreams = if args.upstream.is_empty() {
-        vec![profile.follow_url.clone().ok_or_else(|| {
-            eyre!(
-                "--upstream is required: the chain profile `{}` names no public endpoint (followUrl)",
-                profile.name
-            )
-        })?]
-    } else {
-        args.upstream.clone()
-    };
+    if args.upstream.is_empty() {
+        return Err(eyre!(
+            "--upstream is required: the chain profile `{}` names no public endpoint (followUrl)",
+            profile.name
+        ));
+    }
     let mut urls: Vec<String> = Vec::new();
-    for upstream in &upstreams {
+    for upstream in &args.upstream {
         let url = follow_url(upstream).map_err(|err| eyre!("--upstream {upstream}: {err}"))?;
         if urls.contains(&url) {
             return Err(eyre!("--upstream {upstream} is given twice"));

@@ -286,6 +286,14 @@ upstream = ["ws://file-a:1", "ws://file-b:2"]
     assert_eq!(defaults["rpc-max-connections"].as_integer(), Some(2048));
     assert_eq!(defaults["backfill"].as_bool(), Some(false));
     assert!(defaults.get("rpc-addr").is_none());
+    // The built-in profile's public endpoint is the default upstream.
+    assert_eq!(
+        defaults["upstream"]
+            .as_array()
+            .and_then(|urls| urls.first())
+            .and_then(|url| url.as_str()),
+        Some("wss://rpc.presto.tempo.xyz")
+    );
     assert_eq!(
         defaults["datadir"].as_str(),
         Some(format!("{data}/cairn/tempo-mainnet").as_str())
