@@ -24,6 +24,7 @@ use commonware_runtime::{
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
+    ops::Bound,
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
@@ -66,7 +67,9 @@ impl IdentityHistory {
         }
         changes.insert(epoch, identity);
         // An entry after it that repeats it is no longer a change.
-        if let Some((&next, known)) = changes.range(epoch + 1..).next()
+        if let Some((&next, known)) = changes
+            .range((Bound::Excluded(epoch), Bound::Unbounded))
+            .next()
             && *known == identity
         {
             changes.remove(&next);

@@ -384,3 +384,58 @@ fn the_identity_history_outlives_pruned_epochs_and_restarts() {
         assert_eq!(registry.history().rotations(), 2);
     });
 }
+
+/// A stored identity history that does not decode (a damaged datadir) is refused with a typed
+/// error when the registry opens, never a panic; one that decodes but names the last possible
+/// epoch opens without a panic.
+#[test]
+fn a_damaged_identity_history_is_refused_when_the_registry_opens() {
+    use commonware_codec::Encode as _;
+    use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
+    use commonware_storage::metadata::{self, Metadata};
+    use commonware_utils::sequence::U64;
+    use rand::{SeedableRng as _, rngs::StdRng};
+    let identity = keypair::<_, MinSig>(&mut StdRng::seed_from_u64(9)).1;
+    let truncated = {
+        // One change whose identity is cut short.
+        let mut bytes = vec![(u64::MAX, identity)].encode().to_vec();
+        bytes.truncate(40);
+        bytes
+    };
+    let last_epoch = vec![(u64::MAX, identity)].encode().to_vec();
+    for (index, value) in [vec![0xff; 10], truncated, last_epoch]
+        .into_iter()
+        .enumerate()
+    {
+        let refused = index < 2;
+        deterministic::Runner::seeded(index as u64).start(|context| async move {
+            let mut store: Metadata<_, U64, Vec<u8>> = Metadata::init(
+                context.child("raw"),
+                metadata::Config {
+                    partition: "damaged-epochs".into(),
+                    codec_config: ((..=1024).into(), ()),
+                },
+            )
+            .await
+            .expect("metadata opens");
+            store.put(U64::new(u64::MAX), value);
+            let store = store.sync().await.expect("synced");
+            drop(store);
+            let opened = EpochRegistry::open(context.child("registry"), "damaged-epochs", 4).await;
+            match opened {
+                Err(cairn_follow::registry::RegistryError::Corrupt { error, .. }) if refused => {
+                    assert!(error.contains("identity history"), "{error}");
+                }
+                Ok(registry) if !refused => {
+                    let epochs = cairn_epoch::EpochStrategy::new(10).expect("epoch length");
+                    let changes = registry.history().changes(&epochs);
+                    assert_eq!(changes.len(), 1);
+                    assert_eq!(changes[0].epoch, u64::MAX);
+                    assert!(registry.entries().await.expect("entries").is_empty());
+                }
+                Err(other) => panic!("case {index}: {other}"),
+                Ok(_) => panic!("case {index}: a damaged history was accepted"),
+            }
+        });
+    }
+}
