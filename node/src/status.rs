@@ -77,9 +77,14 @@ fn list<'a>(value: &'a Value, key: &str) -> &'a [Value] {
         .map_or(&[], Vec::as_slice)
 }
 
+/// The first 14 and last 10 characters of a long hex string (any text the node sent, so cut
+/// by characters, never inside one).
 fn short(hex: &str) -> String {
-    if hex.len() > 26 {
-        format!("{}…{}", &hex[..14], &hex[hex.len() - 10..])
+    let chars: Vec<char> = hex.chars().collect();
+    if chars.len() > 26 {
+        let head: String = chars[..14].iter().collect();
+        let tail: String = chars[chars.len() - 10..].iter().collect();
+        format!("{head}…{tail}")
     } else {
         hex.to_string()
     }
@@ -243,6 +248,16 @@ pub fn summary(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::http_url;
+
+    #[test]
+    fn long_values_are_shortened_by_characters() {
+        let hex = format!("0x{}", "ab".repeat(48));
+        assert_eq!(super::short(&hex), "0xabababababab…ababababab");
+        // Multi-byte characters from a misbehaving node are never cut in half.
+        let odd = "é".repeat(40);
+        assert_eq!(super::short(&odd).chars().count(), 25);
+        assert_eq!(super::short("0x12"), "0x12");
+    }
 
     #[test]
     fn rpc_addresses_become_http_urls() {
