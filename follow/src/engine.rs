@@ -13,7 +13,7 @@ use crate::{
     executor,
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
-    status::{IdentityHistory, Sampled, StatusBoard, sample},
+    status::{Sampled, StatusBoard, sample},
     upstream::{Notification, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
@@ -172,10 +172,6 @@ pub struct Follower<E: EngineContext> {
     /// With [`EngineConfig::backfill`]: set once the history reaches genesis, to how long the
     /// backfill took.
     pub backfilled: watch::Receiver<Option<Duration>>,
-    /// The follower's status, refreshed every [`crate::status::SAMPLE_INTERVAL`].
-    pub status: StatusBoard,
-    /// The identity changes the follower verified.
-    pub identities: IdentityHistory,
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
@@ -588,7 +584,6 @@ where
         .child("executor")
         .spawn(|_| async move { executor_actor.run().await });
 
-    let registry_history = registry.history();
     let driver_actor = driver::init(driver::Config {
         verifier,
         registry,
@@ -601,7 +596,6 @@ where
         evidence_dir: config.evidence_dir.clone(),
         status: upstream_tx,
     });
-    let identities = registry_history;
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context
         .child("driver")
@@ -627,8 +621,6 @@ where
         provider,
         caught_up,
         backfilled,
-        status: config.status,
-        identities,
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,

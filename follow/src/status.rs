@@ -390,8 +390,7 @@ pub(crate) struct Sampled<E: StoreContext> {
 }
 
 impl<E: StoreContext> Sampled<E> {
-    fn snapshot(&self, now: SystemTime, rate: f64) -> FollowerStatus {
-        let executed_height = self.execution.finalized_height();
+    fn snapshot(&self, now: SystemTime, executed_height: u64, rate: f64) -> FollowerStatus {
         let health = self.sources.health();
         let upstream = self.upstream.borrow().clone();
         let verified_height = upstream.announced_height.max(executed_height);
@@ -466,7 +465,7 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
             }
             None => 0.0,
         };
-        let status = sampled.snapshot(now, rate);
+        let status = sampled.snapshot(now, height, rate);
         metrics.update(&status, &previous);
         board.latest.send_replace(status.clone());
         previous = status;

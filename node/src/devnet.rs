@@ -133,11 +133,8 @@ async fn bulk<E: cairn_feed::StoreContext>(
         produced_count += batch;
         let elapsed = started.elapsed().as_secs_f64();
         let height = devnet.next_height() - 1;
+        board.at_height(height);
         board.update(|status| {
-            status.verified_height = height;
-            status.executed_height = height;
-            status.target_height = height;
-            status.epoch = devnet.epochs().epoch_of(height).get();
             status.blocks_per_second = produced_count as f64 / elapsed.max(1e-9);
         });
         say!(
@@ -257,6 +254,17 @@ impl DevnetBoard {
             .unwrap_or_else(|poison| poison.into_inner()));
     }
 
+    /// The chain now ends at `height` (produced, stored and served).
+    fn at_height(&self, height: u64) {
+        let epoch = self.epochs.epoch_of(height).get();
+        self.update(|status| {
+            status.verified_height = height;
+            status.executed_height = height;
+            status.target_height = height;
+            status.epoch = epoch;
+        });
+    }
+
     fn entered(&self, entry: &EpochEntry) {
         self.identities.observe(entry.epoch, entry.identity);
         let epoch = commonware_consensus::types::Epoch::new(entry.epoch);
@@ -294,12 +302,10 @@ impl DevnetBoard {
                 },
                 players,
             });
-            for list_len in [status.committees.len(), status.ceremonies.len()] {
-                if list_len > STATUS_EPOCHS {
-                    status.committees.pop_front();
-                    status.ceremonies.pop_front();
-                    break;
-                }
+            // One committee and one ceremony per epoch: the two lists grow together.
+            if status.committees.len() > STATUS_EPOCHS {
+                status.committees.pop_front();
+                status.ceremonies.pop_front();
             }
             status.identities = identities;
         });
@@ -376,12 +382,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
     let served = FaultyChain::new(devnet.store().clone(), faults.clone());
     let board = DevnetBoard::new(&profile.name, devnet.epochs().clone());
     let tip = devnet.next_height().saturating_sub(1);
-    board.update(|status| {
-        status.verified_height = tip;
-        status.executed_height = tip;
-        status.target_height = tip;
-        status.epoch = devnet.epochs().epoch_of(tip).get();
-    });
+    board.at_height(tip);
     let rpc_config = RpcConfig {
         chain_id: profile.chain_id,
         status: Some(board.source()),
@@ -505,12 +506,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
             feed.publish_finalized(event);
         }
         produced_since_report += 1;
-        board.update(|status| {
-            status.verified_height = height;
-            status.executed_height = height;
-            status.target_height = height;
-            status.epoch = produced.certified.epoch;
-        });
+        board.at_height(height);
         if let Some(entry) = &produced.entered {
             print_epoch(entry, args.validators);
             board.entered(entry);

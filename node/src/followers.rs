@@ -131,21 +131,22 @@ impl FollowerProcess {
 
     /// The follower's status for the devnet's status line.
     pub fn status(&mut self, index: usize, chain_height: u64) -> String {
-        if let Ok(Some(exit)) = self.child.try_wait() {
+        let view = self.view(index, chain_height);
+        if let Some(exit) = &view.exited {
             return format!(
-                "f{index} exited ({exit}; see {})",
+                "{} exited ({exit}; see {})",
+                view.name,
                 self.datadir.join("follow.log").display()
             );
         }
-        let verified = self.verified.load(Ordering::Relaxed);
         let connection = if self.connected.load(Ordering::Relaxed) {
             ""
         } else {
             ", connecting"
         };
         format!(
-            "f{index} {verified} (lag {}{connection})",
-            chain_height.saturating_sub(verified)
+            "{} {} (lag {}{connection})",
+            view.name, view.height, view.lag
         )
     }
 
