@@ -91,7 +91,13 @@ impl FollowerProcess {
                     {
                         seen_verified.store(height, Ordering::Relaxed);
                     }
-                    seen_connected.store(line.contains("upstream connected"), Ordering::Relaxed);
+                    // `... | upstreams 1/1 healthy | ...`: connected while one is healthy.
+                    let healthy = line
+                        .split(" | ")
+                        .filter_map(|part| part.strip_prefix("upstreams "))
+                        .filter_map(|rest| rest.split('/').next())
+                        .any(|count| count.parse::<usize>().is_ok_and(|count| count > 0));
+                    seen_connected.store(healthy, Ordering::Relaxed);
                 } else if let Some(addr) = line.strip_prefix("rpc listening on ") {
                     say!("follower {index}: rpc listening on {addr}");
                     if let Some(bound) = addr.split_whitespace().next() {
