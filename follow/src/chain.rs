@@ -1,8 +1,6 @@
 //! What a follower serves: finalized blocks from its execution store and their finalizations
 //! from marshal's archive (or, for the boundaries and tips catch-up verified, from the anchor
-//! store), only up to the executed height, so it never serves a gap. It serves from the moment
-//! the stores are open: during the start-up catch-up, before marshal is attached, the
-//! finalizations come from the anchor store alone.
+//! store), only up to the executed height, so it never serves a gap.
 
 use crate::{catchup::AnchorStore, driver::MarshalMailbox, execution::ExecutionProvider};
 use cairn_epoch::certified_block;
@@ -10,12 +8,11 @@ use cairn_feed::{ChainReader, ReadError, StoreContext};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_consensus::types::Height;
 use commonware_storage::archive::Identifier;
-use std::sync::{Arc, OnceLock};
 
 /// The follower's chain, read by its RPC server (cheap to clone).
 pub struct FollowerChain<P, E: StoreContext> {
     execution: P,
-    marshal: Arc<OnceLock<MarshalMailbox>>,
+    marshal: MarshalMailbox,
     anchors: AnchorStore<E>,
 }
 
@@ -30,20 +27,13 @@ impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
 }
 
 impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
-    /// Reads blocks from `execution` and finalizations from `anchors`, and from marshal once
-    /// [`Self::attach_marshal`] gives it.
-    pub fn new(execution: P, anchors: AnchorStore<E>) -> Self {
+    /// Reads blocks from `execution` and finalizations from `marshal`, then `anchors`.
+    pub const fn new(execution: P, marshal: MarshalMailbox, anchors: AnchorStore<E>) -> Self {
         Self {
             execution,
-            marshal: Arc::default(),
+            marshal,
             anchors,
         }
-    }
-
-    /// Reads finalizations from `marshal` first from now on (every clone of this chain does);
-    /// the first marshal attached stays.
-    pub fn attach_marshal(&self, marshal: MarshalMailbox) {
-        let _ = self.marshal.set(marshal);
     }
 
     /// The execution store itself (not limited to the executed height).
@@ -51,10 +41,9 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
         &self.execution
     }
 
-    /// Marshal, whose archives hold every finalized block and finalization it stored, once
-    /// attached.
-    pub fn marshal(&self) -> Option<&MarshalMailbox> {
-        self.marshal.get()
+    /// Marshal, whose archives hold every finalized block and finalization it stored.
+    pub const fn marshal(&self) -> &MarshalMailbox {
+        &self.marshal
     }
 }
 
@@ -76,11 +65,7 @@ impl<P: ExecutionProvider, E: StoreContext> ChainReader for FollowerChain<P, E> 
         if height == 0 || height > self.execution.finalized_height() {
             return Ok(None);
         }
-        let from_marshal = match self.marshal.get() {
-            Some(marshal) => marshal.get_finalization(Height::new(height)).await,
-            None => None,
-        };
-        let finalization = match from_marshal {
+        let finalization = match self.marshal.get_finalization(Height::new(height)).await {
             Some(finalization) => finalization,
             None => match self
                 .anchors

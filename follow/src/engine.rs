@@ -116,7 +116,7 @@ pub struct EngineConfig {
     /// start, as first epoch and identity), added to the identity history.
     pub known_identities: Vec<(u64, cairn_dkg::Identity)>,
     /// The feed the follower publishes its verified blocks on (an RPC server may serve it
-    /// before the follower starts).
+    /// while the follower starts, e.g. for `eth_syncing`).
     pub feed: FeedState,
     /// Where the follower's status is kept fresh from the moment its stores are open (during
     /// the start-up catch-up too); its metrics are registered on the engine's context.
@@ -298,23 +298,6 @@ where
     E: EngineContext,
     U: UpstreamRequests,
 {
-    start_with(context, config, notifications, sources, |_| {}).await
-}
-
-/// [`start`], handing `opened` the chain the follower serves as soon as its stores are open:
-/// before the start-up catch-up, which can take minutes, so an RPC server can serve the stored
-/// chain, its status and its progress meanwhile.
-pub async fn start_with<E, U>(
-    context: E,
-    config: EngineConfig,
-    notifications: mpsc::Receiver<Sourced>,
-    sources: Sources<U>,
-    opened: impl FnOnce(FollowerChain<EmbeddedExecution<E>, E>),
-) -> Result<Follower<E>, EngineError>
-where
-    E: EngineContext,
-    U: UpstreamRequests,
-{
     let profile = &config.profile;
     let (anchor, start) = match &config.checkpoint {
         Some(checkpoint) => (
@@ -416,9 +399,6 @@ where
             .await
             .map_err(EngineError::Anchors)?;
     }
-    let chain = FollowerChain::new(execution.clone(), anchors.clone());
-    opened(chain.clone());
-
     let mut start = start;
     let mut caught_up = None;
     let mut notifications = notifications;
@@ -604,7 +584,7 @@ where
 
     // After a restart, what was last verified is the latest finalization from the first
     // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
-    chain.attach_marshal(marshal);
+    let chain = FollowerChain::new(execution.clone(), marshal, anchors);
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await

@@ -18,4 +18,4 @@ pub mod resolver;
 pub mod status;
 pub mod upstream;
 
-pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start, start_with};
+pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};

@@ -319,8 +319,9 @@ async fn follow(
             .wrap_err_with(|| format!("--metrics-addr {addr}"))?;
         say!("metrics on http://{local}/metrics");
     }
-    // The RPC server binds now, so a taken address fails at once; it serves the chain from the
-    // moment the follower's stores are open, before the start-up catch-up.
+    // The RPC server binds now, so a taken address fails at once, and answers `cairn_status`,
+    // the status page and `eth_syncing` through the boundary walk and the start-up catch-up;
+    // the chain itself is served once the follower has started (until then it answers 204).
     let feed = FeedState::default();
     let board = StatusBoard::default();
     let served = LateChain::default();
@@ -342,7 +343,12 @@ async fn follow(
         ),
         None => None,
     };
-    let rpc_addr = server.as_ref().map(|server| server.local_addr);
+    if let Some(server) = &server {
+        let addr = server.local_addr;
+        say!(
+            "status page at http://{addr}/status (the chain is served once the follower has started)"
+        );
+    }
     let checkpoint = tokio::select! {
         checkpoint = checkpoint_for(&context, &urls, &profile, target) => checkpoint?,
         () = shutdown.wait() => {
@@ -370,7 +376,7 @@ async fn follow(
 
     let starting = Instant::now();
     let progress = Progress::show(&board, &feed, args.status_interval);
-    let starting_follower = cairn_follow::start_with(
+    let starting_follower = cairn_follow::start(
         context.child("follower"),
         EngineConfig {
             checkpoint,
@@ -388,12 +394,6 @@ async fn follow(
         },
         notifications,
         sources,
-        |chain| {
-            served.bind(chain);
-            if let Some(addr) = rpc_addr {
-                say!("rpc listening on {addr} (ws and http); status page at http://{addr}/status");
-            }
-        },
     );
     let started = tokio::select! {
         started = starting_follower => started,
@@ -415,6 +415,11 @@ async fn follow(
         other => eyre!("starting the follower in {}: {other}", datadir.display()),
     })?;
 
+    served.bind(follower.chain.clone());
+    if let Some(server) = &server {
+        let addr = server.local_addr;
+        say!("rpc listening on {addr} (ws and http); status page at http://{addr}/status");
+    }
     if let Some(report) = &follower.caught_up {
         let blocks = report.to - report.from;
         let seconds = starting.elapsed().as_secs_f64();

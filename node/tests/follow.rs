@@ -643,8 +643,6 @@ async fn a_checkpoint_start_walks_the_boundaries_and_follows_from_the_checkpoint
     assert!(line.contains("(epochs 0.."), "{line}");
     let again = again.with_rpc_addr();
     wait_for_height(&again.http(), live, Duration::from_secs(120)).await;
-    // It serves from the checkpoint as soon as its stores are open, and a SIGTERM that comes
-    // while it is still starting stops it cleanly (`stop` checks the exit status).
     again.stop();
     restarted.stop();
     devnet.stop();

@@ -134,8 +134,8 @@ impl CairnProcess {
         self.with_rpc_addr_within(Duration::from_secs(120))
     }
 
-    /// [`Self::with_rpc_addr`] waiting up to `limit` (a follower prints the address once its
-    /// stores are open, which can take long on a large datadir).
+    /// [`Self::with_rpc_addr`] waiting up to `limit` (a follower prints the address once it
+    /// serves its chain, after its start-up catch-up).
     pub fn with_rpc_addr_within(mut self, limit: Duration) -> Self {
         let line = self.wait_for_line_within("rpc listening on ", limit);
         self.addr = line

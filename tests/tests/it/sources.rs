@@ -499,7 +499,6 @@ fn a_source_sending_bad_events_is_quarantined_and_the_honest_one_followed() {
             follower
                 .chain
                 .marshal()
-                .expect("marshal is attached")
                 .get_block(commonware_consensus::marshal::Identifier::Digest(
                     block.hash()
                 ))
