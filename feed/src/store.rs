@@ -413,14 +413,29 @@ impl<E: StoreContext> BlockStore<E> {
     /// each store: the index first, then the blocks, so a block on disk is always indexed.
     /// Heights already stored are left unchanged.
     pub async fn put_batch(&self, blocks: &[Block]) -> Result<(), StoreError> {
-        for block in blocks {
-            self.index_transactions_unsynced(block).await?;
-        }
+        // The two stores are written at once (block writes mostly wait on the disk, indexing
+        // mostly computes); nothing is durable before the syncs, which keep that order.
+        let indexing = async {
+            for block in blocks {
+                self.index_transactions_unsynced(block).await?;
+            }
+            Ok(())
+        };
+        let writing = async {
+            for block in blocks {
+                self.write_block(block).await?;
+            }
+            Ok(())
+        };
+        let (indexed, written): (Result<(), StoreError>, Result<(), StoreError>) =
+            futures::join!(indexing, writing);
+        indexed?;
+        written?;
         self.transactions
             .sync("syncing the transaction index")
             .await?;
         self.prune_transactions().await?;
-        self.put_unindexed(blocks).await
+        self.archive.sync("writing blocks").await
     }
 
     /// Stores `blocks` with one sync of the block archive, without indexing their transactions

@@ -5,19 +5,19 @@
 //! names its parent's hash, so the history below needs no certificate at all: each block must
 //! hash to the parent hash the block above it names, down to genesis. Ranges are fetched the
 //! way catch-up fetches them (JSON-RPC batches, several in flight over the healthy upstreams),
-//! linked downwards, and written in batches with one sync each; a batch is served once it is
-//! durable. A block that breaks the chain is refused, with nothing of it or below it stored.
+//! linked downwards, and written in batches with one sync each, while the next batch is fetched
+//! and linked; a batch is served once it is durable. A block that breaks the chain is refused, with nothing of it or below it stored.
 //!
 //! Transactions of history blocks are not indexed: the transaction index keeps the newest ones.
 
 use crate::{
-    catchup::{CatchUpConfig, CatchUpError, fetch_in_order},
+    catchup::{CatchUpConfig, CatchUpError, fetch_in_order, write_behind},
     execution::EmbeddedExecution,
     upstream::{Sources, UpstreamRequests},
 };
 use cairn_feed::StoreContext;
 use cairn_primitives::Block;
-use futures::StreamExt as _;
+use futures::{SinkExt as _, StreamExt as _};
 use tracing::debug;
 
 /// What a backfill did.
@@ -54,64 +54,67 @@ impl<E: StoreContext, U: UpstreamRequests> Backfill<'_, E, U> {
             below = first;
         }
         let (fetching, received) = fetch_in_order(self.sources, &self.config, ranges);
-        let storing = async {
-            // Owned here, so that fetching stops as soon as storing does.
+        let (mut to_writer, writing) = write_behind(|batch| self.write(batch));
+        let linking = async move {
+            // Owned here, so that fetching stops as soon as linking does.
             let mut received = received;
             let mut expected = parent;
             let mut linked: Vec<Block> = Vec::new();
-            while let Some(blocks) = received.next().await {
+            let mut failure = None;
+            'ranges: while let Some(blocks) = received.next().await {
                 let blocks = match blocks {
                     Ok(blocks) => blocks,
-                    Err(err) => return self.write_then(&mut linked, err).await,
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
                 };
                 for block in blocks.into_iter().rev() {
                     if block.hash() != expected {
-                        let err = CatchUpError::Broken {
+                        failure = Some(CatchUpError::Broken {
                             height: block.height(),
                             got: block.hash(),
                             expected,
-                        };
-                        return self.write_then(&mut linked, err).await;
+                        });
+                        break 'ranges;
                     }
                     expected = block.parent();
                     linked.push(block);
                 }
-                if linked.len() >= self.config.write_batch {
-                    self.write(&mut linked).await?;
+                if linked.len() >= self.config.write_batch
+                    && to_writer.send(std::mem::take(&mut linked)).await.is_err()
+                {
+                    // The writer failed; it reports why.
+                    return Ok(());
                 }
             }
-            self.write(&mut linked).await
+            // What was linked before a failure is authenticated: it is written first.
+            if !linked.is_empty() {
+                let _ = to_writer.send(linked).await;
+            }
+            failure.map_or(Ok(()), Err)
         };
-        let ((), stored) = futures::join!(fetching, storing);
-        stored?;
+        let ((), linked, written) = futures::join!(fetching, linking, writing);
+        // A failed write stops linking, so its error comes first.
+        written?;
+        linked?;
         Ok(BackfillReport {
             from,
             to: self.execution.history_start().0,
         })
     }
 
-    /// Writes what was linked, then returns `err`.
-    async fn write_then(
-        &self,
-        linked: &mut Vec<Block>,
-        err: CatchUpError,
-    ) -> Result<(), CatchUpError> {
-        self.write(linked).await?;
-        Err(err)
-    }
-
     /// Writes linked history with one sync.
-    async fn write(&self, linked: &mut Vec<Block>) -> Result<(), CatchUpError> {
+    async fn write(&self, linked: Vec<Block>) -> Result<(), CatchUpError> {
         if linked.is_empty() {
             return Ok(());
         }
-        self.execution.store_history(linked).await?;
+        self.execution.store_history(&linked).await?;
         debug!(
             down_to = linked.last().map(Block::height),
             blocks = linked.len(),
             "history stored"
         );
-        linked.clear();
         Ok(())
     }
 }

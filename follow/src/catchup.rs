@@ -374,9 +374,10 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
     }
 
     /// Fetches the blocks from `from + 1` to the last anchor and links each segment from its
-    /// anchor down to the block below it (the stored tip, or the segment before). Linked
-    /// segments are written together, with one sync, once `write_batch` blocks are waiting (and
-    /// at the end, or before returning an error). Fetching goes on while a batch is written.
+    /// anchor down to the block below it (the stored tip, or the segment before). Three stages
+    /// run at once: fetching, linking, and writing. Linked segments go to the writer once
+    /// `write_batch` blocks are waiting (and at the end, or before a linking error is
+    /// returned), and each batch is written with one sync while the next is fetched and linked.
     async fn fill(&self, from: u64, anchors: &[Anchor]) -> Result<(), CatchUpError> {
         let chunk = self.config.chunk.max(1);
         let mut ranges = Vec::new();
@@ -389,18 +390,23 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             }
         }
         let (fetching, received) = fetch_in_order(self.sources, &self.config, ranges);
-        let storing = async {
-            // Owned here, so that fetching stops as soon as storing does.
+        let (mut to_writer, writing) = write_behind(|batch| self.write(batch));
+        let linking = async move {
+            // Owned here, so that fetching stops as soon as linking does.
             let mut received = received;
             let mut below = (from, self.execution.finalized_hash());
             let mut segment: Vec<Block> = Vec::new();
             let mut linked = Linked::default();
             let mut anchors = anchors.iter();
             let mut anchor = anchors.next();
+            let mut failure = None;
             while let Some(blocks) = received.next().await {
                 let blocks = match blocks {
                     Ok(blocks) => blocks,
-                    Err(err) => return self.write_then(&mut linked, err).await,
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
                 };
                 segment.extend(blocks);
                 let Some(current) = anchor else { break };
@@ -408,34 +414,34 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                     continue;
                 }
                 if let Err(err) = link(current, &segment, below) {
-                    return self.write_then(&mut linked, err).await;
+                    failure = Some(err);
+                    break;
                 }
                 below = (current.height, current.digest());
                 linked.blocks.append(&mut segment);
                 linked.anchors.push(current);
-                if linked.blocks.len() >= self.config.write_batch {
-                    self.write(&mut linked).await?;
+                if linked.blocks.len() >= self.config.write_batch
+                    && to_writer.send(std::mem::take(&mut linked)).await.is_err()
+                {
+                    // The writer failed; it reports why.
+                    return Ok(());
                 }
                 anchor = anchors.next();
             }
-            self.write(&mut linked).await
+            // What was linked before a failure is verified: it is written first.
+            if !linked.blocks.is_empty() {
+                let _ = to_writer.send(linked).await;
+            }
+            failure.map_or(Ok(()), Err)
         };
-        let ((), stored) = futures::join!(fetching, storing);
-        stored
-    }
-
-    /// Writes what was linked, then returns `err`.
-    async fn write_then(
-        &self,
-        linked: &mut Linked<'_>,
-        err: CatchUpError,
-    ) -> Result<(), CatchUpError> {
-        self.write(linked).await?;
-        Err(err)
+        let ((), linked, written) = futures::join!(fetching, linking, writing);
+        // A failed write stops linking, so its error comes first.
+        written?;
+        linked
     }
 
     /// Writes linked segments with one sync, then their anchors' finalizations with one sync.
-    async fn write(&self, linked: &mut Linked<'_>) -> Result<(), CatchUpError> {
+    async fn write(&self, linked: Linked<'_>) -> Result<(), CatchUpError> {
         if linked.blocks.is_empty() {
             return Ok(());
         }
@@ -459,10 +465,32 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             segments = linked.anchors.len(),
             "linked segments stored"
         );
-        linked.blocks.clear();
-        linked.anchors.clear();
         Ok(())
     }
+}
+
+/// A writer behind the linking: the batches sent to the returned sender are written in their
+/// order by the returned future (join it with the sending side), one waiting while another is
+/// written. It stops at the first failed write and returns its error; the sender's next send
+/// then fails. Dropping the sender ends it once what was sent is written.
+pub(crate) fn write_behind<'a, B: 'a, W, F>(
+    mut write: W,
+) -> (
+    futures::channel::mpsc::Sender<B>,
+    impl std::future::Future<Output = Result<(), CatchUpError>> + 'a,
+)
+where
+    W: FnMut(B) -> F + 'a,
+    F: std::future::Future<Output = Result<(), CatchUpError>> + 'a,
+{
+    let (sender, mut batches) = futures::channel::mpsc::channel::<B>(1);
+    let writing = async move {
+        while let Some(batch) = batches.next().await {
+            write(batch).await?;
+        }
+        Ok(())
+    };
+    (sender, writing)
 }
 
 /// Fetches `ranges` in their order, `config.in_flight` at a time over the healthy upstreams,

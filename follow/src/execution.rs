@@ -346,7 +346,11 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
     }
 
     async fn block_by_hash(&self, digest: Digest) -> Result<Option<Block>, ExecutionError> {
-        Ok(self.blocks.get_by_hash(digest).await?)
+        // Only the served heights: a block written but not yet finalized (its batch failed
+        // before the tip moved) is not served.
+        let found = self.blocks.get_by_hash(digest).await?;
+        let (first, tip) = (self.first().height, self.tip().height);
+        Ok(found.filter(|block| (first..=tip).contains(&block.height())))
     }
 
     async fn transaction_by_hash(
