@@ -119,11 +119,58 @@ impl FeedState {
     /// Records `certified` as the latest finalized block and sends a `finalized` event stamped
     /// with the current time.
     pub fn publish_finalized(&self, certified: CertifiedBlock) {
-        *self
-            .inner
+        let mut latest = self.latest_mut();
+        self.send_finalized(&mut latest, certified);
+    }
+
+    /// Publishes a verified `certified` block at once if it is the child of the latest one (the
+    /// next height, naming the latest block's hash as its parent); whether it was published.
+    /// A follower publishes a live block this way as soon as its certificate verifies, before
+    /// it is durable; the rest arrive through [`Self::publish_in_order`], so subscribers see
+    /// every height once, in order.
+    pub fn publish_if_next(&self, certified: CertifiedBlock) -> bool {
+        let mut latest = self.latest_mut();
+        let extends = match (
+            latest.as_ref().and_then(|l| l.block.as_ref()),
+            &certified.block,
+        ) {
+            (Some(tip), Some(block)) => {
+                block.height() == tip.height() + 1 && block.parent() == tip.hash()
+            }
+            _ => false,
+        };
+        if extends {
+            self.send_finalized(&mut latest, certified);
+        }
+        extends
+    }
+
+    /// Publishes `certified` (the next durable block, in height order) unless a block at its
+    /// height or above was published already.
+    pub fn publish_in_order(&self, certified: CertifiedBlock) {
+        let mut latest = self.latest_mut();
+        let published = latest
+            .as_ref()
+            .and_then(|l| l.block.as_ref())
+            .map(|block| block.height());
+        let height = certified.block.as_ref().map(|block| block.height());
+        if published.is_some() && height <= published {
+            return;
+        }
+        self.send_finalized(&mut latest, certified);
+    }
+
+    fn latest_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<CertifiedBlock>> {
+        self.inner
             .latest
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(certified.clone());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `certified` under the lock that makes it the latest, so that events leave in the
+    /// order the latest block changes.
+    fn send_finalized(&self, latest: &mut Option<CertifiedBlock>, certified: CertifiedBlock) {
+        *latest = Some(certified.clone());
         let event = Event::Finalized {
             block: certified,
             seen: unix_millis(),

@@ -575,6 +575,7 @@ where
         sources: book.clone(),
         evidence_dir: config.evidence_dir.clone(),
         status: upstream_tx,
+        feed: feed.clone(),
     });
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context

@@ -11,7 +11,7 @@ use cairn_epoch::{
     EpochStrategy, Finalization, FinalizationVerifier, Registration, VerifiedBlock, VerifyError,
     boundary_outcome, encode_certificate,
 };
-use cairn_feed::StoreContext;
+use cairn_feed::{FeedState, StoreContext};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use commonware_codec::Encode as _;
 use commonware_consensus::types::Epoch;
@@ -122,6 +122,7 @@ pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     sources: SourceBook,
     evidence_dir: Option<PathBuf>,
     status: watch::Sender<UpstreamStatus>,
+    feed: FeedState,
 }
 
 impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
@@ -142,6 +143,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             sources: config.sources,
             evidence_dir: config.evidence_dir,
             status: config.status,
+            feed: config.feed,
         }
     }
 
@@ -314,6 +316,12 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                     );
                     self.marshal.report_finalization(verified.finalization);
                 } else {
+                    // The verified event of the next height goes out to subscribers at once;
+                    // the chain serves it once the executor has made it durable.
+                    self.feed.publish_if_next(cairn_epoch::certified_block(
+                        &verified.finalization,
+                        verified.block.clone(),
+                    ));
                     self.report(verified).await;
                 }
             }

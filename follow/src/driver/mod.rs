@@ -14,7 +14,7 @@ pub use ingress::{Delivered, MarshalUpdates};
 
 use crate::{executor, registry::EpochRegistry, upstream::SourceBook};
 use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};
-use cairn_feed::StoreContext;
+use cairn_feed::{FeedState, StoreContext};
 use cairn_primitives::Block;
 use commonware_consensus::{
     Reporter as _,
@@ -125,6 +125,9 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     pub evidence_dir: Option<std::path::PathBuf>,
     /// Where the driver reports the upstreams' status (see [`Actor::status`]).
     pub status: watch::Sender<UpstreamStatus>,
+    /// The follower's own feed: a verified event that extends what it published goes out at
+    /// once (see [`FeedState::publish_if_next`]).
+    pub feed: FeedState,
 }
 
 /// Creates the driver.

@@ -51,8 +51,9 @@ impl<P: ExecutionProvider> Actor<P> {
             self.watermark.send_replace(finalized);
             debug!(height, finalized, "block durable in the execution layer");
             if let Some(finalization) = finalization {
+                // Unless the driver published it already, when it verified it.
                 self.feed
-                    .publish_finalized(certified_block(&finalization, block.as_ref().clone()));
+                    .publish_in_order(certified_block(&finalization, block.as_ref().clone()));
             }
         }
         Ok(())

@@ -134,6 +134,7 @@ async fn harness(
         sources: sources.clone(),
         evidence_dir: None,
         status: watch::Sender::default(),
+        feed: cairn_feed::FeedState::new(16),
     });
     let status = actor.status();
     let (notifications, notifications_rx) = mpsc::channel(64);

@@ -194,3 +194,51 @@ async fn a_block_held_without_its_certificate_is_served_and_its_certificate_is_r
         .expect("block 2");
     assert_eq!(block["number"], "0x2");
 }
+
+/// The follower's feed publishes a verified block at once when it is the child of the latest
+/// published one, and otherwise leaves it to the in-order path: subscribers see every height
+/// once, in order, whichever path published it.
+#[test]
+fn feed_publishes_each_height_once_in_order() {
+    let committee = TestCommittee::new(b"TEMPO", 7, 4);
+    let chain = cairn_tests::linked_chain(6);
+    let certified: Vec<CertifiedBlock> = chain
+        .iter()
+        .map(|block| committee.certify(block.clone(), 0, block.height()))
+        .collect();
+    let feed = FeedState::new(64);
+    let mut events = feed.subscribe();
+
+    // Nothing published yet: there is no latest block to extend.
+    assert!(!feed.publish_if_next(certified[1].clone()));
+    feed.publish_in_order(certified[0].clone());
+    assert!(feed.publish_if_next(certified[1].clone()));
+    // Height 2 comes through the in-order path after the fast one published it: skipped.
+    feed.publish_in_order(certified[1].clone());
+    // A gap (3 is missing) is not published early.
+    assert!(!feed.publish_if_next(certified[3].clone()));
+    // A block of the next height that is not the child of the latest is not published.
+    let stranger = cairn_tests::test_block(2, 0, 99, Vec::new());
+    assert!(!feed.publish_if_next(committee.certify(stranger, 0, 2)));
+    feed.publish_in_order(certified[2].clone());
+    feed.publish_in_order(certified[3].clone());
+    assert!(feed.publish_if_next(certified[4].clone()));
+    feed.publish_in_order(certified[4].clone());
+    feed.publish_in_order(certified[5].clone());
+    // An older block never goes out again.
+    feed.publish_in_order(certified[2].clone());
+
+    let mut heights = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match &event.event {
+            Event::Finalized { block, .. } => heights.push(block.height),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(heights, (0..=5).map(Some).collect::<Vec<_>>());
+    assert_eq!(
+        feed.latest().and_then(|latest| latest.height),
+        Some(5),
+        "the latest block is the highest published"
+    );
+}
