@@ -108,7 +108,7 @@ impl Default for CatchUpConfig {
             min_gap: 128,
             wait: Duration::from_secs(5),
             attempts: 3,
-            write_batch: 4096,
+            write_batch: 1024,
             workers: 0,
         }
     }
@@ -483,7 +483,8 @@ where
     W: FnMut(B) -> F + 'a,
     F: std::future::Future<Output = Result<(), CatchUpError>> + 'a,
 {
-    let (sender, mut batches) = futures::channel::mpsc::channel::<B>(1);
+    // A buffer of 0 holds one batch (one per sender): one written, one waiting.
+    let (sender, mut batches) = futures::channel::mpsc::channel::<B>(0);
     let writing = async move {
         while let Some(batch) = batches.next().await {
             write(batch).await?;

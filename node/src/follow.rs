@@ -102,7 +102,7 @@ pub struct FollowArgs {
     /// How a follower that starts 128 blocks or more behind verifies what it catches up.
     /// `hash-chain`: verify the certificate of every epoch boundary (it carries the next key)
     /// and of the upstreams' latest block, and authenticate the blocks between them by their
-    /// parent hashes; blocks are fetched in JSON-RPC batches and stored with one sync per 4,096.
+    /// parent hashes; blocks are fetched in JSON-RPC batches and stored with one sync per 1,024.
     /// `every-block`: verify every block's certificate one by one, one block in flight (Tempo's
     /// own policy; slower, for comparison). Live blocks are always verified one by one.
     #[arg(
@@ -116,7 +116,7 @@ pub struct FollowArgs {
     /// After a start from a checkpoint, also fetch the history under it down to genesis, in the
     /// background while following: each block must hash to the parent hash the block above it
     /// names (no certificates needed), blocks are fetched in JSON-RPC batches and stored with
-    /// one sync per 4,096, and each stored batch is served at once. Interrupted or restarted,
+    /// one sync per 1,024, and each stored batch is served at once. Interrupted or restarted,
     /// it continues from the lowest stored block. Transactions of these blocks are not indexed
     /// for lookup by hash.
     #[arg(long, env = "CAIRN_BACKFILL")]
