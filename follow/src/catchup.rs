@@ -97,6 +97,9 @@ pub struct CatchUpConfig {
     /// Worker threads verifying boundary certificates; 0 verifies on the calling task, which
     /// deterministic simulations need (a node uses one per core).
     pub workers: usize,
+    /// Epochs whose boundaries are walked, and whose blocks are stored, before more are
+    /// walked: what catch-up holds in memory is bounded by this, not by the gap.
+    pub epoch_window: u64,
 }
 
 impl Default for CatchUpConfig {
@@ -110,6 +113,7 @@ impl Default for CatchUpConfig {
             attempts: 3,
             write_batch: 1024,
             workers: 0,
+            epoch_window: 1024,
         }
     }
 }
@@ -303,15 +307,37 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 Err(err) => warn!(%err, "no worker pool for catch-up; verifying on one thread"),
             }
         }
-        let walked = ledger.advance_to(rng, self.sources, tip_epoch).await;
-        let boundaries = ledger.take_walked();
-        report.certificates += boundaries.len() as u64;
-        let keys: Vec<_> = boundaries
-            .iter()
-            .map(|boundary| (boundary.epoch + 1, boundary.next_identity))
-            .collect();
-        self.registry.register_all(self.provider, &keys).await?;
-        walked?;
+        // The boundaries are walked, and the blocks up to them stored, a window of epochs at a
+        // time, so that what catch-up holds does not grow with the gap.
+        let mut walked_to = first_epoch;
+        let mut stored = from;
+        let last_anchors = loop {
+            let target = tip_epoch.min(walked_to.saturating_add(self.config.epoch_window.max(1)));
+            let walked = ledger.advance_to(rng, self.sources, target).await;
+            let boundaries = ledger.take_walked();
+            report.certificates += boundaries.len() as u64;
+            let keys: Vec<_> = boundaries
+                .iter()
+                .map(|boundary| (boundary.epoch + 1, boundary.next_identity))
+                .collect();
+            self.registry.register_all(self.provider, &keys).await?;
+            walked?;
+            let anchors: Vec<Anchor> = boundaries
+                .into_iter()
+                .filter(|boundary| boundary.height > stored && boundary.height < tip_height)
+                .map(|boundary| Anchor {
+                    height: boundary.height,
+                    finalization: boundary.finalization,
+                })
+                .collect();
+            if target >= tip_epoch {
+                break anchors;
+            }
+            self.fill(stored, &anchors).await?;
+            stored = self.execution.finalized_height();
+            walked_to = target;
+            debug!(epoch = target, stored, "catch-up window stored");
+        };
 
         // The tip, with its epoch's key.
         let verifier = FinalizationVerifier::new(epochs.clone(), self.provider.clone());
@@ -338,19 +364,12 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 .await?;
         }
 
-        let mut anchors: Vec<Anchor> = boundaries
-            .into_iter()
-            .filter(|boundary| boundary.height > from && boundary.height < tip_height)
-            .map(|boundary| Anchor {
-                height: boundary.height,
-                finalization: boundary.finalization,
-            })
-            .collect();
+        let mut anchors = last_anchors;
         anchors.push(Anchor {
             height: tip_height,
             finalization: verified.finalization.clone(),
         });
-        self.fill(from, &anchors).await?;
+        self.fill(stored, &anchors).await?;
         report.to = self.execution.finalized_height();
         report.floor = Some(verified.finalization);
         Ok(report)

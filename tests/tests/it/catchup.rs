@@ -68,16 +68,42 @@ fn catch_up(
     served: Vec<CertifiedBlock>,
     policy: VerifyPolicy,
 ) -> Outcome {
-    catch_up_from(profile, stored, served, Vec::new(), policy, 1)
+    catch_up_with(profile, stored, served, Vec::new(), config(policy), 1)
 }
 
-/// [`catch_up`] with a second upstream serving `other` (when not empty), in `attempts` runs.
-fn catch_up_from(
+/// [`catch_up`] walking and storing `window` epochs at a time.
+fn catch_up_in_windows(
+    profile: &ChainProfile,
+    served: Vec<CertifiedBlock>,
+    window: u64,
+) -> Outcome {
+    let config = CatchUpConfig {
+        epoch_window: window,
+        ..config(VerifyPolicy::HashChain)
+    };
+    catch_up_with(profile, &[], served, Vec::new(), config, 1)
+}
+
+/// The catch-up settings of these tests: small ranges and batches.
+fn config(policy: VerifyPolicy) -> CatchUpConfig {
+    CatchUpConfig {
+        policy,
+        chunk: 4,
+        in_flight: 3,
+        min_gap: 1,
+        write_batch: 15,
+        ..CatchUpConfig::default()
+    }
+}
+
+/// [`catch_up`] with `config`, a second upstream serving `other` (when not empty), in
+/// `attempts` runs.
+fn catch_up_with(
     profile: &ChainProfile,
     stored: &[CertifiedBlock],
     served: Vec<CertifiedBlock>,
     other: Vec<CertifiedBlock>,
-    policy: VerifyPolicy,
+    config: CatchUpConfig,
     attempts: usize,
 ) -> Outcome {
     let profile = profile.clone();
@@ -135,14 +161,7 @@ fn catch_up_from(
             execution: &execution,
             anchors: &anchors,
             sources: &sources,
-            config: CatchUpConfig {
-                policy,
-                chunk: 4,
-                in_flight: 3,
-                min_gap: 1,
-                write_batch: 15,
-                ..CatchUpConfig::default()
-            },
+            config,
         };
         let mut rng = context.child("rng");
         let mut earlier = Vec::new();
@@ -270,6 +289,33 @@ fn a_tampered_boundary_stops_the_walk_before_anything_is_stored() {
 }
 
 #[test]
+fn catch_up_in_windows_of_epochs_stores_the_same_and_stops_at_a_tampered_boundary() {
+    let (_, profile, chain) = chain();
+    // Windows of two epochs: boundaries 9 and 19, then 29 and 39, then 49 and the tip.
+    let outcome = catch_up_in_windows(&profile, chain.clone(), 2);
+    let report = outcome.result.expect("caught up");
+    assert_eq!((report.from, report.to, report.certificates), (0, TIP, 6));
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9, 19, 29, 39, 49, TIP]);
+    assert_eq!(outcome.persisted, vec![1, 2, 3, 4, 5]);
+
+    // A tampered boundary in the second window: the first window's blocks, linked to their
+    // verified boundaries, stay stored; nothing at or above the tampered one is.
+    let mut chain = chain;
+    let original = chain[28].block.clone().expect("block");
+    chain[28] = serving(&chain[28], tampered(&original));
+    let outcome = catch_up_in_windows(&profile, chain, 2);
+    match &outcome.result {
+        Err(CatchUpError::Ledger(LedgerError::Source { height, .. })) => assert_eq!(*height, 29),
+        other => panic!("expected the walk to stop at 29, got {other:?}"),
+    }
+    assert_eq!(outcome.executed, 19);
+    assert_eq!(outcome.stored, (1..=19).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9, 19]);
+    assert_eq!(outcome.epochs, vec![0, 1, 2]);
+}
+
+#[test]
 fn a_tip_whose_certificate_does_not_verify_stores_nothing() {
     let (_, profile, mut chain) = chain();
     let stranger = TestCommittee::new(b"TEMPO", 62, 4);
@@ -333,7 +379,14 @@ fn a_source_whose_latest_finalization_does_not_verify_is_quarantined_and_another
         TIP + 1,
     );
     lying.push(extra);
-    let outcome = catch_up_from(&profile, &[], lying, chain, VerifyPolicy::HashChain, 2);
+    let outcome = catch_up_with(
+        &profile,
+        &[],
+        lying,
+        chain,
+        config(VerifyPolicy::HashChain),
+        2,
+    );
     match &outcome.earlier[..] {
         [Err(CatchUpError::Tip { height, .. })] => assert_eq!(*height, TIP + 1),
         other => panic!("expected the liar's tip to fail first, got {other:?}"),
