@@ -13,8 +13,10 @@
 //! flight over the healthy upstreams. Each segment (the blocks up to the next anchor) is linked
 //! from the anchor's hash down through the parent hashes to the stored tip before anything is
 //! written; a block whose hash breaks the chain, or a segment that does not reach the stored
-//! tip (a fork below a verified block), is refused with nothing stored. A linked segment is
-//! written with one sync. Marshal then takes over at the last anchor as its floor.
+//! tip (a fork below a verified block), is refused with nothing stored. Linked segments are
+//! written in batches, one sync each, by a writer running behind the linking. The boundaries
+//! are walked, and their blocks stored, a window of epochs at a time, so memory does not grow
+//! with the gap. Marshal then takes over at the last anchor as its floor.
 //!
 //! [`VerifyPolicy::EveryBlock`] skips this and leaves the whole gap to marshal, which verifies
 //! every certificate: Tempo's own policy, kept for comparison.
