@@ -88,6 +88,11 @@ struct Inner {
     sync: RwLock<Option<SyncProgress>>,
 }
 
+/// The block of the latest published finalization, if it carries one.
+fn latest_block(latest: &Option<CertifiedBlock>) -> Option<&cairn_primitives::Block> {
+    latest.as_ref()?.block.as_ref()
+}
+
 /// How far a catching-up node is, for `eth_syncing`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncProgress {
@@ -130,10 +135,7 @@ impl FeedState {
     /// every height once, in order.
     pub fn publish_if_next(&self, certified: CertifiedBlock) -> bool {
         let mut latest = self.latest_mut();
-        let extends = match (
-            latest.as_ref().and_then(|l| l.block.as_ref()),
-            &certified.block,
-        ) {
+        let extends = match (latest_block(&latest), &certified.block) {
             (Some(tip), Some(block)) => {
                 block.height() == tip.height() + 1 && block.parent() == tip.hash()
             }
@@ -149,12 +151,12 @@ impl FeedState {
     /// height or above was published already.
     pub fn publish_in_order(&self, certified: CertifiedBlock) {
         let mut latest = self.latest_mut();
-        let published = latest
-            .as_ref()
-            .and_then(|l| l.block.as_ref())
-            .map(|block| block.height());
-        let height = certified.block.as_ref().map(|block| block.height());
-        if published.is_some() && height <= published {
+        if let Some(published) = latest_block(&latest)
+            && certified
+                .block
+                .as_ref()
+                .is_none_or(|block| block.height() <= published.height())
+        {
             return;
         }
         self.send_finalized(&mut latest, certified);

@@ -419,16 +419,15 @@ impl<E: StoreContext> BlockStore<E> {
             for block in blocks {
                 self.index_transactions_unsynced(block).await?;
             }
-            Ok(())
+            Ok::<_, StoreError>(())
         };
         let writing = async {
             for block in blocks {
                 self.write_block(block).await?;
             }
-            Ok(())
+            Ok::<_, StoreError>(())
         };
-        let (indexed, written): (Result<(), StoreError>, Result<(), StoreError>) =
-            futures::join!(indexing, writing);
+        let (indexed, written) = futures::join!(indexing, writing);
         indexed?;
         written?;
         self.transactions

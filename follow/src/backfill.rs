@@ -6,7 +6,8 @@
 //! hash to the parent hash the block above it names, down to genesis. Ranges are fetched the
 //! way catch-up fetches them (JSON-RPC batches, several in flight over the healthy upstreams),
 //! linked downwards, and written in batches with one sync each, while the next batch is fetched
-//! and linked; a batch is served once it is durable. A block that breaks the chain is refused, with nothing of it or below it stored.
+//! and linked; a batch is served once it is durable. A block that breaks the chain is refused,
+//! with nothing of it or below it stored.
 //!
 //! Transactions of history blocks are not indexed: the transaction index keeps the newest ones.
 
