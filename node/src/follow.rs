@@ -3,6 +3,7 @@
 
 use crate::common::{Shutdown, lock_datadir, serve_metrics};
 use crate::config::{default_datadir, layered, to_toml};
+use crate::cpus::CpuList;
 use crate::progress::Progress;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger};
@@ -138,6 +139,16 @@ pub struct FollowArgs {
     )]
     #[serde(with = "humantime_serde")]
     status_interval: Duration,
+    /// Run the follower's threads on these CPUs only (Linux): `0`, `0-3`, `0,2`. Its storage
+    /// hands every disk read and write to another thread; on the CPUs of one set those
+    /// hand-offs stay cheap, which matters most on a virtual machine shared with a busy process
+    /// such as an upstream node (docs/operator.md has the measurement). The runtime starts one
+    /// worker thread per CPU of the set. [default: every CPU the process may use, two worker
+    /// threads]
+    #[arg(long, value_name = "LIST", env = "CAIRN_CPUS")]
+    #[serde_as(as = "Option<DisplayFromStr>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpus: Option<CpuList>,
 }
 
 /// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
@@ -196,8 +207,15 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
         })?;
     }
     let _lock = lock_datadir(&datadir)?;
+    let mut workers = 2;
+    if let Some(cpus) = &args.cpus {
+        cpus.pin_current_thread()
+            .wrap_err_with(|| format!("--cpus {cpus}"))?;
+        workers = cpus.len();
+        say!("running on CPUs {cpus}");
+    }
     let config = commonware_runtime::tokio::Config::new()
-        .with_worker_threads(2)
+        .with_worker_threads(workers)
         .with_storage_directory(datadir.join("store"));
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
         follow(context.child("cairn"), args, datadir, urls, profile, target).await

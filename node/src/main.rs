@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod common;
 mod config;
+mod cpus;
 mod devnet;
 mod follow;
 mod followers;

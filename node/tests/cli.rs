@@ -268,6 +268,7 @@ metrics-addr = "127.0.0.1:2001"
 verify = "every-block"
 status-interval = "5s"
 backfill = true
+cpus = "1,0"
 upstream = ["ws://file-a:1", "ws://file-b:2"]
 "#,
     )
@@ -286,6 +287,7 @@ upstream = ["ws://file-a:1", "ws://file-b:2"]
     assert_eq!(defaults["rpc-max-connections"].as_integer(), Some(2048));
     assert_eq!(defaults["backfill"].as_bool(), Some(false));
     assert!(defaults.get("rpc-addr").is_none());
+    assert!(defaults.get("cpus").is_none());
     // The built-in profile's public endpoint is the default upstream.
     assert_eq!(
         defaults["upstream"]
@@ -309,6 +311,7 @@ upstream = ["ws://file-a:1", "ws://file-b:2"]
     assert_eq!(from_file["verify"].as_str(), Some("every-block"));
     assert_eq!(from_file["status-interval"].as_str(), Some("5s"));
     assert_eq!(from_file["backfill"].as_bool(), Some(true));
+    assert_eq!(from_file["cpus"].as_str(), Some("0-1"));
     assert_eq!(from_file["upstream"].as_array().map(Vec::len), Some(2));
     assert_eq!(from_file["rpc-max-connections"].as_integer(), Some(2048));
     assert_eq!(
@@ -327,8 +330,10 @@ upstream = ["ws://file-a:1", "ws://file-b:2"]
             ("CAIRN_METRICS_ADDR", "127.0.0.1:2002"),
             ("CAIRN_VERIFY", "hash-chain"),
             ("CAIRN_UPSTREAM", "ws://env-a:1,ws://env-b:2,ws://env-c:3"),
+            ("CAIRN_CPUS", "0"),
         ],
     ));
+    assert_eq!(layered["cpus"].as_str(), Some("0"));
     assert_eq!(layered["rpc-addr"].as_str(), Some("127.0.0.1:3003"));
     assert_eq!(layered["metrics-addr"].as_str(), Some("127.0.0.1:2002"));
     assert_eq!(layered["verify"].as_str(), Some("hash-chain"));
@@ -367,6 +372,50 @@ fn a_bad_config_file_is_an_error_that_names_the_problem() {
     let output = cairn_in_env(&["follow", "--print-config"], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--chain is required"));
+}
+
+#[test]
+fn a_bad_cpu_list_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let datadir = dir.path().join("data");
+    let datadir = datadir.to_str().expect("utf-8");
+    let follow = |cpus: &str| {
+        cairn_in_env(
+            &[
+                "follow",
+                "--chain",
+                "tempo-mainnet",
+                "--upstream",
+                "ws://127.0.0.1:9",
+                "--datadir",
+                datadir,
+                "--cpus",
+                cpus,
+            ],
+            &[],
+        )
+    };
+    let output = follow("2-1");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a malformed list is a usage error"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the range 2-1 runs backwards"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing created");
+
+    // A CPU the machine does not have (no test machine has 1,024): refused, and the store the
+    // follower would have opened is not created.
+    let output = follow("1023");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cpus 1023"), "{stderr}");
+    assert!(
+        stderr.contains("CPU 1023 is not available to this process (it may use "),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data/store").exists(), "no store opened");
 }
 
 /// Output cut short (a reader that closed, as `| head` does) ends the command quietly.

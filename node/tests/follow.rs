@@ -118,6 +118,31 @@ fn stored_epochs(datadir: &Path) -> Vec<(u64, cairn_dkg::Identity)> {
     })
 }
 
+/// The first CPU this process may run on (from /proc/self/status).
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().split([',', '-']).next().map(str::to_string))
+        .expect("Cpus_allowed_list")
+}
+
+/// The CPU list each thread of process `pid` may run on.
+fn threads_allowed_cpus(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                .map(|list| list.trim().to_string())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -157,9 +182,18 @@ async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
     let a_rpc = a.http();
     wait_for_height(&a_rpc, tip, Duration::from_secs(120)).await;
 
-    // A follower of the follower.
+    // A follower of the follower, its threads on one CPU.
     let b_log = dir.path().join("b.log");
-    let b = start_follower(&chain, &a.addr, &dir.path().join("b"), &b_log);
+    let cpu = first_allowed_cpu();
+    let b = CairnProcess::follower_with(
+        cairn(),
+        &chain,
+        &a.addr,
+        &dir.path().join("b"),
+        &b_log,
+        &["--cpus", &cpu],
+    )
+    .with_rpc_addr();
     let b_rpc = b.http();
     let tip = block_number(&a_rpc).await;
     let served = wait_for_height(&b_rpc, tip + 3, Duration::from_secs(120)).await;
@@ -171,6 +205,12 @@ async fn follower_catches_up_survives_kills_and_restarts_and_is_followed() {
         let raw = raw_block(&devnet_rpc, h).await;
         assert_eq!(raw_block(&a_rpc, h).await, raw, "follower A block {h}");
         assert_eq!(raw_block(&b_rpc, h).await, raw, "follower B block {h}");
+    }
+
+    let threads = threads_allowed_cpus(b.id());
+    assert!(threads.len() > 2, "the runtime's threads: {threads:?}");
+    for allowed in &threads {
+        assert_eq!(allowed, &cpu, "every thread of B on CPU {cpu}: {threads:?}");
     }
 
     b.stop();
