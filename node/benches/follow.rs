@@ -5,7 +5,10 @@
 //!    `--verify every-block` (Tempo's policy: every certificate verified, one block in flight)
 //!    catches up from genesis, then a fresh follower with the default hash-chain catch-up.
 //!    Rates, CPU time per block (from /proc) and certificates verified per block are compared
-//!    in the same run.
+//!    in the same run. The followers of this step and of step 6 run with `--cpus 0`
+//!    (`CAIRN_BENCH_CPUS` gives another list; empty leaves them on every CPU), the devnet on
+//!    every CPU, so that on a small machine the follower is not measured fighting its upstream
+//!    for cores; one more hash-chain follower catches up on every CPU, for comparison.
 //! 2. live latency: the devnet restarts with a block time; for each height, the follower's
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
 //! 3. fan-out: subscribers of the follower (1,000 with `--bench`), opened by this process,
@@ -170,6 +173,21 @@ async fn main() {
     producer.wait_for_line_within("reached --until-height", limit);
     let produce_rate = catchup as f64 / produce_start.elapsed().as_secs_f64();
 
+    // The followers' CPUs (`--cpus`), the same for the baseline and the default policy.
+    let cpus = std::env::var("CAIRN_BENCH_CPUS").unwrap_or_else(|_| "0".to_string());
+    let pinned: Vec<&str> = if cpus.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--cpus", cpus.as_str()]
+    };
+    let with_pinned = |extra: &[&'static str]| -> Vec<&str> {
+        pinned
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
+    };
+
     // The baseline first: Tempo's policy, every certificate verified, one block in flight.
     let baseline_start = Instant::now();
     let baseline = CairnProcess::follower_with(
@@ -178,7 +196,7 @@ async fn main() {
         &addr,
         &dir.path().join("baseline"),
         &dir.path().join("baseline.log"),
-        &["--verify", "every-block"],
+        &with_pinned(&["--verify", "every-block"]),
     )
     .with_rpc_addr();
     follow_to(&baseline.http(), catchup, baseline.id(), limit).await;
@@ -186,14 +204,30 @@ async fn main() {
     let baseline_cpu_ms = cpu_seconds(baseline.id()) * 1000.0 / catchup as f64;
     baseline.stop();
 
+    // The default policy on every CPU, for comparison with the pinned run below.
+    let unpinned_start = Instant::now();
+    let unpinned = CairnProcess::follower(
+        cairn(),
+        &devnet_dir.join("chain.json"),
+        &addr,
+        &dir.path().join("unpinned"),
+        &dir.path().join("unpinned.log"),
+    );
+    follow_to(&unpinned.http(), catchup, unpinned.id(), limit).await;
+    let unpinned_rate = catchup as f64 / unpinned_start.elapsed().as_secs_f64();
+    let unpinned_cpu_ms = cpu_seconds(unpinned.id()) * 1000.0 / catchup as f64;
+    unpinned.stop();
+
     let catchup_start = Instant::now();
-    let follower = CairnProcess::follower(
+    let follower = CairnProcess::follower_with(
         cairn(),
         &devnet_dir.join("chain.json"),
         &addr,
         &dir.path().join("follower"),
         &dir.path().join("follow.log"),
-    );
+        &pinned,
+    )
+    .with_rpc_addr();
     let follower_rpc = follower.http();
     let catchup_peak = follow_to(&follower_rpc, catchup, follower.id(), limit).await;
     let catchup_rate = catchup as f64 / catchup_start.elapsed().as_secs_f64();
@@ -279,10 +313,15 @@ async fn main() {
         .unwrap_or_else(|| vec![if full { 100_000 } else { 1_000 }]);
     let mut memory = Vec::new();
     for length in lengths {
-        memory.push(memory_at(dir.path(), length, limit).await);
+        memory.push(memory_at(dir.path(), length, &pinned, limit).await);
     }
 
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
+    if cpus.is_empty() {
+        println!("followers on every CPU (CAIRN_BENCH_CPUS empty), the devnet on every CPU");
+    } else {
+        println!("followers with `--cpus {cpus}` (CAIRN_BENCH_CPUS), the devnet on every CPU");
+    }
     println!();
     println!("| measurement | value | baseline (same run) | ratio |");
     println!("|---|---|---|---|");
@@ -293,6 +332,10 @@ async fn main() {
     println!(
         "| follower CPU (user + system) per caught-up block | {catchup_cpu_ms:.3} ms | {baseline_cpu_ms:.3} ms | {:.3} |",
         catchup_cpu_ms / baseline_cpu_ms.max(1e-9)
+    );
+    println!(
+        "| catch-up from genesis, {catchup} blocks, hash chain, follower on every CPU | {unpinned_rate:.1} blocks/s, {unpinned_cpu_ms:.3} ms CPU per block | the hash-chain run above: {catchup_rate:.1} blocks/s, {catchup_cpu_ms:.3} ms | {:.2} |",
+        unpinned_rate / catchup_rate
     );
     println!(
         "| certificates verified per caught-up block | {:.4} ({certificates} for {catchup} blocks) | at least 1 | |",
@@ -354,7 +397,7 @@ struct MemoryRun {
 
 /// Generates (or reuses, under `CAIRN_BENCH_CHAINS`) a chain of `length` blocks with `cairn
 /// devnet --bulk`, and has a fresh follower catch up from genesis.
-async fn memory_at(dir: &Path, length: u64, limit: Duration) -> MemoryRun {
+async fn memory_at(dir: &Path, length: u64, follower_args: &[&str], limit: Duration) -> MemoryRun {
     let kept = std::env::var_os("CAIRN_BENCH_CHAINS").map(std::path::PathBuf::from);
     let chain_dir = kept.as_ref().map_or_else(
         || dir.join(format!("chain-{length}")),
@@ -387,7 +430,7 @@ async fn memory_at(dir: &Path, length: u64, limit: Duration) -> MemoryRun {
         &producer.addr,
         &dir.join(format!("memory-follower-{length}")),
         &dir.join(format!("memory-follow-{length}.log")),
-        &[],
+        follower_args,
     )
     .with_rpc_addr_within(limit);
     follow_to(&follower.http(), length, follower.id(), limit).await;
