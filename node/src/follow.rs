@@ -206,7 +206,7 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
             )
         })?;
     }
-    let _lock = lock_datadir(&datadir)?;
+    // Before anything is created, and before the runtime starts its threads (they inherit it).
     let mut workers = 2;
     if let Some(cpus) = &args.cpus {
         cpus.pin_current_thread()
@@ -214,6 +214,7 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
         workers = cpus.len();
         say!("running on CPUs {cpus}");
     }
+    let _lock = lock_datadir(&datadir)?;
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(workers)
         .with_storage_directory(datadir.join("store"));

@@ -405,8 +405,8 @@ fn a_bad_cpu_list_is_refused_before_anything_is_created() {
     assert!(stderr.contains("the range 2-1 runs backwards"), "{stderr}");
     assert!(!dir.path().join("data").exists(), "nothing created");
 
-    // A CPU the machine does not have (no test machine has 1,024): refused, and the store the
-    // follower would have opened is not created.
+    // A CPU the machine does not have (no test machine has 1,024): refused before the datadir
+    // is created.
     let output = follow("1023");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -415,7 +415,7 @@ fn a_bad_cpu_list_is_refused_before_anything_is_created() {
         stderr.contains("CPU 1023 is not available to this process (it may use "),
         "{stderr}"
     );
-    assert!(!dir.path().join("data/store").exists(), "no store opened");
+    assert!(!dir.path().join("data").exists(), "nothing created");
 }
 
 /// Output cut short (a reader that closed, as `| head` does) ends the command quietly.
