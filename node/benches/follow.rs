@@ -5,10 +5,11 @@
 //!    `--verify every-block` (Tempo's policy: every certificate verified, one block in flight)
 //!    catches up from genesis, then a fresh follower with the default hash-chain catch-up.
 //!    Rates, CPU time per block (from /proc) and certificates verified per block are compared
-//!    in the same run. The followers of this step and of step 6 run with `--cpus 0`
-//!    (`CAIRN_BENCH_CPUS` gives another list; empty leaves them on every CPU), the devnet on
-//!    every CPU, so that on a small machine the follower is not measured fighting its upstream
-//!    for cores; one more hash-chain follower catches up on every CPU, for comparison.
+//!    in the same run. The followers of this step and of step 6 run with `--cpus` on the first
+//!    CPU the benchmark may use (`CAIRN_BENCH_CPUS` gives another list; empty leaves them on
+//!    every CPU), the devnet on every CPU, so that on a small machine the follower is not
+//!    measured fighting its upstream for cores; one more hash-chain follower catches up on
+//!    every CPU, for comparison.
 //! 2. live latency: the devnet restarts with a block time; for each height, the follower's
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
 //! 3. fan-out: subscribers of the follower (1,000 with `--bench`), opened by this process,
@@ -34,7 +35,7 @@
 use cairn_primitives::Event;
 use cairn_tests::{
     env_number,
-    process::{CairnProcess, block_number, profile_without_genesis_header},
+    process::{CairnProcess, block_number, first_allowed_cpu, profile_without_genesis_header},
     subscribe,
 };
 use jsonrpsee::http_client::HttpClient;
@@ -173,8 +174,9 @@ async fn main() {
     producer.wait_for_line_within("reached --until-height", limit);
     let produce_rate = catchup as f64 / produce_start.elapsed().as_secs_f64();
 
-    // The followers' CPUs (`--cpus`), the same for the baseline and the default policy.
-    let cpus = std::env::var("CAIRN_BENCH_CPUS").unwrap_or_else(|_| "0".to_string());
+    // The followers' CPUs (`--cpus`), the same for the baseline and the default policy: the
+    // first CPU this process may use unless CAIRN_BENCH_CPUS says otherwise.
+    let cpus = std::env::var("CAIRN_BENCH_CPUS").unwrap_or_else(|_| first_allowed_cpu());
     let pinned: Vec<&str> = if cpus.is_empty() {
         Vec::new()
     } else {

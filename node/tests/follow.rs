@@ -5,8 +5,8 @@
 
 use alloy_primitives::Bytes;
 use cairn_tests::process::{
-    CairnProcess, block_number, finalization, profile_without_genesis_header, same_certificates,
-    wait_for_height,
+    CairnProcess, block_number, finalization, first_allowed_cpu, profile_without_genesis_header,
+    same_certificates, wait_for_height,
 };
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
@@ -116,16 +116,6 @@ fn stored_epochs(datadir: &Path) -> Vec<(u64, cairn_dkg::Identity)> {
             .join()
             .expect("reading the registry")
     })
-}
-
-/// The first CPU this process may run on (from /proc/self/status).
-fn first_allowed_cpu() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|list| list.trim().split([',', '-']).next().map(str::to_string))
-        .expect("Cpus_allowed_list")
 }
 
 /// The CPU list each thread of process `pid` may run on.

@@ -296,3 +296,13 @@ pub async fn wait_for_height(client: &HttpClient, target: u64, limit: Duration) 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The first CPU this process may run on (from /proc/self/status), for `cairn follow --cpus`.
+pub fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().split([',', '-']).next().map(str::to_string))
+        .expect("Cpus_allowed_list")
+}
