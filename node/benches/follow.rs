@@ -189,51 +189,47 @@ async fn main() {
             .chain(extra.iter().copied())
             .collect()
     };
+    let target = CatchUpTarget {
+        chain: devnet_dir.join("chain.json"),
+        addr: addr.clone(),
+        dir: dir.path().to_path_buf(),
+        height: catchup,
+        limit,
+    };
 
     // The baseline first: Tempo's policy, every certificate verified, one block in flight.
-    let baseline_start = Instant::now();
-    let baseline = CairnProcess::follower_with(
-        cairn(),
-        &devnet_dir.join("chain.json"),
-        &addr,
-        &dir.path().join("baseline"),
-        &dir.path().join("baseline.log"),
-        &with_pinned(&["--verify", "every-block"]),
-    )
-    .with_rpc_addr();
-    follow_to(&baseline.http(), catchup, baseline.id(), limit).await;
-    let baseline_rate = catchup as f64 / baseline_start.elapsed().as_secs_f64();
-    let baseline_cpu_ms = cpu_seconds(baseline.id()) * 1000.0 / catchup as f64;
+    let (
+        baseline,
+        CatchUpRun {
+            rate: baseline_rate,
+            cpu_ms: baseline_cpu_ms,
+            ..
+        },
+    ) = target
+        .fresh_follower("baseline", &with_pinned(&["--verify", "every-block"]))
+        .await;
     baseline.stop();
 
     // The default policy on every CPU, for comparison with the pinned run below.
-    let unpinned_start = Instant::now();
-    let unpinned = CairnProcess::follower(
-        cairn(),
-        &devnet_dir.join("chain.json"),
-        &addr,
-        &dir.path().join("unpinned"),
-        &dir.path().join("unpinned.log"),
-    );
-    follow_to(&unpinned.http(), catchup, unpinned.id(), limit).await;
-    let unpinned_rate = catchup as f64 / unpinned_start.elapsed().as_secs_f64();
-    let unpinned_cpu_ms = cpu_seconds(unpinned.id()) * 1000.0 / catchup as f64;
+    let (
+        unpinned,
+        CatchUpRun {
+            rate: unpinned_rate,
+            cpu_ms: unpinned_cpu_ms,
+            ..
+        },
+    ) = target.fresh_follower("unpinned", &[]).await;
     unpinned.stop();
 
-    let catchup_start = Instant::now();
-    let follower = CairnProcess::follower_with(
-        cairn(),
-        &devnet_dir.join("chain.json"),
-        &addr,
-        &dir.path().join("follower"),
-        &dir.path().join("follow.log"),
-        &pinned,
-    )
-    .with_rpc_addr();
+    let (
+        follower,
+        CatchUpRun {
+            rate: catchup_rate,
+            cpu_ms: catchup_cpu_ms,
+            peak: catchup_peak,
+        },
+    ) = target.fresh_follower("follower", &pinned).await;
     let follower_rpc = follower.http();
-    let catchup_peak = follow_to(&follower_rpc, catchup, follower.id(), limit).await;
-    let catchup_rate = catchup as f64 / catchup_start.elapsed().as_secs_f64();
-    let catchup_cpu_ms = cpu_seconds(follower.id()) * 1000.0 / catchup as f64;
     let caught_up = follower.wait_for_line_within("caught up ", Duration::from_secs(10));
     let certificates: u64 = caught_up
         .split(": ")
@@ -388,6 +384,49 @@ async fn main() {
             run.peak_mib / smallest.max(1e-3)
         );
     }
+}
+
+/// Where the catch-up step's followers start from, and how far they go.
+struct CatchUpTarget {
+    chain: std::path::PathBuf,
+    addr: String,
+    dir: std::path::PathBuf,
+    height: u64,
+    limit: Duration,
+}
+
+impl CatchUpTarget {
+    /// Starts a fresh follower `name` with `args` and measures its catch-up from genesis; the
+    /// follower is returned still running.
+    async fn fresh_follower(&self, name: &str, args: &[&str]) -> (CairnProcess, CatchUpRun) {
+        let started = Instant::now();
+        let follower = CairnProcess::follower_with(
+            cairn(),
+            &self.chain,
+            &self.addr,
+            &self.dir.join(name),
+            &self.dir.join(format!("{name}.log")),
+            args,
+        )
+        .with_rpc_addr();
+        let peak = follow_to(&follower.http(), self.height, follower.id(), self.limit).await;
+        let run = CatchUpRun {
+            rate: self.height as f64 / started.elapsed().as_secs_f64(),
+            cpu_ms: cpu_seconds(follower.id()) * 1000.0 / self.height as f64,
+            peak,
+        };
+        (follower, run)
+    }
+}
+
+/// What one catch-up from genesis measured.
+struct CatchUpRun {
+    /// Blocks per second, process start to serving the target.
+    rate: f64,
+    /// Follower CPU (user and system) per block, in ms.
+    cpu_ms: f64,
+    /// Sampled peak resident memory, in MiB.
+    peak: f64,
 }
 
 /// What the memory step measured at one chain length.

@@ -93,11 +93,6 @@ impl CpuList {
         use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
         let allowed = sched_getaffinity(None)
             .map_err(|err| eyre!("reading the CPUs this process may use: {err}"))?;
-        let allowed_list = Self {
-            cpus: (0..CpuSet::MAX_CPU)
-                .filter(|cpu| allowed.is_set(*cpu))
-                .collect(),
-        };
         let refused: Vec<usize> = self
             .cpus
             .iter()
@@ -105,8 +100,13 @@ impl CpuList {
             .filter(|cpu| !allowed.is_set(*cpu))
             .collect();
         if !refused.is_empty() {
+            let allowed = Self {
+                cpus: (0..CpuSet::MAX_CPU)
+                    .filter(|cpu| allowed.is_set(*cpu))
+                    .collect(),
+            };
             return Err(eyre!(
-                "CPU {} is not available to this process (it may use {allowed_list})",
+                "CPU {} is not available to this process (it may use {allowed})",
                 Self { cpus: refused }
             ));
         }

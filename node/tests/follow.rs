@@ -5,8 +5,8 @@
 
 use alloy_primitives::Bytes;
 use cairn_tests::process::{
-    CairnProcess, block_number, finalization, first_allowed_cpu, profile_without_genesis_header,
-    same_certificates, wait_for_height,
+    CairnProcess, allowed_cpus, block_number, finalization, first_allowed_cpu,
+    profile_without_genesis_header, same_certificates, wait_for_height,
 };
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
 use std::{
@@ -124,12 +124,7 @@ fn threads_allowed_cpus(pid: u32) -> Vec<String> {
     tasks
         .filter_map(Result::ok)
         .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-                .map(|list| list.trim().to_string())
-        })
+        .filter_map(|status| allowed_cpus(&status))
         .collect()
 }
 

@@ -297,12 +297,18 @@ pub async fn wait_for_height(client: &HttpClient, target: u64, limit: Duration) 
     }
 }
 
-/// The first CPU this process may run on (from /proc/self/status), for `cairn follow --cpus`.
-pub fn first_allowed_cpu() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+/// The CPU list (`0-1`) a `/proc/.../status` text says its process or thread may run on.
+pub fn allowed_cpus(status: &str) -> Option<String> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|list| list.trim().split([',', '-']).next().map(str::to_string))
+        .map(|list| list.trim().to_string())
+}
+
+/// The first CPU this process may run on (from /proc/self/status), for `cairn follow --cpus`.
+pub fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    allowed_cpus(&status)
+        .and_then(|list| list.split([',', '-']).next().map(str::to_string))
         .expect("Cpus_allowed_list")
 }
