@@ -147,19 +147,15 @@ impl FeedState {
         extends
     }
 
-    /// Publishes `certified` (the next durable block, in height order) unless a block at its
-    /// height or above was published already.
-    pub fn publish_in_order(&self, certified: CertifiedBlock) {
+    /// Publishes the next durable block, at `height` (in height order), unless a block at that
+    /// height or above was published already. `certified` builds the event only when it is
+    /// published, so a block the fast path published costs no copy here.
+    pub fn publish_in_order(&self, height: u64, certified: impl FnOnce() -> CertifiedBlock) {
         let mut latest = self.latest_mut();
-        if let Some(published) = latest_block(&latest)
-            && certified
-                .block
-                .as_ref()
-                .is_none_or(|block| block.height() <= published.height())
-        {
+        if latest_block(&latest).is_some_and(|published| height <= published.height()) {
             return;
         }
-        self.send_finalized(&mut latest, certified);
+        self.send_finalized(&mut latest, certified());
     }
 
     fn latest_mut(&self) -> std::sync::RwLockWriteGuard<'_, Option<CertifiedBlock>> {

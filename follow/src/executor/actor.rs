@@ -52,8 +52,9 @@ impl<P: ExecutionProvider> Actor<P> {
             debug!(height, finalized, "block durable in the execution layer");
             if let Some(finalization) = finalization {
                 // Unless the driver published it already, when it verified it.
-                self.feed
-                    .publish_in_order(certified_block(&finalization, block.as_ref().clone()));
+                self.feed.publish_in_order(height, || {
+                    certified_block(&finalization, block.as_ref().clone())
+                });
             }
         }
         Ok(())

@@ -211,22 +211,27 @@ fn feed_publishes_each_height_once_in_order() {
 
     // Nothing published yet: there is no latest block to extend.
     assert!(!feed.publish_if_next(certified[1].clone()));
-    feed.publish_in_order(certified[0].clone());
+    feed.publish_in_order(0, || certified[0].clone());
     assert!(feed.publish_if_next(certified[1].clone()));
-    // Height 2 comes through the in-order path after the fast one published it: skipped.
-    feed.publish_in_order(certified[1].clone());
-    // A gap (3 is missing) is not published early.
+    // Height 1 comes through the in-order path after the fast one published it: skipped,
+    // without building its event.
+    feed.publish_in_order(1, || {
+        panic!("height 1 was published; its event is not built again")
+    });
+    // A gap (2 is missing) is not published early.
     assert!(!feed.publish_if_next(certified[3].clone()));
     // A block of the next height that is not the child of the latest is not published.
     let stranger = cairn_tests::test_block(2, 0, 99, Vec::new());
     assert!(!feed.publish_if_next(committee.certify(stranger, 0, 2)));
-    feed.publish_in_order(certified[2].clone());
-    feed.publish_in_order(certified[3].clone());
+    feed.publish_in_order(2, || certified[2].clone());
+    feed.publish_in_order(3, || certified[3].clone());
     assert!(feed.publish_if_next(certified[4].clone()));
-    feed.publish_in_order(certified[4].clone());
-    feed.publish_in_order(certified[5].clone());
+    feed.publish_in_order(4, || certified[4].clone());
+    feed.publish_in_order(5, || certified[5].clone());
     // An older block never goes out again.
-    feed.publish_in_order(certified[2].clone());
+    feed.publish_in_order(3, || {
+        panic!("height 3 was published; its event is not built again")
+    });
 
     let mut heights = Vec::new();
     while let Ok(event) = events.try_recv() {
