@@ -102,6 +102,10 @@ pub struct CatchUpConfig {
     /// Epochs whose boundaries are walked, and whose blocks are stored, before more are
     /// walked: what catch-up holds in memory is bounded by this, not by the gap.
     pub epoch_window: u64,
+    /// A running follower that sees an event at least this far above its executed height
+    /// catches up the same way (it rejoins) instead of leaving the gap to marshal; 0 never
+    /// does.
+    pub rejoin_gap: u64,
 }
 
 impl Default for CatchUpConfig {
@@ -116,6 +120,7 @@ impl Default for CatchUpConfig {
             write_batch: 1024,
             workers: 0,
             epoch_window: 1024,
+            rejoin_gap: 1024,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::{
     backfill::Backfill,
-    catchup::{CatchUp, CatchUpConfig, CatchUpReport, open_anchors},
+    catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy, open_anchors},
     chain::FollowerChain,
     checkpoint::Checkpoint,
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
@@ -286,6 +286,51 @@ pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
     Ok(Block::header_only(header))
 }
 
+/// How the driver rejoins through the hash chain when it falls far behind while it runs: the
+/// start-up catch-up, run again from wherever the executor stands. `None` under
+/// [`VerifyPolicy::EveryBlock`], which leaves every gap to marshal.
+fn rejoin<E: EngineContext, U: UpstreamRequests>(
+    context: E,
+    catch_up: &CatchUp<'_, E, U>,
+) -> Option<driver::Rejoin> {
+    let config = catch_up.config;
+    if config.policy != VerifyPolicy::HashChain || config.rejoin_gap == 0 {
+        return None;
+    }
+    let profile = catch_up.profile.clone();
+    let provider = catch_up.provider.clone();
+    let registry = catch_up.registry.clone();
+    let execution = catch_up.execution.clone();
+    let anchors = catch_up.anchors.clone();
+    let sources = catch_up.sources.clone();
+    Some(driver::Rejoin {
+        gap: config.rejoin_gap,
+        start: Box::new(move || {
+            let clock = context.child("attempt");
+            let mut rng = context.child("attempt_rng");
+            let profile = profile.clone();
+            let provider = provider.clone();
+            let registry = registry.clone();
+            let execution = execution.clone();
+            let anchors = anchors.clone();
+            let sources = sources.clone();
+            Box::pin(async move {
+                CatchUp {
+                    profile: &profile,
+                    provider: &provider,
+                    registry: &registry,
+                    execution: &execution,
+                    anchors: &anchors,
+                    sources: &sources,
+                    config,
+                }
+                .run(&clock, &mut rng)
+                .await
+            })
+        }),
+    })
+}
+
 /// Starts a follower in `context`'s storage, fed by the notifications of every source and
 /// fetching from them.
 pub async fn start<E, U>(
@@ -540,6 +585,18 @@ where
     }
 
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
+    let rejoin = rejoin(
+        context.child("rejoin"),
+        &CatchUp {
+            profile,
+            provider: &provider,
+            registry: &registry,
+            execution: &execution,
+            anchors: &anchors,
+            sources: &sources,
+            config: config.catch_up,
+        },
+    );
     let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
@@ -576,6 +633,7 @@ where
         evidence_dir: config.evidence_dir.clone(),
         status: upstream_tx,
         feed: feed.clone(),
+        rejoin,
     });
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context

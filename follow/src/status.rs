@@ -194,6 +194,9 @@ pub struct FollowerStatus {
     pub rejected: u64,
     /// Finalized events rejected, by the check they failed.
     pub rejected_by_check: BTreeMap<String, u64>,
+    /// Times the follower, far behind while running, rejoined through the hash chain.
+    #[serde(default)]
+    pub rejoins: u64,
     /// Blocks verified per second over the last sample.
     pub blocks_per_second: f64,
     /// Milliseconds since the Unix epoch when this was sampled.
@@ -248,6 +251,7 @@ struct StatusMetrics {
     epoch: Gauge,
     identity_rotations: Gauge,
     blocks_per_second: Gauge,
+    rejoins: Gauge,
     rejected: Registered<Family<CheckLabel, Counter>>,
     upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
@@ -285,6 +289,10 @@ impl StatusMetrics {
             blocks_per_second: context.gauge(
                 "blocks_per_second",
                 "Blocks verified per second over the last sample (catch-up and live)",
+            ),
+            rejoins: context.gauge(
+                "rejoins",
+                "Times the follower, far behind while running, rejoined through the hash chain",
             ),
             rejected: context.family(
                 "rejected_events",
@@ -336,6 +344,7 @@ impl StatusMetrics {
             &self.blocks_per_second,
             status.blocks_per_second.round() as u64,
         );
+        set(&self.rejoins, status.rejoins);
         for (check, count) in &status.rejected_by_check {
             let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
             self.rejected
@@ -418,6 +427,7 @@ impl<E: StoreContext> Sampled<E> {
                 .iter()
                 .map(|(check, count)| ((*check).to_string(), *count))
                 .collect(),
+            rejoins: upstream.rejoins,
             blocks_per_second: rate,
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)

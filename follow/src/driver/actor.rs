@@ -1,7 +1,8 @@
 //! The driver's loop.
 
-use super::{Config, Delivered, ExecutorPort, MarshalMailbox, MarshalPort};
+use super::{Config, Delivered, ExecutorPort, MarshalMailbox, MarshalPort, Rejoin, RejoinRun};
 use crate::{
+    catchup::{CatchUpError, CatchUpReport},
     executor,
     registry::{EpochRegistry, RegistryError},
     upstream::{Notification, SourceBook, SourceId, Sourced},
@@ -104,6 +105,8 @@ pub struct UpstreamStatus {
     pub rejected: u64,
     /// The same, by the check they failed (`malformed_event` for events that do not parse).
     pub rejected_by_check: BTreeMap<&'static str, u64>,
+    /// Times the follower, far behind while running, rejoined through the hash chain.
+    pub rejoins: u64,
 }
 
 /// The driver (see the module docs).
@@ -123,6 +126,18 @@ pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     evidence_dir: Option<PathBuf>,
     status: watch::Sender<UpstreamStatus>,
     feed: FeedState,
+    rejoin: Option<Rejoin>,
+    /// A rejoin is running: events wait in `pending`, marshal's deliveries in their channel.
+    rejoining: bool,
+    /// An event asked for a rejoin; it starts once the current message is handled.
+    rejoin_requested: bool,
+    /// No rejoin is asked for by an event at or below this height (after one that failed or
+    /// found nothing to do, the gap must grow again first).
+    rejoin_after: u64,
+    /// The tip the last rejoin stored, until the executor's watermark passes it.
+    caught_up_to: u64,
+    /// The highest block handed to the executor.
+    forwarded: u64,
 }
 
 impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
@@ -144,6 +159,12 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             evidence_dir: config.evidence_dir,
             status: config.status,
             feed: config.feed,
+            rejoin: config.rejoin,
+            rejoining: false,
+            rejoin_requested: false,
+            rejoin_after: 0,
+            caught_up_to: 0,
+            forwarded: 0,
         }
     }
 
@@ -164,10 +185,19 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         for (source, notification) in held {
             self.on_notification(&mut rng, source, notification).await?;
         }
+        let mut rejoining: Option<RejoinRun> = None;
         loop {
+            if self.rejoin_requested && rejoining.is_none() {
+                rejoining = self.start_rejoin();
+            }
             tokio::select! {
                 biased;
-                update = delivered.recv() => match update {
+                Some(result) = futures::future::OptionFuture::from(rejoining.as_mut()), if rejoining.is_some() => {
+                    rejoining = None;
+                    self.on_rejoined(&mut rng, result).await?;
+                }
+                // Held while a rejoin runs: what marshal delivers then was stored by it.
+                update = delivered.recv(), if rejoining.is_none() => match update {
                     Some(update) => self.on_delivered(&mut rng, update).await?,
                     None => return Err(DriverError::MarshalStopped),
                 },
@@ -177,6 +207,75 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                 },
             }
         }
+    }
+
+    /// The executed height, or the tip a rejoin stored if the executor has not reported it yet.
+    fn executed_height(&self) -> u64 {
+        (*self.executed.borrow()).max(self.caught_up_to)
+    }
+
+    /// Whether an event at `height` should start a rejoin.
+    fn wants_rejoin(&self, height: u64) -> bool {
+        self.rejoin.as_ref().is_some_and(|rejoin| {
+            !self.rejoining
+                && height > self.rejoin_after
+                && height >= self.executed_height().saturating_add(rejoin.gap)
+        })
+    }
+
+    /// Starts the rejoin once the executor has made durable what it was given, so the
+    /// catch-up extends the executor's tip and nothing else writes meanwhile.
+    fn start_rejoin(&mut self) -> Option<RejoinRun> {
+        self.rejoin_requested = false;
+        let rejoin = self.rejoin.as_mut()?;
+        self.rejoining = true;
+        let run = (rejoin.start)();
+        let mut executed = self.executed.clone();
+        let forwarded = self.forwarded;
+        info!(
+            executed = self.executed_height(),
+            "far behind the upstreams; rejoining through the hash chain"
+        );
+        Some(Box::pin(async move {
+            // A stopped executor ends the wait; the catch-up then finds the tip where it is.
+            let _ = executed.wait_for(|executed| *executed >= forwarded).await;
+            run.await
+        }))
+    }
+
+    /// A rejoin ended: marshal's floor moves to the verified tip it stored, and the events
+    /// held meanwhile are handled.
+    async fn on_rejoined(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        result: Result<CatchUpReport, CatchUpError>,
+    ) -> Result<(), DriverError> {
+        self.rejoining = false;
+        let highest = self.pending.keys().next_back().copied().unwrap_or_default();
+        match result {
+            Ok(report) => match report.floor {
+                Some(floor) => {
+                    info!(
+                        from = report.from,
+                        to = report.to,
+                        certificates = report.certificates,
+                        "rejoined through the hash chain"
+                    );
+                    self.caught_up_to = self.caught_up_to.max(report.to);
+                    self.marshal.set_floor(floor);
+                    self.status.send_modify(|status| status.rejoins += 1);
+                }
+                None => {
+                    self.rejoin_after = highest;
+                    debug!("rejoin found nothing to catch up; marshal repairs the gap");
+                }
+            },
+            Err(err) => {
+                self.rejoin_after = highest;
+                warn!(%err, "rejoin through the hash chain stopped; marshal repairs the gap block by block");
+            }
+        }
+        self.retry_pending(rng).await
     }
 
     async fn on_notification(
@@ -252,7 +351,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             self.sources.announced(source, height);
             return Ok(());
         }
-        let executed = hash.is_some() && height <= *self.executed.borrow();
+        let executed = hash.is_some() && height <= self.executed_height();
         let stored = if executed {
             self.stored_at(height).await
         } else {
@@ -268,6 +367,11 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         }
         if executed && stored.is_none() {
             debug!(height, "finalized event below what this node keeps");
+            return Ok(());
+        }
+        if self.rejoining {
+            // Handled once the rejoin ends (most of them are below its tip by then).
+            self.keep_pending(height, source, certified);
             return Ok(());
         }
         let result = self.verifier.verify(rng, &certified);
@@ -303,6 +407,12 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                     let first = self.stored_side(height, finalization).await;
                     return Err(self.conflict(verified, first, source, &certified, stored));
                 }
+                if !executed && self.wants_rejoin(height) {
+                    // Verified again after the rejoin, if its tip is below this height.
+                    self.rejoin_requested = true;
+                    self.keep_pending(height, source, Arc::unwrap_or_clone(certified));
+                    return Ok(());
+                }
                 self.recent.insert(height, (digest, source, certified));
                 while self.recent.len() > RECENT_HEIGHTS {
                     self.recent.pop_first();
@@ -327,8 +437,13 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             }
             Err(VerifyError::IdentityUnavailable { epoch, .. }) => {
                 debug!(height, %epoch, "no key for this epoch yet; event kept until its boundary is processed");
+                let rejoin = self.wants_rejoin(height);
                 self.keep_pending(height, source, certified);
-                self.hint_boundary();
+                if rejoin {
+                    self.rejoin_requested = true;
+                } else {
+                    self.hint_boundary();
+                }
             }
             Err(err) => {
                 self.count_rejected(err.check());
@@ -452,7 +567,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         let Some(boundary) = self.epochs.boundary_height(latest) else {
             return;
         };
-        if boundary <= *self.executed.borrow() {
+        if boundary <= self.executed_height() {
             return;
         }
         debug!(epoch = %latest, boundary, "hinting marshal to fetch the epoch boundary");
@@ -482,6 +597,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             .execute(block, finalization, delivered.ack)
             .await
             .map_err(|_| DriverError::ExecutorStopped)?;
+        self.forwarded = self.forwarded.max(height);
         if registered {
             self.retry_pending(rng).await?;
         }
@@ -561,7 +677,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
     /// Retries kept events whose epoch now has a key; hints the next boundary if some still
     /// wait.
     async fn retry_pending(&mut self, rng: &mut impl CryptoRng) -> Result<(), DriverError> {
-        let executed = *self.executed.borrow();
+        let executed = self.executed_height();
         self.pending = self.pending.split_off(&executed.saturating_add(1));
         self.pending_bytes = self.pending.values().map(|(_, _, size)| size).sum();
         let provider = self.verifier.provider().clone();

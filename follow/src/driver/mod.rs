@@ -5,6 +5,13 @@
 //! boundary's outcome registers the next epoch. For every finalized block marshal dispatches
 //! (in height order), it registers the next epoch's verifier from a boundary block before the
 //! block goes on to the executor, which acknowledges it once durable.
+//!
+//! A follower that finds itself far behind while it runs (a verified event, or one whose epoch
+//! has no key yet, at least [`Rejoin::gap`] above the executed height) rejoins the chain
+//! through a catch-up by hash chain (see [`crate::catchup`]) rather than leaving the gap to
+//! marshal's repair, one certificate per block: the driver lets the executor finish what it was
+//! given, holds marshal's deliveries and the upstreams' events while the catch-up runs, then
+//! hands marshal the verified tip as its new floor and goes on with the held events.
 
 mod actor;
 mod ingress;
@@ -12,7 +19,12 @@ mod ingress;
 pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
 pub use ingress::{Delivered, MarshalUpdates};
 
-use crate::{executor, registry::EpochRegistry, upstream::SourceBook};
+use crate::{
+    catchup::{CatchUpError, CatchUpReport},
+    executor,
+    registry::EpochRegistry,
+    upstream::SourceBook,
+};
 use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};
 use cairn_feed::{FeedState, StoreContext};
 use cairn_primitives::Block;
@@ -24,7 +36,7 @@ use commonware_consensus::{
 };
 use commonware_cryptography::{Digested, Signer as _, ed25519};
 use commonware_utils::{acknowledgement::Exact, vec::NonEmptyVec};
-use std::{future::Future, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc};
 use tokio::sync::watch;
 
 /// Marshal's mailbox as the follower uses it.
@@ -50,6 +62,10 @@ pub trait MarshalPort: Send + Sync + 'static {
 
     /// Asks for the finalization at `height` to be fetched.
     fn fetch_finalized(&self, height: u64);
+
+    /// Makes `finalization`'s block the next one dispatched: everything below it is in the
+    /// execution store already (a catch-up stored it).
+    fn set_floor(&self, finalization: Finalization);
 }
 
 impl MarshalPort for MarshalMailbox {
@@ -76,6 +92,28 @@ impl MarshalPort for MarshalMailbox {
         // The opaque resolver has no peers and ignores hint targets; marshal's API wants one.
         let target = ed25519::PrivateKey::from_seed(0).public_key();
         self.hint_finalized(Height::new(height), NonEmptyVec::new(target));
+    }
+
+    fn set_floor(&self, finalization: Finalization) {
+        Mailbox::set_floor(self, finalization);
+    }
+}
+
+/// A catch-up by hash chain from the executed height, as the driver starts it.
+pub type RejoinRun = Pin<Box<dyn Future<Output = Result<CatchUpReport, CatchUpError>> + Send>>;
+
+/// How a running follower far behind rejoins the chain (see the module docs).
+pub struct Rejoin {
+    /// How far above the executed height an event must be for the driver to rejoin rather
+    /// than leave the gap to marshal.
+    pub gap: u64,
+    /// Starts a catch-up (it reads the executed height when first polled).
+    pub start: Box<dyn FnMut() -> RejoinRun + Send + Sync>,
+}
+
+impl std::fmt::Debug for Rejoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejoin").field("gap", &self.gap).finish()
     }
 }
 
@@ -128,6 +166,8 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// The follower's own feed: a verified event that extends what it published goes out at
     /// once (see [`FeedState::publish_if_next`]).
     pub feed: FeedState,
+    /// How to rejoin when far behind; `None` leaves every gap to marshal.
+    pub rejoin: Option<Rejoin>,
 }
 
 /// Creates the driver.

@@ -3,16 +3,18 @@
 //! a verified block under another certificate is verified (and rejected); events waiting for
 //! their epoch's key are bounded in count and bytes, keep the lowest heights, never move the
 //! announced height, and are handed on once the boundary that announces their key is
-//! delivered; two valid blocks at one height stop the driver.
+//! delivered; two valid blocks at one height stop the driver; far behind, the driver rejoins
+//! through a catch-up, holding events and deliveries until it ends, then moves marshal's floor.
 
 use cairn_epoch::{Finalization, FinalizationVerifier};
 use cairn_follow::{
+    catchup::{CatchUpError, CatchUpReport},
     driver::{self, Delivered, DriverError, ExecutorPort, MarshalPort},
     executor,
     registry::EpochRegistry,
     upstream::{Notification, QuarantineConfig, SourceBook, Sourced},
 };
-use cairn_primitives::{Block, CertifiedBlock, Event};
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use cairn_tests::{TestCommittee, committee_chain};
 use commonware_consensus::types::Round;
 use commonware_cryptography::Digested;
@@ -32,6 +34,8 @@ struct MarshalLog {
     blocks: BTreeMap<u64, Block>,
     finalizations: BTreeMap<u64, Finalization>,
     fetches: Vec<u64>,
+    /// The blocks named by the floors set, in order.
+    floors: Vec<Digest>,
 }
 
 #[derive(Clone, Default)]
@@ -77,11 +81,47 @@ impl MarshalPort for StandInMarshal {
     fn fetch_finalized(&self, height: u64) {
         self.log(|log| log.fetches.push(height));
     }
+
+    fn set_floor(&self, finalization: Finalization) {
+        self.log(|log| log.floors.push(finalization.proposal.payload));
+    }
 }
 
-/// Executes by acknowledging at once, recording heights.
+/// What a stand-in rejoin returns, sent by the test.
+type RejoinResult = Result<CatchUpReport, CatchUpError>;
+
+/// A rejoin that counts its starts and ends with the result the test sends it.
+fn stand_in_rejoin(
+    gap: u64,
+) -> (
+    driver::Rejoin,
+    Arc<Mutex<u32>>,
+    mpsc::UnboundedSender<RejoinResult>,
+) {
+    let starts = Arc::new(Mutex::new(0));
+    let (results, receiver) = mpsc::unbounded_channel();
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    let counted = starts.clone();
+    let rejoin = driver::Rejoin {
+        gap,
+        start: Box::new(move || {
+            *counted.lock().expect("lock") += 1;
+            let receiver = receiver.clone();
+            Box::pin(async move {
+                let mut receiver = receiver.lock().await;
+                receiver
+                    .recv()
+                    .await
+                    .unwrap_or(Err(CatchUpError::Missing(0)))
+            })
+        }),
+    };
+    (rejoin, starts, results)
+}
+
+/// Executes by acknowledging at once, recording heights and moving the executed height.
 #[derive(Clone, Default)]
-struct StandInExecutor(Arc<Mutex<Vec<u64>>>);
+struct StandInExecutor(Arc<Mutex<Vec<u64>>>, Arc<watch::Sender<u64>>);
 
 impl ExecutorPort for StandInExecutor {
     async fn execute(
@@ -91,6 +131,8 @@ impl ExecutorPort for StandInExecutor {
         ack: Exact,
     ) -> Result<(), executor::Stopped> {
         self.0.lock().expect("lock").push(block.height());
+        self.1
+            .send_modify(|executed| *executed = (*executed).max(block.height()));
         ack.acknowledge();
         Ok(())
     }
@@ -112,6 +154,23 @@ async fn harness(
     max_pending_events: usize,
     max_pending_bytes: usize,
 ) -> Harness {
+    harness_rejoining(
+        context,
+        profile,
+        max_pending_events,
+        max_pending_bytes,
+        None,
+    )
+    .await
+}
+
+async fn harness_rejoining(
+    context: &deterministic::Context,
+    profile: &cairn_epoch::ChainProfile,
+    max_pending_events: usize,
+    max_pending_bytes: usize,
+    rejoin: Option<driver::Rejoin>,
+) -> Harness {
     let provider = profile.scheme_provider(16);
     let registry = EpochRegistry::open(context.child("registry"), "driver-epochs", 16)
         .await
@@ -122,7 +181,7 @@ async fn harness(
         ["a", "b", "c"].map(String::from),
         QuarantineConfig::default(),
     );
-    let (_executed_tx, executed) = watch::channel(0);
+    let executed = executor.1.subscribe();
     let actor = driver::init(driver::Config {
         verifier: FinalizationVerifier::new(profile.epochs.clone(), provider),
         registry,
@@ -135,12 +194,12 @@ async fn harness(
         evidence_dir: None,
         status: watch::Sender::default(),
         feed: cairn_feed::FeedState::new(16),
+        rejoin,
     });
     let status = actor.status();
     let (notifications, notifications_rx) = mpsc::channel(64);
     let (delivered, delivered_rx) = mpsc::unbounded_channel();
     let stopped = context.child("driver").spawn(move |rng| async move {
-        let _keep = _executed_tx;
         actor
             .run(rng, Vec::new(), notifications_rx, delivered_rx)
             .await
@@ -439,4 +498,75 @@ fn a_damaged_identity_history_is_refused_when_the_registry_opens() {
             }
         });
     }
+}
+
+#[test]
+fn far_behind_the_driver_rejoins_holding_events_and_deliveries_then_moves_marshal_floor() {
+    let committee = TestCommittee::new(b"TEMPO", 46, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    let at = |height: u64| chain[height as usize - 1].clone();
+    let finalization =
+        |height: u64| cairn_epoch::decode_certificate(&at(height).certificate).expect("decodes");
+    let hash = |height: u64| at(height).block.expect("block").hash();
+    deterministic::Runner::seeded(6).start(|context| async move {
+        let (rejoin, starts, results) = stand_in_rejoin(3);
+        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, Some(rejoin)).await;
+        let starts = || *starts.lock().expect("lock");
+        let verified = || driver.marshal.log(|log| log.verified.clone());
+        let executed = || driver.executor.0.lock().expect("lock").clone();
+
+        // Less than the gap above the executed height (0): handed to marshal.
+        driver.event(0, &at(1)).await;
+        settle(&context).await;
+        assert_eq!((verified(), starts()), (vec![1], 0));
+
+        // The gap: the driver rejoins instead of handing the event to marshal.
+        driver.event(0, &at(3)).await;
+        settle(&context).await;
+        assert_eq!((verified(), starts()), (vec![1], 1));
+
+        // While it runs, events and marshal's deliveries wait, and no second rejoin starts.
+        driver.event(1, &at(2)).await;
+        driver.deliver(&at(1));
+        settle(&context).await;
+        assert_eq!((verified(), executed(), starts()), (vec![1], vec![], 1));
+
+        // It stored up to 3: marshal's floor moves there, the held delivery goes on (the
+        // executor ignores what is stored), and the held events at or below 3 are dropped.
+        results
+            .send(Ok(CatchUpReport {
+                from: 0,
+                to: 3,
+                certificates: 1,
+                floor: Some(finalization(3)),
+            }))
+            .expect("rejoin waiting");
+        settle(&context).await;
+        assert_eq!(driver.marshal.log(|log| log.floors.clone()), vec![hash(3)]);
+        assert_eq!((verified(), executed()), (vec![1], vec![1]));
+
+        // Within the gap of the new tip: handed to marshal.
+        driver.event(0, &at(4)).await;
+        settle(&context).await;
+        assert_eq!((verified(), starts()), (vec![1, 4], 1));
+
+        // An event of an epoch without a key, the gap above the tip: another rejoin, which
+        // fails; the event waits for its boundary, and marshal is asked for it.
+        driver.event(0, &at(8)).await;
+        settle(&context).await;
+        assert_eq!(starts(), 2);
+        results
+            .send(Err(CatchUpError::Missing(5)))
+            .expect("rejoin waiting");
+        settle(&context).await;
+        assert_eq!(driver.marshal.log(|log| log.floors.len()), 1);
+        assert!(driver.marshal.log(|log| log.fetches.contains(&4)));
+        // The same height again does not start another; a higher one does.
+        driver.event(1, &at(8)).await;
+        settle(&context).await;
+        assert_eq!(starts(), 2);
+        driver.event(0, &at(9)).await;
+        settle(&context).await;
+        assert_eq!(starts(), 3);
+    });
 }

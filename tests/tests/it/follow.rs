@@ -9,6 +9,7 @@ use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
     EngineConfig, Follower,
+    catchup::{CatchUpConfig, VerifyPolicy},
     engine::EngineContext,
     upstream::{Sources, in_process},
 };
@@ -48,16 +49,27 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
     chain: C,
     max_epochs: usize,
 ) -> Follower<E> {
-    let (notifications, receiver) = mpsc::channel(256);
-    let (actor, requests) = in_process::init(label, 0, feed, chain, notifications);
-    context
-        .child("upstream")
-        .spawn(|_| async move { actor.run().await });
     let config = EngineConfig {
         partition_prefix: format!("follow-{label}"),
         max_epochs,
         ..EngineConfig::new(profile.clone())
     };
+    follow_with(context, label, feed, chain, config).await
+}
+
+/// [`follow`] with `config`.
+async fn follow_with<E: EngineContext, C: ChainReader>(
+    context: &E,
+    label: &'static str,
+    feed: FeedState,
+    chain: C,
+    config: EngineConfig,
+) -> Follower<E> {
+    let (notifications, receiver) = mpsc::channel(256);
+    let (actor, requests) = in_process::init(label, 0, feed, chain, notifications);
+    context
+        .child("upstream")
+        .spawn(|_| async move { actor.run().await });
     let sources = Sources::single(label, requests);
     cairn_follow::start(context.child(label), config, receiver, sources)
         .await
@@ -309,4 +321,100 @@ fn catch_up_converges_under_several_schedules() {
             assert_same_chain(&follower, devnet.store(), 16).await;
         });
     }
+}
+
+#[test]
+fn a_running_follower_far_behind_rejoins_through_the_hash_chain() {
+    deterministic::Runner::seeded(17).start(|context| async move {
+        let (mut devnet, profile, upstream) = devnet_with(&context, 3).await;
+        let config = |label: &str, policy: VerifyPolicy| EngineConfig {
+            partition_prefix: format!("follow-{label}"),
+            catch_up: CatchUpConfig {
+                policy,
+                min_gap: 8,
+                rejoin_gap: 8,
+                ..CatchUpConfig::default()
+            },
+            ..EngineConfig::new(profile.clone())
+        };
+        // Three blocks: under the start-up catch-up's minimum gap, so marshal follows them.
+        let fast = follow_with(
+            &context,
+            "fast",
+            upstream.clone(),
+            devnet.store().clone(),
+            config("fast", VerifyPolicy::HashChain),
+        )
+        .await;
+        let every = follow_with(
+            &context,
+            "every",
+            upstream.clone(),
+            devnet.store().clone(),
+            config("every", VerifyPolicy::EveryBlock),
+        )
+        .await;
+        executed(&context, &fast, 3).await;
+        executed(&context, &every, 3).await;
+
+        // The upstream falls silent while the chain goes on for seven epochs, the full DKG
+        // among them; then its next event is block 33.
+        let mut produced = Vec::new();
+        for _ in 4..=33 {
+            produced.push(devnet.produce_next().await.expect("produces").certified);
+        }
+        upstream.publish_finalized(produced.last().expect("produced").clone());
+        executed(&context, &fast, 33).await;
+        executed(&context, &every, 33).await;
+        assert_eq!(
+            fast.upstream.borrow().rejoins,
+            1,
+            "the follower rejoined once"
+        );
+        assert_eq!(
+            every.upstream.borrow().rejoins,
+            0,
+            "Tempo's policy leaves it to marshal"
+        );
+        assert_eq!(fast.provider.latest_epoch(), every.provider.latest_epoch());
+        for height in 1..=33 {
+            let reference = devnet.store().block_at(height).await.expect("reads");
+            assert!(reference.is_some());
+            assert_eq!(
+                fast.chain.block_at(height).await.expect("reads"),
+                reference,
+                "{height}"
+            );
+            assert_eq!(
+                every.chain.block_at(height).await.expect("reads"),
+                reference,
+                "{height}"
+            );
+        }
+        // The rejoin verified the boundaries it walked and the tip: their certificates are
+        // served; marshal, given every certificate, serves them all.
+        for height in [7, 11, 15, 19, 23, 27, 31, 33] {
+            assert_eq!(
+                fast.chain.certified_at(height).await.expect("reads"),
+                devnet.store().certified_at(height).await.expect("reads"),
+                "{height}"
+            );
+        }
+        assert_same_chain(&every, devnet.store(), 33).await;
+
+        // Marshal goes on from the rejoin's tip: the next blocks arrive live and verify.
+        for _ in 34..=36 {
+            let certified = devnet.produce_next().await.expect("produces").certified;
+            upstream.publish_finalized(certified);
+        }
+        executed(&context, &fast, 36).await;
+        for height in 34..=36 {
+            assert_eq!(
+                fast.chain.certified_at(height).await.expect("reads"),
+                devnet.store().certified_at(height).await.expect("reads"),
+                "{height}"
+            );
+        }
+        assert_eq!(fast.upstream.borrow().rejoins, 1);
+    });
 }
