@@ -34,6 +34,10 @@ pub const NOT_READY_CODE: i32 = 204;
 /// JSON-RPC error code: the requested data is not available.
 pub const MISSING_CODE: i32 = 503;
 
+/// The error a dropped slow subscriber's subscription closes with.
+pub const SLOW_SUBSCRIBER: &str =
+    "subscriber too slow: events were dropped; subscribe again and fetch the missing heights";
+
 /// The method that answers a node's status summary (see [`StatusSource`]).
 pub const STATUS_METHOD: &str = "cairn_status";
 
@@ -422,6 +426,9 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
         })
     }
 
+    /// Runs as long as the subscription: a subscriber too slow for its buffers is dropped with
+    /// a closing error notification (sent once the client has read what was queued before it),
+    /// so its client sees the subscription end and can subscribe again.
     async fn subscribe(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
         let mut sink = pending.accept().await?;
         let mut events = self.feed.subscribe();
@@ -429,44 +436,42 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             subscribers = self.feed.subscribers(),
             "consensus subscription opened"
         );
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    event = events.recv() => event,
-                    () = sink.closed() => break,
-                };
-                match event {
-                    Ok(event) => {
-                        let message = match SubscriptionMessage::new(
-                            sink.method_name(),
-                            sink.subscription_id().clone(),
-                            &event.json,
-                        ) {
-                            Ok(message) => message,
-                            Err(err) => {
-                                warn!(%err, "could not serialize a consensus event");
-                                continue;
-                            }
-                        };
-                        if sink.try_send(message).is_err() {
-                            if !sink.is_closed() {
-                                warn!("dropping a slow consensus subscriber: its buffer is full");
-                            }
-                            break;
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = sink.closed() => return Ok(()),
+            };
+            match event {
+                Ok(event) => {
+                    let message = match SubscriptionMessage::new(
+                        sink.method_name(),
+                        sink.subscription_id().clone(),
+                        &event.json,
+                    ) {
+                        Ok(message) => message,
+                        Err(err) => {
+                            warn!(%err, "could not serialize a consensus event");
+                            continue;
                         }
+                    };
+                    if sink.try_send(message).is_err() {
+                        if sink.is_closed() {
+                            return Ok(());
+                        }
+                        warn!("dropping a slow consensus subscriber: its buffer is full");
+                        return Err(SLOW_SUBSCRIBER.into());
                     }
-                    Err(RecvError::Lagged(skipped)) => {
-                        warn!(
-                            skipped,
-                            "dropping a slow consensus subscriber: it fell behind the event buffer"
-                        );
-                        break;
-                    }
-                    Err(RecvError::Closed) => break,
                 }
+                Err(RecvError::Lagged(skipped)) => {
+                    warn!(
+                        skipped,
+                        "dropping a slow consensus subscriber: it fell behind the event buffer"
+                    );
+                    return Err(SLOW_SUBSCRIBER.into());
+                }
+                Err(RecvError::Closed) => return Ok(()),
             }
-        });
-        Ok(())
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The feed's RPC server under a subscriber that stops reading: it is dropped once its bounded
-//! buffer is full, publishing never waits for it, and the server keeps serving others. A block
+//! buffer is full, with a notification that closes its subscription, publishing never waits
+//! for it, and the server keeps serving others. A block
 //! held without its own certificate is answered with a reason that says so.
 
 use alloy_primitives::B256;
@@ -46,7 +47,7 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
         response,
         soketto::handshake::ServerResponse::Accepted { .. }
     ));
-    let (mut sender, _receiver) = handshake.into_builder().finish();
+    let (mut sender, mut receiver) = handshake.into_builder().finish();
     sender
         .send_text(r#"{"jsonrpc":"2.0","id":1,"method":"consensus_subscribe","params":[]}"#)
         .await
@@ -84,6 +85,36 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
     assert!(
         slowest_publish < Duration::from_millis(50),
         "publishing waited {slowest_publish:?} on a subscriber"
+    );
+
+    // Reading again, the client finds what was queued, then a notification that closes its
+    // subscription with the reason, so it knows to subscribe again rather than wait forever.
+    let closing = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut frame = Vec::new();
+        loop {
+            frame.clear();
+            receiver
+                .receive_data(&mut frame)
+                .await
+                .expect("the connection stays open");
+            let message: serde_json::Value = serde_json::from_slice(&frame).expect("JSON");
+            if let Some(error) = message["params"].get("error") {
+                break error.to_string();
+            }
+            if message["id"] == 1 {
+                continue; // The answer to the subscription request.
+            }
+            assert!(
+                message["params"]["result"].is_object(),
+                "an event: {message}"
+            );
+        }
+    })
+    .await
+    .expect("the closing notification arrives");
+    assert!(
+        closing.contains("subscribe again"),
+        "the subscription closes with the reason: {closing}"
     );
 
     // The server still serves a well-behaved subscriber.
