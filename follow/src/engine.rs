@@ -449,16 +449,16 @@ where
     let mut notifications = notifications;
     let mut held = Vec::new();
     let mut catch_up_rng = context.child("catchup");
+    let catch_up = CatchUp {
+        profile,
+        provider: &provider,
+        registry: &registry,
+        execution: &execution,
+        anchors: &anchors,
+        sources: &sources,
+        config: config.catch_up,
+    };
     for attempt in 1..=CATCH_UP_ATTEMPTS {
-        let catch_up = CatchUp {
-            profile,
-            provider: &provider,
-            registry: &registry,
-            execution: &execution,
-            anchors: &anchors,
-            sources: &sources,
-            config: config.catch_up,
-        };
         let attempt_result = {
             let running = catch_up.run(&context, &mut catch_up_rng);
             tokio::pin!(running);
@@ -585,18 +585,8 @@ where
     }
 
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
-    let rejoin = rejoin(
-        context.child("rejoin"),
-        &CatchUp {
-            profile,
-            provider: &provider,
-            registry: &registry,
-            execution: &execution,
-            anchors: &anchors,
-            sources: &sources,
-            config: config.catch_up,
-        },
-    );
+    // The same catch-up, run again by the driver when it falls far behind.
+    let rejoin = rejoin(context.child("rejoin"), &catch_up);
     let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
