@@ -297,31 +297,30 @@ fn rejoin<E: EngineContext, U: UpstreamRequests>(
     if config.policy != VerifyPolicy::HashChain || config.rejoin_gap == 0 {
         return None;
     }
-    let profile = catch_up.profile.clone();
-    let provider = catch_up.provider.clone();
-    let registry = catch_up.registry.clone();
-    let execution = catch_up.execution.clone();
-    let anchors = catch_up.anchors.clone();
-    let sources = catch_up.sources.clone();
+    // What the catch-up reads, owned once and shared by every attempt.
+    let owned = Arc::new((
+        catch_up.profile.clone(),
+        catch_up.provider.clone(),
+        catch_up.registry.clone(),
+        catch_up.execution.clone(),
+        catch_up.anchors.clone(),
+        catch_up.sources.clone(),
+    ));
     Some(driver::Rejoin {
         gap: config.rejoin_gap,
         start: Box::new(move || {
             let clock = context.child("attempt");
             let mut rng = context.child("attempt_rng");
-            let profile = profile.clone();
-            let provider = provider.clone();
-            let registry = registry.clone();
-            let execution = execution.clone();
-            let anchors = anchors.clone();
-            let sources = sources.clone();
+            let owned = owned.clone();
             Box::pin(async move {
+                let (profile, provider, registry, execution, anchors, sources) = &*owned;
                 CatchUp {
-                    profile: &profile,
-                    provider: &provider,
-                    registry: &registry,
-                    execution: &execution,
-                    anchors: &anchors,
-                    sources: &sources,
+                    profile,
+                    provider,
+                    registry,
+                    execution,
+                    anchors,
+                    sources,
                     config,
                 }
                 .run(&clock, &mut rng)
