@@ -219,6 +219,8 @@ impl CatchUpError {
 struct Anchor {
     height: u64,
     finalization: Finalization,
+    /// For a boundary: the next epoch and the key its outcome announces.
+    announces: Option<(u64, cairn_dkg::Identity)>,
 }
 
 impl Anchor {
@@ -315,7 +317,9 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             }
         }
         // The boundaries are walked, and the blocks up to them stored, a window of epochs at a
-        // time, so that what catch-up holds does not grow with the gap.
+        // time, so that what catch-up holds does not grow with the gap. A boundary's key is
+        // registered once its block is stored (see `write`), so a kill never leaves keys far
+        // ahead of the stored chain.
         let mut walked_to = first_epoch;
         let mut stored = from;
         let last_anchors = loop {
@@ -323,20 +327,21 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             let walked = ledger.advance_to(rng, self.sources, target).await;
             let boundaries = ledger.take_walked();
             report.certificates += boundaries.len() as u64;
-            let keys: Vec<_> = boundaries
-                .iter()
-                .map(|boundary| (boundary.epoch + 1, boundary.next_identity))
-                .collect();
-            self.registry.register_all(self.provider, &keys).await?;
-            walked?;
             let anchors: Vec<Anchor> = boundaries
                 .into_iter()
                 .filter(|boundary| boundary.height > stored && boundary.height < tip_height)
                 .map(|boundary| Anchor {
                     height: boundary.height,
                     finalization: boundary.finalization,
+                    announces: Some((boundary.epoch + 1, boundary.next_identity)),
                 })
                 .collect();
+            if let Err(err) = walked {
+                // The boundaries verified before the failure anchor their blocks: those are
+                // stored before the walk's error is returned.
+                self.fill(stored, &anchors).await?;
+                return Err(err.into());
+            }
             if target >= tip_epoch {
                 break anchors;
             }
@@ -346,8 +351,12 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             debug!(epoch = target, stored, "catch-up window stored");
         };
 
-        // The tip, with its epoch's key.
-        let verifier = FinalizationVerifier::new(epochs.clone(), self.provider.clone());
+        // The tip, with the key the walk proved for its epoch (registered once the boundary
+        // announcing it is stored), or the registered one when the walk crossed no boundary.
+        let provider = ledger
+            .provider_for(&self.profile.namespace, tip_epoch)
+            .unwrap_or_else(|| self.provider.clone());
+        let verifier = FinalizationVerifier::new(epochs.clone(), provider);
         let verified = match verifier.verify(rng, &tip) {
             Ok(verified) => verified,
             Err(error) => {
@@ -365,16 +374,15 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         };
         report.certificates += 1;
         self.sources.book().announced(tip_source, tip_height);
-        if let Some(outcome) = &verified.next_epoch {
-            self.registry
-                .register(self.provider, outcome.epoch, *outcome.identity())
-                .await?;
-        }
 
         let mut anchors = last_anchors;
         anchors.push(Anchor {
             height: tip_height,
             finalization: verified.finalization.clone(),
+            announces: verified
+                .next_epoch
+                .as_ref()
+                .map(|outcome| (outcome.epoch, *outcome.identity())),
         });
         self.fill(stored, &anchors).await?;
         report.to = self.execution.finalized_height();
@@ -466,12 +474,14 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         linked
     }
 
-    /// Writes linked segments with one sync, then their anchors' finalizations with one sync.
+    /// Writes linked segments: their anchors' finalizations with one sync, then the blocks with
+    /// one sync, then the keys their boundaries announce. A kill between two steps leaves
+    /// finalizations above the stored tip (never served: reads stop at the tip), or boundary
+    /// blocks whose keys are re-derived at the next start (see [`EpochRegistry`]).
     async fn write(&self, linked: Linked<'_>) -> Result<(), CatchUpError> {
         if linked.blocks.is_empty() {
             return Ok(());
         }
-        self.execution.finalize_batch(&linked.blocks).await?;
         for anchor in &linked.anchors {
             self.anchors
                 .put(
@@ -485,6 +495,13 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         self.anchors
             .sync("syncing the verified finalizations")
             .await?;
+        self.execution.finalize_batch(&linked.blocks).await?;
+        let keys: Vec<_> = linked
+            .anchors
+            .iter()
+            .filter_map(|anchor| anchor.announces)
+            .collect();
+        self.registry.register_all(self.provider, &keys).await?;
         debug!(
             to = linked.blocks.last().map(Block::height),
             blocks = linked.blocks.len(),

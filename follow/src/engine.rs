@@ -286,6 +286,47 @@ pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
     Ok(Block::header_only(header))
 }
 
+/// The stored finalization of the stored tip, when there is one and it verifies against the
+/// block stored there with the key of its epoch. One that does not is left out, with a
+/// warning: marshal then repairs from its own floor.
+async fn stored_tip_floor<E: EngineContext>(
+    execution: &EmbeddedExecution<E>,
+    anchors: &crate::catchup::AnchorStore<E>,
+    provider: &SchemeProvider,
+    profile: &ChainProfile,
+    rng: &mut impl CryptoRng,
+) -> Result<Option<Finalization>, cairn_feed::StoreError> {
+    let tip = execution.finalized_height();
+    if tip == 0 {
+        return Ok(None);
+    }
+    let Some(floor) = anchors
+        .get(
+            commonware_storage::archive::Identifier::Index(tip),
+            "reading the stored tip's finalization",
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let block = match execution.block_by_number(tip).await {
+        Ok(Some(block)) => block,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            warn!(tip, %err, "the stored tip cannot be read; marshal repairs from its own floor");
+            return Ok(None);
+        }
+    };
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
+    match verifier.verify_parts(rng, block, floor.clone()) {
+        Ok(_) => Ok(Some(floor)),
+        Err(err) => {
+            warn!(tip, %err, "the stored tip's finalization does not verify; marshal repairs from its own floor");
+            Ok(None)
+        }
+    }
+}
+
 /// How the driver rejoins through the hash chain when it falls far behind while it runs: the
 /// start-up catch-up, run again from wherever the executor stands. `None` under
 /// [`VerifyPolicy::EveryBlock`], which leaves every gap to marshal.
@@ -362,7 +403,8 @@ where
     )
     .await?;
 
-    // Startup trust: the registry of an earlier run, else the profile's genesis outcome.
+    // Startup trust: the registry of an earlier run, the keys a checkpoint's boundary walk
+    // proved, and what the stored chain's boundary blocks announce where a key is missing.
     let provider = SchemeProvider::new(&profile.namespace, config.max_epochs);
     let registry = EpochRegistry::open(
         context.child("registry"),
@@ -370,23 +412,17 @@ where
         config.max_epochs,
     )
     .await?;
-    let restored = registry.load_into(&provider).await?;
+    let trusted = config
+        .checkpoint
+        .as_ref()
+        .map(|checkpoint| checkpoint.identities.clone())
+        .unwrap_or_default();
+    let loaded = registry
+        .load_for_chain(&provider, profile, &execution, &trusted)
+        .await?;
+    let restored = loaded.restored;
     for (epoch, identity) in &config.known_identities {
         registry.history().observe(*epoch, *identity);
-    }
-    match &config.checkpoint {
-        // The keys the boundary walk proved for the checkpoint (a no-op after a restart).
-        Some(checkpoint) => {
-            for (epoch, identity) in &checkpoint.identities {
-                registry.register(&provider, *epoch, *identity).await?;
-            }
-        }
-        None if restored == 0 => {
-            registry
-                .register(&provider, 0, *profile.genesis.identity())
-                .await?;
-        }
-        None => {}
     }
     for configured in &profile.network_identities {
         provider.set_configured_identity(configured.identity, configured.from_epoch);
@@ -508,20 +544,15 @@ where
 
     // A verified finalization of the stored tip (a catch-up whose floor marshal may not have
     // installed before the process stopped) is marshal's floor, so marshal does not repair the
-    // stored blocks again; marshal ignores a floor at or below its own.
-    if caught_up.is_none() {
-        let tip = execution.finalized_height();
-        if anchors.last_index().await == Some(tip)
-            && let Some(floor) = anchors
-                .get(
-                    commonware_storage::archive::Identifier::Index(tip),
-                    "reading the stored tip's finalization",
-                )
+    // stored blocks again; marshal ignores a floor at or below its own. It is verified here
+    // first: marshal panics on a floor whose epoch has no key or that does not verify.
+    if caught_up.is_none()
+        && let Some(floor) =
+            stored_tip_floor(&execution, &anchors, &provider, profile, &mut catch_up_rng)
                 .await
                 .map_err(EngineError::Anchors)?
-        {
-            start = Start::Floor(floor);
-        }
+    {
+        start = Start::Floor(floor);
     }
 
     let cache = page_cache();

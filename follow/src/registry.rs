@@ -2,10 +2,21 @@
 //! for the next epoch, in a commonware-storage metadata store. On restart it is loaded into the
 //! verifier registry before anything is verified (the strongest startup trust), so an epoch is
 //! registered once across the node's lifetime and never re-derived from unverified data.
+//!
+//! A key is registered once the boundary block announcing it is stored, never ahead of the
+//! stored chain by more than that one epoch. A kill between storing a boundary and persisting
+//! its key therefore leaves at most the newest keys missing; [`EpochRegistry::load_for_chain`]
+//! re-derives them at start from the stored boundary blocks, which were authenticated before
+//! they were stored.
 
-use crate::status::{IdentityHistory, MAX_HISTORY_CHANGES};
-use cairn_dkg::Identity;
-use cairn_epoch::{RegisterError, Registration, SchemeProvider};
+use crate::{
+    execution::{ExecutionError, ExecutionProvider},
+    status::{IdentityHistory, MAX_HISTORY_CHANGES},
+};
+use cairn_dkg::{Identity, OutcomeLimits};
+use cairn_epoch::{
+    ChainProfile, RegisterError, Registration, SchemeProvider, VerifyError, boundary_outcome,
+};
 use cairn_feed::StoreContext;
 use commonware_codec::{Decode as _, DecodeExt, Encode};
 use commonware_consensus::types::Epoch;
@@ -13,6 +24,7 @@ use commonware_storage::metadata::{self, Metadata};
 use commonware_utils::sequence::U64;
 use std::sync::Arc;
 use tokio::sync::Mutex;
+use tracing::{info, warn};
 
 /// Encoded size of an identity (a G2 point).
 const IDENTITY_BYTES: usize = 96;
@@ -54,6 +66,40 @@ pub enum RegistryError {
     /// An earlier failed write destroyed the store handle.
     #[error("the epoch registry was poisoned by an earlier failed write")]
     Poisoned,
+    /// A stored boundary block could not be read to re-derive the key it announces.
+    #[error(
+        "reading stored boundary block {height} to re-derive the key of epoch {epoch}: {error}"
+    )]
+    BoundaryRead {
+        /// The epoch whose key was being re-derived.
+        epoch: u64,
+        /// The boundary's height.
+        height: u64,
+        /// Why.
+        error: ExecutionError,
+    },
+    /// A stored boundary block carries no valid outcome (the datadir is damaged).
+    #[error("stored boundary block {height} announces no key for epoch {epoch}: {error}")]
+    BoundaryOutcome {
+        /// The epoch whose key was being re-derived.
+        epoch: u64,
+        /// The boundary's height.
+        height: u64,
+        /// Why.
+        error: VerifyError,
+    },
+}
+
+/// What [`EpochRegistry::load_for_chain`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Keys loaded from disk.
+    pub restored: usize,
+    /// Stored keys of epochs above the stored chain's next height, dropped (they are verified
+    /// again when the chain reaches them).
+    pub discarded: Vec<u64>,
+    /// Epochs whose key was missing and was re-derived from a stored boundary block.
+    pub rederived: Vec<u64>,
 }
 
 /// The metadata store behind the registry: epoch -> encoded identity.
@@ -153,6 +199,90 @@ impl<E: StoreContext> EpochRegistry<E> {
         Ok(entries.len())
     }
 
+    /// Loads the stored keys the chain in `execution` can use into `provider`, after
+    /// `trusted` (keys the caller verified itself, such as a checkpoint's) are registered.
+    ///
+    /// Keys of epochs above the one of the stored tip's next height are dropped from disk: no
+    /// stored block needs them yet, and the boundaries that announce them are verified again
+    /// when the chain reaches them (they were stored ahead of their blocks by an older
+    /// catch-up, and would crowd out the keys the tip needs in the bounded registry). The keys
+    /// of the tip's epoch and of the next height's epoch are then re-derived from the stored
+    /// boundary blocks (or the genesis outcome) when missing, and persisted: a kill between
+    /// storing a boundary and persisting its key leaves exactly that.
+    pub async fn load_for_chain(
+        &self,
+        provider: &SchemeProvider,
+        profile: &ChainProfile,
+        execution: &impl ExecutionProvider,
+        trusted: &[(u64, Identity)],
+    ) -> Result<Loaded, RegistryError> {
+        let epochs = &profile.epochs;
+        let tip = execution.finalized_height();
+        let tip_epoch = epochs.epoch_of(tip).get();
+        let horizon = epochs.epoch_of(tip.saturating_add(1)).get();
+        let mut loaded = Loaded::default();
+        let mut entries = self.entries().await?;
+        loaded.discarded = entries
+            .iter()
+            .map(|(epoch, _)| *epoch)
+            .filter(|epoch| *epoch > horizon)
+            .collect();
+        if !loaded.discarded.is_empty() {
+            entries.retain(|(epoch, _)| *epoch <= horizon);
+            self.discard_above(horizon).await?;
+            warn!(
+                tip,
+                epochs = ?loaded.discarded,
+                "the epoch registry held keys ahead of the stored chain; dropped them, they are verified again from their boundaries"
+            );
+        }
+        for (epoch, identity) in entries.iter().chain(trusted) {
+            if register_in(provider, *epoch, *identity)? == Registration::Registered {
+                self.history.observe(*epoch, *identity);
+            }
+        }
+        loaded.restored = entries.len();
+        self.persist(trusted).await?;
+        for epoch in [tip_epoch, horizon] {
+            if provider.registered_identity(Epoch::new(epoch)).is_some()
+                || loaded.rederived.contains(&epoch)
+            {
+                continue;
+            }
+            let Some(identity) = derive_key(profile, execution, epoch).await? else {
+                warn!(
+                    epoch,
+                    tip,
+                    "no key for an epoch the stored chain needs, and its boundary is not stored"
+                );
+                continue;
+            };
+            self.register(provider, epoch, identity).await?;
+            info!(
+                epoch,
+                tip, "re-derived a missing epoch key from its stored boundary block"
+            );
+            loaded.rederived.push(epoch);
+        }
+        Ok(loaded)
+    }
+
+    /// Drops the stored keys of epochs above `epoch`, with one sync.
+    async fn discard_above(&self, epoch: u64) -> Result<(), RegistryError> {
+        let mut guard = self.store.lock().await;
+        let mut store = guard.take().ok_or(RegistryError::Poisoned)?;
+        store.retain(|key, _| {
+            let key = u64::from(key);
+            key == HISTORY_KEY || key <= epoch
+        });
+        let store = store.sync().await.map_err(|error| RegistryError::Store {
+            what: "writing",
+            error,
+        })?;
+        *guard = Some(store);
+        Ok(())
+    }
+
     /// Registers `identity` for `epoch` in `provider` and, when it is new, persists it (synced
     /// before returning) and drops epochs older than the newest `keep`.
     pub async fn register(
@@ -209,6 +339,46 @@ impl<E: StoreContext> EpochRegistry<E> {
         *guard = Some(store);
         Ok(())
     }
+}
+
+/// The key of `epoch` as the stored chain announces it: the genesis outcome's for epoch 0, else
+/// the outcome in the stored boundary block of the epoch before. `None` when that boundary is
+/// not stored (below a checkpoint, or above the tip).
+async fn derive_key(
+    profile: &ChainProfile,
+    execution: &impl ExecutionProvider,
+    epoch: u64,
+) -> Result<Option<Identity>, RegistryError> {
+    let Some(previous) = epoch.checked_sub(1) else {
+        return Ok(Some(*profile.genesis.identity()));
+    };
+    let Some(height) = profile.epochs.boundary_height(Epoch::new(previous)) else {
+        return Ok(None);
+    };
+    if height < execution.first_height() || height > execution.finalized_height() {
+        return Ok(None);
+    }
+    let block =
+        execution
+            .block_by_number(height)
+            .await
+            .map_err(|error| RegistryError::BoundaryRead {
+                epoch,
+                height,
+                error,
+            })?;
+    let Some(block) = block else {
+        return Ok(None);
+    };
+    let outcome =
+        boundary_outcome(&profile.epochs, &block, &OutcomeLimits::default()).map_err(|error| {
+            RegistryError::BoundaryOutcome {
+                epoch,
+                height,
+                error,
+            }
+        })?;
+    Ok(Some(*outcome.identity()))
 }
 
 /// Registers `identity` for `epoch` in `provider` (memory only).

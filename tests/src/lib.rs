@@ -278,6 +278,70 @@ impl ChainReader for MemoryChain {
     }
 }
 
+/// A chain served from afar: every read answers after `delay` of the runtime's time, as an
+/// upstream across a network does (a stand-in for latency in simulations).
+pub struct DistantChain<C, K> {
+    chain: C,
+    clock: std::sync::Arc<K>,
+    delay: std::time::Duration,
+}
+
+impl<C: Clone, K> Clone for DistantChain<C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            clock: self.clock.clone(),
+            delay: self.delay,
+        }
+    }
+}
+
+impl<C, K> DistantChain<C, K> {
+    /// `chain`, each read of which waits `delay` on `clock`.
+    pub fn new(chain: C, clock: K, delay: std::time::Duration) -> Self {
+        Self {
+            chain,
+            clock: std::sync::Arc::new(clock),
+            delay,
+        }
+    }
+}
+
+impl<C: ChainReader, K: commonware_runtime::Clock + Send + Sync + 'static> ChainReader
+    for DistantChain<C, K>
+{
+    fn finalized_height(&self) -> Option<u64> {
+        self.chain.finalized_height()
+    }
+
+    fn first_height(&self) -> u64 {
+        self.chain.first_height()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        self.clock.sleep(self.delay).await;
+        self.chain.certified_at(height).await
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.clock.sleep(self.delay).await;
+        self.chain.block_at(height).await
+    }
+
+    async fn block_by_hash(
+        &self,
+        hash: cairn_primitives::Digest,
+    ) -> Result<Option<Block>, ReadError> {
+        self.clock.sleep(self.delay).await;
+        self.chain.block_by_hash(hash).await
+    }
+
+    async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {
+        self.clock.sleep(self.delay).await;
+        self.chain.transaction_by_hash(hash).await
+    }
+}
+
 /// Connects to `ws://{addr}` and subscribes to `consensus_event` notifications.
 pub async fn subscribe(
     addr: impl std::fmt::Display,
@@ -401,6 +465,36 @@ pub fn committee_chain(
         let block = Block::new(header, body).expect("body unchanged");
         parent = block.hash();
         chain.push(committee.certify(block, epoch, height));
+    }
+    (profile, chain)
+}
+
+/// A profile and `count` blocks linked on top of its genesis whose network identity changes at
+/// every epoch: epoch `e` is certified by `committees[e % n]`, and each boundary block announces
+/// the next epoch's committee (a full DKG at every boundary). A follower that verifies an epoch
+/// with any key but the one its boundary announced fails.
+pub fn rotating_chain(
+    committees: &[TestCommittee],
+    count: u64,
+    epoch_length: u64,
+) -> (ChainProfile, Vec<CertifiedBlock>) {
+    let committee_of = |epoch: u64| &committees[(epoch % committees.len() as u64) as usize];
+    let profile = committee_profile(committee_of(0), epoch_length);
+    let genesis = Block::header_only(profile.genesis_header.clone().expect("genesis header"));
+    let mut parent = genesis.hash();
+    let mut chain = Vec::new();
+    for height in 1..=count {
+        let epoch = height / epoch_length;
+        let extra = if profile.epochs.is_boundary(height) {
+            committee_of(epoch + 1).outcome(epoch + 1, true).to_bytes()
+        } else {
+            Vec::new()
+        };
+        let (mut header, body) = test_block(height, epoch, height, extra).into_parts();
+        header.inner.parent_hash = parent.0;
+        let block = Block::new(header, body).expect("body unchanged");
+        parent = block.hash();
+        chain.push(committee_of(epoch).certify(block, epoch, height));
     }
     (profile, chain)
 }

@@ -1,6 +1,6 @@
 //! Catch-up through the hash chain, under the deterministic runtime against an in-process
 //! upstream: it stores the chain the boundary and tip certificates authenticate, and refuses,
-//! with nothing stored, what the one-by-one path refuses: a tampered interior block (its hash
+//! with nothing stored from the bad block on, what the one-by-one path refuses: a tampered interior block (its hash
 //! breaks the parent chain), a tampered boundary, a tip whose certificate does not verify, and
 //! a chain that forks below the stored tip.
 
@@ -265,7 +265,7 @@ fn a_tampered_interior_block_breaks_the_chain_and_its_segment_is_not_stored() {
 }
 
 #[test]
-fn a_tampered_boundary_stops_the_walk_before_anything_is_stored() {
+fn a_tampered_boundary_stops_the_walk_and_nothing_from_it_on_is_stored() {
     let (_, profile, mut chain) = chain();
     let original = chain[18].block.clone().expect("block");
     chain[18] = serving(&chain[18], tampered(&original));
@@ -281,8 +281,11 @@ fn a_tampered_boundary_stops_the_walk_before_anything_is_stored() {
         }
         other => panic!("expected the walk to stop at 19, got {other:?}"),
     }
-    assert_eq!(outcome.executed, 0);
-    assert!(outcome.stored.is_empty() && outcome.anchored.is_empty());
+    // The segment under the boundary verified before it (9) is stored with that boundary's
+    // certificate and the key it announces; nothing above it.
+    assert_eq!(outcome.executed, 9);
+    assert_eq!(outcome.stored, (1..=9).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9]);
     // The key the tampered boundary would announce is not taken.
     assert_eq!(outcome.epochs, vec![0, 1]);
     assert_eq!(outcome.persisted, vec![1]);

@@ -58,7 +58,7 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
 }
 
 /// [`follow`] with `config`.
-async fn follow_with<E: EngineContext, C: ChainReader>(
+pub(crate) async fn follow_with<E: EngineContext, C: ChainReader>(
     context: &E,
     label: &'static str,
     feed: FeedState,

@@ -5,6 +5,7 @@ mod backfill;
 mod catchup;
 mod ceremonies;
 mod checkpoint;
+mod crash;
 mod decoders;
 mod devnet;
 mod driver;

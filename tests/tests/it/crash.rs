@@ -1,0 +1,274 @@
+//! A follower killed at any instant of a long catch-up starts again and converges on the chain.
+//!
+//! The chain changes its network identity at every epoch, the registry keeps three keys, and the
+//! catch-up walks windows of eight epochs, so a kill can land after a window's boundaries are
+//! verified but before their blocks are stored, between a batch of blocks and the keys its
+//! boundaries announce, or in the middle of a batch. The deterministic runtime stops the run at
+//! the chosen instant, keeps a random part of the writes that were not synced (as a crash does),
+//! and a new run starts the follower on what was kept.
+
+use crate::follow::{executed, follow_with};
+use cairn_epoch::ChainProfile;
+use cairn_epoch::SchemeProvider;
+use cairn_feed::{ChainReader as _, FeedState};
+use cairn_follow::{
+    EngineConfig, catchup::CatchUpConfig, execution::EmbeddedExecution, registry::EpochRegistry,
+};
+use cairn_primitives::CertifiedBlock;
+use cairn_tests::{DistantChain, MemoryChain, TestCommittee, rotating_chain};
+use commonware_consensus::types::Epoch;
+use commonware_runtime::{
+    Clock as _, Runner as _, Supervisor as _,
+    deterministic::{self, FaultConfig, PartialWriteMode, WriteConfig},
+};
+use commonware_utils::Probability;
+use std::time::Duration;
+
+const EPOCH_LENGTH: u64 = 5;
+const TIP: u64 = 123;
+const KEPT_EPOCHS: usize = 3;
+
+fn chain() -> (ChainProfile, Vec<CertifiedBlock>) {
+    let committees: Vec<_> = (0..3)
+        .map(|seed| TestCommittee::new(b"TEMPO", 90 + seed, 4))
+        .collect();
+    rotating_chain(&committees, TIP, EPOCH_LENGTH)
+}
+
+fn config(profile: &ChainProfile) -> EngineConfig {
+    EngineConfig {
+        partition_prefix: "follow-crash".into(),
+        max_epochs: KEPT_EPOCHS,
+        catch_up: CatchUpConfig {
+            min_gap: 1,
+            chunk: 4,
+            in_flight: 2,
+            write_batch: 7,
+            epoch_window: 8,
+            ..CatchUpConfig::default()
+        },
+        ..EngineConfig::new(profile.clone())
+    }
+}
+
+/// A runtime that keeps a random prefix of every write not synced when the run stops.
+fn runner(seed: u64) -> deterministic::Runner {
+    let faults = FaultConfig::default().write(WriteConfig {
+        failure_rate: Probability::new(0, 1).expect("valid"),
+        retention_rate: Probability::new(1, 2).expect("valid"),
+        mode: PartialWriteMode::Prefix,
+    });
+    deterministic::Runner::new(
+        deterministic::Config::default()
+            .with_seed(seed)
+            .with_storage_fault_config(faults),
+    )
+}
+
+/// The chain, served by an upstream that answers each read after a millisecond, so that the
+/// catch-up spans many instants.
+fn upstream(
+    context: &deterministic::Context,
+    chain: &[CertifiedBlock],
+) -> DistantChain<MemoryChain, deterministic::Context> {
+    let memory = MemoryChain::default();
+    for certified in chain {
+        memory.insert(certified.clone());
+    }
+    DistantChain::new(memory, context.child("upstream"), Duration::from_millis(1))
+}
+
+/// Runs a follower on the runtime's storage until it has executed the tip or `kill_after` has
+/// passed; returns the simulated time it ran and whether it reached the tip.
+async fn run_until(
+    context: &deterministic::Context,
+    profile: &ChainProfile,
+    chain: &[CertifiedBlock],
+    kill_after: Option<Duration>,
+) -> (Duration, bool) {
+    let started = context.current();
+    let ran = || {
+        context
+            .current()
+            .duration_since(started)
+            .expect("time moves forward")
+    };
+    let following = async {
+        let follower = follow_with(
+            context,
+            "a",
+            FeedState::default(),
+            upstream(context, chain),
+            config(profile),
+        )
+        .await;
+        executed(context, &follower, TIP).await;
+        (follower, ran())
+    };
+    match kill_after {
+        Some(after) => tokio::select! {
+            (_, ran) = following => (ran, true),
+            () = context.sleep(after) => (ran(), false),
+        },
+        None => {
+            let (follower, ran) = following.await;
+            assert_serves_the_chain(&follower, chain).await;
+            (ran, true)
+        }
+    }
+}
+
+/// Every block 1..=TIP is served byte for byte, and every certificate served is the chain's.
+async fn assert_serves_the_chain<E: cairn_follow::engine::EngineContext>(
+    follower: &cairn_follow::Follower<E>,
+    chain: &[CertifiedBlock],
+) {
+    for certified in chain {
+        let block = certified.block.as_ref().expect("block");
+        let height = block.height();
+        let served = follower.chain.block_at(height).await.expect("reads");
+        assert_eq!(served.as_ref(), Some(block), "block {height}");
+        if let Some(served) = follower.chain.certified_at(height).await.expect("reads") {
+            assert_eq!(&served, certified, "certificate {height}");
+        }
+    }
+    let tip = follower.chain.certified_at(TIP).await.expect("reads");
+    assert_eq!(
+        tip.as_ref(),
+        chain.last(),
+        "the tip is served with its certificate"
+    );
+}
+
+/// How long a clean catch-up of the whole chain runs, in simulated time.
+fn clean_run(profile: &ChainProfile, chain: &[CertifiedBlock]) -> Duration {
+    runner(1).start(|context| async move {
+        let (ran, reached) = run_until(&context, profile, chain, None).await;
+        assert!(reached);
+        ran
+    })
+}
+
+#[test]
+fn a_catch_up_killed_at_any_instant_restarts_and_converges() {
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let clean = clean_run(profile, chain);
+    let millis = u64::try_from(clean.as_millis()).expect("short");
+    assert!(
+        millis > 10,
+        "the catch-up spans many instants ({millis} ms)"
+    );
+    for kill in 1..millis {
+        let after = Duration::from_millis(kill);
+        let ((_, reached), checkpoint) = runner(kill).start_and_recover(|context| async move {
+            run_until(&context, profile, chain, Some(after)).await
+        });
+        assert!(!reached, "killed at {kill} ms, before the clean run's end");
+        let (_, reached) = deterministic::Runner::from(checkpoint)
+            .start(|context| async move { run_until(&context, profile, chain, None).await });
+        assert!(reached, "restarted after a kill at {kill} ms");
+    }
+}
+
+#[test]
+fn a_catch_up_killed_again_and_again_converges() {
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let clean = clean_run(profile, chain);
+    let mut kills = 0;
+    let mut checkpoint = None;
+    for step in 0..20 {
+        // Each run is killed a little after it starts again, before it can finish.
+        let after = Duration::from_millis(3 + (step * 7) % 11);
+        let runner = match checkpoint.take() {
+            Some(checkpoint) => deterministic::Runner::from(checkpoint),
+            None => runner(7),
+        };
+        let ((_, reached), recovered) = runner.start_and_recover(|context| async move {
+            run_until(&context, profile, chain, Some(after)).await
+        });
+        checkpoint = Some(recovered);
+        if reached {
+            break;
+        }
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "killed {kills} times before the clean run's {clean:?}"
+    );
+    let runner = deterministic::Runner::from(checkpoint.expect("ran"));
+    let (_, reached) =
+        runner.start(|context| async move { run_until(&context, profile, chain, None).await });
+    assert!(reached);
+}
+
+#[test]
+fn a_registry_left_ahead_of_the_stored_chain_is_trimmed_and_the_missing_keys_rederived() {
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let identity_of = |epoch: u64| {
+        let boundary = epoch * EPOCH_LENGTH - 1;
+        let block = chain[boundary as usize - 1].block.as_ref().expect("block");
+        *cairn_epoch::boundary_outcome(&profile.epochs, block, &Default::default())
+            .expect("outcome")
+            .identity()
+    };
+    deterministic::Runner::seeded(3).start(|context| async move {
+        let genesis = cairn_follow::genesis_block(profile).expect("genesis");
+        let execution = EmbeddedExecution::open_in(context.child("execution"), "t", &genesis)
+            .await
+            .expect("opens");
+        // Stored through the boundary of epoch 9 (height 49): the chain needs the keys of
+        // epochs 9 and 10.
+        let stored: Vec<_> = chain[..49]
+            .iter()
+            .map(|certified| certified.block.clone().expect("block"))
+            .collect();
+        execution.finalize_batch(&stored).await.expect("stored");
+        // What an older catch-up left: the keys of the newest epochs of its window only.
+        let registry = EpochRegistry::open(context.child("registry"), "t-epochs", KEPT_EPOCHS)
+            .await
+            .expect("opens");
+        let ahead: Vec<_> = (14..=16).map(|epoch| (epoch, identity_of(epoch))).collect();
+        registry
+            .register_all(&SchemeProvider::new(b"TEMPO", KEPT_EPOCHS), &ahead)
+            .await
+            .expect("persisted");
+
+        let provider = SchemeProvider::new(b"TEMPO", KEPT_EPOCHS);
+        let loaded = registry
+            .load_for_chain(&provider, profile, &execution, &[])
+            .await
+            .expect("loads");
+        assert_eq!(loaded.discarded, vec![14, 15, 16]);
+        assert_eq!(loaded.rederived, vec![9, 10]);
+        for epoch in [9, 10] {
+            assert_eq!(
+                provider.registered_identity(Epoch::new(epoch)),
+                Some(identity_of(epoch)),
+                "epoch {epoch}"
+            );
+        }
+        assert!(provider.registered_identity(Epoch::new(14)).is_none());
+        // On disk: the keys the chain needs, nothing ahead of it.
+        let persisted: Vec<_> = registry
+            .entries()
+            .await
+            .expect("reads")
+            .into_iter()
+            .map(|(epoch, _)| epoch)
+            .collect();
+        assert_eq!(persisted, vec![9, 10]);
+
+        // A second load finds everything in place.
+        let again = SchemeProvider::new(b"TEMPO", KEPT_EPOCHS);
+        let loaded = registry
+            .load_for_chain(&again, profile, &execution, &[])
+            .await
+            .expect("loads");
+        assert!(loaded.discarded.is_empty() && loaded.rederived.is_empty());
+        assert_eq!(loaded.restored, 2);
+    });
+}
