@@ -13,7 +13,7 @@ use alloy_consensus::{
 };
 use alloy_eips::{BlockId, BlockNumberOrTag, eip2718::Encodable2718};
 use alloy_primitives::{B256, Bytes, U64, U256};
-use alloy_rpc_types_eth::{BlockTransactions, Index, SyncInfo, SyncStatus};
+use alloy_rpc_types_eth::{BlockTransactions, Index, Stage, SyncInfo, SyncStatus};
 use cairn_primitives::{
     Block, CertifiedBlock, ConsensusState, Digest, HeaderExt, Query, TempoHeader, TempoTxEnvelope,
 };
@@ -31,6 +31,10 @@ use tracing::{debug, info, warn};
 
 /// JSON-RPC error code: the node has no finalized block yet.
 pub const NOT_READY_CODE: i32 = 204;
+
+/// The `eth_syncing` stage a node reports while it starts (opening its stores, walking to a
+/// checkpoint, catching up) and serves no chain yet.
+pub const STARTING_STAGE: &str = "starting";
 /// JSON-RPC error code: the requested data is not available.
 pub const MISSING_CODE: i32 = 503;
 
@@ -301,7 +305,13 @@ pub fn rpc_block(block: &Block, full: bool) -> RpcBlock {
 }
 
 fn not_ready() -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(NOT_READY_CODE, "not ready", Some("no finalized block yet"))
+    ErrorObjectOwned::owned(
+        NOT_READY_CODE,
+        "not ready",
+        Some(
+            "no finalized block served yet: the node is starting (eth_syncing shows its progress)",
+        ),
+    )
 }
 
 fn missing(reason: impl Into<String>) -> ErrorObjectOwned {
@@ -349,30 +359,41 @@ impl<C: ChainReader> RpcHandlers<C> {
 
     /// The served block at a number or tag, if any.
     async fn block_at_number(&self, number: BlockNumberOrTag) -> RpcResult<Option<Block>> {
-        let height = self.height_of(number);
+        let height = self.height_of(number)?;
         self.check_served(height)?;
         self.chain.block_at(height).await.map_err(internal)
     }
 
     /// The served block with hash `hash`, if any.
     async fn block_with_hash(&self, hash: B256) -> RpcResult<Option<Block>> {
+        self.tip()?;
         self.chain
             .block_by_hash(Digest(hash))
             .await
             .map_err(internal)
     }
 
+    /// The finalized tip; 204 until the node serves a chain (while it starts), so that no
+    /// answer claims height 0 meanwhile.
     fn tip(&self) -> Result<u64, ErrorObjectOwned> {
         self.chain.finalized_height().ok_or_else(not_ready)
     }
 
     /// Resolves a number or tag to a height; every tag but `earliest` means the finalized tip.
-    fn height_of(&self, number: BlockNumberOrTag) -> u64 {
-        match number {
+    /// 204 while the node serves no chain.
+    fn height_of(&self, number: BlockNumberOrTag) -> Result<u64, ErrorObjectOwned> {
+        let tip = self.tip()?;
+        Ok(match number {
             BlockNumberOrTag::Number(height) => height,
             BlockNumberOrTag::Earliest => self.chain.first_height(),
-            _ => self.chain.finalized_height().unwrap_or(0),
-        }
+            _ => tip,
+        })
+    }
+
+    /// The served block holding the transaction with hash `hash`, and its position.
+    async fn served_transaction(&self, hash: B256) -> RpcResult<Option<(Block, usize)>> {
+        self.tip()?;
+        self.chain.transaction_by_hash(hash).await.map_err(internal)
     }
 
     async fn block_for(&self, id: BlockId) -> Result<Block, ErrorObjectOwned> {
@@ -402,8 +423,11 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             return Ok(certified);
         }
         // Gap repair authenticates a block through its successor's parent hash; such a block
-        // is stored and served without a certificate of its own.
-        let reason = if self
+        // is stored and served without a certificate of its own. Genesis needs none: it is the
+        // root of trust.
+        let reason = if height == 0 {
+            "block 0 is the genesis block, the root of trust: it has no certificate; its extraData holds the genesis DKG outcome the chain profile pins".to_string()
+        } else if self
             .chain
             .block_at(height)
             .await
@@ -420,6 +444,7 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
     }
 
     async fn get_latest(&self) -> RpcResult<ConsensusState> {
+        self.tip()?;
         Ok(ConsensusState {
             finalized: self.feed.latest(),
             notarized: None,
@@ -478,7 +503,7 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
 #[async_trait]
 impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
     async fn block_number(&self) -> RpcResult<U64> {
-        Ok(U64::from(self.chain.finalized_height().unwrap_or(0)))
+        Ok(U64::from(self.tip()?))
     }
 
     async fn chain_id(&self) -> RpcResult<U64> {
@@ -493,15 +518,33 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
         Ok(CLIENT_VERSION.to_string())
     }
 
+    /// Syncing while the node starts (stage `starting`: its chain is not served yet) and while
+    /// it is behind what its upstreams announce; `false` only once it serves the announced tip.
     async fn syncing(&self) -> RpcResult<SyncStatus> {
-        let current = self.chain.finalized_height().unwrap_or(0);
-        Ok(match self.feed.sync_progress() {
-            Some(progress) if progress.highest > current => SyncStatus::Info(Box::new(SyncInfo {
-                starting_block: U256::from(progress.starting),
+        let progress = self.feed.sync_progress();
+        let info = |starting: u64, current: u64, highest: u64, stage: Option<&str>| {
+            SyncStatus::Info(Box::new(SyncInfo {
+                starting_block: U256::from(starting),
                 current_block: U256::from(current),
-                highest_block: U256::from(progress.highest),
+                highest_block: U256::from(highest.max(current)),
+                stages: stage.map(|name| {
+                    vec![Stage {
+                        name: name.to_string(),
+                        block: current,
+                    }]
+                }),
                 ..SyncInfo::default()
-            })),
+            }))
+        };
+        let Some(current) = self.chain.finalized_height() else {
+            let (starting, current, highest) =
+                progress.map_or((0, 0, 0), |p| (p.starting, p.current, p.highest));
+            return Ok(info(starting, current, highest, Some(STARTING_STAGE)));
+        };
+        Ok(match progress {
+            Some(progress) if progress.highest > current => {
+                info(progress.starting, current, progress.highest, None)
+            }
             _ => SyncStatus::None,
         })
     }
@@ -534,11 +577,7 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
     }
 
     async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<RpcTransaction>> {
-        let found = self
-            .chain
-            .transaction_by_hash(hash)
-            .await
-            .map_err(internal)?;
+        let found = self.served_transaction(hash).await?;
         Ok(found.and_then(|(block, index)| rpc_transaction(&block, index)))
     }
 
@@ -561,11 +600,7 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
     }
 
     async fn raw_transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Bytes>> {
-        let found = self
-            .chain
-            .transaction_by_hash(hash)
-            .await
-            .map_err(internal)?;
+        let found = self.served_transaction(hash).await?;
         Ok(found.and_then(|(block, index)| {
             block
                 .transactions()
@@ -576,7 +611,7 @@ impl<C: ChainReader> BlockApiServer for RpcHandlers<C> {
 
     async fn raw_block(&self, id: BlockId) -> RpcResult<Bytes> {
         if let BlockId::Number(number) = id {
-            let height = self.height_of(number);
+            let height = self.height_of(number)?;
             self.check_served(height)?;
             if let Some(raw) = self.chain.raw_block_at(height).await.map_err(internal)? {
                 return Ok(Bytes::from(raw));

@@ -93,13 +93,23 @@ fn latest_block(latest: &Option<CertifiedBlock>) -> Option<&cairn_primitives::Bl
     latest.as_ref()?.block.as_ref()
 }
 
-/// How far a catching-up node is, for `eth_syncing`.
+/// Where a node stands against its upstreams, for `eth_syncing`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncProgress {
-    /// Height the node stood at when this catch-up began.
+    /// Height the node stood at when this catch-up began (its current height when it is not
+    /// behind).
     pub starting: u64,
-    /// The highest height announced by the node's upstreams.
+    /// The node's stored, verified height.
+    pub current: u64,
+    /// The highest height announced by the node's upstreams (0 before any announced one).
     pub highest: u64,
+}
+
+impl SyncProgress {
+    /// Whether the node is behind what its upstreams announce.
+    pub const fn is_syncing(&self) -> bool {
+        self.highest > self.current
+    }
 }
 
 /// The latest finalized block and the event stream (cheap to clone; clones share state).
@@ -196,25 +206,26 @@ impl FeedState {
             .clone()
     }
 
-    /// Records the height upstreams announce; the first call (and the first after the node
-    /// caught up) fixes the starting height of this catch-up at `current`.
+    /// Records the node's height and the height upstreams announce; the first call that finds
+    /// the node behind fixes the starting height of this catch-up at `current`.
     pub fn set_sync_target(&self, current: u64, highest: u64) {
         let mut sync = self
             .inner
             .sync
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *sync = if highest <= current {
-            None
-        } else {
-            Some(SyncProgress {
-                starting: sync.map_or(current, |progress| progress.starting),
-                highest,
-            })
+        let starting = match *sync {
+            Some(progress) if progress.is_syncing() => progress.starting,
+            _ => current,
         };
+        *sync = Some(SyncProgress {
+            starting,
+            current,
+            highest,
+        });
     }
 
-    /// The catch-up in progress, if the node is behind what its upstreams announce.
+    /// Where the node last stood against its upstreams, once known.
     pub fn sync_progress(&self) -> Option<SyncProgress> {
         *self
             .inner

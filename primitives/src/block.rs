@@ -144,10 +144,32 @@ impl Block {
         Digest(self.header.inner.parent_hash)
     }
 
+    /// The body, or the empty body when the block is known by its header only and the header
+    /// commits to no transactions, ommers or withdrawals (such as a genesis header): that body
+    /// follows from the header's roots.
+    fn known_body(&self) -> Option<std::borrow::Cow<'_, Body>> {
+        if let Some(body) = &self.body {
+            return Some(std::borrow::Cow::Borrowed(body));
+        }
+        let empty = Body {
+            transactions: Vec::new(),
+            ommers: Vec::new(),
+            withdrawals: self
+                .header
+                .inner
+                .withdrawals_root
+                .map(|_| Withdrawals::default()),
+        };
+        check_body(&self.header, &empty)
+            .ok()
+            .map(|()| std::borrow::Cow::Owned(empty))
+    }
+
     /// The raw block as execution clients serve it from `debug_getRawBlock`:
-    /// `rlp([header, [tx...], [ommer...], [withdrawal...]?])`. `None` when the body is unknown.
+    /// `rlp([header, [tx...], [ommer...], [withdrawal...]?])`. `None` when the body is unknown
+    /// (a block known by its header only, whose header commits to a non-empty body).
     pub fn raw_rlp(&self) -> Option<Vec<u8>> {
-        let body = self.body.as_ref()?;
+        let body = self.known_body()?;
         Some(alloy_rlp::encode(RawBlockRef {
             header: &self.header,
             transactions: &body.transactions,

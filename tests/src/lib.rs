@@ -251,13 +251,21 @@ impl ChainReader for MemoryChain {
         &self,
         hash: cairn_primitives::Digest,
     ) -> Result<Option<Block>, ReadError> {
-        Ok(self
+        let certified = self
             .blocks
             .read()
             .expect("lock")
             .values()
             .filter_map(|certified| certified.block.clone())
-            .find(|block| block.hash() == hash))
+            .find(|block| block.hash() == hash);
+        Ok(certified.or_else(|| {
+            self.uncertified
+                .read()
+                .expect("lock")
+                .values()
+                .find(|block| block.hash() == hash)
+                .cloned()
+        }))
     }
 
     async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {

@@ -278,3 +278,198 @@ fn feed_publishes_each_height_once_in_order() {
         "the latest block is the highest published"
     );
 }
+
+/// The error code of a JSON-RPC call that failed, and its message and data.
+fn error_of<T: std::fmt::Debug>(result: Result<T, jsonrpsee::core::ClientError>) -> (i32, String) {
+    match result {
+        Err(jsonrpsee::core::ClientError::Call(error)) => (
+            error.code(),
+            format!(
+                "{} {}",
+                error.message(),
+                error.data().map(|data| data.get()).unwrap_or_default()
+            ),
+        ),
+        other => panic!("expected a call error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_node_answers_not_ready_and_syncing_never_height_zero() {
+    use alloy_rpc_types_eth::SyncStatus;
+    let feed = FeedState::default();
+    let chain = cairn_feed::LateChain::<MemoryChain>::default();
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain.clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(format!("http://{}", server.local_addr))
+        .expect("client");
+    // The stores hold 40 blocks; the upstreams announce 500.
+    feed.set_sync_target(40, 500);
+
+    let hash = B256::repeat_byte(7);
+    let not_ready = [
+        error_of(
+            client
+                .request::<alloy_primitives::U64, _>("eth_blockNumber", rpc_params![])
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>(
+                    "eth_getBlockByNumber",
+                    rpc_params!["latest", false],
+                )
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>("eth_getBlockByNumber", rpc_params!["0x5", false])
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>("eth_getBlockByHash", rpc_params![hash, false])
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>("eth_getTransactionByHash", rpc_params![hash])
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>("consensus_getLatest", rpc_params![])
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>(
+                    "consensus_getFinalization",
+                    rpc_params![Query::Latest],
+                )
+                .await,
+        ),
+        error_of(
+            client
+                .request::<serde_json::Value, _>("debug_getRawBlock", rpc_params!["0x0"])
+                .await,
+        ),
+    ];
+    for (code, message) in not_ready {
+        assert_eq!(code, cairn_feed::rpc::NOT_READY_CODE, "{message}");
+        assert!(message.contains("starting"), "{message}");
+    }
+    let syncing: SyncStatus = client
+        .request("eth_syncing", rpc_params![])
+        .await
+        .expect("answers");
+    let SyncStatus::Info(info) = syncing else {
+        panic!("a starting node is syncing, got {syncing:?}")
+    };
+    assert_eq!(info.current_block, alloy_primitives::U256::from(40));
+    assert_eq!(info.highest_block, alloy_primitives::U256::from(500));
+    let stages = info.stages.expect("stages");
+    assert_eq!(stages[0].name, cairn_feed::rpc::STARTING_STAGE);
+
+    // Served from here on: behind the announced height it is syncing, at it it is not.
+    let committee = TestCommittee::new(b"TEMPO", 5, 4);
+    let served = MemoryChain::default();
+    for height in 1..=3 {
+        served.insert(committee.certify(
+            cairn_tests::test_block(height, 0, height, Vec::new()),
+            0,
+            height,
+        ));
+    }
+    chain.bind(served);
+    feed.set_sync_target(3, 500);
+    let number: alloy_primitives::U64 = client
+        .request("eth_blockNumber", rpc_params![])
+        .await
+        .expect("answers");
+    assert_eq!(number.to::<u64>(), 3);
+    let syncing: SyncStatus = client
+        .request("eth_syncing", rpc_params![])
+        .await
+        .expect("answers");
+    assert!(
+        matches!(&syncing, SyncStatus::Info(info) if info.stages.is_none() && info.highest_block == alloy_primitives::U256::from(500)),
+        "{syncing:?}"
+    );
+    feed.set_sync_target(3, 3);
+    let syncing: SyncStatus = client
+        .request("eth_syncing", rpc_params![])
+        .await
+        .expect("answers");
+    assert_eq!(syncing, SyncStatus::None);
+    let _ = server.handle.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genesis_is_served_raw_and_explained_as_the_root_of_trust() {
+    let committee = TestCommittee::new(b"TEMPO", 5, 4);
+    // A follower knows genesis by its header (from the chain profile); a genesis header commits
+    // to an empty body, so the raw block is the same as a producer that stored the body serves.
+    let (mut header, _) = cairn_tests::test_block(0, 0, 0, Vec::new()).into_parts();
+    header.inner.transactions_root = alloy_consensus::EMPTY_ROOT_HASH;
+    header.inner.withdrawals_root = Some(alloy_consensus::EMPTY_ROOT_HASH);
+    let header_only = Block::header_only(header.clone());
+    let with_body = Block::new(
+        header,
+        Some(cairn_primitives::Body {
+            transactions: Vec::new(),
+            ommers: Vec::new(),
+            withdrawals: Some(Default::default()),
+        }),
+    );
+    let served = MemoryChain::default();
+    served.insert_block(Block::header_only(header_only.header().clone()));
+    served.insert(committee.certify(cairn_tests::test_block(1, 0, 1, Vec::new()), 0, 1));
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        served,
+        FeedState::default(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(format!("http://{}", server.local_addr))
+        .expect("client");
+    let expected = alloy_primitives::Bytes::from(
+        with_body
+            .expect("an empty body matches")
+            .raw_rlp()
+            .expect("raw"),
+    );
+    for id in [
+        serde_json::json!("0x0"),
+        serde_json::json!("earliest"),
+        serde_json::json!(header_only.hash()),
+    ] {
+        let raw: alloy_primitives::Bytes = client
+            .request("debug_getRawBlock", rpc_params![id.clone()])
+            .await
+            .unwrap_or_else(|err| panic!("raw genesis by {id}: {err}"));
+        assert_eq!(raw, expected, "by {id}");
+    }
+    let (code, message) = error_of(
+        client
+            .request::<serde_json::Value, _>(
+                "consensus_getFinalization",
+                rpc_params![Query::Height(0)],
+            )
+            .await,
+    );
+    assert_eq!(code, cairn_feed::rpc::MISSING_CODE);
+    assert!(message.contains("root of trust"), "{message}");
+    assert!(!message.contains("parent hash"), "{message}");
+    let _ = server.handle.stop();
+}
