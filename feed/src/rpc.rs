@@ -70,6 +70,10 @@ pub struct RpcConfig {
     pub max_subscriptions_per_connection: u32,
     /// Messages buffered per connection; a subscriber whose buffer is full is dropped.
     pub message_buffer: u32,
+    /// Bytes of events queued per connection for a client that does not read them; a
+    /// subscription whose next event would pass it is dropped as too slow, so a client that
+    /// never reads costs at most this much.
+    pub queued_bytes: usize,
     /// Answers `cairn_status` (and feeds the page at `/status`); without it, `cairn_status`
     /// answers 503.
     pub status: Option<StatusSource>,
@@ -82,6 +86,7 @@ impl Default for RpcConfig {
             max_connections: 256,
             max_subscriptions_per_connection: 16,
             message_buffer: 1024,
+            queued_bytes: DEFAULT_QUEUED_BYTES,
             status: None,
         }
     }
@@ -323,21 +328,32 @@ fn internal(err: ReadError) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(INTERNAL_ERROR_CODE, err.to_string(), None::<()>)
 }
 
+/// Bytes of events a connection that does not read may hold queued, by default.
+pub const DEFAULT_QUEUED_BYTES: usize = 1024 * 1024;
+
 /// The RPC handlers over a chain store and a feed.
 #[derive(Clone, Debug)]
 pub struct RpcHandlers<C> {
     chain: C,
     feed: FeedState,
     chain_id: Option<u64>,
+    queued_bytes: usize,
 }
 
 impl<C: ChainReader> RpcHandlers<C> {
-    /// Handlers serving `chain` and `feed` of chain `chain_id`.
-    pub const fn new(chain: C, feed: FeedState, chain_id: Option<u64>) -> Self {
+    /// Handlers serving `chain` and `feed` of chain `chain_id`, dropping a subscription whose
+    /// connection would hold more than `queued_bytes` of unread events.
+    pub const fn new(
+        chain: C,
+        feed: FeedState,
+        chain_id: Option<u64>,
+        queued_bytes: usize,
+    ) -> Self {
         Self {
             chain,
             feed,
             chain_id,
+            queued_bytes,
         }
     }
 
@@ -468,6 +484,22 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             };
             match event {
                 Ok(event) => {
+                    // What the connection holds unread is bounded in bytes too: the messages
+                    // waiting in its buffer, counted at this event's size (the events of one
+                    // feed are alike in size), plus this one.
+                    let waiting = sink.max_capacity().saturating_sub(sink.capacity());
+                    let size = event.json.get().len();
+                    if waiting > 0
+                        && waiting.saturating_add(1).saturating_mul(size) > self.queued_bytes
+                    {
+                        warn!(
+                            waiting,
+                            size,
+                            limit = self.queued_bytes,
+                            "dropping a slow consensus subscriber: its unread events pass the byte limit"
+                        );
+                        return Err(SLOW_SUBSCRIBER.into());
+                    }
                     let message = match SubscriptionMessage::new(
                         sink.method_name(),
                         sink.subscription_id().clone(),
@@ -681,7 +713,7 @@ pub async fn start<C: ChainReader>(
         addr: addr.to_string(),
         error,
     })?;
-    let handlers = RpcHandlers::new(chain, feed, config.chain_id);
+    let handlers = RpcHandlers::new(chain, feed, config.chain_id, config.queued_bytes);
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());
     module
         .merge(BlockApiServer::into_rpc(handlers))

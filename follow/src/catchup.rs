@@ -200,6 +200,17 @@ pub enum CatchUpError {
 }
 
 impl CatchUpError {
+    /// Whether a store failed (a full disk, an I/O error): the node cannot go on storing, so
+    /// it stops rather than leave the gap to marshal, which panics on a failed write.
+    pub const fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            Self::Execution(ExecutionError::Store(_))
+                | Self::Registry(RegistryError::Store { .. } | RegistryError::Poisoned)
+                | Self::Anchors(_)
+        )
+    }
+
     /// Whether another attempt may succeed (another upstream may answer it): fetches, missing
     /// blocks, and what a lying upstream broke (a chain, a boundary, a tip).
     pub const fn is_retryable(&self) -> bool {

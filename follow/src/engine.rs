@@ -72,6 +72,9 @@ pub enum EngineError {
     /// The anchor store failed.
     #[error("the store of verified finalizations: {0}")]
     Anchors(cairn_feed::StoreError),
+    /// The start-up catch-up could not store what it verified.
+    #[error("catching up: {0}")]
+    CatchUp(crate::catchup::CatchUpError),
     /// The driver stopped with an error.
     #[error(transparent)]
     Driver(#[from] DriverError),
@@ -532,6 +535,7 @@ where
                 }
                 break;
             }
+            Err(err) if err.is_storage() => return Err(EngineError::CatchUp(err)),
             Err(err) if err.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
                 warn!(%err, attempt, "catch-up attempt failed; trying again");
             }

@@ -93,8 +93,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Longest a metrics client may take to send its request headers.
+const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest a metrics connection stays open (a scraper connects again).
+const METRICS_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the Prometheus text encoding of every metric registered in `context`'s runtime at
-/// `http://addr/metrics`, in the background; returns the address bound.
+/// `http://addr/metrics`, in the background; returns the address bound. At most
+/// [`crate::fds::METRICS_CONNECTIONS`] connections are served at once (more wait in the
+/// listen backlog, holding no descriptor of this process); a client that has not sent its
+/// headers within 5 s, or whose connection has lasted a minute, is disconnected.
 pub async fn serve_metrics<M: Metrics + Send + Sync + 'static>(
     addr: &str,
     context: M,
@@ -119,9 +128,30 @@ pub async fn serve_metrics<M: Metrics + Send + Sync + 'static>(
             }
         }),
     );
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::fds::METRICS_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "the metrics server stopped");
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, most likely: wait for some to be freed.
+                    tracing::warn!(%err, "the metrics server could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection).await;
+                drop(slot);
+            });
         }
     });
     Ok(local)

@@ -4,6 +4,7 @@
 use crate::common::{Shutdown, lock_datadir, serve_metrics};
 use crate::config::{default_datadir, layered, to_toml};
 use crate::cpus::CpuList;
+use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics};
 use crate::progress::Progress;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger};
@@ -89,6 +90,24 @@ pub struct FollowArgs {
         env = "CAIRN_RPC_MAX_CONNECTIONS"
     )]
     rpc_max_connections: u32,
+    /// Most subscriptions one RPC connection may hold.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        env = "CAIRN_RPC_MAX_SUBSCRIPTIONS"
+    )]
+    rpc_max_subscriptions: u32,
+    /// KiB of events one RPC connection may hold unread; a subscription whose next event
+    /// would pass it is ended with an error notification (its client subscribes again), so a
+    /// client that never reads costs at most this much.
+    #[arg(
+        long,
+        value_name = "KIB",
+        default_value_t = 1024,
+        env = "CAIRN_RPC_QUEUED_KIB"
+    )]
+    rpc_queued_kib: usize,
     /// Where to start: `genesis`, `latest` (the upstream's latest finalization) or a block
     /// height. A start other than genesis walks the boundary certificates from the profile's
     /// genesis outcome to the checkpoint's epoch, verifying each with the key the one before it
@@ -149,6 +168,17 @@ pub struct FollowArgs {
     #[serde_as(as = "Option<DisplayFromStr>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cpus: Option<CpuList>,
+    /// Stop (exit status 1, with a message naming the datadir) when less than this many MiB
+    /// are free on the datadir's file system, checked at start and twice a second, before a
+    /// write can fail on a full disk: the storage layer panics on a failed write. What is
+    /// stored stays consistent; with room again the next start continues. 0 turns the check off.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        env = "CAIRN_MIN_FREE_DISK"
+    )]
+    min_free_disk: u64,
 }
 
 /// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
@@ -215,11 +245,34 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
         say!("running on CPUs {cpus}");
     }
     let _lock = lock_datadir(&datadir)?;
+    let disk = DiskGuard::new(&datadir, args.min_free_disk);
+    disk.check()?;
+    let serving = if args.rpc_addr.is_some() {
+        args.rpc_max_connections
+    } else {
+        0
+    };
+    let files = crate::fds::budget(serving, args.metrics_addr.is_some())?;
+    if let Some(warning) = &files.warning {
+        tracing::warn!("{warning}");
+        say!("warning: {warning}");
+        args.rpc_max_connections = files.rpc_connections;
+    }
+    exit_cleanly_on_storage_panics(&datadir);
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(workers)
         .with_storage_directory(datadir.join("store"));
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        follow(context.child("cairn"), args, datadir, urls, profile, target).await
+        follow(
+            context.child("cairn"),
+            args,
+            datadir,
+            urls,
+            profile,
+            target,
+            disk,
+        )
+        .await
     })
 }
 
@@ -328,6 +381,7 @@ async fn follow(
     urls: Vec<String>,
     profile: ChainProfile,
     target: CheckpointTarget,
+    disk: DiskGuard,
 ) -> eyre::Result<()> {
     // Ctrl-C and SIGTERM stop the follower cleanly from here on, the boundary walk and the
     // start-up catch-up included.
@@ -353,6 +407,8 @@ async fn follow(
                 RpcConfig {
                     chain_id: profile.chain_id,
                     max_connections: args.rpc_max_connections,
+                    max_subscriptions_per_connection: args.rpc_max_subscriptions,
+                    queued_bytes: args.rpc_queued_kib.saturating_mul(1024),
                     status: Some(status_source(board.clone(), datadir.clone())),
                     ..RpcConfig::default()
                 },
@@ -370,6 +426,7 @@ async fn follow(
     }
     let checkpoint = tokio::select! {
         checkpoint = checkpoint_for(&context, &urls, &profile, target) => checkpoint?,
+        err = disk.full() => return Err(err),
         () = shutdown.wait() => {
             say!("stopped before the follower started");
             return Ok(());
@@ -416,6 +473,7 @@ async fn follow(
     );
     let started = tokio::select! {
         started = starting_follower => started,
+        err = disk.full() => return Err(err),
         () = shutdown.wait() => {
             // What the start-up stored is durable batch by batch; the next start resumes it.
             say!(
@@ -465,6 +523,7 @@ async fn follow(
         args.backfill,
         !progress.has_bar(),
         &mut shutdown,
+        &disk,
     )
     .await;
     drop(progress);
@@ -565,6 +624,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     backfill: bool,
     lines: bool,
     shutdown: &mut Shutdown,
+    disk: &DiskGuard,
 ) -> eyre::Result<()> {
     let mut executed = follower.executed.clone();
     let chain = follower.chain.clone();
@@ -586,6 +646,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                 say!("stopping at verified height {}", *executed.borrow_and_update());
                 return Ok(());
             }
+            err = disk.full() => return Err(err),
             result = &mut stopped => {
                 return match result {
                     Ok(()) => Ok(()),

@@ -13,6 +13,8 @@ mod common;
 mod config;
 mod cpus;
 mod devnet;
+mod disk;
+mod fds;
 mod follow;
 mod followers;
 mod inspect;

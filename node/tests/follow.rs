@@ -16,6 +16,10 @@ use std::{
     time::Duration,
 };
 
+#[path = "follow/clients.rs"]
+mod clients;
+#[path = "follow/disk.rs"]
+mod disk;
 #[path = "follow/operator.rs"]
 mod operator;
 
@@ -1178,4 +1182,109 @@ async fn a_hundred_sigkills_lose_and_repeat_nothing() {
     for upstream in upstreams {
         upstream.stop();
     }
+}
+
+/// The height `eth_syncing` reports as current while a follower starts or catches up, or its
+/// served height once it is synced; `None` when it does not answer.
+async fn current_height(client: &HttpClient) -> Option<u64> {
+    let syncing: alloy_rpc_types_eth::SyncStatus =
+        client.request("eth_syncing", rpc_params![]).await.ok()?;
+    match syncing {
+        alloy_rpc_types_eth::SyncStatus::Info(info) => Some(info.current_block.to::<u64>()),
+        alloy_rpc_types_eth::SyncStatus::None => Some(block_number(client).await),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
+    use rand::{RngExt as _, SeedableRng as _};
+    // The reported case: 12,000 blocks over epochs of 10 (1,200 boundaries, far more than the
+    // 64 keys the registry keeps and than one epoch window), killed 20 times.
+    let blocks: u64 = cairn_tests::env_number("CAIRN_CRASH_BLOCKS", 12_000);
+    let kills: usize = cairn_tests::env_number("CAIRN_CRASH_KILLS", 20);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tip = blocks.to_string();
+    let devnet = CairnProcess::devnet(
+        cairn(),
+        &dir.path().join("devnet"),
+        &[
+            "--seed",
+            "7",
+            "--epoch-length",
+            "10",
+            "--bulk",
+            &tip,
+            "--until-height",
+            &tip,
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let devnet_rpc = devnet.http();
+    wait_for_height(&devnet_rpc, blocks, Duration::from_secs(600)).await;
+    let chain = dir.path().join("devnet").join("chain.json");
+    let datadir = dir.path().join("follower");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let mut logs = Vec::new();
+    let mut kill_heights = Vec::new();
+    let mut stored = 0;
+    for run in 0..=kills {
+        let log = dir.path().join(format!("follower-{run}.log"));
+        logs.push(log.clone());
+        let mut follower =
+            CairnProcess::follower_with(cairn(), &chain, &devnet.addr, &datadir, &log, &[])
+                .with_status_addr();
+        let rpc = follower.http();
+        if run == kills {
+            let follower = follower.with_rpc_addr_within(Duration::from_secs(600));
+            let rpc = follower.http();
+            wait_for_height(&rpc, blocks, Duration::from_secs(600)).await;
+            // Every block byte for byte, and the certificate of every boundary and the tip.
+            let heights: Vec<u64> = (0..=blocks).collect();
+            for chunk in heights.chunks(200) {
+                let ours = futures::future::join_all(chunk.iter().map(|h| raw_block(&rpc, *h)));
+                let theirs =
+                    futures::future::join_all(chunk.iter().map(|h| raw_block(&devnet_rpc, *h)));
+                let (ours, theirs) = futures::join!(ours, theirs);
+                for ((height, ours), theirs) in chunk.iter().zip(ours).zip(theirs) {
+                    assert_eq!(ours, theirs, "block {height} after {kills} kills");
+                }
+            }
+            for height in (9..=blocks).step_by(10).chain([blocks]) {
+                assert_eq!(
+                    finalization(&rpc, height).await,
+                    finalization(&devnet_rpc, height).await,
+                    "certificate {height}"
+                );
+            }
+            follower.stop();
+            break;
+        }
+        // Killed at a random moment of the start-up or the catch-up. A debug build opens its
+        // stores and walks a first window of boundaries in about a second, then stores about
+        // 2,000 blocks a second, so most runs store a little and are killed before the end.
+        let delay = Duration::from_millis(rng.random_range(100..=2_200));
+        let until = std::time::Instant::now() + delay;
+        while std::time::Instant::now() < until {
+            assert!(
+                follower.exited().is_none(),
+                "run {run} exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stored = current_height(&rpc).await.unwrap_or(stored).max(stored);
+        kill_heights.push((u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), stored));
+        follower.kill();
+    }
+    for log in &logs {
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(!text.contains("panicked"), "{}: {text}", log.display());
+    }
+    let during_catch_up = kill_heights.iter().filter(|(_, at)| *at < blocks).count();
+    eprintln!(
+        "{kills} SIGKILLs (ms after start, stored height seen last): {kill_heights:?}; {during_catch_up} before the catch-up ended; then every block of {blocks} equal to the devnet's"
+    );
+    assert!(during_catch_up >= kills / 2, "{kill_heights:?}");
+    devnet.stop();
 }

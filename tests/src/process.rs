@@ -147,6 +147,25 @@ impl CairnProcess {
         self
     }
 
+    /// Waits for the `status page at http://ADDR/status` line a follower prints once its RPC
+    /// server is bound, before its start-up (checkpoint walk, catch-up) is done, and records the
+    /// address: the server then answers `eth_syncing` and `cairn_status`.
+    pub fn with_status_addr(mut self) -> Self {
+        let line = self.wait_for_line("status page at http://");
+        self.addr = line
+            .trim_start_matches("status page at http://")
+            .split('/')
+            .next()
+            .expect("an address follows")
+            .to_string();
+        self
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The next line starting with `prefix` (earlier lines are skipped); panics when it has not
     /// come within two minutes or when the process closes its output.
     pub fn wait_for_line(&self, prefix: &str) -> String {
