@@ -25,7 +25,7 @@ use jsonrpsee::{
     types::{ErrorObjectOwned, error::INTERNAL_ERROR_CODE},
 };
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
@@ -688,31 +688,40 @@ pub struct RunningServer {
     pub handle: ServerHandle,
 }
 
+/// How long a new connection may take to send its first byte: a connection that sends nothing
+/// (half-open, or a client that connected and stalled) is closed then, and its slot freed.
+pub const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts the server on `addr` (WebSocket and HTTP on the same port).
+///
+/// The server accepts at most `max_connections` connections at once: past that it stops
+/// accepting, and further ones wait in the kernel's listen backlog, holding no descriptor of
+/// this process (jsonrpsee's own cap applies only once a request arrives, so connections that
+/// send nothing would each hold one). A connection that sends nothing within
+/// [`FIRST_BYTE_TIMEOUT`] is closed.
 pub async fn start<C: ChainReader>(
     addr: &str,
     chain: C,
     feed: FeedState,
     config: RpcConfig,
 ) -> Result<RunningServer, StartError> {
+    let bind_error = |error| StartError::Bind {
+        addr: addr.to_string(),
+        error,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
     let server_config = ServerConfig::builder()
         .max_connections(config.max_connections)
         .max_subscriptions_per_connection(config.max_subscriptions_per_connection)
         .set_message_buffer_capacity(config.message_buffer)
         .build();
-    let server = Server::builder()
+    let services = Server::builder()
         .set_config(server_config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(StatusPageLayer))
-        .build(addr)
-        .await
-        .map_err(|error| StartError::Bind {
-            addr: addr.to_string(),
-            error,
-        })?;
-    let local_addr = server.local_addr().map_err(|error| StartError::Bind {
-        addr: addr.to_string(),
-        error,
-    })?;
+        .to_service_builder();
     let handlers = RpcHandlers::new(chain, feed, config.chain_id, config.queued_bytes);
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());
     module
@@ -728,7 +737,49 @@ pub async fn start<C: ChainReader>(
     module
         .merge(status)
         .map_err(|err| StartError::Register(err.to_string()))?;
-    let handle = server.start(module);
+    let methods: jsonrpsee::Methods = module.into();
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(config.max_connections.max(1)).unwrap_or(usize::MAX),
+    ));
+    tokio::spawn(async move {
+        let stopped = stop.clone().shutdown();
+        tokio::pin!(stopped);
+        loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = &mut stopped => return,
+            };
+            let Ok(slot) = slot else { return };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of descriptors, most likely: wait for some to be freed.
+                        warn!(%err, "the rpc server could not accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                        continue;
+                    }
+                },
+                () = &mut stopped => return,
+            };
+            let service = services.clone().build(methods.clone(), stop.clone());
+            let stopping = stop.clone().shutdown();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(read)) if read > 0 => {}
+                    _ => return,
+                }
+                if let Err(err) =
+                    jsonrpsee::server::serve_with_graceful_shutdown(stream, service, stopping).await
+                {
+                    debug!(%err, "rpc connection ended");
+                }
+                drop(slot);
+            });
+        }
+    });
     info!(%local_addr, "rpc server listening (ws and http)");
     Ok(RunningServer { local_addr, handle })
 }

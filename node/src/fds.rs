@@ -1,7 +1,8 @@
 //! The open-file budget: every RPC and metrics connection holds a file descriptor, and so do
 //! the stores, which open files as they grow; commonware's storage panics when it cannot. At
-//! start the soft open-file limit is raised to the hard one, and the connection caps are
-//! lowered, with a warning, to what the limit leaves after the stores' share.
+//! start the soft open-file limit is raised to the hard one, and the RPC connection cap is
+//! lowered, with a warning, to what the limit leaves after the stores' and the other
+//! listeners' shares.
 
 use eyre::eyre;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -13,6 +14,9 @@ pub const RESERVED_FILES: u64 = 640;
 
 /// Connections the metrics server serves at once (scrapes are short).
 pub const METRICS_CONNECTIONS: usize = 32;
+
+/// Connections the admin listener (`--admin-addr`) serves at once.
+pub const ADMIN_CONNECTIONS: u32 = 16;
 
 /// The fewest RPC connections a node serves; a limit that leaves fewer is refused.
 const MIN_RPC_CONNECTIONS: u64 = 16;
@@ -28,9 +32,9 @@ pub struct Budget {
     pub warning: Option<String>,
 }
 
-/// Raises the soft open-file limit to the hard one and fits `rpc_connections` (and the metrics
-/// server's cap, when it runs) under it.
-pub fn budget(rpc_connections: u32, metrics: bool) -> eyre::Result<Budget> {
+/// Raises the soft open-file limit to the hard one and fits `rpc_connections` (and the caps of
+/// the metrics server and the admin listener, when they run) under it.
+pub fn budget(rpc_connections: u32, metrics: bool, admin: bool) -> eyre::Result<Budget> {
     let current = getrlimit(Resource::Nofile);
     if current.current != current.maximum {
         // Raising the soft limit up to the hard one needs no privilege.
@@ -43,17 +47,21 @@ pub fn budget(rpc_connections: u32, metrics: bool) -> eyre::Result<Budget> {
         );
     }
     let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    fit(limit, rpc_connections, metrics)
-}
-
-/// [`budget`] for a given soft limit.
-fn fit(limit: u64, rpc_connections: u32, metrics: bool) -> eyre::Result<Budget> {
-    let metrics_share = if metrics {
+    let others = if metrics {
         METRICS_CONNECTIONS as u64
     } else {
         0
+    } + if admin {
+        u64::from(ADMIN_CONNECTIONS)
+    } else {
+        0
     };
-    let left = limit.saturating_sub(RESERVED_FILES + metrics_share);
+    fit(limit, rpc_connections, others)
+}
+
+/// [`budget`] for a given soft limit, with `others` descriptors kept for the other listeners.
+fn fit(limit: u64, rpc_connections: u32, others: u64) -> eyre::Result<Budget> {
+    let left = limit.saturating_sub(RESERVED_FILES + others);
     if left < MIN_RPC_CONNECTIONS {
         return Err(eyre!(
             "the open-file limit is {limit}: the stores need about {RESERVED_FILES} and RPC at least {MIN_RPC_CONNECTIONS} more; raise it (`ulimit -n 4096`, or LimitNOFILE= in a systemd unit)"
@@ -62,8 +70,7 @@ fn fit(limit: u64, rpc_connections: u32, metrics: bool) -> eyre::Result<Budget> 
     let fitted = u32::try_from(left).unwrap_or(u32::MAX).min(rpc_connections);
     let warning = (fitted < rpc_connections).then(|| {
         format!(
-            "open-file limit {limit}: --rpc-max-connections lowered from {rpc_connections} to {fitted}, keeping {RESERVED_FILES} for the stores{}; raise the limit (`ulimit -n`) to serve more",
-            if metrics { " and 32 for metrics" } else { "" }
+            "open-file limit {limit}: --rpc-max-connections lowered from {rpc_connections} to {fitted}, keeping {RESERVED_FILES} for the stores and {others} for the metrics and admin listeners; raise the limit (`ulimit -n`) to serve more"
         )
     });
     Ok(Budget {
@@ -79,19 +86,16 @@ mod tests {
 
     #[test]
     fn connection_caps_fit_under_the_open_file_limit() {
-        let roomy = fit(1 << 20, 2048, true).expect("fits");
+        let roomy = fit(1 << 20, 2048, 48).expect("fits");
         assert_eq!((roomy.rpc_connections, roomy.warning), (2048, None));
 
-        let tight = fit(1024, 2048, true).expect("fits once lowered");
-        assert_eq!(u64::from(tight.rpc_connections), 1024 - RESERVED_FILES - 32);
+        let tight = fit(1024, 2048, 48).expect("fits once lowered");
+        assert_eq!(u64::from(tight.rpc_connections), 1024 - RESERVED_FILES - 48);
         assert!(tight.warning.expect("warns").contains("lowered from 2048"));
-        let without_metrics = fit(1024, 2048, false).expect("fits");
-        assert_eq!(
-            u64::from(without_metrics.rpc_connections),
-            1024 - RESERVED_FILES
-        );
+        let alone = fit(1024, 2048, 0).expect("fits");
+        assert_eq!(u64::from(alone.rpc_connections), 1024 - RESERVED_FILES);
 
-        let err = fit(256, 2048, false).expect_err("too low for the stores");
+        let err = fit(256, 2048, 0).expect_err("too low for the stores");
         assert!(err.to_string().contains("ulimit -n"), "{err}");
     }
 }

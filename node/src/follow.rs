@@ -90,6 +90,13 @@ pub struct FollowArgs {
         env = "CAIRN_RPC_MAX_CONNECTIONS"
     )]
     rpc_max_connections: u32,
+    /// Also serve the status page, `cairn_status` and every RPC method on this address, with
+    /// its own cap of 16 connections, so that the operator is never locked out when
+    /// --rpc-addr is full (keep it on loopback or a private network). Port 0 lets the OS
+    /// choose. [default: none]
+    #[arg(long, value_name = "ADDR", env = "CAIRN_ADMIN_ADDR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_addr: Option<String>,
     /// Most subscriptions one RPC connection may hold.
     #[arg(
         long,
@@ -252,7 +259,11 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
     } else {
         0
     };
-    let files = crate::fds::budget(serving, args.metrics_addr.is_some())?;
+    let files = crate::fds::budget(
+        serving,
+        args.metrics_addr.is_some(),
+        args.admin_addr.is_some(),
+    )?;
     if let Some(warning) = &files.warning {
         tracing::warn!("{warning}");
         say!("warning: {warning}");
@@ -398,20 +409,21 @@ async fn follow(
     let feed = FeedState::default();
     let board = StatusBoard::default();
     let served = LateChain::default();
+    let rpc_config = |max_connections| RpcConfig {
+        chain_id: profile.chain_id,
+        max_connections,
+        max_subscriptions_per_connection: args.rpc_max_subscriptions,
+        queued_bytes: args.rpc_queued_kib.saturating_mul(1024),
+        status: Some(status_source(board.clone(), datadir.clone())),
+        ..RpcConfig::default()
+    };
     let server = match &args.rpc_addr {
         Some(addr) => Some(
             cairn_feed::start(
                 addr,
                 served.clone(),
                 feed.clone(),
-                RpcConfig {
-                    chain_id: profile.chain_id,
-                    max_connections: args.rpc_max_connections,
-                    max_subscriptions_per_connection: args.rpc_max_subscriptions,
-                    queued_bytes: args.rpc_queued_kib.saturating_mul(1024),
-                    status: Some(status_source(board.clone(), datadir.clone())),
-                    ..RpcConfig::default()
-                },
+                rpc_config(args.rpc_max_connections),
             )
             .await
             .wrap_err_with(|| format!("--rpc-addr {addr}"))?,
@@ -424,6 +436,24 @@ async fn follow(
             "status page at http://{addr}/status (the chain is served once the follower has started)"
         );
     }
+    let admin = match &args.admin_addr {
+        Some(addr) => {
+            let admin = cairn_feed::start(
+                addr,
+                served.clone(),
+                feed.clone(),
+                rpc_config(crate::fds::ADMIN_CONNECTIONS),
+            )
+            .await
+            .wrap_err_with(|| format!("--admin-addr {addr}"))?;
+            say!(
+                "admin status page at http://{}/status (cairn status --rpc {0})",
+                admin.local_addr
+            );
+            Some(admin)
+        }
+        None => None,
+    };
     let checkpoint = tokio::select! {
         checkpoint = checkpoint_for(&context, &urls, &profile, target) => checkpoint?,
         err = disk.full() => return Err(err),
@@ -527,7 +557,7 @@ async fn follow(
     )
     .await;
     drop(progress);
-    if let Some(server) = server {
+    for server in [server, admin].into_iter().flatten() {
         let _ = server.handle.stop();
     }
     result

@@ -1029,6 +1029,18 @@ async fn an_upstream_restarting_every_two_seconds_leaves_the_follower_within_a_b
                     .or_insert(std::time::Instant::now());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // The upstream's last sampled heights reach the follower a moment after the
+            // sampling ended: sample the follower until it passes them, within a bound.
+            let last = upstream_seen.keys().next_back().copied().unwrap_or(0);
+            let bound = std::time::Instant::now() + Duration::from_secs(10);
+            while follower_seen.keys().next_back().copied().unwrap_or(0) < last
+                && std::time::Instant::now() < bound
+            {
+                follower_seen
+                    .entry(block_number(&follower_rpc).await)
+                    .or_insert(std::time::Instant::now());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             (upstream_seen, follower_seen)
         }
     });
