@@ -44,6 +44,30 @@ pub enum StoreError {
     /// A failed write destroyed the archive handle; the store cannot be used any more.
     #[error("the store was poisoned by an earlier failed write")]
     Poisoned,
+    /// The block stored at a height fails its checksum or does not decode, and no repaired
+    /// copy is stored yet.
+    #[error("block {height} is damaged on disk ({detail}); it is fetched again from the upstreams")]
+    Corrupt {
+        /// Its height.
+        height: u64,
+        /// What the store found.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the stored data itself is damaged (a checksum that fails, a record that does
+    /// not decode), as opposed to a store that cannot be read or written.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Decode { .. } | Self::Corrupt { .. } => true,
+            Self::Archive { error, .. } => {
+                let text = error.to_string().to_lowercase();
+                text.contains("checksum") || text.contains("corrupt") || text.contains("codec")
+            }
+            Self::Poisoned => false,
+        }
+    }
 }
 
 /// The page cache shared by a node's archives.
@@ -290,6 +314,13 @@ impl Read for TxLocation {
 /// can have entries already, so new blocks are indexed without looking any key up.
 pub struct BlockStore<E: StoreContext> {
     archive: SharedArchive<immutable::Archive<E, Digest, StoredBlock>>,
+    /// Blocks fetched again for heights whose stored copy is damaged (the archive is
+    /// write-once): reads fall back to them.
+    repaired: SharedArchive<immutable::Archive<E, Digest, StoredBlock>>,
+    /// Heights found damaged and not repaired yet.
+    damaged: Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    /// Damaged heights found, and repaired, since the store was opened.
+    counts: Arc<std::sync::Mutex<(u64, u64)>>,
     transactions: SharedArchive<prunable::Archive<EightCap, E, Digest, TxLocation>>,
     cursor: Arc<Mutex<IndexCursor>>,
     tx_limit: u64,
@@ -308,6 +339,9 @@ impl<E: StoreContext> Clone for BlockStore<E> {
     fn clone(&self) -> Self {
         Self {
             archive: self.archive.clone(),
+            repaired: self.repaired.clone(),
+            damaged: self.damaged.clone(),
+            counts: self.counts.clone(),
             transactions: self.transactions.clone(),
             cursor: self.cursor.clone(),
             tx_limit: self.tx_limit,
@@ -340,6 +374,19 @@ impl<E: StoreContext> BlockStore<E> {
             what: "opening blocks",
             error,
         })?;
+        let repaired = immutable::Archive::init(
+            context.child("repaired"),
+            archive_config(
+                &format!("{prefix}-repaired"),
+                page_cache.clone(),
+                BlockCodecConfig::default(),
+            ),
+        )
+        .await
+        .map_err(|error| StoreError::Archive {
+            what: "opening repaired blocks",
+            error,
+        })?;
         let transactions = prunable::Archive::init(
             context.child("transactions"),
             tx_index_config(&format!("{prefix}-tx-index"), page_cache, tx_limit),
@@ -363,6 +410,9 @@ impl<E: StoreContext> BlockStore<E> {
         };
         Ok(Self {
             archive: SharedArchive::new(archive),
+            repaired: SharedArchive::new(repaired),
+            damaged: Arc::default(),
+            counts: Arc::default(),
             transactions: SharedArchive::new(transactions),
             cursor: Arc::new(Mutex::new(IndexCursor {
                 next_entry: last_entry.map_or(0, |last| last + 1),
@@ -518,21 +568,99 @@ impl<E: StoreContext> BlockStore<E> {
         Ok(wrote)
     }
 
-    /// The block at `height`.
+    /// The block at `height`. A stored copy that is damaged is answered from its repaired
+    /// copy when there is one, else with [`StoreError::Corrupt`] (the height is then listed by
+    /// [`Self::damaged`]).
     pub async fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
         const WHAT: &str = "reading a block";
-        let stored = self.archive.get(Identifier::Index(height), WHAT).await?;
-        stored.map(|stored| decode(&stored, WHAT)).transpose()
+        self.read(height, WHAT, |stored| decode(stored, WHAT)).await
     }
 
     /// The raw block at `height` (as [`Block::raw_rlp`] gives it), read without decoding
     /// the block; `None` when it is not stored or its body is unknown.
     pub async fn get_raw(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let stored = self
-            .archive
-            .get(Identifier::Index(height), "reading a raw block")
+        let raw = self
+            .read(height, "reading a raw block", |stored| Ok(stored.raw_rlp()))
             .await?;
-        Ok(stored.as_ref().and_then(StoredBlock::raw_rlp))
+        Ok(raw.flatten())
+    }
+
+    /// `read` of the block stored at `height`, from its repaired copy when the first one is
+    /// damaged (its checksum fails, or `read` finds it does not decode).
+    async fn read<T>(
+        &self,
+        height: u64,
+        what: &'static str,
+        read: impl Fn(&StoredBlock) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let damage = match self.archive.get(Identifier::Index(height), what).await {
+            Ok(Some(stored)) => match read(&stored) {
+                Ok(value) => return Ok(Some(value)),
+                Err(error) => error,
+            },
+            Ok(None) => return Ok(None),
+            Err(error) if error.is_corruption() => error,
+            Err(error) => return Err(error),
+        };
+        if let Some(repaired) = self.repaired.get(Identifier::Index(height), what).await? {
+            return read(&repaired).map(Some);
+        }
+        let newly = self
+            .damaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(height);
+        if newly {
+            self.counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0 += 1;
+            tracing::warn!(height, %damage, "a stored block is damaged; it will be fetched again");
+        }
+        Err(StoreError::Corrupt {
+            height,
+            detail: damage.to_string(),
+        })
+    }
+
+    /// The heights found damaged and not repaired yet, lowest first.
+    pub fn damaged(&self) -> Vec<u64> {
+        self.damaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Damaged heights found and repaired since the store was opened.
+    pub fn damage_counts(&self) -> (u64, u64) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `block` as the repaired copy of its height, synced; the caller has checked that
+    /// it is the block the chain holds there.
+    pub async fn put_repaired(&self, block: &Block) -> Result<(), StoreError> {
+        self.repaired
+            .put_sync(
+                block.height(),
+                block.hash(),
+                &StoredBlock::new(block),
+                "storing a repaired block",
+            )
+            .await?;
+        self.damaged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&block.height());
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1 += 1;
+        Ok(())
     }
 
     /// The block with hash `hash`.

@@ -273,6 +273,40 @@ async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
     }
 }
 
+/// How often stored blocks found damaged are fetched again.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fetches again, from the upstreams, every stored block found damaged on disk (its checksum
+/// fails when it is read), highest first, and stores it once it hashes to what the stored
+/// chain names at its height; tries again every [`REPAIR_INTERVAL`] while any is left.
+async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(
+    context: E,
+    execution: EmbeddedExecution<E>,
+    sources: Sources<U>,
+) {
+    loop {
+        context.sleep(REPAIR_INTERVAL).await;
+        for height in execution.damaged().into_iter().rev() {
+            let fetched = match sources.get_blocks(height, height).await {
+                Ok(blocks) => blocks.into_iter().find(|block| block.height() == height),
+                Err(err) => {
+                    warn!(height, %err, "fetching a damaged block again failed; trying again");
+                    None
+                }
+            };
+            let Some(block) = fetched else { continue };
+            match execution.repair(&block).await {
+                Ok(true) => info!(
+                    height,
+                    "a damaged block was fetched again, checked against the hash chain and stored"
+                ),
+                Ok(false) => {}
+                Err(err) => warn!(height, %err, "a damaged block could not be repaired"),
+            }
+        }
+    }
+}
+
 fn nonzero(value: usize) -> NonZeroUsize {
     NonZeroUsize::new(value.max(1)).expect("at least one")
 }
@@ -608,6 +642,13 @@ where
     )
     .await;
 
+    {
+        let execution = execution.clone();
+        let sources = sources.clone();
+        context
+            .child("repair")
+            .spawn(move |context| repair_damaged(context, execution, sources));
+    }
     let (backfill_done, backfilled) = watch::channel(None);
     if config.backfill && execution.first_height() > 0 {
         let execution = execution.clone();

@@ -302,6 +302,44 @@ impl<E: StoreContext> EmbeddedExecution<E> {
         Ok(())
     }
 
+    /// The heights whose stored block is damaged and not repaired yet, lowest first.
+    pub fn damaged(&self) -> Vec<u64> {
+        self.blocks.damaged()
+    }
+
+    /// Damaged heights found, and repaired, since the store was opened.
+    pub fn damage_counts(&self) -> (u64, u64) {
+        self.blocks.damage_counts()
+    }
+
+    /// Stores `block`, fetched again for a height whose stored copy is damaged, once it is the
+    /// block the stored chain holds there: the parent the stored block above names, or the
+    /// tip's hash for the tip. Returns whether it was stored; `false` when the block above is
+    /// damaged too (it is repaired first, from the top).
+    pub async fn repair(&self, block: &Block) -> Result<bool, ExecutionError> {
+        let height = block.height();
+        let tip = self.tip();
+        let expected = if height == tip.height {
+            tip.hash
+        } else {
+            match self.blocks.get(height + 1).await {
+                Ok(Some(above)) => above.parent(),
+                Ok(None) => return Err(ExecutionError::Missing(height + 1)),
+                Err(err) if err.is_corruption() => return Ok(false),
+                Err(err) => return Err(err.into()),
+            }
+        };
+        if block.hash() != expected {
+            return Err(ExecutionError::NotParent {
+                height,
+                hash: block.hash(),
+                expected,
+            });
+        }
+        self.blocks.put_repaired(block).await?;
+        Ok(true)
+    }
+
     /// The hash of the block at the finalized height.
     pub fn finalized_hash(&self) -> Digest {
         self.tip().hash

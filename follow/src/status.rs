@@ -197,6 +197,13 @@ pub struct FollowerStatus {
     /// Times the follower, far behind while running, rejoined through the hash chain.
     #[serde(default)]
     pub rejoins: u64,
+    /// Stored blocks found damaged on disk (a checksum that fails) since the start.
+    #[serde(default)]
+    pub damaged_blocks: u64,
+    /// Of those, the ones fetched again from the upstreams, checked against the hash chain
+    /// and stored again.
+    #[serde(default)]
+    pub repaired_blocks: u64,
     /// Blocks verified per second over the last sample.
     pub blocks_per_second: f64,
     /// Milliseconds since the Unix epoch when this was sampled.
@@ -252,6 +259,8 @@ struct StatusMetrics {
     identity_rotations: Gauge,
     blocks_per_second: Gauge,
     rejoins: Gauge,
+    damaged_blocks: Gauge,
+    repaired_blocks: Gauge,
     rejected: Registered<Family<CheckLabel, Counter>>,
     upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
@@ -293,6 +302,14 @@ impl StatusMetrics {
             rejoins: context.gauge(
                 "rejoins",
                 "Times the follower, far behind while running, rejoined through the hash chain",
+            ),
+            damaged_blocks: context.gauge(
+                "damaged_blocks",
+                "Stored blocks found damaged on disk (a failing checksum) since the start",
+            ),
+            repaired_blocks: context.gauge(
+                "repaired_blocks",
+                "Damaged blocks fetched again, checked against the hash chain and stored again",
             ),
             rejected: context.family(
                 "rejected_events",
@@ -345,6 +362,8 @@ impl StatusMetrics {
             status.blocks_per_second.round() as u64,
         );
         set(&self.rejoins, status.rejoins);
+        set(&self.damaged_blocks, status.damaged_blocks);
+        set(&self.repaired_blocks, status.repaired_blocks);
         for (check, count) in &status.rejected_by_check {
             let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
             self.rejected
@@ -428,6 +447,8 @@ impl<E: StoreContext> Sampled<E> {
                 .map(|(check, count)| ((*check).to_string(), *count))
                 .collect(),
             rejoins: upstream.rejoins,
+            damaged_blocks: self.execution.damage_counts().0,
+            repaired_blocks: self.execution.damage_counts().1,
             blocks_per_second: rate,
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)

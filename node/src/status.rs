@@ -187,6 +187,14 @@ pub fn summary(status: &Value) -> String {
                 format!(": {by_check}")
             }
         );
+        let damaged = u64_of(status, "damagedBlocks");
+        if damaged > 0 {
+            let _ = writeln!(
+                out,
+                "damaged blocks on disk {damaged}, fetched again and repaired {}",
+                u64_of(status, "repairedBlocks")
+            );
+        }
         let evidence = list(status, "evidence");
         if evidence.is_empty() {
             let _ = writeln!(out, "evidence of conflicting certificates: none");

@@ -793,6 +793,24 @@ fn seeded_devnet_at(datadir: &Path, block_time: &str, addr: &str, extra: &[&str]
     CairnProcess::devnet(cairn(), datadir, &args)
 }
 
+/// A devnet with seed 7 and epochs of 10 that first generates `blocks` blocks at full speed,
+/// with `extra` arguments.
+fn bulk_devnet(datadir: &Path, blocks: u64, extra: &[&str]) -> CairnProcess {
+    let blocks = blocks.to_string();
+    let mut args = vec![
+        "--seed",
+        "7",
+        "--epoch-length",
+        "10",
+        "--bulk",
+        &blocks,
+        "--rpc-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    CairnProcess::devnet(cairn(), datadir, &args)
+}
+
 /// What the follower shows of a byzantine source: its label in the status line and a phrase of
 /// the `warn` line that logs it.
 #[derive(Clone, Copy, Debug)]
@@ -1207,6 +1225,36 @@ async fn current_height(client: &HttpClient) -> Option<u64> {
     }
 }
 
+/// While a follower starts or catches up towards `tip`: `eth_blockNumber` answers 204 or a
+/// height above 0, and `eth_syncing` is not `false` while the follower is more than 128 blocks
+/// behind. Returns how many answers were checked.
+async fn assert_honest_while_behind(client: &HttpClient, tip: u64) -> usize {
+    let number: Result<alloy_primitives::U64, _> =
+        client.request("eth_blockNumber", rpc_params![]).await;
+    let served = match number {
+        Ok(number) => {
+            assert!(number.to::<u64>() > 0, "eth_blockNumber answered 0");
+            Some(number.to::<u64>())
+        }
+        Err(jsonrpsee::core::ClientError::Call(err)) => {
+            assert_eq!(err.code(), 204, "{err}");
+            None
+        }
+        Err(_) => return 0,
+    };
+    let syncing: Result<alloy_rpc_types_eth::SyncStatus, _> =
+        client.request("eth_syncing", rpc_params![]).await;
+    if let Ok(alloy_rpc_types_eth::SyncStatus::None) = syncing {
+        let served = served.unwrap_or(0);
+        assert!(
+            served + 128 >= tip,
+            "eth_syncing false at {served}, {} behind",
+            tip - served
+        );
+    }
+    2
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
     use rand::{RngExt as _, SeedableRng as _};
@@ -1216,21 +1264,10 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
     let kills: usize = cairn_tests::env_number("CAIRN_CRASH_KILLS", 20);
     let dir = tempfile::tempdir().expect("temp dir");
     let tip = blocks.to_string();
-    let devnet = CairnProcess::devnet(
-        cairn(),
+    let devnet = bulk_devnet(
         &dir.path().join("devnet"),
-        &[
-            "--seed",
-            "7",
-            "--epoch-length",
-            "10",
-            "--bulk",
-            &tip,
-            "--until-height",
-            &tip,
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
+        blocks,
+        &["--until-height", &tip],
     );
     let devnet_rpc = devnet.http();
     wait_for_height(&devnet_rpc, blocks, Duration::from_secs(600)).await;
@@ -1240,6 +1277,7 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
     let mut logs = Vec::new();
     let mut kill_heights = Vec::new();
     let mut stored = 0;
+    let mut answers = 0;
     for run in 0..=kills {
         let log = dir.path().join(format!("follower-{run}.log"));
         logs.push(log.clone());
@@ -1283,6 +1321,7 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
                 "run {run} exited: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
+            answers += assert_honest_while_behind(&rpc, blocks).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         stored = current_height(&rpc).await.unwrap_or(stored).max(stored);
@@ -1295,8 +1334,9 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
     }
     let during_catch_up = kill_heights.iter().filter(|(_, at)| *at < blocks).count();
     eprintln!(
-        "{kills} SIGKILLs (ms after start, stored height seen last): {kill_heights:?}; {during_catch_up} before the catch-up ended; then every block of {blocks} equal to the devnet's"
+        "{kills} SIGKILLs (ms after start, stored height seen last): {kill_heights:?}; {during_catch_up} before the catch-up ended; {answers} answers of eth_blockNumber and eth_syncing checked meanwhile; then every block of {blocks} equal to the devnet's"
     );
     assert!(during_catch_up >= kills / 2, "{kill_heights:?}");
+    assert!(answers > 100, "{answers} start-up answers checked");
     devnet.stop();
 }

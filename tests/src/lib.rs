@@ -457,30 +457,14 @@ pub fn committee_chain(
     count: u64,
     epoch_length: u64,
 ) -> (ChainProfile, Vec<CertifiedBlock>) {
-    let profile = committee_profile(committee, epoch_length);
-    let genesis = Block::header_only(profile.genesis_header.clone().expect("genesis header"));
-    let mut parent = genesis.hash();
-    let mut chain = Vec::new();
-    for height in 1..=count {
-        let epoch = height / epoch_length;
-        let extra = if profile.epochs.is_boundary(height) {
-            committee.outcome(epoch + 1, false).to_bytes()
-        } else {
-            Vec::new()
-        };
-        let (mut header, body) = test_block(height, epoch, height, extra).into_parts();
-        header.inner.parent_hash = parent.0;
-        let block = Block::new(header, body).expect("body unchanged");
-        parent = block.hash();
-        chain.push(committee.certify(block, epoch, height));
-    }
-    (profile, chain)
+    rotating_chain(std::slice::from_ref(committee), count, epoch_length)
 }
 
-/// A profile and `count` blocks linked on top of its genesis whose network identity changes at
-/// every epoch: epoch `e` is certified by `committees[e % n]`, and each boundary block announces
-/// the next epoch's committee (a full DKG at every boundary). A follower that verifies an epoch
-/// with any key but the one its boundary announced fails.
+/// A profile and `count` blocks linked on top of its genesis, epoch `e` certified by
+/// `committees[e % n]`, each boundary block announcing the next epoch's committee. With several
+/// committees the network identity changes at every epoch (a full DKG at every boundary), so a
+/// follower that verifies an epoch with any key but the one its boundary announced fails; with
+/// one, every boundary is a reshare to the same committee.
 pub fn rotating_chain(
     committees: &[TestCommittee],
     count: u64,
@@ -494,7 +478,9 @@ pub fn rotating_chain(
     for height in 1..=count {
         let epoch = height / epoch_length;
         let extra = if profile.epochs.is_boundary(height) {
-            committee_of(epoch + 1).outcome(epoch + 1, true).to_bytes()
+            committee_of(epoch + 1)
+                .outcome(epoch + 1, committees.len() > 1)
+                .to_bytes()
         } else {
             Vec::new()
         };

@@ -114,22 +114,7 @@ async fn assert_converged(follower: &CairnProcess, devnet: &CairnProcess, what: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_follower_with_status_1_and_room_again_lets_it_converge() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let devnet = CairnProcess::devnet(
-        cairn(),
-        &dir.path().join("devnet"),
-        &[
-            "--seed",
-            "7",
-            "--epoch-length",
-            "10",
-            "--bulk",
-            "3000",
-            "--block-time",
-            "100ms",
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
-    );
+    let devnet = super::bulk_devnet(&dir.path().join("devnet"), 3000, &["--block-time", "100ms"]);
     wait_for_height(&devnet.http(), 3000, Duration::from_secs(300)).await;
     let chain = dir.path().join("devnet").join("chain.json");
     let disk = SmallDisk::mount(&dir.path().join("disk"), 48);

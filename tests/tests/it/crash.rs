@@ -272,3 +272,72 @@ fn a_registry_left_ahead_of_the_stored_chain_is_trimmed_and_the_missing_keys_red
         assert_eq!(loaded.restored, 2);
     });
 }
+
+#[test]
+fn a_damaged_block_on_disk_is_found_fetched_again_and_served() {
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let (_, checkpoint) = runner(5).start_and_recover(|context| async move {
+        let (_, reached) = run_until(&context, profile, chain, None).await;
+        assert!(reached);
+    });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        use commonware_runtime::{Blob as _, Storage as _};
+        // Bytes in the middle of the blocks' value file turned to garbage.
+        let partition = "follow-crash-execution-blocks-freezer-value";
+        let names = context
+            .scan(partition)
+            .await
+            .expect("the blocks are stored");
+        let (blob, size) = context.open(partition, &names[0]).await.expect("opens");
+        blob.write_at(size / 2, vec![0xff_u8; 64], Default::default())
+            .await
+            .expect("writes");
+        blob.sync().await.expect("syncs");
+        drop(blob);
+
+        let board = cairn_follow::status::StatusBoard::default();
+        let follower = follow_with(
+            &context,
+            "a",
+            FeedState::default(),
+            upstream(&context, chain),
+            EngineConfig {
+                status: board.clone(),
+                ..config(profile)
+            },
+        )
+        .await;
+        // Read every block until each is served right: the damaged ones fail at first, are
+        // fetched again in the background, and are then served from their repaired copy.
+        let mut failed = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let mut wrong = 0;
+            for certified in chain {
+                let block = certified.block.as_ref().expect("block");
+                match follower.chain.block_at(block.height()).await {
+                    Ok(Some(served)) => assert_eq!(&served, block, "block {}", block.height()),
+                    Ok(None) => panic!("block {} is stored", block.height()),
+                    Err(err) => {
+                        assert!(err.to_string().contains("damaged"), "{err}");
+                        failed.insert(block.height());
+                        wrong += 1;
+                    }
+                }
+            }
+            if wrong == 0 && !failed.is_empty() {
+                break;
+            }
+            context.sleep(Duration::from_millis(500)).await;
+        }
+        assert!(!failed.is_empty(), "the garbage hit a block");
+        assert_serves_the_chain(&follower, chain).await;
+        context.sleep(Duration::from_millis(500)).await;
+        let status = board.latest();
+        assert_eq!(
+            (status.damaged_blocks, status.repaired_blocks),
+            (failed.len() as u64, failed.len() as u64),
+            "{failed:?}"
+        );
+    });
+}
