@@ -3,11 +3,11 @@
 //! verifier registry before anything is verified (the strongest startup trust), so an epoch is
 //! registered once across the node's lifetime and never re-derived from unverified data.
 //!
-//! A key is registered once the boundary block announcing it is stored, never ahead of the
-//! stored chain by more than that one epoch. A kill between storing a boundary and persisting
-//! its key therefore leaves at most the newest keys missing; [`EpochRegistry::load_for_chain`]
-//! re-derives them at start from the stored boundary blocks, which were authenticated before
-//! they were stored.
+//! Catch-up registers a key once the boundary block announcing it is stored, and the driver
+//! registers one from a boundary marshal delivers, just before the block is executed. A kill
+//! between storing a boundary and persisting its key therefore leaves at most the newest keys
+//! missing; [`EpochRegistry::load_for_chain`] re-derives them at start from the stored boundary
+//! blocks, which were authenticated before they were stored.
 
 use crate::{
     execution::{ExecutionError, ExecutionProvider},
@@ -95,8 +95,8 @@ pub enum RegistryError {
 pub struct Loaded {
     /// Keys loaded from disk.
     pub restored: usize,
-    /// Stored keys of epochs above the stored chain's next height, dropped (they are verified
-    /// again when the chain reaches them).
+    /// Stored keys of epochs above the stored chain's next height, dropped because a key the
+    /// chain needs was missing (they are verified again when the chain reaches them).
     pub discarded: Vec<u64>,
     /// Epochs whose key was missing and was re-derived from a stored boundary block.
     pub rederived: Vec<u64>,
@@ -199,16 +199,18 @@ impl<E: StoreContext> EpochRegistry<E> {
         Ok(entries.len())
     }
 
-    /// Loads the stored keys the chain in `execution` can use into `provider`, after
-    /// `trusted` (keys the caller verified itself, such as a checkpoint's) are registered.
+    /// Loads the stored keys into `provider`, with `trusted` (keys the caller verified itself,
+    /// such as a checkpoint's), making sure the keys the chain in `execution` needs are there:
+    /// those of the stored tip's epoch and of the next height's epoch.
     ///
-    /// Keys of epochs above the one of the stored tip's next height are dropped from disk: no
-    /// stored block needs them yet, and the boundaries that announce them are verified again
-    /// when the chain reaches them (they were stored ahead of their blocks by an older
-    /// catch-up, and would crowd out the keys the tip needs in the bounded registry). The keys
-    /// of the tip's epoch and of the next height's epoch are then re-derived from the stored
-    /// boundary blocks (or the genesis outcome) when missing, and persisted: a kill between
-    /// storing a boundary and persisting its key leaves exactly that.
+    /// A kill between storing a boundary and persisting its key leaves that key missing: it is
+    /// re-derived from the stored boundary block (or the genesis outcome) and persisted. When a
+    /// needed key is missing, keys of epochs above the next height's are dropped first: no
+    /// stored block needs them yet, the boundaries that announce them are verified again when
+    /// the chain reaches them, and in the bounded registry they would crowd out the keys the tip
+    /// needs (an older catch-up stored keys a whole window ahead of its blocks). Keys a little
+    /// ahead while the needed ones are present (a boundary delivered and registered before its
+    /// block was executed) are kept, so they are not registered twice.
     pub async fn load_for_chain(
         &self,
         provider: &SchemeProvider,
@@ -222,18 +224,27 @@ impl<E: StoreContext> EpochRegistry<E> {
         let horizon = epochs.epoch_of(tip.saturating_add(1)).get();
         let mut loaded = Loaded::default();
         let mut entries = self.entries().await?;
-        loaded.discarded = entries
-            .iter()
-            .map(|(epoch, _)| *epoch)
-            .filter(|epoch| *epoch > horizon)
-            .collect();
+        let present = |epoch: u64| {
+            entries
+                .iter()
+                .chain(trusted)
+                .any(|(stored, _)| *stored == epoch)
+        };
+        let needs_repair = !present(tip_epoch) || !present(horizon);
+        if needs_repair {
+            loaded.discarded = entries
+                .iter()
+                .map(|(epoch, _)| *epoch)
+                .filter(|epoch| *epoch > horizon)
+                .collect();
+        }
         if !loaded.discarded.is_empty() {
             entries.retain(|(epoch, _)| *epoch <= horizon);
             self.discard_above(horizon).await?;
             warn!(
                 tip,
                 epochs = ?loaded.discarded,
-                "the epoch registry held keys ahead of the stored chain; dropped them, they are verified again from their boundaries"
+                "the epoch registry held keys ahead of the stored chain but not the ones it needs; dropped them, they are verified again from their boundaries"
             );
         }
         for (epoch, identity) in entries.iter().chain(trusted) {

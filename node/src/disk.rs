@@ -75,16 +75,25 @@ impl DiskGuard {
     }
 }
 
-/// Whether a panic message reports a failed write to storage: a full disk, a quota, or an I/O
-/// error from the storage layer.
+/// Whether a panic message reports a failed storage operation: an I/O error (a full disk, a
+/// quota, a read-only file system), or one of marshal's panics on a store it could not open,
+/// write, sync or read (their messages name no I/O error).
 pub fn is_storage_failure(message: &str) -> bool {
-    const SIGNS: [&str; 6] = [
+    const SIGNS: [&str; 14] = [
         "No space left on device",
         "os error 28",
         "Disk quota exceeded",
         "os error 122",
         "Input/output error",
         "Read-only file system",
+        "Too many open files",
+        "archive",
+        "failed to persist",
+        "failed to store",
+        "failed to sync",
+        "sync must succeed",
+        "must sync",
+        "failed to prune",
     ];
     SIGNS.iter().any(|sign| message.contains(sign))
 }
@@ -104,8 +113,11 @@ pub fn exit_cleanly_on_storage_panics(datadir: &Path) {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if is_storage_failure(message) {
+            let free = available_bytes(&datadir)
+                .map(|bytes| format!("{} MiB free on its file system", bytes / MIB))
+                .unwrap_or_else(|err| format!("its free space unreadable: {err}"));
             eprintln!(
-                "error: storage failed under {}: {message}. Everything synced is consistent: fix the cause (free space, check the disk) and start again to continue",
+                "error: storage failed under {} ({free}): {message}. Everything synced is consistent: fix the cause (free space, open-file limit, the disk) and start again to continue",
                 datadir.display()
             );
             std::process::exit(1);
@@ -140,6 +152,7 @@ mod tests {
         assert!(is_storage_failure(
             "write failed: Input/output error (os error 5)"
         ));
+        assert!(is_storage_failure("failed to initialize certified archive"));
         assert!(!is_storage_failure("floor finalization epoch unavailable"));
     }
 }

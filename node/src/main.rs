@@ -32,6 +32,8 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: MiMalloc = MiMalloc::new(AllocatorConfig {
     purge: Purge::After(std::time::Duration::from_secs(1)),
+    // With transparent huge pages, only whole 2 MiB granules are purged.
+    transparent_huge_pages: false,
     ..AllocatorConfig::DEFAULT
 });
 

@@ -1310,9 +1310,17 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
             follower.stop();
             break;
         }
-        // Killed at a random moment of the start-up or the catch-up. A debug build opens its
-        // stores and walks a first window of boundaries in about a second, then stores about
-        // 2,000 blocks a second, so most runs store a little and are killed before the end.
+        // Even runs are killed at a random moment of their start-up (a debug build opens its
+        // stores in about two seconds), odd ones at a random moment after the stores are open,
+        // while they walk boundaries and store blocks (about 2,000 a second).
+        if run % 2 == 1 {
+            let opened = std::time::Instant::now() + Duration::from_secs(20);
+            while current_height(&rpc).await.unwrap_or(0) < stored.max(1)
+                && std::time::Instant::now() < opened
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let delay = Duration::from_millis(rng.random_range(100..=2_200));
         let until = std::time::Instant::now() + delay;
         while std::time::Instant::now() < until {

@@ -95,15 +95,18 @@ async fn clients_that_never_read_cost_bounded_memory_given_back_when_they_leave(
     }
     let during = block_number(&rpc).await;
     drop(silent);
-    // Given back after they leave (the allocator returns freed memory after a short delay).
+    // The follower catches up what it fell behind under the load, then gives back at least
+    // half of what the clients cost (the allocator returns freed memory a second after it is
+    // freed, page by page).
+    let tip = block_number(&devnet.http()).await;
+    wait_for_height(&rpc, tip, Duration::from_secs(60)).await;
+    let given_back = |after: u64| after <= before + ((peak - before) / 2).max(32 * MIB);
     let mut after = resident(follower.id());
     let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(15) && after > before + 64 * MIB {
+    while start.elapsed() < Duration::from_secs(30) && !given_back(after) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         after = resident(follower.id());
     }
-    let tip = block_number(&devnet.http()).await;
-    wait_for_height(&rpc, tip, Duration::from_secs(30)).await;
     eprintln!(
         "{connections} connections x 16 silent subscriptions: resident {} MiB before, peak {} MiB (+{} MiB), {} MiB after they left; the follower reached {during} meanwhile and {tip} after",
         before / MIB,
@@ -118,10 +121,11 @@ async fn clients_that_never_read_cost_bounded_memory_given_back_when_they_leave(
         before / MIB
     );
     assert!(
-        after <= before + 64 * MIB,
-        "{} MiB after the clients left, {} MiB before",
+        given_back(after),
+        "{} MiB after the clients left, {} MiB before, {} MiB at the peak",
         after / MIB,
-        before / MIB
+        before / MIB,
+        peak / MIB
     );
     follower.stop();
     devnet.stop();
