@@ -1311,17 +1311,21 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
             break;
         }
         // Even runs are killed at a random moment of their start-up (a debug build opens its
-        // stores in about two seconds), odd ones at a random moment after the stores are open,
-        // while they walk boundaries and store blocks (about 2,000 a second).
-        if run % 2 == 1 {
-            let opened = std::time::Instant::now() + Duration::from_secs(20);
-            while current_height(&rpc).await.unwrap_or(0) < stored.max(1)
-                && std::time::Instant::now() < opened
+        // stores and walks a window of boundaries in a few seconds), odd ones at a random moment
+        // after they stored a new batch of blocks, so that the kills spread over the catch-up.
+        if run % 2 == 1 && stored < blocks {
+            let progressed = std::time::Instant::now() + Duration::from_secs(30);
+            while current_height(&rpc).await.unwrap_or(0) <= stored
+                && std::time::Instant::now() < progressed
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let delay = Duration::from_millis(rng.random_range(100..=2_200));
+        let delay = Duration::from_millis(if run % 2 == 1 {
+            rng.random_range(0..=200)
+        } else {
+            rng.random_range(100..=2_200)
+        });
         let until = std::time::Instant::now() + delay;
         while std::time::Instant::now() < until {
             assert!(
