@@ -422,6 +422,7 @@ impl<E: StoreContext> Sampled<E> {
         let health = self.sources.health();
         let upstream = self.upstream.borrow().clone();
         let verified_height = upstream.announced_height.max(executed_height);
+        let (damaged_blocks, repaired_blocks) = self.execution.damage_counts();
         let target_height = health
             .iter()
             .map(|source| source.announced_height)
@@ -447,8 +448,8 @@ impl<E: StoreContext> Sampled<E> {
                 .map(|(check, count)| ((*check).to_string(), *count))
                 .collect(),
             rejoins: upstream.rejoins,
-            damaged_blocks: self.execution.damage_counts().0,
-            repaired_blocks: self.execution.damage_counts().1,
+            damaged_blocks,
+            repaired_blocks,
             blocks_per_second: rate,
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)
