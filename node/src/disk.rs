@@ -75,11 +75,14 @@ impl DiskGuard {
     }
 }
 
-/// Whether a panic message reports a failed storage operation: an I/O error (a full disk, a
-/// quota, a read-only file system), or one of marshal's panics on a store it could not open,
-/// write, sync or read (their messages name no I/O error).
-pub fn is_storage_failure(message: &str) -> bool {
-    const SIGNS: [&str; 14] = [
+/// Whether a panic reports a failed storage operation: its message names an I/O error (a full
+/// disk, a quota, a read-only file system, too few file descriptors), or it is one of the
+/// panics commonware's marshal and stores raise on a store they could not open, write, sync,
+/// read or prune. Those messages name the operation ("failed to insert finalization: journal
+/// error: runtime error: write failed") but not always the I/O error, so they are told apart by
+/// where they were raised: `location` is the panicking source file.
+pub fn is_storage_failure(message: &str, location: &str) -> bool {
+    const IO_SIGNS: [&str; 9] = [
         "No space left on device",
         "os error 28",
         "Disk quota exceeded",
@@ -87,15 +90,24 @@ pub fn is_storage_failure(message: &str) -> bool {
         "Input/output error",
         "Read-only file system",
         "Too many open files",
-        "archive",
-        "failed to persist",
-        "failed to store",
-        "failed to sync",
-        "sync must succeed",
-        "must sync",
-        "failed to prune",
+        "journal error",
+        "write failed",
     ];
-    SIGNS.iter().any(|sign| message.contains(sign))
+    const STORE_SOURCES: [&str; 3] = [
+        "commonware-consensus",
+        "commonware-storage",
+        "commonware-runtime",
+    ];
+    const STORE_SIGNS: [&str; 5] = [
+        "failed to ",
+        "archive",
+        "must sync",
+        "sync must succeed",
+        "storage",
+    ];
+    IO_SIGNS.iter().any(|sign| message.contains(sign))
+        || (STORE_SOURCES.iter().any(|source| location.contains(source))
+            && STORE_SIGNS.iter().any(|sign| message.contains(sign)))
 }
 
 /// Turns a panic that reports a storage failure (marshal and commonware's archives panic on a
@@ -112,7 +124,8 @@ pub fn exit_cleanly_on_storage_panics(datadir: &Path) {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
-        if is_storage_failure(message) {
+        let location = info.location().map(|at| at.file()).unwrap_or_default();
+        if is_storage_failure(message, location) {
             let free = available_bytes(&datadir)
                 .map(|bytes| format!("{} MiB free on its file system", bytes / MIB))
                 .unwrap_or_else(|err| format!("its free space unreadable: {err}"));
@@ -146,13 +159,32 @@ mod tests {
 
     #[test]
     fn storage_failures_are_told_apart_from_other_panics() {
+        const MARSHAL: &str = "/root/.cargo/registry/src/index.crates.io-0/commonware-consensus-2026.10.0/src/marshal/core/cache.rs";
+        const OURS: &str = "follow/src/engine.rs";
+        // I/O errors, wherever raised.
         assert!(is_storage_failure(
-            "failed to persist notarized: Blob(Io(Os { code: 28, kind: StorageFull, message: \"No space left on device\" }))"
+            "failed to persist notarized: Blob(Io(Os { code: 28, kind: StorageFull, message: \"No space left on device\" }))",
+            OURS
         ));
         assert!(is_storage_failure(
-            "write failed: Input/output error (os error 5)"
+            "write failed: Input/output error (os error 5)",
+            OURS
         ));
-        assert!(is_storage_failure("failed to initialize certified archive"));
-        assert!(!is_storage_failure("floor finalization epoch unavailable"));
+        // Marshal's panics on a store, seen on a full disk: they name the operation only.
+        for message in [
+            "failed to insert finalization: journal error: runtime error: write failed",
+            "failed to initialize certified archive",
+            "failed to sync finalization archives: x",
+            "failed to prune data below floor: x",
+        ] {
+            assert!(is_storage_failure(message, MARSHAL), "{message}");
+        }
+        // A panic of marshal that is not about its stores, and any panic of ours that names no
+        // I/O error, keep the default report.
+        assert!(!is_storage_failure(
+            "floor finalization epoch unavailable",
+            MARSHAL
+        ));
+        assert!(!is_storage_failure("failed to decode the outcome", OURS));
     }
 }

@@ -5,7 +5,7 @@
 
 use alloy_primitives::Bytes;
 use cairn_tests::process::{
-    CairnProcess, allowed_cpus, block_number, finalization, first_allowed_cpu,
+    CairnProcess, allowed_cpus, block_number, finalization, first_allowed_cpu, log_excerpt,
     profile_without_genesis_header, same_certificates, wait_for_height,
 };
 use jsonrpsee::{core::client::ClientT, http_client::HttpClient, rpc_params};
@@ -883,8 +883,9 @@ async fn follow_with_one_byzantine(dir: &Path, fault: &str, shown: Shown) {
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(
         status.is_some(),
-        "{fault}: no status line shows {} {byzantine_url}:\n{text}",
-        shown.label()
+        "{fault}: no status line shows {} {byzantine_url}:\n{}",
+        shown.label(),
+        log_excerpt(&text)
     );
     let logged = |phrase: &str, url: &str| {
         text.lines()
@@ -892,27 +893,28 @@ async fn follow_with_one_byzantine(dir: &Path, fault: &str, shown: Shown) {
     };
     assert!(
         logged(shown.logged(), &byzantine_url),
-        "{fault}: the log shows {byzantine_url} as {}:\n{text}",
-        shown.label()
+        "{fault}: the log shows {byzantine_url} as {}:\n{}",
+        shown.label(),
+        log_excerpt(&text)
     );
     if !matches!(shown, Shown::Quarantined) {
         assert!(
             !logged(Shown::Quarantined.logged(), &byzantine_url),
-            "{fault}: {byzantine_url} served nothing invalid, yet was quarantined:\n{text}"
+            "{fault}: {byzantine_url} served nothing invalid, yet was quarantined:\n{}",
+            log_excerpt(&text)
         );
     }
+    // An honest source is never punished nor shown misbehaving in its stream or connection.
+    // It may be shown stalled: a devnet process starved of CPU by the other tests does stop
+    // announcing while the other devnets go on, and that is what "stalled" reports.
     for honest in [&honest_a.addr, &honest_b.addr] {
         let url = format!("ws://{honest}");
-        for shown in [
-            Shown::Quarantined,
-            Shown::Stalled,
-            Shown::Flapping,
-            Shown::Skipping,
-        ] {
+        for shown in [Shown::Quarantined, Shown::Flapping, Shown::Skipping] {
             assert!(
                 !logged(shown.logged(), &url),
-                "{fault}: the honest {url} was shown as {}:\n{text}",
-                shown.label()
+                "{fault}: the honest {url} was shown as {}:\n{}",
+                shown.label(),
+                log_excerpt(&text)
             );
         }
     }
@@ -1342,7 +1344,12 @@ async fn sigkills_at_random_points_of_a_long_catch_up_never_stop_a_restart() {
     }
     for log in &logs {
         let text = std::fs::read_to_string(log).expect("log");
-        assert!(!text.contains("panicked"), "{}: {text}", log.display());
+        assert!(
+            !text.contains("panicked"),
+            "{}: {}",
+            log.display(),
+            log_excerpt(&text)
+        );
     }
     let during_catch_up = kill_heights.iter().filter(|(_, at)| *at < blocks).count();
     eprintln!(

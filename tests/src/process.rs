@@ -293,6 +293,25 @@ pub async fn same_certificates(
     without
 }
 
+/// What a failing test shows of a node's log: every warning, error and panic line, then its
+/// last 20 lines, at most 80 lines in all, so the cause stays in view where test output is cut.
+pub fn log_excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let notable = lines.iter().filter(|line| {
+        line.contains(" WARN ")
+            || line.contains(" ERROR ")
+            || line.contains("panicked")
+            || line.starts_with("error")
+    });
+    let mut shown: Vec<&str> = notable.copied().collect();
+    if shown.len() > 60 {
+        shown.drain(..shown.len() - 60);
+    }
+    shown.push("...");
+    shown.extend(&lines[lines.len().saturating_sub(20)..]);
+    shown.join("\n")
+}
+
 /// `eth_blockNumber`, or 0 while the node has nothing finalized (or does not answer).
 pub async fn block_number(client: &HttpClient) -> u64 {
     let number: Result<U64, _> = client.request("eth_blockNumber", rpc_params![]).await;

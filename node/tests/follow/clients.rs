@@ -3,7 +3,7 @@
 //! back once they leave, and the follower goes on following meanwhile.
 
 use super::cairn;
-use cairn_tests::process::{CairnProcess, block_number, wait_for_height};
+use cairn_tests::process::{CairnProcess, block_number, log_excerpt, wait_for_height};
 use std::time::Duration;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -258,7 +258,7 @@ async fn half_open_connections_under_a_low_open_file_limit_leave_the_follower_fo
     let tip = block_number(&devnet.http()).await;
     wait_for_height(&follower.http(), tip, Duration::from_secs(30)).await;
     let text = std::fs::read_to_string(&log).expect("log");
-    assert!(!text.contains("panicked"), "{text}");
+    assert!(!text.contains("panicked"), "{}", log_excerpt(&text));
     eprintln!(
         "{} half-open connections under an open-file limit of 1024 ({} established, {held_back} held back by the kernel): followed from {from} to {to} meanwhile, then {tip}",
         2 * per_port,

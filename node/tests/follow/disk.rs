@@ -4,7 +4,7 @@
 //! again on the same datadir and converges on the devnet's chain byte for byte.
 
 use super::{cairn, raw_block};
-use cairn_tests::process::{CairnProcess, block_number, wait_for_height};
+use cairn_tests::process::{CairnProcess, block_number, log_excerpt, wait_for_height};
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -87,7 +87,7 @@ fn exit_of(mut follower: CairnProcess, log: &Path, limit: Duration) -> (Option<i
         assert!(
             std::time::Instant::now() < deadline,
             "the follower did not stop within {limit:?}: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            log_excerpt(&std::fs::read_to_string(log).unwrap_or_default())
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -131,12 +131,13 @@ async fn a_full_disk_stops_the_follower_with_status_1_and_room_again_lets_it_con
     disk.fill_leaving(10);
     let (process, log) = follower("catch-up-full", &reserve);
     let (code, text) = exit_of(process, &log, Duration::from_secs(120));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(1), "{}", log_excerpt(&text));
     assert!(
         text.contains("disk full") && text.contains(&datadir.display().to_string()),
-        "{text}"
+        "{}",
+        log_excerpt(&text)
     );
-    assert!(!text.contains("panicked"), "{text}");
+    assert!(!text.contains("panicked"), "{}", log_excerpt(&text));
     disk.make_room();
     let (process, log) = follower("catch-up-room", &reserve);
     let process = process.with_rpc_addr_within(Duration::from_secs(300));
@@ -150,8 +151,8 @@ async fn a_full_disk_stops_the_follower_with_status_1_and_room_again_lets_it_con
     // While following live.
     disk.fill_leaving(4);
     let (code, text) = exit_of(process, &log, Duration::from_secs(60));
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("disk full"), "{text}");
+    assert_eq!(code, Some(1), "{}", log_excerpt(&text));
+    assert!(text.contains("disk full"), "{}", log_excerpt(&text));
     disk.make_room();
     let (process, _) = follower("live-room", &reserve);
     let process = process.with_rpc_addr_within(Duration::from_secs(300));
@@ -163,13 +164,14 @@ async fn a_full_disk_stops_the_follower_with_status_1_and_room_again_lets_it_con
     disk.fill_leaving(0);
     let (process, log) = follower("enospc", &["--min-free-disk", "0"]);
     let (code, text) = exit_of(process, &log, Duration::from_secs(120));
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(1), "{}", log_excerpt(&text));
     // The failed write surfaces as an I/O error or as one of marshal's storage panics; either
     // way the message names the datadir and the full disk.
     assert!(
         (text.contains("No space left on device") || text.contains("(0 MiB free"))
             && text.contains(&datadir.display().to_string()),
-        "{text}"
+        "{}",
+        log_excerpt(&text)
     );
     disk.make_room();
     let (process, _) = follower("enospc-room", &reserve);
