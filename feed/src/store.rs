@@ -55,16 +55,20 @@ pub enum StoreError {
     },
 }
 
+/// Whether an archive read failed because the stored record itself is damaged (a checksum
+/// that fails, a record that does not decode), as opposed to a store that cannot be read.
+pub fn is_damage(error: &commonware_storage::archive::Error) -> bool {
+    let text = error.to_string().to_lowercase();
+    text.contains("checksum") || text.contains("corrupt") || text.contains("codec")
+}
+
 impl StoreError {
     /// Whether the stored data itself is damaged (a checksum that fails, a record that does
     /// not decode), as opposed to a store that cannot be read or written.
     pub fn is_corruption(&self) -> bool {
         match self {
             Self::Decode { .. } | Self::Corrupt { .. } => true,
-            Self::Archive { error, .. } => {
-                let text = error.to_string().to_lowercase();
-                text.contains("checksum") || text.contains("corrupt") || text.contains("codec")
-            }
+            Self::Archive { error, .. } => is_damage(error),
             Self::Poisoned => false,
         }
     }

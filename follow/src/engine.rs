@@ -8,6 +8,10 @@ use crate::{
     catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy, open_anchors},
     chain::FollowerChain,
     checkpoint::Checkpoint,
+    damage::{
+        CheckedFinalizations, DamageLog, StoreCheck, StoreCheckError, StoreCheckReport,
+        check_stores, repair_finalization,
+    },
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
@@ -75,6 +79,9 @@ pub enum EngineError {
     /// The start-up catch-up could not store what it verified.
     #[error("catching up: {0}")]
     CatchUp(crate::catchup::CatchUpError),
+    /// The start-up store check could not read a store.
+    #[error("checking the stores: {0}")]
+    StoreCheck(#[from] StoreCheckError),
     /// The driver stopped with an error.
     #[error(transparent)]
     Driver(#[from] DriverError),
@@ -124,6 +131,8 @@ pub struct EngineConfig {
     /// Where the follower's status is kept fresh from the moment its stores are open (during
     /// the start-up catch-up too); its metrics are registered on the engine's context.
     pub status: StatusBoard,
+    /// How much of the stores is read at start to find damage.
+    pub store_check: StoreCheck,
 }
 
 impl EngineConfig {
@@ -147,6 +156,7 @@ impl EngineConfig {
             known_identities: Vec::new(),
             feed: FeedState::default(),
             status: StatusBoard::default(),
+            store_check: StoreCheck::default(),
         }
     }
 }
@@ -172,6 +182,8 @@ pub struct Follower<E: EngineContext> {
     pub provider: SchemeProvider,
     /// What the catch-up through the hash chain did at start, when it ran.
     pub caught_up: Option<CatchUpReport>,
+    /// What the start-up store check read and found.
+    pub store_check: StoreCheckReport,
     /// With [`EngineConfig::backfill`]: set once the history reaches genesis, to how long the
     /// backfill took.
     pub backfilled: watch::Receiver<Option<Duration>>,
@@ -276,18 +288,23 @@ async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
 /// How often stored blocks found damaged are fetched again.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Fetches again, from the upstreams, every stored block found damaged on disk (its checksum
-/// fails when it is read), highest first, and stores it once it hashes to what the stored
-/// chain names at its height; tries again every [`REPAIR_INTERVAL`] while any is left.
-async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(
-    context: E,
+/// What the repair task reads and writes.
+struct Repairs<E: EngineContext, U> {
+    profile: ChainProfile,
     execution: EmbeddedExecution<E>,
+    verifier: FinalizationVerifier,
+    anchors: crate::catchup::AnchorStore<E>,
     sources: Sources<U>,
-) {
-    loop {
-        context.sleep(REPAIR_INTERVAL).await;
-        for height in execution.damaged().into_iter().rev() {
-            let fetched = match sources.get_blocks(height, height).await {
+    certificates: DamageLog,
+}
+
+impl<E: EngineContext, U: UpstreamRequests> Repairs<E, U> {
+    /// One pass over everything found damaged and not repaired yet: blocks first, highest
+    /// first (each is checked against the parent hash of the block above it), then
+    /// finalizations (each verified against its repaired block).
+    async fn pass(&self, rng: &mut impl CryptoRng) {
+        for height in self.execution.damaged().into_iter().rev() {
+            let fetched = match self.sources.get_blocks(height, height).await {
                 Ok(blocks) => blocks.into_iter().find(|block| block.height() == height),
                 Err(err) => {
                     warn!(height, %err, "fetching a damaged block again failed; trying again");
@@ -295,7 +312,7 @@ async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(
                 }
             };
             let Some(block) = fetched else { continue };
-            match execution.repair(&block).await {
+            match self.execution.repair(&block).await {
                 Ok(true) => info!(
                     height,
                     "a damaged block was fetched again, checked against the hash chain and stored"
@@ -304,6 +321,69 @@ async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(
                 Err(err) => warn!(height, %err, "a damaged block could not be repaired"),
             }
         }
+        for height in self.certificates.open() {
+            match repair_finalization(
+                rng,
+                height,
+                &self.profile,
+                &self.execution,
+                &self.verifier,
+                &self.anchors,
+                &self.sources,
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.certificates.repaired(height);
+                    info!(
+                        height,
+                        "a damaged finalization was fetched again, verified with its epoch's key and stored"
+                    );
+                }
+                Err(err) => warn!(height, %err, "a damaged finalization could not be repaired yet"),
+            }
+        }
+    }
+}
+
+/// Repairs what is found damaged on disk, every [`REPAIR_INTERVAL`]: a block or finalization
+/// whose checksum fails when it is read (by the start-up check, a client or marshal) is
+/// fetched again from the upstreams and stored once it checks out.
+async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(context: E, repairs: Repairs<E, U>) {
+    let mut rng = context.child("rng");
+    loop {
+        context.sleep(REPAIR_INTERVAL).await;
+        repairs.pass(&mut rng).await;
+    }
+}
+
+/// Logs what the start-up store check found.
+fn log_store_check(report: &StoreCheckReport, check: StoreCheck) {
+    if report.from > report.to {
+        return;
+    }
+    let scope = match check {
+        StoreCheck::All => "every stored height",
+        StoreCheck::Newest(_) => "the newest heights",
+    };
+    if report.damaged_blocks.is_empty() && report.damaged_finalizations.is_empty() {
+        info!(
+            from = report.from,
+            to = report.to,
+            blocks = report.blocks,
+            finalizations = report.finalizations,
+            "stores checked ({scope}): nothing damaged"
+        );
+    } else {
+        warn!(
+            from = report.from,
+            to = report.to,
+            blocks = report.blocks,
+            finalizations = report.finalizations,
+            damaged_blocks = ?report.damaged_blocks,
+            damaged_finalizations = ?report.damaged_finalizations,
+            "stores checked ({scope}): damage found; it is fetched again from the upstreams"
+        );
     }
 }
 
@@ -486,6 +566,7 @@ where
             "Round-trip time of requests the upstreams served (blocks, finalizations, batches)",
             FETCH_LATENCY_BUCKETS,
         ));
+    let certificate_damage = DamageLog::default();
     let sampled = Sampled {
         chain: profile.name.clone(),
         epochs: profile.epochs.clone(),
@@ -494,6 +575,7 @@ where
         identities: registry.history(),
         sources: sources.book().clone(),
         upstream: upstream_status.clone(),
+        certificate_damage: certificate_damage.clone(),
     };
     let board = config.status.clone();
     status_context.spawn(move |context| sample(context, sampled, board));
@@ -603,6 +685,24 @@ where
         what: "finalizations",
         error,
     })?;
+    let finalizations =
+        CheckedFinalizations::new(finalizations, anchors.clone(), certificate_damage.clone());
+    let store_check = check_stores(&execution, &finalizations, config.store_check).await?;
+    log_store_check(&store_check, config.store_check);
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
+    let repairs = Repairs {
+        profile: profile.clone(),
+        execution: execution.clone(),
+        verifier: verifier.clone(),
+        anchors: anchors.clone(),
+        sources: sources.clone(),
+        certificates: certificate_damage.clone(),
+    };
+    // Marshal reads the newest stored finalization as it starts and panics when it is not
+    // there: damaged ones are fetched again first.
+    if !store_check.damaged_finalizations.is_empty() {
+        repairs.pass(&mut catch_up_rng).await;
+    }
     let blocks: immutable::Archive<E, Digest, Arc<Block>> = immutable::Archive::init(
         context.child("blocks"),
         archive_config(
@@ -642,13 +742,9 @@ where
     )
     .await;
 
-    {
-        let execution = execution.clone();
-        let sources = sources.clone();
-        context
-            .child("repair")
-            .spawn(move |context| repair_damaged(context, execution, sources));
-    }
+    context
+        .child("repair")
+        .spawn(move |context| repair_damaged(context, repairs));
     let (backfill_done, backfilled) = watch::channel(None);
     if config.backfill && execution.first_height() > 0 {
         let execution = execution.clone();
@@ -659,7 +755,6 @@ where
         });
     }
 
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     // The same catch-up, run again by the driver when it falls far behind.
     let rejoin = rejoin(context.child("rejoin"), &catch_up);
     let book = sources.book().clone();
@@ -724,6 +819,7 @@ where
         sources: book,
         provider,
         caught_up,
+        store_check,
         backfilled,
         marshal: marshal_handle,
         driver: driver_handle,

@@ -9,6 +9,7 @@ pub mod backfill;
 pub mod catchup;
 pub mod chain;
 pub mod checkpoint;
+pub mod damage;
 pub mod driver;
 pub mod engine;
 pub mod execution;

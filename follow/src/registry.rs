@@ -355,7 +355,7 @@ impl<E: StoreContext> EpochRegistry<E> {
 /// The key of `epoch` as the stored chain announces it: the genesis outcome's for epoch 0, else
 /// the outcome in the stored boundary block of the epoch before. `None` when that boundary is
 /// not stored (below a checkpoint, or above the tip).
-async fn derive_key(
+pub(crate) async fn derive_key(
     profile: &ChainProfile,
     execution: &impl ExecutionProvider,
     epoch: u64,

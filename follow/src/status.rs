@@ -204,6 +204,13 @@ pub struct FollowerStatus {
     /// and stored again.
     #[serde(default)]
     pub repaired_blocks: u64,
+    /// Stored finalizations found damaged on disk since the start.
+    #[serde(default)]
+    pub damaged_certificates: u64,
+    /// Of those, the ones fetched again, verified against the stored block with the key of
+    /// their epoch and stored again.
+    #[serde(default)]
+    pub repaired_certificates: u64,
     /// Blocks verified per second over the last sample.
     pub blocks_per_second: f64,
     /// Milliseconds since the Unix epoch when this was sampled.
@@ -261,6 +268,8 @@ struct StatusMetrics {
     rejoins: Gauge,
     damaged_blocks: Gauge,
     repaired_blocks: Gauge,
+    damaged_certificates: Gauge,
+    repaired_certificates: Gauge,
     rejected: Registered<Family<CheckLabel, Counter>>,
     upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
@@ -310,6 +319,14 @@ impl StatusMetrics {
             repaired_blocks: context.gauge(
                 "repaired_blocks",
                 "Damaged blocks fetched again, checked against the hash chain and stored again",
+            ),
+            damaged_certificates: context.gauge(
+                "damaged_certificates",
+                "Stored finalizations found damaged on disk (a failing checksum) since the start",
+            ),
+            repaired_certificates: context.gauge(
+                "repaired_certificates",
+                "Damaged finalizations fetched again, verified with their epoch's key and stored again",
             ),
             rejected: context.family(
                 "rejected_events",
@@ -364,6 +381,8 @@ impl StatusMetrics {
         set(&self.rejoins, status.rejoins);
         set(&self.damaged_blocks, status.damaged_blocks);
         set(&self.repaired_blocks, status.repaired_blocks);
+        set(&self.damaged_certificates, status.damaged_certificates);
+        set(&self.repaired_certificates, status.repaired_certificates);
         for (check, count) in &status.rejected_by_check {
             let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
             self.rejected
@@ -415,6 +434,7 @@ pub(crate) struct Sampled<E: StoreContext> {
     pub identities: IdentityHistory,
     pub sources: SourceBook,
     pub upstream: watch::Receiver<UpstreamStatus>,
+    pub certificate_damage: crate::damage::DamageLog,
 }
 
 impl<E: StoreContext> Sampled<E> {
@@ -423,6 +443,7 @@ impl<E: StoreContext> Sampled<E> {
         let upstream = self.upstream.borrow().clone();
         let verified_height = upstream.announced_height.max(executed_height);
         let (damaged_blocks, repaired_blocks) = self.execution.damage_counts();
+        let (damaged_certificates, repaired_certificates) = self.certificate_damage.counts();
         let target_height = health
             .iter()
             .map(|source| source.announced_height)
@@ -450,6 +471,8 @@ impl<E: StoreContext> Sampled<E> {
             rejoins: upstream.rejoins,
             damaged_blocks,
             repaired_blocks,
+            damaged_certificates,
+            repaired_certificates,
             blocks_per_second: rate,
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)

@@ -13,6 +13,7 @@ use cairn_follow::{
     EngineConfig, EngineError, Follower,
     catchup::{CatchUpConfig, VerifyPolicy},
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
+    damage::StoreCheck,
     driver::{DriverError, Evidence},
     execution::ExecutionError,
     status::StatusBoard,
@@ -186,6 +187,13 @@ pub struct FollowArgs {
         env = "CAIRN_MIN_FREE_DISK"
     )]
     min_free_disk: u64,
+    /// At start, read every stored block and finalization and check each (its checksum, its
+    /// decoding) instead of the newest 1,024 heights only. What is damaged is logged, shown in
+    /// the status, and fetched again from the upstreams while the follower follows: a block is
+    /// checked against the hash chain, a finalization verified with its epoch's key.
+    #[arg(long, env = "CAIRN_CHECK_STORES")]
+    #[serde(default)]
+    check_stores: bool,
 }
 
 /// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
@@ -493,6 +501,11 @@ async fn follow(
                 ..CatchUpConfig::default()
             },
             backfill: args.backfill,
+            store_check: if args.check_stores {
+                StoreCheck::All
+            } else {
+                StoreCheck::default()
+            },
             status: board.clone(),
             feed: feed.clone(),
             known_identities: walked_identities,

@@ -195,6 +195,14 @@ pub fn summary(status: &Value) -> String {
                 u64_of(status, "repairedBlocks")
             );
         }
+        let damaged = u64_of(status, "damagedCertificates");
+        if damaged > 0 {
+            let _ = writeln!(
+                out,
+                "damaged finalizations on disk {damaged}, fetched again, verified and repaired {}",
+                u64_of(status, "repairedCertificates")
+            );
+        }
         let evidence = list(status, "evidence");
         if evidence.is_empty() {
             let _ = writeln!(out, "evidence of conflicting certificates: none");

@@ -341,3 +341,226 @@ fn a_damaged_block_on_disk_is_found_fetched_again_and_served() {
         );
     });
 }
+
+/// Garbage over 64 bytes at `at` (a share of its length) of the first file of `partition`.
+async fn damage(context: &deterministic::Context, partition: &str, at: f64) {
+    use commonware_runtime::{Blob as _, Storage as _};
+    let names = context.scan(partition).await.expect("stored");
+    let (blob, size) = context.open(partition, &names[0]).await.expect("opens");
+    blob.write_at(
+        (size as f64 * at) as u64,
+        vec![0xff_u8; 64],
+        Default::default(),
+    )
+    .await
+    .expect("writes");
+    blob.sync().await.expect("syncs");
+}
+
+#[test]
+fn a_damaged_finalization_on_disk_is_found_fetched_again_verified_and_served() {
+    use cairn_follow::{catchup::VerifyPolicy, damage::StoreCheck};
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    // Every block verified by its own certificate: marshal stores every finalization.
+    let every_block = |check: StoreCheck, board: &cairn_follow::status::StatusBoard| EngineConfig {
+        catch_up: CatchUpConfig {
+            policy: VerifyPolicy::EveryBlock,
+            ..CatchUpConfig::default()
+        },
+        store_check: check,
+        status: board.clone(),
+        max_epochs: 64,
+        ..config(profile)
+    };
+    let partition = "follow-crash-finalizations-freezer-value";
+    let (_, checkpoint) = runner(6).start_and_recover(|context| async move {
+        // The tip's event: marshal fetches every block and finalization below it.
+        let board = Default::default();
+        let feed = FeedState::default();
+        let follower = follow_with(
+            &context,
+            "a",
+            feed.clone(),
+            upstream(&context, chain),
+            every_block(StoreCheck::default(), &board),
+        )
+        .await;
+        feed.publish_finalized(chain.last().expect("tip").clone());
+        executed(&context, &follower, TIP).await;
+    });
+    let certificates = |follower: &cairn_follow::Follower<deterministic::Context>| {
+        let chain = follower.chain.clone();
+        async move {
+            let mut served = Vec::new();
+            for height in 1..=TIP {
+                served.push(chain.certified_at(height).await.expect("reads"));
+            }
+            served
+        }
+    };
+
+    // Found by a read: answered as missing (never wrong), fetched again in the background,
+    // verified, and then served.
+    let (_, checkpoint) =
+        deterministic::Runner::from(checkpoint).start_and_recover(|context| async move {
+            damage(&context, partition, 0.5).await;
+            let board = cairn_follow::status::StatusBoard::default();
+            let follower = follow_with(
+                &context,
+                "a",
+                FeedState::default(),
+                upstream(&context, chain),
+                every_block(StoreCheck::Newest(1), &board),
+            )
+            .await;
+            assert!(follower.store_check.damaged_finalizations.is_empty());
+            let first = certificates(&follower).await;
+            let missing: Vec<u64> = (1..=TIP)
+                .filter(|height| first[*height as usize - 1].is_none())
+                .collect();
+            assert!(!missing.is_empty(), "the garbage hit a finalization");
+            for (served, certified) in first.iter().zip(chain) {
+                if let Some(served) = served {
+                    assert_eq!(served, certified);
+                }
+            }
+            context.sleep(Duration::from_secs(3)).await;
+            let again = certificates(&follower).await;
+            for (served, certified) in again.iter().zip(chain) {
+                assert_eq!(served.as_ref(), Some(certified));
+            }
+            let status = board.latest();
+            assert_eq!(
+                (status.damaged_certificates, status.repaired_certificates),
+                (missing.len() as u64, missing.len() as u64),
+                "{missing:?}"
+            );
+        });
+
+    // Found by the store check at start: repaired before the follower is up.
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        damage(&context, partition, 0.25).await;
+        let board = cairn_follow::status::StatusBoard::default();
+        let follower = follow_with(
+            &context,
+            "a",
+            FeedState::default(),
+            upstream(&context, chain),
+            every_block(StoreCheck::All, &board),
+        )
+        .await;
+        let found = follower.store_check.damaged_finalizations.clone();
+        assert!(!found.is_empty(), "the check found the garbage");
+        assert_eq!(follower.store_check.finalizations + found.len() as u64, TIP);
+        for (served, certified) in certificates(&follower).await.iter().zip(chain) {
+            assert_eq!(served.as_ref(), Some(certified));
+        }
+        context.sleep(Duration::from_millis(500)).await;
+        let status = board.latest();
+        assert_eq!(
+            (status.damaged_certificates, status.repaired_certificates),
+            (found.len() as u64, found.len() as u64)
+        );
+    });
+}
+
+#[test]
+fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
+    use cairn_epoch::FinalizationVerifier;
+    use cairn_follow::{
+        catchup::open_anchors,
+        damage::{RepairError, repair_finalization},
+        upstream::{Sources, in_process},
+    };
+    use commonware_runtime::Spawner as _;
+    use commonware_storage::archive::Identifier;
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    deterministic::Runner::seeded(8).start(|context| async move {
+        let genesis = cairn_follow::genesis_block(profile).expect("genesis");
+        let execution = EmbeddedExecution::open_in(context.child("execution"), "r", &genesis)
+            .await
+            .expect("opens");
+        let blocks: Vec<_> = chain
+            .iter()
+            .map(|certified| certified.block.clone().expect("block"))
+            .collect();
+        execution.finalize_batch(&blocks).await.expect("stored");
+        let anchors = open_anchors(context.child("anchors"), "r-anchors")
+            .await
+            .expect("opens");
+        // No key registered: each repair reads its epoch's key from the stored boundary.
+        let verifier = FinalizationVerifier::new(
+            profile.epochs.clone(),
+            SchemeProvider::new(&profile.namespace, KEPT_EPOCHS),
+        );
+        let sources_serving = |served: Vec<CertifiedBlock>, label: &'static str| {
+            let memory = MemoryChain::default();
+            for certified in served {
+                memory.insert(certified);
+            }
+            let (notifications, _receiver) = tokio::sync::mpsc::channel(16);
+            let (actor, requests) =
+                in_process::init(label, 0, FeedState::default(), memory, notifications);
+            context
+                .child(label)
+                .spawn(|_| async move { actor.run().await });
+            Sources::single(label, requests)
+        };
+        let height = 62;
+        // Height 62 served with the certificate of height 63 (the sources turn it down: it
+        // does not sign the block served with it), then with the right block signed by
+        // another committee (the repair turns it down: its epoch's key does not verify it).
+        let mut swapped = chain.clone();
+        swapped[height as usize - 1].certificate = chain[height as usize].certificate.clone();
+        let mut foreign = chain.clone();
+        let honest = &chain[height as usize - 1];
+        foreign[height as usize - 1] = TestCommittee::new(b"TEMPO", 190, 4).certify(
+            blocks[height as usize - 1].clone(),
+            honest.epoch,
+            honest.view,
+        );
+        for (served, label) in [(swapped, "swapped"), (foreign, "foreign")] {
+            let sources = sources_serving(served, label);
+            let mut rng = context.child("rng");
+            let result = repair_finalization(
+                &mut rng, height, profile, &execution, &verifier, &anchors, &sources,
+            )
+            .await;
+            let turned_down = match label {
+                "swapped" => matches!(
+                    &result,
+                    Err(RepairError::Unavailable(why)) if why.contains("invalid data")
+                ),
+                _ => matches!(result, Err(RepairError::Invalid(_))),
+            };
+            assert!(turned_down, "{label}: {result:?}");
+            assert!(
+                anchors
+                    .get(Identifier::Index(height), "reading")
+                    .await
+                    .expect("reads")
+                    .is_none(),
+                "{label}: nothing stored"
+            );
+        }
+        // The right one verifies and is stored.
+        let sources = sources_serving(chain.clone(), "honest");
+        let mut rng = context.child("rng");
+        repair_finalization(
+            &mut rng, height, profile, &execution, &verifier, &anchors, &sources,
+        )
+        .await
+        .expect("repaired");
+        let stored = anchors
+            .get(Identifier::Index(height), "reading")
+            .await
+            .expect("reads")
+            .expect("stored");
+        assert_eq!(
+            cairn_epoch::certified_block(&stored, blocks[height as usize - 1].clone()),
+            chain[height as usize - 1]
+        );
+    });
+}
