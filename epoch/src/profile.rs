@@ -284,12 +284,21 @@ mod tests {
         assert_eq!(mainnet.namespace, b"TEMPO");
         assert_eq!(mainnet.epochs.length(), 21_600);
         assert_eq!(mainnet.genesis.players().len(), 4);
-        let [configured] = mainnet.network_identities.as_slice() else {
-            panic!("mainnet compiles one identity");
+        let [genesis, rotated] = mainnet.network_identities.as_slice() else {
+            panic!("mainnet compiles two identities");
         };
-        assert_eq!(configured.from_epoch, Epoch::zero());
-        // Mainnet has only ever reshared: the genesis identity is the network identity.
-        assert_eq!(*mainnet.genesis.identity(), configured.identity);
+        // The genesis key until a full DKG rotated it at epoch 2042 (Tempo v1.16.1).
+        assert_eq!(genesis.from_epoch, Epoch::zero());
+        assert_eq!(*mainnet.genesis.identity(), genesis.identity);
+        assert_eq!(rotated.from_epoch, Epoch::new(2042));
+        assert_eq!(
+            alloy_primitives::hex::encode(commonware_codec::Encode::encode(&rotated.identity)),
+            "8627d33753b0d90a8eae75363d6b393ab9204076545b3af6caf831903e4bedde4374f1106551b481fb5ea35e59d51c92165c963881c718216e3e4570a307c08885af55c274f19488f709afe021ca3d9e567138ab097860d9146e895407bea182"
+        );
+        let provider = mainnet.scheme_provider(4);
+        let at = |epoch: u64| provider.verifier(Epoch::new(epoch)).map(|v| v.identity);
+        assert_eq!(at(2041), Some(genesis.identity));
+        assert_eq!(at(2042), Some(rotated.identity));
         assert_eq!(
             mainnet.follow_url.as_deref(),
             Some("wss://rpc.presto.tempo.xyz")

@@ -37,6 +37,20 @@ pub enum InspectCommand {
     ///
     /// Exit status: 0 decoded, 2 malformed or unreadable input.
     DkgOutcome(OutcomeArgs),
+    /// Print a chain profile as the JSON file `--chain FILE` reads.
+    ///
+    /// Write a built-in profile out to add a network identity Tempo published after this
+    /// release, then follow with the file (docs/operator.md). Exit status: 0 printed, 2 the
+    /// profile cannot be loaded.
+    Profile(ProfileArgs),
+}
+
+/// Arguments of `cairn inspect profile`.
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// A built-in name (tempo-mainnet, tempo-moderato) or a profile JSON file.
+    #[arg(value_name = "PROFILE|FILE")]
+    chain: String,
 }
 
 /// Arguments of `cairn inspect certificate`.
@@ -75,6 +89,16 @@ pub fn run(command: InspectCommand) -> ExitCode {
     match command {
         InspectCommand::Certificate(args) => inspect_certificate(&args),
         InspectCommand::DkgOutcome(args) => inspect_outcome(&args),
+        InspectCommand::Profile(args) => match ChainProfile::resolve(&args.chain) {
+            Ok(profile) => {
+                println!("{}", profile.to_json());
+                ExitCode::from(EXIT_VALID)
+            }
+            Err(err) => {
+                eprintln!("error: --chain {}: {err}", args.chain);
+                ExitCode::from(EXIT_MALFORMED)
+            }
+        },
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `cairn` binary end to end: `inspect certificate` and `inspect dkg-outcome` on the real
-//! Tempo fixtures, their exit statuses and their JSON output.
+//! Tempo fixtures, `inspect profile`, their exit statuses and their JSON output.
 
 use std::{
     io::Write,
@@ -493,4 +493,41 @@ fn help_explains_every_flag() {
             }
         }
     }
+}
+
+#[test]
+fn a_profile_written_out_takes_a_new_identity_and_loads_again() {
+    let output = cairn(&["inspect", "profile", "tempo-mainnet"], None);
+    assert_eq!(output.status.code(), Some(0));
+    let mut profile = json(&output);
+    let identities = profile["networkIdentities"]
+        .as_array_mut()
+        .expect("networkIdentities");
+    let from: Vec<u64> = identities
+        .iter()
+        .map(|identity| identity["fromEpoch"].as_u64().expect("fromEpoch"))
+        .collect();
+    assert_eq!(from, [0, 2042], "mainnet's compiled identities");
+    // An identity published later, here the genesis key again from epoch 4000.
+    let genesis = identities[0]["identity"].clone();
+    identities.push(serde_json::json!({"identity": genesis, "fromEpoch": 4000}));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tempo-mainnet.json");
+    std::fs::write(&file, profile.to_string()).expect("write");
+    let again = cairn(&["inspect", "profile", file.to_str().expect("utf-8")], None);
+    assert_eq!(again.status.code(), Some(0));
+    let again = json(&again);
+    assert_eq!(again["name"], "tempo-mainnet", "the same datadir name");
+    assert_eq!(again["networkIdentities"].as_array().map(Vec::len), Some(3));
+
+    // A broken identity is refused with status 2, naming the file.
+    profile["networkIdentities"][2]["identity"] = serde_json::json!("0x1234");
+    std::fs::write(&file, profile.to_string()).expect("write");
+    let refused = cairn(&["inspect", "profile", file.to_str().expect("utf-8")], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("tempo-mainnet.json"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
