@@ -553,6 +553,7 @@ impl<E: StoreContext> Devnet<E> {
             genesis_header: Some(self.genesis.header().clone()),
             network_identities: Vec::new(),
             follow_url: None,
+            trusted_blocks: Vec::new(),
         })
     }
 

@@ -15,7 +15,8 @@ pub use ledger::{
     LedgerError, LedgerRecord, SourceError, WalkedBoundary,
 };
 pub use profile::{
-    BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, parse_identity,
+    BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, TrustedBlock, merge_trusted,
+    parse_identity,
 };
 pub use provider::{
     DEFAULT_MAX_EPOCHS, EpochVerifier, FinalizationScheme, IdentitySource, RegisterError,

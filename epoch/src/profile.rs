@@ -16,7 +16,7 @@
 use crate::{EpochStrategy, InvalidEpochLength, SchemeProvider};
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, Identity, OutcomeError};
-use cairn_primitives::{BlockHeader as _, TempoHeader};
+use cairn_primitives::{BlockHeader as _, Digest, TempoHeader};
 use commonware_codec::DecodeExt;
 use commonware_consensus::types::Epoch;
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,74 @@ pub enum ProfileError {
     /// The configured identity is not a valid G2 point.
     #[error("networkIdentity.identity is not a valid BLS12-381 G2 point (96 bytes hex): {0}")]
     Identity(String),
+    /// A trusted block is unusable.
+    #[error("trustedBlocks: {0}")]
+    TrustedBlock(String),
+}
+
+/// A block an operator trusts at a height (weak subjectivity): a start or catch-up whose
+/// verified chain holds another block there is refused. A walk from genesis trusts every past
+/// committee; a recent block pinned this way means old committees' keys, leaked, cannot
+/// certify another history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedBlock {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: Digest,
+}
+
+impl std::str::FromStr for TrustedBlock {
+    type Err = String;
+
+    /// `HEIGHT:HASH`, the hash as 32 bytes of hex (with or without `0x`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (height, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("`{text}` is not HEIGHT:HASH"))?;
+        let height = height
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{height}` in `{text}` is not a block height"))?;
+        let bytes = hex::decode(hash.trim())
+            .map_err(|err| format!("the hash in `{text}` is not hex: {err}"))?;
+        let hash: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+            format!("the hash in `{text}` has {} bytes, not 32", bytes.len())
+        })?;
+        if height == 0 {
+            return Err("height 0 is genesis, which the profile pins already".into());
+        }
+        Ok(Self {
+            height,
+            hash: Digest::from(hash),
+        })
+    }
+}
+
+impl std::fmt::Display for TrustedBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.height, self.hash)
+    }
+}
+
+/// Adds `more` to `trusted`, sorted by height; two different hashes at one height are refused.
+pub fn merge_trusted(
+    trusted: &[TrustedBlock],
+    more: &[TrustedBlock],
+) -> Result<Vec<TrustedBlock>, String> {
+    let mut merged: Vec<TrustedBlock> = trusted.iter().chain(more).copied().collect();
+    merged.sort_by_key(|block| (block.height, block.hash));
+    merged.dedup();
+    if let Some(pair) = merged
+        .windows(2)
+        .find(|pair| pair[0].height == pair[1].height)
+    {
+        return Err(format!(
+            "two different blocks are trusted at height {}: {} and {}",
+            pair[0].height, pair[0].hash, pair[1].hash
+        ));
+    }
+    Ok(merged)
 }
 
 /// A network identity configured as trusted from some epoch on.
@@ -107,6 +175,8 @@ pub struct ChainProfile {
     pub network_identities: Vec<ConfiguredIdentity>,
     /// A public endpoint to follow, if known.
     pub follow_url: Option<String>,
+    /// Blocks trusted at their heights, in height order (see [`TrustedBlock`]).
+    pub trusted_blocks: Vec<TrustedBlock>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -128,6 +198,9 @@ struct ProfileFile {
     network_identities: Vec<IdentityFile>,
     #[serde(default)]
     follow_url: Option<String>,
+    /// `HEIGHT:HASH` strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trusted_blocks: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,6 +289,13 @@ impl ChainProfile {
                 pair[0].from_epoch.get(),
             ));
         }
+        let trusted_blocks = file
+            .trusted_blocks
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<Vec<TrustedBlock>, _>>()
+            .and_then(|listed| merge_trusted(&[], &listed))
+            .map_err(ProfileError::TrustedBlock)?;
         Ok(Self {
             name: file.name,
             chain_id: file.chain_id,
@@ -225,6 +305,7 @@ impl ChainProfile {
             genesis_header: file.genesis_header,
             network_identities,
             follow_url: file.follow_url,
+            trusted_blocks,
         })
     }
 
@@ -249,6 +330,11 @@ impl ChainProfile {
                 })
                 .collect(),
             follow_url: self.follow_url.clone(),
+            trusted_blocks: self
+                .trusted_blocks
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         };
         serde_json::to_string_pretty(&file).expect("profile serializes")
     }

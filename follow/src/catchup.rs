@@ -191,6 +191,9 @@ pub enum CatchUpError {
     /// The execution store failed.
     #[error(transparent)]
     Execution(#[from] ExecutionError),
+    /// A trusted block is not on the verified chain, or could not be checked.
+    #[error(transparent)]
+    Trusted(#[from] crate::trusted::TrustError),
     /// The epoch registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -221,6 +224,17 @@ impl CatchUpError {
                 | Self::Broken { .. }
                 | Self::Ledger(_)
                 | Self::Tip { .. }
+                | Self::Trusted(crate::trusted::TrustError::Unchecked { .. })
+        )
+    }
+
+    /// Whether the verified chain holds another block than one the operator trusts: nothing
+    /// more may be stored from it.
+    pub const fn is_untrusted(&self) -> bool {
+        matches!(
+            self,
+            Self::Trusted(crate::trusted::TrustError::Mismatch { .. })
+                | Self::Execution(ExecutionError::Untrusted { .. })
         )
     }
 }
@@ -424,6 +438,28 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
     /// `write_batch` blocks are waiting (and at the end, or before a linking error is
     /// returned), and each batch is written with one sync while the next is fetched and linked.
     async fn fill(&self, from: u64, anchors: &[Anchor]) -> Result<(), CatchUpError> {
+        // A trusted block under these anchors must be on their chain before any of it is
+        // stored (the store refuses another block at its height too, but only batch by batch).
+        let trusted: Vec<_> = self
+            .profile
+            .trusted_blocks
+            .iter()
+            .filter(|block| block.height > from)
+            .copied()
+            .collect();
+        if !trusted.is_empty() {
+            let verified: Vec<_> = anchors
+                .iter()
+                .map(|anchor| (anchor.height, anchor.finalization.proposal.payload))
+                .collect();
+            crate::trusted::check(&trusted, &verified, |first, last| async move {
+                self.sources
+                    .get_blocks(first, last)
+                    .await
+                    .map_err(|err| err.to_string())
+            })
+            .await?;
+        }
         let chunk = self.config.chunk.max(1);
         let mut ranges = Vec::new();
         let mut first = from + 1;

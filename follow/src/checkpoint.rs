@@ -13,7 +13,7 @@ use crate::upstream::{UpstreamClient, UpstreamError};
 use cairn_dkg::Identity;
 use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, LedgerRecord,
-    MalformedError, VerifyError, check_unsigned, decode_certificate,
+    MalformedError, TrustedBlock, VerifyError, check_unsigned, decode_certificate,
 };
 use cairn_feed::StoreContext;
 use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock};
@@ -110,7 +110,10 @@ pub enum CheckpointError {
     /// The upstream could not answer.
     #[error("fetching the checkpoint from the upstream: {0}")]
     Upstream(#[from] UpstreamError),
-    /// The upstream has no finalization to start from.
+    /// A trusted block is not on the verified chain, or could not be checked.
+    #[error(transparent)]
+    Trusted(#[from] crate::trusted::TrustError),
+    /// The upstream has no such finalization.
     #[error("the upstream has no finalization {0}")]
     Unavailable(String),
     /// The upstream answered with a finalization of another height.
@@ -259,6 +262,7 @@ pub async fn establish<E: StoreContext>(
     store: &mut CheckpointStore<E>,
     target: CheckpointTarget,
     concurrency: usize,
+    trusted: &[TrustedBlock],
 ) -> Result<(Checkpoint, WalkReport), CheckpointError> {
     let started = Instant::now();
     let certified = match target {
@@ -300,6 +304,27 @@ pub async fn establish<E: StoreContext>(
     let verified = verifier
         .verify_parts(rng, block, finalization)
         .map_err(|error| CheckpointError::Verify { height, error })?;
+    // Every trusted block at or below the checkpoint must be on the verified chain, found
+    // through the parent hashes under the lowest verified block above it.
+    let mut anchors: Vec<(u64, cairn_primitives::Digest)> = ledger
+        .take_walked()
+        .iter()
+        .map(|boundary| (boundary.height, boundary.finalization.proposal.payload))
+        .collect();
+    anchors.push((height, verified.block.hash()));
+    let trusted_checked = crate::trusted::check(trusted, &anchors, |first, last| async move {
+        upstream
+            .get_blocks(first, last)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await?;
+    if trusted_checked > 0 {
+        info!(
+            trusted = trusted_checked,
+            "the trusted blocks are on the verified chain"
+        );
+    }
     let mut identities = vec![(epoch, verified.identity)];
     if let Some(next) = &verified.next_epoch {
         identities.push((next.epoch, *next.identity()));

@@ -519,6 +519,21 @@ where
         &anchor,
     )
     .await?;
+    // Blocks the operator trusts: what is stored must hold them, and nothing else is written
+    // at their heights.
+    for trusted in &profile.trusted_blocks {
+        if let Some(stored) = execution.block_by_number(trusted.height).await?
+            && stored.hash() != trusted.hash
+        {
+            return Err(ExecutionError::Untrusted {
+                height: trusted.height,
+                trusted: trusted.hash,
+                offered: stored.hash(),
+            }
+            .into());
+        }
+    }
+    execution.trust(&profile.trusted_blocks);
 
     // Startup trust: the registry of an earlier run, the keys a checkpoint's boundary walk
     // proved, and what the stored chain's boundary blocks announce where a key is missing.
@@ -651,7 +666,9 @@ where
                 }
                 break;
             }
-            Err(err) if err.is_storage() => return Err(EngineError::CatchUp(err)),
+            Err(err) if err.is_storage() || err.is_untrusted() => {
+                return Err(EngineError::CatchUp(err));
+            }
             Err(err) if err.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
                 warn!(%err, attempt, "catch-up attempt failed; trying again");
             }

@@ -47,6 +47,18 @@ pub enum ExecutionError {
         /// The parent hash the block above names.
         expected: Digest,
     },
+    /// The block is not the one the operator trusts at its height (`--trusted-block`).
+    #[error(
+        "the verified chain holds {offered} at height {height}, not the trusted block {trusted}: refused, nothing of it stored"
+    )]
+    Untrusted {
+        /// Height.
+        height: u64,
+        /// The trusted hash.
+        trusted: Digest,
+        /// The hash of the block offered.
+        offered: Digest,
+    },
     /// A different block is already finalized at this height.
     #[error("height {height} is already finalized as {stored}, not {offered}")]
     Conflict {
@@ -143,6 +155,7 @@ pub struct EmbeddedExecution<E: StoreContext> {
     blocks: BlockStore<E>,
     first: Arc<RwLock<First>>,
     tip: Arc<RwLock<Tip>>,
+    trusted: Arc<RwLock<std::collections::BTreeMap<u64, Digest>>>,
 }
 
 impl<E: StoreContext> Clone for EmbeddedExecution<E> {
@@ -151,6 +164,7 @@ impl<E: StoreContext> Clone for EmbeddedExecution<E> {
             blocks: self.blocks.clone(),
             first: self.first.clone(),
             tip: self.tip.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }
@@ -205,7 +219,44 @@ impl<E: StoreContext> EmbeddedExecution<E> {
                 height,
                 hash: tip_block.hash(),
             })),
+            trusted: Arc::default(),
         })
+    }
+
+    /// Refuses, from now on, every write of a block at a height of `trusted` that is not the
+    /// trusted block, before anything of its write is stored.
+    pub fn trust(&self, trusted: &[cairn_epoch::TrustedBlock]) {
+        self.trusted
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(trusted.iter().map(|block| (block.height, block.hash)));
+    }
+
+    /// [`ExecutionError::Untrusted`] for the first of `blocks` that is not the block trusted
+    /// at its height.
+    fn check_trusted<'a>(
+        &self,
+        blocks: impl IntoIterator<Item = &'a Block>,
+    ) -> Result<(), ExecutionError> {
+        let trusted = self
+            .trusted
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if trusted.is_empty() {
+            return Ok(());
+        }
+        for block in blocks {
+            if let Some(hash) = trusted.get(&block.height())
+                && *hash != block.hash()
+            {
+                return Err(ExecutionError::Untrusted {
+                    height: block.height(),
+                    trusted: *hash,
+                    offered: block.hash(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Stores `blocks`, history directly below the first stored block in descending heights
@@ -241,6 +292,7 @@ impl<E: StoreContext> EmbeddedExecution<E> {
             }
             expected = (height, block.parent());
         }
+        self.check_trusted(blocks)?;
         self.blocks.put_unindexed(blocks).await?;
         *self
             .first
@@ -291,6 +343,7 @@ impl<E: StoreContext> EmbeddedExecution<E> {
             }
             expected = (block.height() + 1, block.hash());
         }
+        self.check_trusted(blocks)?;
         self.blocks.put_batch(blocks).await?;
         *self
             .tip
@@ -432,6 +485,7 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
                 tip: tip.hash,
             });
         }
+        self.check_trusted([&block])?;
         self.blocks.put(&block).await?;
         *self
             .tip

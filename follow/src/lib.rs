@@ -17,6 +17,7 @@ pub mod executor;
 pub mod registry;
 pub mod resolver;
 pub mod status;
+pub mod trusted;
 pub mod upstream;
 
 pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};

@@ -7,7 +7,7 @@ use crate::cpus::CpuList;
 use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics};
 use crate::progress::Progress;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
-use cairn_epoch::{ChainProfile, IdentityLedger};
+use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
 use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
@@ -194,6 +194,21 @@ pub struct FollowArgs {
     #[arg(long, env = "CAIRN_CHECK_STORES")]
     #[serde(default)]
     check_stores: bool,
+    /// A block you trust at its height, as HEIGHT:HASH (repeatable, or comma-separated; added to
+    /// the profile's `trustedBlocks`). A checkpoint start whose verified chain holds another
+    /// block there is refused before anything is stored, and so is any later write of another
+    /// block at that height (a catch-up, marshal, the backfill), which stops the follower. A
+    /// walk from genesis trusts every committee the chain ever had: a recent block you pinned
+    /// means leaked keys of an old committee cannot certify another history.
+    #[arg(
+        long,
+        value_name = "HEIGHT:HASH",
+        env = "CAIRN_TRUSTED_BLOCK",
+        value_delimiter = ','
+    )]
+    #[serde_as(as = "Vec<DisplayFromStr>")]
+    #[serde(default)]
+    trusted_block: Vec<TrustedBlock>,
 }
 
 /// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
@@ -207,8 +222,10 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
             "--chain is required: a built-in profile (tempo-mainnet, tempo-moderato) or a chain profile file (also CAIRN_CHAIN, or `chain` in the --config file)"
         )
     })?;
-    let profile = ChainProfile::resolve(&chain)
+    let mut profile = ChainProfile::resolve(&chain)
         .wrap_err_with(|| format!("--chain {chain}: cannot load the chain profile"))?;
+    profile.trusted_blocks = merge_trusted(&profile.trusted_blocks, &args.trusted_block)
+        .map_err(|err| eyre!("--trusted-block: {err}"))?;
     let datadir = args
         .datadir
         .get_or_insert_with(|| default_datadir(&profile.name))
@@ -355,6 +372,7 @@ async fn checkpoint_for(
         &mut store,
         target,
         DEFAULT_WALK_CONCURRENCY,
+        &profile.trusted_blocks,
     )
     .await
     .map_err(|err| eyre!("checkpoint start refused: {err}"))?;

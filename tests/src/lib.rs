@@ -446,6 +446,7 @@ pub fn committee_profile(committee: &TestCommittee, epoch_length: u64) -> ChainP
         genesis_header: Some(header),
         network_identities: Vec::new(),
         follow_url: None,
+        trusted_blocks: Vec::new(),
     }
 }
 

@@ -400,3 +400,106 @@ fn a_source_whose_latest_finalization_does_not_verify_is_quarantined_and_another
     assert_eq!(outcome.executed, TIP);
     assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_trusted_block_the_verified_chain_does_not_hold_stops_the_catch_up_before_anything_is_stored() {
+    let (_, mut profile, chain) = chain();
+    let hash = |height: u64| {
+        chain[height as usize - 1]
+            .block
+            .as_ref()
+            .expect("block")
+            .hash()
+    };
+    // The chain holds block 23; the operator trusts another one there.
+    profile.trusted_blocks = vec![cairn_epoch::TrustedBlock {
+        height: 23,
+        hash: hash(24),
+    }];
+    let outcome = catch_up(&profile, &[], chain.clone(), VerifyPolicy::HashChain);
+    let err = outcome.result.expect_err("refused");
+    assert!(err.is_untrusted() && !err.is_retryable(), "{err}");
+    assert!(err.to_string().contains(&hash(23).to_string()), "{err}");
+    assert_eq!(outcome.executed, 0);
+    assert!(outcome.stored.is_empty() && outcome.anchored.is_empty());
+    assert!(outcome.persisted.is_empty(), "no key registered");
+
+    // The right block at 23 and the tip's own hash: the whole chain is stored.
+    profile.trusted_blocks = vec![
+        cairn_epoch::TrustedBlock {
+            height: 23,
+            hash: hash(23),
+        },
+        cairn_epoch::TrustedBlock {
+            height: TIP,
+            hash: hash(TIP),
+        },
+    ];
+    let outcome = catch_up(&profile, &[], chain, VerifyPolicy::HashChain);
+    outcome.result.expect("caught up");
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_execution_store_refuses_another_block_at_a_trusted_height_and_stores_nothing_of_its_write() {
+    use cairn_follow::execution::ExecutionError;
+    let (_, profile, chain) = chain();
+    let blocks: Vec<Block> = chain
+        .iter()
+        .map(|certified| certified.block.clone().expect("block"))
+        .collect();
+    deterministic::Runner::default().start(|context| async move {
+        let genesis = genesis_block(&profile).expect("genesis");
+        let execution = EmbeddedExecution::open_in(context.child("execution"), "g", &genesis)
+            .await
+            .expect("opens");
+        execution.trust(&[cairn_epoch::TrustedBlock {
+            height: 5,
+            hash: blocks[4].hash(),
+        }]);
+        execution
+            .finalize_batch(&blocks[..3])
+            .await
+            .expect("below it");
+        // Another block 5 on the same parent, in a batch and alone.
+        let other = tampered(&blocks[4]);
+        assert_eq!(other.parent(), blocks[4].parent());
+        let batch = vec![blocks[3].clone(), other.clone()];
+        let refused = [
+            execution.finalize_batch(&batch).await.expect_err("batch"),
+            {
+                execution
+                    .finalize_batch(&blocks[3..4])
+                    .await
+                    .expect("block 4");
+                execution.finalize(other.clone()).await.expect_err("alone")
+            },
+        ];
+        for err in refused {
+            assert!(
+                matches!(err, ExecutionError::Untrusted { height: 5, trusted, offered }
+                    if trusted == blocks[4].hash() && offered == other.hash()),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            execution.finalized_height(),
+            4,
+            "block 4 only once it came alone"
+        );
+        assert!(
+            execution
+                .block_by_hash(other.hash())
+                .await
+                .expect("reads")
+                .is_none()
+        );
+        assert!(execution.block_by_number(5).await.expect("reads").is_none());
+        // The trusted one goes in.
+        execution
+            .finalize_batch(&blocks[4..6])
+            .await
+            .expect("the trusted block");
+        assert_eq!(execution.finalized_height(), 6);
+    });
+}

@@ -1,6 +1,6 @@
-//! The checkpoint start against an upstream on loopback that answers a finalization request
-//! with another height's (valid) finalization: the start is refused naming both heights, and
-//! the checkpoint store holds nothing afterwards.
+//! The checkpoint start against an upstream on loopback: a finalization request answered with
+//! another height's (valid) finalization, or a verified chain without a block the operator
+//! trusts, is refused naming both, and the checkpoint store holds nothing afterwards.
 
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_follow::{
@@ -79,6 +79,7 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
             &mut store,
             CheckpointTarget::Height(11),
             8,
+            &[],
         )
         .await
         .expect_err("another height is refused");
@@ -104,11 +105,101 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
             &mut store,
             CheckpointTarget::Height(12),
             8,
+            &[],
         )
         .await
         .expect("height 12 verifies");
         assert_eq!(checkpoint.height(), 12);
         assert_eq!(report.boundaries, 2, "the boundaries of epochs 0 and 1");
+        assert!(store.checkpoint().expect("reads").is_some());
+        server.handle.stop().expect("stops");
+    });
+}
+
+#[test]
+fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing_is_stored() {
+    let committee = TestCommittee::new(b"TEMPO", 52, 4);
+    let (profile, chain) = committee_chain(&committee, 40, 5);
+    let chain = &chain;
+    let hash = |height: u64| {
+        chain[height as usize - 1]
+            .block
+            .as_ref()
+            .expect("block")
+            .hash()
+    };
+    let trusted = |height: u64, hash: Digest| cairn_epoch::TrustedBlock { height, hash };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(dir.path());
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        let memory = MemoryChain::default();
+        for certified in chain {
+            memory.insert(certified.clone());
+        }
+        let server = cairn_feed::start(
+            "127.0.0.1:0",
+            memory,
+            FeedState::default(),
+            RpcConfig::default(),
+        )
+        .await
+        .expect("server starts");
+        let upstream = UpstreamClient::connect(
+            &format!("ws://{}", server.local_addr),
+            &ClientConfig::default(),
+        )
+        .await
+        .expect("connects");
+        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
+            .await
+            .expect("store opens");
+        let mut rng = rand::rng();
+        // Block 23 (inside epoch 4, under the boundary at 24), block 24 (a boundary), and the
+        // checkpoint itself, each pinned to a hash the chain does not hold there.
+        for (height, wrong) in [(23, hash(22)), (24, hash(23)), (37, hash(36))] {
+            let err = checkpoint::establish(
+                &mut rng,
+                &profile,
+                &upstream,
+                &mut store,
+                CheckpointTarget::Height(37),
+                8,
+                &[trusted(height, wrong)],
+            )
+            .await
+            .expect_err("refused");
+            assert!(
+                matches!(
+                    &err,
+                    CheckpointError::Trusted(cairn_follow::trusted::TrustError::Mismatch { height: at, trusted, chain })
+                        if *at == height && *trusted == wrong && *chain == hash(height)
+                ),
+                "{err}"
+            );
+            assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint stored");
+            assert!(store.ledger().expect("reads").is_none(), "no ledger stored");
+        }
+
+        // The chain's own blocks: the checkpoint is taken; one above it is left to the store.
+        let (checkpoint, _) = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &upstream,
+            &mut store,
+            CheckpointTarget::Height(37),
+            8,
+            &[
+                trusted(3, hash(3)),
+                trusted(23, hash(23)),
+                trusted(37, hash(37)),
+                trusted(39, hash(1)),
+            ],
+        )
+        .await
+        .expect("on the chain");
+        assert_eq!(checkpoint.height(), 37);
         assert!(store.checkpoint().expect("reads").is_some());
         server.handle.stop().expect("stops");
     });
