@@ -554,6 +554,7 @@ impl<E: StoreContext> Devnet<E> {
             network_identities: Vec::new(),
             follow_url: None,
             trusted_blocks: Vec::new(),
+            upstream_rate_limit: None,
         })
     }
 

@@ -177,6 +177,9 @@ pub struct ChainProfile {
     pub follow_url: Option<String>,
     /// Blocks trusted at their heights, in height order (see [`TrustedBlock`]).
     pub trusted_blocks: Vec<TrustedBlock>,
+    /// Calls per second a follower sends each upstream by default (public RPC nodes limit
+    /// calls per client); `None` for no budget.
+    pub upstream_rate_limit: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -201,6 +204,8 @@ struct ProfileFile {
     /// `HEIGHT:HASH` strings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     trusted_blocks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream_rate_limit: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -306,6 +311,7 @@ impl ChainProfile {
             network_identities,
             follow_url: file.follow_url,
             trusted_blocks,
+            upstream_rate_limit: file.upstream_rate_limit,
         })
     }
 
@@ -335,6 +341,7 @@ impl ChainProfile {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            upstream_rate_limit: self.upstream_rate_limit,
         };
         serde_json::to_string_pretty(&file).expect("profile serializes")
     }

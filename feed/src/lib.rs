@@ -4,6 +4,7 @@
 //! follow it, and the on-disk block store (with its transaction index) nodes serve from.
 
 pub mod page;
+pub mod public;
 pub mod rpc;
 mod state;
 pub mod store;

@@ -77,6 +77,9 @@ pub struct RpcConfig {
     /// Answers `cairn_status` (and feeds the page at `/status`); without it, `cairn_status`
     /// answers 503.
     pub status: Option<StatusSource>,
+    /// Answer as a public RPC node does (a round trip, a call budget, a batch cap, no
+    /// `debug_*`): for tests and benchmarks of followers in the field.
+    pub public_node: Option<crate::public::PublicNode>,
 }
 
 impl Default for RpcConfig {
@@ -88,6 +91,7 @@ impl Default for RpcConfig {
             message_buffer: 1024,
             queued_bytes: DEFAULT_QUEUED_BYTES,
             status: None,
+            public_node: None,
         }
     }
 }
@@ -721,6 +725,10 @@ pub async fn start<C: ChainReader>(
     let services = Server::builder()
         .set_config(server_config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(StatusPageLayer))
+        .set_rpc_middleware(
+            jsonrpsee::server::middleware::rpc::RpcServiceBuilder::new()
+                .option_layer(config.public_node.map(crate::public::PublicNodeLayer::new)),
+        )
         .to_service_builder();
     let handlers = RpcHandlers::new(chain, feed, config.chain_id, config.queued_bytes);
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());

@@ -82,6 +82,14 @@ pub struct DevnetArgs {
     /// [default: none]
     #[arg(long, value_name = "H")]
     fork_at: Option<u64>,
+    /// Answer RPC as a public node does, to try followers in field conditions on one machine:
+    /// `typical` (60 ms round trip, 300 calls per second for all clients, batches of at most
+    /// 100 calls, `debug_*` refused) or LATENCY,CALLS_PER_SECOND,MAX_BATCH,debug|no-debug
+    /// (`25ms,200,50,debug`; 0 for no limit). Calls beyond the budget answer -32005 "rate limit
+    /// exceeded", a larger batch -32600, `debug_*` -32601. [default: none; every call answered
+    /// at once]
+    #[arg(long, value_name = "LIMITS")]
+    public_node: Option<cairn_feed::public::PublicNode>,
     /// Also start this many `cairn follow` processes following this devnet, each with its own
     /// datadir under DIR/followers/, and show their verified height and lag each second.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -386,6 +394,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
     let rpc_config = RpcConfig {
         chain_id: profile.chain_id,
         status: Some(board.source()),
+        public_node: args.public_node,
         ..RpcConfig::default()
     };
     let mut server = cairn_feed::start(

@@ -199,7 +199,8 @@ pub struct FollowArgs {
     /// block there is refused before anything is stored, and so is any later write of another
     /// block at that height (a catch-up, marshal, the backfill), which stops the follower. A
     /// walk from genesis trusts every committee the chain ever had: a recent block you pinned
-    /// means leaked keys of an old committee cannot certify another history.
+    /// means leaked keys of an old committee cannot certify another history. [default: the
+    /// profile's `trustedBlocks`, none for the built-in profiles]
     #[arg(
         long,
         value_name = "HEIGHT:HASH",
@@ -209,6 +210,19 @@ pub struct FollowArgs {
     #[serde_as(as = "Vec<DisplayFromStr>")]
     #[serde(default)]
     trusted_block: Vec<TrustedBlock>,
+    /// Calls sent to each upstream per second at most (a batch counts each call). Public RPC
+    /// nodes limit calls per client and answer more with "slow down" (-32005, HTTP 429); such
+    /// answers are never held against an upstream: the call is sent again after a wait that
+    /// doubles up to 2 s, and a batch refused for its size is split. 0 for no budget.
+    /// [default: the profile's `upstreamRateLimit` (200 for the built-in Tempo profiles), else
+    /// none]
+    #[arg(
+        long,
+        value_name = "CALLS_PER_SECOND",
+        env = "CAIRN_UPSTREAM_RATE_LIMIT"
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream_rate_limit: Option<u32>,
 }
 
 /// Runs the follower until Ctrl-C (or SIGTERM); `matches` says which settings the command line
@@ -325,6 +339,7 @@ async fn checkpoint_for(
     urls: &[String],
     profile: &ChainProfile,
     target: CheckpointTarget,
+    client_config: &ClientConfig,
 ) -> eyre::Result<Option<Checkpoint>> {
     let mut store = CheckpointStore::open(context.child("checkpoint"), "follow-checkpoint")
         .await
@@ -349,7 +364,7 @@ async fn checkpoint_for(
     let mut client = None;
     let mut failures = Vec::new();
     for url in urls {
-        match UpstreamClient::connect(url, &ClientConfig::default()).await {
+        match UpstreamClient::connect(url, client_config).await {
             Ok(connected) => {
                 client = Some(connected);
                 break;
@@ -480,8 +495,9 @@ async fn follow(
         }
         None => None,
     };
+    let upstream_client = client_config(&profile, args.upstream_rate_limit);
     let checkpoint = tokio::select! {
-        checkpoint = checkpoint_for(&context, &urls, &profile, target) => checkpoint?,
+        checkpoint = checkpoint_for(&context, &urls, &profile, target, &upstream_client) => checkpoint?,
         err = disk.full() => return Err(err),
         () = shutdown.wait() => {
             say!("stopped before the follower started");
@@ -494,6 +510,7 @@ async fn follow(
     for (source, url) in urls.iter().enumerate() {
         let config = upstream::Config {
             source,
+            client: upstream_client.clone(),
             ..upstream::Config::new(url.clone())
         };
         let (upstream_actor, mailbox) = upstream::init(config, notifications_tx.clone())
@@ -797,4 +814,16 @@ fn upstreams_summary(health: &[upstream::SourceHealth]) -> String {
         }
     }
     summary
+}
+
+/// The upstream connection settings: the call budget from `--upstream-rate-limit`, else the
+/// profile's (0 turns it off).
+pub fn client_config(profile: &ChainProfile, rate_limit: Option<u32>) -> ClientConfig {
+    let calls_per_second = rate_limit
+        .or(profile.upstream_rate_limit)
+        .filter(|calls| *calls > 0);
+    ClientConfig {
+        calls_per_second,
+        ..ClientConfig::default()
+    }
 }

@@ -447,12 +447,13 @@ fn output_cut_short_exits_quietly() {
 /// default, or says it has none.
 #[test]
 fn help_explains_every_flag() {
-    let subcommands: [&[&str]; 6] = [
+    let subcommands: [&[&str]; 7] = [
         &["follow"],
         &["devnet"],
         &["status"],
         &["inspect", "certificate"],
         &["inspect", "dkg-outcome"],
+        &["inspect", "profile"],
         &[],
     ];
     for subcommand in subcommands {

@@ -447,6 +447,7 @@ pub fn committee_profile(committee: &TestCommittee, epoch_length: u64) -> ChainP
         network_identities: Vec::new(),
         follow_url: None,
         trusted_blocks: Vec::new(),
+        upstream_rate_limit: None,
     }
 }
 

@@ -15,11 +15,14 @@ use jsonrpsee::{
     },
     http_client::{HttpClient, HttpClientBuilder, transport::Error as HttpTransportError},
     rpc_params,
-    types::error::METHOD_NOT_FOUND_CODE,
+    types::{ErrorObjectOwned, error::METHOD_NOT_FOUND_CODE},
     ws_client::{PingConfig, WsClient, WsClientBuilder},
 };
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    time::Duration,
+};
 
 /// Which block to fetch.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +47,10 @@ pub struct ClientConfig {
     /// Largest answer or event accepted, in bytes; a larger one fails the request (or, for an
     /// event, the connection).
     pub max_response_size: u32,
+    /// Calls sent per second at most (a batch counts each call); `None` for no budget.
+    pub calls_per_second: Option<u32>,
+    /// The most calls sent in one batch, before the upstream says less.
+    pub max_batch: usize,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +61,8 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(15),
             subscription_buffer: 4096,
             max_response_size: 16 * 1024 * 1024,
+            calls_per_second: None,
+            max_batch: 1024,
         }
     }
 }
@@ -83,13 +92,112 @@ pub fn normalize_url(url: &str) -> Result<String, UpstreamError> {
     Ok(normalized)
 }
 
-/// A connected upstream.
+/// A connected upstream, and what it was found to serve.
 #[derive(Debug)]
-pub enum UpstreamClient {
+pub struct UpstreamClient {
+    transport: Transport,
+    manners: Manners,
+}
+
+/// The connection itself.
+#[derive(Debug)]
+enum Transport {
     /// Over WebSocket (can subscribe).
     Ws(WsClient),
     /// Over HTTP (requests only).
     Http(HttpClient),
+}
+
+/// How to ask an upstream: learnt from its answers, as public nodes differ. Many refuse
+/// `debug_*`, cap batch sizes, and answer calls beyond a budget with "slow down" (-32005,
+/// HTTP 429).
+#[derive(Debug)]
+struct Manners {
+    /// Whether `debug_getRawBlock` was refused as an unknown method.
+    no_raw_blocks: AtomicBool,
+    /// The most calls a batch may hold (halved on each "batch too large").
+    max_batch: AtomicUsize,
+    /// Calls sent per second at most, when a budget is set.
+    pace: Option<Pace>,
+    /// Calls the upstream refused with "slow down" (each retried).
+    refused: AtomicU64,
+    /// Calls sent.
+    calls: AtomicU64,
+}
+
+/// A call budget per second, spent evenly: each call waits for its slot.
+#[derive(Debug)]
+struct Pace {
+    interval: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(calls_per_second: u32) -> Self {
+        Self {
+            interval: Duration::from_secs(1) / calls_per_second.max(1),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `calls` more calls are within the budget.
+    async fn take(&self, calls: usize) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.interval * u32::try_from(calls).unwrap_or(u32::MAX);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// How long to wait after the first "slow down", doubled on each one that follows.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a call is retried while the upstream keeps saying "slow down".
+const SLOW_DOWN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether an answer asks the client to slow down: JSON-RPC -32005 ("limit exceeded", what
+/// public Ethereum nodes send), HTTP 429, or an error that says so. Not invalid data, and not a
+/// failure of the node.
+fn is_slow_down(err: &ClientError) -> bool {
+    match err {
+        ClientError::Call(call) => call.code() == -32005 || says_slow_down(call.message()),
+        ClientError::Transport(err) => says_slow_down(&err.to_string()),
+        _ => false,
+    }
+}
+
+fn says_slow_down(text: &str) -> bool {
+    let text = text.to_lowercase();
+    [
+        "rate limit",
+        "too many requests",
+        "429",
+        "slow down",
+        "exceeded the limit",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
+}
+
+/// Whether an error refuses a batch for its size.
+fn is_batch_too_large(err: &ClientError) -> bool {
+    match err {
+        ClientError::Call(call) => is_batch_too_large_message(call.message()),
+        other => is_batch_too_large_message(&other.to_string()),
+    }
+}
+
+fn is_batch_too_large_message(text: &str) -> bool {
+    let text = text.to_lowercase();
+    text.contains("batch")
+        && ["too large", "too many", "exceed", "limit"]
+            .iter()
+            .any(|sign| text.contains(sign))
 }
 
 fn call_error(method: &str, err: ClientError) -> UpstreamError {
@@ -141,7 +249,14 @@ impl UpstreamClient {
     /// Connects to `url` (see [`normalize_url`]).
     pub async fn connect(url: &str, config: &ClientConfig) -> Result<Self, UpstreamError> {
         let url = normalize_url(url)?;
-        if url.starts_with("ws") {
+        let manners = Manners {
+            no_raw_blocks: AtomicBool::new(false),
+            max_batch: AtomicUsize::new(config.max_batch.max(1)),
+            pace: config.calls_per_second.map(Pace::new),
+            refused: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        };
+        let transport = if url.starts_with("ws") {
             let ping = PingConfig::new()
                 .ping_interval(config.ping_interval)
                 .inactive_limit(config.ping_interval * 3);
@@ -153,32 +268,167 @@ impl UpstreamClient {
                 .max_response_size(config.max_response_size)
                 .build(&url)
                 .await
-                .map(Self::Ws)
-                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))
+                .map(Transport::Ws)
+                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))?
         } else {
             HttpClientBuilder::default()
                 .request_timeout(config.request_timeout)
                 .max_response_size(config.max_response_size)
                 .build(&url)
-                .map(Self::Http)
-                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))
-        }
+                .map(Transport::Http)
+                .map_err(|err| UpstreamError::Connect(format!("{url}: {err}")))?
+        };
+        Ok(Self { transport, manners })
     }
 
+    /// Calls sent, and of those refused with "slow down" (and retried), since connecting.
+    pub fn call_counts(&self) -> (u64, u64) {
+        (
+            self.manners.calls.load(Ordering::Relaxed),
+            self.manners.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits out "slow down" answer number `refusals` (from 1), or gives up once
+    /// [`SLOW_DOWN_LIMIT`] has passed since `started`.
+    async fn back_off(&self, refusals: u32, started: tokio::time::Instant) -> bool {
+        if started.elapsed() >= SLOW_DOWN_LIMIT {
+            return false;
+        }
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << refusals.saturating_sub(1).min(5))
+            .min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
+        true
+    }
+
+    /// One call, within the budget; retried while the upstream says "slow down".
     async fn request<R: DeserializeOwned>(
         &self,
         method: &str,
         params: ArrayParams,
     ) -> Result<R, ClientError> {
-        match self {
-            Self::Ws(client) => client.request(method, params).await,
-            Self::Http(client) => client.request(method, params).await,
+        let started = tokio::time::Instant::now();
+        let mut refusals = 0;
+        loop {
+            if let Some(pace) = &self.manners.pace {
+                pace.take(1).await;
+            }
+            self.manners.calls.fetch_add(1, Ordering::Relaxed);
+            let answer = match &self.transport {
+                Transport::Ws(client) => client.request(method, params.clone()).await,
+                Transport::Http(client) => client.request(method, params.clone()).await,
+            };
+            match answer {
+                Err(err) if is_slow_down(&err) => {
+                    self.manners.refused.fetch_add(1, Ordering::Relaxed);
+                    refusals += 1;
+                    if !self.back_off(refusals, started).await {
+                        return Err(err);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `calls` (method and parameters) in batches the upstream takes, within the budget: a
+    /// batch refused for its size is split, and the size kept for the next ones; calls refused
+    /// with "slow down" are sent again after a wait. Answers come in the order of `calls`.
+    async fn batch<R: DeserializeOwned + std::fmt::Debug + Send + 'static>(
+        &self,
+        calls: &[(&'static str, ArrayParams)],
+    ) -> Result<Vec<Result<R, ErrorObjectOwned>>, ClientError> {
+        let mut answers: Vec<Option<Result<R, ErrorObjectOwned>>> =
+            (0..calls.len()).map(|_| None).collect();
+        let started = tokio::time::Instant::now();
+        let mut refusals = 0;
+        loop {
+            let pending: Vec<usize> = (0..calls.len()).filter(|i| answers[*i].is_none()).collect();
+            if pending.is_empty() {
+                return Ok(answers
+                    .into_iter()
+                    .map(|answer| answer.expect("answered"))
+                    .collect());
+            }
+            let size = self.manners.max_batch.load(Ordering::Relaxed).max(1);
+            let mut slowed = false;
+            for group in pending.chunks(size) {
+                let mut batch = BatchRequestBuilder::new();
+                for index in group {
+                    let (method, params) = &calls[*index];
+                    batch
+                        .insert(method, params.clone())
+                        .map_err(|err| ClientError::Custom(err.to_string()))?;
+                }
+                if let Some(pace) = &self.manners.pace {
+                    pace.take(group.len()).await;
+                }
+                self.manners
+                    .calls
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                let answer = match &self.transport {
+                    Transport::Ws(client) => client.batch_request::<R>(batch).await,
+                    Transport::Http(client) => client.batch_request::<R>(batch).await,
+                };
+                let answer = match answer {
+                    // Some nodes refuse a large batch call by call.
+                    Ok(answer)
+                        if answer.iter().any(|entry| {
+                            matches!(entry, Err(err) if is_batch_too_large_message(err.message()))
+                        }) =>
+                    {
+                        Err(ClientError::Custom("batch too large".into()))
+                    }
+                    other => other,
+                };
+                match answer {
+                    Ok(answer) => {
+                        for (index, entry) in group.iter().zip(answer) {
+                            match entry {
+                                Err(err)
+                                    if err.code() == -32005 || says_slow_down(err.message()) =>
+                                {
+                                    self.manners.refused.fetch_add(1, Ordering::Relaxed);
+                                    slowed = true;
+                                }
+                                entry => answers[*index] = Some(entry),
+                            }
+                        }
+                    }
+                    Err(err) if is_batch_too_large(&err) && group.len() > 1 => {
+                        let smaller = group.len() / 2;
+                        self.manners.max_batch.store(smaller, Ordering::Relaxed);
+                        tracing::debug!(
+                            size = smaller,
+                            "the upstream refused a batch for its size; sending smaller ones"
+                        );
+                        slowed = false;
+                        break;
+                    }
+                    Err(err) if is_slow_down(&err) => {
+                        self.manners
+                            .refused
+                            .fetch_add(group.len() as u64, Ordering::Relaxed);
+                        slowed = true;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            if slowed {
+                refusals += 1;
+                if !self.back_off(refusals, started).await {
+                    return Err(ClientError::Custom(
+                        "rate limit exceeded: the upstream kept saying slow down".into(),
+                    ));
+                }
+            }
         }
     }
 
     /// Subscribes to `consensus_event` notifications (WebSocket only).
     pub async fn subscribe(&self) -> Result<Subscription<Event>, UpstreamError> {
-        let Self::Ws(client) = self else {
+        let Transport::Ws(client) = &self.transport else {
             return Err(UpstreamError::InvalidUrl(
                 "subscriptions need a ws:// or wss:// upstream".into(),
             ));
@@ -195,23 +445,23 @@ impl UpstreamClient {
 
     /// Resolves when a WebSocket connection drops (never for HTTP).
     pub async fn disconnected(&self) -> Disconnect {
-        match self {
-            Self::Ws(client) => {
+        match &self.transport {
+            Transport::Ws(client) => {
                 let err = client.on_disconnect().await;
                 Disconnect {
                     reason: err.to_string(),
                     oversized: oversized(&err),
                 }
             }
-            Self::Http(_) => std::future::pending().await,
+            Transport::Http(_) => std::future::pending().await,
         }
     }
 
     /// Whether a WebSocket connection is still up (HTTP is always).
     pub fn is_connected(&self) -> bool {
-        match self {
-            Self::Ws(client) => client.is_connected(),
-            Self::Http(_) => true,
+        match &self.transport {
+            Transport::Ws(client) => client.is_connected(),
+            Transport::Http(_) => true,
         }
     }
 
@@ -253,48 +503,85 @@ impl UpstreamClient {
         Ok(Some(certified))
     }
 
-    /// The blocks at heights `first..=last` in one JSON-RPC batch of `debug_getRawBlock`
-    /// calls, each decoded and checked against its roots; the answer stops before the first
-    /// height the upstream lacks. An upstream that does not answer the batch is asked block
-    /// by block.
+    /// The blocks at heights `first..=last`, each decoded and checked against its roots; the
+    /// answer stops before the first height the upstream lacks. Asked in JSON-RPC batches of
+    /// `debug_getRawBlock` (the raw RLP: the least to send and decode), or of
+    /// `eth_getBlockByNumber [n, true]` once the upstream refused `debug_*` (as public nodes
+    /// do); block by block from an upstream that takes no batches.
     pub async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
-        const METHOD: &str = "debug_getRawBlock";
+        const RAW: &str = "debug_getRawBlock";
+        const BY_NUMBER: &str = "eth_getBlockByNumber";
         if first > last {
             return Ok(Vec::new());
         }
-        let mut batch = BatchRequestBuilder::new();
-        for height in first..=last {
-            batch
-                .insert(METHOD, rpc_params![U64::from(height)])
-                .map_err(|err| UpstreamError::Rpc(format!("{METHOD}: {err}")))?;
-        }
-        let answer = match self {
-            Self::Ws(client) => client.batch_request::<Bytes>(batch).await,
-            Self::Http(client) => client.batch_request::<Bytes>(batch).await,
-        };
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(ClientError::Call(call)) if call.code() == METHOD_NOT_FOUND_CODE => {
-                return self.blocks_one_by_one(first, last).await;
+        if !self.manners.no_raw_blocks.load(Ordering::Relaxed) {
+            let calls: Vec<_> = (first..=last)
+                .map(|height| (RAW, rpc_params![U64::from(height)]))
+                .collect();
+            let refused = match self.batch::<Bytes>(&calls).await {
+                Ok(answers) => {
+                    if answers.iter().any(
+                        |answer| matches!(answer, Err(err) if err.code() == METHOD_NOT_FOUND_CODE),
+                    ) {
+                        true
+                    } else {
+                        return decode_raw_blocks(first, answers);
+                    }
+                }
+                Err(ClientError::Call(call)) if call.code() == METHOD_NOT_FOUND_CODE => true,
+                Err(err) if is_slow_down(&err) => return Err(call_error(RAW, err)),
+                Err(_) => return self.blocks_one_by_one(first, last).await,
+            };
+            if refused {
+                self.manners.no_raw_blocks.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    "the upstream refuses debug_getRawBlock; asking eth_getBlockByNumber in batches"
+                );
             }
-            Err(err) => return Err(call_error(METHOD, err)),
+        }
+        let calls: Vec<_> = (first..=last)
+            .map(|height| (BY_NUMBER, rpc_params![U64::from(height), true]))
+            .collect();
+        let answers = match self.batch::<Option<RpcBlock>>(&calls).await {
+            Ok(answers) => answers,
+            Err(err) if is_slow_down(&err) => return Err(call_error(BY_NUMBER, err)),
+            Err(_) => return self.blocks_one_by_one(first, last).await,
         };
-        let mut blocks = Vec::with_capacity(answer.len());
-        for (height, entry) in (first..=last).zip(answer) {
-            let raw = match entry {
-                Ok(raw) => raw,
+        let mut blocks = Vec::with_capacity(answers.len());
+        for (height, answer) in (first..=last).zip(answers) {
+            let rpc = match answer {
+                Ok(Some(rpc)) => rpc,
+                Ok(None) => break,
                 Err(err) if err.code() == MISSING_CODE || err.code() == NOT_READY_CODE => break,
                 Err(err) if err.code() == METHOD_NOT_FOUND_CODE => {
-                    return self.blocks_one_by_one(first, last).await;
+                    return self.blocks_one_by_one(height, last).await.map(|rest| {
+                        blocks.extend(rest);
+                        blocks
+                    });
                 }
-                Err(err) => return Err(UpstreamError::Rpc(format!("{METHOD} {height}: {err}"))),
+                Err(err) => {
+                    return Err(UpstreamError::Rpc(format!("{BY_NUMBER} {height}: {err}")));
+                }
             };
-            let block = Block::decode_raw_rlp(&raw).map_err(|err| {
-                UpstreamError::MalformedBlock(format!("{METHOD} {height}: {err}"))
-            })?;
+            let block = match block_from_rpc(rpc) {
+                Ok(block) => block,
+                // Hashes only: the raw block is not to be had either; ask one by one.
+                Err(RpcBlockError::HashesOnly) => match self
+                    .fetch_block(BlockRef::Number(U64::from(height)))
+                    .await?
+                {
+                    Some(block) => block,
+                    None => break,
+                },
+                Err(err) => {
+                    return Err(UpstreamError::MalformedBlock(format!(
+                        "{BY_NUMBER} {height}: {err}"
+                    )));
+                }
+            };
             if block.height() != height {
                 return Err(UpstreamError::MalformedBlock(format!(
-                    "{METHOD} {height} answered block {}",
+                    "{BY_NUMBER} {height} answered block {}",
                     block.height()
                 )));
             }
@@ -387,6 +674,33 @@ impl UpstreamClient {
             .map(Some)
             .map_err(|err| UpstreamError::MalformedBlock(err.to_string()))
     }
+}
+
+/// The blocks of `debug_getRawBlock` answers for heights from `first`, up to the first the
+/// upstream lacks.
+fn decode_raw_blocks(
+    first: u64,
+    answers: Vec<Result<Bytes, ErrorObjectOwned>>,
+) -> Result<Vec<Block>, UpstreamError> {
+    const METHOD: &str = "debug_getRawBlock";
+    let mut blocks = Vec::with_capacity(answers.len());
+    for (height, answer) in (first..).zip(answers) {
+        let raw = match answer {
+            Ok(raw) => raw,
+            Err(err) if err.code() == MISSING_CODE || err.code() == NOT_READY_CODE => break,
+            Err(err) => return Err(UpstreamError::Rpc(format!("{METHOD} {height}: {err}"))),
+        };
+        let block = Block::decode_raw_rlp(&raw)
+            .map_err(|err| UpstreamError::MalformedBlock(format!("{METHOD} {height}: {err}")))?;
+        if block.height() != height {
+            return Err(UpstreamError::MalformedBlock(format!(
+                "{METHOD} {height} answered block {}",
+                block.height()
+            )));
+        }
+        blocks.push(block);
+    }
+    Ok(blocks)
 }
 
 impl BoundarySource for UpstreamClient {

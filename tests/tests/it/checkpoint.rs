@@ -204,3 +204,92 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
         server.handle.stop().expect("stops");
     });
 }
+
+/// An upstream that answers as public RPC nodes do: 5 ms away, 20 calls per second, batches of
+/// at most 8 calls, `debug_*` refused.
+const PUBLIC: cairn_feed::public::PublicNode = cairn_feed::public::PublicNode {
+    latency: std::time::Duration::from_millis(5),
+    calls_per_second: 20,
+    max_batch: 8,
+    refuse_debug: true,
+};
+
+#[test]
+fn through_a_public_node_the_walk_completes_and_blocks_come_in_smaller_batches_without_debug() {
+    let committee = TestCommittee::new(b"TEMPO", 53, 4);
+    let (profile, chain) = committee_chain(&committee, 120, 5);
+    let chain = &chain;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(dir.path());
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        let memory = MemoryChain::default();
+        for certified in chain {
+            memory.insert(certified.clone());
+        }
+        let server = cairn_feed::start(
+            "127.0.0.1:0",
+            memory,
+            FeedState::default(),
+            RpcConfig {
+                public_node: Some(PUBLIC),
+                ..RpcConfig::default()
+            },
+        )
+        .await
+        .expect("server starts");
+        let url = format!("ws://{}", server.local_addr);
+
+        // 24 boundaries fetched 8 at a time against a budget of 20 calls per second: calls
+        // are refused with -32005 and sent again until the walk completes.
+        let upstream = UpstreamClient::connect(&url, &ClientConfig::default())
+            .await
+            .expect("connects");
+        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
+            .await
+            .expect("store opens");
+        let mut rng = rand::rng();
+        let (checkpoint, report) = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &upstream,
+            &mut store,
+            CheckpointTarget::Latest,
+            8,
+            &[],
+        )
+        .await
+        .expect("the walk completes");
+        assert_eq!((checkpoint.height(), report.boundaries), (120, 24));
+        let (calls, refused) = upstream.call_counts();
+        assert!(refused > 0, "the budget was hit: {calls} calls");
+
+        // Blocks: the batch of 40 is refused for its size and split down to 8, debug_getRawBlock
+        // is refused, and eth_getBlockByNumber batches bring every block, each equal to the
+        // chain's.
+        let blocks = upstream.get_blocks(41, 80).await.expect("blocks");
+        let expected: Vec<Block> = chain[40..80]
+            .iter()
+            .map(|certified| certified.block.clone().expect("block"))
+            .collect();
+        assert_eq!(blocks, expected);
+        // With a budget under the node's, nothing is refused.
+        let paced = UpstreamClient::connect(
+            &url,
+            &ClientConfig {
+                calls_per_second: Some(15),
+                ..ClientConfig::default()
+            },
+        )
+        .await
+        .expect("connects");
+        // The node's budget refills each second: start in a fresh one.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let blocks = paced.get_blocks(1, 16).await.expect("blocks");
+        assert_eq!(blocks.len(), 16);
+        let (calls, refused) = paced.call_counts();
+        assert_eq!(refused, 0, "{calls} calls at 15 per second");
+        server.handle.stop().expect("stops");
+    });
+}
