@@ -6,7 +6,7 @@
 //! Errors follow Tempo: code 204 when the node has nothing finalized yet, 503 when the requested
 //! data is missing (the reason is in `data`).
 
-use crate::{ChainReader, FeedState, ReadError, page::StatusPageLayer};
+use crate::{ChainReader, FeedState, PublishedEvent, ReadError, page::StatusPageLayer};
 use alloy_consensus::{
     Transaction as _,
     transaction::{Recovered, SignerRecoverable, TxHashRef},
@@ -15,7 +15,8 @@ use alloy_eips::{BlockId, BlockNumberOrTag, eip2718::Encodable2718};
 use alloy_primitives::{B256, Bytes, U64, U256};
 use alloy_rpc_types_eth::{BlockTransactions, Index, Stage, SyncInfo, SyncStatus};
 use cairn_primitives::{
-    Block, CertifiedBlock, ConsensusState, Digest, HeaderExt, Query, TempoHeader, TempoTxEnvelope,
+    Block, CertifiedBlock, CertifiedHeader, ConsensusState, Digest, Event, HeaderExt, Query,
+    TempoHeader, TempoTxEnvelope,
 };
 use jsonrpsee::{
     PendingSubscriptionSink, RpcModule, SubscriptionMessage,
@@ -25,7 +26,8 @@ use jsonrpsee::{
     types::{ErrorObjectOwned, error::INTERNAL_ERROR_CODE},
 };
 use serde::{Deserialize, Serialize};
-use std::{net::SocketAddr, sync::Arc};
+use serde_json::value::RawValue;
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
@@ -110,6 +112,18 @@ pub trait ConsensusApi {
     /// Consensus events (`finalized` from this node).
     #[subscription(name = "subscribe" => "event", unsubscribe = "unsubscribe", item = cairn_primitives::Event)]
     async fn subscribe(&self) -> SubscriptionResult;
+
+    /// The finalization at `"latest"` or `{"height": N}` with the block's header only.
+    #[method(name = "getFinalizedHeader")]
+    async fn get_finalized_header(&self, query: Query) -> RpcResult<CertifiedHeader>;
+
+    /// Each finalization as it is verified, with the block's header only.
+    #[subscription(
+        name = "subscribeFinalizedHeaders" => "finalizedHeader",
+        unsubscribe = "unsubscribeFinalizedHeaders",
+        item = CertifiedHeader
+    )]
+    async fn subscribe_finalized_headers(&self) -> SubscriptionResult;
 }
 
 /// The `eth_`, `net_`, `web3_` and `debug_` methods answered from the stored blocks.
@@ -471,15 +485,52 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
         })
     }
 
-    /// Runs as long as the subscription: a subscriber too slow for its buffers is dropped with
-    /// a closing error notification (sent once the client has read what was queued before it),
-    /// so its client sees the subscription end and can subscribe again.
     async fn subscribe(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
+        self.stream(pending, "consensus", |event| {
+            Some(Cow::Borrowed(&*event.json))
+        })
+        .await
+    }
+
+    async fn get_finalized_header(&self, query: Query) -> RpcResult<CertifiedHeader> {
+        let certified = self.get_finalization(query).await?;
+        CertifiedHeader::of(&certified).ok_or_else(|| {
+            missing(format!(
+                "no block stored with the finalization at {query:?}"
+            ))
+        })
+    }
+
+    async fn subscribe_finalized_headers(
+        &self,
+        pending: PendingSubscriptionSink,
+    ) -> SubscriptionResult {
+        self.stream(pending, "finalized header", |event| match &event.event {
+            Event::Finalized { block, .. } => CertifiedHeader::of(block)
+                .and_then(|header| serde_json::value::to_raw_value(&header).ok())
+                .map(Cow::Owned),
+            _ => None,
+        })
+        .await
+    }
+}
+
+impl<C: ChainReader> RpcHandlers<C> {
+    /// Sends `pending` what `select` makes of each published event (nothing when it returns
+    /// `None`), as long as the subscription lasts: a subscriber too slow for its buffers is
+    /// dropped with a closing error notification (sent once the client has read what was queued
+    /// before it), so its client sees the subscription end and can subscribe again.
+    async fn stream(
+        &self,
+        pending: PendingSubscriptionSink,
+        what: &'static str,
+        select: impl Fn(&PublishedEvent) -> Option<Cow<'_, RawValue>>,
+    ) -> SubscriptionResult {
         let mut sink = pending.accept().await?;
         let mut events = self.feed.subscribe();
         debug!(
             subscribers = self.feed.subscribers(),
-            "consensus subscription opened"
+            what, "subscription opened"
         );
         loop {
             let event = tokio::select! {
@@ -488,11 +539,12 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
             };
             match event {
                 Ok(event) => {
+                    let Some(json) = select(&event) else { continue };
                     // What the connection holds unread is bounded in bytes too: the messages
                     // waiting in its buffer, counted at this event's size (the events of one
                     // feed are alike in size), plus this one.
                     let waiting = sink.max_capacity().saturating_sub(sink.capacity());
-                    let size = event.json.get().len();
+                    let size = json.get().len();
                     if waiting > 0
                         && waiting.saturating_add(1).saturating_mul(size) > self.queued_bytes
                     {
@@ -500,18 +552,19 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
                             waiting,
                             size,
                             limit = self.queued_bytes,
-                            "dropping a slow consensus subscriber: its unread events pass the byte limit"
+                            what,
+                            "dropping a slow subscriber: its unread events pass the byte limit"
                         );
                         return Err(SLOW_SUBSCRIBER.into());
                     }
                     let message = match SubscriptionMessage::new(
                         sink.method_name(),
                         sink.subscription_id().clone(),
-                        &event.json,
+                        &json,
                     ) {
                         Ok(message) => message,
                         Err(err) => {
-                            warn!(%err, "could not serialize a consensus event");
+                            warn!(%err, what, "could not serialize an event");
                             continue;
                         }
                     };
@@ -519,14 +572,14 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
                         if sink.is_closed() {
                             return Ok(());
                         }
-                        warn!("dropping a slow consensus subscriber: its buffer is full");
+                        warn!(what, "dropping a slow subscriber: its buffer is full");
                         return Err(SLOW_SUBSCRIBER.into());
                     }
                 }
                 Err(RecvError::Lagged(skipped)) => {
                     warn!(
                         skipped,
-                        "dropping a slow consensus subscriber: it fell behind the event buffer"
+                        what, "dropping a slow subscriber: it fell behind the event buffer"
                     );
                     return Err(SLOW_SUBSCRIBER.into());
                 }

@@ -12,5 +12,5 @@ pub use alloy_consensus::BlockHeader;
 pub use block::{Block, BlockCodecConfig, BlockError, Body, StoredBlock};
 pub use digest::Digest;
 pub use header::{HeaderDecodeError, HeaderExt, TempoConsensusContext, TempoHeader};
-pub use rpc::{CertifiedBlock, ConsensusState, Event, Query};
+pub use rpc::{CertifiedBlock, CertifiedHeader, ConsensusState, Event, Query};
 pub use tempo_primitives::{TempoTxEnvelope, ed25519::PublicKey as ProposerKey};

@@ -29,6 +29,38 @@ pub struct CertifiedBlock {
     pub block: Option<Block>,
 }
 
+/// A finalization with the block's header only, as `consensus_getFinalizedHeader` returns it
+/// and `consensus_subscribeFinalizedHeaders` streams it: what light clients and bridges need
+/// to check a header against its epoch's key, without the transactions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertifiedHeader {
+    /// The finalization's epoch.
+    pub epoch: u64,
+    /// Its view.
+    pub view: u64,
+    /// The block hash it signs.
+    pub digest: B256,
+    /// Unprefixed hex of the encoded finalization certificate.
+    pub certificate: String,
+    /// The block's header.
+    pub header: crate::TempoHeader,
+}
+
+impl CertifiedHeader {
+    /// The header-only form of `certified`; `None` when it carries no block.
+    pub fn of(certified: &CertifiedBlock) -> Option<Self> {
+        let block = certified.block.as_ref()?;
+        Some(Self {
+            epoch: certified.epoch,
+            view: certified.view,
+            digest: certified.digest,
+            certificate: certified.certificate.clone(),
+            header: block.header().clone(),
+        })
+    }
+}
+
 /// A `consensus_event` notification.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]

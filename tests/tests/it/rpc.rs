@@ -473,3 +473,98 @@ async fn genesis_is_served_raw_and_explained_as_the_root_of_trust() {
     assert!(!message.contains("parent hash"), "{message}");
     let _ = server.handle.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalized_headers_are_the_finalizations_header_and_certificate_by_query_and_by_subscription()
+ {
+    use cairn_primitives::CertifiedHeader;
+    use jsonrpsee::core::client::SubscriptionClientT;
+    let committee = TestCommittee::new(b"TEMPO", 8, 4);
+    let chain = MemoryChain::default();
+    let feed = FeedState::default();
+    let certified: Vec<CertifiedBlock> = (1..=3)
+        .map(|height| {
+            committee.certify(
+                cairn_tests::test_block(height, 0, height, Vec::new()),
+                0,
+                height,
+            )
+        })
+        .collect();
+    chain.insert(certified[0].clone());
+    chain.insert(certified[1].clone());
+    feed.publish_finalized(certified[1].clone());
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain.clone(),
+        feed.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let client = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(format!("ws://{}", server.local_addr))
+        .await
+        .expect("client");
+    let expected = |certified: &CertifiedBlock| {
+        let block = certified.block.as_ref().expect("block");
+        (
+            certified.epoch,
+            certified.view,
+            certified.digest,
+            certified.certificate.clone(),
+            block.header().clone(),
+        )
+    };
+    let parts = |header: CertifiedHeader| {
+        (
+            header.epoch,
+            header.view,
+            header.digest,
+            header.certificate,
+            header.header,
+        )
+    };
+    for (query, index) in [(Query::Height(1), 0), (Query::Latest, 1)] {
+        let header: CertifiedHeader = client
+            .request("consensus_getFinalizedHeader", rpc_params![query])
+            .await
+            .expect("header");
+        let full: CertifiedBlock = client
+            .request("consensus_getFinalization", rpc_params![query])
+            .await
+            .expect("finalization");
+        assert_eq!(full, certified[index]);
+        assert_eq!(parts(header), expected(&full), "{query:?}");
+    }
+    let err = client
+        .request::<CertifiedHeader, _>(
+            "consensus_getFinalizedHeader",
+            rpc_params![Query::Height(3)],
+        )
+        .await
+        .expect_err("above the tip");
+    assert!(
+        err.to_string().contains("above the finalized tip 2"),
+        "{err}"
+    );
+
+    // The stream: the next finalization, header only.
+    let mut headers = client
+        .subscribe::<CertifiedHeader, _>(
+            "consensus_subscribeFinalizedHeaders",
+            rpc_params![],
+            "consensus_unsubscribeFinalizedHeaders",
+        )
+        .await
+        .expect("subscribes");
+    chain.insert(certified[2].clone());
+    feed.publish_finalized(certified[2].clone());
+    let streamed = tokio::time::timeout(Duration::from_secs(10), headers.next())
+        .await
+        .expect("in time")
+        .expect("an item")
+        .expect("decodes");
+    assert_eq!(parts(streamed), expected(&certified[2]));
+    headers.unsubscribe().await.expect("unsubscribes");
+}
