@@ -358,7 +358,7 @@ async fn repair_damaged<E: EngineContext, U: UpstreamRequests>(context: E, repai
 }
 
 /// Logs what the start-up store check found.
-fn log_store_check(report: &StoreCheckReport, check: StoreCheck) {
+fn log_store_check(report: &StoreCheckReport, check: StoreCheck, took: Duration) {
     if report.from > report.to {
         return;
     }
@@ -372,6 +372,7 @@ fn log_store_check(report: &StoreCheckReport, check: StoreCheck) {
             to = report.to,
             blocks = report.blocks,
             finalizations = report.finalizations,
+            ?took,
             "stores checked ({scope}): nothing damaged"
         );
     } else {
@@ -382,6 +383,7 @@ fn log_store_check(report: &StoreCheckReport, check: StoreCheck) {
             finalizations = report.finalizations,
             damaged_blocks = ?report.damaged_blocks,
             damaged_finalizations = ?report.damaged_finalizations,
+            ?took,
             "stores checked ({scope}): damage found; it is fetched again from the upstreams"
         );
     }
@@ -704,8 +706,13 @@ where
     })?;
     let finalizations =
         CheckedFinalizations::new(finalizations, anchors.clone(), certificate_damage.clone());
+    let checking = context.current();
     let store_check = check_stores(&execution, &finalizations, config.store_check).await?;
-    log_store_check(&store_check, config.store_check);
+    let took = context
+        .current()
+        .duration_since(checking)
+        .unwrap_or_default();
+    log_store_check(&store_check, config.store_check, took);
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let repairs = Repairs {
         profile: profile.clone(),

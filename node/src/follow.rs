@@ -585,6 +585,23 @@ async fn follow(
             report.certificates
         );
     }
+    let check = &follower.store_check;
+    let damaged = check.damaged_blocks.len() + check.damaged_finalizations.len();
+    if args.check_stores || damaged > 0 {
+        say!(
+            "stores checked, heights {}..={}: {} blocks and {} finalizations read, {} damaged{}",
+            check.from,
+            check.to,
+            check.blocks,
+            check.finalizations,
+            damaged,
+            if damaged > 0 {
+                " (fetched again from the upstreams; `cairn status` shows the repairs)"
+            } else {
+                ""
+            }
+        );
+    }
     say!(
         "following {} | chain {} | verified height {} | {} epochs with a key",
         urls.join(", "),
