@@ -524,7 +524,13 @@ where
     // Blocks the operator trusts: what is stored must hold them, and nothing else is written
     // at their heights.
     for trusted in &profile.trusted_blocks {
-        if let Some(stored) = execution.block_by_number(trusted.height).await?
+        let stored = match execution.block_by_number(trusted.height).await {
+            Ok(stored) => stored,
+            // Damaged: fetched again, through the hash chain, by the repair task.
+            Err(ExecutionError::Store(err)) if err.is_corruption() => None,
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(stored) = stored
             && stored.hash() != trusted.hash
         {
             return Err(ExecutionError::Untrusted {

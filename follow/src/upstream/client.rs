@@ -530,7 +530,11 @@ impl UpstreamClient {
                 }
                 Err(ClientError::Call(call)) if call.code() == METHOD_NOT_FOUND_CODE => true,
                 Err(err) if is_slow_down(&err) => return Err(call_error(RAW, err)),
-                Err(_) => return self.blocks_one_by_one(first, last).await,
+                // A batch answered with one error, or not as a batch: asked block by block.
+                Err(ClientError::Call(_) | ClientError::ParseError(_)) => {
+                    return self.blocks_one_by_one(first, last).await;
+                }
+                Err(err) => return Err(call_error(RAW, err)),
             };
             if refused {
                 self.manners.no_raw_blocks.store(true, Ordering::Relaxed);
@@ -545,7 +549,10 @@ impl UpstreamClient {
         let answers = match self.batch::<Option<RpcBlock>>(&calls).await {
             Ok(answers) => answers,
             Err(err) if is_slow_down(&err) => return Err(call_error(BY_NUMBER, err)),
-            Err(_) => return self.blocks_one_by_one(first, last).await,
+            Err(ClientError::Call(_) | ClientError::ParseError(_)) => {
+                return self.blocks_one_by_one(first, last).await;
+            }
+            Err(err) => return Err(call_error(BY_NUMBER, err)),
         };
         let mut blocks = Vec::with_capacity(answers.len());
         for (height, answer) in (first..=last).zip(answers) {

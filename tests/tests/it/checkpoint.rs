@@ -41,36 +41,61 @@ impl ChainReader for OffByOne {
     }
 }
 
-#[test]
-fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
-    let committee = TestCommittee::new(b"TEMPO", 51, 4);
-    let (profile, chain) = committee_chain(&committee, 12, 5);
+/// `chain` in a [`MemoryChain`].
+fn memory(chain: &[CertifiedBlock]) -> MemoryChain {
+    let memory = MemoryChain::default();
+    for certified in chain {
+        memory.insert(certified.clone());
+    }
+    memory
+}
+
+/// Runs `test` in a tokio runtime whose storage is a temporary directory.
+fn on_disk<F, Fut>(test: F)
+where
+    F: FnOnce(commonware_runtime::tokio::Context) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let dir = tempfile::tempdir().expect("temp dir");
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)
         .with_storage_directory(dir.path());
-    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        let memory = MemoryChain::default();
-        for certified in &chain {
-            memory.insert(certified.clone());
-        }
-        let server = cairn_feed::start(
-            "127.0.0.1:0",
-            OffByOne(memory, 11),
-            FeedState::default(),
-            RpcConfig::default(),
-        )
+    commonware_runtime::tokio::Runner::new(config).start(test);
+}
+
+/// What a checkpoint test works with: `chain` served on loopback with `config`, a client of
+/// it, and an empty checkpoint store.
+async fn serving(
+    context: &commonware_runtime::tokio::Context,
+    chain: impl ChainReader,
+    config: RpcConfig,
+) -> (
+    cairn_feed::RunningServer,
+    UpstreamClient,
+    CheckpointStore<commonware_runtime::tokio::Context>,
+) {
+    let server = cairn_feed::start("127.0.0.1:0", chain, FeedState::default(), config)
         .await
         .expect("server starts");
-        let upstream = UpstreamClient::connect(
-            &format!("ws://{}", server.local_addr),
-            &ClientConfig::default(),
-        )
+    let upstream = UpstreamClient::connect(
+        &format!("ws://{}", server.local_addr),
+        &ClientConfig::default(),
+    )
+    .await
+    .expect("connects");
+    let store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
         .await
-        .expect("connects");
-        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
-            .await
-            .expect("store opens");
+        .expect("store opens");
+    (server, upstream, store)
+}
+
+#[test]
+fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
+    let committee = TestCommittee::new(b"TEMPO", 51, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    on_disk(|context| async move {
+        let (server, upstream, mut store) =
+            serving(&context, OffByOne(memory(&chain), 11), RpcConfig::default()).await;
         let mut rng = rand::rng();
         let err = checkpoint::establish(
             &mut rng,
@@ -129,32 +154,9 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
             .hash()
     };
     let trusted = |height: u64, hash: Digest| cairn_epoch::TrustedBlock { height, hash };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = commonware_runtime::tokio::Config::new()
-        .with_worker_threads(2)
-        .with_storage_directory(dir.path());
-    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        let memory = MemoryChain::default();
-        for certified in chain {
-            memory.insert(certified.clone());
-        }
-        let server = cairn_feed::start(
-            "127.0.0.1:0",
-            memory,
-            FeedState::default(),
-            RpcConfig::default(),
-        )
-        .await
-        .expect("server starts");
-        let upstream = UpstreamClient::connect(
-            &format!("ws://{}", server.local_addr),
-            &ClientConfig::default(),
-        )
-        .await
-        .expect("connects");
-        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
-            .await
-            .expect("store opens");
+    on_disk(|context| async move {
+        let (server, upstream, mut store) =
+            serving(&context, memory(chain), RpcConfig::default()).await;
         let mut rng = rand::rng();
         // Block 23 (inside epoch 4, under the boundary at 24), block 24 (a boundary), and the
         // checkpoint itself, each pinned to a hash the chain does not hold there.
@@ -178,7 +180,10 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
                 ),
                 "{err}"
             );
-            assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint stored");
+            assert!(
+                store.checkpoint().expect("reads").is_none(),
+                "no checkpoint stored"
+            );
             assert!(store.ledger().expect("reads").is_none(), "no ledger stored");
         }
 
@@ -219,36 +224,16 @@ fn through_a_public_node_the_walk_completes_and_blocks_come_in_smaller_batches_w
     let committee = TestCommittee::new(b"TEMPO", 53, 4);
     let (profile, chain) = committee_chain(&committee, 120, 5);
     let chain = &chain;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = commonware_runtime::tokio::Config::new()
-        .with_worker_threads(2)
-        .with_storage_directory(dir.path());
-    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        let memory = MemoryChain::default();
-        for certified in chain {
-            memory.insert(certified.clone());
-        }
-        let server = cairn_feed::start(
-            "127.0.0.1:0",
-            memory,
-            FeedState::default(),
-            RpcConfig {
-                public_node: Some(PUBLIC),
-                ..RpcConfig::default()
-            },
-        )
-        .await
-        .expect("server starts");
+    on_disk(|context| async move {
+        let config = RpcConfig {
+            public_node: Some(PUBLIC),
+            ..RpcConfig::default()
+        };
+        let (server, upstream, mut store) = serving(&context, memory(chain), config).await;
         let url = format!("ws://{}", server.local_addr);
 
         // 24 boundaries fetched 8 at a time against a budget of 20 calls per second: calls
         // are refused with -32005 and sent again until the walk completes.
-        let upstream = UpstreamClient::connect(&url, &ClientConfig::default())
-            .await
-            .expect("connects");
-        let mut store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
-            .await
-            .expect("store opens");
         let mut rng = rand::rng();
         let (checkpoint, report) = checkpoint::establish(
             &mut rng,
