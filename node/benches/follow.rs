@@ -9,7 +9,9 @@
 //!    CPU the benchmark may use (`CAIRN_BENCH_CPUS` gives another list; empty leaves them on
 //!    every CPU), the devnet on every CPU, so that on a small machine the follower is not
 //!    measured fighting its upstream for cores; one more hash-chain follower catches up on
-//!    every CPU, for comparison.
+//!    every CPU, for comparison. Last, the devnet restarts answering as a public RPC node does
+//!    (`--public-node typical`: 60 ms, 300 calls per second, batches of 100, no `debug_*`) and a
+//!    fresh follower with a budget of 290 calls per second catches up through it.
 //! 2. live latency: the devnet restarts with a block time; for each height, the follower's
 //!    `finalized` event `seen` stamp minus the devnet's `seen` stamp (same machine clock).
 //! 3. fan-out: subscribers of the follower (1,000 with `--bench`), opened by this process,
@@ -53,6 +55,34 @@ fn cairn() -> &'static Path {
 
 fn devnet(datadir: &Path, rpc_addr: &str, block_time: &str, until: u64) -> CairnProcess {
     devnet_with_epochs(datadir, EPOCH_LENGTH, rpc_addr, block_time, until)
+}
+
+/// The call budget the follower keeps against a `--public-node typical` devnet (which allows
+/// 300 calls per second).
+const PUBLIC_BUDGET: &str = "290";
+
+/// [`devnet`] serving what it has made so far as a public RPC node does (`--public-node
+/// typical`: 60 ms, 300 calls per second, batches of 100, no `debug_*`).
+fn devnet_public(datadir: &Path, rpc_addr: &str, until: u64) -> CairnProcess {
+    let until = until.to_string();
+    CairnProcess::devnet(
+        cairn(),
+        datadir,
+        &[
+            "--epoch-length",
+            EPOCH_LENGTH,
+            "--full-dkg-at-epochs",
+            "3",
+            "--block-time",
+            "0",
+            "--until-height",
+            &until,
+            "--rpc-addr",
+            rpc_addr,
+            "--public-node",
+            "typical",
+        ],
+    )
 }
 
 fn devnet_with_epochs(
@@ -238,6 +268,23 @@ async fn main() {
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("certificates in {caught_up:?}"));
 
+    // 1b. The same catch-up through the devnet answering as a public RPC node does, with a
+    //     call budget just under the node's.
+    producer.stop();
+    let producer = devnet_public(&devnet_dir, &addr, catchup);
+    let (
+        public_follower,
+        CatchUpRun {
+            rate: public_rate, ..
+        },
+    ) = target
+        .fresh_follower(
+            "public",
+            &with_pinned(&["--upstream-rate-limit", PUBLIC_BUDGET]),
+        )
+        .await;
+    public_follower.stop();
+
     // 2. Live latency at a 50 ms block time.
     producer.stop();
     let producer = devnet(&devnet_dir, &addr, "50ms", catchup + live);
@@ -334,6 +381,10 @@ async fn main() {
     println!(
         "| catch-up from genesis, {catchup} blocks, hash chain, follower on every CPU | {unpinned_rate:.1} blocks/s, {unpinned_cpu_ms:.3} ms CPU per block | the hash-chain run above: {catchup_rate:.1} blocks/s, {catchup_cpu_ms:.3} ms | {:.2} |",
         unpinned_rate / catchup_rate
+    );
+    println!(
+        "| the same catch-up through a public-like upstream (60 ms, 300 calls/s, batches of 100, no `debug_*`), `--upstream-rate-limit {PUBLIC_BUDGET}` | {public_rate:.1} blocks/s | over loopback: {catchup_rate:.1} blocks/s | {:.3} |",
+        public_rate / catchup_rate
     );
     println!(
         "| certificates verified per caught-up block | {:.4} ({certificates} for {catchup} blocks) | at least 1 | |",
