@@ -564,3 +564,55 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
         );
     });
 }
+
+#[test]
+fn a_datadir_holding_another_block_at_a_trusted_height_refuses_to_start() {
+    use cairn_follow::{
+        EngineError,
+        execution::ExecutionError,
+        upstream::{Sources, in_process},
+    };
+    use commonware_runtime::Spawner as _;
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let (_, checkpoint) = runner(9).start_and_recover(|context| async move {
+        let (_, reached) = run_until(&context, profile, chain, None).await;
+        assert!(reached);
+    });
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let stored = chain[39].block.as_ref().expect("block").hash();
+        let other = chain[40].block.as_ref().expect("block").hash();
+        let mut trusting = profile.clone();
+        trusting.trusted_blocks = vec![cairn_epoch::TrustedBlock {
+            height: 40,
+            hash: other,
+        }];
+        let (notifications, receiver) = tokio::sync::mpsc::channel(16);
+        let (actor, requests) = in_process::init(
+            "a",
+            0,
+            FeedState::default(),
+            upstream(&context, chain),
+            notifications,
+        );
+        context
+            .child("upstream")
+            .spawn(|_| async move { actor.run().await });
+        let started = cairn_follow::start(
+            context.child("a"),
+            config(&trusting),
+            receiver,
+            Sources::single("a", requests),
+        )
+        .await;
+        match started {
+            Err(EngineError::Execution(ExecutionError::Untrusted {
+                height,
+                trusted,
+                offered,
+            })) => assert_eq!((height, trusted, offered), (40, other, stored)),
+            Err(err) => panic!("another refusal: {err}"),
+            Ok(_) => panic!("started on a datadir without the trusted block"),
+        }
+    });
+}
