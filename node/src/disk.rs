@@ -38,6 +38,11 @@ impl DiskGuard {
         }
     }
 
+    /// The datadir it watches.
+    pub fn datadir(&self) -> &Path {
+        &self.datadir
+    }
+
     /// An error when the datadir's file system has less than the reserve free.
     pub fn check(&self) -> eyre::Result<()> {
         if self.reserve == 0 {
@@ -110,6 +115,18 @@ pub fn is_storage_failure(message: &str, location: &str) -> bool {
             && STORE_SIGNS.iter().any(|sign| message.contains(sign)))
 }
 
+/// What the node says when a store under `datadir` failed with `message`: where, how much
+/// room is left, and that the next start continues.
+pub fn storage_failed(datadir: &Path, message: &str) -> String {
+    let free = available_bytes(datadir)
+        .map(|bytes| format!("{} MiB free on its file system", bytes / MIB))
+        .unwrap_or_else(|err| format!("its free space unreadable: {err}"));
+    format!(
+        "storage failed under {} ({free}): {message}. Everything synced is consistent: fix the cause (free space, open-file limit, the disk) and start again to continue",
+        datadir.display()
+    )
+}
+
 /// Turns a panic that reports a storage failure (marshal and commonware's archives panic on a
 /// failed write) into exit status 1 with a message naming the datadir: the guard above stops
 /// the node before the disk fills, and this covers what it cannot see coming (another process
@@ -126,13 +143,7 @@ pub fn exit_cleanly_on_storage_panics(datadir: &Path) {
             .unwrap_or_default();
         let location = info.location().map(|at| at.file()).unwrap_or_default();
         if is_storage_failure(message, location) {
-            let free = available_bytes(&datadir)
-                .map(|bytes| format!("{} MiB free on its file system", bytes / MIB))
-                .unwrap_or_else(|err| format!("its free space unreadable: {err}"));
-            eprintln!(
-                "error: storage failed under {} ({free}): {message}. Everything synced is consistent: fix the cause (free space, open-file limit, the disk) and start again to continue",
-                datadir.display()
-            );
+            eprintln!("error: {}", storage_failed(&datadir, message));
             std::process::exit(1);
         }
         default(info);
@@ -141,7 +152,7 @@ pub fn exit_cleanly_on_storage_panics(datadir: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::{DiskGuard, available_bytes, is_storage_failure};
+    use super::{DiskGuard, available_bytes, is_storage_failure, storage_failed};
 
     #[test]
     fn the_guard_reads_the_free_space_and_refuses_below_its_reserve() {
@@ -186,5 +197,19 @@ mod tests {
             MARSHAL
         ));
         assert!(!is_storage_failure("failed to decode the outcome", OURS));
+    }
+
+    #[test]
+    fn a_write_the_executor_saw_fail_is_told_with_the_datadir() {
+        // What the follower stopped with when the disk filled under its executor (seen in CI).
+        let seen = "archive writing a block: freezer error: journal error: runtime error: io error: No space left on device (os error 28)";
+        assert!(is_storage_failure(seen, ""));
+        let dir = std::env::temp_dir();
+        let told = storage_failed(&dir, seen);
+        assert!(
+            told.contains(&dir.display().to_string()) && told.contains("MiB free"),
+            "{told}"
+        );
+        assert!(told.contains("No space left on device"), "{told}");
     }
 }

@@ -4,7 +4,7 @@
 use crate::common::{Shutdown, lock_datadir, serve_metrics};
 use crate::config::{default_datadir, layered, to_toml};
 use crate::cpus::CpuList;
-use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics};
+use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics, is_storage_failure, storage_failed};
 use crate::progress::Progress;
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
@@ -747,6 +747,11 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
                     Ok(()) => Ok(()),
                     Err(EngineError::Driver(err @ DriverError::Conflict { .. })) => {
                         Err(SafetyFault(format!("follower halted: {err}")).into())
+                    }
+                    // A write that failed (a full disk, an I/O error): named as such, with
+                    // the datadir, as a storage panic is.
+                    Err(err) if is_storage_failure(&err.to_string(), "") => {
+                        Err(eyre!(storage_failed(disk.datadir(), &err.to_string())))
                     }
                     Err(err) => Err(eyre!("follower stopped: {err}")),
                 };
