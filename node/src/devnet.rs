@@ -498,9 +498,21 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                 let addr = server.local_addr;
                 let _ = server.handle.stop();
                 server.handle.clone().stopped().await;
-                server = cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone())
-                    .await
-                    .wrap_err_with(|| format!("serving again on {addr} after a disconnect"))?;
+                // The old listener closes once its accept loop has seen the stop: until then
+                // the address may still be taken, so binding it is tried again for a while.
+                let mut attempts = 0;
+                server = loop {
+                    match cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone()).await {
+                        Ok(server) => break server,
+                        Err(_) if attempts < 250 => {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(err) => {
+                            return Err(err).wrap_err_with(|| format!("serving again on {addr} after a disconnect"));
+                        }
+                    }
+                };
                 info!(%addr, "disconnected every subscriber (fault)");
                 continue;
             }
