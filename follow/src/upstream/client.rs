@@ -176,7 +176,6 @@ fn says_slow_down(text: &str) -> bool {
     [
         "rate limit",
         "too many requests",
-        "429",
         "slow down",
         "exceeded the limit",
     ]
@@ -725,7 +724,16 @@ impl BoundarySource for UpstreamClient {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_url;
+    use super::{normalize_url, says_slow_down};
+
+    #[test]
+    fn slow_down_is_told_by_its_words_not_by_digits() {
+        assert!(says_slow_down("rate limit exceeded"));
+        assert!(says_slow_down("HTTP 429 Too Many Requests"));
+        // A bare "429" would match heights in errors that mean something else.
+        assert!(!says_slow_down("no finalization stored for height 4290"));
+        assert!(!says_slow_down("block 14290 is damaged on disk"));
+    }
 
     #[test]
     fn urls() {
