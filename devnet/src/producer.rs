@@ -13,7 +13,10 @@ use crate::{
 };
 use alloy_eips::eip4895::Withdrawals;
 use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
-use cairn_dkg::{CeremonyError, DkgOutcome, Identity, ceremony::committee_set};
+use cairn_dkg::{
+    CeremonyError, DkgOutcome, Identity, NextCeremony, OutcomeLayout, OutcomeLimits,
+    ceremony::committee_set,
+};
 use cairn_epoch::{
     ChainProfile, CommitteeSigner, EpochStrategy, Finalization, InvalidEpochLength, SignerError,
     certified_block,
@@ -79,6 +82,9 @@ pub struct DevnetConfig {
     /// Time between blocks in the seeded schedule: block `h` is stamped genesis time plus
     /// `h` times this (at least 1 ms).
     pub block_time: std::time::Duration,
+    /// Unix seconds from which outcomes (in boundaries, and in genesis if it is stamped that
+    /// late) are written in the TIP-1123 layout; `None` keeps the legacy layout.
+    pub tip1123_time: Option<u64>,
 }
 
 impl Default for DevnetConfig {
@@ -93,6 +99,7 @@ impl Default for DevnetConfig {
             seed: None,
             fork_at: None,
             block_time: std::time::Duration::from_millis(250),
+            tip1123_time: None,
         }
     }
 }
@@ -106,6 +113,7 @@ impl DevnetConfig {
             validators: self.validators as u64,
             committee: self.committee as u64,
             full_dkg_at_epochs: self.full_dkg_at_epochs.clone(),
+            tip1123_time: self.tip1123_time,
         }
     }
 }
@@ -353,6 +361,15 @@ fn header_template(number: u64, millis: u64, extra_data: Bytes) -> TempoHeader {
     }
 }
 
+/// `outcome` as a block stamped `millis` carries it: in the layout the chain's TIP-1123 fork
+/// time selects for that second.
+fn outcome_bytes(epochs: &EpochStrategy, outcome: &DkgOutcome, millis: u64) -> Vec<u8> {
+    match epochs.outcome_layout(millis / 1000) {
+        OutcomeLayout::Legacy => outcome.to_bytes(),
+        OutcomeLayout::Tip1123 => outcome.compact().to_bytes(),
+    }
+}
+
 /// Deals the genesis key to the epoch-0 committee, stores its secrets and the genesis block
 /// (whose `extraData` is the epoch-0 outcome).
 /// Has a quorum of `signer`'s committee, rotating with the view, sign `block` at `view` of
@@ -386,6 +403,7 @@ fn certify(
 async fn create_genesis<E: StoreContext>(
     store: &ChainStore<E>,
     config: &DevnetConfig,
+    epochs: &EpochStrategy,
     pool: &[PrivateKey],
     rng: &mut StdRng,
     millis: u64,
@@ -397,13 +415,19 @@ async fn create_genesis<E: StoreContext>(
         outcome: DkgOutcome {
             epoch: 0,
             output: ceremony.output,
-            next_players: next_players(pool, config.committee, 0)?,
-            is_next_full_dkg: config.full_dkg_at_epochs.contains(&1),
+            next: Some(NextCeremony {
+                players: next_players(pool, config.committee, 0)?,
+                full_dkg: config.full_dkg_at_epochs.contains(&1),
+            }),
         },
         shares: ceremony.shares,
     };
     store.put_secret(0, encode_record(&secrets), 0).await?;
-    let header = header_template(0, millis, Bytes::from(secrets.outcome.to_bytes()));
+    let header = header_template(
+        0,
+        millis,
+        Bytes::from(outcome_bytes(epochs, &secrets.outcome, millis)),
+    );
     let genesis = Block::new(header, Some(body_with(Vec::new())))
         .map_err(|error| DevnetError::Block { height: 0, error })?;
     store.put_block(&genesis).await?;
@@ -437,7 +461,8 @@ impl<E: StoreContext> Devnet<E> {
                     .into(),
             ));
         }
-        let epochs = EpochStrategy::new(config.epoch_length)?;
+        let epochs =
+            EpochStrategy::new(config.epoch_length)?.with_tip1123_time(config.tip1123_time);
         let mut rng = StdRng::from_rng(&mut context);
         let clock = context.child("clock");
         let store = ChainStore::open(context).await?;
@@ -450,12 +475,15 @@ impl<E: StoreContext> Devnet<E> {
                 if stored != params {
                     return Err(DevnetError::ParamsMismatch {
                         stored: format!(
-                            "chain id {}, {} validators, committee {}, epoch length {}, full DKG at {:?}",
+                            "chain id {}, {} validators, committee {}, epoch length {}, full DKG at {:?}, TIP-1123 time {}",
                             stored.chain_id,
                             stored.validators,
                             stored.committee,
                             stored.epoch_length,
-                            stored.full_dkg_at_epochs
+                            stored.full_dkg_at_epochs,
+                            stored
+                                .tip1123_time
+                                .map_or_else(|| "none".to_string(), |time| time.to_string())
                         ),
                     });
                 }
@@ -500,7 +528,7 @@ impl<E: StoreContext> Devnet<E> {
                     Some(_) => SEEDED_GENESIS_MILLIS,
                     None => millis_of(clock.current()),
                 };
-                create_genesis(&store, &config, &pool, &mut draw, millis).await?
+                create_genesis(&store, &config, &epochs, &pool, &mut draw, millis).await?
             }
         };
         let mut devnet = Self {
@@ -542,8 +570,13 @@ impl<E: StoreContext> Devnet<E> {
 
     /// The chain profile followers need (no secrets): namespace, epoch length, genesis header.
     pub fn profile(&self, name: &str) -> Result<ChainProfile, DevnetError> {
-        let genesis = DkgOutcome::decode(&self.genesis.header().inner.extra_data)
-            .map_err(|err| corrupt("genesis outcome", err))?;
+        let header = self.genesis.header();
+        let genesis = DkgOutcome::decode_strict(
+            &header.inner.extra_data,
+            self.epochs.outcome_layout(header.inner.timestamp),
+            &OutcomeLimits::default(),
+        )
+        .map_err(|err| corrupt("genesis outcome", err))?;
         Ok(ChainProfile {
             name: name.to_string(),
             chain_id: Some(self.config.chain_id),
@@ -689,8 +722,10 @@ impl<E: StoreContext> Devnet<E> {
             outcome: DkgOutcome {
                 epoch: next,
                 output: ceremony.output,
-                next_players: next_players(&self.pool, self.config.committee, next)?,
-                is_next_full_dkg: self.config.full_dkg_at_epochs.contains(&(next + 1)),
+                next: Some(NextCeremony {
+                    players: next_players(&self.pool, self.config.committee, next)?,
+                    full_dkg: self.config.full_dkg_at_epochs.contains(&(next + 1)),
+                }),
             },
             shares: ceremony.shares,
         };
@@ -768,13 +803,6 @@ impl<E: StoreContext> Devnet<E> {
     ) -> Result<(Block, Option<EpochEntry>), DevnetError> {
         let (epoch, view) = self.round_of(height);
         let entered = self.activate(epoch).await?;
-        let extra_data = if self.epochs.is_boundary(height) {
-            self.next_epoch_secrets(epoch).await?.outcome.to_bytes()
-        } else if view % 3 == 2 {
-            dealer_log(height)
-        } else {
-            Vec::new()
-        };
         let proposer = {
             let active = self.active.as_ref().expect("activate() just set the epoch");
             let players = active.signer.players();
@@ -802,6 +830,14 @@ impl<E: StoreContext> Devnet<E> {
         }
         .max(parent_millis + 1)
             + u64::from(self.config.fork_at == Some(height));
+        let extra_data = if self.epochs.is_boundary(height) {
+            let secrets = self.next_epoch_secrets(epoch).await?;
+            outcome_bytes(&self.epochs, &secrets.outcome, millis)
+        } else if view % 3 == 2 {
+            dealer_log(height)
+        } else {
+            Vec::new()
+        };
         let proposer_bytes = B256::from_slice(&proposer.encode());
         let mut header = header_template(height, millis, Bytes::from(extra_data));
         header.inner.parent_hash = parent.hash().0;

@@ -36,6 +36,8 @@ pub struct ChainParams {
     pub committee: u64,
     /// Epochs whose key comes from a full DKG.
     pub full_dkg_at_epochs: BTreeSet<u64>,
+    /// The TIP-1123 fork time (unix seconds), if any.
+    pub tip1123_time: Option<u64>,
 }
 
 impl Write for ChainParams {
@@ -48,6 +50,10 @@ impl Write for ChainParams {
         self.full_dkg_at_epochs.len().write(buf);
         for epoch in &self.full_dkg_at_epochs {
             UInt(*epoch).write(buf);
+        }
+        // Written only when set, so that parameters stored before the field existed read the same.
+        if let Some(time) = self.tip1123_time {
+            UInt(time).write(buf);
         }
     }
 }
@@ -65,6 +71,7 @@ impl EncodeSize for ChainParams {
                 .iter()
                 .map(|epoch| UInt(*epoch).encode_size())
                 .sum::<usize>()
+            + self.tip1123_time.map_or(0, |time| UInt(time).encode_size())
     }
 }
 
@@ -82,6 +89,11 @@ impl Read for ChainParams {
         for _ in 0..count {
             full_dkg_at_epochs.insert(UInt::<u64>::read(buf)?.into());
         }
+        let tip1123_time = if buf.has_remaining() {
+            Some(UInt::<u64>::read(buf)?.into())
+        } else {
+            None
+        };
         Ok(Self {
             chain_id,
             namespace,
@@ -89,6 +101,7 @@ impl Read for ChainParams {
             validators,
             committee,
             full_dkg_at_epochs,
+            tip1123_time,
         })
     }
 }

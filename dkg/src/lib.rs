@@ -5,4 +5,6 @@ pub mod ceremony;
 mod outcome;
 
 pub use ceremony::{CeremonyError, CeremonyOutput, full_dkg, reshare, trusted_deal};
-pub use outcome::{DkgOutcome, Identity, OutcomeError, OutcomeLimits};
+pub use outcome::{
+    DkgOutcome, Identity, NextCeremony, OutcomeError, OutcomeFork, OutcomeLayout, OutcomeLimits,
+};

@@ -1,7 +1,12 @@
 //! The DKG outcome written on chain (genesis `extraData`, and the last block of every epoch for
-//! the next one), byte-compatible with Tempo:
+//! the next one), byte-compatible with Tempo. Two layouts exist ([`OutcomeLayout`]):
 //!
-//! `varint(epoch) || Output || next_players || is_next_full_dkg: u8`
+//! - legacy: `varint(epoch) || Output || next_players || is_next_full_dkg: u8`, read the way
+//!   Tempo's validators read it at a boundary (bytes after it ignored);
+//! - TIP-1123: `varint(epoch) || Output`, read strictly (exactly that length).
+//!
+//! Which one a block holds is decided by the chain (its TIP-1123 fork time against the block's
+//! timestamp), never by trying both decoders.
 //!
 //! where `Output` is commonware's feldman-desmedt output
 //! (`summary[32] || mode u8 || total u32 BE || varint(n) || n x G2 || dealers || players || revealed`)
@@ -9,8 +14,7 @@
 
 use bytes::{Buf as _, BufMut};
 use commonware_codec::{
-    Buf, Copying, Decode, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write,
-    varint::UInt,
+    Buf, Copying, EncodeSize, Error as CodecError, RangeCfg, Read, ReadExt, Write, varint::UInt,
 };
 use commonware_cryptography::{
     bls12381::{
@@ -105,6 +109,62 @@ impl From<CodecError> for OutcomeError {
     }
 }
 
+/// The byte layout of an outcome on chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeLayout {
+    /// `varint(epoch) || Output || next_players || is_next_full_dkg`, the layout before TIP-1123.
+    Legacy,
+    /// `varint(epoch) || Output`, the layout from the TIP-1123 fork on.
+    Tip1123,
+}
+
+impl OutcomeLayout {
+    /// The name used on the command line and in logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::Tip1123 => "tip1123",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When a chain switches to the TIP-1123 outcome layout: blocks stamped at or after `time`
+/// (unix seconds) carry compact outcomes. `None` means the chain never switches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeFork {
+    /// The TIP-1123 fork time in unix seconds, if the chain has one.
+    pub tip1123_time: Option<u64>,
+}
+
+impl OutcomeFork {
+    /// A chain that never switches layouts.
+    pub const NEVER: Self = Self { tip1123_time: None };
+
+    /// The layout of an outcome in a block stamped `timestamp` (unix seconds).
+    pub fn layout_at(&self, timestamp: u64) -> OutcomeLayout {
+        match self.tip1123_time {
+            Some(fork) if timestamp >= fork => OutcomeLayout::Tip1123,
+            _ => OutcomeLayout::Legacy,
+        }
+    }
+}
+
+/// What the legacy layout says about the ceremony run during the outcome's epoch. TIP-1123
+/// drops it from the chain; nothing in verification relies on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextCeremony {
+    /// The players of the ceremony run during the epoch (the next epoch's committee).
+    pub players: Set<PublicKey>,
+    /// Whether that ceremony is a full DKG (new identity) instead of a reshare.
+    pub full_dkg: bool,
+}
+
 /// The outcome of a DKG ceremony as it is written to the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DkgOutcome {
@@ -112,45 +172,82 @@ pub struct DkgOutcome {
     pub epoch: u64,
     /// The ceremony output: public polynomial (constant term = identity), dealers, players.
     pub output: Output<MinSig, PublicKey>,
-    /// The players of the ceremony run during `epoch` (the next epoch's committee).
-    pub next_players: Set<PublicKey>,
-    /// Whether the ceremony run during `epoch` is a full DKG (new identity) instead of a reshare.
-    pub is_next_full_dkg: bool,
+    /// The next ceremony as the legacy layout announces it; `None` in a TIP-1123 outcome.
+    pub next: Option<NextCeremony>,
 }
 
 impl DkgOutcome {
-    /// Decodes an outcome with the default limits, rejecting trailing bytes.
+    /// Decodes a legacy outcome with the default limits, rejecting trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, OutcomeError> {
         Self::decode_with(bytes, &OutcomeLimits::default())
     }
 
-    /// Decodes an outcome with explicit limits, rejecting trailing bytes.
+    /// Decodes a legacy outcome with explicit limits, rejecting trailing bytes.
+    pub fn decode_with(bytes: &[u8], limits: &OutcomeLimits) -> Result<Self, OutcomeError> {
+        Self::decode_strict(bytes, OutcomeLayout::Legacy, limits)
+    }
+
+    /// Decodes an outcome in `layout`, rejecting trailing bytes.
     ///
     /// Before commonware sizes any buffer from the sharing's participant count, the count is
     /// checked against what the remaining input can hold (every participant needs a 32-byte
     /// key in the player set), so no allocation outgrows the input.
-    pub fn decode_with(bytes: &[u8], limits: &OutcomeLimits) -> Result<Self, OutcomeError> {
-        check_participant_count(bytes, limits)?;
-        let outcome = <Self as Decode>::decode_cfg(Copying(bytes), limits)?;
-        outcome.check_consistency()?;
+    pub fn decode_strict(
+        bytes: &[u8],
+        layout: OutcomeLayout,
+        limits: &OutcomeLimits,
+    ) -> Result<Self, OutcomeError> {
+        let (outcome, trailing) = Self::decode_prefix_in(bytes, layout, limits)?;
+        if trailing > 0 {
+            return Err(OutcomeError::TrailingBytes(trailing));
+        }
         Ok(outcome)
     }
 
-    /// Decodes an outcome the way Tempo's validators read one from a boundary header: bytes after
-    /// a complete outcome are ignored (a follower stricter than the chain would halt on a chain
-    /// Tempo finalized). Returns the outcome and the number of bytes ignored.
-    pub fn decode_prefix(
+    /// Decodes the outcome of a boundary header as Tempo's validators read it: a legacy outcome
+    /// may be followed by bytes (ignored, and their number returned), a TIP-1123 outcome must
+    /// fill the bytes exactly.
+    pub fn decode_boundary(
         bytes: &[u8],
+        layout: OutcomeLayout,
+        limits: &OutcomeLimits,
+    ) -> Result<(Self, usize), OutcomeError> {
+        match layout {
+            OutcomeLayout::Legacy => Self::decode_prefix_in(bytes, layout, limits),
+            OutcomeLayout::Tip1123 => Ok((Self::decode_strict(bytes, layout, limits)?, 0)),
+        }
+    }
+
+    fn decode_prefix_in(
+        bytes: &[u8],
+        layout: OutcomeLayout,
         limits: &OutcomeLimits,
     ) -> Result<(Self, usize), OutcomeError> {
         check_participant_count(bytes, limits)?;
         let mut buf = Copying(bytes);
-        let outcome = <Self as Read>::read_cfg(&mut buf, limits)?;
+        let outcome = read_outcome(&mut buf, layout, limits)?;
         outcome.check_consistency()?;
         Ok((outcome, buf.remaining()))
     }
 
-    /// The encoded bytes, as written into a header's `extraData`.
+    /// The layout this outcome is written in.
+    pub const fn layout(&self) -> OutcomeLayout {
+        match self.next {
+            Some(_) => OutcomeLayout::Legacy,
+            None => OutcomeLayout::Tip1123,
+        }
+    }
+
+    /// The same outcome in the TIP-1123 layout (without the next ceremony).
+    pub fn compact(&self) -> Self {
+        Self {
+            epoch: self.epoch,
+            output: self.output.clone(),
+            next: None,
+        }
+    }
+
+    /// The encoded bytes, as written into a header's `extraData`, in [`Self::layout`].
     pub fn to_bytes(&self) -> Vec<u8> {
         commonware_codec::Encode::encode(self).to_vec()
     }
@@ -195,7 +292,8 @@ impl DkgOutcome {
     }
 }
 
-/// Peeks at the sharing's `total` and rejects counts that the input cannot back.
+/// Peeks at the sharing's `total` and rejects counts that the input cannot back: every
+/// participant needs a 32-byte key in the output's player set, in both layouts.
 fn check_participant_count(bytes: &[u8], limits: &OutcomeLimits) -> Result<(), OutcomeError> {
     let mut buf = Copying(bytes);
     UInt::<u64>::read(&mut buf)?;
@@ -221,8 +319,10 @@ impl Write for DkgOutcome {
     fn write(&self, buf: &mut impl BufMut) {
         UInt(self.epoch).write(buf);
         self.output.write(buf);
-        self.next_players.write(buf);
-        self.is_next_full_dkg.write(buf);
+        if let Some(next) = &self.next {
+            next.players.write(buf);
+            next.full_dkg.write(buf);
+        }
     }
 }
 
@@ -230,25 +330,40 @@ impl EncodeSize for DkgOutcome {
     fn encode_size(&self) -> usize {
         UInt(self.epoch).encode_size()
             + self.output.encode_size()
-            + self.next_players.encode_size()
-            + self.is_next_full_dkg.encode_size()
+            + self.next.as_ref().map_or(0, |next| {
+                next.players.encode_size() + next.full_dkg.encode_size()
+            })
     }
 }
 
+fn read_outcome(
+    buf: &mut impl Buf,
+    layout: OutcomeLayout,
+    limits: &OutcomeLimits,
+) -> Result<DkgOutcome, CodecError> {
+    let max = limits.max_participants;
+    let epoch = UInt::<u64>::read(buf)?.into();
+    let output = Output::read_cfg(buf, &(max, ModeVersion::v0()))?;
+    let next = match layout {
+        OutcomeLayout::Legacy => Some(NextCeremony {
+            players: Set::read_cfg(buf, &(RangeCfg::new(1..=max.get() as usize), ()))?,
+            full_dkg: bool::read(buf)?,
+        }),
+        OutcomeLayout::Tip1123 => None,
+    };
+    Ok(DkgOutcome {
+        epoch,
+        output,
+        next,
+    })
+}
+
+/// Reads a legacy outcome (records that always hold the next ceremony, such as a devnet's
+/// secrets).
 impl Read for DkgOutcome {
     type Cfg = OutcomeLimits;
 
     fn read_cfg(buf: &mut impl Buf, limits: &OutcomeLimits) -> Result<Self, CodecError> {
-        let max = limits.max_participants;
-        let epoch = UInt::<u64>::read(buf)?.into();
-        let output = Output::read_cfg(buf, &(max, ModeVersion::v0()))?;
-        let next_players = Set::read_cfg(buf, &(RangeCfg::new(1..=max.get() as usize), ()))?;
-        let is_next_full_dkg = bool::read(buf)?;
-        Ok(Self {
-            epoch,
-            output,
-            next_players,
-            is_next_full_dkg,
-        })
+        read_outcome(buf, OutcomeLayout::Legacy, limits)
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::{EpochStrategy, InvalidEpochLength, SchemeProvider};
 use alloy_primitives::hex;
-use cairn_dkg::{DkgOutcome, Identity, OutcomeError};
+use cairn_dkg::{DkgOutcome, Identity, OutcomeError, OutcomeLayout, OutcomeLimits};
 use cairn_primitives::{BlockHeader as _, Digest, TempoHeader};
 use commonware_codec::DecodeExt;
 use commonware_consensus::types::Epoch;
@@ -55,9 +55,9 @@ pub enum ProfileError {
     /// The genesis outcome is not valid hex.
     #[error("genesisOutcome is not valid hex: {0}")]
     GenesisHex(hex::FromHexError),
-    /// The genesis outcome does not decode.
-    #[error("genesisOutcome does not decode: {0}")]
-    GenesisOutcome(OutcomeError),
+    /// The genesis outcome does not decode in the layout its timestamp selects.
+    #[error("genesisOutcome does not decode in the {0} layout: {1}")]
+    GenesisOutcome(OutcomeLayout, OutcomeError),
     /// Neither a genesis outcome nor a genesis header was given.
     #[error("profile needs genesisOutcome or genesisHeader")]
     NoGenesis,
@@ -206,6 +206,9 @@ struct ProfileFile {
     trusted_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upstream_rate_limit: Option<u32>,
+    /// Unix seconds from which boundary outcomes are in the TIP-1123 layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tip1123_time: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -249,7 +252,7 @@ impl ChainProfile {
         if file.namespace.is_empty() {
             return Err(ProfileError::EmptyNamespace);
         }
-        let epochs = EpochStrategy::new(file.epoch_length)?;
+        let epochs = EpochStrategy::new(file.epoch_length)?.with_tip1123_time(file.tip1123_time);
         let genesis_bytes = match (&file.genesis_outcome, &file.genesis_header) {
             (Some(outcome), header) => {
                 let bytes = hex::decode(outcome.trim()).map_err(ProfileError::GenesisHex)?;
@@ -269,7 +272,16 @@ impl ChainProfile {
         {
             return Err(ProfileError::GenesisHeight(header.number()));
         }
-        let genesis = DkgOutcome::decode(&genesis_bytes).map_err(ProfileError::GenesisOutcome)?;
+        // The genesis outcome is in the layout its block's timestamp selects (0 when the
+        // profile has no genesis header: only a fork at time 0 makes it compact).
+        let genesis_layout = epochs.outcome_layout(
+            file.genesis_header
+                .as_ref()
+                .map_or(0, |header| header.inner.timestamp),
+        );
+        let genesis =
+            DkgOutcome::decode_strict(&genesis_bytes, genesis_layout, &OutcomeLimits::default())
+                .map_err(|error| ProfileError::GenesisOutcome(genesis_layout, error))?;
         if genesis.epoch != 0 {
             return Err(ProfileError::GenesisEpoch(genesis.epoch));
         }
@@ -336,6 +348,7 @@ impl ChainProfile {
                 })
                 .collect(),
             follow_url: self.follow_url.clone(),
+            tip1123_time: self.epochs.tip1123_time(),
             trusted_blocks: self
                 .trusted_blocks
                 .iter()
@@ -448,7 +461,7 @@ mod tests {
                 matches!(e, ProfileError::GenesisHex(_))
             }),
             ("genesisOutcome", "0x0001".into(), |e| {
-                matches!(e, ProfileError::GenesisOutcome(_))
+                matches!(e, ProfileError::GenesisOutcome(_, _))
             }),
             (
                 "networkIdentity",

@@ -1,6 +1,8 @@
 //! Fixed-length epochs: epoch `e` covers heights `[e*L, (e+1)*L - 1]`, and its last height is the
-//! boundary block that carries the DKG outcome for `e + 1`.
+//! boundary block that carries the DKG outcome for `e + 1`, in the layout the block's timestamp
+//! selects (the chain's TIP-1123 fork).
 
+use cairn_dkg::{OutcomeFork, OutcomeLayout};
 use commonware_consensus::types::{Epoch, Epocher, FixedEpocher, Height};
 use std::num::NonZeroU64;
 
@@ -14,6 +16,7 @@ pub struct InvalidEpochLength(pub u64);
 pub struct EpochStrategy {
     length: u64,
     epocher: FixedEpocher,
+    outcome_fork: OutcomeFork,
 }
 
 impl EpochStrategy {
@@ -25,7 +28,25 @@ impl EpochStrategy {
         Ok(Self {
             length,
             epocher: FixedEpocher::new(nonzero),
+            outcome_fork: OutcomeFork::NEVER,
         })
+    }
+
+    /// The same strategy with boundary outcomes in the TIP-1123 layout from `tip1123_time`
+    /// (unix seconds) on; `None` keeps the legacy layout for ever.
+    pub const fn with_tip1123_time(mut self, tip1123_time: Option<u64>) -> Self {
+        self.outcome_fork = OutcomeFork { tip1123_time };
+        self
+    }
+
+    /// The TIP-1123 fork time, if the chain has one.
+    pub const fn tip1123_time(&self) -> Option<u64> {
+        self.outcome_fork.tip1123_time
+    }
+
+    /// The layout of the outcome in a boundary block stamped `timestamp` (unix seconds).
+    pub fn outcome_layout(&self, timestamp: u64) -> OutcomeLayout {
+        self.outcome_fork.layout_at(timestamp)
     }
 
     /// Blocks per epoch.
@@ -72,6 +93,17 @@ mod tests {
         assert_eq!(strategy.first_height(Epoch::new(1515)), Some(32_724_000));
         assert_eq!(strategy.epoch_of(32_724_390), Epoch::new(1515));
         assert!(!strategy.is_boundary(32_724_390));
+    }
+
+    #[test]
+    fn the_outcome_layout_switches_at_the_fork_time_and_not_before() {
+        let never = EpochStrategy::new(10).expect("valid length");
+        assert_eq!(never.outcome_layout(u64::MAX), OutcomeLayout::Legacy);
+        let forked = never.with_tip1123_time(Some(1_800_000_000));
+        assert_eq!(forked.outcome_layout(1_799_999_999), OutcomeLayout::Legacy);
+        assert_eq!(forked.outcome_layout(1_800_000_000), OutcomeLayout::Tip1123);
+        assert_eq!(forked.outcome_layout(1_800_000_001), OutcomeLayout::Tip1123);
+        assert_eq!(forked.tip1123_time(), Some(1_800_000_000));
     }
 
     #[test]

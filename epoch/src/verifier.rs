@@ -15,7 +15,7 @@ use crate::{
     provider::FinalizationScheme,
 };
 use alloy_primitives::hex;
-use cairn_dkg::{DkgOutcome, Identity, OutcomeError, OutcomeLimits};
+use cairn_dkg::{DkgOutcome, Identity, OutcomeError, OutcomeLayout, OutcomeLimits};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_codec::{Decode, Encode};
 use commonware_consensus::{simplex::types, types::Epoch};
@@ -59,19 +59,25 @@ pub fn check_unsigned(
 }
 
 /// Reads the outcome that boundary block `block` announces for the next epoch (check 6), the
-/// way Tempo's validators read it: bytes after a complete outcome are ignored and noted in the
-/// log. Only the outcome's public polynomial and epoch are relied on; `is_next_full_dkg` never
-/// decides anything (a newer Tempo format drops it). Callers only pass boundary blocks: other
-/// blocks may carry dealer logs in `extraData`.
+/// way Tempo's validators read it, in the layout the block's timestamp selects: a legacy outcome
+/// may be followed by bytes (ignored and noted in the log), a TIP-1123 outcome must fill
+/// `extraData` exactly. Only the outcome's public polynomial and epoch are relied on; the legacy
+/// layout's next ceremony never decides anything (TIP-1123 drops it). Callers only pass boundary
+/// blocks: other blocks may carry dealer logs in `extraData`, which stay opaque.
 pub fn boundary_outcome(
     epochs: &EpochStrategy,
     block: &Block,
     limits: &OutcomeLimits,
 ) -> Result<DkgOutcome, VerifyError> {
     let height = block.height();
+    let layout = epochs.outcome_layout(block.header().inner.timestamp);
     let (outcome, trailing) =
-        DkgOutcome::decode_prefix(block.header().inner.extra_data.as_ref(), limits)
-            .map_err(|error| VerifyError::BoundaryOutcome { height, error })?;
+        DkgOutcome::decode_boundary(block.header().inner.extra_data.as_ref(), layout, limits)
+            .map_err(|error| VerifyError::BoundaryOutcome {
+                height,
+                layout,
+                error,
+            })?;
     let expected = epochs.epoch_of(height).get().saturating_add(1);
     if outcome.epoch != expected {
         return Err(VerifyError::OutcomeEpochMismatch {
@@ -159,11 +165,14 @@ pub enum VerifyError {
         /// Epoch of the certificate.
         epoch: Epoch,
     },
-    /// Check 6: the boundary block's `extraData` is not a DKG outcome.
-    #[error("boundary block {height} carries no valid DKG outcome: {error}")]
+    /// Check 6: the boundary block's `extraData` is not a DKG outcome in the layout its
+    /// timestamp selects.
+    #[error("boundary block {height} carries no valid DKG outcome in the {layout} layout: {error}")]
     BoundaryOutcome {
         /// Height of the boundary block.
         height: u64,
+        /// The layout the block's timestamp selects.
+        layout: OutcomeLayout,
         /// The decode error.
         error: OutcomeError,
     },

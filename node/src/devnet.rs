@@ -82,6 +82,13 @@ pub struct DevnetArgs {
     /// [default: none]
     #[arg(long, value_name = "H")]
     fork_at: Option<u64>,
+    /// Write DKG outcomes in the TIP-1123 layout (`varint(epoch) || Output`, without the next
+    /// ceremony) into boundaries stamped at or after this time (and into genesis, if it is
+    /// stamped that late), and record it as `tip1123Time` in chain.json so that followers read
+    /// each boundary in its layout. A seeded devnet stamps block h at 1767225600 (2026-01-01)
+    /// plus h block times. [default: none; the legacy layout throughout]
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    tip1123_time: Option<u64>,
     /// Answer RPC as a public node does, to try followers in field conditions on one machine:
     /// `typical` (60 ms round trip, 300 calls per second for all clients, batches of at most
     /// 100 calls, `debug_*` refused) or LATENCY,CALLS_PER_SECOND,MAX_BATCH,debug|no-debug
@@ -368,6 +375,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         seed: args.seed,
         fork_at: args.fork_at,
         block_time: args.block_time,
+        tip1123_time: args.tip1123_time,
         ..DevnetConfig::default()
     };
     // The producer publishes to a feed of its own; what is served goes through the faults.

@@ -1,7 +1,7 @@
 //! `cairn inspect`: offline decoding and verification of a certified block or a DKG outcome.
 
 use alloy_primitives::hex;
-use cairn_dkg::DkgOutcome;
+use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
 use cairn_epoch::{
     ChainProfile, DEFAULT_MAX_EPOCHS, FinalizationVerifier, IdentityLedger, IdentitySource,
     LedgerError, SchemeProvider, VerifiedBlock, VerifyError, decode_certificate,
@@ -79,9 +79,33 @@ pub struct OutcomeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The byte layout to decode: `legacy` (with the next ceremony's players and kind) or
+    /// `tip1123` (the outcome alone). Either is read strictly: bytes after the outcome are an
+    /// error. A chain's boundary uses the layout its timestamp selects (the profile's
+    /// `tip1123Time`); `inspect certificate` applies that rule itself.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Legacy)]
+    format: LayoutArg,
     /// The outcome as hex (with or without 0x), a file holding that hex, or `-` for stdin.
     #[arg(value_name = "HEX|FILE|-")]
     input: String,
+}
+
+/// An outcome layout named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LayoutArg {
+    /// `varint(epoch) || Output || next_players || is_next_full_dkg`.
+    Legacy,
+    /// `varint(epoch) || Output`.
+    Tip1123,
+}
+
+impl From<LayoutArg> for OutcomeLayout {
+    fn from(arg: LayoutArg) -> Self {
+        match arg {
+            LayoutArg::Legacy => Self::Legacy,
+            LayoutArg::Tip1123 => Self::Tip1123,
+        }
+    }
 }
 
 /// Runs an inspect command and returns the process exit status.
@@ -152,9 +176,15 @@ struct OutcomeReport {
     threshold: u32,
     players: Vec<String>,
     dealers: Vec<String>,
-    next_players: Vec<String>,
     revealed: Vec<String>,
-    is_next_full_dkg: bool,
+    /// `legacy` or `tip1123`.
+    layout: &'static str,
+    /// Only in the legacy layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_players: Option<Vec<String>>,
+    /// Only in the legacy layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_next_full_dkg: Option<bool>,
 }
 
 impl OutcomeReport {
@@ -165,9 +195,10 @@ impl OutcomeReport {
             threshold: outcome.threshold(),
             players: keys_hex(outcome.players()),
             dealers: keys_hex(outcome.dealers()),
-            next_players: keys_hex(&outcome.next_players),
             revealed: keys_hex(outcome.output.revealed()),
-            is_next_full_dkg: outcome.is_next_full_dkg,
+            layout: outcome.layout().name(),
+            next_players: outcome.next.as_ref().map(|next| keys_hex(&next.players)),
+            is_next_full_dkg: outcome.next.as_ref().map(|next| next.full_dkg),
         }
     }
 
@@ -181,16 +212,19 @@ impl OutcomeReport {
         );
         print_keys(indent, "players", &self.players);
         print_keys(indent, "dealers", &self.dealers);
-        print_keys(indent, "next players", &self.next_players);
         if !self.revealed.is_empty() {
             print_keys(indent, "revealed", &self.revealed);
         }
+        say!("{indent}layout         {}", self.layout);
+        if let Some(players) = &self.next_players {
+            print_keys(indent, "next players", players);
+        }
         say!(
             "{indent}next ceremony  {}",
-            if self.is_next_full_dkg {
-                "full DKG (new identity)"
-            } else {
-                "reshare (identity kept)"
+            match self.is_next_full_dkg {
+                Some(true) => "full DKG (new identity)",
+                Some(false) => "reshare (identity kept)",
+                None => "not announced (the TIP-1123 layout leaves it out)",
             }
         );
     }
@@ -372,7 +406,9 @@ fn print_certificate_text(report: &CertificateReport) {
 
 fn inspect_outcome(args: &OutcomeArgs) -> ExitCode {
     let decoded = outcome_bytes(&args.input).and_then(|bytes| {
-        DkgOutcome::decode(&bytes).map_err(|err| eyre!("not a valid DKG outcome: {err}"))
+        let layout = OutcomeLayout::from(args.format);
+        DkgOutcome::decode_strict(&bytes, layout, &OutcomeLimits::default())
+            .map_err(|err| eyre!("not a valid DKG outcome in the {layout} layout: {err}"))
     });
     match decoded {
         Ok(outcome) => {

@@ -230,6 +230,49 @@ fn dkg_outcomes_decode_from_hex_files_and_stdin() {
         let output = cairn(&["inspect", "dkg-outcome", bad], None);
         assert_eq!(output.status.code(), Some(2), "{bad}");
     }
+    assert_eq!(report["layout"], "legacy");
+
+    // The same outcome in the TIP-1123 layout: without the next players (a 1-byte count and
+    // 32 bytes each) and the full-DKG flag.
+    let next = report["nextPlayers"].as_array().map_or(0, Vec::len);
+    let legacy = hex.trim().trim_start_matches("0x");
+    let compact = &legacy[..legacy.len() - 2 * (1 + 32 * next + 1)];
+    let output = cairn(
+        &[
+            "inspect",
+            "dkg-outcome",
+            "--format",
+            "tip1123",
+            "--json",
+            compact,
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let tip1123 = json(&output);
+    assert_eq!(tip1123["layout"], "tip1123");
+    assert_eq!(tip1123["identity"], MAINNET_IDENTITY);
+    assert_eq!(tip1123["players"], report["players"]);
+    assert!(tip1123.get("nextPlayers").is_none() && tip1123.get("isNextFullDkg").is_none());
+    let text = cairn(
+        &["inspect", "dkg-outcome", "--format", "tip1123", compact],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&text.stdout).contains("layout         tip1123"));
+    // Each layout is read strictly, and never as the other.
+    for (format, bad) in [
+        ("tip1123", format!("{compact}00")),
+        ("tip1123", legacy.to_string()),
+        ("legacy", compact.to_string()),
+    ] {
+        let output = cairn(&["inspect", "dkg-outcome", "--format", format, &bad], None);
+        assert_eq!(output.status.code(), Some(2), "{format}: {bad}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(&format!("in the {format} layout")),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// `cairn ARGS` in an environment holding only `env` (and PATH).

@@ -118,8 +118,10 @@ impl TestCommittee {
         DkgOutcome {
             epoch,
             output: self.ceremony.output.clone(),
-            next_players: self.ceremony.output.players().clone(),
-            is_next_full_dkg,
+            next: Some(cairn_dkg::NextCeremony {
+                players: self.ceremony.output.players().clone(),
+                full_dkg: is_next_full_dkg,
+            }),
         }
     }
 
@@ -472,21 +474,35 @@ pub fn rotating_chain(
     count: u64,
     epoch_length: u64,
 ) -> (ChainProfile, Vec<CertifiedBlock>) {
+    rotating_chain_forked(committees, count, epoch_length, None)
+}
+
+/// [`rotating_chain`] on a chain whose TIP-1123 fork is at `tip1123_time`: every boundary
+/// outcome is written in the layout its block's timestamp (1,700,000,000 plus its height)
+/// selects, and the profile carries the fork time.
+pub fn rotating_chain_forked(
+    committees: &[TestCommittee],
+    count: u64,
+    epoch_length: u64,
+    tip1123_time: Option<u64>,
+) -> (ChainProfile, Vec<CertifiedBlock>) {
     let committee_of = |epoch: u64| &committees[(epoch % committees.len() as u64) as usize];
-    let profile = committee_profile(committee_of(0), epoch_length);
+    let mut profile = committee_profile(committee_of(0), epoch_length);
+    profile.epochs = profile.epochs.with_tip1123_time(tip1123_time);
     let genesis = Block::header_only(profile.genesis_header.clone().expect("genesis header"));
     let mut parent = genesis.hash();
     let mut chain = Vec::new();
     for height in 1..=count {
         let epoch = height / epoch_length;
-        let extra = if profile.epochs.is_boundary(height) {
-            committee_of(epoch + 1)
-                .outcome(epoch + 1, committees.len() > 1)
-                .to_bytes()
-        } else {
-            Vec::new()
-        };
-        let (mut header, body) = test_block(height, epoch, height, extra).into_parts();
+        let (mut header, body) = test_block(height, epoch, height, Vec::new()).into_parts();
+        if profile.epochs.is_boundary(height) {
+            let outcome = committee_of(epoch + 1).outcome(epoch + 1, committees.len() > 1);
+            let bytes = match profile.epochs.outcome_layout(header.inner.timestamp) {
+                cairn_dkg::OutcomeLayout::Legacy => outcome.to_bytes(),
+                cairn_dkg::OutcomeLayout::Tip1123 => outcome.compact().to_bytes(),
+            };
+            header.inner.extra_data = bytes.into();
+        }
         header.inner.parent_hash = parent.0;
         let block = Block::new(header, body).expect("body unchanged");
         parent = block.hash();

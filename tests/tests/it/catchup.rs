@@ -401,6 +401,64 @@ fn a_source_whose_latest_finalization_does_not_verify_is_quarantined_and_another
     assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
 }
 
+/// Boundaries 9 and 19 are stamped before this fork time, 29, 39 and 49 after it.
+const TIP1123_TIME: u64 = 1_700_000_025;
+
+#[test]
+fn a_catch_up_across_the_tip1123_fork_reads_each_boundary_in_its_layout() {
+    let committee = TestCommittee::new(b"TEMPO", 61, 4);
+    let (profile, chain) = cairn_tests::rotating_chain_forked(
+        std::slice::from_ref(&committee),
+        TIP,
+        EPOCH_LENGTH,
+        Some(TIP1123_TIME),
+    );
+    let extra = |height: u64| {
+        chain[height as usize - 1]
+            .block
+            .as_ref()
+            .expect("block")
+            .header()
+            .inner
+            .extra_data
+            .len()
+    };
+    let compact = committee.outcome(1, false).compact().to_bytes().len();
+    assert!(extra(19) > compact && extra(29) == compact && extra(49) == compact);
+    let outcome = catch_up(&profile, &[], chain.clone(), VerifyPolicy::HashChain);
+    outcome.result.expect("caught up across the fork");
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
+    assert_eq!(outcome.epochs, vec![0, 1, 2, 3, 4, 5]);
+
+    // After the fork a trailing byte is not ignored: the boundary at 39 carrying one (certified
+    // by its committee) stops the walk, and nothing of its segment or its key is stored.
+    let mut served = chain;
+    let (mut header, body) = served[38].block.clone().expect("block").into_parts();
+    let mut bytes = header.inner.extra_data.to_vec();
+    bytes.push(0);
+    header.inner.extra_data = bytes.into();
+    let block = Block::new(header, body).expect("body unchanged");
+    served[38] = committee.certify(block, 3, 39);
+    let outcome = catch_up(&profile, &[], served, VerifyPolicy::HashChain);
+    let err = outcome.result.expect_err("refused at 39");
+    assert!(
+        matches!(
+            &err,
+            CatchUpError::Ledger(LedgerError::Broken { height: 39, .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("tip1123 layout") && err.to_string().contains("trailing"),
+        "{err}"
+    );
+    assert_eq!(outcome.executed, 29);
+    assert_eq!(outcome.stored, (1..=29).collect::<Vec<_>>());
+    assert_eq!(outcome.anchored, vec![9, 19, 29]);
+    assert_eq!(outcome.epochs, vec![0, 1, 2, 3]);
+    assert_eq!(outcome.persisted, vec![1, 2, 3]);
+}
+
 #[test]
 fn a_trusted_block_the_verified_chain_does_not_hold_stops_the_catch_up_before_anything_is_stored() {
     let (_, mut profile, chain) = chain();

@@ -2,7 +2,7 @@
 //! it, certificates from a quorum of shares verify under the identity alone, and a verifier that
 //! starts from genesis follows the rotations through boundary blocks.
 
-use cairn_dkg::{DkgOutcome, full_dkg, reshare, trusted_deal};
+use cairn_dkg::{DkgOutcome, NextCeremony, full_dkg, reshare, trusted_deal};
 use cairn_epoch::{
     EpochStrategy, FinalizationScheme, FinalizationVerifier, IdentitySource, SchemeProvider,
     SignerError, VerifyError, decode_certificate,
@@ -159,7 +159,7 @@ proptest! {
         let players = keys(seed, n);
         let ceremony = trusted_deal(&mut rng(seed), &players).expect("deal");
         let next_players = cairn_dkg::ceremony::committee_set(&keys(seed + 1, next)).expect("set");
-        let outcome = DkgOutcome { epoch, output: ceremony.output, next_players, is_next_full_dkg: full };
+        let outcome = DkgOutcome { epoch, output: ceremony.output, next: Some(NextCeremony { players: next_players, full_dkg: full }) };
         let bytes = outcome.to_bytes();
         let decoded = DkgOutcome::decode(&bytes).expect("decodes");
         prop_assert_eq!(decoded.to_bytes(), bytes);

@@ -103,7 +103,10 @@ fn devnet_rotates_keys_and_restarts_where_it_stopped() {
             let outcome = DkgOutcome::decode(&block.header().inner.extra_data).expect("outcome");
             let epoch = profile.epochs.epoch_of(height).get();
             assert_eq!(outcome.epoch, epoch + 1);
-            assert_eq!(outcome.is_next_full_dkg, epoch + 2 == 2);
+            assert_eq!(
+                outcome.next.as_ref().map(|next| next.full_dkg),
+                Some(epoch + 2 == 2)
+            );
         } else {
             // Some non-boundary blocks carry dealer-log bytes, as Tempo's do; never an outcome.
             assert!(DkgOutcome::decode(&block.header().inner.extra_data).is_err());

@@ -114,13 +114,18 @@ async fn devnet_with<E: EngineContext>(
     context: &E,
     blocks: u64,
 ) -> (Devnet<E>, ChainProfile, FeedState) {
-    let mut devnet = Devnet::open(
-        context.child("devnet"),
-        devnet_config(),
-        FeedState::default(),
-    )
-    .await
-    .expect("devnet opens");
+    devnet_from(context, devnet_config(), blocks).await
+}
+
+/// [`devnet_with`] with `config`.
+async fn devnet_from<E: EngineContext>(
+    context: &E,
+    config: DevnetConfig,
+    blocks: u64,
+) -> (Devnet<E>, ChainProfile, FeedState) {
+    let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
+        .await
+        .expect("devnet opens");
     let profile = devnet.profile("simulation").expect("profile");
     let upstream = FeedState::default();
     for _ in 0..blocks {
@@ -234,6 +239,64 @@ fn follower_catches_up_rejects_bad_events_and_is_followed() {
         }
         executed(&context, &second, 31).await;
         assert_same_chain(&second, devnet.store(), 31).await;
+    });
+}
+
+#[test]
+fn followers_follow_across_the_tip1123_fork_live_and_in_a_catch_up() {
+    deterministic::Runner::seeded(13).start(|context| async move {
+        // One-second blocks from 1,767,225,600: boundaries 3 and 7 are stamped before the fork,
+        // 11 and later after it.
+        let config = DevnetConfig {
+            seed: Some(13),
+            block_time: Duration::from_secs(1),
+            tip1123_time: Some(1_767_225_600 + 10),
+            ..devnet_config()
+        };
+        let (mut devnet, profile, upstream) = devnet_from(&context, config, 9).await;
+        let live = follow(
+            &context,
+            "live",
+            &profile,
+            upstream.clone(),
+            devnet.store().clone(),
+        )
+        .await;
+        executed(&context, &live, 9).await;
+        // The fork passes while the follower is live.
+        for _ in 9..26 {
+            upstream.publish_finalized(devnet.produce_next().await.expect("produces").certified);
+        }
+        executed(&context, &live, 26).await;
+        assert_same_chain(&live, devnet.store(), 26).await;
+        assert_eq!(live.provider.latest_epoch().map(|e| e.get()), Some(6));
+        for height in [3, 7, 11, 23] {
+            let block = live
+                .chain
+                .certified_at(height)
+                .await
+                .expect("reads")
+                .and_then(|certified| certified.block)
+                .expect("stored");
+            let outcome =
+                cairn_epoch::boundary_outcome(&profile.epochs, &block, &Default::default())
+                    .expect("its layout");
+            let compact = height >= 11;
+            assert_eq!(outcome.next.is_none(), compact, "boundary {height}");
+        }
+
+        // A second follower catches up from genesis over both layouts.
+        let late = follow(
+            &context,
+            "late",
+            &profile,
+            upstream.clone(),
+            devnet.store().clone(),
+        )
+        .await;
+        executed(&context, &late, 26).await;
+        assert_same_chain(&late, devnet.store(), 26).await;
+        assert_eq!(late.provider.latest_epoch().map(|e| e.get()), Some(6));
     });
 }
 

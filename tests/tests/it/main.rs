@@ -17,6 +17,7 @@ mod properties;
 mod rpc;
 mod sources;
 mod tempo;
+mod tip1123;
 mod upstream;
 
 #[global_allocator]

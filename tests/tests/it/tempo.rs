@@ -157,7 +157,7 @@ fn genesis_and_boundary_outcomes_decode_with_no_trailing_bytes() {
     let outcome = DkgOutcome::decode(extra).expect("epoch 1515 outcome decodes");
     assert_eq!(outcome.to_bytes(), extra.to_vec());
     assert_eq!(outcome.epoch, 1515);
-    assert!(!outcome.is_next_full_dkg);
+    assert_eq!(outcome.next.as_ref().map(|next| next.full_dkg), Some(false));
 }
 
 /// The byte regions of an encoded finalization.
