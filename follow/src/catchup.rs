@@ -305,7 +305,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         if self.config.policy == VerifyPolicy::EveryBlock {
             return Ok(report);
         }
-        let Some((tip_source, tip)) = self.latest(context).await else {
+        let Some((tip_source, tip, others)) = self.latest(context).await else {
             info!(
                 waited = ?self.config.wait,
                 "no upstream answered with its latest finalization; marshal catches up"
@@ -399,6 +399,19 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         };
         report.certificates += 1;
         self.sources.book().announced(tip_source, tip_height);
+        // The other sources' latest finalizations say how far each is, so that the blocks are
+        // asked of all of them and not only of the tip's source: a copy of the verified tip, or
+        // one that verifies, is taken as announced. One that does not is not held against its
+        // source here (it may be of an epoch whose key is not known yet).
+        for (source, certified) in others {
+            let same = certified.block.as_ref().map(Block::hash) == Some(verified.digest())
+                && certified.certificate == tip.certificate;
+            if let Some(height) = certified.block.as_ref().map(Block::height)
+                && (same || verifier.verify(rng, &certified).is_ok())
+            {
+                self.sources.book().announced(source, height);
+            }
+        }
 
         let mut anchors = last_anchors;
         anchors.push(Anchor {
@@ -415,14 +428,29 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         Ok(report)
     }
 
-    /// The highest latest finalization any upstream answers with, waiting up to `wait` for a
-    /// first answer.
-    async fn latest(&self, context: &impl Clock) -> Option<(SourceId, CertifiedBlock)> {
+    /// The highest latest finalization any upstream answers with and its source, with the other
+    /// sources' answers, waiting up to `wait` for a first answer.
+    async fn latest(
+        &self,
+        context: &impl Clock,
+    ) -> Option<(SourceId, CertifiedBlock, Vec<(SourceId, CertifiedBlock)>)> {
         let deadline = context.current() + self.config.wait;
         loop {
-            match self.sources.latest().await {
-                Ok(Some(tip)) => return Some(tip),
-                Ok(None) => debug!("no upstream has a finalization yet"),
+            match self.sources.latest_of_each().await {
+                Ok(mut answers) if !answers.is_empty() => {
+                    // The highest; of equal ones, the first asked.
+                    let best = answers
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .max_by_key(|(_, (_, certified))| {
+                            certified.block.as_ref().map_or(0, Block::height)
+                        })
+                        .map(|(index, _)| index)?;
+                    let (source, tip) = answers.remove(best);
+                    return Some((source, tip, answers));
+                }
+                Ok(_) => debug!("no upstream has a finalization yet"),
                 Err(err) => debug!(%err, "asking the upstreams for their latest finalization"),
             }
             if context.current() >= deadline {

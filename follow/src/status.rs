@@ -143,6 +143,12 @@ pub struct UpstreamReport {
     pub failed: u64,
     /// Times its connection was lost.
     pub disconnects: u64,
+    /// Calls sent to it (a batch counts each call).
+    #[serde(default)]
+    pub calls: u64,
+    /// Of those, the calls it answered with "slow down" (retried after a wait).
+    #[serde(default)]
+    pub slowed_down: u64,
 }
 
 impl From<&SourceHealth> for UpstreamReport {
@@ -159,6 +165,8 @@ impl From<&SourceHealth> for UpstreamReport {
             served: health.served,
             failed: health.failed + health.timed_out,
             disconnects: health.disconnects,
+            calls: health.calls,
+            slowed_down: health.slowed_down,
         }
     }
 }
@@ -277,6 +285,8 @@ struct StatusMetrics {
     upstream_latency_us: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_announced: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_invalid: Registered<Family<UpstreamLabel, Counter>>,
+    upstream_calls: Registered<Family<UpstreamLabel, Counter>>,
+    upstream_slowed_down: Registered<Family<UpstreamLabel, Counter>>,
 }
 
 impl StatusMetrics {
@@ -356,6 +366,14 @@ impl StatusMetrics {
                 "upstream_invalid",
                 "Invalid answers and events the upstream sent",
             ),
+            upstream_calls: context.family(
+                "upstream_calls",
+                "Calls sent to the upstream (a batch counts each call)",
+            ),
+            upstream_slowed_down: context.family(
+                "upstream_slowed_down",
+                "Calls the upstream answered with \"slow down\" (rate limit), each retried",
+            ),
         }
     }
 
@@ -413,14 +431,30 @@ impl StatusMetrics {
                 .upstream_announced
                 .get_or_create(&label)
                 .try_set(upstream.announced_height);
-            let before = previous
+            let known = previous
                 .upstreams
                 .iter()
-                .find(|known| known.url == upstream.url)
-                .map_or(0, |known| known.invalid);
-            self.upstream_invalid
-                .get_or_create(&label)
-                .inc_by(upstream.invalid.saturating_sub(before));
+                .find(|known| known.url == upstream.url);
+            let grow = |family: &Family<UpstreamLabel, Counter>, now: u64, before: Option<u64>| {
+                family
+                    .get_or_create(&label)
+                    .inc_by(now.saturating_sub(before.unwrap_or(0)));
+            };
+            grow(
+                &self.upstream_invalid,
+                upstream.invalid,
+                known.map(|known| known.invalid),
+            );
+            grow(
+                &self.upstream_calls,
+                upstream.calls,
+                known.map(|known| known.calls),
+            );
+            grow(
+                &self.upstream_slowed_down,
+                upstream.slowed_down,
+                known.map(|known| known.slowed_down),
+            );
         }
     }
 }

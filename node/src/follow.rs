@@ -507,12 +507,14 @@ async fn follow(
     let walked_identities = walked_identities(&context, &profile).await?;
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
+    let mut counts = Vec::new();
     for (source, url) in urls.iter().enumerate() {
         let config = upstream::Config {
             source,
             client: upstream_client.clone(),
             ..upstream::Config::new(url.clone())
         };
+        counts.push(config.counts.clone());
         let (upstream_actor, mailbox) = upstream::init(config, notifications_tx.clone())
             .map_err(|err| eyre!("--upstream {url}: {err}"))?;
         context
@@ -522,6 +524,9 @@ async fn follow(
     }
     drop(notifications_tx);
     let sources = Sources::new(requests, QuarantineConfig::default());
+    for (source, counts) in counts.into_iter().enumerate() {
+        sources.book().count_calls(source, counts);
+    }
 
     let starting = Instant::now();
     let progress = Progress::show(&board, &feed, args.status_interval);
@@ -800,12 +805,21 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     }
 }
 
-/// `upstreams 2/3 healthy`, then each source that is not: `quarantined URL (12s)` or
+/// `upstreams 2/3 healthy`, the share of calls answered "slow down" if any (`slowed down 0.4%
+/// of 5120 calls`), then each source that is not healthy: `quarantined URL (12s)` or
 /// `disconnected URL`, and each that misbehaves without serving invalid data: `flapping URL
 /// (4 drops/60s)`, `stalled URL at 15 (4s)`, `skipping URL (3 heights/60s)`.
 fn upstreams_summary(health: &[upstream::SourceHealth]) -> String {
     let healthy = health.iter().filter(|source| source.healthy()).count();
     let mut summary = format!("upstreams {healthy}/{} healthy", health.len());
+    let calls: u64 = health.iter().map(|source| source.calls).sum();
+    let slowed: u64 = health.iter().map(|source| source.slowed_down).sum();
+    if slowed > 0 {
+        summary.push_str(&format!(
+            " | slowed down {:.1}% of {calls} calls",
+            100.0 * slowed as f64 / calls.max(1) as f64
+        ));
+    }
     let window = upstream::CONDUCT_WINDOW.as_secs();
     for source in health {
         let url = &source.url;

@@ -155,15 +155,18 @@ pub fn summary(status: &Value) -> String {
                 .get("latencyMs")
                 .and_then(Value::as_f64)
                 .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+            let calls = u64_of(upstream, "calls");
+            let slowed = u64_of(upstream, "slowedDown");
             let _ = writeln!(
                 out,
-                "  {} {state} | announced {} | latency {latency} | served {} | failed {} | invalid {} | drops {}",
+                "  {} {state} | announced {} | latency {latency} | served {} | failed {} | invalid {} | drops {} | calls {calls}, slowed down {slowed} ({:.1}%)",
                 str_of(upstream, "url"),
                 u64_of(upstream, "announcedHeight"),
                 u64_of(upstream, "served"),
                 u64_of(upstream, "failed"),
                 u64_of(upstream, "invalid"),
                 u64_of(upstream, "disconnects"),
+                100.0 * slowed as f64 / calls.max(1) as f64,
             );
         }
         let by_check = status

@@ -769,6 +769,88 @@ async fn a_follower_of_several_upstreams_goes_on_when_one_dies() {
     );
 }
 
+/// Two upstreams answering as public nodes do (60 calls per second each, batches of at most 16,
+/// no `debug_*`): the follower's catch-up is told "slow down" and slows down, both upstreams stay
+/// healthy (a rate limit is neither invalid data nor a failure), and what it stores is the
+/// devnet's chain byte for byte, certificates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_nodes_saying_slow_down_are_never_quarantined_and_the_chain_is_stored_whole() {
+    const TIP: u64 = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let until = TIP.to_string();
+    let public = [
+        "--until-height",
+        &until,
+        "--public-node",
+        "5ms,60,16,no-debug",
+    ];
+    let a = bulk_devnet(&dir.path().join("a"), TIP, &public);
+    let b = bulk_devnet(&dir.path().join("b"), TIP, &public);
+    for devnet in [&a, &b] {
+        devnet.wait_for_line("reached --until-height");
+    }
+    let log = dir.path().join("follower.log");
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        &dir.path().join("a").join("chain.json"),
+        &a.addr,
+        &dir.path().join("follower"),
+        &log,
+        &["--upstream", &b.addr, "--status-interval", "100ms"],
+    )
+    .with_rpc_addr();
+    let follower_rpc = follower.http();
+    wait_for_height(&follower_rpc, TIP, Duration::from_secs(180)).await;
+    let slowed = status_line_within(&follower, "slowed down", Duration::from_secs(15));
+    let text = std::fs::read_to_string(&log).expect("log");
+    let slowed = slowed.unwrap_or_else(|| {
+        panic!(
+            "no status line shows calls refused with slow down:\n{}",
+            log_excerpt(&text)
+        )
+    });
+    assert!(slowed.contains("upstreams 2/2 healthy"), "{slowed}");
+    for devnet in [&a, &b] {
+        let url = format!("ws://{}", devnet.addr);
+        assert!(
+            !text
+                .lines()
+                .any(|line| line.contains(&url) && line.contains(Shown::Quarantined.logged())),
+            "{url} only said slow down, yet was quarantined:\n{}",
+            log_excerpt(&text)
+        );
+    }
+
+    // The same chain, served again without the limits, is what the follower stored.
+    a.stop();
+    b.stop();
+    let plain = CairnProcess::devnet(
+        cairn(),
+        &dir.path().join("a"),
+        &[
+            "--seed",
+            "7",
+            "--epoch-length",
+            "10",
+            "--until-height",
+            &until,
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let reference = plain.http();
+    for height in 1..=TIP {
+        assert_eq!(
+            raw_block(&follower_rpc, height).await,
+            raw_block(&reference, height).await,
+            "block {height}"
+        );
+    }
+    same_certificates(&follower_rpc, &reference, 1..=TIP, 10).await;
+    follower.stop();
+    plain.stop();
+}
+
 /// A devnet with seed 7 (so that several of them produce one chain), epochs of 5 blocks and a
 /// full DKG at epoch 2, with `extra` arguments.
 fn seeded_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {

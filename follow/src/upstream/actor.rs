@@ -44,7 +44,13 @@ impl Actor {
     pub async fn run(mut self) {
         let mut backoff = self.config.backoff_min;
         loop {
-            let ended = match UpstreamClient::connect(&self.config.url, &self.config.client).await {
+            let ended = match UpstreamClient::connect_counting(
+                &self.config.url,
+                &self.config.client,
+                self.config.counts.clone(),
+            )
+            .await
+            {
                 Ok(client) => {
                     let client = Arc::new(client);
                     match client.subscribe().await {

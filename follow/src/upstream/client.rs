@@ -1,7 +1,10 @@
 //! One connection to an upstream node, over WebSocket or HTTP: typed calls for the data a
 //! follower fetches, with the block hash checked on every block it returns.
 
-use super::UpstreamError;
+use super::{
+    UpstreamError,
+    manners::{BatchSize, CallCounts, Pace},
+};
 use alloy_primitives::{B256, Bytes, U64};
 use cairn_epoch::{BoundarySource, SourceError};
 use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
@@ -20,7 +23,10 @@ use jsonrpsee::{
 };
 use serde::de::DeserializeOwned;
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -47,7 +53,8 @@ pub struct ClientConfig {
     /// Largest answer or event accepted, in bytes; a larger one fails the request (or, for an
     /// event, the connection).
     pub max_response_size: u32,
-    /// Calls sent per second at most (a batch counts each call); `None` for no budget.
+    /// Calls sent per second at most (a batch counts each call); `None` for no budget. Either
+    /// way, a "slow down" halves the rate and answers grow it back (never above the budget).
     pub calls_per_second: Option<u32>,
     /// The most calls sent in one batch, before the upstream says less.
     pub max_batch: usize,
@@ -115,42 +122,12 @@ enum Transport {
 struct Manners {
     /// Whether `debug_getRawBlock` was refused as an unknown method.
     no_raw_blocks: AtomicBool,
-    /// The most calls a batch may hold (halved on each "batch too large").
-    max_batch: AtomicUsize,
-    /// Calls sent per second at most, when a budget is set.
-    pace: Option<Pace>,
-    /// Calls the upstream refused with "slow down" (each retried).
-    refused: AtomicU64,
-    /// Calls sent.
-    calls: AtomicU64,
-}
-
-/// A call budget per second, spent evenly: each call waits for its slot.
-#[derive(Debug)]
-struct Pace {
-    interval: Duration,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Pace {
-    fn new(calls_per_second: u32) -> Self {
-        Self {
-            interval: Duration::from_secs(1) / calls_per_second.max(1),
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Waits until `calls` more calls are within the budget.
-    async fn take(&self, calls: usize) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let now = tokio::time::Instant::now();
-            let at = (*next).max(now);
-            *next = at + self.interval * u32::try_from(calls).unwrap_or(u32::MAX);
-            at
-        };
-        tokio::time::sleep_until(at).await;
-    }
+    /// The calls a batch holds.
+    batch: BatchSize,
+    /// The call rate.
+    pace: Pace,
+    /// Calls sent and refused, kept across reconnections when the owner passes them in.
+    counts: Arc<CallCounts>,
 }
 
 /// How long to wait after the first "slow down", doubled on each one that follows.
@@ -247,13 +224,21 @@ fn is_missing(err: &ClientError) -> bool {
 impl UpstreamClient {
     /// Connects to `url` (see [`normalize_url`]).
     pub async fn connect(url: &str, config: &ClientConfig) -> Result<Self, UpstreamError> {
+        Self::connect_counting(url, config, Arc::default()).await
+    }
+
+    /// [`Self::connect`], adding the calls it sends to `counts`.
+    pub async fn connect_counting(
+        url: &str,
+        config: &ClientConfig,
+        counts: Arc<CallCounts>,
+    ) -> Result<Self, UpstreamError> {
         let url = normalize_url(url)?;
         let manners = Manners {
             no_raw_blocks: AtomicBool::new(false),
-            max_batch: AtomicUsize::new(config.max_batch.max(1)),
-            pace: config.calls_per_second.map(Pace::new),
-            refused: AtomicU64::new(0),
-            calls: AtomicU64::new(0),
+            batch: BatchSize::new(config.max_batch),
+            pace: Pace::new(config.calls_per_second),
+            counts,
         };
         let transport = if url.starts_with("ws") {
             let ping = PingConfig::new()
@@ -280,12 +265,9 @@ impl UpstreamClient {
         Ok(Self { transport, manners })
     }
 
-    /// Calls sent, and of those refused with "slow down" (and retried), since connecting.
+    /// Calls sent, and of those refused with "slow down" (and retried).
     pub fn call_counts(&self) -> (u64, u64) {
-        (
-            self.manners.calls.load(Ordering::Relaxed),
-            self.manners.refused.load(Ordering::Relaxed),
-        )
+        (self.manners.counts.calls(), self.manners.counts.refused())
     }
 
     /// Waits out "slow down" answer number `refusals` (from 1), or gives up once
@@ -310,23 +292,25 @@ impl UpstreamClient {
         let started = tokio::time::Instant::now();
         let mut refusals = 0;
         loop {
-            if let Some(pace) = &self.manners.pace {
-                pace.take(1).await;
-            }
-            self.manners.calls.fetch_add(1, Ordering::Relaxed);
+            self.manners.pace.wait(1).await;
+            self.manners.counts.sent(1);
             let answer = match &self.transport {
                 Transport::Ws(client) => client.request(method, params.clone()).await,
                 Transport::Http(client) => client.request(method, params.clone()).await,
             };
             match answer {
                 Err(err) if is_slow_down(&err) => {
-                    self.manners.refused.fetch_add(1, Ordering::Relaxed);
+                    self.manners.counts.slowed(1);
+                    self.manners.pace.slowed_down();
                     refusals += 1;
                     if !self.back_off(refusals, started).await {
                         return Err(err);
                     }
                 }
-                other => return other,
+                other => {
+                    self.manners.pace.answered(1);
+                    return other;
+                }
             }
         }
     }
@@ -350,7 +334,7 @@ impl UpstreamClient {
                     .map(|answer| answer.expect("answered"))
                     .collect());
             }
-            let size = self.manners.max_batch.load(Ordering::Relaxed).max(1);
+            let size = self.manners.batch.current();
             let mut slowed = false;
             for group in pending.chunks(size) {
                 let mut batch = BatchRequestBuilder::new();
@@ -360,12 +344,8 @@ impl UpstreamClient {
                         .insert(method, params.clone())
                         .map_err(|err| ClientError::Custom(err.to_string()))?;
                 }
-                if let Some(pace) = &self.manners.pace {
-                    pace.take(group.len()).await;
-                }
-                self.manners
-                    .calls
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                self.manners.pace.wait(group.len()).await;
+                self.manners.counts.sent(group.len() as u64);
                 let answer = match &self.transport {
                     Transport::Ws(client) => client.batch_request::<R>(batch).await,
                     Transport::Http(client) => client.batch_request::<R>(batch).await,
@@ -383,21 +363,27 @@ impl UpstreamClient {
                 };
                 match answer {
                     Ok(answer) => {
+                        self.manners.batch.answered(group.len());
+                        let mut refused = 0;
                         for (index, entry) in group.iter().zip(answer) {
                             match entry {
                                 Err(err)
                                     if err.code() == -32005 || says_slow_down(err.message()) =>
                                 {
-                                    self.manners.refused.fetch_add(1, Ordering::Relaxed);
-                                    slowed = true;
+                                    refused += 1;
                                 }
                                 entry => answers[*index] = Some(entry),
                             }
                         }
+                        self.manners.pace.answered(group.len() - refused);
+                        if refused > 0 {
+                            self.manners.counts.slowed(refused as u64);
+                            self.manners.pace.slowed_down();
+                            slowed = true;
+                        }
                     }
                     Err(err) if is_batch_too_large(&err) && group.len() > 1 => {
-                        let smaller = group.len() / 2;
-                        self.manners.max_batch.store(smaller, Ordering::Relaxed);
+                        let smaller = self.manners.batch.refused(group.len());
                         tracing::debug!(
                             size = smaller,
                             "the upstream refused a batch for its size; sending smaller ones"
@@ -406,9 +392,8 @@ impl UpstreamClient {
                         break;
                     }
                     Err(err) if is_slow_down(&err) => {
-                        self.manners
-                            .refused
-                            .fetch_add(group.len() as u64, Ordering::Relaxed);
+                        self.manners.counts.slowed(group.len() as u64);
+                        self.manners.pace.slowed_down();
                         slowed = true;
                     }
                     Err(err) => return Err(err),

@@ -7,11 +7,13 @@ mod actor;
 mod client;
 pub mod in_process;
 mod ingress;
+mod manners;
 mod sources;
 
 pub use actor::Actor;
 pub use client::{ClientConfig, UpstreamClient, normalize_url};
 pub use ingress::{Mailbox, Message};
+pub use manners::CallCounts;
 pub use sources::{
     CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP, SourceBook,
     SourceHealth, SourceId, Sources,
@@ -153,6 +155,9 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Where the calls sent over every connection to this upstream are counted (share it with
+    /// [`SourceBook::count_calls`] to show them in its health).
+    pub counts: std::sync::Arc<CallCounts>,
 }
 
 impl Config {
@@ -164,6 +169,7 @@ impl Config {
             client: ClientConfig::default(),
             mailbox_size: 1024,
             max_in_flight: 64,
+            counts: std::sync::Arc::default(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
         }

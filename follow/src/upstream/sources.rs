@@ -9,7 +9,7 @@
 //! shown in the health record, logged once at `warn` when it starts, and the source is asked
 //! after the well-behaved ones.
 
-use super::{UpstreamError, UpstreamRequests};
+use super::{CallCounts, UpstreamError, UpstreamRequests};
 use cairn_epoch::{
     BoundarySource, FinalizationVerifier, SourceError, VerifyError, decode_certificate,
 };
@@ -81,6 +81,10 @@ pub struct SourceHealth {
     /// How long it has been connected without announcing anything new while other sources
     /// announced at least [`STALL_GAP`] heights more.
     pub stalled_for: Option<Duration>,
+    /// Calls sent to it (a batch counts each call), when counted ([`SourceBook::count_calls`]).
+    pub calls: u64,
+    /// Of those, the calls it answered with "slow down" (each retried; never held against it).
+    pub slowed_down: u64,
 }
 
 /// The window that recent disconnects and skipped heights are counted in.
@@ -124,6 +128,8 @@ struct State {
     skips: VecDeque<(SystemTime, u64)>,
     /// Whether the current stall was logged.
     stall_logged: bool,
+    /// Where its client counts the calls it sends.
+    counts: Option<Arc<CallCounts>>,
 }
 
 impl State {
@@ -140,6 +146,7 @@ impl State {
             drops: VecDeque::new(),
             skips: VecDeque::new(),
             stall_logged: false,
+            counts: None,
         }
     }
 
@@ -274,6 +281,10 @@ impl SourceBook {
                         })
                         .flatten();
                     health.stalled_for = state.stalled_for(now, best);
+                    if let Some(counts) = &state.counts {
+                        health.calls = counts.calls();
+                        health.slowed_down = counts.refused();
+                    }
                     if health.stalled_for.is_some() && !state.stall_logged {
                         state.stall_logged = true;
                         warn!(
@@ -287,6 +298,15 @@ impl SourceBook {
                 })
                 .collect()
         })
+    }
+
+    /// Shows the calls counted in `counts` (the client's of `source`) in its health.
+    pub fn count_calls(&self, source: SourceId, counts: Arc<CallCounts>) {
+        self.with_states(|states| {
+            if let Some(state) = states.get_mut(source) {
+                state.counts = Some(counts);
+            }
+        });
     }
 
     /// The URL of `source`.
@@ -562,6 +582,18 @@ impl<R: UpstreamRequests> Sources<R> {
     /// finalization that carries its block and signs it (verified too when the key is known),
     /// with the source that sent it. Its height is not taken as announced: it may not verify.
     pub async fn latest(&self) -> Result<Option<(SourceId, CertifiedBlock)>, UpstreamError> {
+        Ok(self
+            .latest_of_each()
+            .await?
+            .into_iter()
+            // The highest; of equal ones, the first asked (`max_by_key` keeps the last).
+            .rev()
+            .max_by_key(|(_, certified)| certified.block.as_ref().map_or(0, Block::height)))
+    }
+
+    /// [`Self::latest`], with every source's answer that passed the checks (an empty list when
+    /// none had a finalization yet).
+    pub async fn latest_of_each(&self) -> Result<Vec<(SourceId, CertifiedBlock)>, UpstreamError> {
         let order = self.book.order(None);
         if order.is_empty() {
             return Err(UpstreamError::NotConnected);
@@ -572,7 +604,7 @@ impl<R: UpstreamRequests> Sources<R> {
             async move { (requests.get_latest().await, started) }
         }))
         .await;
-        let mut best: Option<(SourceId, CertifiedBlock)> = None;
+        let mut answered = Vec::new();
         let mut failure = None;
         for (source, (answer, started)) in order.into_iter().zip(answers) {
             let recorded = match answer {
@@ -582,11 +614,7 @@ impl<R: UpstreamRequests> Sources<R> {
                         Ok(()) => {
                             let elapsed =
                                 self.book.now().duration_since(started).unwrap_or_default();
-                            if best.as_ref().is_none_or(|(_, best)| {
-                                best.block.as_ref().map_or(0, |block| block.height()) < height
-                            }) {
-                                best = Some((source, certified));
-                            }
+                            answered.push((source, certified));
                             Answer::Served(elapsed)
                         }
                         Err(reason) => Answer::Invalid(reason),
@@ -600,10 +628,9 @@ impl<R: UpstreamRequests> Sources<R> {
             };
             self.book.record(source, &recorded);
         }
-        match (best, failure) {
-            (Some(best), _) => Ok(Some(best)),
-            (None, Some(err)) => Err(err),
-            (None, None) => Ok(None),
+        match failure {
+            Some(err) if answered.is_empty() => Err(err),
+            _ => Ok(answered),
         }
     }
 

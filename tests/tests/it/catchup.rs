@@ -34,6 +34,8 @@ struct Outcome {
     earlier: Vec<Result<CatchUpReport, CatchUpError>>,
     /// Whether each upstream is quarantined at the end.
     quarantined: Vec<bool>,
+    /// The height each upstream is taken to have announced, and the requests it served.
+    announced: Vec<(u64, u64)>,
     executed: u64,
     /// Heights with a block in the execution store: by height up to the finalized height, or
     /// the served block by its hash at any height (the store itself, not the watermark).
@@ -173,6 +175,12 @@ fn catch_up_with(
         let quarantined = (0..sources.book().health().len())
             .map(|source| sources.book().is_quarantined(source))
             .collect();
+        let announced = sources
+            .book()
+            .health()
+            .iter()
+            .map(|health| (health.announced_height, health.served))
+            .collect();
         let mut stored = Vec::new();
         let mut anchored = Vec::new();
         for (height, hash) in (1..=TIP).zip(served_hashes) {
@@ -199,6 +207,7 @@ fn catch_up_with(
             result,
             earlier,
             quarantined,
+            announced,
             executed: execution.finalized_height(),
             stored,
             anchored,
@@ -245,6 +254,31 @@ fn the_hash_chain_from_verified_boundaries_and_tip_is_stored_with_their_certific
     let report = outcome.result.expect("nothing to do");
     assert_eq!((report.from, report.to, report.certificates), (0, 0, 0));
     assert!(report.floor.is_none() && outcome.stored.is_empty());
+}
+
+/// Every source whose latest finalization is the verified tip counts as having it, so the last
+/// window's blocks are asked of all of them, not only of the one whose tip was taken.
+#[test]
+fn the_blocks_are_asked_of_every_source_that_has_them() {
+    let (_, profile, chain) = chain();
+    let config = CatchUpConfig {
+        epoch_window: 1_000,
+        chunk: 2,
+        ..config(VerifyPolicy::HashChain)
+    };
+    let outcome = catch_up_with(&profile, &[], chain.clone(), chain, config, 1);
+    outcome.result.expect("caught up");
+    assert_eq!(outcome.stored, (1..=TIP).collect::<Vec<_>>());
+    // One window: every block is fetched after the tip was verified. Both sources are taken
+    // to be at the tip, and both served a share of the 28 ranges of two blocks.
+    let [(first, first_served), (second, second_served)] = outcome.announced[..] else {
+        panic!("two sources: {:?}", outcome.announced);
+    };
+    assert_eq!((first, second), (TIP, TIP));
+    assert!(
+        first_served >= 10 && second_served >= 10,
+        "served {first_served} and {second_served}"
+    );
 }
 
 #[test]
