@@ -27,8 +27,8 @@ use crate::{
     upstream::{SourceId, Sources, UpstreamError, UpstreamRequests},
 };
 use cairn_epoch::{
-    ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, SchemeProvider,
-    VerifyError,
+    ChainProfile, DEFAULT_WALK_CONCURRENCY, Finalization, FinalizationVerifier, IdentityLedger,
+    LedgerError, SchemeProvider, VerifyError,
 };
 use cairn_feed::{
     StoreContext, StoreError,
@@ -85,7 +85,7 @@ pub struct CatchUpConfig {
     pub policy: VerifyPolicy,
     /// Blocks per range request.
     pub chunk: u64,
-    /// Range requests in flight.
+    /// Range requests in flight per upstream.
     pub in_flight: usize,
     /// The fast path runs when the upstream's tip is at least this far ahead; a smaller gap is
     /// left to marshal.
@@ -334,7 +334,11 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                     epoch: Epoch::new(first_epoch),
                 },
             })?;
-        let mut ledger = IdentityLedger::from_epoch(self.profile, first_epoch, identity);
+        // Boundaries are asked of the sources in turn: as many in flight per source as one
+        // source gets alone, so that several sources walk faster than one.
+        let sources = self.sources.book().health().len().max(1);
+        let mut ledger = IdentityLedger::from_epoch(self.profile, first_epoch, identity)
+            .with_concurrency(DEFAULT_WALK_CONCURRENCY.saturating_mul(sources));
         if let Some(workers) = NonZeroUsize::new(self.config.workers) {
             match Rayon::new(workers) {
                 Ok(pool) => ledger = ledger.with_pool(pool),
@@ -612,7 +616,8 @@ where
     (sender, writing)
 }
 
-/// Fetches `ranges` in their order, `config.in_flight` at a time over the healthy upstreams,
+/// Fetches `ranges` in their order, `config.in_flight` at a time per upstream (each range is
+/// asked of one, in turn, so several upstreams have as many in flight each as one alone),
 /// and hands each range's blocks to the receiver while the next ones are fetched: the
 /// returned future does the fetching (join it with the consumer). It stops after the first
 /// failed range, or when the receiver is dropped.
@@ -624,7 +629,10 @@ pub(crate) fn fetch_in_order<'a, U: UpstreamRequests>(
     impl std::future::Future<Output = ()> + 'a,
     futures::channel::mpsc::Receiver<Result<Vec<Block>, CatchUpError>>,
 ) {
-    let in_flight = config.in_flight.max(1);
+    let in_flight = config
+        .in_flight
+        .max(1)
+        .saturating_mul(sources.book().health().len().max(1));
     let attempts = config.attempts;
     let (mut sender, received) = futures::channel::mpsc::channel(in_flight);
     let fetching = async move {

@@ -308,7 +308,9 @@ impl UpstreamClient {
                     }
                 }
                 other => {
-                    self.manners.pace.answered(1);
+                    if other.is_ok() {
+                        self.manners.pace.answered(1);
+                    }
                     return other;
                 }
             }
@@ -334,7 +336,11 @@ impl UpstreamClient {
                     .map(|answer| answer.expect("answered"))
                     .collect());
             }
-            let size = self.manners.batch.current();
+            let size = self
+                .manners
+                .batch
+                .current()
+                .min(self.manners.pace.batch_limit());
             let mut slowed = false;
             for group in pending.chunks(size) {
                 let mut batch = BatchRequestBuilder::new();
@@ -364,7 +370,7 @@ impl UpstreamClient {
                 match answer {
                     Ok(answer) => {
                         self.manners.batch.answered(group.len());
-                        let mut refused = 0;
+                        let (mut refused, mut answered) = (0, 0);
                         for (index, entry) in group.iter().zip(answer) {
                             match entry {
                                 Err(err)
@@ -372,10 +378,15 @@ impl UpstreamClient {
                                 {
                                     refused += 1;
                                 }
-                                entry => answers[*index] = Some(entry),
+                                entry => {
+                                    answered += usize::from(entry.is_ok());
+                                    answers[*index] = Some(entry);
+                                }
                             }
                         }
-                        self.manners.pace.answered(group.len() - refused);
+                        // Only what the upstream served says what it takes (a refused
+                        // `debug_*` call costs it nothing).
+                        self.manners.pace.answered(answered);
                         if refused > 0 {
                             self.manners.counts.slowed(refused as u64);
                             self.manners.pace.slowed_down();

@@ -120,8 +120,14 @@ const RECOVERED: f64 = 0.9;
 /// Calls per second added per answered call while below [`RECOVERED`] of the refused rate (the
 /// rate grows by a fifth each second).
 const FAST_GROWTH: f64 = 0.2;
-/// ... and above it (by a fiftieth each second).
-const SLOW_GROWTH: f64 = 0.02;
+/// ... and above it (by a hundredth each second).
+const SLOW_GROWTH: f64 = 0.01;
+/// While paced, a batch holds at most this share of a second's calls: a node counting calls per
+/// second sees at most the rate plus one batch in any second, so batches stay small against
+/// the rate, and the rate is what the node judges.
+const BATCH_SHARE: f64 = 1.0 / 30.0;
+/// The least rate pacing starts from after a first "slow down" without a budget.
+const MIN_START: u64 = 20;
 /// The refusals within this long of a cut are one burst, and cut the rate once.
 const CUT_SPACING: Duration = Duration::from_secs(1);
 
@@ -143,10 +149,22 @@ struct PaceState {
     refused_at: f64,
     /// When the rate was last cut.
     cut: Option<Instant>,
-    /// Calls sent in the current second, from when it started.
+    /// Calls answered in the current second, from when it started.
     window: (Instant, u64),
-    /// Calls sent in the last full second.
+    /// Calls answered in the last full second.
     last_second: u64,
+}
+
+impl PaceState {
+    /// Counts `calls` answered now, in the second they fall in.
+    fn count_answered(&mut self, now: Instant, calls: usize) {
+        let (start, answered) = self.window;
+        if now.duration_since(start) >= Duration::from_secs(1) {
+            self.last_second = answered;
+            self.window = (now, 0);
+        }
+        self.window.1 += calls as u64;
+    }
 }
 
 impl Pace {
@@ -177,16 +195,19 @@ impl Pace {
         self.state(|state| state.rate)
     }
 
+    /// The most calls one batch may hold at the current rate (no limit while unpaced).
+    pub(super) fn batch_limit(&self) -> usize {
+        self.state(|state| {
+            state
+                .rate
+                .map_or(usize::MAX, |rate| (rate * BATCH_SHARE).max(1.0) as usize)
+        })
+    }
+
     /// Takes the slots of `calls` calls; returns when they may be sent.
     pub(super) fn take(&self, calls: usize) -> Instant {
         self.state(|state| {
             let now = Instant::now();
-            let (start, sent) = state.window;
-            if now.duration_since(start) >= Duration::from_secs(1) {
-                state.last_second = sent;
-                state.window = (now, 0);
-            }
-            state.window.1 += calls as u64;
             let Some(rate) = state.rate else {
                 return now;
             };
@@ -211,14 +232,23 @@ impl Pace {
             {
                 return;
             }
-            // Unpaced, the rate sent is at least what went out in the last full second and in
-            // this one so far.
-            let sending = state
-                .rate
-                .unwrap_or_else(|| state.last_second.max(state.window.1).max(2) as f64);
+            state.cut = Some(now);
+            let Some(sending) = state.rate else {
+                // Unpaced, the rate sent is unknown, and what the upstream answered in the last
+                // second (or this one so far) is at most what it allows: pacing starts there
+                // and grows fast until the next "slow down", which halves it.
+                state.count_answered(now, 0);
+                let taken = state.last_second.max(state.window.1).max(MIN_START) as f64;
+                state.rate = Some(taken);
+                state.refused_at = f64::MAX;
+                tracing::debug!(
+                    rate = taken,
+                    "the upstream said slow down; pacing calls from the rate it answered"
+                );
+                return;
+            };
             state.refused_at = sending;
             state.rate = Some((sending / 2.0).max(1.0));
-            state.cut = Some(now);
             tracing::debug!(
                 rate = sending / 2.0,
                 "the upstream said slow down; halved the call rate"
@@ -226,12 +256,21 @@ impl Pace {
         });
     }
 
-    /// `calls` calls were answered: the rate grows back.
+    /// `calls` calls were answered: the rate grows back, from a second after the last cut on
+    /// (answers to calls sent before the cut say nothing about the new rate).
     pub(super) fn answered(&self, calls: usize) {
         self.state(|state| {
+            let now = Instant::now();
+            state.count_answered(now, calls);
             let Some(rate) = state.rate else {
                 return;
             };
+            if state
+                .cut
+                .is_some_and(|cut| now.duration_since(cut) < CUT_SPACING)
+            {
+                return;
+            }
             let growth = if rate < RECOVERED * state.refused_at {
                 FAST_GROWTH
             } else {
@@ -290,21 +329,25 @@ mod tests {
 
         pace.slowed_down();
         assert_eq!(pace.rate(), Some(150.0));
-        // The rest of the same burst does not cut again.
+        // The rest of the same burst does not cut again, and answers within the second after
+        // the cut do not grow it.
         pace.slowed_down();
+        pace.answered(100);
         assert_eq!(pace.rate(), Some(150.0));
-        // Answers grow it back, fast to 270 (nine tenths of 300), then slowly, never above
-        // the budget.
+        // Then answers grow it back, fast to 270 (nine tenths of 300), then slowly, never
+        // above the budget.
+        tokio::time::advance(CUT_SPACING).await;
         pace.answered(100);
         assert_eq!(pace.rate(), Some(170.0));
         pace.answered(500);
         assert_eq!(pace.rate(), Some(270.0));
         pace.answered(100);
-        assert_eq!(pace.rate(), Some(272.0));
+        assert_eq!(pace.rate(), Some(271.0));
         pace.answered(100_000);
         assert_eq!(pace.rate(), Some(300.0));
-        // A second later, a new refusal cuts again.
-        tokio::time::advance(CUT_SPACING).await;
+        // Batches hold a thirtieth of a second's calls at most.
+        assert_eq!(pace.batch_limit(), 10);
+        // A new refusal cuts again.
         pace.slowed_down();
         assert_eq!(pace.rate(), Some(150.0));
     }
@@ -313,16 +356,24 @@ mod tests {
     async fn without_a_budget_calls_go_at_once_until_the_upstream_says_slow_down() {
         let pace = Pace::new(None);
         let now = Instant::now();
-        for _ in 0..400 {
+        for _ in 0..1_000 {
             assert_eq!(pace.take(1), now);
         }
         assert_eq!(pace.rate(), None);
-        // 400 calls went out this second: half of that from now on, growing without a cap.
+        assert_eq!(pace.batch_limit(), usize::MAX);
+        // Of 1,000 calls sent at once, the upstream answered 200 this second before it said
+        // slow down: pacing starts from that.
+        pace.answered(200);
         pace.slowed_down();
         assert_eq!(pace.rate(), Some(200.0));
         assert!(pace.take(1) >= now);
         assert_eq!(pace.take(1), now + Duration::from_secs_f64(1.0 / 200.0));
-        pace.answered(10_000);
-        assert!(pace.rate().expect("paced") > 400.0);
+        // It grows fast (no rate was refused yet) until the next "slow down" halves it.
+        tokio::time::advance(CUT_SPACING).await;
+        pace.answered(1_000);
+        assert_eq!(pace.rate(), Some(400.0));
+        tokio::time::advance(CUT_SPACING).await;
+        pace.slowed_down();
+        assert_eq!(pace.rate(), Some(200.0));
     }
 }
