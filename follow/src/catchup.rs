@@ -24,7 +24,7 @@
 use crate::{
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     registry::{EpochRegistry, RegistryError},
-    upstream::{SourceId, Sources, UpstreamError, UpstreamRequests},
+    upstream::{Answered, SourceId, Sources, UpstreamError, UpstreamRequests, split_highest},
 };
 use cairn_epoch::{
     ChainProfile, DEFAULT_WALK_CONCURRENCY, Finalization, FinalizationVerifier, IdentityLedger,
@@ -437,24 +437,12 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
     async fn latest(
         &self,
         context: &impl Clock,
-    ) -> Option<(SourceId, CertifiedBlock, Vec<(SourceId, CertifiedBlock)>)> {
+    ) -> Option<(SourceId, CertifiedBlock, Vec<Answered>)> {
         let deadline = context.current() + self.config.wait;
         loop {
-            match self.sources.latest_of_each().await {
-                Ok(mut answers) if !answers.is_empty() => {
-                    // The highest; of equal ones, the first asked.
-                    let best = answers
-                        .iter()
-                        .enumerate()
-                        .rev()
-                        .max_by_key(|(_, (_, certified))| {
-                            certified.block.as_ref().map_or(0, Block::height)
-                        })
-                        .map(|(index, _)| index)?;
-                    let (source, tip) = answers.remove(best);
-                    return Some((source, tip, answers));
-                }
-                Ok(_) => debug!("no upstream has a finalization yet"),
+            match self.sources.latest_of_each().await.map(split_highest) {
+                Ok(Some(((source, tip), others))) => return Some((source, tip, others)),
+                Ok(None) => debug!("no upstream has a finalization yet"),
                 Err(err) => debug!(%err, "asking the upstreams for their latest finalization"),
             }
             if context.current() >= deadline {

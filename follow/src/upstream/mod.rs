@@ -15,8 +15,8 @@ pub use client::{ClientConfig, UpstreamClient, normalize_url};
 pub use ingress::{Mailbox, Message};
 pub use manners::CallCounts;
 pub use sources::{
-    CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP, SourceBook,
-    SourceHealth, SourceId, Sources,
+    Answered, CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP,
+    SourceBook, SourceHealth, SourceId, Sources, split_highest,
 };
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};

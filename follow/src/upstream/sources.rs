@@ -494,6 +494,23 @@ impl SourceBook {
     }
 }
 
+/// A source and the finalization it answered.
+pub type Answered = (SourceId, CertifiedBlock);
+
+/// Splits `answers` (in the order the sources were asked) into the highest finalization (of
+/// equal ones, the first asked) and the others.
+pub fn split_highest(mut answers: Vec<Answered>) -> Option<(Answered, Vec<Answered>)> {
+    let highest = answers
+        .iter()
+        .enumerate()
+        // `max_by_key` keeps the last of equal ones.
+        .rev()
+        .max_by_key(|(_, (_, certified))| certified.block.as_ref().map_or(0, Block::height))
+        .map(|(index, _)| index)?;
+    let highest = answers.remove(highest);
+    Some((highest, answers))
+}
+
 /// The upstreams a follower fetches from, as one [`UpstreamRequests`] (cheap to clone).
 #[derive(Debug)]
 pub struct Sources<R> {
@@ -582,18 +599,12 @@ impl<R: UpstreamRequests> Sources<R> {
     /// finalization that carries its block and signs it (verified too when the key is known),
     /// with the source that sent it. Its height is not taken as announced: it may not verify.
     pub async fn latest(&self) -> Result<Option<(SourceId, CertifiedBlock)>, UpstreamError> {
-        Ok(self
-            .latest_of_each()
-            .await?
-            .into_iter()
-            // The highest; of equal ones, the first asked (`max_by_key` keeps the last).
-            .rev()
-            .max_by_key(|(_, certified)| certified.block.as_ref().map_or(0, Block::height)))
+        Ok(split_highest(self.latest_of_each().await?).map(|(highest, _)| highest))
     }
 
     /// [`Self::latest`], with every source's answer that passed the checks (an empty list when
     /// none had a finalization yet).
-    pub async fn latest_of_each(&self) -> Result<Vec<(SourceId, CertifiedBlock)>, UpstreamError> {
+    pub async fn latest_of_each(&self) -> Result<Vec<Answered>, UpstreamError> {
         let order = self.book.order(None);
         if order.is_empty() {
             return Err(UpstreamError::NotConnected);

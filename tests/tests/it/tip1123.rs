@@ -200,19 +200,42 @@ fn devnet_config(tip1123_time: Option<u64>) -> DevnetConfig {
 /// The seeded devnet stamps block h at 1,767,225,600 + h seconds (one-second blocks).
 const DEVNET_FORK: u64 = 1_767_225_600 + 10;
 
+/// A devnet with the fork at `tip1123_time`, opened in `context` and `blocks` heights long.
+async fn devnet_of(
+    context: &deterministic::Context,
+    tip1123_time: Option<u64>,
+    blocks: u64,
+) -> Devnet<deterministic::Context> {
+    let mut devnet = Devnet::open(
+        context.child("devnet"),
+        devnet_config(tip1123_time),
+        FeedState::default(),
+    )
+    .await
+    .expect("devnet opens");
+    for _ in 0..blocks {
+        devnet.produce_next().await.expect("produces");
+    }
+    devnet
+}
+
+/// The `extraData` of the block `devnet` stores at `height`.
+async fn extra_data_at(devnet: &Devnet<deterministic::Context>, height: u64) -> (u64, Vec<u8>) {
+    let block: Block = devnet
+        .store()
+        .certified_at(height)
+        .await
+        .expect("reads")
+        .and_then(|certified| certified.block)
+        .expect("stored");
+    let header = block.header();
+    (header.inner.timestamp, header.inner.extra_data.to_vec())
+}
+
 #[test]
 fn the_devnet_writes_the_layout_its_profile_names_and_keeps_its_fork_time() {
     deterministic::Runner::seeded(3).start(|context| async move {
-        let mut devnet = Devnet::open(
-            context.child("devnet"),
-            devnet_config(Some(DEVNET_FORK)),
-            FeedState::default(),
-        )
-        .await
-        .expect("devnet opens");
-        for _ in 0..20 {
-            devnet.produce_next().await.expect("produces");
-        }
+        let devnet = devnet_of(&context, Some(DEVNET_FORK), 20).await;
         let profile = devnet.profile("forked").expect("profile");
         assert_eq!(profile.epochs.tip1123_time(), Some(DEVNET_FORK));
         // chain.json carries the fork time, and reads back the same.
@@ -227,15 +250,8 @@ fn the_devnet_writes_the_layout_its_profile_names_and_keeps_its_fork_time() {
 
         // Boundaries 3 and 7 are stamped before the fork, 11, 15 and 19 after it.
         for height in [3u64, 7, 11, 15, 19] {
-            let block: Block = devnet
-                .store()
-                .certified_at(height)
-                .await
-                .expect("reads")
-                .and_then(|certified| certified.block)
-                .expect("stored");
-            let extra = block.header().inner.extra_data.clone();
-            let layout = if block.header().inner.timestamp >= DEVNET_FORK {
+            let (timestamp, extra) = extra_data_at(&devnet, height).await;
+            let layout = if timestamp >= DEVNET_FORK {
                 OutcomeLayout::Tip1123
             } else {
                 OutcomeLayout::Legacy
@@ -263,14 +279,7 @@ fn the_devnet_writes_the_layout_its_profile_names_and_keeps_its_fork_time() {
     // A restart with another fork time is refused.
     let ((), checkpoint) =
         deterministic::Runner::seeded(4).start_and_recover(|context| async move {
-            let mut devnet = Devnet::open(
-                context.child("devnet"),
-                devnet_config(Some(DEVNET_FORK)),
-                FeedState::default(),
-            )
-            .await
-            .expect("devnet opens");
-            devnet.produce_next().await.expect("produces");
+            devnet_of(&context, Some(DEVNET_FORK), 1).await;
         });
     deterministic::Runner::from(checkpoint).start(|context| async move {
         let Err(err) = Devnet::open(
@@ -292,31 +301,12 @@ fn the_devnet_writes_the_layout_its_profile_names_and_keeps_its_fork_time() {
 
     // Without a fork time the legacy layout stays, and chain.json has no key for it.
     deterministic::Runner::seeded(5).start(|context| async move {
-        let mut plain = Devnet::open(
-            context.child("plain"),
-            devnet_config(None),
-            FeedState::default(),
-        )
-        .await
-        .expect("devnet opens");
-        for _ in 0..12 {
-            plain.produce_next().await.expect("produces");
-        }
+        let plain = devnet_of(&context, None, 12).await;
         let profile = plain.profile("plain").expect("profile");
         assert!(!profile.to_json().contains("tip1123Time"));
-        let block = plain
-            .store()
-            .certified_at(11)
-            .await
-            .expect("reads")
-            .and_then(|certified| certified.block)
-            .expect("stored");
-        DkgOutcome::decode_strict(
-            &block.header().inner.extra_data,
-            OutcomeLayout::Legacy,
-            &limits(),
-        )
-        .expect("legacy without a fork time");
+        let (_, extra) = extra_data_at(&plain, 11).await;
+        DkgOutcome::decode_strict(&extra, OutcomeLayout::Legacy, &limits())
+            .expect("legacy without a fork time");
     });
 }
 
@@ -325,16 +315,7 @@ fn the_devnet_writes_the_layout_its_profile_names_and_keeps_its_fork_time() {
 #[test]
 fn a_devnet_forked_from_genesis_writes_compact_outcomes_throughout() {
     deterministic::Runner::seeded(5).start(|context| async move {
-        let mut devnet = Devnet::open(
-            context.child("devnet"),
-            devnet_config(Some(0)),
-            FeedState::default(),
-        )
-        .await
-        .expect("devnet opens");
-        for _ in 0..8 {
-            devnet.produce_next().await.expect("produces");
-        }
+        let devnet = devnet_of(&context, Some(0), 8).await;
         let profile = devnet.profile("from-genesis").expect("profile");
         assert_eq!(profile.genesis.layout(), OutcomeLayout::Tip1123);
         let read = ChainProfile::from_json(&profile.to_json()).expect("reads back");
