@@ -336,7 +336,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             })?;
         // Boundaries are asked of the sources in turn: as many in flight per source as one
         // source gets alone, so that several sources walk faster than one.
-        let sources = self.sources.book().health().len().max(1);
+        let sources = self.sources.count().max(1);
         let mut ledger = IdentityLedger::from_epoch(self.profile, first_epoch, identity)
             .with_concurrency(DEFAULT_WALK_CONCURRENCY.saturating_mul(sources));
         if let Some(workers) = NonZeroUsize::new(self.config.workers) {
@@ -620,7 +620,7 @@ pub(crate) fn fetch_in_order<'a, U: UpstreamRequests>(
     let in_flight = config
         .in_flight
         .max(1)
-        .saturating_mul(sources.book().health().len().max(1));
+        .saturating_mul(sources.count().max(1));
     let attempts = config.attempts;
     let (mut sender, received) = futures::channel::mpsc::channel(in_flight);
     let fetching = async move {

@@ -564,6 +564,11 @@ impl<R: UpstreamRequests> Sources<R> {
         &self.book
     }
 
+    /// How many sources there are (quarantined or not).
+    pub fn count(&self) -> usize {
+        self.requests.len()
+    }
+
     /// Checks a fetched finalization: it carries the block at `height`, its certificate signs
     /// that block and, when the epoch's key is known, verifies.
     fn check_finalization(&self, height: u64, certified: &CertifiedBlock) -> Result<(), String> {

@@ -224,6 +224,11 @@ async fn has_anchor<E: cairn_feed::StoreContext>(anchors: &AnchorStore<E>, heigh
         .expect("reads")
 }
 
+/// The block at `height` of `chain` (blocks 1..).
+fn block_at(chain: &[CertifiedBlock], height: u64) -> &Block {
+    chain[height as usize - 1].block.as_ref().expect("block")
+}
+
 fn chain() -> (TestCommittee, ChainProfile, Vec<CertifiedBlock>) {
     let committee = TestCommittee::new(b"TEMPO", 61, 4);
     let (profile, chain) = committee_chain(&committee, TIP, EPOCH_LENGTH);
@@ -447,16 +452,7 @@ fn a_catch_up_across_the_tip1123_fork_reads_each_boundary_in_its_layout() {
         EPOCH_LENGTH,
         Some(TIP1123_TIME),
     );
-    let extra = |height: u64| {
-        chain[height as usize - 1]
-            .block
-            .as_ref()
-            .expect("block")
-            .header()
-            .inner
-            .extra_data
-            .len()
-    };
+    let extra = |height: u64| block_at(&chain, height).header().inner.extra_data.len();
     let compact = committee.outcome(1, false).compact().to_bytes().len();
     assert!(extra(19) > compact && extra(29) == compact && extra(49) == compact);
     let outcome = catch_up(&profile, &[], chain.clone(), VerifyPolicy::HashChain);
@@ -496,13 +492,7 @@ fn a_catch_up_across_the_tip1123_fork_reads_each_boundary_in_its_layout() {
 #[test]
 fn a_trusted_block_the_verified_chain_does_not_hold_stops_the_catch_up_before_anything_is_stored() {
     let (_, mut profile, chain) = chain();
-    let hash = |height: u64| {
-        chain[height as usize - 1]
-            .block
-            .as_ref()
-            .expect("block")
-            .hash()
-    };
+    let hash = |height: u64| block_at(&chain, height).hash();
     // The chain holds block 23; the operator trusts another one there.
     profile.trusted_blocks = vec![cairn_epoch::TrustedBlock {
         height: 23,
