@@ -15,18 +15,16 @@
 //! the chain is broken. Its [`LedgerRecord`] can be persisted, so a restart walks only new epochs.
 
 use crate::{
-    ChainProfile, ConfiguredIdentity, EpochStrategy, Finalization, FinalizationScheme,
+    ChainProfile, ConfiguredIdentity, EpochStrategy, Finalization,
     MalformedError, VerifyError, boundary_outcome, check_unsigned, decode_certificate,
-    parse_identity,
+    parse_identity, verify_finalizations,
 };
 use alloy_primitives::hex;
 use cairn_dkg::{Identity, OutcomeLimits};
 use cairn_primitives::{CertifiedBlock, TempoHeader};
 use commonware_codec::Encode;
-use commonware_consensus::{simplex::types::Subject, types::Epoch};
-use commonware_cryptography::certificate::Verifier as _;
+use commonware_consensus::types::Epoch;
 use commonware_parallel::{Rayon, Sequential, Strategy};
-use commonware_utils::iter::NonEmpty;
 use futures::StreamExt as _;
 use rand::{CryptoRng, SeedableRng as _, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -482,35 +480,11 @@ impl IdentityLedger {
         batch: &[CheckedBoundary],
         strategy: &impl Strategy,
     ) -> Result<(), (usize, LedgerError)> {
-        let scheme = FinalizationScheme::certificate_verifier(namespace, identity);
-        let items = batch.iter().map(|boundary| {
-            (
-                Subject::Finalize {
-                    proposal: &boundary.finalization.proposal,
-                },
-                &boundary.finalization.certificate,
-            )
-        });
-        let Some(items) = NonEmpty::try_new(items) else {
+        let finalizations: Vec<_> = batch.iter().map(|boundary| &boundary.finalization).collect();
+        let results = verify_finalizations(namespace, identity, rng, &finalizations, strategy);
+        let Some(index) = results.iter().position(|verified| !verified) else {
             return Ok(());
         };
-        if scheme.verify_certificates::<_, cairn_primitives::Digest, _>(rng, items, strategy) {
-            return Ok(());
-        }
-        let items: Vec<_> = batch
-            .iter()
-            .map(|boundary| {
-                (
-                    Subject::Finalize {
-                        proposal: &boundary.finalization.proposal,
-                    },
-                    &boundary.finalization.certificate,
-                )
-            })
-            .collect();
-        let results =
-            scheme.verify_certificates_bisect::<_, cairn_primitives::Digest>(rng, &items, strategy);
-        let index = results.iter().position(|verified| !verified).unwrap_or(0);
         let bad = &batch[index];
         Err((
             index,

@@ -27,5 +27,5 @@ pub use strategy::{EpochStrategy, InvalidEpochLength};
 pub use verifier::{
     Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,
     VerifyError, boundary_outcome, certified_block, check_unsigned, decode_certificate,
-    encode_certificate,
+    encode_certificate, verify_finalizations,
 };

@@ -18,8 +18,13 @@ use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, Identity, OutcomeError, OutcomeLayout, OutcomeLimits};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_codec::{Decode, Encode};
-use commonware_consensus::{simplex::types, types::Epoch};
-use commonware_parallel::Sequential;
+use commonware_consensus::{
+    simplex::types::{self, Subject},
+    types::Epoch,
+};
+use commonware_cryptography::certificate::Verifier as _;
+use commonware_parallel::{Sequential, Strategy};
+use commonware_utils::iter::NonEmpty;
 use rand::CryptoRng;
 
 /// A Tempo finalization certificate.
@@ -356,6 +361,36 @@ impl FinalizationVerifier {
                 error,
             })
     }
+}
+
+/// Check 5 for many finalizations signed under one `identity`: one batch on `strategy`, bisected
+/// when it fails. Whether each verified, in their order.
+pub fn verify_finalizations(
+    namespace: &[u8],
+    identity: Identity,
+    rng: &mut impl CryptoRng,
+    finalizations: &[&Finalization],
+    strategy: &impl Strategy,
+) -> Vec<bool> {
+    let scheme = FinalizationScheme::certificate_verifier(namespace, identity);
+    let items: Vec<_> = finalizations
+        .iter()
+        .map(|finalization| {
+            (
+                Subject::Finalize {
+                    proposal: &finalization.proposal,
+                },
+                &finalization.certificate,
+            )
+        })
+        .collect();
+    let Some(batch) = NonEmpty::try_new(items.iter().cloned()) else {
+        return Vec::new();
+    };
+    if scheme.verify_certificates::<_, Digest, _>(rng, batch, strategy) {
+        return vec![true; items.len()];
+    }
+    scheme.verify_certificates_bisect::<_, Digest>(rng, &items, strategy)
 }
 
 /// Check 1: hex- and codec-decodes a certificate, refusing oversized input before decoding and

@@ -190,6 +190,15 @@ impl<A: Archive> SharedArchive<A> {
             .map(|(first, _)| first)
     }
 
+    /// The runs of consecutive stored indices that end at or above `from`, lowest first.
+    pub async fn ranges_from(&self, from: u64) -> Vec<(u64, u64)> {
+        let guard = self.inner.read().await;
+        guard
+            .as_ref()
+            .map(|archive| archive.ranges_from(from).collect())
+            .unwrap_or_default()
+    }
+
     /// Stores `value` at `index` under `key` and syncs it (an index already stored is kept).
     pub async fn put_sync(
         &self,
@@ -587,6 +596,13 @@ impl<E: StoreContext> BlockStore<E> {
             .read(height, "reading a raw block", |stored| Ok(stored.raw_rlp()))
             .await?;
         Ok(raw.flatten())
+    }
+
+    /// The hash of the block at `height`, read without decoding the block; `None` when it is
+    /// not stored.
+    pub async fn hash_at(&self, height: u64) -> Result<Option<Digest>, StoreError> {
+        self.read(height, "reading a block's hash", |stored| Ok(stored.hash()))
+            .await
     }
 
     /// `read` of the block stored at `height`, from its repaired copy when the first one is

@@ -1,9 +1,14 @@
 //! What a follower serves: finalized blocks from its execution store and their finalizations
-//! from marshal's archive (or, for the boundaries and tips catch-up verified, from the anchor
-//! store), only up to the executed height, so it never serves a gap.
+//! from marshal's archive (or, for the boundaries and tips catch-up verified and the
+//! certificates the fill stored, from the anchor store), only up to the executed height, so it
+//! never serves a gap. A served height whose certificate is still missing has it fetched at
+//! once (see [`crate::certificates`]).
 
-use crate::{catchup::AnchorStore, driver::MarshalMailbox, execution::ExecutionProvider};
-use cairn_epoch::certified_block;
+use crate::{
+    catchup::AnchorStore, certificates::CertificateRequests, driver::MarshalMailbox,
+    execution::ExecutionProvider,
+};
+use cairn_epoch::{Finalization, certified_block};
 use cairn_feed::{ChainReader, ReadError, StoreContext};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_consensus::types::Height;
@@ -14,6 +19,7 @@ pub struct FollowerChain<P, E: StoreContext> {
     execution: P,
     marshal: MarshalMailbox,
     anchors: AnchorStore<E>,
+    certificates: Option<CertificateRequests>,
 }
 
 impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
@@ -22,6 +28,7 @@ impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
             execution: self.execution.clone(),
             marshal: self.marshal.clone(),
             anchors: self.anchors.clone(),
+            certificates: self.certificates.clone(),
         }
     }
 }
@@ -33,6 +40,39 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
             execution,
             marshal,
             anchors,
+            certificates: None,
+        }
+    }
+
+    /// Fetches a served height's missing certificate through `certificates` when it is asked
+    /// for.
+    pub fn with_certificates(mut self, certificates: CertificateRequests) -> Self {
+        self.certificates = Some(certificates);
+        self
+    }
+
+    /// The certificate stored for `height` (marshal's, then the anchor store's), fetched now
+    /// when it is missing.
+    async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, ReadError> {
+        if let Some(finalization) = self.marshal.get_finalization(Height::new(height)).await {
+            return Ok(Some(finalization));
+        }
+        let stored = || async {
+            self.anchors
+                .get(Identifier::Index(height), "reading a verified finalization")
+                .await
+                .map_err(read_error)
+        };
+        if let Some(finalization) = stored().await? {
+            return Ok(Some(finalization));
+        }
+        let Some(certificates) = &self.certificates else {
+            return Ok(None);
+        };
+        match certificates.fetch(height).await {
+            Some(finalization) => Ok(Some(finalization)),
+            // Stored by the fill since the first read, perhaps.
+            None => stored().await,
         }
     }
 
@@ -65,17 +105,8 @@ impl<P: ExecutionProvider, E: StoreContext> ChainReader for FollowerChain<P, E> 
         if height == 0 || height > self.execution.finalized_height() {
             return Ok(None);
         }
-        let finalization = match self.marshal.get_finalization(Height::new(height)).await {
-            Some(finalization) => finalization,
-            None => match self
-                .anchors
-                .get(Identifier::Index(height), "reading a verified finalization")
-                .await
-                .map_err(read_error)?
-            {
-                Some(finalization) => finalization,
-                None => return Ok(None),
-            },
+        let Some(finalization) = self.finalization_at(height).await? else {
+            return Ok(None);
         };
         let block = self
             .execution

@@ -7,6 +7,7 @@
 
 use crate::{
     catchup::AnchorStore,
+    certificates::Coverage,
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     registry::derive_key,
     upstream::{Sources, UpstreamRequests},
@@ -92,19 +93,27 @@ pub struct CheckedFinalizations<E: StoreContext> {
     archive: immutable::Archive<E, Digest, Finalization>,
     repaired: AnchorStore<E>,
     damage: DamageLog,
+    coverage: Coverage,
 }
 
 impl<E: StoreContext> CheckedFinalizations<E> {
-    /// `archive`, with repaired copies read from `repaired` and damage noted in `damage`.
-    pub const fn new(
+    /// `archive`, with repaired copies read from `repaired`, damage noted in `damage`, and the
+    /// heights it holds (and stores from now on) noted in `coverage`.
+    pub fn new(
         archive: immutable::Archive<E, Digest, Finalization>,
         repaired: AnchorStore<E>,
         damage: DamageLog,
+        coverage: Coverage,
     ) -> Self {
+        coverage.marshal_holds(
+            Certificates::ranges_from(&archive, Height::new(0))
+                .map(|(first, last)| (first.get(), last.get())),
+        );
         Self {
             archive,
             repaired,
             damage,
+            coverage,
         }
     }
 
@@ -134,6 +143,7 @@ impl<E: StoreContext> Certificates for CheckedFinalizations<E> {
         finalization: &Finalization,
     ) -> Result<Self, Self::Error> {
         let archive = Certificates::put(self.archive, height, digest, finalization).await?;
+        self.coverage.marshal_stored(height.get());
         Ok(Self { archive, ..self })
     }
 

@@ -6,6 +6,7 @@
 use crate::{
     backfill::Backfill,
     catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy, open_anchors},
+    certificates::{Coverage, Fill, FillConfig},
     chain::FollowerChain,
     checkpoint::Checkpoint,
     damage::{
@@ -133,6 +134,8 @@ pub struct EngineConfig {
     pub status: StatusBoard,
     /// How much of the stores is read at start to find damage.
     pub store_check: StoreCheck,
+    /// How the served heights' missing certificates are fetched.
+    pub certificates: FillConfig,
 }
 
 impl EngineConfig {
@@ -157,6 +160,7 @@ impl EngineConfig {
             feed: FeedState::default(),
             status: StatusBoard::default(),
             store_check: StoreCheck::default(),
+            certificates: FillConfig::default(),
         }
     }
 }
@@ -184,6 +188,8 @@ pub struct Follower<E: EngineContext> {
     pub caught_up: Option<CatchUpReport>,
     /// What the start-up store check read and found.
     pub store_check: StoreCheckReport,
+    /// How many served heights have their own certificate.
+    pub coverage: Coverage,
     /// With [`EngineConfig::backfill`]: set once the history reaches genesis, to how long the
     /// backfill took.
     pub backfilled: watch::Receiver<Option<Duration>>,
@@ -590,6 +596,7 @@ where
             FETCH_LATENCY_BUCKETS,
         ));
     let certificate_damage = DamageLog::default();
+    let coverage = Coverage::default();
     let sampled = Sampled {
         chain: profile.name.clone(),
         epochs: profile.epochs.clone(),
@@ -599,6 +606,7 @@ where
         sources: sources.book().clone(),
         upstream: upstream_status.clone(),
         certificate_damage: certificate_damage.clone(),
+        coverage: coverage.clone(),
     };
     let board = config.status.clone();
     status_context.spawn(move |context| sample(context, sampled, board));
@@ -710,8 +718,12 @@ where
         what: "finalizations",
         error,
     })?;
-    let finalizations =
-        CheckedFinalizations::new(finalizations, anchors.clone(), certificate_damage.clone());
+    let finalizations = CheckedFinalizations::new(
+        finalizations,
+        anchors.clone(),
+        certificate_damage.clone(),
+        coverage.clone(),
+    );
     let checking = context.current();
     let store_check = check_stores(&execution, &finalizations, config.store_check).await?;
     let took = context
@@ -790,7 +802,7 @@ where
     let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
-        sources.with_verifier(verifier.clone()),
+        sources.clone().with_verifier(verifier.clone()),
         execution.clone(),
         config.fetch,
     );
@@ -833,7 +845,23 @@ where
 
     // After a restart, what was last verified is the latest finalization from the first
     // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
-    let chain = FollowerChain::new(execution.clone(), marshal, anchors);
+    // The certificates of the served heights that have none, behind live following.
+    let (certificate_requests, requested) = crate::certificates::requests();
+    let fill = Fill {
+        profile: profile.clone(),
+        provider: provider.clone(),
+        execution: execution.clone(),
+        anchors: anchors.clone(),
+        sources: sources.clone(),
+        coverage: coverage.clone(),
+        config: config.certificates,
+    };
+    context.child("certificates").spawn(move |context| async move {
+        let mut rng = context.child("rng");
+        fill.run(context, &mut rng, requested).await;
+    });
+    let chain = FollowerChain::new(execution.clone(), marshal, anchors)
+        .with_certificates(certificate_requests);
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await
@@ -850,6 +878,7 @@ where
         provider,
         caught_up,
         store_check,
+        coverage,
         backfilled,
         marshal: marshal_handle,
         driver: driver_handle,

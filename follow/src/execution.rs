@@ -393,6 +393,14 @@ impl<E: StoreContext> EmbeddedExecution<E> {
         Ok(true)
     }
 
+    /// The hash of the served block at `height`, read without decoding the block.
+    pub async fn hash_by_number(&self, height: u64) -> Result<Option<Digest>, ExecutionError> {
+        if height > self.tip().height {
+            return Ok(None);
+        }
+        Ok(self.blocks.hash_at(height).await?)
+    }
+
     /// The hash of the block at the finalized height.
     pub fn finalized_hash(&self) -> Digest {
         self.tip().hash

@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod catchup;
+pub mod certificates;
 pub mod chain;
 pub mod checkpoint;
 pub mod damage;

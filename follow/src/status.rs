@@ -221,8 +221,44 @@ pub struct FollowerStatus {
     pub repaired_certificates: u64,
     /// Blocks verified per second over the last sample.
     pub blocks_per_second: f64,
+    /// How many served heights have their own certificate.
+    #[serde(default)]
+    pub certificates: CertificateStatus,
     /// Milliseconds since the Unix epoch when this was sampled.
     pub sampled_at_ms: u64,
+}
+
+/// How many served heights have their own certificate (see [`crate::certificates`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// `all` or `on-demand`.
+    pub mode: String,
+    /// Served heights (genesis excluded: it is the root of trust).
+    pub served: u64,
+    /// Of those, the heights with their own certificate stored.
+    pub certified: u64,
+    /// Served heights without one yet.
+    pub missing: u64,
+    /// Certificates fetched, verified and stored since the start.
+    pub filled: u64,
+    /// Of those, the ones clients asked for.
+    pub on_demand: u64,
+    /// Certificates refused (they did not verify, or signed another block).
+    pub refused: u64,
+    /// Certificates filled per second over the last sample.
+    pub filled_per_second: f64,
+}
+
+impl CertificateStatus {
+    /// `certified / served`, 1 when nothing is served.
+    pub fn coverage(&self) -> f64 {
+        if self.served == 0 {
+            1.0
+        } else {
+            self.certified as f64 / self.served as f64
+        }
+    }
 }
 
 /// The newest [`FollowerStatus`], shared by the sampler and its readers (cheap to clone).
@@ -278,6 +314,11 @@ struct StatusMetrics {
     repaired_blocks: Gauge,
     damaged_certificates: Gauge,
     repaired_certificates: Gauge,
+    certificates_served: Gauge,
+    certificates_missing: Gauge,
+    certificates_filled: Gauge,
+    certificates_refused: Gauge,
+    certificates_filled_per_second: Gauge,
     rejected: Registered<Family<CheckLabel, Counter>>,
     upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
@@ -337,6 +378,26 @@ impl StatusMetrics {
             repaired_certificates: context.gauge(
                 "repaired_certificates",
                 "Damaged finalizations fetched again, verified with their epoch's key and stored again",
+            ),
+            certificates_served: context.gauge(
+                "certificates_served",
+                "Served heights, genesis excluded (what certificate coverage is counted over)",
+            ),
+            certificates_missing: context.gauge(
+                "certificates_missing",
+                "Served heights without their own certificate yet (authenticated by the hash chain)",
+            ),
+            certificates_filled: context.gauge(
+                "certificates_filled",
+                "Missing certificates fetched, verified and stored since the start",
+            ),
+            certificates_refused: context.gauge(
+                "certificates_refused",
+                "Certificates the fill refused (not verifying, or signing another block)",
+            ),
+            certificates_filled_per_second: context.gauge(
+                "certificates_filled_per_second",
+                "Certificates filled per second over the last sample",
             ),
             rejected: context.family(
                 "rejected_events",
@@ -401,6 +462,15 @@ impl StatusMetrics {
         set(&self.repaired_blocks, status.repaired_blocks);
         set(&self.damaged_certificates, status.damaged_certificates);
         set(&self.repaired_certificates, status.repaired_certificates);
+        let certificates = &status.certificates;
+        set(&self.certificates_served, certificates.served);
+        set(&self.certificates_missing, certificates.missing);
+        set(&self.certificates_filled, certificates.filled);
+        set(&self.certificates_refused, certificates.refused);
+        set(
+            &self.certificates_filled_per_second,
+            certificates.filled_per_second.round() as u64,
+        );
         for (check, count) in &status.rejected_by_check {
             let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
             self.rejected
@@ -469,10 +539,18 @@ pub(crate) struct Sampled<E: StoreContext> {
     pub sources: SourceBook,
     pub upstream: watch::Receiver<UpstreamStatus>,
     pub certificate_damage: crate::damage::DamageLog,
+    pub coverage: crate::certificates::Coverage,
 }
 
 impl<E: StoreContext> Sampled<E> {
-    fn snapshot(&self, now: SystemTime, executed_height: u64, rate: f64) -> FollowerStatus {
+    fn snapshot(
+        &self,
+        now: SystemTime,
+        executed_height: u64,
+        rate: f64,
+        coverage: crate::certificates::CoverageReport,
+        fill_rate: f64,
+    ) -> FollowerStatus {
         let health = self.sources.health();
         let upstream = self.upstream.borrow().clone();
         let verified_height = upstream.announced_height.max(executed_height);
@@ -508,6 +586,16 @@ impl<E: StoreContext> Sampled<E> {
             damaged_certificates,
             repaired_certificates,
             blocks_per_second: rate,
+            certificates: CertificateStatus {
+                mode: coverage.mode.to_string(),
+                served: coverage.served,
+                certified: coverage.certified,
+                missing: coverage.missing(),
+                filled: coverage.filled,
+                on_demand: coverage.on_demand,
+                refused: coverage.refused,
+                filled_per_second: fill_rate,
+            },
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),
@@ -530,31 +618,35 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
 ) {
     let metrics = StatusMetrics::register(&context);
     let mut previous = FollowerStatus::default();
-    let mut window: std::collections::VecDeque<(SystemTime, u64)> = Default::default();
+    let mut window: std::collections::VecDeque<(SystemTime, u64, u64)> = Default::default();
     loop {
         let now = context.current();
         let height = sampled.execution.finalized_height();
-        window.push_back((now, height));
+        let coverage = sampled.coverage.report();
+        window.push_back((now, height, coverage.filled));
         while window.len() > 2
             && window
                 .front()
-                .and_then(|(at, _)| now.duration_since(*at).ok())
+                .and_then(|(at, _, _)| now.duration_since(*at).ok())
                 .is_some_and(|age| age > RATE_WINDOW)
         {
             window.pop_front();
         }
-        let rate = match window.front() {
-            Some((at, from)) => {
+        let (rate, fill_rate) = match window.front() {
+            Some((at, from, filled)) => {
                 let seconds = now.duration_since(*at).unwrap_or_default().as_secs_f64();
                 if seconds > 0.0 {
-                    height.saturating_sub(*from) as f64 / seconds
+                    (
+                        height.saturating_sub(*from) as f64 / seconds,
+                        coverage.filled.saturating_sub(*filled) as f64 / seconds,
+                    )
                 } else {
-                    0.0
+                    (0.0, 0.0)
                 }
             }
-            None => 0.0,
+            None => (0.0, 0.0),
         };
-        let status = sampled.snapshot(now, height, rate);
+        let status = sampled.snapshot(now, height, rate, coverage, fill_rate);
         metrics.update(&status, &previous);
         board.latest.send_replace(status.clone());
         previous = status;

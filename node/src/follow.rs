@@ -12,6 +12,7 @@ use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     catchup::{CatchUpConfig, VerifyPolicy},
+    certificates::{CertificateMode, FillConfig},
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     damage::StoreCheck,
     driver::{DriverError, Evidence},
@@ -149,6 +150,23 @@ pub struct FollowArgs {
     /// for lookup by hash.
     #[arg(long, env = "CAIRN_BACKFILL")]
     backfill: bool,
+    /// Which missing certificates to fetch. A catch-up through the hash chain, a rejoin, a
+    /// backfill and marshal's gap repair store blocks authenticated by the parent hash of a
+    /// certified block above them, without a certificate of their own. `all`: fetch every
+    /// served height's certificate in the background, behind live following (batches within
+    /// each upstream's manners; each verified with its epoch's key against the stored block,
+    /// then stored and served), and any a client asks for at once. `on-demand`: only those
+    /// clients ask for (`consensus_getFinalization` of such a height fetches, verifies and
+    /// stores it before answering).
+    #[arg(
+        long,
+        value_name = "all|on-demand",
+        default_value = "all",
+        env = "CAIRN_CERTIFICATES"
+    )]
+    #[serde_as(as = "DisplayFromStr")]
+    #[serde(default)]
+    certificates: CertificateMode,
     /// Serve Prometheus metrics at http://ADDR/metrics: the follower's heights, lag, epoch,
     /// identity rotations, rejected events by check, each upstream's health, fetch latency,
     /// blocks/s, and marshal's and the runtime's own metrics. Port 0 lets the OS choose.
@@ -541,6 +559,11 @@ async fn follow(
                 ..CatchUpConfig::default()
             },
             backfill: args.backfill,
+            certificates: FillConfig {
+                mode: args.certificates,
+                workers: std::thread::available_parallelism().map_or(1, usize::from),
+                ..FillConfig::default()
+            },
             store_check: if args.check_stores {
                 StoreCheck::All
             } else {

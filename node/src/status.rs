@@ -169,6 +169,24 @@ pub fn summary(status: &Value) -> String {
                 100.0 * slowed as f64 / calls.max(1) as f64,
             );
         }
+        if let Some(certificates) = status.get("certificates") {
+            let served = u64_of(certificates, "served");
+            let certified = u64_of(certificates, "certified");
+            let _ = writeln!(
+                out,
+                "certificates ({}): {certified} of {served} served heights have their own ({:.1}%), {} missing | filled {} ({:.1}/s), on demand {}, refused {}",
+                str_of(certificates, "mode"),
+                if served == 0 { 100.0 } else { 100.0 * certified as f64 / served as f64 },
+                u64_of(certificates, "missing"),
+                u64_of(certificates, "filled"),
+                certificates
+                    .get("filledPerSecond")
+                    .and_then(Value::as_f64)
+                    .unwrap_or_default(),
+                u64_of(certificates, "onDemand"),
+                u64_of(certificates, "refused"),
+            );
+        }
         let by_check = status
             .get("rejectedByCheck")
             .and_then(Value::as_object)

@@ -326,6 +326,11 @@ impl StoredBlock {
         }
     }
 
+    /// The block's hash (keccak256 of its header RLP), computed without decoding it.
+    pub fn hash(&self) -> Digest {
+        Digest(alloy_primitives::keccak256(&self.header))
+    }
+
     /// Decodes the block, checking its body against its header's roots.
     pub fn decode(&self, cfg: &BlockCodecConfig) -> Result<Block, CodecError> {
         let header = TempoHeader::decode_rlp(&self.header).map_err(|err| match err {

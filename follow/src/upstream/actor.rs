@@ -236,6 +236,16 @@ impl Actor {
                         () = response.closed() => debug!(first, last, "range request cancelled by its requester"),
                     }
                 }
+                Message::GetCertificates {
+                    heights,
+                    mut response,
+                } => {
+                    let count = heights.len();
+                    tokio::select! {
+                        answer = client.get_certificates(&heights) => { let _ = response.send(answer); }
+                        () = response.closed() => debug!(count, "certificate request cancelled by its requester"),
+                    }
+                }
             }
         });
     }

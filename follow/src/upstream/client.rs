@@ -122,6 +122,8 @@ enum Transport {
 struct Manners {
     /// Whether `debug_getRawBlock` was refused as an unknown method.
     no_raw_blocks: AtomicBool,
+    /// Whether `consensus_getFinalizedHeader` was refused as an unknown method.
+    no_finalized_headers: AtomicBool,
     /// The calls a batch holds.
     batch: BatchSize,
     /// The call rate.
@@ -236,6 +238,7 @@ impl UpstreamClient {
         let url = normalize_url(url)?;
         let manners = Manners {
             no_raw_blocks: AtomicBool::new(false),
+            no_finalized_headers: AtomicBool::new(false),
             batch: BatchSize::new(config.max_batch),
             pace: Pace::new(config.calls_per_second),
             counts,
@@ -592,6 +595,83 @@ impl UpstreamClient {
         Ok(blocks)
     }
 
+    /// The certificates of the blocks at `heights`, in their order (`None` where the upstream
+    /// has none), asked in batches: `consensus_getFinalizedHeader` (no transactions to send)
+    /// until the upstream refuses it as an unknown method, then `consensus_getFinalization`
+    /// (Tempo's nodes before header-only finalizations); one by one from an upstream that
+    /// takes no batches.
+    pub async fn get_certificates(
+        &self,
+        heights: &[u64],
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        const HEADER: &str = "consensus_getFinalizedHeader";
+        const FULL: &str = "consensus_getFinalization";
+        let method = if self.manners.no_finalized_headers.load(Ordering::Relaxed) {
+            FULL
+        } else {
+            HEADER
+        };
+        let calls: Vec<_> = heights
+            .iter()
+            .map(|height| (method, rpc_params![Query::Height(*height)]))
+            .collect();
+        let answers = match self.batch::<CertificateOnly>(&calls).await {
+            Ok(answers)
+                if method == HEADER
+                    && answers.iter().any(
+                        |answer| matches!(answer, Err(err) if err.code() == METHOD_NOT_FOUND_CODE),
+                    ) =>
+            {
+                return self.refused_finalized_headers(heights).await;
+            }
+            Ok(answers) => answers,
+            Err(ClientError::Call(call))
+                if method == HEADER && call.code() == METHOD_NOT_FOUND_CODE =>
+            {
+                return self.refused_finalized_headers(heights).await;
+            }
+            Err(err) if is_slow_down(&err) => return Err(call_error(method, err)),
+            // A batch answered with one error, or not as a batch: asked one by one.
+            Err(ClientError::Call(_) | ClientError::ParseError(_)) => {
+                let mut certificates = Vec::with_capacity(heights.len());
+                for height in heights {
+                    let certified = self.certified(Query::Height(*height)).await?;
+                    certificates.push(certified.map(|certified| certified.certificate));
+                }
+                return Ok(certificates);
+            }
+            Err(err) => return Err(call_error(method, err)),
+        };
+        Ok(heights
+            .iter()
+            .zip(answers)
+            .map(|(height, answer)| match answer {
+                Ok(answer) => Some(answer.certificate),
+                Err(err) => {
+                    if err.code() != MISSING_CODE && err.code() != NOT_READY_CODE {
+                        tracing::debug!(height, %err, method, "no certificate from the upstream");
+                    }
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// [`Self::get_certificates`] after the upstream refused `consensus_getFinalizedHeader`:
+    /// remembered, and asked again with `consensus_getFinalization`.
+    async fn refused_finalized_headers(
+        &self,
+        heights: &[u64],
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        self.manners
+            .no_finalized_headers
+            .store(true, Ordering::Relaxed);
+        tracing::debug!(
+            "the upstream refuses consensus_getFinalizedHeader; asking consensus_getFinalization"
+        );
+        Box::pin(self.get_certificates(heights)).await
+    }
+
     /// [`Self::get_blocks`] one request per block, for upstreams without batches or
     /// `debug_getRawBlock`.
     async fn blocks_one_by_one(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
@@ -676,6 +756,12 @@ impl UpstreamClient {
             .map(Some)
             .map_err(|err| UpstreamError::MalformedBlock(err.to_string()))
     }
+}
+
+/// The one field of a finalization answer the certificate fill reads.
+#[derive(Debug, serde::Deserialize)]
+struct CertificateOnly {
+    certificate: String,
 }
 
 /// The blocks of `debug_getRawBlock` answers for heights from `first`, up to the first the

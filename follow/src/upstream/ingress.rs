@@ -35,6 +35,13 @@ pub enum Message {
         /// Where the answer goes; dropping it cancels the request.
         response: oneshot::Sender<Result<Vec<Block>, UpstreamError>>,
     },
+    /// The certificates of the blocks at some heights (`None` where the upstream has none).
+    GetCertificates {
+        /// The heights.
+        heights: Vec<u64>,
+        /// Where the answer goes; dropping it cancels the request.
+        response: oneshot::Sender<Result<Vec<Option<String>>, UpstreamError>>,
+    },
 }
 
 impl Message {
@@ -48,6 +55,9 @@ impl Message {
                 let _ = response.send(Err(error));
             }
             Self::GetBlocks { response, .. } => {
+                let _ = response.send(Err(error));
+            }
+            Self::GetCertificates { response, .. } => {
                 let _ = response.send(Err(error));
             }
         }
@@ -65,51 +75,57 @@ impl Mailbox {
         Self { sender }
     }
 
+    /// Sends the request `message` makes with its response channel, and waits for the answer.
+    async fn ask<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<Result<T, UpstreamError>>) -> Message,
+    ) -> Result<T, UpstreamError> {
+        let (response, answer) = oneshot::channel();
+        self.sender
+            .send(message(response))
+            .await
+            .map_err(|_| UpstreamError::Stopped)?;
+        answer.await.map_err(|_| UpstreamError::Stopped)?
+    }
+
     /// The certified block at `height`, with its block.
     pub async fn get_finalization(
         &self,
         height: u64,
     ) -> Result<Option<CertifiedBlock>, UpstreamError> {
-        let (response, answer) = oneshot::channel();
-        self.sender
-            .send(Message::GetFinalization { height, response })
+        self.ask(|response| Message::GetFinalization { height, response })
             .await
-            .map_err(|_| UpstreamError::Stopped)?;
-        answer.await.map_err(|_| UpstreamError::Stopped)?
     }
 
     /// The block with hash `digest`, its body included and its hash checked.
     pub async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
-        let (response, answer) = oneshot::channel();
-        self.sender
-            .send(Message::GetBlock { digest, response })
+        self.ask(|response| Message::GetBlock { digest, response })
             .await
-            .map_err(|_| UpstreamError::Stopped)?;
-        answer.await.map_err(|_| UpstreamError::Stopped)?
     }
 
     /// The latest certified block, with its block.
     pub async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
-        let (response, answer) = oneshot::channel();
-        self.sender
-            .send(Message::GetLatest { response })
-            .await
-            .map_err(|_| UpstreamError::Stopped)?;
-        answer.await.map_err(|_| UpstreamError::Stopped)?
+        self.ask(|response| Message::GetLatest { response }).await
     }
 
     /// The blocks at heights `first..=last`, in order (a prefix when the upstream lacks the
     /// rest).
     pub async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
-        let (response, answer) = oneshot::channel();
-        self.sender
-            .send(Message::GetBlocks {
-                first,
-                last,
-                response,
-            })
+        self.ask(|response| Message::GetBlocks {
+            first,
+            last,
+            response,
+        })
+        .await
+    }
+
+    /// The certificates of the blocks at `heights`, in order (`None` where the upstream has
+    /// none).
+    pub async fn get_certificates(
+        &self,
+        heights: Vec<u64>,
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        self.ask(|response| Message::GetCertificates { heights, response })
             .await
-            .map_err(|_| UpstreamError::Stopped)?;
-        answer.await.map_err(|_| UpstreamError::Stopped)?
     }
 }

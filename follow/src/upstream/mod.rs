@@ -93,6 +93,23 @@ pub trait UpstreamRequests: Clone + Send + Sync + 'static {
         first: u64,
         last: u64,
     ) -> impl Future<Output = Result<Vec<Block>, UpstreamError>> + Send;
+
+    /// The finalization certificates (unprefixed hex, as in [`CertifiedBlock::certificate`])
+    /// of the blocks at `heights`, in their order; `None` for a height the upstream has no
+    /// certificate for. Nothing in it is checked. By default, one finalization at a time.
+    fn get_certificates(
+        &self,
+        heights: Vec<u64>,
+    ) -> impl Future<Output = Result<Vec<Option<String>>, UpstreamError>> + Send {
+        async move {
+            let mut certificates = Vec::with_capacity(heights.len());
+            for height in heights {
+                let certified = self.get_finalization(height).await?;
+                certificates.push(certified.map(|certified| certified.certificate));
+            }
+            Ok(certificates)
+        }
+    }
 }
 
 impl UpstreamRequests for Mailbox {
@@ -110,6 +127,13 @@ impl UpstreamRequests for Mailbox {
 
     async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
         Mailbox::get_blocks(self, first, last).await
+    }
+
+    async fn get_certificates(
+        &self,
+        heights: Vec<u64>,
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        Mailbox::get_certificates(self, heights).await
     }
 }
 

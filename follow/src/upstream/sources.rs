@@ -95,6 +95,9 @@ pub const FLAPPING_DISCONNECTS: usize = 3;
 pub const STALL_GAP: u64 = 3;
 /// How long a source must announce nothing new, while behind by [`STALL_GAP`], to be stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
+/// How long a source that answered without a certificate asked of it (it caught up through
+/// the hash chain itself, say) is asked for certificates after the others.
+pub const LACKING_CERTIFICATES_FOR: Duration = Duration::from_secs(30);
 
 impl SourceHealth {
     /// Whether the source is connected and not quarantined.
@@ -130,6 +133,8 @@ struct State {
     stall_logged: bool,
     /// Where its client counts the calls it sends.
     counts: Option<Arc<CallCounts>>,
+    /// When it last answered without a certificate that was asked of it.
+    lacked_certificates_at: Option<SystemTime>,
 }
 
 impl State {
@@ -147,6 +152,7 @@ impl State {
             skips: VecDeque::new(),
             stall_logged: false,
             counts: None,
+            lacked_certificates_at: None,
         }
     }
 
@@ -455,6 +461,37 @@ impl SourceBook {
         }
     }
 
+    /// [`Self::order`] for certificates up to `height`: the sources that lacked a certificate
+    /// within [`LACKING_CERTIFICATES_FOR`] come after the others (never left out: lacking one
+    /// is not held against a source).
+    fn certificate_order(&self, height: u64) -> Vec<SourceId> {
+        let now = self.now();
+        let mut order = self.order(Some(height));
+        let lacking: Vec<bool> = self.with_states(|states| {
+            states
+                .iter()
+                .map(|state| {
+                    state.lacked_certificates_at.is_some_and(|at| {
+                        now.duration_since(at)
+                            .is_ok_and(|age| age < LACKING_CERTIFICATES_FOR)
+                    })
+                })
+                .collect()
+        });
+        order.sort_by_key(|source| lacking.get(*source).copied().unwrap_or(false));
+        order
+    }
+
+    /// Notes that `source` answered without a certificate asked of it.
+    fn lacked_certificates(&self, source: SourceId) {
+        let now = self.now();
+        self.with_states(|states| {
+            if let Some(state) = states.get_mut(source) {
+                state.lacked_certificates_at = Some(now);
+            }
+        });
+    }
+
     /// The order to ask sources in for something at `height` (if known): connected,
     /// well-behaved sources that announced it first, taken in turn so that fetches spread over
     /// them, then the connected ones that are behind or misbehaving (flapping, stalled,
@@ -647,6 +684,65 @@ impl<R: UpstreamRequests> Sources<R> {
         match failure {
             Some(err) if answered.is_empty() => Err(err),
             _ => Ok(answered),
+        }
+    }
+
+    /// The certificates of the blocks at `heights`, each with the source that sent it: every
+    /// source is asked in turn for what the ones before it did not have, those that lacked
+    /// certificates lately last. Nothing is checked here (the caller verifies each against its
+    /// stored block and reports a bad one with [`SourceBook::invalid`]); `None` where no source
+    /// had one. An error only when no source answered at all.
+    pub async fn certificates(
+        &self,
+        heights: &[u64],
+    ) -> Result<Vec<Option<(SourceId, String)>>, UpstreamError> {
+        let top = heights.iter().copied().max().unwrap_or_default();
+        let order = self.book.certificate_order(top);
+        if order.is_empty() {
+            return Err(UpstreamError::NotConnected);
+        }
+        let mut answers: Vec<Option<(SourceId, String)>> = vec![None; heights.len()];
+        let mut failure = None;
+        let mut answered = false;
+        for source in order {
+            let pending: Vec<usize> = (0..heights.len())
+                .filter(|index| answers[*index].is_none())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let asked = pending.iter().map(|index| heights[*index]).collect();
+            let started = self.book.now();
+            match self.requests[source].get_certificates(asked).await {
+                Ok(certificates) => {
+                    answered = true;
+                    let mut served = 0;
+                    for (index, certificate) in pending.iter().zip(certificates) {
+                        if let Some(certificate) = certificate {
+                            answers[*index] = Some((source, certificate));
+                            served += 1;
+                        }
+                    }
+                    if served < pending.len() {
+                        self.book.lacked_certificates(source);
+                    }
+                    let recorded = if served > 0 {
+                        Answer::Served(self.book.now().duration_since(started).unwrap_or_default())
+                    } else {
+                        Answer::Missing
+                    };
+                    self.book.record(source, &recorded);
+                }
+                Err(err) => {
+                    debug!(source, %err, "asking for certificates failed; asking the next source");
+                    self.book.record(source, &Answer::Failed(err.clone()));
+                    failure = Some(err);
+                }
+            }
+        }
+        match failure {
+            Some(err) if !answered => Err(err),
+            _ => Ok(answers),
         }
     }
 
