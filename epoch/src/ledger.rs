@@ -15,9 +15,8 @@
 //! the chain is broken. Its [`LedgerRecord`] can be persisted, so a restart walks only new epochs.
 
 use crate::{
-    ChainProfile, ConfiguredIdentity, EpochStrategy, Finalization,
-    MalformedError, VerifyError, boundary_outcome, check_unsigned, decode_certificate,
-    parse_identity, verify_finalizations,
+    ChainProfile, ConfiguredIdentity, EpochStrategy, Finalization, MalformedError, VerifyError,
+    boundary_outcome, check_unsigned, decode_certificate, parse_identity, verify_finalizations,
 };
 use alloy_primitives::hex;
 use cairn_dkg::{Identity, OutcomeLimits};
@@ -480,7 +479,10 @@ impl IdentityLedger {
         batch: &[CheckedBoundary],
         strategy: &impl Strategy,
     ) -> Result<(), (usize, LedgerError)> {
-        let finalizations: Vec<_> = batch.iter().map(|boundary| &boundary.finalization).collect();
+        let finalizations: Vec<_> = batch
+            .iter()
+            .map(|boundary| &boundary.finalization)
+            .collect();
         let results = verify_finalizations(namespace, identity, rng, &finalizations, strategy);
         let Some(index) = results.iter().position(|verified| !verified) else {
             return Ok(());

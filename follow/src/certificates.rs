@@ -157,7 +157,9 @@ impl CoverageReport {
 }
 
 fn count(set: &RangeInclusiveSet<u64>) -> u64 {
-    set.iter().map(|range| range.end() - range.start() + 1).sum()
+    set.iter()
+        .map(|range| range.end() - range.start() + 1)
+        .sum()
 }
 
 impl Coverage {
@@ -240,16 +242,21 @@ impl Coverage {
     /// Takes up to `count` missing heights, the highest first, to fetch them.
     fn take_highest(&self, count: usize) -> Vec<u64> {
         let mut state = self.lock();
-        let Some(range) = state.missing.iter().next_back().cloned() else {
-            return Vec::new();
-        };
-        let first = range
-            .end()
-            .saturating_sub(count.saturating_sub(1) as u64)
-            .max(*range.start());
-        state.missing.remove(first..=*range.end());
-        state.in_flight += range.end() - first + 1;
-        (first..=*range.end()).rev().collect()
+        let mut taken = Vec::new();
+        while taken.len() < count {
+            let Some(range) = state.missing.iter().next_back().cloned() else {
+                break;
+            };
+            let left = (count - taken.len()) as u64;
+            let first = range
+                .end()
+                .saturating_sub(left.saturating_sub(1))
+                .max(*range.start());
+            state.missing.remove(first..=*range.end());
+            taken.extend((first..=*range.end()).rev());
+        }
+        state.in_flight += taken.len() as u64;
+        taken
     }
 
     /// Takes `height` to fetch it; false when it is not missing.
@@ -364,8 +371,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         });
         let keys = Mutex::new(BTreeMap::new());
         let mut jobs = FuturesUnordered::new();
-        let mut waiters: HashMap<u64, Vec<oneshot::Sender<Option<Finalization>>>> =
-            HashMap::new();
+        let mut waiters: HashMap<u64, Vec<oneshot::Sender<Option<Finalization>>>> = HashMap::new();
         let mut in_flight: HashSet<u64> = HashSet::new();
         let (mut background, mut on_demand) = (0usize, 0usize);
         let mut requests_open = true;
@@ -515,7 +521,9 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
             match self.execution.hash_by_number(*height).await {
                 Ok(Some(hash)) => sent.push((*height, source, certificate, hash)),
                 Ok(None) => {}
-                Err(err) => debug!(height, %err, "the stored block's hash cannot be read; its certificate waits"),
+                Err(err) => {
+                    debug!(height, %err, "the stored block's hash cannot be read; its certificate waits")
+                }
             }
         }
         let epochs = self.profile.epochs.clone();
@@ -550,19 +558,29 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         let mut verified = Vec::new();
         for (epoch, candidates) in by_epoch {
             let Some(identity) = self.key(epoch, keys).await else {
-                debug!(epoch, count = candidates.len(), "no key known for the epoch yet; its certificates wait");
+                debug!(
+                    epoch,
+                    count = candidates.len(),
+                    "no key known for the epoch yet; its certificates wait"
+                );
                 continue;
             };
             let namespace = self.profile.namespace.clone();
             let mut job_rng = StdRng::seed_from_u64(rng.next_u64());
             let strategy = pool.clone();
             let (candidates, results) = offload(pool.clone(), move || {
-                let finalizations: Vec<_> =
-                    candidates.iter().map(|candidate| &candidate.finalization).collect();
+                let finalizations: Vec<_> = candidates
+                    .iter()
+                    .map(|candidate| &candidate.finalization)
+                    .collect();
                 let results = match &strategy {
-                    Some(pool) => {
-                        verify_finalizations(&namespace, identity, &mut job_rng, &finalizations, pool)
-                    }
+                    Some(pool) => verify_finalizations(
+                        &namespace,
+                        identity,
+                        &mut job_rng,
+                        &finalizations,
+                        pool,
+                    ),
                     None => verify_finalizations(
                         &namespace,
                         identity,
@@ -666,9 +684,78 @@ fn check(
 }
 
 /// Runs `job` on `pool`, or on the calling task without one.
-async fn offload<T: Send + 'static>(pool: Option<Rayon>, job: impl FnOnce() -> T + Send + 'static) -> T {
+async fn offload<T: Send + 'static>(
+    pool: Option<Rayon>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> T {
     match pool {
         Some(pool) => pool.spawn(1, move |_| job()).await,
         None => job(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CertificateMode, Coverage};
+    use std::collections::HashSet;
+
+    #[test]
+    fn coverage_counts_what_neither_store_holds_and_takes_the_highest_first() {
+        let coverage = Coverage::default();
+        // Marshal holds 18..=20; the anchor store holds 5 and 10.
+        coverage.marshal_holds([(18, 20)]);
+        coverage.classify(1, 20, &[(5, 5), (10, 10)]);
+        let report = coverage.report();
+        assert_eq!(
+            (report.served, report.certified, report.missing()),
+            (20, 5, 15)
+        );
+        assert!(coverage.is_missing(17) && !coverage.is_missing(18) && !coverage.is_missing(10));
+
+        // Newly served heights are looked at once; marshal stored 21 itself.
+        coverage.marshal_stored(21);
+        assert_eq!(coverage.unclassified(1, 22), vec![(21, 22)]);
+        coverage.classify(21, 22, &[]);
+        assert_eq!(coverage.unclassified(1, 22), Vec::new());
+        assert_eq!(coverage.report().missing(), 16);
+
+        // A batch spans runs, highest first; what is being fetched still counts as missing.
+        let taken = coverage.take_highest(4);
+        assert_eq!(taken, vec![22, 17, 16, 15]);
+        assert_eq!(coverage.report().missing(), 16);
+        assert!(!coverage.take(17), "being fetched");
+        // Two were stored, two were not: those are missing again.
+        coverage.fetched(&taken, &HashSet::from([22, 16]), false, 1);
+        let report = coverage.report();
+        assert_eq!(
+            (report.missing(), report.filled, report.refused),
+            (14, 2, 1)
+        );
+        assert!(coverage.is_missing(17) && coverage.is_missing(15));
+        assert!(!coverage.is_missing(16));
+
+        assert_eq!(coverage.report().mode, CertificateMode::All);
+    }
+
+    #[test]
+    fn history_backfilled_under_a_checkpoint_is_looked_at_too() {
+        let coverage = Coverage::default();
+        // A checkpoint start at 100: its certificate is in the anchor store.
+        coverage.classify(100, 120, &[(100, 100), (120, 120)]);
+        assert_eq!(coverage.report().missing(), 19);
+        // The backfill has stored 60..=99 since.
+        assert_eq!(coverage.unclassified(60, 125), vec![(60, 99), (121, 125)]);
+        coverage.classify(60, 99, &[]);
+        let report = coverage.report();
+        assert_eq!((report.served, report.missing()), (61, 59));
+        assert!(coverage.is_missing(60));
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in [CertificateMode::All, CertificateMode::OnDemand] {
+            assert_eq!(mode.to_string().parse::<CertificateMode>(), Ok(mode));
+        }
+        assert!("some".parse::<CertificateMode>().is_err());
     }
 }

@@ -51,19 +51,21 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
         self
     }
 
-    /// The certificate stored for `height` (marshal's, then the anchor store's), fetched now
-    /// when it is missing.
-    async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, ReadError> {
+    /// The certificate stored for `height`: marshal's, else the anchor store's. Nothing is
+    /// fetched.
+    pub async fn stored_certificate(&self, height: u64) -> Result<Option<Finalization>, ReadError> {
         if let Some(finalization) = self.marshal.get_finalization(Height::new(height)).await {
             return Ok(Some(finalization));
         }
-        let stored = || async {
-            self.anchors
-                .get(Identifier::Index(height), "reading a verified finalization")
-                .await
-                .map_err(read_error)
-        };
-        if let Some(finalization) = stored().await? {
+        self.anchors
+            .get(Identifier::Index(height), "reading a verified finalization")
+            .await
+            .map_err(read_error)
+    }
+
+    /// [`Self::stored_certificate`], fetched now when it is missing.
+    async fn finalization_at(&self, height: u64) -> Result<Option<Finalization>, ReadError> {
+        if let Some(finalization) = self.stored_certificate(height).await? {
             return Ok(Some(finalization));
         }
         let Some(certificates) = &self.certificates else {
@@ -72,7 +74,7 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
         match certificates.fetch(height).await {
             Some(finalization) => Ok(Some(finalization)),
             // Stored by the fill since the first read, perhaps.
-            None => stored().await,
+            None => self.stored_certificate(height).await,
         }
     }
 

@@ -856,10 +856,12 @@ where
         coverage: coverage.clone(),
         config: config.certificates,
     };
-    context.child("certificates").spawn(move |context| async move {
-        let mut rng = context.child("rng");
-        fill.run(context, &mut rng, requested).await;
-    });
+    context
+        .child("certificates")
+        .spawn(move |context| async move {
+            let mut rng = context.child("rng");
+            fill.run(context, &mut rng, requested).await;
+        });
     let chain = FollowerChain::new(execution.clone(), marshal, anchors)
         .with_certificates(certificate_requests);
     let tip = execution.finalized_height();

@@ -176,7 +176,11 @@ pub fn summary(status: &Value) -> String {
                 out,
                 "certificates ({}): {certified} of {served} served heights have their own ({:.1}%), {} missing | filled {} ({:.1}/s), on demand {}, refused {}",
                 str_of(certificates, "mode"),
-                if served == 0 { 100.0 } else { 100.0 * certified as f64 / served as f64 },
+                if served == 0 {
+                    100.0
+                } else {
+                    100.0 * certified as f64 / served as f64
+                },
                 u64_of(certificates, "missing"),
                 u64_of(certificates, "filled"),
                 certificates

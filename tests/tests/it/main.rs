@@ -4,6 +4,7 @@
 mod backfill;
 mod catchup;
 mod ceremonies;
+mod certificates;
 mod checkpoint;
 mod crash;
 mod decoders;

@@ -1,0 +1,471 @@
+//! The certificate fill, under the deterministic runtime: after a catch-up through the hash
+//! chain every served height gets its own certificate, equal to the devnet's, and so does a
+//! follower of that follower; a tampered certificate is refused and never stored, its source
+//! held a liar; a source that lacks certificates is asked after the others and never punished;
+//! with `on-demand`, only what a client asks for is fetched.
+
+use cairn_devnet::{Devnet, DevnetConfig};
+use cairn_epoch::{ChainProfile, decode_certificate, encode_certificate};
+use cairn_feed::{ChainReader, FeedState, ReadError};
+use cairn_follow::{
+    EngineConfig, Follower,
+    catchup::CatchUpConfig,
+    certificates::{CertificateMode, CoverageReport, FillConfig},
+    checkpoint::Checkpoint,
+    engine::EngineContext,
+    upstream::{QuarantineConfig, Sources, in_process},
+};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use commonware_runtime::{Clock, Runner as _, Spawner as _, Supervisor as _, deterministic};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::mpsc;
+
+const EPOCH_LENGTH: u64 = 4;
+const BLOCKS: u64 = 42;
+/// Interior heights (not boundaries, not the tip) a lying source tampers with.
+const TAMPERED: [u64; 5] = [5, 6, 9, 13, 30];
+
+/// A devnet of [`BLOCKS`] heights in epochs of [`EPOCH_LENGTH`], with a feed whose latest
+/// finalization is its tip.
+async fn devnet<E: EngineContext>(context: &E) -> (Devnet<E>, ChainProfile, FeedState) {
+    let config = DevnetConfig {
+        validators: 5,
+        committee: 4,
+        epoch_length: EPOCH_LENGTH,
+        full_dkg_at_epochs: BTreeSet::from([3]),
+        ..DevnetConfig::default()
+    };
+    let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
+        .await
+        .expect("devnet opens");
+    let profile = devnet.profile("simulation").expect("profile");
+    let feed = FeedState::default();
+    for _ in 0..BLOCKS {
+        let produced = devnet.produce_next().await.expect("produces");
+        feed.publish_finalized(produced.certified);
+    }
+    (devnet, profile, feed)
+}
+
+/// A follower of `chains` (each an in-process upstream over `feed`) that catches up through
+/// the hash chain and fills certificates in `mode`.
+async fn follow<E: EngineContext, C: ChainReader + Clone>(
+    context: &E,
+    label: &'static str,
+    profile: &ChainProfile,
+    feed: &FeedState,
+    chains: Vec<C>,
+    mode: CertificateMode,
+) -> Follower<E> {
+    let (notifications, receiver) = mpsc::channel(256);
+    let mut requests = Vec::new();
+    for (source, chain) in chains.into_iter().enumerate() {
+        let name = format!("{label}-upstream-{source}");
+        let (actor, handle) = in_process::init(
+            name.clone(),
+            source,
+            feed.clone(),
+            chain,
+            notifications.clone(),
+        );
+        context
+            .child("upstream")
+            .spawn(|_| async move { actor.run().await });
+        requests.push((name, handle));
+    }
+    let config = EngineConfig {
+        partition_prefix: format!("follow-{label}"),
+        catch_up: CatchUpConfig {
+            min_gap: 1,
+            ..CatchUpConfig::default()
+        },
+        certificates: FillConfig {
+            mode,
+            batch: 16,
+            ..FillConfig::default()
+        },
+        ..EngineConfig::new(profile.clone())
+    };
+    let sources = Sources::new(requests, QuarantineConfig::default());
+    cairn_follow::start(context.child(label), config, receiver, sources)
+        .await
+        .expect("the follower starts")
+}
+
+/// Waits (in simulated time, up to ten minutes: a liar's quarantines double) until `done`
+/// holds for `follower`'s coverage.
+async fn coverage_until<E: EngineContext + Clock>(
+    context: &E,
+    follower: &Follower<E>,
+    what: &str,
+    done: impl Fn(&CoverageReport) -> bool,
+) -> CoverageReport {
+    for _ in 0..60_000 {
+        let report = follower.coverage.report();
+        if done(&report) {
+            return report;
+        }
+        context.sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: coverage stuck at {:?}", follower.coverage.report());
+}
+
+/// Every height `1..=to` is served with the certificate `reference` serves, read from the
+/// follower's stores (nothing fetched).
+async fn assert_certificates_equal<E: EngineContext>(
+    follower: &Follower<E>,
+    reference: &impl ChainReader,
+    to: u64,
+) {
+    for height in 1..=to {
+        let stored = follower
+            .chain
+            .stored_certificate(height)
+            .await
+            .expect("reads")
+            .unwrap_or_else(|| panic!("a certificate is stored at {height}"));
+        let theirs = reference
+            .certified_at(height)
+            .await
+            .expect("reads")
+            .expect("served");
+        assert_eq!(
+            encode_certificate(&stored),
+            theirs.certificate,
+            "certificate {height}"
+        );
+        let served = follower.chain.certified_at(height).await.expect("reads");
+        assert_eq!(served.as_ref(), Some(&theirs), "height {height}");
+    }
+}
+
+#[test]
+fn a_hash_chain_catch_up_is_filled_with_every_certificate_and_so_is_a_follower_of_it() {
+    deterministic::Runner::seeded(3).start(|context| async move {
+        let (devnet, profile, feed) = devnet(&context).await;
+        let first = follow(
+            &context,
+            "first",
+            &profile,
+            &feed,
+            vec![devnet.store().clone()],
+            CertificateMode::All,
+        )
+        .await;
+        let caught_up = first
+            .caught_up
+            .clone()
+            .expect("caught up through the hash chain");
+        assert_eq!(caught_up.to, BLOCKS);
+        // Only the boundaries and the tip were verified on the way.
+        assert!(caught_up.certificates < BLOCKS / 2, "{caught_up:?}");
+
+        let report = coverage_until(&context, &first, "first follower", |report| {
+            report.served == BLOCKS && report.missing() == 0
+        })
+        .await;
+        assert!(report.filled >= BLOCKS / 2, "{report:?}");
+        assert_eq!(report.refused, 0);
+        assert_certificates_equal(&first, devnet.store(), BLOCKS).await;
+
+        // A follower of the follower catches up through the hash chain from it and fills from
+        // it too.
+        let second = follow(
+            &context,
+            "second",
+            &profile,
+            &first.feed,
+            vec![first.chain.clone()],
+            CertificateMode::All,
+        )
+        .await;
+        assert_eq!(
+            second.caught_up.as_ref().map(|report| report.to),
+            Some(BLOCKS)
+        );
+        coverage_until(&context, &second, "second follower", |report| {
+            report.served == BLOCKS && report.missing() == 0
+        })
+        .await;
+        assert_certificates_equal(&second, devnet.store(), BLOCKS).await;
+    });
+}
+
+/// A chain served with altered certificates: when `lies`, those at [`TAMPERED`] heights carry
+/// another block's signatures (even heights: they decode and sign the right block, but do not
+/// verify) or are another block's certificate (odd heights: valid, for another block); while
+/// `lacking` is set, interior heights have none (as on a node that caught up through the hash
+/// chain itself).
+#[derive(Clone)]
+struct Altered<C> {
+    inner: C,
+    lies: bool,
+    lacking: Arc<AtomicBool>,
+}
+
+/// Whether `height` is an interior height: not a boundary, not the tip.
+fn interior(height: u64) -> bool {
+    (height + 1) % EPOCH_LENGTH != 0 && height < BLOCKS
+}
+
+impl<C: ChainReader> ChainReader for Altered<C> {
+    fn finalized_height(&self) -> Option<u64> {
+        self.inner.finalized_height()
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        if self.lacking.load(Ordering::Relaxed) && interior(height) {
+            return Ok(None);
+        }
+        let Some(mut certified) = self.inner.certified_at(height).await? else {
+            return Ok(None);
+        };
+        if self.lies && TAMPERED.contains(&height) {
+            let other = self.inner.certified_at(height + 1).await?.expect("served");
+            if height % 2 == 0 {
+                let mut finalization = decode_certificate(&certified.certificate).expect("decodes");
+                finalization.certificate = decode_certificate(&other.certificate)
+                    .expect("decodes")
+                    .certificate;
+                certified.certificate = encode_certificate(&finalization);
+            } else {
+                certified.certificate = other.certificate;
+            }
+        }
+        Ok(Some(certified))
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        self.inner.block_at(height).await
+    }
+
+    async fn raw_block_at(&self, height: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        self.inner.raw_block_at(height).await
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        self.inner.block_by_hash(hash).await
+    }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        self.inner.transaction_by_hash(hash).await
+    }
+}
+
+#[test]
+fn a_tampered_certificate_is_refused_never_stored_and_its_source_quarantined() {
+    deterministic::Runner::seeded(5).start(|context| async move {
+        let (devnet, profile, feed) = devnet(&context).await;
+        let lacking = Arc::new(AtomicBool::new(true));
+        // Source 0 lacks every interior certificate at first; source 1 lies at five heights.
+        let honest = Altered {
+            inner: devnet.store().clone(),
+            lies: false,
+            lacking: lacking.clone(),
+        };
+        let liar = Altered {
+            inner: devnet.store().clone(),
+            lies: true,
+            lacking: Arc::default(),
+        };
+        let follower = follow(
+            &context,
+            "tampered",
+            &profile,
+            &feed,
+            vec![honest, liar],
+            CertificateMode::All,
+        )
+        .await;
+
+        // The liar is asked for what the honest source lacks: each tampered certificate is
+        // refused, and the liar quarantined for longer each time; everything else is filled
+        // from it. The source that lacked certificates is not punished.
+        let tampered = TAMPERED.len() as u64;
+        let report = coverage_until(&context, &follower, "around the lies", |report| {
+            report.served == BLOCKS && report.missing() == tampered && report.refused >= tampered
+        })
+        .await;
+        assert_eq!(report.filled, BLOCKS - 11 - tampered, "{report:?}");
+        let health = follower.sources.health();
+        assert!(
+            health[1].invalid >= 2,
+            "the liar is held a liar: {:?}",
+            health[1]
+        );
+        assert!(
+            health[1]
+                .last_invalid
+                .as_deref()
+                .is_some_and(|what| what.contains("does not verify")
+                    || what.contains("but the block stored there hashes to")),
+            "{:?}",
+            health[1]
+        );
+        assert_eq!(
+            health[0].invalid, 0,
+            "lacking certificates is never punished"
+        );
+        assert!(health[0].quarantined_for.is_none());
+        for height in TAMPERED {
+            assert!(
+                follower
+                    .chain
+                    .stored_certificate(height)
+                    .await
+                    .expect("reads")
+                    .is_none(),
+                "nothing is stored at {height}"
+            );
+        }
+
+        // Once the honest source has them, every height is filled, each with the devnet's own
+        // certificate (a tampered one stored would differ).
+        lacking.store(false, Ordering::Relaxed);
+        coverage_until(&context, &follower, "from the honest source", |report| {
+            report.missing() == 0
+        })
+        .await;
+        assert_certificates_equal(&follower, devnet.store(), BLOCKS).await;
+        let health = follower.sources.health();
+        assert_eq!(health[0].invalid, 0);
+        assert!(health[0].quarantined_for.is_none());
+    });
+}
+
+#[test]
+fn on_demand_fetches_only_what_a_client_asks_for() {
+    deterministic::Runner::seeded(7).start(|context| async move {
+        let (devnet, profile, feed) = devnet(&context).await;
+        let follower = follow(
+            &context,
+            "on_demand",
+            &profile,
+            &feed,
+            vec![devnet.store().clone()],
+            CertificateMode::OnDemand,
+        )
+        .await;
+        let before = coverage_until(&context, &follower, "classified", |report| {
+            report.served == BLOCKS
+        })
+        .await;
+        // Let time pass: nothing is fetched in the background.
+        context.sleep(Duration::from_secs(5)).await;
+        let idle = follower.coverage.report();
+        assert_eq!(idle.filled, 0, "{idle:?}");
+        assert_eq!(idle.missing(), before.missing());
+        assert!(idle.missing() > BLOCKS / 2, "{idle:?}");
+
+        let height = 10;
+        assert!(follower.coverage.is_missing(height));
+        let served = follower
+            .chain
+            .certified_at(height)
+            .await
+            .expect("reads")
+            .expect("fetched on demand");
+        assert_eq!(
+            Some(served),
+            devnet.store().certified_at(height).await.expect("reads")
+        );
+        assert!(
+            follower
+                .chain
+                .stored_certificate(height)
+                .await
+                .expect("reads")
+                .is_some(),
+            "stored once fetched"
+        );
+        let after = follower.coverage.report();
+        assert_eq!((after.filled, after.on_demand), (1, 1), "{after:?}");
+        assert_eq!(after.missing(), idle.missing() - 1);
+        assert!(!follower.coverage.is_missing(height));
+        // Above the tip: nothing is fetched.
+        assert!(
+            follower
+                .chain
+                .certified_at(BLOCKS + 5)
+                .await
+                .expect("reads")
+                .is_none()
+        );
+    });
+}
+
+#[test]
+fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
+    deterministic::Runner::seeded(9).start(|context| async move {
+        let (devnet, profile, feed) = devnet(&context).await;
+        let chain = devnet.store().clone();
+        let mut certified = Vec::new();
+        for height in 1..=BLOCKS {
+            certified.push(
+                chain
+                    .certified_at(height)
+                    .await
+                    .expect("reads")
+                    .expect("served"),
+            );
+        }
+        let identities = cairn_tests::verify_chain(&profile, &certified);
+        // A checkpoint inside epoch 5, whose key the walk to it proved.
+        let at = 22;
+        let checkpoint = &certified[at as usize - 1];
+        let epoch = profile.epochs.epoch_of(at).get();
+        let config = EngineConfig {
+            partition_prefix: "follow-backfilled".into(),
+            checkpoint: Some(Checkpoint {
+                block: checkpoint.block.clone().expect("block"),
+                finalization: decode_certificate(&checkpoint.certificate).expect("decodes"),
+                identities: vec![(epoch, identities[&epoch])],
+            }),
+            backfill: true,
+            catch_up: CatchUpConfig {
+                min_gap: 1,
+                ..CatchUpConfig::default()
+            },
+            certificates: FillConfig {
+                batch: 16,
+                ..FillConfig::default()
+            },
+            ..EngineConfig::new(profile.clone())
+        };
+        let (notifications, receiver) = mpsc::channel(256);
+        let (actor, requests) = in_process::init("devnet", 0, feed.clone(), chain, notifications);
+        context
+            .child("upstream")
+            .spawn(|_| async move { actor.run().await });
+        let follower = cairn_follow::start(
+            context.child("follower"),
+            config,
+            receiver,
+            Sources::single("devnet", requests),
+        )
+        .await
+        .expect("the follower starts");
+        // The history under the checkpoint is served, each height with its own certificate,
+        // verified with keys read from the backfilled boundary blocks.
+        coverage_until(&context, &follower, "the backfilled history", |report| {
+            report.served == BLOCKS && report.missing() == 0
+        })
+        .await;
+        assert_eq!(
+            ChainReader::first_height(&follower.chain),
+            0,
+            "backfilled to genesis"
+        );
+        assert_certificates_equal(&follower, devnet.store(), BLOCKS).await;
+    });
+}
