@@ -851,6 +851,109 @@ async fn public_nodes_saying_slow_down_are_never_quarantined_and_the_chain_is_st
     plain.stop();
 }
 
+/// The certificate coverage `cairn_status` reports: (served, missing, filled).
+async fn certificate_coverage(client: &HttpClient) -> (u64, u64, u64) {
+    let status: serde_json::Value = client
+        .request("cairn_status", rpc_params![])
+        .await
+        .expect("cairn_status");
+    let certificates = &status["certificates"];
+    let number = |key: &str| certificates[key].as_u64().unwrap_or_default();
+    (number("served"), number("missing"), number("filled"))
+}
+
+/// Waits until `client` reports `served` heights, every one with its own certificate; how long
+/// that took, or `None` after `limit`.
+async fn every_certificate_within(
+    client: &HttpClient,
+    served: u64,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let (now_served, missing, _) = certificate_coverage(client).await;
+        if now_served == served && missing == 0 {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hash_chain_catch_up_every_height_gets_its_certificate_and_so_does_a_follower_of_it()
+ {
+    const TIP: u64 = 1_500;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let until = TIP.to_string();
+    let devnet = bulk_devnet(&dir.path().join("devnet"), TIP, &["--until-height", &until]);
+    devnet.wait_for_line("reached --until-height");
+    let devnet_rpc = devnet.http();
+    let chain = dir.path().join("devnet").join("chain.json");
+
+    let first_log = dir.path().join("first.log");
+    let first = CairnProcess::follower(
+        cairn(),
+        &chain,
+        &devnet.addr,
+        &dir.path().join("first"),
+        &first_log,
+    );
+    let first_rpc = first.http();
+    wait_for_height(&first_rpc, TIP, Duration::from_secs(120)).await;
+    let text = std::fs::read_to_string(&first_log).expect("log");
+    assert!(
+        text.contains("caught up through the hash chain"),
+        "{}",
+        log_excerpt(&text)
+    );
+    let took = every_certificate_within(&first_rpc, TIP, Duration::from_secs(60)).await;
+    let (served, missing, filled) = certificate_coverage(&first_rpc).await;
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "after 60 s, {missing} of {served} heights without a certificate:\n{}",
+            log_excerpt(&std::fs::read_to_string(&first_log).unwrap_or_default())
+        )
+    });
+    eprintln!(
+        "first follower: {filled} certificates filled, every height covered {took:?} after the catch-up"
+    );
+    assert!(filled > TIP / 2, "filled in the background: {filled}");
+    assert_eq!(
+        same_certificates(&first_rpc, &devnet_rpc, 1..=TIP, 10).await,
+        0
+    );
+
+    // A follower of the follower: it catches up from it through the hash chain, and fills from
+    // it.
+    let second_log = dir.path().join("second.log");
+    let second = CairnProcess::follower(
+        cairn(),
+        &chain,
+        &first.addr,
+        &dir.path().join("second"),
+        &second_log,
+    );
+    let second_rpc = second.http();
+    wait_for_height(&second_rpc, TIP, Duration::from_secs(120)).await;
+    let took = every_certificate_within(&second_rpc, TIP, Duration::from_secs(60)).await;
+    let (served, missing, _) = certificate_coverage(&second_rpc).await;
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "after 60 s, {missing} of {served} heights of the second follower without a certificate:\n{}",
+            log_excerpt(&std::fs::read_to_string(&second_log).unwrap_or_default())
+        )
+    });
+    eprintln!("second follower: every height covered {took:?} after the catch-up");
+    assert_eq!(
+        same_certificates(&second_rpc, &devnet_rpc, 1..=TIP, 10).await,
+        0
+    );
+    second.stop();
+    first.stop();
+    devnet.stop();
+}
+
 /// A devnet with seed 7 (so that several of them produce one chain), epochs of 5 blocks and a
 /// full DKG at epoch 2, with `extra` arguments.
 fn seeded_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
