@@ -34,7 +34,7 @@ use cairn_feed::StoreContext;
 use cairn_primitives::Digest;
 use commonware_consensus::types::Epoch;
 use commonware_parallel::{Rayon, Sequential, Strategy as _};
-use commonware_runtime::Clock;
+use commonware_runtime::{Clock, Spawner};
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use rand::{CryptoRng, Rng as _, SeedableRng as _, rngs::StdRng};
 use rangemap::RangeInclusiveSet;
@@ -316,11 +316,10 @@ pub fn requests() -> (CertificateRequests, mpsc::Receiver<Request>) {
 }
 
 /// What one fetch did.
+#[derive(Default)]
 struct Fetched {
-    heights: Vec<u64>,
     stored: Vec<(u64, Finalization)>,
     refused: u64,
-    on_demand: bool,
 }
 
 /// A certificate that was sent for a height, checked without its key.
@@ -355,21 +354,72 @@ pub struct Fill<E: StoreContext, U> {
     pub config: FillConfig,
 }
 
+/// What each fetch task reads, verifies with and writes to.
+struct Fetcher<E: StoreContext, U> {
+    profile: ChainProfile,
+    provider: SchemeProvider,
+    execution: EmbeddedExecution<E>,
+    anchors: AnchorStore<E>,
+    sources: Sources<U>,
+    pool: Option<Rayon>,
+    /// Keys of past epochs read from their boundary blocks.
+    keys: Mutex<BTreeMap<u64, Identity>>,
+}
+
+/// A fetch running as its own task: the heights it took, whether a client asked, and its end.
+type Job = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Vec<u64>,
+                    bool,
+                    Result<Result<Fetched, cairn_feed::StoreError>, commonware_runtime::Error>,
+                ),
+            > + Send,
+    >,
+>;
+
 impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
-    /// Fills until the runtime stops (or a store fails), answering `requests` first.
-    pub async fn run(
+    /// Fills until the runtime stops (or a store fails), answering `requests` first. Each fetch
+    /// runs as its own task, so that the loop never waits on a store a fetch holds.
+    pub async fn run<C: Clock + Spawner>(
         self,
-        context: impl Clock,
+        context: C,
         rng: &mut impl CryptoRng,
         mut requests: mpsc::Receiver<Request>,
     ) {
-        self.coverage.lock().mode = self.config.mode;
-        let pool = NonZeroUsize::new(self.config.workers).and_then(|workers| {
+        let Self {
+            profile,
+            provider,
+            execution,
+            anchors,
+            sources,
+            coverage,
+            config,
+        } = self;
+        coverage.lock().mode = config.mode;
+        let pool = NonZeroUsize::new(config.workers).and_then(|workers| {
             Rayon::new(workers)
                 .inspect_err(|err| warn!(%err, "no worker pool for the certificate fill"))
                 .ok()
         });
-        let keys = Mutex::new(BTreeMap::new());
+        let fetcher = Arc::new(Fetcher {
+            profile,
+            provider,
+            execution,
+            anchors,
+            sources,
+            pool,
+            keys: Mutex::new(BTreeMap::new()),
+        });
+        let spawn = |heights: Vec<u64>, on_demand: bool, seed: u64| -> Job {
+            let fetcher = fetcher.clone();
+            let taken = heights.clone();
+            let handle = context
+                .child("fetch")
+                .spawn(move |_| async move { fetcher.fetch(&heights, seed).await });
+            Box::pin(async move { (taken, on_demand, handle.await) })
+        };
         let mut jobs = FuturesUnordered::new();
         let mut waiters: HashMap<u64, Vec<oneshot::Sender<Option<Finalization>>>> = HashMap::new();
         let mut in_flight: HashSet<u64> = HashSet::new();
@@ -378,25 +428,21 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         let mut quiet = FIRST_QUIET;
         let mut quiet_until: Option<SystemTime> = None;
         loop {
-            if let Err(err) = self.classify().await {
-                warn!(%err, "reading which heights have certificates failed; the fill waits");
-            }
+            fetcher.classify(&coverage, config.mode).await;
             let idle = quiet_until.is_some_and(|until| context.current() < until);
-            if self.config.mode == CertificateMode::All && !idle {
-                let limit = self
-                    .config
+            if config.mode == CertificateMode::All && !idle {
+                let limit = config
                     .in_flight
                     .max(1)
-                    .saturating_mul(self.sources.count().max(1));
+                    .saturating_mul(fetcher.sources.count().max(1));
                 while background < limit {
-                    let heights = self.coverage.take_highest(self.config.batch.max(1));
+                    let heights = coverage.take_highest(config.batch.max(1));
                     if heights.is_empty() {
                         break;
                     }
                     in_flight.extend(heights.iter().copied());
                     background += 1;
-                    let seed = rng.next_u64();
-                    jobs.push(self.fetch(heights, false, seed, &pool, &keys));
+                    jobs.push(spawn(heights, false, rng.next_u64()));
                 }
             }
             tokio::select! {
@@ -408,21 +454,25 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                     };
                     if in_flight.contains(&height) {
                         waiters.entry(height).or_default().push(answer);
-                    } else if on_demand < self.config.on_demand.max(1) && self.coverage.take(height) {
+                    } else if on_demand < config.on_demand.max(1) && coverage.take(height) {
                         in_flight.insert(height);
                         waiters.entry(height).or_default().push(answer);
                         on_demand += 1;
-                        let seed = rng.next_u64();
-                        jobs.push(self.fetch(vec![height], true, seed, &pool, &keys));
+                        jobs.push(spawn(vec![height], true, rng.next_u64()));
                     } else {
                         let _ = answer.send(None);
                     }
                 }
-                fetched = jobs.next(), if !jobs.is_empty() => {
-                    let Some(fetched) = fetched else { continue };
-                    let fetched = match fetched {
-                        Ok(fetched) => fetched,
-                        Err(err) => {
+                done = jobs.next(), if !jobs.is_empty() => {
+                    let Some((heights, asked, result)) = done else { continue };
+                    if asked {
+                        on_demand -= 1;
+                    } else {
+                        background -= 1;
+                    }
+                    let fetched = match result {
+                        Ok(Ok(fetched)) => fetched,
+                        Ok(Err(err)) => {
                             warn!(%err, "storing verified certificates failed; the certificate fill stops");
                             for (_, answers) in waiters.drain() {
                                 for answer in answers {
@@ -431,11 +481,12 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                             }
                             return;
                         }
+                        Err(err) => {
+                            warn!(%err, "a certificate fetch ended early; its heights are fetched again");
+                            Fetched::default()
+                        }
                     };
-                    if fetched.on_demand {
-                        on_demand -= 1;
-                    } else {
-                        background -= 1;
+                    if !asked {
                         if fetched.stored.is_empty() {
                             quiet_until = Some(context.current() + quiet);
                             quiet = (quiet * 2).min(MAX_QUIET);
@@ -443,9 +494,10 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                             quiet = FIRST_QUIET;
                         }
                     }
-                    let stored: HashSet<u64> = fetched.stored.iter().map(|(height, _)| *height).collect();
-                    self.coverage.fetched(&fetched.heights, &stored, fetched.on_demand, fetched.refused);
-                    for height in &fetched.heights {
+                    let stored: HashSet<u64> =
+                        fetched.stored.iter().map(|(height, _)| *height).collect();
+                    coverage.fetched(&heights, &stored, asked, fetched.refused);
+                    for height in &heights {
                         in_flight.remove(height);
                     }
                     for (height, finalization) in fetched.stored {
@@ -453,22 +505,24 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                             let _ = answer.send(Some(finalization.clone()));
                         }
                     }
-                    for height in &fetched.heights {
+                    for height in &heights {
                         for answer in waiters.remove(height).unwrap_or_default() {
                             let _ = answer.send(None);
                         }
                     }
                 }
-                () = context.sleep(self.config.tick) => {}
+                () = context.sleep(config.tick) => {}
             }
         }
     }
+}
 
+impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
     /// Looks at the heights served since the last look.
-    async fn classify(&self) -> Result<(), crate::execution::ExecutionError> {
+    async fn classify(&self, coverage: &Coverage, mode: CertificateMode) {
         let first = self.execution.first_height().max(1);
         let last = self.execution.finalized_height();
-        for (from, to) in self.coverage.unclassified(first, last) {
+        for (from, to) in coverage.unclassified(first, last) {
             let stored: Vec<_> = self
                 .anchors
                 .ranges_from(from)
@@ -476,45 +530,33 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                 .into_iter()
                 .take_while(|(start, _)| *start <= to)
                 .collect();
-            self.coverage.classify(from, to, &stored);
-            let report = self.coverage.report();
+            coverage.classify(from, to, &stored);
+            let report = coverage.report();
             if report.missing() > 0 && from == first && to == last {
                 info!(
                     served = report.served,
                     missing = report.missing(),
-                    mode = %self.config.mode,
+                    %mode,
                     "served heights without their own certificate found; they are fetched behind live following"
                 );
             }
         }
-        Ok(())
     }
 
     /// Fetches, checks, verifies and stores the certificates at `heights`. Fails only when
     /// the store fails.
-    async fn fetch(
-        &self,
-        heights: Vec<u64>,
-        on_demand: bool,
-        seed: u64,
-        pool: &Option<Rayon>,
-        keys: &Mutex<BTreeMap<u64, Identity>>,
-    ) -> Result<Fetched, cairn_feed::StoreError> {
-        let mut fetched = Fetched {
-            heights,
-            stored: Vec::new(),
-            refused: 0,
-            on_demand,
-        };
-        let answers = match self.sources.certificates(&fetched.heights).await {
+    async fn fetch(&self, heights: &[u64], seed: u64) -> Result<Fetched, cairn_feed::StoreError> {
+        let pool = &self.pool;
+        let mut fetched = Fetched::default();
+        let answers = match self.sources.certificates(heights).await {
             Ok(answers) => answers,
             Err(err) => {
-                debug!(%err, count = fetched.heights.len(), "no upstream answered for certificates");
+                debug!(%err, count = heights.len(), "no upstream answered for certificates");
                 return Ok(fetched);
             }
         };
         let mut sent = Vec::new();
-        for (height, answer) in fetched.heights.iter().zip(answers) {
+        for (height, answer) in heights.iter().zip(answers) {
             let Some((source, certificate)) = answer else {
                 continue;
             };
@@ -557,7 +599,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut verified = Vec::new();
         for (epoch, candidates) in by_epoch {
-            let Some(identity) = self.key(epoch, keys).await else {
+            let Some(identity) = self.key(epoch).await else {
                 debug!(
                     epoch,
                     count = candidates.len(),
@@ -631,7 +673,8 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
     /// The key of `epoch`: the registered one, else the one its boundary block (stored and
     /// authenticated) announced. A configured identity is not used: it may belong to a later
     /// epoch, and an honest certificate failing under it would be held against its source.
-    async fn key(&self, epoch: u64, keys: &Mutex<BTreeMap<u64, Identity>>) -> Option<Identity> {
+    async fn key(&self, epoch: u64) -> Option<Identity> {
+        let keys = &self.keys;
         if let Some(verifier) = self.provider.verifier(Epoch::new(epoch))
             && verifier.source == IdentitySource::Registered
         {

@@ -30,6 +30,16 @@
 //!    end. With `CAIRN_BENCH_CHAINS=DIR`, chains are kept in `DIR/LENGTH` and reused by later
 //!    runs.
 //!
+//! 7. certificate fill: the devnet produces live blocks every 50 ms on top of the chain of step
+//!    4, and a fresh follower catches up through the hash chain, then fills every height's
+//!    certificate in the background (`--certificates all`). The fill rate is the certificates
+//!    filled from the moment it serves its chain to full coverage (`cairn_status`); the live
+//!    latency of the heights it sees during the fill is set against the same follower's over
+//!    the 100 heights after it, in the same run. The follower of steps 1 to 4 runs with
+//!    `--certificates on-demand`, so that its fill does not run into the other measurements.
+//!    `CAIRN_BENCH_FILL_ONLY=1` runs this step alone, on a chain of `CAIRN_BENCH_CATCHUP`
+//!    blocks.
+//!
 //! `cargo bench -p cairn-node --bench follow` runs 20,000 blocks of catch-up and follows to
 //! 100,000 (`CAIRN_BENCH_CATCHUP` and `CAIRN_BENCH_LONG` override both); without `--bench` (as
 //! `cargo test --all-targets` runs it) it does a short smoke run of every step.
@@ -37,7 +47,10 @@
 use cairn_primitives::Event;
 use cairn_tests::{
     env_number,
-    process::{CairnProcess, block_number, first_allowed_cpu, profile_without_genesis_header},
+    process::{
+        CairnProcess, block_number, certificate_coverage, first_allowed_cpu,
+        profile_without_genesis_header,
+    },
     subscribe,
 };
 use jsonrpsee::http_client::HttpClient;
@@ -179,6 +192,9 @@ async fn follow_to(client: &HttpClient, target: u64, pid: u32, limit: Duration) 
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
@@ -196,6 +212,24 @@ async fn main() {
     let limit = Duration::from_secs(if full { 3_600 } else { 300 });
     let dir = tempfile::tempdir().expect("temp dir");
     let devnet_dir = dir.path().join("devnet");
+    let cpus = std::env::var("CAIRN_BENCH_CPUS").unwrap_or_else(|_| first_allowed_cpu());
+    let pinned: Vec<&str> = if cpus.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--cpus", cpus.as_str()]
+    };
+
+    if std::env::var_os("CAIRN_BENCH_FILL_ONLY").is_some() {
+        let producer = devnet(&devnet_dir, "127.0.0.1:0", "0", catchup);
+        let addr = producer.addr.clone();
+        producer.wait_for_line_within("reached --until-height", limit);
+        producer.stop();
+        let fill = certificate_fill(dir.path(), &devnet_dir, &addr, catchup, &pinned, limit).await;
+        println!("| measurement | value | baseline (same run) | ratio |");
+        println!("|---|---|---|---|");
+        fill.print(&cpus);
+        return;
+    }
 
     // 1. Produce, then catch up.
     let produce_start = Instant::now();
@@ -206,12 +240,6 @@ async fn main() {
 
     // The followers' CPUs (`--cpus`), the same for the baseline and the default policy: the
     // first CPU this process may use unless CAIRN_BENCH_CPUS says otherwise.
-    let cpus = std::env::var("CAIRN_BENCH_CPUS").unwrap_or_else(|_| first_allowed_cpu());
-    let pinned: Vec<&str> = if cpus.is_empty() {
-        Vec::new()
-    } else {
-        vec!["--cpus", cpus.as_str()]
-    };
     let with_pinned = |extra: &[&'static str]| -> Vec<&str> {
         pinned
             .iter()
@@ -258,7 +286,9 @@ async fn main() {
             cpu_ms: catchup_cpu_ms,
             peak: catchup_peak,
         },
-    ) = target.fresh_follower("follower", &pinned).await;
+    ) = target
+        .fresh_follower("follower", &with_pinned(&["--certificates", "on-demand"]))
+        .await;
     let follower_rpc = follower.http();
     let caught_up = follower.wait_for_line_within("caught up ", Duration::from_secs(10));
     let certificates: u64 = caught_up
@@ -361,6 +391,9 @@ async fn main() {
         memory.push(memory_at(dir.path(), length, &pinned, limit).await);
     }
 
+    // 7. The certificate fill after a catch-up of the whole chain, with live blocks coming.
+    let fill = certificate_fill(dir.path(), &devnet_dir, &addr, long, &pinned, limit).await;
+
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
     if cpus.is_empty() {
         println!("followers on every CPU (CAIRN_BENCH_CPUS empty), the devnet on every CPU");
@@ -423,6 +456,7 @@ async fn main() {
         checkpoint.without_walk.as_millis(),
         checkpoint.with_walk.as_secs_f64() / checkpoint.without_walk.as_secs_f64().max(1e-6)
     );
+    fill.print(&cpus);
     let smallest = memory.first().map_or(1e-3, |run| run.peak_mib);
     for run in &memory {
         println!(
@@ -434,6 +468,139 @@ async fn main() {
             memory.first().map_or(0, |run| run.length),
             run.peak_mib / smallest.max(1e-3)
         );
+    }
+}
+
+/// What the certificate fill step measured.
+struct FillRun {
+    /// The chain the follower caught up.
+    height: u64,
+    /// Certificates filled, and how long from serving the chain to full coverage.
+    filled: u64,
+    took: Duration,
+    /// Live latencies (ms) of the heights seen during the fill, and of those seen after it.
+    during: Vec<i64>,
+    after: Vec<i64>,
+}
+
+impl FillRun {
+    fn print(&self, cpus: &str) {
+        let on = if cpus.is_empty() {
+            "every CPU".to_string()
+        } else {
+            format!("`--cpus {cpus}`")
+        };
+        println!(
+            "| certificate fill after a hash-chain catch-up of {} blocks (follower on {on}, live blocks every 50 ms) | {:.0} certificates/s ({} in {:.2} s) | | |",
+            self.height,
+            self.filled as f64 / self.took.as_secs_f64().max(1e-6),
+            self.filled,
+            self.took.as_secs_f64()
+        );
+        let summary = |latencies: &[i64]| {
+            format!(
+                "{} heights: p50 {} ms, p99 {} ms, max {} ms",
+                latencies.len(),
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.99),
+                latencies.last().copied().unwrap_or_default()
+            )
+        };
+        println!(
+            "| live latency during the fill, devnet seen -> follower seen | {} | after the fill, same follower: {} | {:.2} (p99) |",
+            summary(&self.during),
+            summary(&self.after),
+            percentile(&self.during, 0.99) as f64 / percentile(&self.after, 0.99).max(1) as f64
+        );
+    }
+}
+
+/// Live heights measured after the fill, the baseline of the latency during it.
+const AFTER_FILL: u64 = 100;
+
+/// Has the devnet in `chain_dir` (at `height`) produce a block every 50 ms while a fresh
+/// follower catches up through the hash chain and fills every certificate; measures the fill
+/// and the live latency during and after it.
+async fn certificate_fill(
+    dir: &Path,
+    chain_dir: &Path,
+    addr: &str,
+    height: u64,
+    follower_args: &[&str],
+    limit: Duration,
+) -> FillRun {
+    let producer = devnet(chain_dir, addr, "50ms", height + 100_000);
+    let (_devnet_ws, mut devnet_events) = subscribe(&producer.addr, 4096).await;
+    let follower = CairnProcess::follower_with(
+        cairn(),
+        &chain_dir.join("chain.json"),
+        &producer.addr,
+        &dir.join("fill"),
+        &dir.join("fill.log"),
+        follower_args,
+    )
+    .with_rpc_addr_within(limit);
+    // The address is printed once the caught-up chain is served: the fill starts then.
+    let started = Instant::now();
+    let rpc = follower.http();
+    let (_follower_ws, mut follower_events) = subscribe(&follower.addr, 4096).await;
+    let mut upstream_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut follower_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut done: Option<(Duration, u64, u64)> = None;
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            event = devnet_events.next() => {
+                if let Some(Ok(Event::Finalized { block, seen })) = event {
+                    upstream_seen.insert(block.height.unwrap_or_default(), seen);
+                }
+            }
+            event = follower_events.next() => {
+                if let Some(Ok(Event::Finalized { block, seen })) = event {
+                    follower_seen.insert(block.height.unwrap_or_default(), seen);
+                }
+            }
+            _ = poll.tick(), if done.is_none() => {
+                let (served, missing, filled) = certificate_coverage(&rpc).await;
+                if served > 0 && missing == 0 {
+                    let last = follower_seen.keys().next_back().copied().unwrap_or(height);
+                    done = Some((started.elapsed(), filled, last));
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(60)) => panic!("no live event for a minute"),
+        }
+        if let Some((_, _, last)) = done
+            && follower_seen
+                .keys()
+                .next_back()
+                .is_some_and(|seen| *seen >= last + AFTER_FILL)
+        {
+            break;
+        }
+        assert!(started.elapsed() < limit, "the fill did not finish");
+    }
+    let (took, filled, last) = done.expect("finished");
+    let latency = |heights: &mut dyn Iterator<Item = (&u64, &u64)>| {
+        let mut latencies: Vec<i64> = heights
+            .filter_map(|(height, seen)| {
+                upstream_seen
+                    .get(height)
+                    .map(|upstream| *seen as i64 - *upstream as i64)
+            })
+            .collect();
+        latencies.sort_unstable();
+        latencies
+    };
+    let during = latency(&mut follower_seen.range(..=last));
+    let after = latency(&mut follower_seen.range(last + 1..));
+    follower.stop();
+    producer.stop();
+    FillRun {
+        height,
+        filled,
+        took,
+        during,
+        after,
     }
 }
 

@@ -293,6 +293,18 @@ pub async fn same_certificates(
     without
 }
 
+/// The certificate coverage a follower's `cairn_status` reports: (served heights, of those
+/// without their own certificate, certificates filled since its start).
+pub async fn certificate_coverage(client: &HttpClient) -> (u64, u64, u64) {
+    let status: serde_json::Value = client
+        .request("cairn_status", rpc_params![])
+        .await
+        .expect("cairn_status");
+    let certificates = &status["certificates"];
+    let number = |key: &str| certificates[key].as_u64().unwrap_or_default();
+    (number("served"), number("missing"), number("filled"))
+}
+
 /// What a failing test shows of a node's log: every warning, error and panic line, then its
 /// last 20 lines, at most 80 lines in all, so the cause stays in view where test output is cut.
 pub fn log_excerpt(text: &str) -> String {
