@@ -33,7 +33,7 @@ use cairn_epoch::{
 use cairn_feed::StoreContext;
 use cairn_primitives::Digest;
 use commonware_consensus::types::Epoch;
-use commonware_parallel::{Rayon, Sequential, Strategy as _};
+use commonware_parallel::{Rayon, Sequential};
 use commonware_runtime::{Clock, Spawner};
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use rand::{CryptoRng, Rng as _, SeedableRng as _, rngs::StdRng};
@@ -361,7 +361,7 @@ struct Fetcher<E: StoreContext, U> {
     execution: EmbeddedExecution<E>,
     anchors: AnchorStore<E>,
     sources: Sources<U>,
-    pool: Option<Rayon>,
+    pool: Option<Workers>,
     /// Keys of past epochs read from their boundary blocks.
     keys: Mutex<BTreeMap<u64, Identity>>,
 }
@@ -399,8 +399,10 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         } = self;
         coverage.lock().mode = config.mode;
         let pool = NonZeroUsize::new(config.workers).and_then(|workers| {
-            Rayon::new(workers)
-                .inspect_err(|err| warn!(%err, "no worker pool for the certificate fill"))
+            Workers::new(workers)
+                .inspect_err(|err| {
+                    warn!(%err, "no worker pool for the certificate fill; it verifies on its own task");
+                })
                 .ok()
         });
         let fetcher = Arc::new(Fetcher {
@@ -569,7 +571,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
             }
         }
         let epochs = self.profile.epochs.clone();
-        let checked = offload(pool.clone(), move || {
+        let Some(checked) = offload(pool.as_ref(), move || {
             sent.into_iter()
                 .map(|(height, source, certificate, hash)| {
                     check(&epochs, height, &certificate, hash)
@@ -582,7 +584,10 @@ impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
                 })
                 .collect::<Vec<_>>()
         })
-        .await;
+        .await
+        else {
+            return Ok(fetched);
+        };
         let mut by_epoch: BTreeMap<u64, Vec<Candidate>> = BTreeMap::new();
         for result in checked {
             match result {
@@ -609,8 +614,8 @@ impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
             };
             let namespace = self.profile.namespace.clone();
             let mut job_rng = StdRng::seed_from_u64(rng.next_u64());
-            let strategy = pool.clone();
-            let (candidates, results) = offload(pool.clone(), move || {
+            let strategy = pool.as_ref().map(|pool| pool.strategy.clone());
+            let Some((candidates, results)) = offload(pool.as_ref(), move || {
                 let finalizations: Vec<_> = candidates
                     .iter()
                     .map(|candidate| &candidate.finalization)
@@ -633,7 +638,10 @@ impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
                 };
                 (candidates, results)
             })
-            .await;
+            .await
+            else {
+                continue;
+            };
             for (candidate, ok) in candidates.into_iter().zip(results) {
                 if ok {
                     verified.push(candidate);
@@ -726,15 +734,57 @@ fn check(
     Ok(finalization)
 }
 
-/// Runs `job` on `pool`, or on the calling task without one.
-async fn offload<T: Send + 'static>(
-    pool: Option<Rayon>,
-    job: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    match pool {
-        Some(pool) => pool.spawn(1, move |_| job()).await,
-        None => job(),
+/// The fill's worker threads (`cert-fill-N`), scheduled as idle work (`SCHED_IDLE` on Linux):
+/// they run only on CPU time nothing else wants, so live following never waits behind a batch
+/// being verified. Where the policy cannot be set, they run at normal priority.
+#[derive(Clone)]
+struct Workers {
+    threads: commonware_parallel::ThreadPool,
+    /// The same threads, for the parallel parts of a batch verification.
+    strategy: Rayon,
+}
+
+impl Workers {
+    fn new(count: NonZeroUsize) -> Result<Self, commonware_parallel::rayon::ThreadPoolBuildError> {
+        let threads = commonware_parallel::rayon::ThreadPoolBuilder::new()
+            .num_threads(count.get())
+            .thread_name(|index| format!("cert-fill-{index}"))
+            .start_handler(|_| {
+                use thread_priority::{
+                    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                    set_thread_priority_and_policy, thread_native_id,
+                };
+                if let Err(err) = set_thread_priority_and_policy(
+                    thread_native_id(),
+                    ThreadPriority::Min,
+                    ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+                ) {
+                    debug!(?err, "a certificate fill thread keeps its normal priority");
+                }
+            })
+            .build()?;
+        let threads = Arc::new(threads);
+        Ok(Self {
+            strategy: Rayon::with_pool(threads.clone()),
+            threads,
+        })
     }
+}
+
+/// Runs `job` on a thread of `pool` (never on the calling task, which may be one of the
+/// runtime's threads), or on the calling task without one. `None` when the job did not finish.
+async fn offload<T: Send + 'static>(
+    pool: Option<&Workers>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let Some(pool) = pool else {
+        return Some(job());
+    };
+    let (sender, receiver) = futures::channel::oneshot::channel();
+    pool.threads.spawn(move || {
+        let _ = sender.send(job());
+    });
+    receiver.await.ok()
 }
 
 #[cfg(test)]
