@@ -101,7 +101,7 @@ impl Default for FillConfig {
     fn default() -> Self {
         Self {
             mode: CertificateMode::All,
-            batch: 512,
+            batch: 128,
             in_flight: 2,
             on_demand: 16,
             workers: 0,

@@ -34,8 +34,9 @@
 //!    4, and a fresh follower catches up through the hash chain, then fills every height's
 //!    certificate in the background (`--certificates all`). The fill rate is the certificates
 //!    filled from the moment it serves its chain to full coverage (`cairn_status`); the live
-//!    latency of the heights it sees during the fill is set against the same follower's over
-//!    the 100 heights after it, in the same run. The follower of steps 1 to 4 runs with
+//!    latency of the heights produced during the fill is set against the same follower's over
+//!    the 100 heights after it, in the same run (heights produced before it served, while it
+//!    caught up and started, are left out of both). The follower of steps 1 to 4 runs with
 //!    `--certificates on-demand`, so that its fill does not run into the other measurements.
 //!    `CAIRN_BENCH_FILL_ONLY=1` runs this step alone, on a chain of `CAIRN_BENCH_CATCHUP`
 //!    blocks.
@@ -540,8 +541,13 @@ async fn certificate_fill(
         follower_args,
     )
     .with_rpc_addr_within(limit);
-    // The address is printed once the caught-up chain is served: the fill starts then.
+    // The address is printed once the caught-up chain is served: the fill starts then. Heights
+    // the devnet produced before that (while the follower caught up and started) are not
+    // counted: they wait for the start, not for the fill.
     let started = Instant::now();
+    let serving_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
     let rpc = follower.http();
     let (_follower_ws, mut follower_events) = subscribe(&follower.addr, 4096).await;
     let mut upstream_seen: BTreeMap<u64, u64> = BTreeMap::new();
@@ -585,6 +591,7 @@ async fn certificate_fill(
             .filter_map(|(height, seen)| {
                 upstream_seen
                     .get(height)
+                    .filter(|upstream| **upstream >= serving_ms)
                     .map(|upstream| *seen as i64 - *upstream as i64)
             })
             .collect();
