@@ -212,7 +212,7 @@ struct Altered<C> {
 
 /// Whether `height` is an interior height: not a boundary, not the tip.
 fn interior(height: u64) -> bool {
-    (height + 1) % EPOCH_LENGTH != 0 && height < BLOCKS
+    !(height + 1).is_multiple_of(EPOCH_LENGTH) && height < BLOCKS
 }
 
 impl<C: ChainReader> ChainReader for Altered<C> {
@@ -229,7 +229,7 @@ impl<C: ChainReader> ChainReader for Altered<C> {
         };
         if self.lies && TAMPERED.contains(&height) {
             let other = self.inner.certified_at(height + 1).await?.expect("served");
-            if height % 2 == 0 {
+            if height.is_multiple_of(2) {
                 let mut finalization = decode_certificate(&certified.certificate).expect("decodes");
                 finalization.certificate = decode_certificate(&other.certificate)
                     .expect("decodes")
