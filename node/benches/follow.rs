@@ -192,6 +192,13 @@ async fn follow_to(client: &HttpClient, target: u64, pid: u32, limit: Duration) 
     }
 }
 
+/// Notes the `seen` stamp of a `finalized` event by its height.
+fn record_seen<E>(seen_at: &mut BTreeMap<u64, u64>, event: Option<Result<Event, E>>) {
+    if let Some(Ok(Event::Finalized { block, seen })) = event {
+        seen_at.insert(block.height.unwrap_or_default(), seen);
+    }
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -326,16 +333,8 @@ async fn main() {
     let target = catchup + live;
     while follower_seen.keys().next_back().is_none_or(|h| *h < target) {
         tokio::select! {
-            event = devnet_events.next() => {
-                if let Some(Ok(Event::Finalized { block, seen })) = event {
-                    upstream_seen.insert(block.height.unwrap_or_default(), seen);
-                }
-            }
-            event = follower_events.next() => {
-                if let Some(Ok(Event::Finalized { block, seen })) = event {
-                    follower_seen.insert(block.height.unwrap_or_default(), seen);
-                }
-            }
+            event = devnet_events.next() => record_seen(&mut upstream_seen, event),
+            event = follower_events.next() => record_seen(&mut follower_seen, event),
             () = tokio::time::sleep(Duration::from_secs(60)) => panic!("no live event for a minute"),
         }
     }
@@ -556,16 +555,8 @@ async fn certificate_fill(
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
-            event = devnet_events.next() => {
-                if let Some(Ok(Event::Finalized { block, seen })) = event {
-                    upstream_seen.insert(block.height.unwrap_or_default(), seen);
-                }
-            }
-            event = follower_events.next() => {
-                if let Some(Ok(Event::Finalized { block, seen })) = event {
-                    follower_seen.insert(block.height.unwrap_or_default(), seen);
-                }
-            }
+            event = devnet_events.next() => record_seen(&mut upstream_seen, event),
+            event = follower_events.next() => record_seen(&mut follower_seen, event),
             _ = poll.tick(), if done.is_none() => {
                 let (served, missing, filled) = certificate_coverage(&rpc).await;
                 if served > 0 && missing == 0 {
