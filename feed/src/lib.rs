@@ -3,6 +3,7 @@
 //! client calls, `debug_getRaw*`) that serves them from the node's own store, so followers can
 //! follow it, and the on-disk block store (with its transaction index) nodes serve from.
 
+pub mod explain;
 pub mod page;
 pub mod public;
 pub mod rpc;
@@ -15,7 +16,7 @@ pub use rpc::{
     rpc_block, start,
 };
 pub use state::{
-    ChainReader, DEFAULT_EVENT_BUFFER, FeedState, LateChain, PublishedEvent, ReadError,
+    ChainReader, DEFAULT_EVENT_BUFFER, Explained, FeedState, LateChain, PublishedEvent, ReadError,
     SyncProgress, unix_millis,
 };
 pub use store::{BlockStore, StoreContext, StoreError, TxLocation};

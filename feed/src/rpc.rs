@@ -337,6 +337,54 @@ fn not_ready() -> ErrorObjectOwned {
     )
 }
 
+/// A height given as a number, or as a decimal or 0x-hex string.
+fn height_param(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(number) => number.as_u64(),
+        serde_json::Value::String(text) => match text.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => text.parse().ok(),
+        },
+        _ => None,
+    }
+}
+
+/// `cairn_explain(height)`: how the block at `height` came to be trusted.
+fn explain_module<C: ChainReader>(chain: C) -> RpcModule<C> {
+    let mut module = RpcModule::new(chain);
+    module
+        .register_async_method(
+            crate::explain::EXPLAIN_METHOD,
+            |params, chain, _| async move {
+                let value: serde_json::Value = params.one().map_err(|_| {
+                    ErrorObjectOwned::owned(
+                        jsonrpsee::types::error::INVALID_PARAMS_CODE,
+                        "expected one parameter: a block height",
+                        None::<()>,
+                    )
+                })?;
+                let height = height_param(&value).ok_or_else(|| {
+                    ErrorObjectOwned::owned(
+                        jsonrpsee::types::error::INVALID_PARAMS_CODE,
+                        format!("not a block height: {value}"),
+                        None::<()>,
+                    )
+                })?;
+                match chain.explain(height).await.map_err(internal)? {
+                    crate::Explained::Block(explanation) => Ok(*explanation),
+                    crate::Explained::NotServed => Err(missing(format!(
+                        "block {height} is not served by this node"
+                    ))),
+                    crate::Explained::Unsupported => {
+                        Err(missing("this node does not explain its blocks"))
+                    }
+                }
+            },
+        )
+        .expect("cairn_explain is registered once, on a fresh module");
+    module
+}
+
 fn missing(reason: impl Into<String>) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(MISSING_CODE, "missing", Some(reason.into()))
 }
@@ -783,7 +831,7 @@ pub async fn start<C: ChainReader>(
                 .option_layer(config.public_node.map(crate::public::PublicNodeLayer::new)),
         )
         .to_service_builder();
-    let handlers = RpcHandlers::new(chain, feed, config.chain_id, config.queued_bytes);
+    let handlers = RpcHandlers::new(chain.clone(), feed, config.chain_id, config.queued_bytes);
     let mut module = ConsensusApiServer::into_rpc(handlers.clone());
     module
         .merge(BlockApiServer::into_rpc(handlers))
@@ -797,6 +845,9 @@ pub async fn start<C: ChainReader>(
         .map_err(|err| StartError::Register(err.to_string()))?;
     module
         .merge(status)
+        .map_err(|err| StartError::Register(err.to_string()))?;
+    module
+        .merge(explain_module(chain))
         .map_err(|err| StartError::Register(err.to_string()))?;
     let methods: jsonrpsee::Methods = module.into();
     let (stop, handle) = jsonrpsee::server::stop_channel();

@@ -70,6 +70,24 @@ pub trait ChainReader: Clone + Send + Sync + 'static {
         &self,
         hash: alloy_primitives::B256,
     ) -> impl Future<Output = Result<Option<(cairn_primitives::Block, usize)>, ReadError>> + Send;
+
+    /// How the block at `height` came to be trusted; `Ok(None)` when it is not served. A
+    /// chain that keeps no provenance answers [`Explained::Unsupported`].
+    fn explain(&self, height: u64) -> impl Future<Output = Result<Explained, ReadError>> + Send {
+        let _ = height;
+        async { Ok(Explained::Unsupported) }
+    }
+}
+
+/// What [`ChainReader::explain`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Explained {
+    /// The block is served, and this is how it came to be trusted.
+    Block(Box<crate::explain::Explanation>),
+    /// The height is not served.
+    NotServed,
+    /// This node does not explain its blocks.
+    Unsupported,
 }
 
 /// An event as published: the typed value and its JSON, serialized once for all subscribers.
@@ -365,6 +383,16 @@ impl<C: ChainReader> ChainReader for LateChain<C> {
             match chain {
                 Some(chain) => chain.transaction_by_hash(hash).await,
                 None => Ok(None),
+            }
+        }
+    }
+
+    fn explain(&self, height: u64) -> impl Future<Output = Result<Explained, ReadError>> + Send {
+        let chain = self.bound();
+        async move {
+            match chain {
+                Some(chain) => chain.explain(height).await,
+                None => Ok(Explained::NotServed),
             }
         }
     }

@@ -199,6 +199,15 @@ impl Coverage {
         }
     }
 
+    /// The lowest height from `from` up that marshal's archive holds a finalization for.
+    pub fn marshal_from(&self, from: u64) -> Option<u64> {
+        self.lock()
+            .marshal
+            .overlapping(&(from..=u64::MAX))
+            .next()
+            .map(|range| (*range.start()).max(from))
+    }
+
     /// Whether `height` was looked at and has no certificate stored (or one being fetched).
     pub fn is_missing(&self, height: u64) -> bool {
         self.lock().missing.contains(&height)

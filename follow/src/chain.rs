@@ -6,10 +6,10 @@
 
 use crate::{
     catchup::AnchorStore, certificates::CertificateRequests, driver::MarshalMailbox,
-    execution::ExecutionProvider,
+    execution::ExecutionProvider, explain::TrustContext,
 };
 use cairn_epoch::{Finalization, certified_block};
-use cairn_feed::{ChainReader, ReadError, StoreContext};
+use cairn_feed::{ChainReader, Explained, ReadError, StoreContext};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_consensus::types::Height;
 use commonware_storage::archive::Identifier;
@@ -20,6 +20,7 @@ pub struct FollowerChain<P, E: StoreContext> {
     marshal: MarshalMailbox,
     anchors: AnchorStore<E>,
     certificates: Option<CertificateRequests>,
+    trust: Option<std::sync::Arc<TrustContext<E>>>,
 }
 
 impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
@@ -29,6 +30,7 @@ impl<P: Clone, E: StoreContext> Clone for FollowerChain<P, E> {
             marshal: self.marshal.clone(),
             anchors: self.anchors.clone(),
             certificates: self.certificates.clone(),
+            trust: self.trust.clone(),
         }
     }
 }
@@ -41,6 +43,7 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
             marshal,
             anchors,
             certificates: None,
+            trust: None,
         }
     }
 
@@ -49,6 +52,17 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
     pub fn with_certificates(mut self, certificates: CertificateRequests) -> Self {
         self.certificates = Some(certificates);
         self
+    }
+
+    /// Explains its blocks (`cairn_explain`) with what `trust` holds.
+    pub fn with_trust(mut self, trust: TrustContext<E>) -> Self {
+        self.trust = Some(std::sync::Arc::new(trust));
+        self
+    }
+
+    /// The store of the finalizations catch-up verified and the fill stored.
+    pub const fn anchors(&self) -> &AnchorStore<E> {
+        &self.anchors
     }
 
     /// The certificate stored for `height`: marshal's, else the anchor store's. Nothing is
@@ -150,5 +164,12 @@ impl<P: ExecutionProvider, E: StoreContext> ChainReader for FollowerChain<P, E> 
             .transaction_by_hash(hash)
             .await
             .map_err(read_error)
+    }
+
+    async fn explain(&self, height: u64) -> Result<Explained, ReadError> {
+        match &self.trust {
+            Some(trust) => self.explain_height(trust, height).await,
+            None => Ok(Explained::Unsupported),
+        }
     }
 }

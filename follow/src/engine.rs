@@ -16,10 +16,12 @@ use crate::{
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
+    explain::TrustContext,
+    provenance::{How, Provenance},
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
     status::{Sampled, StatusBoard, sample},
-    upstream::{Notification, SourceBook, Sourced, Sources, UpstreamRequests},
+    upstream::{Notification, ServedHook, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
 use cairn_feed::{FeedState, StoreContext, store::archive_config, store::page_cache};
@@ -77,6 +79,9 @@ pub enum EngineError {
     /// The anchor store failed.
     #[error("the store of verified finalizations: {0}")]
     Anchors(cairn_feed::StoreError),
+    /// The provenance store could not be opened.
+    #[error("{0}")]
+    Provenance(crate::provenance::ProvenanceError),
     /// The start-up catch-up could not store what it verified.
     #[error("catching up: {0}")]
     CatchUp(crate::catchup::CatchUpError),
@@ -567,6 +572,7 @@ where
         .load_for_chain(&provider, profile, &execution, &trusted)
         .await?;
     let restored = loaded.restored;
+    let identities = registry.history();
     for (epoch, identity) in &config.known_identities {
         registry.history().observe(*epoch, *identity);
     }
@@ -584,6 +590,34 @@ where
     // floor. What a failed attempt stored was verified; marshal repairs what is left.
     let clock = context.child("sources");
     let sources = sources.with_clock(Arc::new(move || clock.current()));
+    // Who served each stored block: recorded as blocks are fetched or verified, written once a
+    // second (see [`Provenance`]).
+    let provenance = Provenance::open(context.child("provenance"), &format!("{prefix}-provenance"))
+        .await
+        .map_err(EngineError::Provenance)?;
+    let served = |how: How| -> ServedHook {
+        let provenance = provenance.clone();
+        Arc::new(move |first, last, source| provenance.record(first, last, Some(source), how))
+    };
+    if let Some(checkpoint) = &config.checkpoint
+        && provenance
+            .get(checkpoint.height())
+            .await
+            .map_err(EngineError::Provenance)?
+            .is_none()
+    {
+        provenance.record(
+            checkpoint.height(),
+            checkpoint.height(),
+            None,
+            How::Checkpoint,
+        );
+    }
+    context.child("provenance").spawn({
+        let provenance = provenance.clone();
+        move |context| provenance.run(context)
+    });
+    let sources = sources.recording(served(How::CatchUp));
 
     // The status and the metrics, from now on.
     let (upstream_tx, upstream_status) = watch::channel(UpstreamStatus::default());
@@ -602,7 +636,7 @@ where
         epochs: profile.epochs.clone(),
         execution: execution.clone(),
         provider: provider.clone(),
-        identities: registry.history(),
+        identities: identities.clone(),
         sources: sources.book().clone(),
         upstream: upstream_status.clone(),
         certificate_damage: certificate_damage.clone(),
@@ -737,7 +771,7 @@ where
         execution: execution.clone(),
         verifier: verifier.clone(),
         anchors: anchors.clone(),
-        sources: sources.clone(),
+        sources: sources.clone().recording(served(How::Repair)),
         certificates: certificate_damage.clone(),
     };
     // Marshal reads the newest stored finalization as it starts and panics when it is not
@@ -790,7 +824,7 @@ where
     let (backfill_done, backfilled) = watch::channel(None);
     if config.backfill && execution.first_height() > 0 {
         let execution = execution.clone();
-        let sources = sources.clone();
+        let sources = sources.clone().recording(served(How::Backfill));
         let settings = config.catch_up;
         context.child("backfill").spawn(move |context| {
             backfill_history(context, execution, sources, settings, backfill_done)
@@ -802,7 +836,10 @@ where
     let book = sources.book().clone();
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
-        sources.clone().with_verifier(verifier.clone()),
+        sources
+            .clone()
+            .with_verifier(verifier.clone())
+            .recording(served(How::Repair)),
         execution.clone(),
         config.fetch,
     );
@@ -836,6 +873,7 @@ where
         status: upstream_tx,
         feed: feed.clone(),
         rejoin,
+        served: Some(served(How::Live)),
     });
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context
@@ -863,7 +901,21 @@ where
             fill.run(context, &mut rng, requested).await;
         });
     let chain = FollowerChain::new(execution.clone(), marshal, anchors)
-        .with_certificates(certificate_requests);
+        .with_certificates(certificate_requests)
+        .with_trust(TrustContext {
+            profile: profile.clone(),
+            provider: provider.clone(),
+            identities: identities.clone(),
+            provenance,
+            coverage: coverage.clone(),
+            checkpoint: config.checkpoint.as_ref().map(|checkpoint| {
+                (
+                    checkpoint.height(),
+                    checkpoint.block.hash(),
+                    profile.epochs.epoch_of(checkpoint.height()).get(),
+                )
+            }),
+        });
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await

@@ -78,6 +78,10 @@ enum Command {
     /// Print the status of a running follower or devnet (what its /status page shows): heights
     /// and lag, the identity history, upstreams, rejected events, committees.
     Status(status::StatusArgs),
+    /// Say how the block at a height came to be trusted: its hash, the certificate or the
+    /// parent-hash links that authenticate it, the key and boundary behind that certificate,
+    /// the upstream that served its bytes and when, and the root of trust.
+    Explain(status::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             exit_code(follow::run(args, &follow_matches))
         }
         Command::Status(args) => exit_code(status::run(args)),
+        Command::Explain(args) => exit_code(status::explain(args)),
     }
 }
 

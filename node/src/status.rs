@@ -1,7 +1,10 @@
-//! `cairn status`: asks a running follower or devnet for `cairn_status` over JSON-RPC and prints
-//! the summary its status page shows.
+//! `cairn status` and `cairn explain`: ask a running follower or devnet for `cairn_status` or
+//! `cairn_explain` over JSON-RPC and print the summary its status page shows.
 
-use cairn_feed::STATUS_METHOD;
+use cairn_feed::{
+    STATUS_METHOD,
+    explain::{EXPLAIN_METHOD, Explanation},
+};
 use clap::Args;
 use eyre::{WrapErr, eyre};
 use jsonrpsee::{core::client::ClientT, http_client::HttpClientBuilder, rpc_params};
@@ -36,23 +39,67 @@ fn http_url(rpc: &str) -> String {
     }
 }
 
-/// Prints the status of the node at `--rpc`.
-pub fn run(args: StatusArgs) -> eyre::Result<()> {
-    let url = http_url(&args.rpc);
+/// Arguments of `cairn explain`.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The block height to explain.
+    #[arg(value_name = "HEIGHT")]
+    height: u64,
+    /// The node's RPC address (its --rpc-addr): http://HOST:PORT, ws://HOST:PORT or HOST:PORT.
+    #[arg(long, value_name = "URL", default_value = "127.0.0.1:8546")]
+    rpc: String,
+    /// Print the explanation as JSON (what `cairn_explain` answers).
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// Calls `method` with `params` on the node at `rpc`.
+fn call<T: serde::de::DeserializeOwned>(
+    rpc: &str,
+    timeout: Duration,
+    method: &str,
+    params: jsonrpsee::core::params::ArrayParams,
+) -> eyre::Result<T> {
+    let url = http_url(rpc);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .wrap_err("starting the async runtime")?;
-    let status: Value = runtime.block_on(async {
+    runtime.block_on(async {
         let client = HttpClientBuilder::default()
-            .request_timeout(args.timeout)
+            .request_timeout(timeout)
             .build(&url)
-            .map_err(|err| eyre!("--rpc {}: {err}", args.rpc))?;
+            .map_err(|err| eyre!("--rpc {rpc}: {err}"))?;
         client
-            .request(STATUS_METHOD, rpc_params![])
+            .request(method, params)
             .await
-            .map_err(|err| eyre!("{STATUS_METHOD} from {url}: {err}"))
-    })?;
+            .map_err(|err| eyre!("{method} from {url}: {err}"))
+    })
+}
+
+/// Prints how the block at the height came to be trusted, as the node at `--rpc` explains it.
+pub fn explain(args: ExplainArgs) -> eyre::Result<()> {
+    let explanation: Explanation = call(
+        &args.rpc,
+        args.timeout,
+        EXPLAIN_METHOD,
+        rpc_params![args.height],
+    )?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&explanation)?
+    } else {
+        explanation.render()
+    };
+    say!("{}", text.trim_end());
+    Ok(())
+}
+
+/// Prints the status of the node at `--rpc`.
+pub fn run(args: StatusArgs) -> eyre::Result<()> {
+    let status: Value = call(&args.rpc, args.timeout, STATUS_METHOD, rpc_params![])?;
     let text = if args.json {
         serde_json::to_string_pretty(&status)?
     } else {

@@ -123,6 +123,7 @@ pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     max_pending_bytes: usize,
     recent: BTreeMap<u64, (Digest, SourceId, Arc<CertifiedBlock>)>,
     sources: SourceBook,
+    served: Option<crate::upstream::ServedHook>,
     evidence_dir: Option<PathBuf>,
     status: watch::Sender<UpstreamStatus>,
     feed: FeedState,
@@ -156,6 +157,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             max_pending_bytes: config.max_pending_bytes.max(1),
             recent: BTreeMap::new(),
             sources: config.sources,
+            served: config.served,
             evidence_dir: config.evidence_dir,
             status: config.status,
             feed: config.feed,
@@ -432,6 +434,9 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                         &verified.finalization,
                         verified.block.clone(),
                     ));
+                    if let Some(served) = &self.served {
+                        served(height, height, &self.sources.url(source));
+                    }
                     self.report(verified).await;
                 }
             }

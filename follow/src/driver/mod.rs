@@ -168,6 +168,9 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     pub feed: FeedState,
     /// How to rejoin when far behind; `None` leaves every gap to marshal.
     pub rejoin: Option<Rejoin>,
+    /// Told the height and source of each verified event whose block goes to marshal (the
+    /// provenance of blocks taken live).
+    pub served: Option<crate::upstream::ServedHook>,
 }
 
 /// Creates the driver.

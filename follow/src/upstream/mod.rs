@@ -16,7 +16,7 @@ pub use ingress::{Mailbox, Message};
 pub use manners::CallCounts;
 pub use sources::{
     Answered, CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP,
-    SourceBook, SourceHealth, SourceId, Sources, split_highest,
+    ServedHook, SourceBook, SourceHealth, SourceId, Sources, split_highest,
 };
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};

@@ -549,11 +549,25 @@ pub fn split_highest(mut answers: Vec<Answered>) -> Option<(Answered, Vec<Answer
 }
 
 /// The upstreams a follower fetches from, as one [`UpstreamRequests`] (cheap to clone).
-#[derive(Debug)]
 pub struct Sources<R> {
     requests: Arc<[R]>,
     book: SourceBook,
     verifier: Option<FinalizationVerifier>,
+    served: Option<ServedHook>,
+}
+
+/// Told the heights `first..=last` and the source whose blocks for them passed the checks
+/// here (see [`Sources::recording`]).
+pub type ServedHook = Arc<dyn Fn(u64, u64, &str) + Send + Sync>;
+
+impl<R> std::fmt::Debug for Sources<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("count", &self.requests.len())
+            .field("book", &self.book)
+            .field("recording", &self.served.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R> Clone for Sources<R> {
@@ -562,6 +576,7 @@ impl<R> Clone for Sources<R> {
             requests: self.requests.clone(),
             book: self.book.clone(),
             verifier: self.verifier.clone(),
+            served: self.served.clone(),
         }
     }
 }
@@ -574,6 +589,7 @@ impl<R: UpstreamRequests> Sources<R> {
             requests: requests.into(),
             book: SourceBook::new(urls, quarantine),
             verifier: None,
+            served: None,
         }
     }
 
@@ -587,6 +603,20 @@ impl<R: UpstreamRequests> Sources<R> {
     pub fn with_verifier(mut self, verifier: FinalizationVerifier) -> Self {
         self.verifier = Some(verifier);
         self
+    }
+
+    /// Tells `served` which source answered each block fetched through this handle (by
+    /// height, range or hash), once it passed the checks here: the provenance of what is
+    /// stored. Blocks refused later (a broken hash chain) are fetched again, and recorded again.
+    pub fn recording(mut self, served: ServedHook) -> Self {
+        self.served = Some(served);
+        self
+    }
+
+    fn note_served(&self, source: SourceId, first: u64, last: u64) {
+        if let Some(served) = &self.served {
+            served(first, last, &self.book.url(source));
+        }
     }
 
     /// Takes time from `clock` (the runtime's), for quarantines and latencies. Clones made
@@ -754,7 +784,7 @@ impl<R: UpstreamRequests> Sources<R> {
         what: &str,
         mut ask: F,
         check: impl Fn(&T) -> Result<(), String>,
-    ) -> Result<Option<T>, UpstreamError>
+    ) -> Result<Option<(SourceId, T)>, UpstreamError>
     where
         F: FnMut(R) -> Fut,
         Fut: Future<Output = Result<Option<T>, UpstreamError>>,
@@ -797,7 +827,7 @@ impl<R: UpstreamRequests> Sources<R> {
             }
             self.book.record(source, &recorded);
             if let Some(value) = result {
-                return Ok(Some(value));
+                return Ok(Some((source, value)));
             }
         }
         match (failure, invalid) {
@@ -811,32 +841,42 @@ impl<R: UpstreamRequests> Sources<R> {
 
 impl<R: UpstreamRequests> UpstreamRequests for Sources<R> {
     async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
-        self.first_valid(
-            Some(height),
-            "finalization",
-            |requests| async move { requests.get_finalization(height).await },
-            |certified| self.check_finalization(height, certified),
-        )
-        .await
+        let answer = self
+            .first_valid(
+                Some(height),
+                "finalization",
+                |requests| async move { requests.get_finalization(height).await },
+                |certified| self.check_finalization(height, certified),
+            )
+            .await?;
+        Ok(answer.map(|(source, certified)| {
+            self.note_served(source, height, height);
+            certified
+        }))
     }
 
     async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
-        self.first_valid(
-            None,
-            "block",
-            |requests| async move { requests.get_block(digest).await },
-            |block: &Block| {
-                if block.hash() == digest {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "block {} for requested hash {digest}",
-                        block.hash()
-                    ))
-                }
-            },
-        )
-        .await
+        let answer = self
+            .first_valid(
+                None,
+                "block",
+                |requests| async move { requests.get_block(digest).await },
+                |block: &Block| {
+                    if block.hash() == digest {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "block {} for requested hash {digest}",
+                            block.hash()
+                        ))
+                    }
+                },
+            )
+            .await?;
+        Ok(answer.map(|(source, block)| {
+            self.note_served(source, block.height(), block.height());
+            block
+        }))
     }
 
     async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
@@ -868,7 +908,13 @@ impl<R: UpstreamRequests> UpstreamRequests for Sources<R> {
                 },
             )
             .await?;
-        Ok(blocks.unwrap_or_default())
+        Ok(match blocks {
+            Some((source, blocks)) => {
+                self.note_served(source, first, first + blocks.len() as u64 - 1);
+                blocks
+            }
+            None => Vec::new(),
+        })
     }
 }
 

@@ -2,11 +2,16 @@
 //! chain every served height gets its own certificate, equal to the devnet's, and so does a
 //! follower of that follower; a tampered certificate is refused and never stored, its source
 //! held a liar; a source that lacks certificates is asked after the others and never punished;
-//! with `on-demand`, only what a client asks for is fetched.
+//! with `on-demand`, only what a client asks for is fetched. `explain` says how each block
+//! came to be trusted, before and after its certificate is filled, for a boundary, a block
+//! taken live, a backfilled block and a checkpoint start.
 
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::{ChainProfile, decode_certificate, encode_certificate};
-use cairn_feed::{ChainReader, FeedState, ReadError};
+use cairn_feed::{
+    ChainReader, Explained, FeedState, ReadError,
+    explain::{Authentication, Explanation, KeyOrigin, TrustRoot},
+};
 use cairn_follow::{
     EngineConfig, Follower,
     catchup::CatchUpConfig,
@@ -117,6 +122,14 @@ async fn coverage_until<E: EngineContext + Clock>(
     panic!("{what}: coverage stuck at {:?}", follower.coverage.report());
 }
 
+/// How `follower` explains the block at `height` (it must be served).
+async fn explain<E: EngineContext>(follower: &Follower<E>, height: u64) -> Explanation {
+    match follower.chain.explain(height).await.expect("explains") {
+        Explained::Block(explanation) => *explanation,
+        other => panic!("block {height} is not explained: {other:?}"),
+    }
+}
+
 /// Every height `1..=to` is served with the certificate `reference` serves, read from the
 /// follower's stores (nothing fetched).
 async fn assert_certificates_equal<E: EngineContext>(
@@ -149,7 +162,7 @@ async fn assert_certificates_equal<E: EngineContext>(
 #[test]
 fn a_hash_chain_catch_up_is_filled_with_every_certificate_and_so_is_a_follower_of_it() {
     deterministic::Runner::seeded(3).start(|context| async move {
-        let (devnet, profile, feed) = devnet(&context).await;
+        let (mut devnet, profile, feed) = devnet(&context).await;
         let first = follow(
             &context,
             "first",
@@ -195,6 +208,24 @@ fn a_hash_chain_catch_up_is_filled_with_every_certificate_and_so_is_a_follower_o
         })
         .await;
         assert_certificates_equal(&second, devnet.store(), BLOCKS).await;
+
+        // A block taken live: its own certificate came with it, and so did its bytes.
+        let produced = devnet.produce_next().await.expect("produces");
+        feed.publish_finalized(produced.certified);
+        crate::follow::executed(&context, &first, BLOCKS + 1).await;
+        let live = explain(&first, BLOCKS + 1).await;
+        assert!(matches!(
+            &live.authentication,
+            Authentication::Certificate { certificate } if certificate.height == BLOCKS + 1
+        ));
+        let bytes = live.bytes.expect("recorded");
+        assert_eq!(
+            (bytes.source.as_deref(), bytes.how.as_str()),
+            (Some("first-upstream-0"), "live")
+        );
+        // The second follower's blocks came from the first.
+        let bytes = explain(&second, 20).await.bytes.expect("recorded");
+        assert_eq!(bytes.source.as_deref(), Some("second-upstream-0"));
     });
 }
 
@@ -369,6 +400,108 @@ fn on_demand_fetches_only_what_a_client_asks_for() {
 
         let height = 10;
         assert!(follower.coverage.is_missing(height));
+        // Before its certificate is fetched, block 10 is the parent of block 11, authenticated
+        // through the hash chain up to the next certified block (the boundary 11).
+        let before = explain(&follower, height).await;
+        let block = devnet
+            .store()
+            .block_at(height)
+            .await
+            .expect("reads")
+            .expect("stored");
+        assert_eq!(before.hash, block.hash());
+        let Authentication::ParentHash {
+            child,
+            child_hash,
+            links,
+            certificate,
+        } = &before.authentication
+        else {
+            panic!("authenticated through the hash chain: {before:?}");
+        };
+        let above = devnet
+            .store()
+            .block_at(height + 1)
+            .await
+            .expect("reads")
+            .expect("stored");
+        assert_eq!((*child, *child_hash), (height + 1, above.hash()));
+        assert_eq!(above.parent(), block.hash());
+        assert_eq!((*links, certificate.height), (1, 11));
+        assert_eq!(certificate.epoch, 2);
+        let boundary = devnet
+            .store()
+            .block_at(7)
+            .await
+            .expect("reads")
+            .expect("stored");
+        assert_eq!(
+            certificate.key_from,
+            KeyOrigin::Boundary {
+                height: 7,
+                hash: Some(boundary.hash())
+            }
+        );
+        assert!(
+            certificate
+                .identity
+                .as_deref()
+                .is_some_and(|id| id.starts_with("0x"))
+        );
+        let bytes = before.bytes.clone().expect("the source is recorded");
+        assert_eq!(
+            (bytes.source.as_deref(), bytes.how.as_str()),
+            (Some("on_demand-upstream-0"), "catch-up")
+        );
+        assert!(matches!(
+            before.trust_root,
+            TrustRoot::GenesisOutcome { identity: Some(_) }
+        ));
+        // An interior block further from the next boundary counts its links.
+        let Authentication::ParentHash {
+            links, certificate, ..
+        } = explain(&follower, 8).await.authentication
+        else {
+            panic!("block 8 is authenticated through the hash chain");
+        };
+        assert_eq!((links, certificate.height), (3, 11));
+        // Boundaries were verified on the way: each has its own certificate; epoch 0's key is
+        // the genesis outcome's.
+        let Authentication::Certificate { certificate } =
+            explain(&follower, 7).await.authentication
+        else {
+            panic!("boundary 7 has its own certificate");
+        };
+        assert_eq!((certificate.height, certificate.epoch), (7, 1));
+        assert_eq!(
+            certificate.key_from,
+            KeyOrigin::Boundary {
+                height: 3,
+                hash: Some(
+                    devnet
+                        .store()
+                        .block_at(3)
+                        .await
+                        .expect("reads")
+                        .expect("stored")
+                        .hash()
+                )
+            }
+        );
+        let Authentication::Certificate { certificate } =
+            explain(&follower, 3).await.authentication
+        else {
+            panic!("boundary 3 has its own certificate");
+        };
+        assert_eq!(certificate.key_from, KeyOrigin::GenesisOutcome);
+        assert_eq!(
+            explain(&follower, 0).await.authentication,
+            Authentication::Genesis
+        );
+        assert_eq!(
+            follower.chain.explain(BLOCKS + 1).await.expect("answers"),
+            Explained::NotServed
+        );
         let served = follower
             .chain
             .certified_at(height)
@@ -392,6 +525,14 @@ fn on_demand_fetches_only_what_a_client_asks_for() {
         assert_eq!((after.filled, after.on_demand), (1, 1), "{after:?}");
         assert_eq!(after.missing(), idle.missing() - 1);
         assert!(!follower.coverage.is_missing(height));
+        // Once fetched, it is authenticated by its own certificate; its bytes did not change.
+        let after = explain(&follower, height).await;
+        let Authentication::Certificate { certificate } = &after.authentication else {
+            panic!("its own certificate now: {after:?}");
+        };
+        assert_eq!((certificate.height, certificate.epoch), (height, 2));
+        assert_eq!(after.bytes, before.bytes);
+        assert_eq!(after.hash, before.hash);
         // Above the tip: nothing is fetched.
         assert!(
             follower
@@ -467,5 +608,43 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
             "backfilled to genesis"
         );
         assert_certificates_equal(&follower, devnet.store(), BLOCKS).await;
+
+        // The checkpoint block: its own certificate, its bytes taken at the checkpoint start,
+        // and the checkpoint as the root of trust of every block.
+        let explained = explain(&follower, at).await;
+        assert!(matches!(
+            &explained.authentication,
+            Authentication::Certificate { certificate } if certificate.height == at
+        ));
+        let bytes = explained.bytes.expect("recorded");
+        assert_eq!((bytes.source, bytes.how.as_str()), (None, "checkpoint"));
+        let root = TrustRoot::Checkpoint {
+            height: at,
+            hash: checkpoint.block.as_ref().expect("block").hash(),
+            epoch,
+        };
+        assert_eq!(explained.trust_root, root);
+        // A backfilled block: fetched by the backfill from the devnet.
+        let backfilled = explain(&follower, 5).await;
+        let bytes = backfilled.bytes.expect("recorded");
+        assert_eq!(
+            (bytes.source.as_deref(), bytes.how.as_str()),
+            (Some("devnet"), "backfill")
+        );
+        assert_eq!(backfilled.trust_root, root);
+        assert_eq!(
+            backfilled.hash,
+            devnet
+                .store()
+                .block_at(5)
+                .await
+                .expect("reads")
+                .expect("stored")
+                .hash()
+        );
+        // Above the checkpoint: caught up from the devnet.
+        let above = explain(&follower, at + 3).await;
+        assert_eq!(above.bytes.expect("recorded").how, "catch-up");
+        assert_eq!(above.trust_root, root);
     });
 }

@@ -192,6 +192,7 @@ async fn harness_rejoining(
         max_pending_bytes,
         sources: sources.clone(),
         evidence_dir: None,
+        served: None,
         status: watch::Sender::default(),
         feed: cairn_feed::FeedState::new(16),
         rejoin,
