@@ -226,7 +226,34 @@ pub struct FollowerStatus {
     pub certificates: CertificateStatus,
     /// Milliseconds since the Unix epoch when this was sampled.
     pub sampled_at_ms: u64,
+    /// The last ten minutes, a point every [`HISTORY_EVERY`], oldest first (the status page's
+    /// charts).
+    #[serde(default)]
+    pub history: Vec<HistoryPoint>,
 }
+
+/// One point of [`FollowerStatus::history`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The executed height.
+    pub height: u64,
+    /// The target height.
+    pub target: u64,
+    /// `target - height`.
+    pub lag: u64,
+    /// Blocks verified per second.
+    pub blocks_per_second: f64,
+    /// Served heights with their own certificate, as a share of all (0 to 1).
+    pub coverage: f64,
+}
+
+/// How often a point is added to [`FollowerStatus::history`].
+pub const HISTORY_EVERY: Duration = Duration::from_secs(2);
+/// How far back [`FollowerStatus::history`] reaches.
+pub const HISTORY_SPAN: Duration = Duration::from_secs(600);
 
 /// How many served heights have their own certificate (see [`crate::certificates`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -599,6 +626,7 @@ impl<E: StoreContext> Sampled<E> {
             sampled_at_ms: now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64),
+            history: Vec::new(),
         }
     }
 }
@@ -619,6 +647,8 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
     let metrics = StatusMetrics::register(&context);
     let mut previous = FollowerStatus::default();
     let mut window: std::collections::VecDeque<(SystemTime, u64, u64)> = Default::default();
+    let mut history: std::collections::VecDeque<HistoryPoint> = Default::default();
+    let points = (HISTORY_SPAN.as_millis() / HISTORY_EVERY.as_millis()) as usize;
     loop {
         let now = context.current();
         let height = sampled.execution.finalized_height();
@@ -646,7 +676,24 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
             }
             None => (0.0, 0.0),
         };
-        let status = sampled.snapshot(now, height, rate, coverage, fill_rate);
+        let mut status = sampled.snapshot(now, height, rate, coverage, fill_rate);
+        let due = history.back().is_none_or(|last: &HistoryPoint| {
+            status.sampled_at_ms.saturating_sub(last.at_ms) >= HISTORY_EVERY.as_millis() as u64
+        });
+        if due {
+            history.push_back(HistoryPoint {
+                at_ms: status.sampled_at_ms,
+                height: status.executed_height,
+                target: status.target_height,
+                lag: status.lag,
+                blocks_per_second: status.blocks_per_second,
+                coverage: status.certificates.coverage(),
+            });
+            while history.len() > points {
+                history.pop_front();
+            }
+        }
+        status.history = history.iter().copied().collect();
         metrics.update(&status, &previous);
         board.latest.send_replace(status.clone());
         previous = status;

@@ -913,6 +913,28 @@ async fn after_a_hash_chain_catch_up_every_height_gets_its_certificate_and_so_do
         same_certificates(&first_rpc, &devnet_rpc, 1..=TIP, 10).await,
         0
     );
+    // `cairn explain`: an interior block caught up through the hash chain now has its own
+    // certificate; its bytes came from the devnet.
+    let explained = explain_json(&first.addr, 700);
+    assert_eq!(
+        explained["authentication"]["kind"], "certificate",
+        "{explained}"
+    );
+    assert_eq!(explained["bytes"]["how"], "catch-up", "{explained}");
+    let source = explained["bytes"]["source"].as_str().unwrap_or_default();
+    assert!(source.ends_with(&devnet.addr), "{explained}");
+    assert_eq!(
+        explained["trustRoot"]["kind"], "genesisOutcome",
+        "{explained}"
+    );
+    let text = run_cairn(&["explain", "--rpc", &first.addr, "700"]);
+    assert!(
+        text.contains("authenticated by its own certificate"),
+        "{text}"
+    );
+    assert!(text.contains("trust root: the genesis outcome"), "{text}");
+    let text = run_cairn(&["explain", "--rpc", &first.addr, "99999999"]);
+    assert!(text.contains("block 99999999 is not served"), "{text}");
 
     // A follower of the follower: it catches up from it through the hash chain, and fills from
     // it.
@@ -939,9 +961,31 @@ async fn after_a_hash_chain_catch_up_every_height_gets_its_certificate_and_so_do
         same_certificates(&second_rpc, &devnet_rpc, 1..=TIP, 10).await,
         0
     );
+    let explained = explain_json(&second.addr, 700);
+    let source = explained["bytes"]["source"].as_str().unwrap_or_default();
+    assert!(source.ends_with(&first.addr), "{explained}");
     second.stop();
     first.stop();
     devnet.stop();
+}
+
+/// What `cairn` prints (its stdout and stderr) for `args`.
+fn run_cairn(args: &[&str]) -> String {
+    let output = std::process::Command::new(cairn())
+        .args(args)
+        .output()
+        .expect("cairn runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `cairn explain --json HEIGHT` of the node at `addr`.
+fn explain_json(addr: &str, height: u64) -> serde_json::Value {
+    let text = run_cairn(&["explain", "--json", "--rpc", addr, &height.to_string()]);
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
 }
 
 /// A devnet with seed 7 (so that several of them produce one chain), epochs of 5 blocks and a

@@ -169,6 +169,76 @@ fn render_pages(chromium: PathBuf, follower: &str, devnet: &str, shots: &Path) {
         .get_inner_text()
         .expect("text");
     assert!(rejected.starts_with("bad_signature"), "{rejected}");
+
+    // The charts draw the node's last minutes and move as new samples come.
+    let chart = |id: &str| {
+        tab.evaluate(
+            &format!(
+                "(() => {{ const svg = document.getElementById('{id}'); const line = svg.querySelector('polyline.main'); return line ? svg.dataset.end + '|' + svg.dataset.points + '|' + line.getAttribute('points') : ''; }})()"
+            ),
+            false,
+        )
+        .expect("evaluates")
+        .value
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default()
+    };
+    for id in ["chart-height", "chart-lag", "chart-rate", "chart-coverage"] {
+        wait_until(Duration::from_secs(10), id, || !chart(id).is_empty());
+    }
+    let before = chart("chart-height");
+    wait_until(Duration::from_secs(15), "the height chart to move", || {
+        let now = chart("chart-height");
+        now.split('|').next() != before.split('|').next() && now != before
+    });
+    let points: usize = chart("chart-height")
+        .split('|')
+        .nth(1)
+        .and_then(|points| points.parse().ok())
+        .unwrap_or_default();
+    assert!(points >= 2, "{points} points");
+    // The epochs as a timeline: two identities, the rotation at epoch 2 announced by boundary 9.
+    let timeline = tab
+        .evaluate(
+            "document.querySelectorAll('#timeline rect.band').length + ':' + Array.from(document.querySelectorAll('#timeline line.rotation')).map(l => l.dataset.epoch + '@' + l.dataset.boundary).join(',')",
+            false,
+        )
+        .expect("evaluates")
+        .value
+        .expect("a value");
+    assert_eq!(timeline.as_str(), Some("2:2@9"));
+    // The explain box answers for a height a visitor types, and says what it cannot explain.
+    let explain = |height: u64| {
+        tab.evaluate(
+            &format!(
+                "document.getElementById('explain-height').value = '{height}'; document.getElementById('explain-form').requestSubmit(); true"
+            ),
+            false,
+        )
+        .expect("submits");
+    };
+    explain(12);
+    tab.wait_for_element_with_custom_timeout(
+        "#explain-result[data-height='12']",
+        Duration::from_secs(10),
+    )
+    .expect("block 12 is explained");
+    let auth = text(&tab, "explain-auth");
+    assert!(
+        auth == "its own certificate" || auth.starts_with("the parent hash of block 13"),
+        "{auth}"
+    );
+    assert!(text(&tab, "explain-certificate").contains("verified with identity 0x"));
+    assert!(text(&tab, "explain-root").starts_with("the genesis outcome"));
+    assert!(
+        text(&tab, "explain-bytes").contains(" from "),
+        "{}",
+        text(&tab, "explain-bytes")
+    );
+    explain(99_999_999);
+    wait_until(Duration::from_secs(10), "the explain error", || {
+        text(&tab, "explain-error").contains("block 99999999 is not served")
+    });
     screenshot(&tab, &shots.join("status-follower.png"));
 
     let tab = browser.new_tab().expect("a tab");
