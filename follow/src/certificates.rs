@@ -389,14 +389,15 @@ type Job = std::pin::Pin<
 >;
 
 impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
-    /// Fills until the runtime stops (or a store fails), answering `requests` first. Each fetch
-    /// runs as its own task, so that the loop never waits on a store a fetch holds.
+    /// Fills until the runtime stops, answering `requests` first; returns the error of a
+    /// store that failed (the follower stops on it, as on any storage failure). Each fetch runs
+    /// as its own task, so that the loop never waits on a store a fetch holds.
     pub async fn run<C: Clock + Spawner>(
         self,
         context: C,
         rng: &mut impl CryptoRng,
         mut requests: mpsc::Receiver<Request>,
-    ) {
+    ) -> Result<(), cairn_feed::StoreError> {
         let Self {
             profile,
             provider,
@@ -490,7 +491,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                                     let _ = answer.send(None);
                                 }
                             }
-                            return;
+                            return Err(err);
                         }
                         Err(err) => {
                             warn!(%err, "a certificate fetch ended early; its heights are fetched again");

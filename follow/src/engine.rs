@@ -201,6 +201,7 @@ pub struct Follower<E: EngineContext> {
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
+    fill: Handle<Result<(), cairn_feed::StoreError>>,
 }
 
 impl<E: EngineContext> Follower<E> {
@@ -211,8 +212,16 @@ impl<E: EngineContext> Follower<E> {
             marshal,
             mut driver,
             executor,
+            fill,
             ..
         } = self;
+        // The fill ends only when its store fails.
+        let fill_failed = async move {
+            match fill.await {
+                Ok(Err(err)) => err,
+                _ => std::future::pending().await,
+            }
+        };
         let driver_result = |result: Result<Result<(), DriverError>, _>| match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(err.into()),
@@ -228,6 +237,7 @@ impl<E: EngineContext> Follower<E> {
                 _ => driver_result(driver.await),
             },
             _ = marshal => driver_result(driver.await).and(Err(EngineError::Stopped("marshal"))),
+            err = fill_failed => Err(EngineError::Anchors(err)),
         }
     }
 }
@@ -592,9 +602,10 @@ where
     let sources = sources.with_clock(Arc::new(move || clock.current()));
     // Who served each stored block: recorded as blocks are fetched or verified, written once a
     // second (see [`Provenance`]).
-    let provenance = Provenance::open(context.child("provenance"), &format!("{prefix}-provenance"))
-        .await
-        .map_err(EngineError::Provenance)?;
+    let provenance =
+        Provenance::open_or_reset(context.child("provenance"), &format!("{prefix}-provenance"))
+            .await
+            .map_err(EngineError::Provenance)?;
     let served = |how: How| -> ServedHook {
         let provenance = provenance.clone();
         Arc::new(move |first, last, source| provenance.record(first, last, Some(source), how))
@@ -894,11 +905,11 @@ where
         coverage: coverage.clone(),
         config: config.certificates,
     };
-    context
+    let fill_handle = context
         .child("certificates")
         .spawn(move |context| async move {
             let mut rng = context.child("rng");
-            fill.run(context, &mut rng, requested).await;
+            fill.run(context, &mut rng, requested).await
         });
     let chain = FollowerChain::new(execution.clone(), marshal, anchors)
         .with_certificates(certificate_requests)
@@ -937,6 +948,7 @@ where
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,
+        fill: fill_handle,
     })
 }
 

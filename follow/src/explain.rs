@@ -17,6 +17,7 @@ use cairn_feed::{
 use cairn_primitives::Digest;
 use commonware_codec::Encode as _;
 use commonware_consensus::types::Epoch;
+use tracing::warn;
 
 /// Certified heights a lookup tries before it gives up on finding the one above a block (the
 /// heights it tries are those the coverage and the anchor store name, so a miss is rare).
@@ -126,16 +127,16 @@ impl<P: ExecutionProvider, E: StoreContext> FollowerChain<P, E> {
                 }
             }
         };
-        let bytes = trust
-            .provenance
-            .get(height)
-            .await
-            .map_err(read_error)?
-            .map(|served| BytesOrigin {
-                source: served.source,
-                at_ms: served.at_ms,
-                how: served.how.to_string(),
-            });
+        // A damaged record costs only this line.
+        let served = trust.provenance.get(height).await.unwrap_or_else(|err| {
+            warn!(height, %err, "the provenance record does not read");
+            None
+        });
+        let bytes = served.map(|served| BytesOrigin {
+            source: served.source,
+            at_ms: served.at_ms,
+            how: served.how.to_string(),
+        });
         let trust_root = match (&authentication, trust.checkpoint) {
             (Authentication::TrustedBlock, _) => trust
                 .profile

@@ -398,6 +398,30 @@ impl<E: StoreContext> Provenance<E> {
         })
     }
 
+    /// [`Self::open`]; a store that does not open (damaged on disk) is removed and started
+    /// empty, with a warning: the sources of the blocks stored so far are forgotten, which
+    /// costs `explain` its "bytes" line for them and nothing else.
+    pub async fn open_or_reset(context: E, partition: &str) -> Result<Self, ProvenanceError> {
+        match Self::open(context.child("opening"), partition).await {
+            Ok(provenance) => Ok(provenance),
+            Err(err) => {
+                warn!(%err, "the provenance store is damaged: it starts empty, and the sources of the blocks stored so far are forgotten");
+                for part in ["records", "table"] {
+                    match context.remove(&format!("{partition}-{part}"), None).await {
+                        Ok(()) | Err(commonware_runtime::Error::PartitionMissing(_)) => {}
+                        Err(error) => {
+                            return Err(ProvenanceError::Records {
+                                what: "removing a damaged store",
+                                error: ordinal::Error::Runtime(error),
+                            });
+                        }
+                    }
+                }
+                Self::open(context.child("reset"), partition).await
+            }
+        }
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.shared
             .queue
@@ -567,6 +591,48 @@ mod tests {
                     .source
                     .as_deref(),
                 Some("ws://a")
+            );
+        });
+    }
+
+    #[test]
+    fn a_damaged_table_is_reset_and_forgets_the_sources() {
+        deterministic::Runner::default().start(|context| async move {
+            let provenance = Provenance::open(context.child("p"), "prov")
+                .await
+                .expect("open");
+            provenance.record_at(1, 3, Some("ws://a"), How::CatchUp, 7);
+            provenance.flush().await.expect("flush");
+            drop(provenance);
+            // A source id with a gap before it: the table is damaged.
+            let mut table: Metadata<_, U64, Vec<u8>> = Metadata::init(
+                context.child("t"),
+                metadata::Config {
+                    partition: "prov-table".into(),
+                    codec_config: ((..=4096usize).into(), ()),
+                },
+            )
+            .await
+            .expect("table");
+            table.put(U64::new(SOURCE_KEYS + 5), b"ws://b".to_vec());
+            table.sync().await.expect("sync");
+            assert!(matches!(
+                Provenance::open(context.child("q"), "prov").await,
+                Err(ProvenanceError::Corrupt(_))
+            ));
+            let provenance = Provenance::open_or_reset(context.child("r"), "prov")
+                .await
+                .expect("reset");
+            assert_eq!(provenance.get(1).await.expect("get"), None);
+            provenance.record_at(4, 4, Some("ws://c"), How::Live, 8);
+            provenance.flush().await.expect("flush");
+            assert_eq!(
+                provenance
+                    .get(4)
+                    .await
+                    .expect("get")
+                    .and_then(|served| served.source),
+                Some("ws://c".into())
             );
         });
     }

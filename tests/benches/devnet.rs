@@ -3,7 +3,10 @@
 //! - blocks per second the producer sustains with no block time (real on-disk storage with a
 //!   sync per write, real ceremonies at each epoch boundary), committee 4 against committee 16;
 //! - `finalized` events per second the RPC server delivers over WebSocket to 1 and to 50
-//!   subscribers.
+//!   subscribers;
+//! - what a follower's provenance records cost beside the blocks they describe: a batch of
+//!   blocks written to the block store with one sync, against the records of the same heights
+//!   written to the provenance store with one flush.
 //!
 //! `cargo bench -p cairn-tests --bench devnet` runs the full measurement; without `--bench`
 //! (as `cargo test --all-targets` runs it) it does a short smoke run of every row.
@@ -87,6 +90,7 @@ async fn delivery_rate(subscribers: usize, events: usize, sample: &CertifiedBloc
     let config = RpcConfig {
         max_connections: subscribers as u32 + 8,
         message_buffer: events as u32 + 16,
+        queued_bytes: usize::MAX,
         ..RpcConfig::default()
     };
     let server = cairn_feed::start("127.0.0.1:0", EmptyChain, feed.clone(), config)
@@ -119,6 +123,46 @@ async fn delivery_rate(subscribers: usize, events: usize, sample: &CertifiedBloc
     let rate = events as f64 / start.elapsed().as_secs_f64();
     server.handle.stop().expect("stops");
     rate
+}
+
+/// Seconds to store `blocks` blocks in one batch (one sync), and seconds to record and flush
+/// their provenance (each run on fresh storage).
+fn provenance_cost(blocks: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(dir.path());
+    let chain: Vec<_> = (1..=blocks)
+        .map(|height| cairn_tests::test_block(height, 0, height, Vec::new()))
+        .collect();
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        let store = cairn_feed::BlockStore::open(
+            context.child("blocks"),
+            "bench-blocks",
+            cairn_feed::store::page_cache(),
+        )
+        .await
+        .expect("store opens");
+        let start = Instant::now();
+        store.put_batch(&chain).await.expect("stores");
+        let stored = start.elapsed().as_secs_f64();
+        let provenance =
+            cairn_follow::provenance::Provenance::open(context.child("provenance"), "bench")
+                .await
+                .expect("provenance opens");
+        let start = Instant::now();
+        // As catch-up records them: a range per upstream answer (batches of 100).
+        for first in (1..=blocks).step_by(100) {
+            provenance.record(
+                first,
+                (first + 99).min(blocks),
+                Some("ws://127.0.0.1:8546"),
+                cairn_follow::provenance::How::CatchUp,
+            );
+        }
+        provenance.flush().await.expect("flushes");
+        (stored, start.elapsed().as_secs_f64())
+    })
 }
 
 fn main() {
@@ -170,4 +214,22 @@ fn main() {
         fifty * 50.0,
         fifty / one
     );
+
+    let heights = if full { 20_000 } else { 200 };
+    let (stored, recorded) = provenance_cost(heights);
+    println!();
+    println!("{heights} heights: blocks stored against their provenance recorded");
+    println!("| write | ms | heights/s | ratio to the blocks |");
+    println!("|---|---:|---:|---:|");
+    for (what, seconds) in [
+        ("blocks, one batch, one sync", stored),
+        ("provenance records, one flush", recorded),
+    ] {
+        println!(
+            "| {what} | {:.1} | {:.0} | {:.3} |",
+            seconds * 1000.0,
+            heights as f64 / seconds,
+            seconds / stored
+        );
+    }
 }
