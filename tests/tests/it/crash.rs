@@ -5,7 +5,9 @@
 //! verified but before their blocks are stored, between a batch of blocks and the keys its
 //! boundaries announce, or in the middle of a batch. The deterministic runtime stops the run at
 //! the chosen instant, keeps a random part of the writes that were not synced (as a crash does),
-//! and a new run starts the follower on what was kept.
+//! and a new run starts the follower on what was kept. The same holds for a kill while the
+//! certificates of the heights caught up through the hash chain are filled in, and while the
+//! provenance of each height is written.
 
 use crate::follow::{executed, follow_with};
 use cairn_epoch::ChainProfile;
@@ -168,6 +170,130 @@ fn a_catch_up_killed_at_any_instant_restarts_and_converges() {
         let (_, reached) = deterministic::Runner::from(checkpoint)
             .start(|context| async move { run_until(&context, profile, chain, None).await });
         assert!(reached, "restarted after a kill at {kill} ms");
+    }
+}
+
+/// Runs a follower until every served height has its own certificate (the fill done) or
+/// `kill_after` has passed; returns the simulated time it ran and whether the fill was done.
+/// A run that is not killed checks every stored certificate against the chain, and that every
+/// block is explained with a source and its own certificate.
+async fn fill_until(
+    context: &deterministic::Context,
+    profile: &ChainProfile,
+    chain: &[CertifiedBlock],
+    kill_after: Option<Duration>,
+) -> (Duration, bool) {
+    let started = context.current();
+    let ran = || {
+        context
+            .current()
+            .duration_since(started)
+            .expect("time moves forward")
+    };
+    let filling = async {
+        let config = EngineConfig {
+            certificates: cairn_follow::certificates::FillConfig {
+                batch: 4,
+                in_flight: 1,
+                ..Default::default()
+            },
+            ..config(profile)
+        };
+        let follower = follow_with(
+            context,
+            "a",
+            FeedState::default(),
+            upstream(context, chain),
+            config,
+        )
+        .await;
+        executed(context, &follower, TIP).await;
+        loop {
+            let report = follower.coverage.report();
+            if report.served == TIP && report.missing() == 0 {
+                break;
+            }
+            context.sleep(Duration::from_millis(1)).await;
+        }
+        (follower, ran())
+    };
+    match kill_after {
+        Some(after) => tokio::select! {
+            (_, ran) = filling => (ran, true),
+            () = context.sleep(after) => (ran(), false),
+        },
+        None => {
+            let (follower, ran) = filling.await;
+            for certified in chain {
+                let height = certified.block.as_ref().expect("block").height();
+                let stored = follower
+                    .chain
+                    .stored_certificate(height)
+                    .await
+                    .expect("reads")
+                    .unwrap_or_else(|| panic!("a certificate is stored at {height}"));
+                assert_eq!(
+                    cairn_epoch::encode_certificate(&stored),
+                    certified.certificate,
+                    "certificate {height}"
+                );
+            }
+            assert_serves_the_chain(&follower, chain).await;
+            // What a kill left of the provenance store opens and reads; a height whose record
+            // the kill took is explained without a source, never with a wrong one.
+            for height in [1, TIP / 2, TIP] {
+                let cairn_feed::Explained::Block(explained) =
+                    follower.chain.explain(height).await.expect("explains")
+                else {
+                    panic!("block {height} is explained");
+                };
+                assert!(matches!(
+                    explained.authentication,
+                    cairn_feed::explain::Authentication::Certificate { .. }
+                ));
+                if let Some(bytes) = explained.bytes {
+                    assert_eq!(bytes.source.as_deref(), Some("a"), "block {height}");
+                }
+            }
+            (ran, true)
+        }
+    }
+}
+
+#[test]
+fn a_certificate_fill_killed_at_any_instant_restarts_and_converges() {
+    let (profile, chain) = chain();
+    let (profile, chain) = (&profile, &chain);
+    let caught_up = clean_run(profile, chain);
+    let filled = runner(1).start(|context| async move {
+        let (ran, done) = fill_until(&context, profile, chain, None).await;
+        assert!(done);
+        ran
+    });
+    let (from, to) = (
+        u64::try_from(caught_up.as_millis()).expect("short"),
+        u64::try_from(filled.as_millis()).expect("short"),
+    );
+    assert!(
+        to > from + 10,
+        "the fill spans many instants ({from} ms to {to} ms)"
+    );
+    // Every instant of the fill, and around the first provenance flushes (once a second).
+    let instants = (from..to)
+        .chain((990..1010).step_by(2))
+        .chain([1_500, 2_000]);
+    for kill in instants {
+        let after = Duration::from_millis(kill);
+        let ((_, done), checkpoint) = runner(kill).start_and_recover(|context| async move {
+            fill_until(&context, profile, chain, Some(after)).await
+        });
+        if done {
+            // Past the clean run's end (the flush instants): nothing was cut short.
+            continue;
+        }
+        let (_, done) = deterministic::Runner::from(checkpoint)
+            .start(|context| async move { fill_until(&context, profile, chain, None).await });
+        assert!(done, "restarted after a kill at {kill} ms");
     }
 }
 
