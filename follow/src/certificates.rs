@@ -14,6 +14,8 @@
 //!   (quarantined as any liar);
 //! - what verified is stored in the anchor store, where the chain serves it.
 //!
+//! The background fill waits while the follower is far behind the upstreams (after a catch-up
+//! through a slow upstream, say), so that their call budgets go to closing that gap first.
 //! The sources are asked in turn for what the ones before them lacked, and a source that lacks
 //! certificates is asked after the others, never punished for it. A client that asks for a
 //! height whose certificate is still missing has it fetched at once ([`CertificateRequests`]),
@@ -338,6 +340,10 @@ struct Candidate {
     finalization: Finalization,
 }
 
+/// How far behind the upstreams' highest announced height the follower may be while the
+/// background fill runs (on-demand fetches are answered regardless).
+pub const FILL_WHEN_WITHIN: u64 = 32;
+
 /// The longest pause after a round of fetches that stored nothing.
 const MAX_QUIET: Duration = Duration::from_secs(30);
 /// The first such pause.
@@ -442,7 +448,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         loop {
             fetcher.classify(&coverage, config.mode).await;
             let idle = quiet_until.is_some_and(|until| context.current() < until);
-            if config.mode == CertificateMode::All && !idle {
+            if config.mode == CertificateMode::All && !idle && !fetcher.behind() {
                 let limit = config
                     .in_flight
                     .max(1)
@@ -530,6 +536,21 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
 }
 
 impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
+    /// Whether the follower is more than [`FILL_WHEN_WITHIN`] heights behind the highest
+    /// height an upstream announced: the background fill waits then, leaving the upstreams'
+    /// call budgets to what closes the gap (marshal's repairs, a rejoin).
+    fn behind(&self) -> bool {
+        let target = self
+            .sources
+            .book()
+            .health()
+            .iter()
+            .map(|source| source.announced_height)
+            .max()
+            .unwrap_or_default();
+        target.saturating_sub(self.execution.finalized_height()) > FILL_WHEN_WITHIN
+    }
+
     /// Looks at the heights served since the last look.
     async fn classify(&self, coverage: &Coverage, mode: CertificateMode) {
         let first = self.execution.first_height().max(1);

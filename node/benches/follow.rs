@@ -35,11 +35,14 @@
 //!    certificate in the background (`--certificates all`). The fill rate is the certificates
 //!    filled from the moment it serves its chain to full coverage (`cairn_status`); the live
 //!    latency of the heights produced during the fill is set against the same follower's over
-//!    the 100 heights after it, in the same run (heights produced before it served, while it
-//!    caught up and started, are left out of both). The follower of steps 1 to 4 runs with
+//!    the 100 heights after it, in the same run. Heights produced before it reached the
+//!    devnet's newest height (while it caught up, started, and closed the gap the catch-up
+//!    left) are left out of both; the time that gap took is printed beside them. The follower of steps 1 to 4 runs with
 //!    `--certificates on-demand`, so that its fill does not run into the other measurements.
 //!    `CAIRN_BENCH_FILL_ONLY=1` runs this step alone, on a chain of `CAIRN_BENCH_CATCHUP`
-//!    blocks.
+//!    blocks; with `CAIRN_BENCH_FILL_PUBLIC=1` as well, a second fresh follower then catches up
+//!    and fills through the devnet answering as a public RPC node does (`--public-node
+//!    typical`), with a budget of 290 calls per second, and the two fill rates are compared.
 //!
 //! `cargo bench -p cairn-node --bench follow` runs 20,000 blocks of catch-up and follows to
 //! 100,000 (`CAIRN_BENCH_CATCHUP` and `CAIRN_BENCH_LONG` override both); without `--bench` (as
@@ -78,24 +81,13 @@ const PUBLIC_BUDGET: &str = "290";
 /// [`devnet`] serving what it has made so far as a public RPC node does (`--public-node
 /// typical`: 60 ms, 300 calls per second, batches of 100, no `debug_*`).
 fn devnet_public(datadir: &Path, rpc_addr: &str, until: u64) -> CairnProcess {
-    let until = until.to_string();
-    CairnProcess::devnet(
-        cairn(),
+    devnet_with_args(
         datadir,
-        &[
-            "--epoch-length",
-            EPOCH_LENGTH,
-            "--full-dkg-at-epochs",
-            "3",
-            "--block-time",
-            "0",
-            "--until-height",
-            &until,
-            "--rpc-addr",
-            rpc_addr,
-            "--public-node",
-            "typical",
-        ],
+        EPOCH_LENGTH,
+        rpc_addr,
+        "0",
+        until,
+        &["--public-node", "typical"],
     )
 }
 
@@ -106,23 +98,33 @@ fn devnet_with_epochs(
     block_time: &str,
     until: u64,
 ) -> CairnProcess {
+    devnet_with_args(datadir, epoch_length, rpc_addr, block_time, until, &[])
+}
+
+/// [`devnet_with_epochs`] with `extra` arguments.
+fn devnet_with_args(
+    datadir: &Path,
+    epoch_length: &str,
+    rpc_addr: &str,
+    block_time: &str,
+    until: u64,
+    extra: &[&str],
+) -> CairnProcess {
     let until = until.to_string();
-    CairnProcess::devnet(
-        cairn(),
-        datadir,
-        &[
-            "--epoch-length",
-            epoch_length,
-            "--full-dkg-at-epochs",
-            "3",
-            "--block-time",
-            block_time,
-            "--until-height",
-            &until,
-            "--rpc-addr",
-            rpc_addr,
-        ],
-    )
+    let mut args = vec![
+        "--epoch-length",
+        epoch_length,
+        "--full-dkg-at-epochs",
+        "3",
+        "--block-time",
+        block_time,
+        "--until-height",
+        &until,
+        "--rpc-addr",
+        rpc_addr,
+    ];
+    args.extend_from_slice(extra);
+    CairnProcess::devnet(cairn(), datadir, &args)
 }
 
 /// CPU time (user and system) `pid` has used so far, in seconds.
@@ -232,10 +234,46 @@ async fn main() {
         let addr = producer.addr.clone();
         producer.wait_for_line_within("reached --until-height", limit);
         producer.stop();
-        let fill = certificate_fill(dir.path(), &devnet_dir, &addr, catchup, &pinned, limit).await;
+        let fill = certificate_fill(
+            dir.path(),
+            &devnet_dir,
+            &addr,
+            catchup,
+            &pinned,
+            limit,
+            false,
+        )
+        .await;
+        // Through an upstream that answers as a public RPC node does: each certificate is one
+        // call of its budget.
+        let public = if std::env::var_os("CAIRN_BENCH_FILL_PUBLIC").is_some() {
+            Some(
+                certificate_fill(
+                    dir.path(),
+                    &devnet_dir,
+                    &addr,
+                    catchup,
+                    &pinned,
+                    limit,
+                    true,
+                )
+                .await,
+            )
+        } else {
+            None
+        };
         println!("| measurement | value | baseline (same run) | ratio |");
         println!("|---|---|---|---|");
         fill.print(&cpus);
+        if let Some(public) = public {
+            public.print(&cpus);
+            println!(
+                "| public-like fill rate against loopback | {:.0} certificates/s | {:.0} certificates/s | {:.3} |",
+                public.rate(),
+                fill.rate(),
+                public.rate() / fill.rate()
+            );
+        }
         return;
     }
 
@@ -392,7 +430,7 @@ async fn main() {
     }
 
     // 7. The certificate fill after a catch-up of the whole chain, with live blocks coming.
-    let fill = certificate_fill(dir.path(), &devnet_dir, &addr, long, &pinned, limit).await;
+    let fill = certificate_fill(dir.path(), &devnet_dir, &addr, long, &pinned, limit, false).await;
 
     println!("follower over loopback, epochs of {EPOCH_LENGTH} blocks, committee 4:");
     if cpus.is_empty() {
@@ -473,7 +511,11 @@ async fn main() {
 
 /// What the certificate fill step measured.
 struct FillRun {
-    /// The chain the follower caught up.
+    /// Whether the upstream answered as a public RPC node does.
+    public: bool,
+    /// How long after it served its chain the follower reached the devnet's newest height.
+    gap_closed: Duration,
+    /// The heights the follower served when the fill was done.
     height: u64,
     /// Certificates filled, and how long from serving the chain to full coverage.
     filled: u64,
@@ -484,18 +526,33 @@ struct FillRun {
 }
 
 impl FillRun {
+    fn rate(&self) -> f64 {
+        self.filled as f64 / self.took.as_secs_f64().max(1e-6)
+    }
+
     fn print(&self, cpus: &str) {
         let on = if cpus.is_empty() {
             "every CPU".to_string()
         } else {
             format!("`--cpus {cpus}`")
         };
+        let through = if self.public {
+            format!(
+                ", through a public-like upstream (60 ms, 300 calls/s, batches of 100), `--upstream-rate-limit {PUBLIC_BUDGET}`"
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "| certificate fill after a hash-chain catch-up of {} blocks (follower on {on}, live blocks every 50 ms) | {:.0} certificates/s ({} in {:.2} s) | | |",
+            "| certificate fill after a hash-chain catch-up of {} blocks (follower on {on}, live blocks every 50 ms{through}) | {:.0} certificates/s ({} in {:.2} s) | | |",
             self.height,
-            self.filled as f64 / self.took.as_secs_f64().max(1e-6),
+            self.rate(),
             self.filled,
             self.took.as_secs_f64()
+        );
+        println!(
+            "| from serving the caught-up chain to the devnet's newest height (blocks produced during the catch-up) | {:.2} s | | |",
+            self.gap_closed.as_secs_f64()
         );
         let summary = |latencies: &[i64]| {
             format!(
@@ -528,21 +585,37 @@ async fn certificate_fill(
     height: u64,
     follower_args: &[&str],
     limit: Duration,
+    public: bool,
 ) -> FillRun {
-    let producer = devnet(chain_dir, addr, "50ms", height + 100_000);
+    let producer = if public {
+        devnet_with_args(
+            chain_dir,
+            EPOCH_LENGTH,
+            addr,
+            "50ms",
+            height + 100_000,
+            &["--public-node", "typical"],
+        )
+    } else {
+        devnet(chain_dir, addr, "50ms", height + 100_000)
+    };
     let (_devnet_ws, mut devnet_events) = subscribe(&producer.addr, 4096).await;
+    let mut args = follower_args.to_vec();
+    if public {
+        args.extend(["--upstream-rate-limit", PUBLIC_BUDGET]);
+    }
+    let name = if public { "fill-public" } else { "fill" };
     let follower = CairnProcess::follower_with(
         cairn(),
         &chain_dir.join("chain.json"),
         &producer.addr,
-        &dir.join("fill"),
-        &dir.join("fill.log"),
-        follower_args,
+        &dir.join(name),
+        &dir.join(format!("{name}.log")),
+        &args,
     )
     .with_rpc_addr_within(limit);
-    // The address is printed once the caught-up chain is served: the fill starts then. Heights
-    // the devnet produced before that (while the follower caught up and started) are not
-    // counted: they wait for the start, not for the fill.
+    // The address is printed once the caught-up chain is served: the fill may start then, and
+    // does once the follower has closed the gap the catch-up left.
     let started = Instant::now();
     let serving_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -551,22 +624,34 @@ async fn certificate_fill(
     let (_follower_ws, mut follower_events) = subscribe(&follower.addr, 4096).await;
     let mut upstream_seen: BTreeMap<u64, u64> = BTreeMap::new();
     let mut follower_seen: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut done: Option<(Duration, u64, u64)> = None;
+    let mut done: Option<(Duration, u64, u64, u64)> = None;
+    // When the follower first reached the devnet's newest height: the gap the catch-up left
+    // (blocks produced while it ran) is closed, and what follows is the fill beside live blocks.
+    let mut at_tip: Option<(Duration, u64)> = None;
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
             event = devnet_events.next() => record_seen(&mut upstream_seen, event),
-            event = follower_events.next() => record_seen(&mut follower_seen, event),
+            event = follower_events.next() => {
+                record_seen(&mut follower_seen, event);
+                let newest = |seen: &BTreeMap<u64, u64>| seen.keys().next_back().copied();
+                if at_tip.is_none() && newest(&follower_seen) >= newest(&upstream_seen) {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis() as u64);
+                    at_tip = Some((started.elapsed(), now_ms));
+                }
+            }
             _ = poll.tick(), if done.is_none() => {
                 let (served, missing, filled) = certificate_coverage(&rpc).await;
                 if served > 0 && missing == 0 {
                     let last = follower_seen.keys().next_back().copied().unwrap_or(height);
-                    done = Some((started.elapsed(), filled, last));
+                    done = Some((started.elapsed(), filled, last, served));
                 }
             }
             () = tokio::time::sleep(Duration::from_secs(60)) => panic!("no live event for a minute"),
         }
-        if let Some((_, _, last)) = done
+        if let Some((_, _, last, _)) = done
             && follower_seen
                 .keys()
                 .next_back()
@@ -576,13 +661,14 @@ async fn certificate_fill(
         }
         assert!(started.elapsed() < limit, "the fill did not finish");
     }
-    let (took, filled, last) = done.expect("finished");
+    let (took, filled, last, served) = done.expect("finished");
+    let (gap_closed, at_tip_ms) = at_tip.unwrap_or((Duration::ZERO, serving_ms));
     let latency = |heights: &mut dyn Iterator<Item = (&u64, &u64)>| {
         let mut latencies: Vec<i64> = heights
             .filter_map(|(height, seen)| {
                 upstream_seen
                     .get(height)
-                    .filter(|upstream| **upstream >= serving_ms)
+                    .filter(|upstream| **upstream >= at_tip_ms)
                     .map(|upstream| *seen as i64 - *upstream as i64)
             })
             .collect();
@@ -594,7 +680,9 @@ async fn certificate_fill(
     follower.stop();
     producer.stop();
     FillRun {
-        height,
+        public,
+        gap_closed,
+        height: served,
         filled,
         took,
         during,
