@@ -11,18 +11,51 @@ use jsonrpsee::{core::client::ClientT, http_client::HttpClientBuilder, rpc_param
 use serde_json::Value;
 use std::{fmt::Write as _, time::Duration};
 
-/// Arguments of `cairn status`.
+/// The running node a command asks.
 #[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// The node's RPC address (its --rpc-addr): http://HOST:PORT, ws://HOST:PORT or HOST:PORT.
+pub struct NodeAddress {
+    /// The node's RPC address (its --rpc-addr; 127.0.0.1:8546 is a devnet's default):
+    /// http://HOST:PORT, ws://HOST:PORT or HOST:PORT.
     #[arg(long, value_name = "URL", default_value = "127.0.0.1:8546")]
     rpc: String,
-    /// Print the status as JSON (what `cairn_status` answers) instead of the summary.
-    #[arg(long)]
-    json: bool,
     /// How long to wait for the answer.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+impl NodeAddress {
+    /// Calls `method` with `params` on the node.
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: jsonrpsee::core::params::ArrayParams,
+    ) -> eyre::Result<T> {
+        let url = http_url(&self.rpc);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .wrap_err("starting the async runtime")?;
+        runtime.block_on(async {
+            let client = HttpClientBuilder::default()
+                .request_timeout(self.timeout)
+                .build(&url)
+                .map_err(|err| eyre!("--rpc {}: {err}", self.rpc))?;
+            client
+                .request(method, params)
+                .await
+                .map_err(|err| eyre!("{method} from {url}: {err}"))
+        })
+    }
+}
+
+/// Arguments of `cairn status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    node: NodeAddress,
+    /// Print the status as JSON (what `cairn_status` answers) instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The HTTP URL of an RPC address given as `HOST:PORT`, `ws://`, `wss://`, `http://` or
@@ -45,49 +78,16 @@ pub struct ExplainArgs {
     /// The block height to explain.
     #[arg(value_name = "HEIGHT")]
     height: u64,
-    /// The node's RPC address (its --rpc-addr): http://HOST:PORT, ws://HOST:PORT or HOST:PORT.
-    #[arg(long, value_name = "URL", default_value = "127.0.0.1:8546")]
-    rpc: String,
+    #[command(flatten)]
+    node: NodeAddress,
     /// Print the explanation as JSON (what `cairn_explain` answers).
     #[arg(long)]
     json: bool,
-    /// How long to wait for the answer.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-}
-
-/// Calls `method` with `params` on the node at `rpc`.
-fn call<T: serde::de::DeserializeOwned>(
-    rpc: &str,
-    timeout: Duration,
-    method: &str,
-    params: jsonrpsee::core::params::ArrayParams,
-) -> eyre::Result<T> {
-    let url = http_url(rpc);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .wrap_err("starting the async runtime")?;
-    runtime.block_on(async {
-        let client = HttpClientBuilder::default()
-            .request_timeout(timeout)
-            .build(&url)
-            .map_err(|err| eyre!("--rpc {rpc}: {err}"))?;
-        client
-            .request(method, params)
-            .await
-            .map_err(|err| eyre!("{method} from {url}: {err}"))
-    })
 }
 
 /// Prints how the block at the height came to be trusted, as the node at `--rpc` explains it.
 pub fn explain(args: ExplainArgs) -> eyre::Result<()> {
-    let explanation: Explanation = call(
-        &args.rpc,
-        args.timeout,
-        EXPLAIN_METHOD,
-        rpc_params![args.height],
-    )?;
+    let explanation: Explanation = args.node.call(EXPLAIN_METHOD, rpc_params![args.height])?;
     let text = if args.json {
         serde_json::to_string_pretty(&explanation)?
     } else {
@@ -99,7 +99,7 @@ pub fn explain(args: ExplainArgs) -> eyre::Result<()> {
 
 /// Prints the status of the node at `--rpc`.
 pub fn run(args: StatusArgs) -> eyre::Result<()> {
-    let status: Value = call(&args.rpc, args.timeout, STATUS_METHOD, rpc_params![])?;
+    let status: Value = args.node.call(STATUS_METHOD, rpc_params![])?;
     let text = if args.json {
         serde_json::to_string_pretty(&status)?
     } else {

@@ -226,6 +226,17 @@ impl MemoryChain {
 }
 
 impl ChainReader for MemoryChain {
+    /// Keeps no provenance: a height it holds is not explained, any other is not served.
+    async fn explain(&self, height: u64) -> Result<cairn_feed::Explained, ReadError> {
+        let held = self.blocks.read().expect("lock").contains_key(&height)
+            || self.uncertified.read().expect("lock").contains_key(&height);
+        Ok(if held {
+            cairn_feed::Explained::Unsupported
+        } else {
+            cairn_feed::Explained::NotServed
+        })
+    }
+
     fn finalized_height(&self) -> Option<u64> {
         self.blocks
             .read()

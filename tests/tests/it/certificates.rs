@@ -106,7 +106,7 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
 
 /// Waits (in simulated time, up to ten minutes: a liar's quarantines double) until `done`
 /// holds for `follower`'s coverage.
-async fn coverage_until<E: EngineContext + Clock>(
+pub(crate) async fn coverage_until<E: EngineContext + Clock>(
     context: &E,
     follower: &Follower<E>,
     what: &str,

@@ -208,13 +208,10 @@ async fn fill_until(
         )
         .await;
         executed(context, &follower, TIP).await;
-        loop {
-            let report = follower.coverage.report();
-            if report.served == TIP && report.missing() == 0 {
-                break;
-            }
-            context.sleep(Duration::from_millis(1)).await;
-        }
+        crate::certificates::coverage_until(context, &follower, "the fill", |report| {
+            report.served == TIP && report.missing() == 0
+        })
+        .await;
         (follower, ran())
     };
     match kill_after {

@@ -569,36 +569,6 @@ async fn finalized_headers_are_the_finalizations_header_and_certificate_by_query
     headers.unsubscribe().await.expect("unsubscribes");
 }
 
-/// A chain that explains nothing but says which heights it does not serve.
-#[derive(Clone)]
-struct NothingServed(MemoryChain);
-
-impl ChainReader for NothingServed {
-    fn finalized_height(&self) -> Option<u64> {
-        self.0.finalized_height()
-    }
-
-    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
-        self.0.certified_at(height).await
-    }
-
-    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
-        self.0.block_at(height).await
-    }
-
-    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
-        self.0.block_by_hash(hash).await
-    }
-
-    async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {
-        self.0.transaction_by_hash(hash).await
-    }
-
-    async fn explain(&self, _height: u64) -> Result<cairn_feed::Explained, ReadError> {
-        Ok(cairn_feed::Explained::NotServed)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cairn_explain_refuses_what_is_not_a_height_and_says_what_it_cannot_explain() {
     async fn start(
@@ -625,7 +595,10 @@ async fn cairn_explain_refuses_what_is_not_a_height_and_says_what_it_cannot_expl
             .request::<serde_json::Value, _>("cairn_explain", params)
             .await
     };
-    let (_server, client) = start(NothingServed(MemoryChain::default())).await;
+    let chain = MemoryChain::default();
+    let committee = TestCommittee::new(b"TEMPO", 7, 4);
+    chain.insert(committee.certify(cairn_tests::test_block(1, 0, 1, Vec::new()), 0, 1));
+    let (_server, client) = start(chain).await;
     for params in [
         rpc_params!["abc"],
         rpc_params![-1],
@@ -641,8 +614,7 @@ async fn cairn_explain_refuses_what_is_not_a_height_and_says_what_it_cannot_expl
         assert_eq!(code, 503);
         assert!(message.contains("block 7 is not served"), "{message}");
     }
-    // A chain that keeps no provenance says so.
-    let (_other, client) = start(MemoryChain::default()).await;
+    // A chain that keeps no provenance says so for the heights it serves.
     let (code, message) = error_of(explain(client, rpc_params![1]).await);
     assert_eq!(code, 503);
     assert!(message.contains("does not explain its blocks"), "{message}");
