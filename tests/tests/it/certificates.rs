@@ -132,7 +132,7 @@ async fn explain<E: EngineContext>(follower: &Follower<E>, height: u64) -> Expla
 
 /// Every height `1..=to` is served with the certificate `reference` serves, read from the
 /// follower's stores (nothing fetched).
-async fn assert_certificates_equal<E: EngineContext>(
+pub(crate) async fn assert_certificates_equal<E: EngineContext>(
     follower: &Follower<E>,
     reference: &impl ChainReader,
     to: u64,

@@ -176,17 +176,7 @@ async fn a_block_held_without_its_certificate_is_served_and_its_certificate_is_r
         let block = cairn_tests::test_block(height, 0, height, Vec::new());
         chain.insert(committee.certify(block, 0, height));
     }
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        RepairedAt(chain.clone(), 2),
-        FeedState::default(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
-    let client = jsonrpsee::http_client::HttpClientBuilder::default()
-        .build(format!("http://{}", server.local_addr))
-        .expect("client");
+    let (_server, client) = serve(RepairedAt(chain.clone(), 2)).await;
 
     let certificate = |height: u64| {
         let client = client.clone();
@@ -292,6 +282,28 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, jsonrpsee::core::ClientError>)
         ),
         other => panic!("expected a call error, got {other:?}"),
     }
+}
+
+/// An RPC server over `chain` with default settings, and an HTTP client of it (the server stops
+/// when its handle is dropped).
+async fn serve(
+    chain: impl ChainReader,
+) -> (
+    cairn_feed::RunningServer,
+    jsonrpsee::http_client::HttpClient,
+) {
+    let server = cairn_feed::start(
+        "127.0.0.1:0",
+        chain,
+        FeedState::default(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("server starts");
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .build(format!("http://{}", server.local_addr))
+        .expect("client");
+    (server, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,17 +444,7 @@ async fn genesis_is_served_raw_and_explained_as_the_root_of_trust() {
     let served = MemoryChain::default();
     served.insert_block(Block::header_only(header_only.header().clone()));
     served.insert(committee.certify(cairn_tests::test_block(1, 0, 1, Vec::new()), 0, 1));
-    let server = cairn_feed::start(
-        "127.0.0.1:0",
-        served,
-        FeedState::default(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server starts");
-    let client = jsonrpsee::http_client::HttpClientBuilder::default()
-        .build(format!("http://{}", server.local_addr))
-        .expect("client");
+    let (server, client) = serve(served).await;
     let expected = alloy_primitives::Bytes::from(
         with_body
             .expect("an empty body matches")
@@ -571,25 +573,6 @@ async fn finalized_headers_are_the_finalizations_header_and_certificate_by_query
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cairn_explain_refuses_what_is_not_a_height_and_says_what_it_cannot_explain() {
-    async fn start(
-        chain: impl ChainReader,
-    ) -> (
-        cairn_feed::RunningServer,
-        jsonrpsee::http_client::HttpClient,
-    ) {
-        let server = cairn_feed::start(
-            "127.0.0.1:0",
-            chain,
-            FeedState::default(),
-            RpcConfig::default(),
-        )
-        .await
-        .expect("server starts");
-        let client = jsonrpsee::http_client::HttpClientBuilder::default()
-            .build(format!("http://{}", server.local_addr))
-            .expect("client");
-        (server, client)
-    }
     let explain = |client: jsonrpsee::http_client::HttpClient, params| async move {
         client
             .request::<serde_json::Value, _>("cairn_explain", params)
@@ -598,7 +581,7 @@ async fn cairn_explain_refuses_what_is_not_a_height_and_says_what_it_cannot_expl
     let chain = MemoryChain::default();
     let committee = TestCommittee::new(b"TEMPO", 7, 4);
     chain.insert(committee.certify(cairn_tests::test_block(1, 0, 1, Vec::new()), 0, 1));
-    let (_server, client) = start(chain).await;
+    let (_server, client) = serve(chain).await;
     for params in [
         rpc_params!["abc"],
         rpc_params![-1],
