@@ -6,7 +6,7 @@
 
 use crate::{
     certificates::Coverage, chain::FollowerChain, execution::ExecutionProvider,
-    provenance::Provenance, status::IdentityHistory,
+    provenance::Provenance, registry::IdentityHistory,
 };
 use cairn_dkg::Identity;
 use cairn_epoch::{ChainProfile, Finalization, SchemeProvider};

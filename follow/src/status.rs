@@ -1,5 +1,5 @@
 //! What a follower knows about itself, in one snapshot: heights and lag, the epoch and the
-//! identity history, the upstreams' health and the events rejected by check. A sampler task
+//! identity history (kept by [`crate::registry`]), the upstreams' health and the events rejected by check. A sampler task
 //! refreshes the snapshot on a [`StatusBoard`] and mirrors it into Prometheus metrics through the
 //! runtime's registry (so simulations carry them too); the node serves the same snapshot as
 //! `cairn_status`, on its status page and in its progress output.
@@ -7,13 +7,11 @@
 use crate::{
     driver::UpstreamStatus,
     execution::{EmbeddedExecution, ExecutionProvider as _},
+    registry::{IdentityChange, IdentityHistory},
     upstream::{SourceBook, SourceHealth},
 };
-use cairn_dkg::Identity;
 use cairn_epoch::EpochStrategy;
 use cairn_feed::StoreContext;
-use commonware_codec::Encode as _;
-use commonware_consensus::types::Epoch;
 use commonware_runtime::{
     Clock, Metrics,
     telemetry::metrics::{
@@ -24,98 +22,9 @@ use commonware_runtime::{
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
-    ops::Bound,
-    sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
 use tokio::sync::watch;
-
-/// Network identities by the first epoch each signed, as the follower verified them (cheap to
-/// clone; clones share state). Only changes are kept: an epoch whose identity equals the one
-/// before it adds nothing.
-#[derive(Clone, Debug, Default)]
-pub struct IdentityHistory {
-    changes: Arc<RwLock<BTreeMap<u64, Identity>>>,
-}
-
-/// One entry of the identity history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentityChange {
-    /// The first epoch it signs.
-    pub epoch: u64,
-    /// The boundary block that announced it (the last block of the epoch before); `None` for
-    /// epoch 0, whose identity the genesis block carries.
-    pub boundary: Option<u64>,
-    /// The identity (a BLS12-381 G2 point), 0x-prefixed hex.
-    pub identity: String,
-}
-
-/// Most identity changes a history keeps (the newest).
-pub const MAX_HISTORY_CHANGES: usize = 4096;
-
-impl IdentityHistory {
-    /// Notes that `identity` signs `epoch`.
-    pub fn observe(&self, epoch: u64, identity: Identity) {
-        let mut changes = self
-            .changes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let before = changes.range(..epoch).next_back().map(|(_, known)| *known);
-        if before == Some(identity) {
-            return;
-        }
-        changes.insert(epoch, identity);
-        // An entry after it that repeats it is no longer a change.
-        if let Some((&next, known)) = changes
-            .range((Bound::Excluded(epoch), Bound::Unbounded))
-            .next()
-            && *known == identity
-        {
-            changes.remove(&next);
-        }
-        while changes.len() > MAX_HISTORY_CHANGES {
-            changes.pop_first();
-        }
-    }
-
-    /// The changes as (first epoch, identity), oldest first.
-    pub fn known(&self) -> Vec<(u64, Identity)> {
-        self.changes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .map(|(epoch, identity)| (*epoch, *identity))
-            .collect()
-    }
-
-    /// The changes, oldest first.
-    pub fn changes(&self, epochs: &EpochStrategy) -> Vec<IdentityChange> {
-        let changes = self
-            .changes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        changes
-            .iter()
-            .map(|(epoch, identity)| IdentityChange {
-                epoch: *epoch,
-                boundary: epoch
-                    .checked_sub(1)
-                    .and_then(|before| epochs.boundary_height(Epoch::new(before))),
-                identity: alloy_primitives::hex::encode_prefixed(identity.encode()),
-            })
-            .collect()
-    }
-
-    /// Identity rotations seen: changes after the first.
-    pub fn rotations(&self) -> usize {
-        self.changes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
-            .saturating_sub(1)
-    }
-}
 
 /// One upstream, as the status reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -698,43 +607,5 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
         board.latest.send_replace(status.clone());
         previous = status;
         context.sleep(SAMPLE_INTERVAL).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdentityHistory;
-    use cairn_dkg::Identity;
-    use cairn_epoch::EpochStrategy;
-    use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
-    use rand::{SeedableRng as _, rngs::StdRng};
-
-    fn identity(seed: u64) -> Identity {
-        keypair::<_, MinSig>(&mut StdRng::seed_from_u64(seed)).1
-    }
-
-    #[test]
-    fn history_keeps_only_changes_with_their_boundaries() {
-        let history = IdentityHistory::default();
-        history.observe(0, identity(1));
-        history.observe(1, identity(1));
-        history.observe(2, identity(1));
-        history.observe(3, identity(2));
-        history.observe(4, identity(2));
-        // Out of order: epoch 5 before 4 was known would still merge.
-        history.observe(6, identity(3));
-        history.observe(5, identity(3));
-        let epochs = EpochStrategy::new(10).expect("valid length");
-        let changes = history.changes(&epochs);
-        let epochs_and_boundaries: Vec<_> = changes
-            .iter()
-            .map(|change| (change.epoch, change.boundary))
-            .collect();
-        assert_eq!(
-            epochs_and_boundaries,
-            vec![(0, None), (3, Some(29)), (5, Some(49))]
-        );
-        assert_eq!(history.rotations(), 2);
-        assert_ne!(changes[0].identity, changes[1].identity);
     }
 }

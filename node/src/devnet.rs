@@ -9,7 +9,7 @@ use cairn_devnet::{
     faults::{Fault, Faults, FaultyChain},
 };
 use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
-use cairn_follow::status::{IdentityChange, IdentityHistory};
+use cairn_follow::registry::{IdentityChange, IdentityHistory};
 use clap::Args;
 use commonware_codec::Encode;
 use commonware_runtime::{Runner as _, Supervisor as _};

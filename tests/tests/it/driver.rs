@@ -416,7 +416,7 @@ fn the_identity_history_outlives_pruned_epochs_and_restarts() {
             registry.history().changes(&epochs)
         }
     });
-    let summary = |changes: &[cairn_follow::status::IdentityChange]| -> Vec<(u64, Option<u64>)> {
+    let summary = |changes: &[cairn_follow::registry::IdentityChange]| -> Vec<(u64, Option<u64>)> {
         changes
             .iter()
             .map(|change| (change.epoch, change.boundary))
