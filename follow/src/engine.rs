@@ -7,7 +7,7 @@ use crate::{
     backfill::Backfill,
     catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy, open_anchors},
     certificates::{Coverage, Fill, FillConfig},
-    chain::FollowerChain,
+    chain::{FollowerChain, TrustContext},
     checkpoint::Checkpoint,
     damage::{
         CheckedFinalizations, DamageLog, StoreCheck, StoreCheckError, StoreCheckReport,
@@ -16,7 +16,6 @@ use crate::{
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
     execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
-    explain::TrustContext,
     provenance::{How, Provenance},
     registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},

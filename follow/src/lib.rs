@@ -15,7 +15,6 @@ pub mod driver;
 pub mod engine;
 pub mod execution;
 pub mod executor;
-pub mod explain;
 pub mod provenance;
 pub mod registry;
 pub mod resolver;
