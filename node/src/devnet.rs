@@ -69,11 +69,12 @@ pub struct DevnetArgs {
     /// produce the same chain byte for byte. [default: none; fresh keys and timestamps]
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    /// Serve byzantine data, to test followers against (repeatable): bad-signature[:RATE],
-    /// wrong-digest[:RATE] and malformed[:RATE] change that share of the events (default 0.5);
-    /// withhold-boundaries never announces a boundary block; stall-after:HEIGHT announces and
-    /// serves nothing above HEIGHT; disconnect-every:DURATION drops every connection at that
-    /// interval; lie-on-fetch[:RATE] tampers with that share of block and finalization answers.
+    /// Serve byzantine data, to test followers against (repeatable): `bad-signature[:RATE]`,
+    /// `wrong-digest[:RATE]` and `malformed[:RATE]` change that share of the events (default
+    /// 0.5); `withhold-boundaries` never announces a boundary block; `stall-after:HEIGHT`
+    /// announces and serves nothing above HEIGHT; `disconnect-every:DURATION` drops every
+    /// connection at that interval; `lie-on-fetch[:RATE]` tampers with that share of block and
+    /// finalization answers.
     /// The chain itself is produced and stored honestly. [default: none; honest]
     #[arg(long = "fault", value_name = "MODE")]
     faults: Vec<Fault>,
