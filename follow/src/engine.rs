@@ -32,7 +32,8 @@ use commonware_consensus::{
 use commonware_cryptography::{Digested, ed25519};
 use commonware_parallel::Sequential;
 use commonware_runtime::{
-    Clock, Handle, Metrics, Spawner, Storage, telemetry::metrics::MetricsExt as _,
+    Clock, Handle, Metrics, Spawner, Storage, buffer::paged::CacheRef,
+    telemetry::metrics::MetricsExt as _,
 };
 use commonware_storage::archive::immutable;
 use rand::CryptoRng;
@@ -535,33 +536,7 @@ where
         }
     };
     let prefix = &config.partition_prefix;
-    let execution = EmbeddedExecution::open_in(
-        context.child("execution"),
-        &format!("{prefix}-execution"),
-        &anchor,
-    )
-    .await?;
-    // Blocks the operator trusts: what is stored must hold them, and nothing else is written
-    // at their heights.
-    for trusted in &profile.trusted_blocks {
-        let stored = match execution.block_by_number(trusted.height).await {
-            Ok(stored) => stored,
-            // Damaged: fetched again, through the hash chain, by the repair task.
-            Err(ExecutionError::Store(err)) if err.is_corruption() => None,
-            Err(err) => return Err(err.into()),
-        };
-        if let Some(stored) = stored
-            && stored.hash() != trusted.hash
-        {
-            return Err(ExecutionError::Untrusted {
-                height: trusted.height,
-                trusted: trusted.hash,
-                offered: stored.hash(),
-            }
-            .into());
-        }
-    }
-    execution.trust(&profile.trusted_blocks);
+    let execution = open_execution(&context, prefix, &anchor, profile).await?;
 
     // Startup trust: the registry of an earlier run, the keys a checkpoint's boundary walk
     // proved, and what the stored chain's boundary blocks announce where a key is missing.
@@ -599,34 +574,12 @@ where
     // floor. What a failed attempt stored was verified; marshal repairs what is left.
     let clock = context.child("sources");
     let sources = sources.with_clock(Arc::new(move || clock.current()));
-    // Who served each stored block: recorded as blocks are fetched or verified, written once a
-    // second (see [`Provenance`]).
-    let provenance =
-        Provenance::open_or_reset(context.child("provenance"), &format!("{prefix}-provenance"))
-            .await
-            .map_err(EngineError::Provenance)?;
+    // Who served each stored block: recorded as blocks are fetched or verified.
+    let provenance = start_provenance(&context, prefix, config.checkpoint.as_ref()).await?;
     let served = |how: How| -> ServedHook {
         let provenance = provenance.clone();
         Arc::new(move |first, last, source| provenance.record(first, last, Some(source), how))
     };
-    if let Some(checkpoint) = &config.checkpoint
-        && provenance
-            .get(checkpoint.height())
-            .await
-            .map_err(EngineError::Provenance)?
-            .is_none()
-    {
-        provenance.record(
-            checkpoint.height(),
-            checkpoint.height(),
-            None,
-            How::Checkpoint,
-        );
-    }
-    context.child("provenance").spawn({
-        let provenance = provenance.clone();
-        move |context| provenance.run(context)
-    });
     let sources = sources.recording(served(How::CatchUp));
 
     // The status and the metrics, from now on.
@@ -674,9 +627,7 @@ where
             .map_err(EngineError::Anchors)?;
     }
     let mut start = start;
-    let mut caught_up = None;
     let mut notifications = notifications;
-    let mut held = Vec::new();
     let mut catch_up_rng = context.child("catchup");
     let catch_up = CatchUp {
         profile,
@@ -687,56 +638,10 @@ where
         sources: &sources,
         config: config.catch_up,
     };
-    for attempt in 1..=CATCH_UP_ATTEMPTS {
-        let attempt_result = {
-            let running = catch_up.run(&context, &mut catch_up_rng);
-            tokio::pin!(running);
-            // The upstreams go on sending while catch-up asks them for data: their
-            // notifications are held here (the newest events only) so they never block.
-            loop {
-                tokio::select! {
-                    result = &mut running => break result,
-                    notification = notifications.recv() => match notification {
-                        Some(notification) => {
-                            // Connection changes show in the status at once; the driver
-                            // handles them again when it starts.
-                            match &notification.1 {
-                                Notification::Connected { .. } => sources.book().set_connected(notification.0, true),
-                                Notification::Disconnected { .. } => sources.book().set_connected(notification.0, false),
-                                _ => {}
-                            }
-                            hold(&mut held, notification);
-                        }
-                        None => break Ok(CatchUpReport::default()),
-                    },
-                }
-            }
-        };
-        match attempt_result {
-            Ok(report) => {
-                if let Some(floor) = report.floor.clone() {
-                    info!(
-                        from = report.from,
-                        to = report.to,
-                        certificates = report.certificates,
-                        "caught up through the hash chain"
-                    );
-                    start = Start::Floor(floor);
-                    caught_up = Some(report);
-                }
-                break;
-            }
-            Err(err) if err.is_storage() || err.is_untrusted() => {
-                return Err(EngineError::CatchUp(err));
-            }
-            Err(err) if err.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
-                warn!(%err, attempt, "catch-up attempt failed; trying again");
-            }
-            Err(err) => {
-                warn!(%err, "catch-up through the hash chain stopped; marshal repairs the gap block by block");
-                break;
-            }
-        }
+    let (caught_up, held) =
+        catch_up_at_start(&context, &catch_up, &mut catch_up_rng, &mut notifications).await?;
+    if let Some(floor) = caught_up.as_ref().and_then(|report| report.floor.clone()) {
+        start = Start::Floor(floor);
     }
 
     // A verified finalization of the stored tip (a catch-up whose floor marshal may not have
@@ -753,28 +658,17 @@ where
     }
 
     let cache = page_cache();
-    let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
-        context.child("finalizations"),
-        archive_config(&format!("{prefix}-finalizations"), cache.clone(), ()),
+    let (finalizations, store_check) = open_finalizations(
+        &context,
+        prefix,
+        cache.clone(),
+        &execution,
+        &anchors,
+        &certificate_damage,
+        &coverage,
+        config.store_check,
     )
-    .await
-    .map_err(|error| EngineError::Archive {
-        what: "finalizations",
-        error,
-    })?;
-    let finalizations = CheckedFinalizations::new(
-        finalizations,
-        anchors.clone(),
-        certificate_damage.clone(),
-        coverage.clone(),
-    );
-    let checking = context.current();
-    let store_check = check_stores(&execution, &finalizations, config.store_check).await?;
-    let took = context
-        .current()
-        .duration_since(checking)
-        .unwrap_or_default();
-    log_store_check(&store_check, config.store_check, took);
+    .await?;
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let repairs = Repairs {
         profile: profile.clone(),
@@ -949,6 +843,176 @@ where
         executor: executor_handle,
         fill: fill_handle,
     })
+}
+
+/// Opens marshal's finalization archive behind the check that turns a damaged record into a
+/// missing one (see [`CheckedFinalizations`]), and checks the stores as `check` says.
+#[allow(clippy::too_many_arguments)]
+async fn open_finalizations<E: EngineContext>(
+    context: &E,
+    prefix: &str,
+    cache: CacheRef,
+    execution: &EmbeddedExecution<E>,
+    anchors: &crate::catchup::AnchorStore<E>,
+    damage: &DamageLog,
+    coverage: &Coverage,
+    check: StoreCheck,
+) -> Result<(CheckedFinalizations<E>, StoreCheckReport), EngineError> {
+    let finalizations: immutable::Archive<E, Digest, Finalization> = immutable::Archive::init(
+        context.child("finalizations"),
+        archive_config(&format!("{prefix}-finalizations"), cache, ()),
+    )
+    .await
+    .map_err(|error| EngineError::Archive {
+        what: "finalizations",
+        error,
+    })?;
+    let finalizations = CheckedFinalizations::new(
+        finalizations,
+        anchors.clone(),
+        damage.clone(),
+        coverage.clone(),
+    );
+    let checking = context.current();
+    let store_check = check_stores(execution, &finalizations, check).await?;
+    let took = context
+        .current()
+        .duration_since(checking)
+        .unwrap_or_default();
+    log_store_check(&store_check, check, took);
+    Ok((finalizations, store_check))
+}
+
+/// Opens the provenance store (see [`Provenance`]), records the checkpoint block's when the
+/// store has none, and starts writing what is recorded once a second.
+async fn start_provenance<E: EngineContext>(
+    context: &E,
+    prefix: &str,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Provenance<E>, EngineError> {
+    let provenance =
+        Provenance::open_or_reset(context.child("provenance"), &format!("{prefix}-provenance"))
+            .await
+            .map_err(EngineError::Provenance)?;
+    if let Some(checkpoint) = checkpoint
+        && provenance
+            .get(checkpoint.height())
+            .await
+            .map_err(EngineError::Provenance)?
+            .is_none()
+    {
+        let height = checkpoint.height();
+        provenance.record(height, height, None, How::Checkpoint);
+    }
+    context.child("provenance").spawn({
+        let provenance = provenance.clone();
+        move |context| provenance.run(context)
+    });
+    Ok(provenance)
+}
+
+/// Opens the execution store (starting at `anchor` when empty) and checks that what it holds
+/// agrees with the profile's trusted blocks (a damaged block is left to the repair task); from
+/// then on the store refuses any other block at their heights.
+async fn open_execution<E: EngineContext>(
+    context: &E,
+    prefix: &str,
+    anchor: &Block,
+    profile: &ChainProfile,
+) -> Result<EmbeddedExecution<E>, EngineError> {
+    let execution = EmbeddedExecution::open_in(
+        context.child("execution"),
+        &format!("{prefix}-execution"),
+        anchor,
+    )
+    .await?;
+    // Blocks the operator trusts: what is stored must hold them, and nothing else is written
+    // at their heights.
+    for trusted in &profile.trusted_blocks {
+        let stored = match execution.block_by_number(trusted.height).await {
+            Ok(stored) => stored,
+            // Damaged: fetched again, through the hash chain, by the repair task.
+            Err(ExecutionError::Store(err)) if err.is_corruption() => None,
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(stored) = stored
+            && stored.hash() != trusted.hash
+        {
+            return Err(ExecutionError::Untrusted {
+                height: trusted.height,
+                trusted: trusted.hash,
+                offered: stored.hash(),
+            }
+            .into());
+        }
+    }
+    execution.trust(&profile.trusted_blocks);
+    Ok(execution)
+}
+
+/// The start-up catch-up through the hash chain, up to [`CATCH_UP_ATTEMPTS`] attempts, while
+/// the upstreams' notifications are held (the newest events only, so that they never block).
+/// Returns the report of an attempt that caught up (its floor is marshal's), and what was held
+/// for the driver. A storage failure or a chain that does not hold a trusted block ends the
+/// start; any other failure leaves the gap to marshal.
+async fn catch_up_at_start<E: EngineContext, U: UpstreamRequests>(
+    context: &E,
+    catch_up: &CatchUp<'_, E, U>,
+    rng: &mut impl CryptoRng,
+    notifications: &mut mpsc::Receiver<Sourced>,
+) -> Result<(Option<CatchUpReport>, Vec<Sourced>), EngineError> {
+    let mut held = Vec::new();
+    for attempt in 1..=CATCH_UP_ATTEMPTS {
+        let attempt_result = {
+            let running = catch_up.run(context, rng);
+            tokio::pin!(running);
+            // The upstreams go on sending while catch-up asks them for data: their
+            // notifications are held here (the newest events only) so they never block.
+            loop {
+                tokio::select! {
+                    result = &mut running => break result,
+                    notification = notifications.recv() => match notification {
+                        Some(notification) => {
+                            // Connection changes show in the status at once; the driver
+                            // handles them again when it starts.
+                            match &notification.1 {
+                                Notification::Connected { .. } => catch_up.sources.book().set_connected(notification.0, true),
+                                Notification::Disconnected { .. } => catch_up.sources.book().set_connected(notification.0, false),
+                                _ => {}
+                            }
+                            hold(&mut held, notification);
+                        }
+                        None => break Ok(CatchUpReport::default()),
+                    },
+                }
+            }
+        };
+        match attempt_result {
+            Ok(report) => {
+                if report.floor.is_some() {
+                    info!(
+                        from = report.from,
+                        to = report.to,
+                        certificates = report.certificates,
+                        "caught up through the hash chain"
+                    );
+                    return Ok((Some(report), held));
+                }
+                break;
+            }
+            Err(err) if err.is_storage() || err.is_untrusted() => {
+                return Err(EngineError::CatchUp(err));
+            }
+            Err(err) if err.is_retryable() && attempt < CATCH_UP_ATTEMPTS => {
+                warn!(%err, attempt, "catch-up attempt failed; trying again");
+            }
+            Err(err) => {
+                warn!(%err, "catch-up through the hash chain stopped; marshal repairs the gap block by block");
+                break;
+            }
+        }
+    }
+    Ok((None, held))
 }
 
 #[cfg(test)]
