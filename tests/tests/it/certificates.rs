@@ -4,7 +4,8 @@
 //! held a liar; a source that lacks certificates is asked after the others and never punished;
 //! with `on-demand`, only what a client asks for is fetched. `explain` says how each block
 //! came to be trusted, before and after its certificate is filled, for a boundary, a block
-//! taken live, a backfilled block and a checkpoint start.
+//! taken live, a backfilled block and a checkpoint start. The background fill waits while the
+//! follower is far behind its upstreams.
 
 use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::{ChainProfile, decode_certificate, encode_certificate};
@@ -646,5 +647,146 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
         let above = explain(&follower, at + 3).await;
         assert_eq!(above.bytes.expect("recorded").how, "catch-up");
         assert_eq!(above.trust_root, root);
+    });
+}
+
+/// A chain that shows its blocks only up to `visible` and, until `certificates` is set, only
+/// the certificate of its visible tip (as a node that caught up through the hash chain, and
+/// then fell behind, would).
+#[derive(Clone)]
+struct Gated<C> {
+    inner: C,
+    visible: Arc<std::sync::atomic::AtomicU64>,
+    certificates: Arc<AtomicBool>,
+}
+
+impl<C: ChainReader> Gated<C> {
+    fn shows(&self, height: u64) -> bool {
+        height <= self.visible.load(Ordering::Relaxed)
+    }
+}
+
+impl<C: ChainReader + Clone> ChainReader for Gated<C> {
+    fn finalized_height(&self) -> Option<u64> {
+        let visible = self.visible.load(Ordering::Relaxed);
+        self.inner
+            .finalized_height()
+            .map(|height| height.min(visible))
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        let tip = self.finalized_height().unwrap_or_default();
+        if !self.shows(height) || (height < tip && !self.certificates.load(Ordering::Relaxed)) {
+            return Ok(None);
+        }
+        self.inner.certified_at(height).await
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        if !self.shows(height) {
+            return Ok(None);
+        }
+        self.inner.block_at(height).await
+    }
+
+    async fn raw_block_at(&self, height: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        if !self.shows(height) {
+            return Ok(None);
+        }
+        self.inner.raw_block_at(height).await
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        let block = self.inner.block_by_hash(hash).await?;
+        Ok(block.filter(|block| self.shows(block.height())))
+    }
+
+    async fn transaction_by_hash(
+        &self,
+        hash: alloy_primitives::B256,
+    ) -> Result<Option<(Block, usize)>, ReadError> {
+        self.inner.transaction_by_hash(hash).await
+    }
+}
+
+#[test]
+fn the_background_fill_waits_while_the_follower_is_far_behind_and_resumes_once_it_is_not() {
+    deterministic::Runner::seeded(11).start(|context| async move {
+        // One long epoch, so that an event far ahead verifies with the key already known.
+        let config = DevnetConfig {
+            validators: 5,
+            committee: 4,
+            epoch_length: 1_000,
+            ..DevnetConfig::default()
+        };
+        let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
+            .await
+            .expect("devnet opens");
+        let profile = devnet.profile("simulation").expect("profile");
+        let feed = FeedState::default();
+        for _ in 0..BLOCKS {
+            let produced = devnet.produce_next().await.expect("produces");
+            feed.publish_finalized(produced.certified);
+        }
+        let visible = Arc::new(std::sync::atomic::AtomicU64::new(BLOCKS));
+        let certificates = Arc::new(AtomicBool::new(false));
+        let upstream = Gated {
+            inner: devnet.store().clone(),
+            visible: visible.clone(),
+            certificates: certificates.clone(),
+        };
+        let follower = follow(
+            &context,
+            "behind",
+            &profile,
+            &feed,
+            vec![upstream],
+            CertificateMode::All,
+        )
+        .await;
+        let missing = coverage_until(&context, &follower, "classified", |report| {
+            report.served == BLOCKS
+        })
+        .await
+        .missing();
+        assert!(missing > BLOCKS / 2, "{missing}");
+
+        // The chain moves 40 heights on; the upstream announces the newest but serves none of
+        // the blocks in between yet: the follower is 40 heights behind.
+        let ahead = BLOCKS + 40;
+        let mut newest = None;
+        while devnet.next_height() <= ahead {
+            newest = Some(devnet.produce_next().await.expect("produces").certified);
+        }
+        feed.publish_finalized(newest.expect("produced"));
+        for _ in 0..6_000 {
+            let announced = follower
+                .sources
+                .health()
+                .iter()
+                .map(|source| source.announced_height)
+                .max();
+            if announced == Some(ahead) {
+                break;
+            }
+            context.sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*follower.executed.borrow(), BLOCKS);
+        // The certificates are there now, but the fill leaves the upstream's budget to the
+        // gap: over a minute (twice the longest pause between empty batches) it fetches none.
+        certificates.store(true, Ordering::Relaxed);
+        context.sleep(Duration::from_secs(60)).await;
+        let waiting = follower.coverage.report();
+        assert_eq!(waiting.filled, 0, "{waiting:?}");
+        assert_eq!(waiting.missing(), missing);
+
+        // Once the blocks are served, the follower closes the gap and the fill resumes.
+        visible.store(ahead, Ordering::Relaxed);
+        crate::follow::executed(&context, &follower, ahead).await;
+        let report = coverage_until(&context, &follower, "after the gap", |report| {
+            report.served == ahead && report.missing() == 0
+        })
+        .await;
+        assert!(report.filled >= missing, "{report:?}");
     });
 }
