@@ -127,6 +127,9 @@ const SOURCE_KEYS: u64 = 1 << 63;
 const NO_SOURCE: u16 = u16::MAX;
 /// Heights queued at most between two flushes; past it, records are dropped (and counted).
 const MAX_QUEUED_HEIGHTS: u64 = 1 << 22;
+/// Runs queued at most between two flushes (a live block is a run of one); past it, records are
+/// dropped (and counted).
+const MAX_QUEUED_RUNS: usize = 1 << 16;
 /// How often queued records are written and synced.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -278,6 +281,8 @@ impl<E: StoreContext> Stores<E> {
 
 struct Shared<E: StoreContext> {
     queue: Mutex<Queue>,
+    /// Set once the store failed: nothing more is queued.
+    stopped: std::sync::atomic::AtomicBool,
     stores: futures::lock::Mutex<Stores<E>>,
     clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
 }
@@ -386,6 +391,7 @@ impl<E: StoreContext> Provenance<E> {
         Ok(Self {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
+                stopped: std::sync::atomic::AtomicBool::new(false),
                 stores: futures::lock::Mutex::new(Stores {
                     records: Some(records),
                     table: Some(table),
@@ -441,12 +447,19 @@ impl<E: StoreContext> Provenance<E> {
     /// Records that `source` served the bytes of heights `first..=last` at `at_ms`, taken
     /// `how` (a later record of a height replaces an earlier one).
     pub fn record_at(&self, first: u64, last: u64, source: Option<&str>, how: How, at_ms: u64) {
-        if last < first {
+        if last < first
+            || self
+                .shared
+                .stopped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let heights = last - first + 1;
         let mut queue = self.queue();
-        if queue.heights.saturating_add(heights) > MAX_QUEUED_HEIGHTS {
+        if queue.heights.saturating_add(heights) > MAX_QUEUED_HEIGHTS
+            || queue.runs.len() >= MAX_QUEUED_RUNS
+        {
             queue.dropped = queue.dropped.saturating_add(heights);
             return;
         }
@@ -522,6 +535,12 @@ impl<E: StoreContext> Provenance<E> {
             context.sleep(FLUSH_EVERY).await;
             if let Err(err) = self.flush().await {
                 warn!(%err, "the provenance store failed: the sources of blocks taken from now on are not recorded");
+                self.shared
+                    .stopped
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut queue = self.queue();
+                queue.runs = Vec::new();
+                queue.heights = 0;
                 return;
             }
         }
@@ -591,6 +610,38 @@ mod tests {
                     .source
                     .as_deref(),
                 Some("ws://a")
+            );
+        });
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_runs_and_heights_and_says_what_it_dropped() {
+        deterministic::Runner::default().start(|context| async move {
+            let provenance = Provenance::open(context.child("p"), "prov")
+                .await
+                .expect("open");
+            for height in 0..MAX_QUEUED_RUNS as u64 + 10 {
+                provenance.record_at(height, height, Some("ws://a"), How::Live, 1);
+            }
+            provenance.record_at(
+                1 << 40,
+                (1 << 40) + MAX_QUEUED_HEIGHTS,
+                None,
+                How::CatchUp,
+                2,
+            );
+            {
+                let queue = provenance.queue();
+                assert_eq!(queue.runs.len(), MAX_QUEUED_RUNS);
+                assert_eq!(queue.dropped, 10 + MAX_QUEUED_HEIGHTS + 1);
+            }
+            provenance.flush().await.expect("flush");
+            assert!(provenance.queue().runs.is_empty());
+            assert!(provenance.get(0).await.expect("get").is_some());
+            assert_eq!(
+                provenance.get(MAX_QUEUED_RUNS as u64).await.expect("get"),
+                None,
+                "dropped"
             );
         });
     }
