@@ -48,16 +48,7 @@ async fn devnet<E: EngineContext>(context: &E) -> (Devnet<E>, ChainProfile, Feed
         full_dkg_at_epochs: BTreeSet::from([3]),
         ..DevnetConfig::default()
     };
-    let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
-        .await
-        .expect("devnet opens");
-    let profile = devnet.profile("simulation").expect("profile");
-    let feed = FeedState::default();
-    for _ in 0..BLOCKS {
-        let produced = devnet.produce_next().await.expect("produces");
-        feed.publish_finalized(produced.certified);
-    }
-    (devnet, profile, feed)
+    crate::follow::devnet_from(context, config, BLOCKS).await
 }
 
 /// A follower of `chains` (each an in-process upstream over `feed`) that catches up through
@@ -719,15 +710,8 @@ fn the_background_fill_waits_while_the_follower_is_far_behind_and_resumes_once_i
             epoch_length: 1_000,
             ..DevnetConfig::default()
         };
-        let mut devnet = Devnet::open(context.child("devnet"), config, FeedState::default())
-            .await
-            .expect("devnet opens");
-        let profile = devnet.profile("simulation").expect("profile");
-        let feed = FeedState::default();
-        for _ in 0..BLOCKS {
-            let produced = devnet.produce_next().await.expect("produces");
-            feed.publish_finalized(produced.certified);
-        }
+        let (mut devnet, profile, feed) =
+            crate::follow::devnet_from(&context, config, BLOCKS).await;
         let visible = Arc::new(std::sync::atomic::AtomicU64::new(BLOCKS));
         let certificates = Arc::new(AtomicBool::new(false));
         let upstream = Gated {

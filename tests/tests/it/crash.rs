@@ -73,20 +73,43 @@ fn upstream(
     context: &deterministic::Context,
     chain: &[CertifiedBlock],
 ) -> DistantChain<MemoryChain, deterministic::Context> {
+    DistantChain::new(
+        memory(chain),
+        context.child("upstream"),
+        Duration::from_millis(1),
+    )
+}
+
+/// The chain in memory.
+fn memory(chain: &[CertifiedBlock]) -> MemoryChain {
     let memory = MemoryChain::default();
     for certified in chain {
         memory.insert(certified.clone());
     }
-    DistantChain::new(memory, context.child("upstream"), Duration::from_millis(1))
+    memory
 }
 
-/// Runs a follower on the runtime's storage until it has executed the tip or `kill_after` has
-/// passed; returns the simulated time it ran and whether it reached the tip.
-async fn run_until(
+/// How far a run goes before it is done.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// The tip executed (the catch-up done).
+    Executed,
+    /// Every served height with its own certificate (the fill done, in batches of 4, one in
+    /// flight, so that it spans many instants).
+    Filled,
+}
+
+/// Runs a follower on the runtime's storage until it has reached `goal` or `kill_after` has
+/// passed; returns the simulated time it ran and whether it reached the goal. A run that is not
+/// killed checks what it serves against the chain; after a fill, every stored certificate too,
+/// and that blocks are explained with their own certificate and either the right source or
+/// none (a kill may take the provenance records of the last second, never write wrong ones).
+async fn run_to(
     context: &deterministic::Context,
     profile: &ChainProfile,
     chain: &[CertifiedBlock],
     kill_after: Option<Duration>,
+    goal: Goal,
 ) -> (Duration, bool) {
     let started = context.current();
     let ran = || {
@@ -96,28 +119,69 @@ async fn run_until(
             .expect("time moves forward")
     };
     let following = async {
+        let mut config = config(profile);
+        if goal == Goal::Filled {
+            config.certificates = cairn_follow::certificates::FillConfig {
+                batch: 4,
+                in_flight: 1,
+                ..Default::default()
+            };
+        }
         let follower = follow_with(
             context,
             "a",
             FeedState::default(),
             upstream(context, chain),
-            config(profile),
+            config,
         )
         .await;
         executed(context, &follower, TIP).await;
+        if goal == Goal::Filled {
+            crate::certificates::coverage_until(context, &follower, "the fill", |report| {
+                report.served == TIP && report.missing() == 0
+            })
+            .await;
+        }
         (follower, ran())
     };
-    match kill_after {
-        Some(after) => tokio::select! {
-            (_, ran) = following => (ran, true),
-            () = context.sleep(after) => (ran(), false),
-        },
-        None => {
-            let (follower, ran) = following.await;
-            assert_serves_the_chain(&follower, chain).await;
-            (ran, true)
+    let (follower, ran) = match kill_after {
+        Some(after) => {
+            return tokio::select! {
+                (_, ran) = following => (ran, true),
+                () = context.sleep(after) => (ran(), false),
+            };
+        }
+        None => following.await,
+    };
+    assert_serves_the_chain(&follower, chain).await;
+    if goal == Goal::Filled {
+        crate::certificates::assert_certificates_equal(&follower, &memory(chain), TIP).await;
+        for height in [1, TIP / 2, TIP] {
+            let cairn_feed::Explained::Block(explained) =
+                follower.chain.explain(height).await.expect("explains")
+            else {
+                panic!("block {height} is explained");
+            };
+            assert!(matches!(
+                explained.authentication,
+                cairn_feed::explain::Authentication::Certificate { .. }
+            ));
+            if let Some(bytes) = explained.bytes {
+                assert_eq!(bytes.source.as_deref(), Some("a"), "block {height}");
+            }
         }
     }
+    (ran, true)
+}
+
+/// [`run_to`] the executed tip.
+async fn run_until(
+    context: &deterministic::Context,
+    profile: &ChainProfile,
+    chain: &[CertifiedBlock],
+    kill_after: Option<Duration>,
+) -> (Duration, bool) {
+    run_to(context, profile, chain, kill_after, Goal::Executed).await
 }
 
 /// Every block 1..=TIP is served byte for byte, and every certificate served is the chain's.
@@ -173,88 +237,13 @@ fn a_catch_up_killed_at_any_instant_restarts_and_converges() {
     }
 }
 
-/// Runs a follower until every served height has its own certificate (the fill done) or
-/// `kill_after` has passed; returns the simulated time it ran and whether the fill was done.
-/// A run that is not killed checks every stored certificate against the chain, and that every
-/// block is explained with a source and its own certificate.
-async fn fill_until(
-    context: &deterministic::Context,
-    profile: &ChainProfile,
-    chain: &[CertifiedBlock],
-    kill_after: Option<Duration>,
-) -> (Duration, bool) {
-    let started = context.current();
-    let ran = || {
-        context
-            .current()
-            .duration_since(started)
-            .expect("time moves forward")
-    };
-    let filling = async {
-        let config = EngineConfig {
-            certificates: cairn_follow::certificates::FillConfig {
-                batch: 4,
-                in_flight: 1,
-                ..Default::default()
-            },
-            ..config(profile)
-        };
-        let follower = follow_with(
-            context,
-            "a",
-            FeedState::default(),
-            upstream(context, chain),
-            config,
-        )
-        .await;
-        executed(context, &follower, TIP).await;
-        crate::certificates::coverage_until(context, &follower, "the fill", |report| {
-            report.served == TIP && report.missing() == 0
-        })
-        .await;
-        (follower, ran())
-    };
-    match kill_after {
-        Some(after) => tokio::select! {
-            (_, ran) = filling => (ran, true),
-            () = context.sleep(after) => (ran(), false),
-        },
-        None => {
-            let (follower, ran) = filling.await;
-            let reference = MemoryChain::default();
-            for certified in chain {
-                reference.insert(certified.clone());
-            }
-            crate::certificates::assert_certificates_equal(&follower, &reference, TIP).await;
-            assert_serves_the_chain(&follower, chain).await;
-            // What a kill left of the provenance store opens and reads; a height whose record
-            // the kill took is explained without a source, never with a wrong one.
-            for height in [1, TIP / 2, TIP] {
-                let cairn_feed::Explained::Block(explained) =
-                    follower.chain.explain(height).await.expect("explains")
-                else {
-                    panic!("block {height} is explained");
-                };
-                assert!(matches!(
-                    explained.authentication,
-                    cairn_feed::explain::Authentication::Certificate { .. }
-                ));
-                if let Some(bytes) = explained.bytes {
-                    assert_eq!(bytes.source.as_deref(), Some("a"), "block {height}");
-                }
-            }
-            (ran, true)
-        }
-    }
-}
-
 #[test]
 fn a_certificate_fill_killed_at_any_instant_restarts_and_converges() {
     let (profile, chain) = chain();
     let (profile, chain) = (&profile, &chain);
     let caught_up = clean_run(profile, chain);
     let filled = runner(1).start(|context| async move {
-        let (ran, done) = fill_until(&context, profile, chain, None).await;
+        let (ran, done) = run_to(&context, profile, chain, None, Goal::Filled).await;
         assert!(done);
         ran
     });
@@ -273,14 +262,15 @@ fn a_certificate_fill_killed_at_any_instant_restarts_and_converges() {
     for kill in instants {
         let after = Duration::from_millis(kill);
         let ((_, done), checkpoint) = runner(kill).start_and_recover(|context| async move {
-            fill_until(&context, profile, chain, Some(after)).await
+            run_to(&context, profile, chain, Some(after), Goal::Filled).await
         });
         if done {
             // Past the clean run's end (the flush instants): nothing was cut short.
             continue;
         }
-        let (_, done) = deterministic::Runner::from(checkpoint)
-            .start(|context| async move { fill_until(&context, profile, chain, None).await });
+        let (_, done) = deterministic::Runner::from(checkpoint).start(|context| async move {
+            run_to(&context, profile, chain, None, Goal::Filled).await
+        });
         assert!(done, "restarted after a kill at {kill} ms");
     }
 }

@@ -118,7 +118,7 @@ async fn devnet_with<E: EngineContext>(
 }
 
 /// [`devnet_with`] with `config`.
-async fn devnet_from<E: EngineContext>(
+pub(crate) async fn devnet_from<E: EngineContext>(
     context: &E,
     config: DevnetConfig,
     blocks: u64,
