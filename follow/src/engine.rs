@@ -764,6 +764,28 @@ where
         .child("executor")
         .spawn(|_| async move { executor_actor.run().await });
 
+    let tip = execution.finalized_height();
+    let tip = match execution.hash_by_number(tip).await {
+        Ok(hash) => hash.map(|hash| (tip, hash)),
+        Err(err) => {
+            tracing::debug!(%err, "the stored tip's hash cannot be read; marshal's archive names it");
+            None
+        }
+    };
+    let lookup = sources.clone();
+    let finalizations: driver::FinalizationLookup = Arc::new(move |height| {
+        let sources = lookup.clone();
+        Box::pin(async move {
+            let answers = sources
+                .finalization_of_each(height)
+                .await
+                .unwrap_or_default();
+            answers
+                .into_iter()
+                .map(|(source, certified)| (sources.book().url(source), certified))
+                .collect()
+        })
+    });
     let driver_actor = driver::init(driver::Config {
         verifier,
         registry,
@@ -778,6 +800,8 @@ where
         feed: feed.clone(),
         rejoin,
         served: Some(served(How::Live)),
+        tip,
+        finalizations: Some(finalizations),
     });
     let (updates, delivered) = MarshalUpdates::new();
     let driver_handle = context

@@ -1167,23 +1167,43 @@ async fn three_upstreams_one_failing_the_failure_is_shown_never_punished_and_the
     }
 }
 
+/// A follower started with the two chains at their first blocks meets the fork in the events
+/// of one height; one started after both passed height 40 meets it where marshal's repair,
+/// fetching from either upstream, delivers a block that does not extend the one below it. Both
+/// stop with status 3 and one evidence file of two verifying certificates at one height.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_certificates_from_a_forked_devnet_end_the_follower_with_status_3() {
     let dir = tempfile::tempdir().expect("temp dir");
     let honest = seeded_devnet(&dir.path().join("honest"), &[]);
     let forked = seeded_devnet(&dir.path().join("forked"), &["--fork-at", "12"]);
     let chain = dir.path().join("honest").join("chain.json");
-    let datadir = dir.path().join("follower");
+    halts_on_the_fork(dir.path(), "early", &chain, &honest.addr, &forked.addr);
+    for devnet in [&honest, &forked] {
+        wait_for_height(&devnet.http(), 40, Duration::from_secs(60)).await;
+    }
+    halts_on_the_fork(dir.path(), "late", &chain, &honest.addr, &forked.addr);
+}
+
+/// Runs a follower of `honest` and `forked` in `dir/name` and checks it halts with evidence.
+fn halts_on_the_fork(dir: &Path, name: &str, chain: &Path, honest: &str, forked: &str) {
+    let datadir = dir.join(name);
+    let log = dir.join(format!("{name}.log"));
     let follower = CairnProcess::follower_with(
         cairn(),
-        &chain,
-        &honest.addr,
+        chain,
+        honest,
         &datadir,
-        &dir.path().join("follower.log"),
-        &["--upstream", &forked.addr],
+        &log,
+        &["--upstream", forked],
     );
     let status = follower.wait();
-    assert_eq!(status, Some(3), "a safety fault exits with status 3");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        status,
+        Some(3),
+        "{name}: a safety fault exits with status 3:\n{}",
+        log_excerpt(&log)
+    );
     let evidence: Vec<PathBuf> = std::fs::read_dir(&datadir)
         .expect("datadir")
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -1193,32 +1213,40 @@ async fn conflicting_certificates_from_a_forked_devnet_end_the_follower_with_sta
                 .is_some_and(|name| name.starts_with("evidence-"))
         })
         .collect();
-    assert_eq!(evidence.len(), 1, "one evidence file: {evidence:?}");
+    assert_eq!(evidence.len(), 1, "{name}: one evidence file: {evidence:?}");
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&evidence[0]).expect("evidence"))
             .expect("evidence is JSON");
     let height = file["height"].as_u64().expect("height");
-    assert!(height >= 12, "the chains agree below the fork: {height}");
+    assert!(
+        height >= 12,
+        "{name}: the chains agree below the fork: {height}"
+    );
     assert_ne!(
         file["first"]["certified"]["block"], file["second"]["certified"]["block"],
-        "two different blocks"
+        "{name}: two different blocks"
     );
     // Both certificates verify with `cairn inspect certificate`, which learns the epoch's key by
     // walking the boundaries from the profile's genesis outcome through the honest devnet.
     for side in ["first", "second"] {
-        let path = dir.path().join(format!("{side}.json"));
-        std::fs::write(&path, file[side].to_string()).expect("write side");
+        assert_eq!(
+            file[side]["certified"]["block"]["header"]["number"],
+            serde_json::json!(format!("{height:#x}")),
+            "{name}: {side} is a block at the evidence's height"
+        );
+        let path = dir.join(format!("{name}-{side}.json"));
+        std::fs::write(&path, file[side]["certified"].to_string()).expect("write side");
         let output = Command::new(cairn())
             .args(["inspect", "certificate", "--chain"])
-            .arg(&chain)
-            .args(["--upstream", &honest.addr])
+            .arg(chain)
+            .args(["--upstream", honest])
             .arg(&path)
             .output()
             .expect("inspect runs");
         assert_eq!(
             output.status.code(),
             Some(0),
-            "{side}: {}",
+            "{name} {side}: {}",
             String::from_utf8_lossy(&output.stdout)
         );
     }

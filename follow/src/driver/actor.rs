@@ -1,6 +1,9 @@
 //! The driver's loop.
 
-use super::{Config, Delivered, ExecutorPort, MarshalMailbox, MarshalPort, Rejoin, RejoinRun};
+use super::{
+    Config, Delivered, ExecutorPort, FinalizationLookup, MarshalMailbox, MarshalPort, Rejoin,
+    RejoinRun,
+};
 use crate::{
     catchup::{CatchUpError, CatchUpReport},
     executor,
@@ -139,6 +142,9 @@ pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     caught_up_to: u64,
     /// The highest block handed to the executor.
     forwarded: u64,
+    /// The last block delivered (or the stored tip): the next one must name it as its parent.
+    last_delivered: Option<(u64, Digest)>,
+    finalizations: Option<FinalizationLookup>,
 }
 
 impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
@@ -167,6 +173,8 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             rejoin_after: 0,
             caught_up_to: 0,
             forwarded: 0,
+            last_delivered: config.tip,
+            finalizations: config.finalizations,
         }
     }
 
@@ -264,6 +272,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                         "rejoined through the hash chain"
                     );
                     self.caught_up_to = self.caught_up_to.max(report.to);
+                    self.last_delivered = Some((report.to, floor.proposal.payload));
                     self.marshal.set_floor(floor);
                     self.status.send_modify(|status| status.rejoins += 1);
                 }
@@ -474,23 +483,21 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             .map(|block| (block.hash(), None))
     }
 
+    /// The hash of the block last delivered at `height`, else of the one stored there.
+    async fn hash_at(&self, height: u64) -> Option<Digest> {
+        match self.last_delivered {
+            Some((delivered, hash)) if delivered == height => Some(hash),
+            _ => self.stored_at(height).await.map(|(digest, _)| digest),
+        }
+    }
+
     /// The stored side of a conflict: the block stored at `height` with its certificate, or
     /// with none when it was authenticated through a later block's parent hash.
     async fn stored_side(&self, height: u64, finalization: Option<Finalization>) -> EvidenceSide {
         let block = self.marshal.block_at(height).await;
         let certified = match (block, &finalization) {
             (Some(block), Some(finalization)) => cairn_epoch::certified_block(finalization, block),
-            (block, _) => CertifiedBlock {
-                epoch: 0,
-                view: 0,
-                height: Some(height),
-                digest: block
-                    .as_ref()
-                    .map(|block| block.hash().0)
-                    .unwrap_or_default(),
-                certificate: String::new(),
-                block,
-            },
+            (block, _) => uncertified(height, block),
         };
         let source = if finalization.is_some() {
             STORE.to_string()
@@ -512,19 +519,83 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         second: &CertifiedBlock,
         first_digest: Digest,
     ) -> DriverError {
-        let height = verified.height();
-        let epoch = verified.finalization.proposal.round.epoch().get();
         let second = EvidenceSide {
             source: self.sources.url(source),
             certified: second.clone(),
         };
         let evidence = Evidence {
-            height,
-            epoch,
+            height: verified.height(),
+            epoch: verified.finalization.proposal.round.epoch().get(),
             identity: alloy_primitives::hex::encode(verified.identity.encode()),
             first,
             second,
         };
+        self.halt(evidence, first_digest, verified.digest())
+    }
+
+    /// A delivered block whose parent is not `stored`, the block below it: two certified
+    /// chains part at that height. The evidence is both blocks there with their certificates,
+    /// looked for among the upstreams when not stored; a side none of them serves is shown by
+    /// what names it (the stored block without a certificate, the certified child).
+    async fn fork(&self, rng: &mut impl CryptoRng, child: &Block, stored: Digest) -> DriverError {
+        let height = child.height() - 1;
+        let parent = child.parent();
+        let finalization = self.marshal.finalization_at(height).await;
+        let mut first = self.stored_side(height, finalization).await;
+        let mut second = None;
+        if let Some(lookup) = &self.finalizations {
+            for (source, certified) in lookup(height).await {
+                let Some(hash) = certified.block.as_ref().map(Block::hash) else {
+                    continue;
+                };
+                if self.verifier.verify(rng, &certified).is_err() {
+                    continue;
+                }
+                if hash == parent && second.is_none() {
+                    second = Some(EvidenceSide { source, certified });
+                } else if hash == stored && first.certified.certificate.is_empty() {
+                    first = EvidenceSide { source, certified };
+                }
+            }
+        }
+        let second = match second {
+            Some(side) => side,
+            None => {
+                let certified = match self.marshal.finalization_at(height + 1).await {
+                    Some(finalization) => {
+                        cairn_epoch::certified_block(&finalization, child.clone())
+                    }
+                    None => uncertified(height + 1, Some(child.clone())),
+                };
+                EvidenceSide {
+                    source: format!(
+                        "block {} naming {parent} as its parent (no upstream served that block's certificate)",
+                        height + 1
+                    ),
+                    certified,
+                }
+            }
+        };
+        let epoch = self.epochs.epoch_of(height);
+        let identity = self
+            .verifier
+            .provider()
+            .verifier(epoch)
+            .map(|verifier| alloy_primitives::hex::encode(verifier.identity.encode()))
+            .unwrap_or_default();
+        let evidence = Evidence {
+            height,
+            epoch: epoch.get(),
+            identity,
+            first,
+            second,
+        };
+        self.halt(evidence, stored, parent)
+    }
+
+    /// Writes `evidence` and returns the error that stops the follower.
+    fn halt(&self, evidence: Evidence, first_digest: Digest, second_digest: Digest) -> DriverError {
+        let Evidence { height, epoch, .. } = evidence;
         let written = match &self.evidence_dir {
             Some(dir) => write_evidence(dir, &evidence)
                 .map(|path| format!("evidence written to {}", path.display()))
@@ -537,7 +608,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             first = %evidence.first.source,
             first_digest = %first_digest,
             second = %evidence.second.source,
-            second_digest = %verified.digest(),
+            second_digest = %second_digest,
             "conflicting finalizations; stopping"
         );
         DriverError::Conflict {
@@ -588,6 +659,12 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
     ) -> Result<(), DriverError> {
         let block: Arc<Block> = delivered.block.inner_shared();
         let height = block.height();
+        if let Some(below) = height.checked_sub(1)
+            && let Some(stored) = self.hash_at(below).await
+            && stored != block.parent()
+        {
+            return Err(self.fork(rng, &block, stored).await);
+        }
         let registered = if height > 0 && self.epochs.is_boundary(height) {
             self.register_next_epoch(&block).await?
         } else {
@@ -598,11 +675,15 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
         } else {
             self.marshal.finalization_at(height).await
         };
+        let hash = block.hash();
         self.executor
             .execute(block, finalization, delivered.ack)
             .await
             .map_err(|_| DriverError::ExecutorStopped)?;
         self.forwarded = self.forwarded.max(height);
+        if self.last_delivered.is_none_or(|(last, _)| height > last) {
+            self.last_delivered = Some((height, hash));
+        }
         if registered {
             self.retry_pending(rng).await?;
         }
@@ -702,6 +783,21 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             self.hint_boundary();
         }
         Ok(())
+    }
+}
+
+/// A block at `height` in the evidence's form, without a certificate.
+fn uncertified(height: u64, block: Option<Block>) -> CertifiedBlock {
+    CertifiedBlock {
+        epoch: 0,
+        view: 0,
+        height: Some(height),
+        digest: block
+            .as_ref()
+            .map(|block| block.hash().0)
+            .unwrap_or_default(),
+        certificate: String::new(),
+        block,
     }
 }
 

@@ -12,6 +12,11 @@
 //! marshal's repair, one certificate per block: the driver lets the executor finish what it was
 //! given, holds marshal's deliveries and the upstreams' events while the catch-up runs, then
 //! hands marshal the verified tip as its new floor and goes on with the held events.
+//!
+//! Every delivered block must name the block delivered (or stored) below it as its parent. One
+//! that does not shows two certified chains parting: the driver looks for both blocks'
+//! certificates at the height below among the upstreams, writes the evidence and stops, as it
+//! does for two certificates of one height.
 
 mod actor;
 mod ingress;
@@ -27,7 +32,7 @@ use crate::{
 };
 use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};
 use cairn_feed::{FeedState, StoreContext};
-use cairn_primitives::Block;
+use cairn_primitives::{Block, CertifiedBlock, Digest};
 use commonware_consensus::{
     Reporter as _,
     marshal::{Identifier, core::Mailbox, standard::Standard},
@@ -111,6 +116,15 @@ pub struct Rejoin {
     pub start: Box<dyn FnMut() -> RejoinRun + Send + Sync>,
 }
 
+/// Asks every upstream for its certified block at a height, answering with each that
+/// carries its block and signs it, named by the upstream's address. Where two certified chains
+/// part, it finds each side's certificate for the evidence.
+pub type FinalizationLookup = Arc<
+    dyn Fn(u64) -> Pin<Box<dyn Future<Output = Vec<(String, CertifiedBlock)>> + Send>>
+        + Send
+        + Sync,
+>;
+
 impl std::fmt::Debug for Rejoin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rejoin").field("gap", &self.gap).finish()
@@ -171,6 +185,12 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// Told the height and source of each verified event whose block goes to marshal (the
     /// provenance of blocks taken live).
     pub served: Option<crate::upstream::ServedHook>,
+    /// The stored tip (height and hash) the first block marshal delivers must extend; `None`
+    /// leaves that first link to marshal's archive.
+    pub tip: Option<(u64, Digest)>,
+    /// Where the certificates of a fork are looked for when a delivered block does not extend
+    /// the one below it; `None` writes the evidence with what is stored.
+    pub finalizations: Option<FinalizationLookup>,
 }
 
 /// Creates the driver.

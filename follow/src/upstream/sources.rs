@@ -677,14 +677,39 @@ impl<R: UpstreamRequests> Sources<R> {
     /// [`Self::latest`], with every source's answer that passed the checks (an empty list when
     /// none had a finalization yet).
     pub async fn latest_of_each(&self) -> Result<Vec<Answered>, UpstreamError> {
+        self.ask_each(None, |requests| async move { requests.get_latest().await })
+            .await
+    }
+
+    /// Every source's certified block at `height` that carries its block and signs it
+    /// (verified too when the key is known). Where two chains part, each side's upstreams
+    /// answer with their own.
+    pub async fn finalization_of_each(&self, height: u64) -> Result<Vec<Answered>, UpstreamError> {
+        self.ask_each(Some(height), move |requests| async move {
+            requests.get_finalization(height).await
+        })
+        .await
+    }
+
+    /// Asks every source that is not quarantined at once, with `ask`, for a finalization at
+    /// `height` (any height when `None`), and keeps the answers that pass the checks.
+    async fn ask_each<F, Fut>(
+        &self,
+        height: Option<u64>,
+        ask: F,
+    ) -> Result<Vec<Answered>, UpstreamError>
+    where
+        F: Fn(R) -> Fut,
+        Fut: Future<Output = Result<Option<CertifiedBlock>, UpstreamError>>,
+    {
         let order = self.book.order(None);
         if order.is_empty() {
             return Err(UpstreamError::NotConnected);
         }
         let answers = futures::future::join_all(order.iter().map(|source| {
-            let requests = self.requests[*source].clone();
+            let answer = ask(self.requests[*source].clone());
             let started = self.book.now();
-            async move { (requests.get_latest().await, started) }
+            async move { (answer.await, started) }
         }))
         .await;
         let mut answered = Vec::new();
@@ -692,7 +717,9 @@ impl<R: UpstreamRequests> Sources<R> {
         for (source, (answer, started)) in order.into_iter().zip(answers) {
             let recorded = match answer {
                 Ok(Some(certified)) => {
-                    let height = certified.block.as_ref().map_or(0, |block| block.height());
+                    let height = height.unwrap_or_else(|| {
+                        certified.block.as_ref().map_or(0, |block| block.height())
+                    });
                     match self.check_finalization(height, &certified) {
                         Ok(()) => {
                             let elapsed =

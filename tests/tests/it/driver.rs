@@ -3,7 +3,9 @@
 //! a verified block under another certificate is verified (and rejected); events waiting for
 //! their epoch's key are bounded in count and bytes, keep the lowest heights, never move the
 //! announced height, and are handed on once the boundary that announces their key is
-//! delivered; two valid blocks at one height stop the driver; far behind, the driver rejoins
+//! delivered; two valid blocks at one height stop the driver, and so does a delivered block
+//! that does not extend the one below it (with both sides' certificates when an upstream
+//! serves them); far behind, the driver rejoins
 //! through a catch-up, holding events and deliveries until it ends, then moves marshal's floor.
 
 use cairn_epoch::{Finalization, FinalizationVerifier};
@@ -160,6 +162,7 @@ async fn harness(
         max_pending_events,
         max_pending_bytes,
         None,
+        None,
     )
     .await
 }
@@ -170,6 +173,7 @@ async fn harness_rejoining(
     max_pending_events: usize,
     max_pending_bytes: usize,
     rejoin: Option<driver::Rejoin>,
+    finalizations: Option<driver::FinalizationLookup>,
 ) -> Harness {
     let provider = profile.scheme_provider(16);
     let registry = EpochRegistry::open(context.child("registry"), "driver-epochs", 16)
@@ -196,6 +200,8 @@ async fn harness_rejoining(
         status: watch::Sender::default(),
         feed: cairn_feed::FeedState::new(16),
         rejoin,
+        tip: None,
+        finalizations,
     });
     let status = actor.status();
     let (notifications, notifications_rx) = mpsc::channel(64);
@@ -387,6 +393,100 @@ fn two_valid_blocks_at_one_height_stop_the_driver() {
     });
 }
 
+/// A chain parting from `chain` at its first block: another block 1 and a block 2 on top of
+/// it, both certified by `committee`.
+fn fork_of(
+    committee: &TestCommittee,
+    chain: &[CertifiedBlock],
+) -> (CertifiedBlock, CertifiedBlock) {
+    let (mut header, body) = chain[0].block.clone().expect("block").into_parts();
+    header.timestamp_millis_part = (header.timestamp_millis_part + 1) % 1000;
+    let one = Block::new(header, body).expect("body unchanged");
+    let (mut header, body) = chain[1].block.clone().expect("block").into_parts();
+    header.inner.parent_hash = one.hash().0;
+    let two = Block::new(header, body).expect("body unchanged");
+    (committee.certify(one, 0, 1), committee.certify(two, 0, 2))
+}
+
+/// A lookup answering every height with `answers`.
+fn lookup(answers: Vec<(String, CertifiedBlock)>) -> driver::FinalizationLookup {
+    Arc::new(move |height| {
+        let answers: Vec<_> = answers
+            .iter()
+            .filter(|(_, certified)| certified.block.as_ref().map(Block::height) == Some(height))
+            .cloned()
+            .collect();
+        Box::pin(async move { answers })
+    })
+}
+
+#[test]
+fn a_delivered_block_not_extending_the_one_below_stops_the_driver_with_both_certificates() {
+    let committee = TestCommittee::new(b"TEMPO", 45, 4);
+    let (profile, chain) = committee_chain(&committee, 3, 5);
+    let (one, two) = fork_of(&committee, &chain);
+    deterministic::Runner::seeded(5).start(|context| async move {
+        // Each side's upstream serves its own block 1; one more sends a forgery of it.
+        let mut forged = one.clone();
+        forged.certificate = chain[1].certificate.clone();
+        let answers = vec![
+            ("a".to_string(), forged),
+            ("b".to_string(), one.clone()),
+            ("c".to_string(), chain[0].clone()),
+        ];
+        let driver =
+            harness_rejoining(&context, &profile, 16, 1 << 20, None, Some(lookup(answers))).await;
+        driver.deliver(&chain[0]);
+        driver.deliver(&two);
+        let result = driver.stopped.await.expect("driver task");
+        let Err(DriverError::Conflict {
+            height,
+            first,
+            second,
+            ..
+        }) = result
+        else {
+            panic!("expected a conflict, got {result:?}");
+        };
+        assert_eq!((height, first.as_str(), second.as_str()), (1, "c", "b"));
+        assert_eq!(
+            *driver.executor.0.lock().expect("lock"),
+            vec![1],
+            "block 2 never executed"
+        );
+    });
+}
+
+#[test]
+fn a_fork_no_upstream_serves_certificates_for_still_stops_the_driver() {
+    let committee = TestCommittee::new(b"TEMPO", 46, 4);
+    let (profile, chain) = committee_chain(&committee, 3, 5);
+    let (_, two) = fork_of(&committee, &chain);
+    deterministic::Runner::seeded(6).start(|context| async move {
+        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, None, None).await;
+        driver.deliver(&chain[0]);
+        driver.deliver(&two);
+        let result = driver.stopped.await.expect("driver task");
+        let Err(DriverError::Conflict {
+            height,
+            first,
+            second,
+            ..
+        }) = result
+        else {
+            panic!("expected a conflict, got {result:?}");
+        };
+        assert_eq!(height, 1);
+        assert!(first.starts_with("this node's store"), "{first}");
+        assert!(second.starts_with("block 2 naming"), "{second}");
+        assert_eq!(
+            *driver.executor.0.lock().expect("lock"),
+            vec![1],
+            "block 2 never executed"
+        );
+    });
+}
+
 /// The epoch registry keeps the newest epochs only, but the identity history it keeps with them
 /// survives their pruning and a restart: every change, with the boundary that announced it.
 #[test]
@@ -511,7 +611,7 @@ fn far_behind_the_driver_rejoins_holding_events_and_deliveries_then_moves_marsha
     let hash = |height: u64| at(height).block.expect("block").hash();
     deterministic::Runner::seeded(6).start(|context| async move {
         let (rejoin, starts, results) = stand_in_rejoin(3);
-        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, Some(rejoin)).await;
+        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, Some(rejoin), None).await;
         let starts = || *starts.lock().expect("lock");
         let verified = || driver.marshal.log(|log| log.verified.clone());
         let executed = || driver.executor.0.lock().expect("lock").clone();
