@@ -9,6 +9,6 @@ mod secrets;
 mod store;
 pub mod transactions;
 
-pub use cairn_feed::StoreContext;
+pub use cairn_storage::StoreContext;
 pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};
 pub use store::{ChainStore, StoreError};

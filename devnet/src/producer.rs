@@ -21,8 +21,9 @@ use cairn_epoch::{
     ChainProfile, CommitteeSigner, EpochStrategy, Finalization, InvalidEpochLength, SignerError,
     certified_block,
 };
-use cairn_feed::{FeedState, StoreContext};
+use cairn_feed::FeedState;
 use cairn_primitives::{Block, Body, ProposerKey, TempoConsensusContext, TempoHeader};
+use cairn_storage::StoreContext;
 use commonware_codec::Encode;
 use commonware_consensus::types::{Epoch, Round, View};
 use commonware_cryptography::{

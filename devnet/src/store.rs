@@ -6,11 +6,9 @@
 //! restart instead of being replaced.
 
 use cairn_epoch::{Finalization, certified_block};
-use cairn_feed::{
-    BlockStore, ChainReader, ReadError, StoreContext,
-    store::{SharedArchive, archive_config, page_cache},
-};
+use cairn_feed::{ChainReader, ReadError};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::{BlockStore, SharedArchive, StoreContext, archive_config, page_cache};
 use commonware_storage::{
     archive::{Archive as _, Identifier, immutable},
     metadata::{self, Metadata},
@@ -33,7 +31,7 @@ const NO_TIP: u64 = u64::MAX;
 pub enum StoreError {
     /// The block or finalization archive failed.
     #[error(transparent)]
-    Storage(#[from] cairn_feed::StoreError),
+    Storage(#[from] cairn_storage::StoreError),
     /// The metadata store failed.
     #[error("metadata {what}: {error}")]
     Metadata {
@@ -80,7 +78,7 @@ impl<E: StoreContext> ChainStore<E> {
             archive_config("devnet-finalizations", page_cache, ()),
         )
         .await
-        .map_err(|error| cairn_feed::StoreError::Archive {
+        .map_err(|error| cairn_storage::StoreError::Archive {
             what: "opening finalizations",
             error,
         })?;

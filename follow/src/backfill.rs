@@ -13,11 +13,11 @@
 
 use crate::{
     catchup::{CatchUpConfig, CatchUpError, fetch_in_order, write_behind},
-    execution::EmbeddedExecution,
     upstream::{Sources, UpstreamRequests},
 };
-use cairn_feed::StoreContext;
 use cairn_primitives::Block;
+use cairn_storage::StoreContext;
+use cairn_storage::execution::EmbeddedExecution;
 use futures::{SinkExt as _, StreamExt as _};
 use tracing::debug;
 

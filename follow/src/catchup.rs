@@ -21,24 +21,22 @@
 //! [`VerifyPolicy::EveryBlock`] skips this and leaves the whole gap to marshal, which verifies
 //! every certificate: Tempo's own policy, kept for comparison.
 
-use crate::{
-    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
-    registry::{EpochRegistry, RegistryError},
-    upstream::{Answered, SourceId, Sources, UpstreamError, UpstreamRequests, split_highest},
+use crate::upstream::{
+    Answered, SourceId, Sources, UpstreamError, UpstreamRequests, split_highest,
 };
 use cairn_epoch::{
     ChainProfile, DEFAULT_WALK_CONCURRENCY, Finalization, FinalizationVerifier, IdentityLedger,
     LedgerError, SchemeProvider, VerifyError,
 };
-use cairn_feed::{
-    StoreContext, StoreError,
-    store::{SharedArchive, archive_config, page_cache},
-};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::{
+    AnchorStore, StoreContext, StoreError,
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    registry::{EpochRegistry, RegistryError},
+};
 use commonware_consensus::types::Epoch;
 use commonware_parallel::Rayon;
 use commonware_runtime::Clock;
-use commonware_storage::archive::immutable;
 use futures::{SinkExt as _, StreamExt as _};
 use rand::CryptoRng;
 use std::{num::NonZeroUsize, time::Duration};
@@ -253,20 +251,6 @@ impl Anchor {
     const fn digest(&self) -> Digest {
         self.finalization.proposal.payload
     }
-}
-
-/// The finalizations catch-up verified (boundaries and tips), by height and block hash: what
-/// a follower serves for those heights, as marshal holds none for them.
-pub type AnchorStore<E> = SharedArchive<immutable::Archive<E, Digest, Finalization>>;
-
-/// Opens the anchor store in the partitions named after `prefix`.
-pub async fn open_anchors<E: StoreContext>(
-    context: E,
-    prefix: &str,
-) -> Result<AnchorStore<E>, commonware_storage::archive::Error> {
-    let archive =
-        immutable::Archive::init(context, archive_config(prefix, page_cache(), ())).await?;
-    Ok(SharedArchive::new(archive))
 }
 
 /// What catch-up writes to and verifies with.

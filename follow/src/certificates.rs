@@ -21,19 +21,19 @@
 //! height whose certificate is still missing has it fetched at once ([`CertificateRequests`]),
 //! one fetch per height and a bounded number at a time. [`Coverage`] says how far the fill is.
 
-use crate::{
-    catchup::AnchorStore,
-    execution::{EmbeddedExecution, ExecutionProvider},
-    registry::derive_key,
-    upstream::{SourceId, Sources, UpstreamRequests},
-};
+use crate::upstream::{SourceId, Sources, UpstreamRequests};
 use cairn_dkg::Identity;
 use cairn_epoch::{
     ChainProfile, Finalization, IdentitySource, SchemeProvider, decode_certificate,
     verify_finalizations,
 };
-use cairn_feed::StoreContext;
 use cairn_primitives::Digest;
+use cairn_storage::StoreContext;
+use cairn_storage::{
+    AnchorStore,
+    execution::{EmbeddedExecution, ExecutionProvider},
+    registry::derive_key,
+};
 use commonware_consensus::types::Epoch;
 use commonware_parallel::{Rayon, Sequential};
 use commonware_runtime::{Clock, Spawner};
@@ -388,7 +388,7 @@ type Job = std::pin::Pin<
                 Output = (
                     Vec<u64>,
                     bool,
-                    Result<Result<Fetched, cairn_feed::StoreError>, commonware_runtime::Error>,
+                    Result<Result<Fetched, cairn_storage::StoreError>, commonware_runtime::Error>,
                 ),
             > + Send,
     >,
@@ -403,7 +403,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
         context: C,
         rng: &mut impl CryptoRng,
         mut requests: mpsc::Receiver<Request>,
-    ) -> Result<(), cairn_feed::StoreError> {
+    ) -> Result<(), cairn_storage::StoreError> {
         let Self {
             profile,
             provider,
@@ -578,7 +578,11 @@ impl<E: StoreContext, U: UpstreamRequests> Fetcher<E, U> {
 
     /// Fetches, checks, verifies and stores the certificates at `heights`. Fails only when
     /// the store fails.
-    async fn fetch(&self, heights: &[u64], seed: u64) -> Result<Fetched, cairn_feed::StoreError> {
+    async fn fetch(
+        &self,
+        heights: &[u64],
+        seed: u64,
+    ) -> Result<Fetched, cairn_storage::StoreError> {
         let pool = &self.pool;
         let mut fetched = Fetched::default();
         let answers = match self.sources.certificates(heights).await {

@@ -11,20 +11,20 @@
 //! trust starts from (the genesis outcome, the checkpoint, or a block the profile pins).
 
 use crate::{
-    catchup::AnchorStore,
     certificates::{CertificateRequests, Coverage},
     driver::MarshalMailbox,
-    execution::ExecutionProvider,
-    provenance::Provenance,
-    registry::IdentityHistory,
 };
 use cairn_dkg::Identity;
 use cairn_epoch::{ChainProfile, Finalization, SchemeProvider, certified_block};
 use cairn_feed::{
-    ChainReader, Explained, ReadError, StoreContext,
+    ChainReader, Explained, ReadError,
     explain::{Authentication, BytesOrigin, CertificateTrust, Explanation, KeyOrigin, TrustRoot},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::StoreContext;
+use cairn_storage::{
+    AnchorStore, execution::ExecutionProvider, provenance::Provenance, registry::IdentityHistory,
+};
 use commonware_codec::Encode as _;
 use commonware_consensus::types::{Epoch, Height};
 use commonware_storage::archive::Identifier;

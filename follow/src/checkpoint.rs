@@ -15,8 +15,8 @@ use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, LedgerRecord,
     MalformedError, TrustedBlock, VerifyError, check_unsigned, decode_certificate,
 };
-use cairn_feed::StoreContext;
 use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock};
+use cairn_storage::StoreContext;
 use commonware_codec::{Decode as _, Encode as _, Read as _, ReadExt as _};
 use commonware_storage::metadata::{self, Metadata};
 use commonware_utils::sequence::U64;

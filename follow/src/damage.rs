@@ -6,17 +6,18 @@
 //! its epoch, and stores it in the anchor store, where the chain reads it.
 
 use crate::{
-    catchup::AnchorStore,
     certificates::Coverage,
-    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
-    registry::derive_key,
     upstream::{Sources, UpstreamRequests},
 };
 use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, SchemeProvider, decode_certificate,
 };
-use cairn_feed::{StoreContext, store::is_damage};
 use cairn_primitives::Digest;
+use cairn_storage::{AnchorStore, StoreContext, is_damage};
+use cairn_storage::{
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    registry::derive_key,
+};
 use commonware_consensus::{
     marshal::store::Certificates,
     types::{Epoch, Height},
@@ -323,7 +324,7 @@ pub enum RepairError {
     NoKey(u64),
     /// The verified copy could not be stored.
     #[error("storing it: {0}")]
-    Store(cairn_feed::StoreError),
+    Store(cairn_storage::StoreError),
 }
 
 /// Fetches the finalization at `height` again from `sources`, verifies it against the stored

@@ -5,7 +5,7 @@
 
 use crate::{
     backfill::Backfill,
-    catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy, open_anchors},
+    catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy},
     certificates::{Coverage, Fill, FillConfig},
     chain::{FollowerChain, TrustContext},
     checkpoint::Checkpoint,
@@ -14,17 +14,20 @@ use crate::{
         check_stores, repair_finalization,
     },
     driver::{self, DriverError, MarshalUpdates, UpstreamStatus},
-    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
     executor,
-    provenance::{How, Provenance},
-    registry::{EpochRegistry, RegistryError},
     resolver::{FetchConfig, UpstreamFetcher},
     status::{Sampled, StatusBoard, sample},
     upstream::{Notification, ServedHook, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
-use cairn_feed::{FeedState, StoreContext, store::archive_config, store::page_cache};
+use cairn_feed::FeedState;
 use cairn_primitives::{Block, BlockCodecConfig, Digest};
+use cairn_storage::{StoreContext, archive_config, open_anchors, page_cache};
+use cairn_storage::{
+    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
+    provenance::{How, Provenance},
+    registry::{EpochRegistry, RegistryError},
+};
 use commonware_consensus::{
     marshal::{self, Start, core::Actor as Marshal, resolver::handler, standard::Standard},
     types::ViewDelta,
@@ -78,10 +81,10 @@ pub enum EngineError {
     },
     /// The anchor store failed.
     #[error("the store of verified finalizations: {0}")]
-    Anchors(cairn_feed::StoreError),
+    Anchors(cairn_storage::StoreError),
     /// The provenance store could not be opened.
     #[error("{0}")]
-    Provenance(crate::provenance::ProvenanceError),
+    Provenance(cairn_storage::provenance::ProvenanceError),
     /// The start-up catch-up could not store what it verified.
     #[error("catching up: {0}")]
     CatchUp(crate::catchup::CatchUpError),
@@ -201,7 +204,7 @@ pub struct Follower<E: EngineContext> {
     marshal: Handle<()>,
     driver: Handle<Result<(), DriverError>>,
     executor: Handle<Result<(), ExecutionError>>,
-    fill: Handle<Result<(), cairn_feed::StoreError>>,
+    fill: Handle<Result<(), cairn_storage::StoreError>>,
 }
 
 impl<E: EngineContext> Follower<E> {
@@ -314,7 +317,7 @@ struct Repairs<E: EngineContext, U> {
     profile: ChainProfile,
     execution: EmbeddedExecution<E>,
     verifier: FinalizationVerifier,
-    anchors: crate::catchup::AnchorStore<E>,
+    anchors: cairn_storage::AnchorStore<E>,
     sources: Sources<U>,
     certificates: DamageLog,
 }
@@ -431,11 +434,11 @@ pub fn genesis_block(profile: &ChainProfile) -> Result<Block, EngineError> {
 /// warning: marshal then repairs from its own floor.
 async fn stored_tip_floor<E: EngineContext>(
     execution: &EmbeddedExecution<E>,
-    anchors: &crate::catchup::AnchorStore<E>,
+    anchors: &cairn_storage::AnchorStore<E>,
     provider: &SchemeProvider,
     profile: &ChainProfile,
     rng: &mut impl CryptoRng,
-) -> Result<Option<Finalization>, cairn_feed::StoreError> {
+) -> Result<Option<Finalization>, cairn_storage::StoreError> {
     let tip = execution.finalized_height();
     if tip == 0 {
         return Ok(None);
@@ -877,7 +880,7 @@ async fn open_finalizations<E: EngineContext>(
     prefix: &str,
     cache: CacheRef,
     execution: &EmbeddedExecution<E>,
-    anchors: &crate::catchup::AnchorStore<E>,
+    anchors: &cairn_storage::AnchorStore<E>,
     damage: &DamageLog,
     coverage: &Coverage,
     check: StoreCheck,

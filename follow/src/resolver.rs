@@ -4,10 +4,11 @@
 //! block is hash-checked before it is handed on, each attempt has a timeout, and a fetch makes
 //! a bounded number of attempts with backoff before the resolver's own retry takes over.
 
-use crate::{execution::ExecutionProvider, upstream::UpstreamRequests};
+use crate::upstream::UpstreamRequests;
 use bytes::Bytes;
 use cairn_epoch::decode_certificate;
 use cairn_primitives::{Block, Digest};
+use cairn_storage::execution::ExecutionProvider;
 use commonware_codec::Encode;
 use commonware_consensus::marshal::resolver::handler::Key;
 use commonware_resolver::opaque::Fetcher;

@@ -6,12 +6,14 @@
 
 use crate::{
     driver::UpstreamStatus,
-    execution::{EmbeddedExecution, ExecutionProvider as _},
-    registry::{IdentityChange, IdentityHistory},
     upstream::{SourceBook, SourceHealth},
 };
 use cairn_epoch::EpochStrategy;
-use cairn_feed::StoreContext;
+use cairn_storage::StoreContext;
+use cairn_storage::{
+    execution::{EmbeddedExecution, ExecutionProvider as _},
+    registry::{IdentityChange, IdentityHistory},
+};
 use commonware_runtime::{
     Clock, Metrics,
     telemetry::metrics::{

@@ -6,7 +6,7 @@
 //! walk verified, or the checkpoint) are fetched, linked by their parent hashes, and the one at
 //! the trusted height must be the trusted block. Blocks written later (by a catch-up, marshal or
 //! the backfill) are checked by the execution store as they are written (see
-//! [`crate::execution::EmbeddedExecution::trust`]).
+//! [`cairn_storage::execution::EmbeddedExecution::trust`]).
 
 use cairn_epoch::TrustedBlock;
 use cairn_primitives::{Block, Digest};

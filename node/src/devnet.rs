@@ -9,7 +9,7 @@ use cairn_devnet::{
     faults::{Fault, Faults, FaultyChain},
 };
 use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
-use cairn_follow::registry::{IdentityChange, IdentityHistory};
+use cairn_storage::registry::{IdentityChange, IdentityHistory};
 use clap::Args;
 use commonware_codec::Encode;
 use commonware_runtime::{Runner as _, Supervisor as _};
@@ -124,7 +124,7 @@ const BULK_BATCH: u64 = 4096;
 
 /// Generates `count` blocks at full speed, syncing and serving them every [`BULK_BATCH`];
 /// stops early (after a last sync) on Ctrl-C, and then returns true.
-async fn bulk<E: cairn_feed::StoreContext>(
+async fn bulk<E: cairn_storage::StoreContext>(
     devnet: &mut Devnet<E>,
     count: u64,
     validators: usize,

@@ -16,10 +16,10 @@ use cairn_follow::{
     checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     damage::StoreCheck,
     driver::{DriverError, Evidence},
-    execution::ExecutionError,
     status::StatusBoard,
     upstream::{self, ClientConfig, QuarantineConfig, Sources, UpstreamClient, follow_url},
 };
+use cairn_storage::execution::ExecutionError;
 use clap::{ArgMatches, Args};
 use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
 use eyre::{WrapErr, eyre};

@@ -108,7 +108,7 @@ fn stored_epochs(datadir: &Path) -> Vec<(u64, cairn_dkg::Identity)> {
         scope
             .spawn(|| {
                 commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-                    let registry = cairn_follow::registry::EpochRegistry::open(
+                    let registry = cairn_storage::registry::EpochRegistry::open(
                         context.child("registry"),
                         "follow-epochs",
                         usize::MAX,

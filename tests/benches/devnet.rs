@@ -136,10 +136,10 @@ fn provenance_cost(blocks: u64) -> (f64, f64) {
         .map(|height| cairn_tests::test_block(height, 0, height, Vec::new()))
         .collect();
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        let store = cairn_feed::BlockStore::open(
+        let store = cairn_storage::BlockStore::open(
             context.child("blocks"),
             "bench-blocks",
-            cairn_feed::store::page_cache(),
+            cairn_storage::page_cache(),
         )
         .await
         .expect("store opens");
@@ -147,7 +147,7 @@ fn provenance_cost(blocks: u64) -> (f64, f64) {
         store.put_batch(&chain).await.expect("stores");
         let stored = start.elapsed().as_secs_f64();
         let provenance =
-            cairn_follow::provenance::Provenance::open(context.child("provenance"), "bench")
+            cairn_storage::provenance::Provenance::open(context.child("provenance"), "bench")
                 .await
                 .expect("provenance opens");
         let start = Instant::now();
@@ -157,7 +157,7 @@ fn provenance_cost(blocks: u64) -> (f64, f64) {
                 first,
                 (first + 99).min(blocks),
                 Some("ws://127.0.0.1:8546"),
-                cairn_follow::provenance::How::CatchUp,
+                cairn_storage::provenance::How::CatchUp,
             );
         }
         provenance.flush().await.expect("flushes");

@@ -7,7 +7,6 @@ use super::{
 use crate::{
     catchup::{CatchUpError, CatchUpReport},
     executor,
-    registry::{EpochRegistry, RegistryError},
     upstream::{Notification, SourceBook, SourceId, Sourced},
 };
 use cairn_dkg::OutcomeLimits;
@@ -15,8 +14,10 @@ use cairn_epoch::{
     EpochStrategy, Finalization, FinalizationVerifier, Registration, VerifiedBlock, VerifyError,
     boundary_outcome, encode_certificate,
 };
-use cairn_feed::{FeedState, StoreContext};
+use cairn_feed::FeedState;
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use cairn_storage::StoreContext;
+use cairn_storage::registry::{EpochRegistry, RegistryError};
 use commonware_codec::Encode as _;
 use commonware_consensus::types::Epoch;
 use commonware_cryptography::Digested;

@@ -27,12 +27,13 @@ pub use ingress::{Delivered, MarshalUpdates};
 use crate::{
     catchup::{CatchUpError, CatchUpReport},
     executor,
-    registry::EpochRegistry,
     upstream::SourceBook,
 };
 use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};
-use cairn_feed::{FeedState, StoreContext};
+use cairn_feed::FeedState;
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::StoreContext;
+use cairn_storage::registry::EpochRegistry;
 use commonware_consensus::{
     Reporter as _,
     marshal::{Identifier, core::Mailbox, standard::Standard},

@@ -1,9 +1,9 @@
 //! The executor's loop.
 
 use super::Message;
-use crate::execution::{ExecutionError, ExecutionProvider};
 use cairn_epoch::certified_block;
 use cairn_feed::FeedState;
+use cairn_storage::execution::{ExecutionError, ExecutionProvider};
 use commonware_utils::Acknowledgement as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};

@@ -8,8 +8,8 @@ mod ingress;
 pub use actor::Actor;
 pub use ingress::{Mailbox, Message, Stopped};
 
-use crate::execution::ExecutionProvider;
 use cairn_feed::FeedState;
+use cairn_storage::execution::ExecutionProvider;
 use tokio::sync::{mpsc, watch};
 
 /// Executor settings.

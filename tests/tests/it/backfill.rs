@@ -7,10 +7,10 @@ use cairn_feed::FeedState;
 use cairn_follow::{
     backfill::{Backfill, BackfillReport},
     catchup::{CatchUpConfig, CatchUpError},
-    execution::{EmbeddedExecution, ExecutionProvider as _},
     upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::Block;
+use cairn_storage::execution::{EmbeddedExecution, ExecutionProvider as _};
 use cairn_tests::{MemoryChain, linked_chain};
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
 use tokio::sync::mpsc;

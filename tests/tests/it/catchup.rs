@@ -7,16 +7,17 @@
 use cairn_epoch::{ChainProfile, LedgerError};
 use cairn_feed::FeedState;
 use cairn_follow::{
-    catchup::{
-        AnchorStore, CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy,
-        open_anchors,
-    },
-    execution::{EmbeddedExecution, ExecutionProvider as _},
+    catchup::{CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy},
     genesis_block,
-    registry::EpochRegistry,
     upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock};
+use cairn_storage::{
+    AnchorStore,
+    execution::{EmbeddedExecution, ExecutionProvider as _},
+    open_anchors,
+    registry::EpochRegistry,
+};
 use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
 use commonware_consensus::types::Epoch;
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
@@ -217,7 +218,7 @@ fn catch_up_with(
     })
 }
 
-async fn has_anchor<E: cairn_feed::StoreContext>(anchors: &AnchorStore<E>, height: u64) -> bool {
+async fn has_anchor<E: cairn_storage::StoreContext>(anchors: &AnchorStore<E>, height: u64) -> bool {
     anchors
         .has(Identifier::Index(height), "reading")
         .await
@@ -524,7 +525,7 @@ fn a_trusted_block_the_verified_chain_does_not_hold_stops_the_catch_up_before_an
 
 #[test]
 fn the_execution_store_refuses_another_block_at_a_trusted_height_and_stores_nothing_of_its_write() {
-    use cairn_follow::execution::ExecutionError;
+    use cairn_storage::execution::ExecutionError;
     let (_, profile, chain) = chain();
     let blocks: Vec<Block> = chain
         .iter()

@@ -13,10 +13,9 @@ use crate::follow::{executed, follow_with};
 use cairn_epoch::ChainProfile;
 use cairn_epoch::SchemeProvider;
 use cairn_feed::{ChainReader as _, FeedState};
-use cairn_follow::{
-    EngineConfig, catchup::CatchUpConfig, execution::EmbeddedExecution, registry::EpochRegistry,
-};
+use cairn_follow::{EngineConfig, catchup::CatchUpConfig};
 use cairn_primitives::CertifiedBlock;
+use cairn_storage::{execution::EmbeddedExecution, registry::EpochRegistry};
 use cairn_tests::{DistantChain, MemoryChain, TestCommittee, rotating_chain};
 use commonware_consensus::types::Epoch;
 use commonware_runtime::{
@@ -573,10 +572,10 @@ fn a_damaged_finalization_on_disk_is_found_fetched_again_verified_and_served() {
 fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
     use cairn_epoch::FinalizationVerifier;
     use cairn_follow::{
-        catchup::open_anchors,
         damage::{RepairError, repair_finalization},
         upstream::{Sources, in_process},
     };
+    use cairn_storage::open_anchors;
     use commonware_runtime::Spawner as _;
     use commonware_storage::archive::Identifier;
     let (profile, chain) = chain();
@@ -673,9 +672,9 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
 fn a_datadir_holding_another_block_at_a_trusted_height_refuses_to_start() {
     use cairn_follow::{
         EngineError,
-        execution::ExecutionError,
         upstream::{Sources, in_process},
     };
+    use cairn_storage::execution::ExecutionError;
     use commonware_runtime::Spawner as _;
     let (profile, chain) = chain();
     let (profile, chain) = (&profile, &chain);

@@ -13,10 +13,10 @@ use cairn_follow::{
     catchup::{CatchUpError, CatchUpReport},
     driver::{self, Delivered, DriverError, ExecutorPort, MarshalPort},
     executor,
-    registry::EpochRegistry,
     upstream::{Notification, QuarantineConfig, SourceBook, Sourced},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use cairn_storage::registry::EpochRegistry;
 use cairn_tests::{TestCommittee, committee_chain};
 use commonware_consensus::types::Round;
 use commonware_cryptography::Digested;
@@ -516,7 +516,7 @@ fn the_identity_history_outlives_pruned_epochs_and_restarts() {
             registry.history().changes(&epochs)
         }
     });
-    let summary = |changes: &[cairn_follow::registry::IdentityChange]| -> Vec<(u64, Option<u64>)> {
+    let summary = |changes: &[cairn_storage::registry::IdentityChange]| -> Vec<(u64, Option<u64>)> {
         changes
             .iter()
             .map(|change| (change.epoch, change.boundary))
@@ -584,7 +584,7 @@ fn a_damaged_identity_history_is_refused_when_the_registry_opens() {
             drop(store);
             let opened = EpochRegistry::open(context.child("registry"), "damaged-epochs", 4).await;
             match opened {
-                Err(cairn_follow::registry::RegistryError::Corrupt { error, .. }) if refused => {
+                Err(cairn_storage::registry::RegistryError::Corrupt { error, .. }) if refused => {
                     assert!(error.contains("identity history"), "{error}");
                 }
                 Ok(registry) if !refused => {

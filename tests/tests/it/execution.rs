@@ -3,10 +3,8 @@
 //! a restart keeps the tip, and a store of another chain is refused.
 
 use cairn_feed::FeedState;
-use cairn_follow::{
-    execution::{EmbeddedExecution, ExecutionError, ExecutionProvider},
-    executor,
-};
+use cairn_follow::executor;
+use cairn_storage::execution::{EmbeddedExecution, ExecutionError, ExecutionProvider};
 use cairn_tests::{linked_chain, test_block};
 use commonware_runtime::{Runner, Supervisor, deterministic};
 use commonware_utils::{Acknowledgement as _, acknowledgement::Exact};
@@ -183,7 +181,7 @@ fn the_executor_acknowledges_only_durable_blocks() {
 #[test]
 fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
     use alloy_consensus::transaction::TxHashRef as _;
-    use cairn_feed::{BlockStore, store::page_cache};
+    use cairn_storage::{BlockStore, page_cache};
     let chain = linked_chain(4);
     let per_block = chain[1].transactions().len() as u64;
     let ((), checkpoint) = deterministic::Runner::seeded(3).start_and_recover({
@@ -225,7 +223,7 @@ fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
 #[test]
 fn the_transaction_index_keeps_only_the_most_recent_transactions() {
     use alloy_consensus::transaction::TxHashRef as _;
-    use cairn_feed::{BlockStore, store::page_cache};
+    use cairn_storage::{BlockStore, page_cache};
     let chain = linked_chain(6);
     let per_block = chain[1].transactions().len();
     assert_eq!(per_block, 3, "the devnet's three transactions per block");

@@ -12,10 +12,10 @@ use cairn_epoch::{MAX_CERTIFICATE_BYTES, decode_certificate, encode_certificate}
 use cairn_feed::FeedState;
 use cairn_follow::{
     EngineConfig, Follower,
-    execution::ExecutionProvider as _,
     upstream::{QuarantineConfig, Sources, UpstreamError, UpstreamRequests, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::execution::ExecutionProvider as _;
 use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
 use commonware_consensus::{marshal::Identifier, types::Height};
 use commonware_runtime::{Clock, Runner, Spawner as _, Supervisor as _, deterministic};

@@ -14,13 +14,13 @@ use cairn_follow::{
     EngineConfig, EngineError, Follower,
     driver::{DriverError, Evidence},
     engine::EngineContext,
-    execution::ExecutionProvider as _,
     upstream::{
         CONDUCT_WINDOW, QuarantineConfig, STALL_AFTER, Sources, UpstreamError, UpstreamRequests,
         in_process,
     },
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use cairn_storage::execution::ExecutionProvider as _;
 use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
 use commonware_runtime::{Clock, Runner, deterministic};
 use std::{

@@ -11,7 +11,7 @@
 //! the bits of a section are saved after its records are synced (only those of sections not
 //! yet full are kept in memory).
 
-use cairn_feed::StoreContext;
+use crate::StoreContext;
 use commonware_codec::{Decode as _, Encode as _, RangeCfg};
 use commonware_storage::{
     metadata::{self, Metadata},

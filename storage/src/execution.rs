@@ -2,8 +2,8 @@
 //! height, headers and blocks by number or hash, and a durable "this block is finalized"), and
 //! the embedded on-disk implementation used until a real execution client plugs in here.
 
+use crate::{BlockStore, StoreContext, StoreError, page_cache};
 use alloy_primitives::B256;
-use cairn_feed::{BlockStore, StoreContext, StoreError, store::page_cache};
 use cairn_primitives::{Block, Digest, TempoHeader};
 use std::{
     future::Future,

@@ -12,13 +12,13 @@
 //! It also owns the [`IdentityHistory`]: every identity change verified, persisted with the
 //! keys and shown by the status.
 
+use crate::StoreContext;
 use crate::execution::{ExecutionError, ExecutionProvider};
 use cairn_dkg::{Identity, OutcomeLimits};
 use cairn_epoch::EpochStrategy;
 use cairn_epoch::{
     ChainProfile, RegisterError, Registration, SchemeProvider, VerifyError, boundary_outcome,
 };
-use cairn_feed::StoreContext;
 use commonware_codec::{Decode as _, DecodeExt, Encode};
 use commonware_consensus::types::Epoch;
 use commonware_storage::metadata::{self, Metadata};
@@ -361,7 +361,7 @@ impl<E: StoreContext> EpochRegistry<E> {
 /// The key of `epoch` as the stored chain announces it: the genesis outcome's for epoch 0, else
 /// the outcome in the stored boundary block of the epoch before. `None` when that boundary is
 /// not stored (below a checkpoint, or above the tip).
-pub(crate) async fn derive_key(
+pub async fn derive_key(
     profile: &ChainProfile,
     execution: &impl ExecutionProvider,
     epoch: u64,
