@@ -4,11 +4,8 @@
 //! in-process upstream in simulations), which hands over its notifications and request handle.
 
 use crate::{
-    backfill::Backfill,
-    catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy},
     certificates::{Coverage, Fill, FillConfig},
     chain::{FollowerChain, TrustContext},
-    checkpoint::Checkpoint,
     damage::{
         CheckedFinalizations, DamageLog, StoreCheck, StoreCheckError, StoreCheckReport,
         check_stores, repair_finalization,
@@ -17,6 +14,9 @@ use crate::{
     executor,
     resolver::{FetchConfig, UpstreamFetcher},
     status::{Sampled, StatusBoard, sample},
+    sync::backfill::Backfill,
+    sync::catchup::{CatchUp, CatchUpConfig, CatchUpReport, VerifyPolicy},
+    sync::checkpoint::Checkpoint,
     upstream::{Notification, ServedHook, SourceBook, Sourced, Sources, UpstreamRequests},
 };
 use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
@@ -87,7 +87,7 @@ pub enum EngineError {
     Provenance(cairn_storage::provenance::ProvenanceError),
     /// The start-up catch-up could not store what it verified.
     #[error("catching up: {0}")]
-    CatchUp(crate::catchup::CatchUpError),
+    CatchUp(crate::sync::catchup::CatchUpError),
     /// The start-up store check could not read a store.
     #[error("checking the stores: {0}")]
     StoreCheck(#[from] StoreCheckError),
@@ -122,14 +122,14 @@ pub struct EngineConfig {
     pub mailbox_size: usize,
     /// Prefix of every storage partition, so several followers can share one storage.
     pub partition_prefix: String,
-    /// A verified checkpoint to start from instead of genesis (see [`crate::checkpoint`]).
+    /// A verified checkpoint to start from instead of genesis (see [`crate::sync::checkpoint`]).
     pub checkpoint: Option<Checkpoint>,
     /// Where evidence of conflicting certificates is written (the follower stops after).
     pub evidence_dir: Option<std::path::PathBuf>,
     /// How a follower far behind catches up.
     pub catch_up: CatchUpConfig,
     /// Fetch the history under a checkpoint start down to genesis, in the background (see
-    /// [`crate::backfill`]).
+    /// [`crate::sync::backfill`]).
     pub backfill: bool,
     /// Identities verified before the follower started (the boundary walk of a checkpoint
     /// start, as first epoch and identity), added to the identity history.

@@ -2,21 +2,18 @@
 //! marshal. The upstream actor keeps a subscription alive and serves requests; the driver
 //! verifies events and registers epochs; marshal orders, stores and repairs the chain through
 //! our resolver; the executor writes finalized blocks to the execution layer and publishes
-//! them on the feed the follower serves. [`engine`] wires them together; [`checkpoint`] lets a
-//! follower join a long-running chain at a verified finalization.
+//! them on the feed the follower serves. [`engine`] wires them together; [`sync`] moves a
+//! follower to the chain's tip in bulk: the checkpoint start, catch-up and backfill.
 
-pub mod backfill;
-pub mod catchup;
 pub mod certificates;
 pub mod chain;
-pub mod checkpoint;
 pub mod damage;
 pub mod driver;
 pub mod engine;
 pub mod executor;
 pub mod resolver;
 pub mod status;
-pub mod trusted;
+pub mod sync;
 pub mod upstream;
 
 pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};

@@ -1,5 +1,5 @@
 //! What a follower knows about itself, in one snapshot: heights and lag, the epoch and the
-//! identity history (kept by [`crate::registry`]), the upstreams' health and the events rejected by check. A sampler task
+//! identity history (kept by [`cairn_storage::registry`]), the upstreams' health and the events rejected by check. A sampler task
 //! refreshes the snapshot on a [`StatusBoard`] and mirrors it into Prometheus metrics through the
 //! runtime's registry (so simulations carry them too); the node serves the same snapshot as
 //! `cairn_status`, on its status page and in its progress output.

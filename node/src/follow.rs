@@ -11,12 +11,12 @@ use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
 use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
-    catchup::{CatchUpConfig, VerifyPolicy},
     certificates::{CertificateMode, FillConfig},
-    checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     damage::StoreCheck,
     driver::{DriverError, Evidence},
     status::StatusBoard,
+    sync::catchup::{CatchUpConfig, VerifyPolicy},
+    sync::checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
     upstream::{self, ClientConfig, QuarantineConfig, Sources, UpstreamClient, follow_url},
 };
 use cairn_storage::execution::ExecutionError;

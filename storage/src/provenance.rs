@@ -2,7 +2,7 @@
 //! follower took them (live, catch-up, repair, backfill, checkpoint). One fixed 11-byte record
 //! per height in commonware's ordinal store (15 bytes on disk with its checksum), the
 //! upstreams' addresses in a small table beside it. How a block is authenticated is not
-//! recorded: [`crate::chain`] derives it from the certificates and blocks already stored.
+//! recorded: the follower's chain reader (`cairn_follow::chain`) derives it from the certificates and blocks already stored.
 //!
 //! Records are queued as blocks are taken and written and synced together once a second, off
 //! the paths that store blocks; a kill loses at most the records of the last second, whose

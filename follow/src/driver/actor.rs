@@ -5,8 +5,8 @@ use super::{
     RejoinRun,
 };
 use crate::{
-    catchup::{CatchUpError, CatchUpReport},
     executor,
+    sync::catchup::{CatchUpError, CatchUpReport},
     upstream::{Notification, SourceBook, SourceId, Sourced},
 };
 use cairn_dkg::OutcomeLimits;

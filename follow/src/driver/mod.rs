@@ -8,7 +8,7 @@
 //!
 //! A follower that finds itself far behind while it runs (a verified event, or one whose epoch
 //! has no key yet, at least [`Rejoin::gap`] above the executed height) rejoins the chain
-//! through a catch-up by hash chain (see [`crate::catchup`]) rather than leaving the gap to
+//! through a catch-up by hash chain (see [`crate::sync::catchup`]) rather than leaving the gap to
 //! marshal's repair, one certificate per block: the driver lets the executor finish what it was
 //! given, holds marshal's deliveries and the upstreams' events while the catch-up runs, then
 //! hands marshal the verified tip as its new floor and goes on with the held events.
@@ -25,8 +25,8 @@ pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
 pub use ingress::{Delivered, MarshalUpdates};
 
 use crate::{
-    catchup::{CatchUpError, CatchUpReport},
     executor,
+    sync::catchup::{CatchUpError, CatchUpReport},
     upstream::SourceBook,
 };
 use cairn_epoch::{Finalization, FinalizationScheme, FinalizationVerifier};

@@ -5,8 +5,8 @@
 
 use cairn_feed::FeedState;
 use cairn_follow::{
-    backfill::{Backfill, BackfillReport},
-    catchup::{CatchUpConfig, CatchUpError},
+    sync::backfill::{Backfill, BackfillReport},
+    sync::catchup::{CatchUpConfig, CatchUpError},
     upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::Block;

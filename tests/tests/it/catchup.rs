@@ -7,8 +7,8 @@
 use cairn_epoch::{ChainProfile, LedgerError};
 use cairn_feed::FeedState;
 use cairn_follow::{
-    catchup::{CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy},
     genesis_block,
+    sync::catchup::{CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy},
     upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock};

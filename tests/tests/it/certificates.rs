@@ -15,10 +15,10 @@ use cairn_feed::{
 };
 use cairn_follow::{
     EngineConfig, Follower,
-    catchup::CatchUpConfig,
     certificates::{CertificateMode, CoverageReport, FillConfig},
-    checkpoint::Checkpoint,
     engine::EngineContext,
+    sync::catchup::CatchUpConfig,
+    sync::checkpoint::Checkpoint,
     upstream::{QuarantineConfig, Sources, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};

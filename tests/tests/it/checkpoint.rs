@@ -4,7 +4,7 @@
 
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_follow::{
-    checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
+    sync::checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
     upstream::{ClientConfig, UpstreamClient},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
@@ -175,7 +175,7 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
             assert!(
                 matches!(
                     &err,
-                    CheckpointError::Trusted(cairn_follow::trusted::TrustError::Mismatch { height: at, trusted, chain })
+                    CheckpointError::Trusted(cairn_follow::sync::trusted::TrustError::Mismatch { height: at, trusted, chain })
                         if *at == height && *trusted == wrong && *chain == hash(height)
                 ),
                 "{err}"

@@ -13,7 +13,7 @@ use crate::follow::{executed, follow_with};
 use cairn_epoch::ChainProfile;
 use cairn_epoch::SchemeProvider;
 use cairn_feed::{ChainReader as _, FeedState};
-use cairn_follow::{EngineConfig, catchup::CatchUpConfig};
+use cairn_follow::{EngineConfig, sync::catchup::CatchUpConfig};
 use cairn_primitives::CertifiedBlock;
 use cairn_storage::{execution::EmbeddedExecution, registry::EpochRegistry};
 use cairn_tests::{DistantChain, MemoryChain, TestCommittee, rotating_chain};
@@ -462,7 +462,7 @@ async fn damage(context: &deterministic::Context, partition: &str, at: f64) {
 
 #[test]
 fn a_damaged_finalization_on_disk_is_found_fetched_again_verified_and_served() {
-    use cairn_follow::{catchup::VerifyPolicy, damage::StoreCheck};
+    use cairn_follow::{damage::StoreCheck, sync::catchup::VerifyPolicy};
     let (profile, chain) = chain();
     let (profile, chain) = (&profile, &chain);
     // Every block verified by its own certificate: marshal stores every finalization.

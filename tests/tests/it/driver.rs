@@ -10,9 +10,9 @@
 
 use cairn_epoch::{Finalization, FinalizationVerifier};
 use cairn_follow::{
-    catchup::{CatchUpError, CatchUpReport},
     driver::{self, Delivered, DriverError, ExecutorPort, MarshalPort},
     executor,
+    sync::catchup::{CatchUpError, CatchUpReport},
     upstream::{Notification, QuarantineConfig, SourceBook, Sourced},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};

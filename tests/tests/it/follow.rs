@@ -9,8 +9,8 @@ use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
     EngineConfig, Follower,
-    catchup::{CatchUpConfig, VerifyPolicy},
     engine::EngineContext,
+    sync::catchup::{CatchUpConfig, VerifyPolicy},
     upstream::{Sources, in_process},
 };
 use cairn_primitives::CertifiedBlock;

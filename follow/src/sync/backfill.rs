@@ -12,7 +12,7 @@
 //! Transactions of history blocks are not indexed: the transaction index keeps the newest ones.
 
 use crate::{
-    catchup::{CatchUpConfig, CatchUpError, fetch_in_order, write_behind},
+    sync::catchup::{CatchUpConfig, CatchUpError, fetch_in_order, write_behind},
     upstream::{Sources, UpstreamRequests},
 };
 use cairn_primitives::Block;

@@ -112,7 +112,7 @@ pub enum CheckpointError {
     Upstream(#[from] UpstreamError),
     /// A trusted block is not on the verified chain, or could not be checked.
     #[error(transparent)]
-    Trusted(#[from] crate::trusted::TrustError),
+    Trusted(#[from] crate::sync::trusted::TrustError),
     /// The upstream has no such finalization.
     #[error("the upstream has no finalization {0}")]
     Unavailable(String),
@@ -312,13 +312,14 @@ pub async fn establish<E: StoreContext>(
         .map(|boundary| (boundary.height, boundary.finalization.proposal.payload))
         .collect();
     anchors.push((height, verified.block.hash()));
-    let trusted_checked = crate::trusted::check(trusted, &anchors, |first, last| async move {
-        upstream
-            .get_blocks(first, last)
-            .await
-            .map_err(|err| err.to_string())
-    })
-    .await?;
+    let trusted_checked =
+        crate::sync::trusted::check(trusted, &anchors, |first, last| async move {
+            upstream
+                .get_blocks(first, last)
+                .await
+                .map_err(|err| err.to_string())
+        })
+        .await?;
     if trusted_checked > 0 {
         info!(
             trusted = trusted_checked,

@@ -191,7 +191,7 @@ pub enum CatchUpError {
     Execution(#[from] ExecutionError),
     /// A trusted block is not on the verified chain, or could not be checked.
     #[error(transparent)]
-    Trusted(#[from] crate::trusted::TrustError),
+    Trusted(#[from] crate::sync::trusted::TrustError),
     /// The epoch registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -222,7 +222,7 @@ impl CatchUpError {
                 | Self::Broken { .. }
                 | Self::Ledger(_)
                 | Self::Tip { .. }
-                | Self::Trusted(crate::trusted::TrustError::Unchecked { .. })
+                | Self::Trusted(crate::sync::trusted::TrustError::Unchecked { .. })
         )
     }
 
@@ -231,7 +231,7 @@ impl CatchUpError {
     pub const fn is_untrusted(&self) -> bool {
         matches!(
             self,
-            Self::Trusted(crate::trusted::TrustError::Mismatch { .. })
+            Self::Trusted(crate::sync::trusted::TrustError::Mismatch { .. })
                 | Self::Execution(ExecutionError::Untrusted { .. })
         )
     }
@@ -456,7 +456,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
                 .iter()
                 .map(|anchor| (anchor.height, anchor.finalization.proposal.payload))
                 .collect();
-            crate::trusted::check(&trusted, &verified, |first, last| async move {
+            crate::sync::trusted::check(&trusted, &verified, |first, last| async move {
                 self.sources
                     .get_blocks(first, last)
                     .await
