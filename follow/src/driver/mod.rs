@@ -20,6 +20,8 @@
 
 mod actor;
 mod ingress;
+#[cfg(test)]
+mod tests;
 
 pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
 pub use ingress::{Delivered, MarshalUpdates};

@@ -4,6 +4,8 @@
 
 mod actor;
 mod ingress;
+#[cfg(test)]
+mod tests;
 
 pub use actor::Actor;
 pub use ingress::{Mailbox, Message, Stopped};

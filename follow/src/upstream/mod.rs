@@ -9,6 +9,8 @@ pub mod in_process;
 mod ingress;
 mod manners;
 mod sources;
+#[cfg(test)]
+mod tests;
 
 pub use actor::Actor;
 pub use client::{ClientConfig, UpstreamClient, normalize_url};

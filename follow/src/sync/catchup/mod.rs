@@ -686,3 +686,6 @@ fn link(anchor: &Anchor, segment: &[Block], below: (u64, Digest)) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,16 +8,16 @@
 //! serves them); far behind, the driver rejoins
 //! through a catch-up, holding events and deliveries until it ends, then moves marshal's floor.
 
-use cairn_epoch::{Finalization, FinalizationVerifier};
-use cairn_follow::{
+use crate::{
     driver::{self, Delivered, DriverError, ExecutorPort, MarshalPort},
     executor,
     sync::catchup::{CatchUpError, CatchUpReport},
     upstream::{Notification, QuarantineConfig, SourceBook, Sourced},
 };
+use cairn_epoch::{Finalization, FinalizationVerifier};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use cairn_storage::registry::EpochRegistry;
-use cairn_tests::{TestCommittee, committee_chain};
+use cairn_testkit::{TestCommittee, committee_chain};
 use commonware_consensus::types::Round;
 use commonware_cryptography::Digested;
 use commonware_runtime::{Clock, Runner, Spawner as _, Supervisor as _, deterministic};

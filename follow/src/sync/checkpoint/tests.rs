@@ -2,13 +2,13 @@
 //! another height's (valid) finalization, or a verified chain without a block the operator
 //! trusts, is refused naming both, and the checkpoint store holds nothing afterwards.
 
-use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
-use cairn_follow::{
+use crate::{
     sync::checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
     upstream::{ClientConfig, UpstreamClient},
 };
+use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
-use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
+use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
 use commonware_runtime::{Runner as _, Supervisor as _};
 
 /// A chain that answers a finalization request for `.1` with the one at `.1 + 1`.
@@ -175,7 +175,7 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
             assert!(
                 matches!(
                     &err,
-                    CheckpointError::Trusted(cairn_follow::sync::trusted::TrustError::Mismatch { height: at, trusted, chain })
+                    CheckpointError::Trusted(crate::sync::trusted::TrustError::Mismatch { height: at, trusted, chain })
                         if *at == height && *trusted == wrong && *chain == hash(height)
                 ),
                 "{err}"
@@ -277,4 +277,13 @@ fn through_a_public_node_the_walk_completes_and_blocks_come_in_smaller_batches_w
         assert_eq!(refused, 0, "{calls} calls at 15 per second");
         server.handle.stop().expect("stops");
     });
+}
+
+#[test]
+fn targets_parse() {
+    assert_eq!("latest".parse(), Ok(CheckpointTarget::Latest));
+    assert_eq!("genesis".parse(), Ok(CheckpointTarget::Genesis));
+    assert_eq!("1234".parse(), Ok(CheckpointTarget::Height(1234)));
+    assert!("-1".parse::<CheckpointTarget>().is_err());
+    assert!("tip".parse::<CheckpointTarget>().is_err());
 }

@@ -3,15 +3,15 @@
 //! to genesis, a block that breaks the chain is refused with nothing of it or below it stored,
 //! and a restart continues from the lowest stored block.
 
-use cairn_feed::FeedState;
-use cairn_follow::{
+use crate::{
     sync::backfill::{Backfill, BackfillReport},
     sync::catchup::{CatchUpConfig, CatchUpError},
     upstream::{QuarantineConfig, Sources, in_process},
 };
+use cairn_feed::FeedState;
 use cairn_primitives::Block;
 use cairn_storage::execution::{EmbeddedExecution, ExecutionProvider as _};
-use cairn_tests::{MemoryChain, linked_chain};
+use cairn_testkit::{MemoryChain, linked_chain};
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
 use tokio::sync::mpsc;
 

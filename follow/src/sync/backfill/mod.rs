@@ -119,3 +119,6 @@ impl<E: StoreContext, U: UpstreamRequests> Backfill<'_, E, U> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,13 +4,13 @@
 //! breaks the parent chain), a tampered boundary, a tip whose certificate does not verify, and
 //! a chain that forks below the stored tip.
 
-use cairn_epoch::{ChainProfile, LedgerError};
-use cairn_feed::FeedState;
-use cairn_follow::{
+use crate::{
     genesis_block,
     sync::catchup::{CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy},
     upstream::{QuarantineConfig, Sources, in_process},
 };
+use cairn_epoch::{ChainProfile, LedgerError};
+use cairn_feed::FeedState;
 use cairn_primitives::{Block, CertifiedBlock};
 use cairn_storage::{
     AnchorStore,
@@ -18,7 +18,7 @@ use cairn_storage::{
     open_anchors,
     registry::EpochRegistry,
 };
-use cairn_tests::{MemoryChain, TestCommittee, committee_chain};
+use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
 use commonware_consensus::types::Epoch;
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
 use commonware_storage::archive::Identifier;
@@ -447,7 +447,7 @@ const TIP1123_TIME: u64 = 1_700_000_025;
 #[test]
 fn a_catch_up_across_the_tip1123_fork_reads_each_boundary_in_its_layout() {
     let committee = TestCommittee::new(b"TEMPO", 61, 4);
-    let (profile, chain) = cairn_tests::rotating_chain_forked(
+    let (profile, chain) = cairn_testkit::rotating_chain_forked(
         std::slice::from_ref(&committee),
         TIP,
         EPOCH_LENGTH,

@@ -374,15 +374,4 @@ fn unsigned_checkpoint(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::CheckpointTarget;
-
-    #[test]
-    fn targets_parse() {
-        assert_eq!("latest".parse(), Ok(CheckpointTarget::Latest));
-        assert_eq!("genesis".parse(), Ok(CheckpointTarget::Genesis));
-        assert_eq!("1234".parse(), Ok(CheckpointTarget::Height(1234)));
-        assert!("-1".parse::<CheckpointTarget>().is_err());
-        assert!("tip".parse::<CheckpointTarget>().is_err());
-    }
-}
+mod tests;

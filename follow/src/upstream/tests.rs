@@ -2,10 +2,10 @@
 //! finalization and block requests (hash-checked), reconnects and resubscribes when the server
 //! goes away and comes back, and refuses URLs it cannot follow.
 
+use crate::upstream::{self, Config, Notification, Sourced, UpstreamError};
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
-use cairn_follow::upstream::{self, Config, Notification, Sourced, UpstreamError};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
-use cairn_tests::{MemoryChain, TestCommittee, test_block};
+use cairn_testkit::{MemoryChain, TestCommittee, test_block};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -275,7 +275,7 @@ fn urls_that_cannot_be_followed_are_refused() {
 
 #[test]
 fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
-    use cairn_follow::upstream::{UpstreamRequests, in_process};
+    use crate::upstream::{UpstreamRequests, in_process};
     use commonware_runtime::{Runner, deterministic};
 
     deterministic::Runner::seeded(3).start(|_context| async move {
@@ -391,7 +391,7 @@ async fn block_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_come_from_eth_get_block_by_hash_or_the_raw_form_and_are_checked() {
-    use cairn_follow::upstream::{ClientConfig, UpstreamClient};
+    use crate::upstream::{ClientConfig, UpstreamClient};
     let block = test_block(5, 0, 5, Vec::new());
     for mode in [
         BlockServer::EthOnly,
@@ -421,7 +421,7 @@ async fn blocks_come_from_eth_get_block_by_hash_or_the_raw_form_and_are_checked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_over_the_size_limit_is_an_oversized_error_over_http_and_websocket() {
-    use cairn_follow::upstream::{ClientConfig, UpstreamClient};
+    use crate::upstream::{ClientConfig, UpstreamClient};
     let committee = TestCommittee::new(b"TEMPO", 9, 4);
     let chain = MemoryChain::default();
     chain.insert(certified(&committee, 1));

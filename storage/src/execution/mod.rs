@@ -505,3 +505,6 @@ impl<E: StoreContext> ExecutionProvider for EmbeddedExecution<E> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

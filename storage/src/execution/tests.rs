@@ -1,14 +1,11 @@
-//! The embedded execution store and the executor: blocks become durable in order, out-of-order,
-//! detached and conflicting blocks are refused with nothing stored, redeliveries are harmless,
-//! a restart keeps the tip, and a store of another chain is refused.
+//! The embedded execution store: blocks become durable in order, out-of-order, detached and
+//! conflicting blocks are refused with nothing stored, redeliveries are harmless, a restart
+//! keeps the tip, a store of another chain is refused, and the transaction index writes each
+//! transaction once and keeps the most recent ones.
 
-use cairn_feed::FeedState;
-use cairn_follow::executor;
-use cairn_storage::execution::{EmbeddedExecution, ExecutionError, ExecutionProvider};
-use cairn_tests::{linked_chain, test_block};
+use super::{EmbeddedExecution, ExecutionError, ExecutionProvider};
+use cairn_testkit::{linked_chain, test_block};
 use commonware_runtime::{Runner, Supervisor, deterministic};
-use commonware_utils::{Acknowledgement as _, acknowledgement::Exact};
-use std::sync::Arc;
 
 #[test]
 fn blocks_are_finalized_in_order_and_survive_a_restart() {
@@ -121,67 +118,13 @@ fn blocks_are_finalized_in_order_and_survive_a_restart() {
     });
 }
 
-#[test]
-fn the_executor_acknowledges_only_durable_blocks() {
-    let chain = linked_chain(3);
-    deterministic::Runner::seeded(2).start(|context| async move {
-        let store = EmbeddedExecution::open(context.child("execution"), &chain[0])
-            .await
-            .expect("opens");
-        let feed = FeedState::default();
-        let (actor, mailbox, mut watermark) =
-            executor::init(executor::Config::default(), store.clone(), feed.clone());
-        let driver = async move {
-            for block in &chain[1..=2] {
-                let (ack, waiter) = Exact::handle();
-                mailbox
-                    .finalized(Arc::new(block.clone()), None, ack)
-                    .await
-                    .expect("running");
-                waiter.await.expect("acknowledged");
-                // Acknowledged means stored.
-                assert_eq!(
-                    store
-                        .block_by_number(block.height())
-                        .await
-                        .expect("reads")
-                        .as_ref(),
-                    Some(block)
-                );
-                assert_eq!(*watermark.borrow_and_update(), block.height());
-            }
-            // A refused block is never acknowledged (which stops marshal) and changes nothing.
-            let (ack, waiter) = Exact::handle();
-            mailbox
-                .finalized(Arc::new(test_block(3, 0, 3, Vec::new())), None, ack)
-                .await
-                .expect("running");
-            assert!(waiter.await.is_err(), "a refused block is not acknowledged");
-            assert_eq!(*watermark.borrow(), 2);
-            assert!(
-                store.block_by_number(3).await.expect("reads").is_none(),
-                "nothing was stored"
-            );
-        };
-        let (stopped, ()) = futures::join!(actor.run(), driver);
-        assert!(matches!(
-            stopped,
-            Err(ExecutionError::ParentMismatch { .. })
-        ));
-        assert!(
-            feed.latest().is_none(),
-            "blocks without finalization are not published"
-        );
-    });
-}
-
 /// The transaction index across a restart: blocks stored again (as after a crash between the
 /// index write and the block write) add no entries, new blocks add one per transaction, and every
 /// transaction is found in its block.
 #[test]
 fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
+    use crate::{BlockStore, page_cache};
     use alloy_consensus::transaction::TxHashRef as _;
-    use cairn_storage::{BlockStore, page_cache};
     let chain = linked_chain(4);
     let per_block = chain[1].transactions().len() as u64;
     let ((), checkpoint) = deterministic::Runner::seeded(3).start_and_recover({
@@ -222,8 +165,8 @@ fn the_transaction_index_writes_each_transaction_once_across_a_restart() {
 /// only the most recent 6 are found, before and after a restart, while every block stays.
 #[test]
 fn the_transaction_index_keeps_only_the_most_recent_transactions() {
+    use crate::{BlockStore, page_cache};
     use alloy_consensus::transaction::TxHashRef as _;
-    use cairn_storage::{BlockStore, page_cache};
     let chain = linked_chain(6);
     let per_block = chain[1].transactions().len();
     assert_eq!(per_block, 3, "the devnet's three transactions per block");
