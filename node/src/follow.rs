@@ -379,29 +379,37 @@ async fn checkpoint_for(
         store.mark_genesis().await?;
         return Ok(None);
     }
-    let mut client = None;
+    // Every reachable upstream: the walk's fetches go through them as catch-up's do, so one
+    // that fails, lies or says "slow down" is passed over.
+    let connections = futures::future::join_all(
+        urls.iter()
+            .map(|url| async move { (url, UpstreamClient::connect(url, client_config).await) }),
+    )
+    .await;
+    let mut clients = Vec::new();
     let mut failures = Vec::new();
-    for url in urls {
-        match UpstreamClient::connect(url, client_config).await {
-            Ok(connected) => {
-                client = Some(connected);
-                break;
-            }
+    for (url, connected) in connections {
+        match connected {
+            Ok(client) => clients.push((url.clone(), Arc::new(client))),
             Err(err) => failures.push(format!("{url}: {err}")),
         }
     }
-    let client = client.ok_or_else(|| {
-        eyre!(
+    if clients.is_empty() {
+        return Err(eyre!(
             "no upstream reachable for the checkpoint walk: {}",
             failures.join("; ")
-        )
-    })?;
+        ));
+    }
+    for failure in &failures {
+        say!("upstream unreachable for the checkpoint walk, walking without it: {failure}");
+    }
+    let sources = Sources::new(clients, QuarantineConfig::default());
     say!("walking the boundary certificates from genesis to the checkpoint ...");
     let mut rng = context.child("walk");
     let (checkpoint, report) = checkpoint::establish(
         &mut rng,
         profile,
-        &client,
+        &sources,
         &mut store,
         target,
         DEFAULT_WALK_CONCURRENCY,

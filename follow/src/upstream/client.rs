@@ -791,6 +791,33 @@ fn decode_raw_blocks(
     Ok(blocks)
 }
 
+/// A shared client answers the follower's requests directly, without an actor: what the
+/// checkpoint walk runs on, through [`super::Sources`], before the upstream actors start.
+impl super::UpstreamRequests for Arc<UpstreamClient> {
+    async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        UpstreamClient::get_finalization(self, height).await
+    }
+
+    async fn get_block(&self, digest: Digest) -> Result<Option<Block>, UpstreamError> {
+        UpstreamClient::get_block(self, digest).await
+    }
+
+    async fn get_latest(&self) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        UpstreamClient::get_latest(self).await
+    }
+
+    async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
+        UpstreamClient::get_blocks(self, first, last).await
+    }
+
+    async fn get_certificates(
+        &self,
+        heights: Vec<u64>,
+    ) -> Result<Vec<Option<String>>, UpstreamError> {
+        UpstreamClient::get_certificates(self, &heights).await
+    }
+}
+
 impl BoundarySource for UpstreamClient {
     async fn certified_at(&self, height: u64) -> Result<CertifiedBlock, SourceError> {
         self.get_finalization(height)

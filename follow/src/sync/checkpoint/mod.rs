@@ -9,7 +9,7 @@
 //! restart resumes the stored chain without walking again, and a later walk from the stored
 //! ledger fetches only the epochs it has not verified.
 
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{Sources, UpstreamError, UpstreamRequests};
 use cairn_dkg::Identity;
 use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, LedgerRecord,
@@ -107,23 +107,16 @@ pub struct WalkReport {
 /// Why a checkpoint could not be established.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// The upstream could not answer.
-    #[error("fetching the checkpoint from the upstream: {0}")]
+    /// No upstream answered (one that served a finalization of another height than asked, or
+    /// one that does not sign its block, counts as invalid and is passed over).
+    #[error("fetching the checkpoint from the upstreams: {0}")]
     Upstream(#[from] UpstreamError),
     /// A trusted block is not on the verified chain, or could not be checked.
     #[error(transparent)]
     Trusted(#[from] crate::sync::trusted::TrustError),
-    /// The upstream has no such finalization.
-    #[error("the upstream has no finalization {0}")]
+    /// No upstream has such a finalization.
+    #[error("no upstream has a finalization {0}")]
     Unavailable(String),
-    /// The upstream answered with a finalization of another height.
-    #[error("asked the upstream for the finalization at height {asked}, got height {got}")]
-    WrongHeight {
-        /// Height asked for.
-        asked: u64,
-        /// Height received.
-        got: u64,
-    },
     /// The checkpoint's certificate does not verify.
     #[error("the checkpoint at height {height} does not verify: {error}")]
     Verify {
@@ -252,13 +245,14 @@ impl<E: StoreContext> CheckpointStore<E> {
 }
 
 /// Fetches the finalization to start from, walks the boundaries up to its epoch (starting from
-/// the ledger `store` holds, if any), checks the compiled identities, verifies the checkpoint,
+/// the ledger `store` holds, if any; every fetch through `upstream`'s sources, so a source that
+/// fails or lies is passed over as in catch-up), checks the compiled identities, verifies the checkpoint,
 /// and persists the ledger and the checkpoint. `target` is [`CheckpointTarget::Latest`] or a
 /// height.
-pub async fn establish<E: StoreContext>(
+pub async fn establish<E: StoreContext, U: UpstreamRequests>(
     rng: &mut impl CryptoRng,
     profile: &ChainProfile,
-    upstream: &UpstreamClient,
+    upstream: &Sources<U>,
     store: &mut CheckpointStore<E>,
     target: CheckpointTarget,
     concurrency: usize,
@@ -276,14 +270,6 @@ pub async fn establish<E: StoreContext>(
             .ok_or_else(|| CheckpointError::Unavailable("yet".into()))?,
     };
     let (block, finalization) = unsigned_checkpoint(profile, &certified)?;
-    if let CheckpointTarget::Height(asked) = target
-        && block.height() != asked
-    {
-        return Err(CheckpointError::WrongHeight {
-            asked,
-            got: block.height(),
-        });
-    }
     let height = block.height();
     let epoch = profile.epochs.epoch_of(height).get();
 

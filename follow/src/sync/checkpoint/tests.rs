@@ -1,11 +1,13 @@
-//! The checkpoint start against an upstream on loopback: a finalization request answered with
+//! The checkpoint start against upstreams on loopback: a finalization request answered with
 //! another height's (valid) finalization, or a verified chain without a block the operator
-//! trusts, is refused naming both, and the checkpoint store holds nothing afterwards.
+//! trusts, is refused naming both, and the checkpoint store holds nothing afterwards; with
+//! several upstreams, the walk passes over one that lies or is gone, as every fetch does.
 
 use crate::{
     sync::checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
-    upstream::{ClientConfig, UpstreamClient},
+    upstream::{ClientConfig, QuarantineConfig, Sources, UpstreamClient, UpstreamError},
 };
+use std::sync::Arc;
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
@@ -71,9 +73,21 @@ async fn serving(
     config: RpcConfig,
 ) -> (
     cairn_feed::RunningServer,
-    UpstreamClient,
+    Arc<UpstreamClient>,
     CheckpointStore<commonware_runtime::tokio::Context>,
 ) {
+    let (server, upstream) = serve(chain, config).await;
+    let store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
+        .await
+        .expect("store opens");
+    (server, upstream, store)
+}
+
+/// `chain` served on loopback with `config`, and a client of it.
+async fn serve(
+    chain: impl ChainReader,
+    config: RpcConfig,
+) -> (cairn_feed::RunningServer, Arc<UpstreamClient>) {
     let server = cairn_feed::start("127.0.0.1:0", chain, FeedState::default(), config)
         .await
         .expect("server starts");
@@ -83,10 +97,7 @@ async fn serving(
     )
     .await
     .expect("connects");
-    let store = CheckpointStore::open(context.child("checkpoint"), "checkpoint")
-        .await
-        .expect("store opens");
-    (server, upstream, store)
+    (server, Arc::new(upstream))
 }
 
 #[test]
@@ -100,7 +111,7 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
         let err = checkpoint::establish(
             &mut rng,
             &profile,
-            &upstream,
+            &Sources::single("upstream", upstream.clone()),
             &mut store,
             CheckpointTarget::Height(11),
             8,
@@ -109,12 +120,12 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
         .await
         .expect_err("another height is refused");
         assert!(
-            matches!(err, CheckpointError::WrongHeight { asked: 11, got: 12 }),
+            matches!(
+                &err,
+                CheckpointError::Upstream(UpstreamError::Invalid(reason))
+                    if reason == "block 12 for requested height 11"
+            ),
             "{err}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "asked the upstream for the finalization at height 11, got height 12"
         );
         assert!(
             store.checkpoint().expect("reads").is_none(),
@@ -126,7 +137,7 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
         let (checkpoint, report) = checkpoint::establish(
             &mut rng,
             &profile,
-            &upstream,
+            &Sources::single("upstream", upstream.clone()),
             &mut store,
             CheckpointTarget::Height(12),
             8,
@@ -164,7 +175,7 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
             let err = checkpoint::establish(
                 &mut rng,
                 &profile,
-                &upstream,
+                &Sources::single("upstream", upstream.clone()),
                 &mut store,
                 CheckpointTarget::Height(37),
                 8,
@@ -191,7 +202,7 @@ fn a_checkpoint_whose_chain_does_not_hold_a_trusted_block_is_refused_and_nothing
         let (checkpoint, _) = checkpoint::establish(
             &mut rng,
             &profile,
-            &upstream,
+            &Sources::single("upstream", upstream.clone()),
             &mut store,
             CheckpointTarget::Height(37),
             8,
@@ -238,7 +249,7 @@ fn through_a_public_node_the_walk_completes_and_blocks_come_in_smaller_batches_w
         let (checkpoint, report) = checkpoint::establish(
             &mut rng,
             &profile,
-            &upstream,
+            &Sources::single("upstream", upstream.clone()),
             &mut store,
             CheckpointTarget::Latest,
             8,
@@ -276,6 +287,50 @@ fn through_a_public_node_the_walk_completes_and_blocks_come_in_smaller_batches_w
         let (calls, refused) = paced.call_counts();
         assert_eq!(refused, 0, "{calls} calls at 15 per second");
         server.handle.stop().expect("stops");
+    });
+}
+
+#[test]
+fn the_walk_passes_over_an_upstream_that_lies_or_is_gone() {
+    let committee = TestCommittee::new(b"TEMPO", 53, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    on_disk(|context| async move {
+        let (liar, lying, mut store) =
+            serving(&context, OffByOne(memory(&chain), 11), RpcConfig::default()).await;
+        let (gone, stopped) = serve(memory(&chain), RpcConfig::default()).await;
+        let (honest, upstream) = serve(memory(&chain), RpcConfig::default()).await;
+        gone.handle.stop().expect("stops");
+        gone.handle.clone().stopped().await;
+        let sources = Sources::new(
+            vec![
+                ("liar".to_string(), lying),
+                ("gone".to_string(), stopped),
+                ("honest".to_string(), upstream),
+            ],
+            QuarantineConfig::default(),
+        );
+        let (checkpoint, report) = checkpoint::establish(
+            &mut rand::rng(),
+            &profile,
+            &sources,
+            &mut store,
+            CheckpointTarget::Height(11),
+            8,
+            &[],
+        )
+        .await
+        .expect("the honest upstream answers");
+        assert_eq!((checkpoint.height(), report.to_epoch), (11, 2));
+        assert_eq!(checkpoint.block, chain[10].block.clone().expect("block"));
+        assert_eq!(
+            store.checkpoint().expect("reads").map(|stored| stored.height()),
+            Some(11)
+        );
+        let health = sources.book().health();
+        assert!(health[0].invalid > 0, "the liar is marked: {:?}", health[0]);
+        assert!(health[2].served > 0, "the honest upstream served");
+        liar.handle.stop().expect("stops");
+        honest.handle.stop().expect("stops");
     });
 }
 
