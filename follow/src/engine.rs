@@ -19,7 +19,9 @@ use crate::{
     sync::checkpoint::Checkpoint,
     upstream::{Notification, ServedHook, SourceBook, Sourced, Sources, UpstreamRequests},
 };
-use cairn_epoch::{ChainProfile, Finalization, FinalizationVerifier, SchemeProvider};
+use cairn_epoch::{
+    ChainProfile, Finalization, FinalizationScheme, FinalizationVerifier, SchemeProvider,
+};
 use cairn_feed::FeedState;
 use cairn_primitives::{Block, BlockCodecConfig, Digest};
 use cairn_storage::{StoreContext, archive_config, open_anchors, page_cache};
@@ -46,7 +48,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Buckets of the fetch latency histogram, in seconds.
 const FETCH_LATENCY_BUCKETS: [f64; 12] = [
@@ -515,11 +517,13 @@ fn rejoin<E: EngineContext, U: UpstreamRequests>(
 }
 
 /// Starts a follower in `context`'s storage, fed by the notifications of every source and
-/// fetching from them.
+/// fetching from them: opens the stores, starts the status, catches up through the hash chain
+/// when far behind, starts marshal on the verified floor, and spawns the resolver, executor,
+/// driver, certificate fill and repairs around it.
 pub async fn start<E, U>(
     context: E,
     config: EngineConfig,
-    notifications: mpsc::Receiver<Sourced>,
+    mut notifications: mpsc::Receiver<Sourced>,
     sources: Sources<U>,
 ) -> Result<Follower<E>, EngineError>
 where
@@ -527,164 +531,276 @@ where
     U: UpstreamRequests,
 {
     let profile = &config.profile;
-    let (anchor, start) = match &config.checkpoint {
-        Some(checkpoint) => (
-            checkpoint.block.clone(),
-            Start::Floor(checkpoint.finalization.clone()),
-        ),
-        None => {
-            let genesis = genesis_block(profile)?;
-            let start = Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash()));
-            (genesis, start)
-        }
-    };
-    let prefix = &config.partition_prefix;
-    let execution = open_execution(&context, prefix, &anchor, profile).await?;
-
-    // Startup trust: the registry of an earlier run, the keys a checkpoint's boundary walk
-    // proved, and what the stored chain's boundary blocks announce where a key is missing.
-    let provider = SchemeProvider::new(&profile.namespace, config.max_epochs);
-    let registry = EpochRegistry::open(
-        context.child("registry"),
-        &format!("{prefix}-epochs"),
-        config.max_epochs,
-    )
-    .await?;
-    let trusted = config
-        .checkpoint
-        .as_ref()
-        .map(|checkpoint| checkpoint.identities.clone())
-        .unwrap_or_default();
-    let loaded = registry
-        .load_for_chain(&provider, profile, &execution, &trusted)
-        .await?;
-    let restored = loaded.restored;
-    let identities = registry.history();
-    for (epoch, identity) in &config.known_identities {
-        registry.history().observe(*epoch, *identity);
-    }
-    for configured in &profile.network_identities {
-        provider.set_configured_identity(configured.identity, configured.from_epoch);
-    }
-    info!(
-        epochs = provider.len(),
-        restored,
-        executed = execution.finalized_height(),
-        "follower state opened"
-    );
+    let (stores, start) = Stores::open(&context, &config).await?;
+    let clock = context.child("sources");
+    let sources = sources
+        .with_clock(Arc::new(move || clock.current()))
+        .recording(stores.served(How::CatchUp));
+    let status = start_status(&context, &config, &stores, sources.book());
 
     // Far behind: catch up through the hash chain, then hand marshal the verified tip as its
     // floor. What a failed attempt stored was verified; marshal repairs what is left.
-    let clock = context.child("sources");
-    let sources = sources.with_clock(Arc::new(move || clock.current()));
-    // Who served each stored block: recorded as blocks are fetched or verified.
-    let provenance = start_provenance(&context, prefix, config.checkpoint.as_ref()).await?;
-    let served = |how: How| -> ServedHook {
-        let provenance = provenance.clone();
-        Arc::new(move |first, last, source| provenance.record(first, last, Some(source), how))
-    };
-    let sources = sources.recording(served(How::CatchUp));
-
-    // The status and the metrics, from now on.
-    let (upstream_tx, upstream_status) = watch::channel(UpstreamStatus::default());
-    let status_context = context.child("status");
-    sources
-        .book()
-        .observe_fetch_latency(status_context.histogram(
-            "fetch_latency_seconds",
-            "Round-trip time of requests the upstreams served (blocks, finalizations, batches)",
-            FETCH_LATENCY_BUCKETS,
-        ));
-    let certificate_damage = DamageLog::default();
-    let coverage = Coverage::default();
-    let sampled = Sampled {
-        chain: profile.name.clone(),
-        epochs: profile.epochs.clone(),
-        execution: execution.clone(),
-        provider: provider.clone(),
-        identities: identities.clone(),
-        sources: sources.book().clone(),
-        upstream: upstream_status.clone(),
-        certificate_damage: certificate_damage.clone(),
-        coverage: coverage.clone(),
-    };
-    let board = config.status.clone();
-    status_context.spawn(move |context| sample(context, sampled, board));
-    let anchors = open_anchors(context.child("anchors"), &format!("{prefix}-anchors"))
-        .await
-        .map_err(|error| EngineError::Archive {
-            what: "anchors",
-            error,
-        })?;
-    // The checkpoint's verified finalization is served from the anchors, as marshal's floor
-    // moves on when catch-up runs.
-    if let Some(checkpoint) = &config.checkpoint {
-        anchors
-            .put_sync(
-                checkpoint.height(),
-                checkpoint.block.hash(),
-                &checkpoint.finalization,
-                "storing the checkpoint's finalization",
-            )
-            .await
-            .map_err(EngineError::Anchors)?;
-    }
-    let mut start = start;
-    let mut notifications = notifications;
-    let mut catch_up_rng = context.child("catchup");
+    let mut rng = context.child("catchup");
     let catch_up = CatchUp {
         profile,
-        provider: &provider,
-        registry: &registry,
-        execution: &execution,
-        anchors: &anchors,
+        provider: &stores.provider,
+        registry: &stores.registry,
+        execution: &stores.execution,
+        anchors: &stores.anchors,
         sources: &sources,
         config: config.catch_up,
     };
     let (caught_up, held) =
-        catch_up_at_start(&context, &catch_up, &mut catch_up_rng, &mut notifications).await?;
-    if let Some(floor) = caught_up.as_ref().and_then(|report| report.floor.clone()) {
-        start = Start::Floor(floor);
-    }
+        catch_up_at_start(&context, &catch_up, &mut rng, &mut notifications).await?;
+    let start = match caught_up.as_ref().and_then(|report| report.floor.clone()) {
+        Some(floor) => Start::Floor(floor),
+        // A verified finalization of the stored tip (a catch-up whose floor marshal may not
+        // have installed before the process stopped) is marshal's floor, so marshal does not
+        // repair the stored blocks again; marshal ignores a floor at or below its own. It is
+        // verified here first: marshal panics on a floor whose epoch has no key or that does
+        // not verify.
+        None => match stored_tip_floor(
+            &stores.execution,
+            &stores.anchors,
+            &stores.provider,
+            profile,
+            &mut rng,
+        )
+        .await
+        .map_err(EngineError::Anchors)?
+        {
+            Some(floor) => Start::Floor(floor),
+            None => start,
+        },
+    };
+    // The same catch-up, run again by the driver when it falls far behind.
+    let rejoin = rejoin(context.child("rejoin"), &catch_up);
+    let marshal = start_marshal(
+        &context, &config, &stores, &status, &sources, start, &mut rng,
+    )
+    .await?;
+    let backfilled = spawn_backfill(&context, &config, &stores, &sources);
+    let handover = Handover {
+        rejoin,
+        held,
+        notifications,
+        caught_up,
+        backfilled,
+    };
+    spawn_actors(
+        &context, &config, stores, status, &sources, marshal, handover,
+    )
+    .await
+}
 
-    // A verified finalization of the stored tip (a catch-up whose floor marshal may not have
-    // installed before the process stopped) is marshal's floor, so marshal does not repair the
-    // stored blocks again; marshal ignores a floor at or below its own. It is verified here
-    // first: marshal panics on a floor whose epoch has no key or that does not verify.
-    if caught_up.is_none()
-        && let Some(floor) =
-            stored_tip_floor(&execution, &anchors, &provider, profile, &mut catch_up_rng)
+/// Marshal's start: genesis, or a verified finalization as its floor.
+type MarshalStart = Start<FinalizationScheme, Digest, Digested<Block>>;
+
+/// What the start-up hands to the live actors.
+struct Handover {
+    rejoin: Option<driver::Rejoin>,
+    /// Notifications received during the start-up catch-up.
+    held: Vec<Sourced>,
+    notifications: mpsc::Receiver<Sourced>,
+    caught_up: Option<CatchUpReport>,
+    backfilled: watch::Receiver<Option<Duration>>,
+}
+
+/// The stores a follower opens before anything runs, and the trust they hold.
+struct Stores<E: EngineContext> {
+    execution: EmbeddedExecution<E>,
+    provider: SchemeProvider,
+    registry: EpochRegistry<E>,
+    identities: cairn_storage::registry::IdentityHistory,
+    provenance: Provenance<E>,
+    anchors: cairn_storage::AnchorStore<E>,
+}
+
+impl<E: EngineContext> Stores<E> {
+    /// Opens the execution store on the checkpoint's block or genesis, the epoch registry with
+    /// the startup trust (the registry of an earlier run, the keys a checkpoint's boundary walk
+    /// proved, and what the stored chain's boundary blocks announce where a key is missing),
+    /// the provenance store and the anchor store (with the checkpoint's finalization). Returns
+    /// them with marshal's start before any catch-up.
+    async fn open(context: &E, config: &EngineConfig) -> Result<(Self, MarshalStart), EngineError> {
+        let profile = &config.profile;
+        let (anchor, start) = match &config.checkpoint {
+            Some(checkpoint) => (
+                checkpoint.block.clone(),
+                Start::Floor(checkpoint.finalization.clone()),
+            ),
+            None => {
+                let genesis = genesis_block(profile)?;
+                let start = Start::Genesis(Digested::precomputed(genesis.clone(), genesis.hash()));
+                (genesis, start)
+            }
+        };
+        let prefix = &config.partition_prefix;
+        let execution = open_execution(context, prefix, &anchor, profile).await?;
+        let provider = SchemeProvider::new(&profile.namespace, config.max_epochs);
+        let registry = EpochRegistry::open(
+            context.child("registry"),
+            &format!("{prefix}-epochs"),
+            config.max_epochs,
+        )
+        .await?;
+        let trusted = config
+            .checkpoint
+            .as_ref()
+            .map(|checkpoint| checkpoint.identities.clone())
+            .unwrap_or_default();
+        let loaded = registry
+            .load_for_chain(&provider, profile, &execution, &trusted)
+            .await?;
+        let identities = registry.history();
+        for (epoch, identity) in &config.known_identities {
+            identities.observe(*epoch, *identity);
+        }
+        for configured in &profile.network_identities {
+            provider.set_configured_identity(configured.identity, configured.from_epoch);
+        }
+        info!(
+            epochs = provider.len(),
+            restored = loaded.restored,
+            executed = execution.finalized_height(),
+            "follower state opened"
+        );
+        let provenance = start_provenance(context, prefix, config.checkpoint.as_ref()).await?;
+        let anchors = open_anchors(context.child("anchors"), &format!("{prefix}-anchors"))
+            .await
+            .map_err(|error| EngineError::Archive {
+                what: "anchors",
+                error,
+            })?;
+        // The checkpoint's verified finalization is served from the anchors, as marshal's
+        // floor moves on when catch-up runs.
+        if let Some(checkpoint) = &config.checkpoint {
+            anchors
+                .put_sync(
+                    checkpoint.height(),
+                    checkpoint.block.hash(),
+                    &checkpoint.finalization,
+                    "storing the checkpoint's finalization",
+                )
                 .await
-                .map_err(EngineError::Anchors)?
-    {
-        start = Start::Floor(floor);
+                .map_err(EngineError::Anchors)?;
+        }
+        let stores = Self {
+            execution,
+            provider,
+            registry,
+            identities,
+            provenance,
+            anchors,
+        };
+        Ok((stores, start))
     }
 
+    /// Records who served the blocks a fetch brings, and how.
+    fn served(&self, how: How) -> ServedHook {
+        let provenance = self.provenance.clone();
+        Arc::new(move |first, last, source| provenance.record(first, last, Some(source), how))
+    }
+}
+
+/// What the status sampler reads, shared with the actors that update it.
+struct Status {
+    upstream_tx: watch::Sender<UpstreamStatus>,
+    upstream: watch::Receiver<UpstreamStatus>,
+    certificate_damage: DamageLog,
+    coverage: Coverage,
+}
+
+/// Starts the status sampler (the status board and the metrics), from now on.
+fn start_status<E: EngineContext>(
+    context: &E,
+    config: &EngineConfig,
+    stores: &Stores<E>,
+    book: &SourceBook,
+) -> Status {
+    let (upstream_tx, upstream) = watch::channel(UpstreamStatus::default());
+    let status_context = context.child("status");
+    book.observe_fetch_latency(status_context.histogram(
+        "fetch_latency_seconds",
+        "Round-trip time of requests the upstreams served (blocks, finalizations, batches)",
+        FETCH_LATENCY_BUCKETS,
+    ));
+    let status = Status {
+        upstream_tx,
+        upstream,
+        certificate_damage: DamageLog::default(),
+        coverage: Coverage::default(),
+    };
+    let sampled = Sampled {
+        chain: config.profile.name.clone(),
+        epochs: config.profile.epochs.clone(),
+        execution: stores.execution.clone(),
+        provider: stores.provider.clone(),
+        identities: stores.identities.clone(),
+        sources: book.clone(),
+        upstream: status.upstream.clone(),
+        certificate_damage: status.certificate_damage.clone(),
+        coverage: status.coverage.clone(),
+    };
+    let board = config.status.clone();
+    status_context.spawn(move |context| sample(context, sampled, board));
+    status
+}
+
+/// Marshal's actor, not started yet, with its mailbox and what the store check found.
+struct StartedMarshal<E: EngineContext> {
+    actor: MarshalActor<E>,
+    mailbox: driver::MarshalMailbox,
+    store_check: StoreCheckReport,
+}
+
+/// Marshal as the follower runs it.
+type MarshalActor<E> = Marshal<
+    E,
+    Standard<Block>,
+    SchemeProvider,
+    CheckedFinalizations<E>,
+    immutable::Archive<E, Digest, Arc<Block>>,
+    commonware_consensus::types::FixedEpocher,
+    Sequential,
+>;
+
+/// Opens marshal's archives (checking the stores as configured, fetching damaged
+/// finalizations again first, since marshal panics on a missing newest one), initialises
+/// marshal at `start`, and spawns the repair of what the check found damaged.
+async fn start_marshal<E: EngineContext, U: UpstreamRequests>(
+    context: &E,
+    config: &EngineConfig,
+    stores: &Stores<E>,
+    status: &Status,
+    sources: &Sources<U>,
+    start: MarshalStart,
+    rng: &mut impl CryptoRng,
+) -> Result<StartedMarshal<E>, EngineError> {
+    let profile = &config.profile;
+    let prefix = &config.partition_prefix;
     let cache = page_cache();
     let (finalizations, store_check) = open_finalizations(
-        &context,
+        context,
         prefix,
         cache.clone(),
-        &execution,
-        &anchors,
-        &certificate_damage,
-        &coverage,
+        &stores.execution,
+        &stores.anchors,
+        &status.certificate_damage,
+        &status.coverage,
         config.store_check,
     )
     .await?;
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let repairs = Repairs {
         profile: profile.clone(),
-        execution: execution.clone(),
-        verifier: verifier.clone(),
-        anchors: anchors.clone(),
-        sources: sources.clone().recording(served(How::Repair)),
-        certificates: certificate_damage.clone(),
+        execution: stores.execution.clone(),
+        verifier: FinalizationVerifier::new(profile.epochs.clone(), stores.provider.clone()),
+        anchors: stores.anchors.clone(),
+        sources: sources.clone().recording(stores.served(How::Repair)),
+        certificates: status.certificate_damage.clone(),
     };
-    // Marshal reads the newest stored finalization as it starts and panics when it is not
-    // there: damaged ones are fetched again first.
     if !store_check.damaged_finalizations.is_empty() {
-        repairs.pass(&mut catch_up_rng).await;
+        repairs.pass(rng).await;
     }
     let blocks: immutable::Archive<E, Digest, Arc<Block>> = immutable::Archive::init(
         context.child("blocks"),
@@ -701,7 +817,7 @@ where
     })?;
     let buffer = nonzero(64 * 1024);
     let marshal_config = marshal::Config {
-        provider: provider.clone(),
+        provider: stores.provider.clone(),
         epocher: profile.epochs.epocher().clone(),
         start,
         partition_prefix: format!("{prefix}-marshal"),
@@ -717,36 +833,70 @@ where
         max_pending_acks: nonzero(config.max_pending_acks),
         strategy: Sequential,
     };
-    let (marshal_actor, marshal, _floor) = Marshal::<_, Standard<Block>, _, _, _, _, _>::init(
+    let (actor, mailbox, _floor) = Marshal::<_, Standard<Block>, _, _, _, _, _>::init(
         context.child("marshal"),
         finalizations,
         blocks,
         marshal_config,
     )
     .await;
-
     context
         .child("repair")
         .spawn(move |context| repair_damaged(context, repairs));
+    Ok(StartedMarshal {
+        actor,
+        mailbox,
+        store_check,
+    })
+}
+
+/// With [`EngineConfig::backfill`] on a checkpoint start, fetches the history below it in the
+/// background.
+fn spawn_backfill<E: EngineContext, U: UpstreamRequests>(
+    context: &E,
+    config: &EngineConfig,
+    stores: &Stores<E>,
+    sources: &Sources<U>,
+) -> watch::Receiver<Option<Duration>> {
     let (backfill_done, backfilled) = watch::channel(None);
-    if config.backfill && execution.first_height() > 0 {
-        let execution = execution.clone();
-        let sources = sources.clone().recording(served(How::Backfill));
+    if config.backfill && stores.execution.first_height() > 0 {
+        let execution = stores.execution.clone();
+        let sources = sources.clone().recording(stores.served(How::Backfill));
         let settings = config.catch_up;
         context.child("backfill").spawn(move |context| {
             backfill_history(context, execution, sources, settings, backfill_done)
         });
     }
-
-    // The same catch-up, run again by the driver when it falls far behind.
-    let rejoin = rejoin(context.child("rejoin"), &catch_up);
-    let book = sources.book().clone();
+    backfilled
+}
+/// Spawns the resolver, the executor, the driver (which starts marshal's deliveries), and the
+/// certificate fill, and returns the running follower.
+async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
+    context: &E,
+    config: &EngineConfig,
+    stores: Stores<E>,
+    status: Status,
+    sources: &Sources<U>,
+    marshal: StartedMarshal<E>,
+    handover: Handover,
+) -> Result<Follower<E>, EngineError> {
+    let profile = &config.profile;
+    let (repaired, live) = (stores.served(How::Repair), stores.served(How::Live));
+    let Stores {
+        execution,
+        provider,
+        registry,
+        identities,
+        provenance,
+        anchors,
+    } = stores;
+    let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
         sources
             .clone()
             .with_verifier(verifier.clone())
-            .recording(served(How::Repair)),
+            .recording(repaired),
         execution.clone(),
         config.fetch,
     );
@@ -767,53 +917,32 @@ where
         .child("executor")
         .spawn(|_| async move { executor_actor.run().await });
 
-    let tip = execution.finalized_height();
-    let tip = match execution.hash_by_number(tip).await {
-        Ok(hash) => hash.map(|hash| (tip, hash)),
-        Err(err) => {
-            tracing::debug!(%err, "the stored tip's hash cannot be read; marshal's archive names it");
-            None
-        }
-    };
-    let lookup = sources.clone();
-    let finalizations: driver::FinalizationLookup = Arc::new(move |height| {
-        let sources = lookup.clone();
-        Box::pin(async move {
-            let answers = sources
-                .finalization_of_each(height)
-                .await
-                .unwrap_or_default();
-            answers
-                .into_iter()
-                .map(|(source, certified)| (sources.book().url(source), certified))
-                .collect()
-        })
-    });
     let driver_actor = driver::init(driver::Config {
         verifier,
         registry,
-        marshal: marshal.clone(),
+        marshal: marshal.mailbox.clone(),
         executor,
         executed: executed.clone(),
         max_pending_events: config.max_pending_events,
         max_pending_bytes: config.max_pending_bytes,
-        sources: book.clone(),
+        sources: sources.book().clone(),
         evidence_dir: config.evidence_dir.clone(),
-        status: upstream_tx,
+        status: status.upstream_tx,
         feed: feed.clone(),
-        rejoin,
-        served: Some(served(How::Live)),
-        tip,
-        finalizations: Some(finalizations),
+        rejoin: handover.rejoin,
+        served: Some(live),
+        tip: stored_tip(&execution).await,
+        finalizations: Some(finalization_lookup(sources.clone())),
     });
     let (updates, delivered) = MarshalUpdates::new();
+    let (held, notifications) = (handover.held, handover.notifications);
     let driver_handle = context
         .child("driver")
         .spawn(|rng| async move { driver_actor.run(rng, held, notifications, delivered).await });
-    let marshal_handle = marshal_actor.start_unbuffered(updates, (handler_rx, resolver));
+    let marshal_handle = marshal
+        .actor
+        .start_unbuffered(updates, (handler_rx, resolver));
 
-    // After a restart, what was last verified is the latest finalization from the first
-    // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
     // The certificates of the served heights that have none, behind live following.
     let (certificate_requests, requested) = crate::certificates::requests();
     let fill = Fill {
@@ -822,7 +951,7 @@ where
         execution: execution.clone(),
         anchors: anchors.clone(),
         sources: sources.clone(),
-        coverage: coverage.clone(),
+        coverage: status.coverage.clone(),
         config: config.certificates,
     };
     let fill_handle = context
@@ -831,14 +960,14 @@ where
             let mut rng = context.child("rng");
             fill.run(context, &mut rng, requested).await
         });
-    let chain = FollowerChain::new(execution.clone(), marshal, anchors)
+    let chain = FollowerChain::new(execution.clone(), marshal.mailbox, anchors)
         .with_certificates(certificate_requests)
         .with_trust(TrustContext {
             profile: profile.clone(),
             provider: provider.clone(),
-            identities: identities.clone(),
+            identities,
             provenance,
-            coverage: coverage.clone(),
+            coverage: status.coverage.clone(),
             checkpoint: config.checkpoint.as_ref().map(|checkpoint| {
                 (
                     checkpoint.height(),
@@ -847,6 +976,8 @@ where
                 )
             }),
         });
+    // After a restart, what was last verified is the latest finalization from the first
+    // moment, so `consensus_getLatest` and `eth_blockNumber` agree.
     let tip = execution.finalized_height();
     if tip > 0
         && let Ok(Some(latest)) = cairn_feed::ChainReader::certified_at(&chain, tip).await
@@ -858,17 +989,46 @@ where
         chain,
         feed,
         executed,
-        upstream: upstream_status,
-        sources: book,
+        upstream: status.upstream,
+        sources: sources.book().clone(),
         provider,
-        caught_up,
-        store_check,
-        coverage,
-        backfilled,
+        caught_up: handover.caught_up,
+        store_check: marshal.store_check,
+        coverage: status.coverage,
+        backfilled: handover.backfilled,
         marshal: marshal_handle,
         driver: driver_handle,
         executor: executor_handle,
         fill: fill_handle,
+    })
+}
+
+/// The stored tip's height and hash, which the first block marshal delivers must extend.
+async fn stored_tip<E: EngineContext>(execution: &EmbeddedExecution<E>) -> Option<(u64, Digest)> {
+    let tip = execution.finalized_height();
+    match execution.hash_by_number(tip).await {
+        Ok(hash) => hash.map(|hash| (tip, hash)),
+        Err(err) => {
+            debug!(%err, "the stored tip's hash cannot be read; marshal's archive names it");
+            None
+        }
+    }
+}
+
+/// Asks every source for its certified block at a height, for the evidence of a fork.
+fn finalization_lookup<U: UpstreamRequests>(sources: Sources<U>) -> driver::FinalizationLookup {
+    Arc::new(move |height| {
+        let sources = sources.clone();
+        Box::pin(async move {
+            let answers = sources
+                .finalization_of_each(height)
+                .await
+                .unwrap_or_default();
+            answers
+                .into_iter()
+                .map(|(source, certified)| (sources.book().url(source), certified))
+                .collect()
+        })
     })
 }
 

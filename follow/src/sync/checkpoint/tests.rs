@@ -7,11 +7,11 @@ use crate::{
     sync::checkpoint::{self, CheckpointError, CheckpointStore, CheckpointTarget},
     upstream::{ClientConfig, QuarantineConfig, Sources, UpstreamClient, UpstreamError},
 };
-use std::sync::Arc;
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_primitives::{Block, CertifiedBlock, Digest};
 use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
 use commonware_runtime::{Runner as _, Supervisor as _};
+use std::sync::Arc;
 
 /// A chain that answers a finalization request for `.1` with the one at `.1 + 1`.
 #[derive(Clone)]
@@ -323,7 +323,10 @@ fn the_walk_passes_over_an_upstream_that_lies_or_is_gone() {
         assert_eq!((checkpoint.height(), report.to_epoch), (11, 2));
         assert_eq!(checkpoint.block, chain[10].block.clone().expect("block"));
         assert_eq!(
-            store.checkpoint().expect("reads").map(|stored| stored.height()),
+            store
+                .checkpoint()
+                .expect("reads")
+                .map(|stored| stored.height()),
             Some(11)
         );
         let health = sources.book().health();
