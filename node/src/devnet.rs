@@ -1,5 +1,6 @@
 //! `cairn devnet`: runs the local chain producer on disk and serves it over Tempo's RPC.
 
+use crate::report::{CeremonyView, CommitteeView, DevnetStatus, NodeStatus};
 use crate::{
     common::{lock_datadir, shutdown_signal},
     followers::{FollowerProcess, FollowerView},
@@ -9,14 +10,14 @@ use cairn_devnet::{
     faults::{Fault, Faults, FaultyChain},
 };
 use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
-use cairn_storage::registry::{IdentityChange, IdentityHistory};
+use cairn_storage::registry::IdentityHistory;
 use clap::Args;
 use commonware_codec::Encode;
 use commonware_runtime::{Runner as _, Supervisor as _};
 use commonware_utils::{Faults as FaultModel, N3f1};
 use eyre::{WrapErr, eyre};
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::BTreeSet,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -197,49 +198,6 @@ fn print_epoch(entry: &EpochEntry, validators: usize) {
 /// Committees and ceremonies the devnet's status keeps (the newest).
 const STATUS_EPOCHS: usize = 32;
 
-/// One committee, as the devnet's status page shows it.
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CommitteeView {
-    epoch: u64,
-    first_height: u64,
-    last_height: u64,
-    validators: Vec<String>,
-    threshold: u32,
-    identity: String,
-}
-
-/// One DKG ceremony: the one whose outcome the boundary before `for_epoch` carries.
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CeremonyView {
-    for_epoch: u64,
-    kind: String,
-    boundary: Option<u64>,
-    dealers: usize,
-    players: usize,
-}
-
-/// The devnet's own view, answered by `cairn_status` and shown on its status page.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DevnetStatus {
-    role: &'static str,
-    chain: String,
-    epoch_length: u64,
-    verified_height: u64,
-    executed_height: u64,
-    target_height: u64,
-    history_from: u64,
-    epoch: u64,
-    key_epoch: u64,
-    blocks_per_second: f64,
-    identities: Vec<IdentityChange>,
-    committees: VecDeque<CommitteeView>,
-    ceremonies: VecDeque<CeremonyView>,
-    followers: Vec<FollowerView>,
-}
-
 /// The devnet's status, shared with the RPC server (cheap to clone).
 #[derive(Clone)]
 struct DevnetBoard {
@@ -251,7 +209,6 @@ struct DevnetBoard {
 impl DevnetBoard {
     fn new(chain: &str, epochs: cairn_epoch::EpochStrategy) -> Self {
         let status = DevnetStatus {
-            role: "devnet",
             chain: chain.to_string(),
             epoch_length: epochs.length(),
             ..DevnetStatus::default()
@@ -330,8 +287,11 @@ impl DevnetBoard {
     fn source(&self) -> StatusSource {
         let status = self.status.clone();
         StatusSource(Arc::new(move || {
-            serde_json::to_value(&*status.lock().unwrap_or_else(|poison| poison.into_inner()))
-                .unwrap_or_default()
+            let status = status
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone();
+            serde_json::to_value(NodeStatus::Devnet(status)).unwrap_or_default()
         }))
     }
 }

@@ -6,6 +6,7 @@ use crate::config::{default_datadir, layered, to_toml};
 use crate::cpus::CpuList;
 use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics, is_storage_failure, storage_failed};
 use crate::progress::Progress;
+use crate::report::{EvidenceSummary, FollowerReport, NodeStatus};
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
 use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource};
@@ -664,30 +665,16 @@ async fn follow(
     result
 }
 
-/// What `cairn_status` answers for a follower: its newest status snapshot, with `role` and the
-/// evidence files of conflicting certificates found in its datadir.
+/// What `cairn_status` answers for a follower: its newest status snapshot, with the evidence
+/// files of conflicting certificates found in its datadir.
 fn status_source(board: StatusBoard, datadir: PathBuf) -> StatusSource {
     StatusSource(Arc::new(move || {
-        let mut status = serde_json::to_value(board.latest()).unwrap_or_default();
-        if let Some(object) = status.as_object_mut() {
-            object.insert("role".into(), "follower".into());
-            object.insert(
-                "evidence".into(),
-                serde_json::to_value(evidence_in(&datadir)).unwrap_or_default(),
-            );
-        }
-        status
+        let report = FollowerReport {
+            status: board.latest(),
+            evidence: evidence_in(&datadir),
+        };
+        serde_json::to_value(NodeStatus::Follower(report)).unwrap_or_default()
     }))
-}
-
-/// One evidence file, as the status reports it.
-#[derive(serde::Serialize)]
-struct EvidenceSummary {
-    file: String,
-    height: u64,
-    epoch: u64,
-    first: String,
-    second: String,
 }
 
 /// The evidence files of conflicting certificates in `datadir` (`evidence-HEIGHT.json`); a file

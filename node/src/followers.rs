@@ -25,7 +25,7 @@ pub struct FollowerProcess {
 }
 
 /// One follower as the devnet's status page shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FollowerView {
     /// `f1`, `f2`, ...

@@ -19,6 +19,7 @@ mod follow;
 mod followers;
 mod inspect;
 mod progress;
+mod report;
 mod status;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
