@@ -323,22 +323,7 @@ fn write_atomically(path: &Path, contents: &str) -> eyre::Result<()> {
 }
 
 async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) -> eyre::Result<()> {
-    let config = DevnetConfig {
-        chain_id: args.chain_id,
-        validators: args.validators,
-        committee: args.committee,
-        epoch_length: args.epoch_length,
-        full_dkg_at_epochs: args
-            .full_dkg_at_epochs
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>(),
-        seed: args.seed,
-        fork_at: args.fork_at,
-        block_time: args.block_time,
-        tip1123_time: args.tip1123_time,
-        ..DevnetConfig::default()
-    };
+    let config = devnet_config(&args);
     // The producer publishes to a feed of its own; what is served goes through the faults.
     let feed = FeedState::default();
     let faults = Faults::new(args.faults.clone(), args.seed.unwrap_or_else(rand::random));
@@ -397,23 +382,7 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         devnet.next_height()
     );
 
-    let upstream = server.local_addr.to_string();
-    let mut followers = Vec::with_capacity(args.followers);
-    for index in 1..=args.followers {
-        followers.push(FollowerProcess::start(
-            &args.datadir,
-            index,
-            &profile_path,
-            &upstream,
-        )?);
-    }
-    if !followers.is_empty() {
-        say!(
-            "started {} followers (datadirs and logs under {})",
-            followers.len(),
-            args.datadir.join("followers").display()
-        );
-    }
+    let mut followers = start_followers(&args, &profile_path, &server.local_addr.to_string())?;
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -436,53 +405,14 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
                 "reached --until-height {}; serving until Ctrl-C",
                 devnet.next_height() - 1
             );
-            if followers.is_empty() {
-                (&mut shutdown).await;
-                break;
-            }
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    _ = ticker.tick() => {
-                        let height = devnet.next_height() - 1;
-                        board.update(|status| {
-                            status.blocks_per_second = 0.0;
-                            status.followers = follower_views(&mut followers, height);
-                        });
-                        say!(
-                            "height {height} | epoch {} | idle{}",
-                            devnet.epochs().epoch_of(height),
-                            follower_statuses(&mut followers, height)
-                        );
-                    }
-                }
-            }
+            idle_until(&devnet, &mut followers, &board, &mut shutdown).await;
             break;
         }
         tokio::select! {
             () = &mut shutdown => break,
             _ = async { disconnects.as_mut().expect("only polled when set").tick().await }, if disconnects.is_some() => {
                 // Drop every connection: stop the server and serve again on the same address.
-                let addr = server.local_addr;
-                let _ = server.handle.stop();
-                server.handle.clone().stopped().await;
-                // The old listener closes once its accept loop has seen the stop: until then
-                // the address may still be taken, so binding it is tried again for a while.
-                let mut attempts = 0;
-                server = loop {
-                    match cairn_feed::start(&addr.to_string(), served.clone(), feed.clone(), rpc_config.clone()).await {
-                        Ok(server) => break server,
-                        Err(_) if attempts < 250 => {
-                            attempts += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(err) => {
-                            return Err(err).wrap_err_with(|| format!("serving again on {addr} after a disconnect"));
-                        }
-                    }
-                };
-                info!(%addr, "disconnected every subscriber (fault)");
+                server = serve_again(server, &served, &feed, &rpc_config).await?;
                 continue;
             }
             () = sleep_until(deadline) => {}
@@ -541,4 +471,117 @@ async fn serve(context: commonware_runtime::tokio::Context, args: DevnetArgs) ->
         devnet.store().finalized_height().unwrap_or_default()
     );
     Ok(())
+}
+
+/// The devnet's settings from the command line.
+fn devnet_config(args: &DevnetArgs) -> DevnetConfig {
+    DevnetConfig {
+        chain_id: args.chain_id,
+        validators: args.validators,
+        committee: args.committee,
+        epoch_length: args.epoch_length,
+        full_dkg_at_epochs: args
+            .full_dkg_at_epochs
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        seed: args.seed,
+        fork_at: args.fork_at,
+        block_time: args.block_time,
+        tip1123_time: args.tip1123_time,
+        ..DevnetConfig::default()
+    }
+}
+
+/// Starts `--followers` follower processes of the devnet at `upstream`.
+fn start_followers(
+    args: &DevnetArgs,
+    profile_path: &Path,
+    upstream: &str,
+) -> eyre::Result<Vec<FollowerProcess>> {
+    let mut followers = Vec::with_capacity(args.followers);
+    for index in 1..=args.followers {
+        followers.push(FollowerProcess::start(
+            &args.datadir,
+            index,
+            profile_path,
+            upstream,
+        )?);
+    }
+    if !followers.is_empty() {
+        say!(
+            "started {} followers (datadirs and logs under {})",
+            followers.len(),
+            args.datadir.join("followers").display()
+        );
+    }
+    Ok(followers)
+}
+
+/// Serves until `shutdown`, reporting the followers once a second while there are any.
+async fn idle_until(
+    devnet: &Devnet<commonware_runtime::tokio::Context>,
+    followers: &mut [FollowerProcess],
+    board: &DevnetBoard,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) {
+    if followers.is_empty() {
+        shutdown.await;
+        return;
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = &mut *shutdown => return,
+            _ = ticker.tick() => {
+                let height = devnet.next_height() - 1;
+                board.update(|status| {
+                    status.blocks_per_second = 0.0;
+                    status.followers = follower_views(followers, height);
+                });
+                say!(
+                    "height {height} | epoch {} | idle{}",
+                    devnet.epochs().epoch_of(height),
+                    follower_statuses(followers, height)
+                );
+            }
+        }
+    }
+}
+
+/// Stops `server`, dropping every connection, and serves again on its address.
+async fn serve_again<C: cairn_feed::ChainReader + Clone>(
+    server: cairn_feed::RunningServer,
+    served: &C,
+    feed: &FeedState,
+    rpc_config: &RpcConfig,
+) -> eyre::Result<cairn_feed::RunningServer> {
+    let addr = server.local_addr;
+    let _ = server.handle.stop();
+    server.handle.clone().stopped().await;
+    // The old listener closes once its accept loop has seen the stop: until then
+    // the address may still be taken, so binding it is tried again for a while.
+    let mut attempts = 0;
+    let server = loop {
+        match cairn_feed::start(
+            &addr.to_string(),
+            served.clone(),
+            feed.clone(),
+            rpc_config.clone(),
+        )
+        .await
+        {
+            Ok(server) => break server,
+            Err(_) if attempts < 250 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => {
+                return Err(err)
+                    .wrap_err_with(|| format!("serving again on {addr} after a disconnect"));
+            }
+        }
+    };
+    info!(%addr, "disconnected every subscriber (fault)");
+    Ok(server)
 }

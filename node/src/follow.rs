@@ -9,7 +9,7 @@ use crate::progress::Progress;
 use crate::report::{EvidenceSummary, FollowerReport, NodeStatus};
 use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
 use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
-use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, StatusSource};
+use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, RunningServer, StatusSource};
 use cairn_follow::{
     EngineConfig, EngineError, Follower,
     certificates::{CertificateMode, FillConfig},
@@ -18,7 +18,9 @@ use cairn_follow::{
     status::StatusBoard,
     sync::catchup::{CatchUpConfig, VerifyPolicy},
     sync::checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
-    upstream::{self, ClientConfig, QuarantineConfig, Sources, UpstreamClient, follow_url},
+    upstream::{
+        self, ClientConfig, QuarantineConfig, Sourced, Sources, UpstreamClient, follow_url,
+    },
 };
 use cairn_storage::execution::ExecutionError;
 use clap::{ArgMatches, Args};
@@ -27,7 +29,7 @@ use eyre::{WrapErr, eyre};
 use serde::{Deserialize, Serialize};
 use serde_with::{DisplayFromStr, serde_as};
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -477,12 +479,101 @@ async fn follow(
     let feed = FeedState::default();
     let board = StatusBoard::default();
     let served = LateChain::default();
+    let (server, admin) = start_servers(&args, &profile, &served, &feed, &board, &datadir).await?;
+    let upstream_client = client_config(&profile, args.upstream_rate_limit);
+    let checkpoint = tokio::select! {
+        checkpoint = checkpoint_for(&context, &urls, &profile, target, &upstream_client) => checkpoint?,
+        err = disk.full() => return Err(err),
+        () = shutdown.wait() => {
+            say!("stopped before the follower started");
+            return Ok(());
+        }
+    };
+    let walked_identities = walked_identities(&context, &profile).await?;
+    let (sources, notifications) = spawn_upstreams(&context, &urls, &upstream_client)?;
+
+    let starting = Instant::now();
+    let progress = Progress::show(&board, &feed, args.status_interval);
+    let starting_follower = cairn_follow::start(
+        context.child("follower"),
+        follower_config(
+            &args,
+            &profile,
+            checkpoint,
+            &datadir,
+            &board,
+            &feed,
+            walked_identities,
+        ),
+        notifications,
+        sources,
+    );
+    let started = tokio::select! {
+        started = starting_follower => started,
+        err = disk.full() => return Err(err),
+        () = shutdown.wait() => {
+            // What the start-up stored is durable batch by batch; the next start resumes it.
+            say!(
+                "stopped during start-up at stored height {}",
+                board.latest().executed_height
+            );
+            return Ok(());
+        }
+    };
+    let follower = started.map_err(|err| match err {
+        EngineError::Execution(ExecutionError::GenesisMismatch { .. }) => eyre!(
+            "datadir {} belongs to a different chain than `{}`: {err}",
+            datadir.display(),
+            profile.name
+        ),
+        other => eyre!("starting the follower in {}: {other}", datadir.display()),
+    })?;
+
+    served.bind(follower.chain.clone());
+    if let Some(server) = &server {
+        let addr = server.local_addr;
+        say!("rpc listening on {addr} (ws and http); status page at http://{addr}/status");
+    }
+    say_started(&follower, &args, &urls, &profile, starting);
+
+    progress.started();
+    let result = report_until_stopped(
+        follower,
+        &profile,
+        args.status_interval,
+        args.backfill,
+        !progress.has_bar(),
+        &mut shutdown,
+        &disk,
+    )
+    .await;
+    drop(progress);
+    for server in [server, admin].into_iter().flatten() {
+        let _ = server.handle.stop();
+    }
+    result
+}
+
+/// The RPC server (`--rpc-addr`) and the admin listener (`--admin-addr`), bound before the
+/// follower starts: they answer `cairn_status`, the status page and `eth_syncing` through the
+/// boundary walk and the start-up catch-up, and serve the chain once `served` is bound.
+async fn start_servers<C>(
+    args: &FollowArgs,
+    profile: &ChainProfile,
+    served: &LateChain<C>,
+    feed: &FeedState,
+    board: &StatusBoard,
+    datadir: &Path,
+) -> eyre::Result<(Option<RunningServer>, Option<RunningServer>)>
+where
+    LateChain<C>: cairn_feed::ChainReader,
+{
     let rpc_config = |max_connections| RpcConfig {
         chain_id: profile.chain_id,
         max_connections,
         max_subscriptions_per_connection: args.rpc_max_subscriptions,
         queued_bytes: args.rpc_queued_kib.saturating_mul(1024),
-        status: Some(status_source(board.clone(), datadir.clone())),
+        status: Some(status_source(board.clone(), datadir.to_path_buf())),
         ..RpcConfig::default()
     };
     let server = match &args.rpc_addr {
@@ -522,16 +613,15 @@ async fn follow(
         }
         None => None,
     };
-    let upstream_client = client_config(&profile, args.upstream_rate_limit);
-    let checkpoint = tokio::select! {
-        checkpoint = checkpoint_for(&context, &urls, &profile, target, &upstream_client) => checkpoint?,
-        err = disk.full() => return Err(err),
-        () = shutdown.wait() => {
-            say!("stopped before the follower started");
-            return Ok(());
-        }
-    };
-    let walked_identities = walked_identities(&context, &profile).await?;
+    Ok((server, admin))
+}
+
+/// One upstream actor per URL, with the sources they answer through and their notifications.
+fn spawn_upstreams(
+    context: &commonware_runtime::tokio::Context,
+    urls: &[String],
+    upstream_client: &ClientConfig,
+) -> eyre::Result<(Sources<upstream::Mailbox>, mpsc::Receiver<Sourced>)> {
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
     let mut counts = Vec::new();
@@ -554,64 +644,53 @@ async fn follow(
     for (source, counts) in counts.into_iter().enumerate() {
         sources.book().count_calls(source, counts);
     }
+    Ok((sources, notifications))
+}
 
-    let starting = Instant::now();
-    let progress = Progress::show(&board, &feed, args.status_interval);
-    let starting_follower = cairn_follow::start(
-        context.child("follower"),
-        EngineConfig {
-            checkpoint,
-            evidence_dir: Some(datadir.clone()),
-            catch_up: CatchUpConfig {
-                policy: args.verify,
-                workers: std::thread::available_parallelism().map_or(1, usize::from),
-                ..CatchUpConfig::default()
-            },
-            backfill: args.backfill,
-            certificates: FillConfig {
-                mode: args.certificates,
-                workers: std::thread::available_parallelism().map_or(1, usize::from),
-                ..FillConfig::default()
-            },
-            store_check: if args.check_stores {
-                StoreCheck::All
-            } else {
-                StoreCheck::default()
-            },
-            status: board.clone(),
-            feed: feed.clone(),
-            known_identities: walked_identities,
-            ..engine_config(&profile, args.verify)
+/// The engine's settings from the command line.
+fn follower_config(
+    args: &FollowArgs,
+    profile: &ChainProfile,
+    checkpoint: Option<Checkpoint>,
+    datadir: &Path,
+    board: &StatusBoard,
+    feed: &FeedState,
+    known_identities: Vec<(u64, cairn_dkg::Identity)>,
+) -> EngineConfig {
+    EngineConfig {
+        checkpoint,
+        evidence_dir: Some(datadir.to_path_buf()),
+        catch_up: CatchUpConfig {
+            policy: args.verify,
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            ..CatchUpConfig::default()
         },
-        notifications,
-        sources,
-    );
-    let started = tokio::select! {
-        started = starting_follower => started,
-        err = disk.full() => return Err(err),
-        () = shutdown.wait() => {
-            // What the start-up stored is durable batch by batch; the next start resumes it.
-            say!(
-                "stopped during start-up at stored height {}",
-                board.latest().executed_height
-            );
-            return Ok(());
-        }
-    };
-    let follower = started.map_err(|err| match err {
-        EngineError::Execution(ExecutionError::GenesisMismatch { .. }) => eyre!(
-            "datadir {} belongs to a different chain than `{}`: {err}",
-            datadir.display(),
-            profile.name
-        ),
-        other => eyre!("starting the follower in {}: {other}", datadir.display()),
-    })?;
-
-    served.bind(follower.chain.clone());
-    if let Some(server) = &server {
-        let addr = server.local_addr;
-        say!("rpc listening on {addr} (ws and http); status page at http://{addr}/status");
+        backfill: args.backfill,
+        certificates: FillConfig {
+            mode: args.certificates,
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
+            ..FillConfig::default()
+        },
+        store_check: if args.check_stores {
+            StoreCheck::All
+        } else {
+            StoreCheck::default()
+        },
+        status: board.clone(),
+        feed: feed.clone(),
+        known_identities,
+        ..engine_config(profile, args.verify)
     }
+}
+
+/// What the follower did at start: the catch-up, the store check, and what it follows.
+fn say_started<E: cairn_follow::engine::EngineContext>(
+    follower: &Follower<E>,
+    args: &FollowArgs,
+    urls: &[String],
+    profile: &ChainProfile,
+    starting: Instant,
+) {
     if let Some(report) = &follower.caught_up {
         let blocks = report.to - report.from;
         let seconds = starting.elapsed().as_secs_f64();
@@ -646,23 +725,6 @@ async fn follow(
         *follower.executed.borrow(),
         follower.provider.len()
     );
-
-    progress.started();
-    let result = report_until_stopped(
-        follower,
-        &profile,
-        args.status_interval,
-        args.backfill,
-        !progress.has_bar(),
-        &mut shutdown,
-        &disk,
-    )
-    .await;
-    drop(progress);
-    for server in [server, admin].into_iter().flatten() {
-        let _ = server.handle.stop();
-    }
-    result
 }
 
 /// What `cairn_status` answers for a follower: its newest status snapshot, with the evidence
