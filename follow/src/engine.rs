@@ -882,14 +882,7 @@ async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
 ) -> Result<Follower<E>, EngineError> {
     let profile = &config.profile;
     let (repaired, live) = (stores.served(How::Repair), stores.served(How::Live));
-    let Stores {
-        execution,
-        provider,
-        registry,
-        identities,
-        provenance,
-        anchors,
-    } = stores;
+    let (execution, provider) = (stores.execution.clone(), stores.provider.clone());
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider.clone());
     let fetcher = UpstreamFetcher::new(
         context.child("fetcher"),
@@ -919,7 +912,7 @@ async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
 
     let driver_actor = driver::init(driver::Config {
         verifier,
-        registry,
+        registry: stores.registry,
         marshal: marshal.mailbox.clone(),
         executor,
         executed: executed.clone(),
@@ -949,7 +942,7 @@ async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
         profile: profile.clone(),
         provider: provider.clone(),
         execution: execution.clone(),
-        anchors: anchors.clone(),
+        anchors: stores.anchors.clone(),
         sources: sources.clone(),
         coverage: status.coverage.clone(),
         config: config.certificates,
@@ -960,13 +953,13 @@ async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
             let mut rng = context.child("rng");
             fill.run(context, &mut rng, requested).await
         });
-    let chain = FollowerChain::new(execution.clone(), marshal.mailbox, anchors)
+    let chain = FollowerChain::new(execution.clone(), marshal.mailbox, stores.anchors)
         .with_certificates(certificate_requests)
         .with_trust(TrustContext {
             profile: profile.clone(),
             provider: provider.clone(),
-            identities,
-            provenance,
+            identities: stores.identities,
+            provenance: stores.provenance,
             coverage: status.coverage.clone(),
             checkpoint: config.checkpoint.as_ref().map(|checkpoint| {
                 (

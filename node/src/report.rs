@@ -52,17 +52,11 @@ pub struct EvidenceSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitteeView {
-    /// Its epoch.
     pub epoch: u64,
-    /// The epoch's first height.
     pub first_height: u64,
-    /// The epoch's boundary.
     pub last_height: u64,
-    /// Its validators' public keys.
     pub validators: Vec<String>,
-    /// Shares needed for a certificate.
     pub threshold: u32,
-    /// The epoch's identity.
     pub identity: String,
 }
 
@@ -70,47 +64,31 @@ pub struct CommitteeView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CeremonyView {
-    /// The epoch whose key it made.
     pub for_epoch: u64,
-    /// `reshare`, `full DKG` or `trusted deal`.
     pub kind: String,
-    /// The boundary carrying its outcome (none for genesis).
     pub boundary: Option<u64>,
-    /// Dealers.
     pub dealers: usize,
-    /// Players.
     pub players: usize,
 }
 
-/// The devnet's own view, answered by `cairn_status` and shown on its status page.
+/// The devnet's own view, answered by `cairn_status` and shown on its status page: the tip
+/// (produced, stored and served, so verified, executed and target alike), the newest
+/// committees with their ceremonies, and the devnet's own followers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DevnetStatus {
-    /// The chain's name.
     pub chain: String,
-    /// Blocks per epoch.
     pub epoch_length: u64,
-    /// The tip (produced, stored and served).
     pub verified_height: u64,
-    /// The same.
     pub executed_height: u64,
-    /// The same.
-    pub target_height: u64,
-    /// The lowest height served.
-    pub history_from: u64,
-    /// The tip's epoch.
-    pub epoch: u64,
-    /// The newest epoch with a key.
-    pub key_epoch: u64,
-    /// Blocks produced per second.
     pub blocks_per_second: f64,
-    /// Every identity change, oldest first.
+    pub target_height: u64,
+    pub history_from: u64,
     pub identities: Vec<IdentityChange>,
-    /// The newest committees.
+    pub epoch: u64,
+    pub key_epoch: u64,
     pub committees: VecDeque<CommitteeView>,
-    /// Their ceremonies.
     pub ceremonies: VecDeque<CeremonyView>,
-    /// The devnet's own followers.
     pub followers: Vec<FollowerView>,
 }
 

@@ -14,18 +14,8 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 /// Starts `cairn devnet` on `datadir` with small epochs and an OS-chosen port.
 fn start_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
-    let mut args = vec![
-        "--epoch-length",
-        "5",
-        "--block-time",
-        "40ms",
-        "--full-dkg-at-epochs",
-        "2",
-        "--rpc-addr",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    CairnProcess::devnet(Path::new(env!("CARGO_BIN_EXE_cairn")), datadir, &args)
+    let binary = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    CairnProcess::small_devnet(binary, datadir, "40ms", "127.0.0.1:0", extra)
 }
 
 /// The JSON-RPC error code of a failed call.

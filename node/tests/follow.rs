@@ -996,20 +996,9 @@ fn seeded_devnet(datadir: &Path, extra: &[&str]) -> CairnProcess {
 
 /// [`seeded_devnet`] with its block time and RPC address.
 fn seeded_devnet_at(datadir: &Path, block_time: &str, addr: &str, extra: &[&str]) -> CairnProcess {
-    let mut args = vec![
-        "--seed",
-        "7",
-        "--epoch-length",
-        "5",
-        "--block-time",
-        block_time,
-        "--full-dkg-at-epochs",
-        "2",
-        "--rpc-addr",
-        addr,
-    ];
+    let mut args = vec!["--seed", "7"];
     args.extend_from_slice(extra);
-    CairnProcess::devnet(cairn(), datadir, &args)
+    CairnProcess::small_devnet(cairn(), datadir, block_time, addr, &args)
 }
 
 /// A devnet with seed 7 and epochs of 10 that first generates `blocks` blocks at full speed,

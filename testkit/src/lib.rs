@@ -387,6 +387,15 @@ pub async fn subscribe(
     (client, subscription)
 }
 
+/// The `extraData` of a certified block's header (where a boundary carries its outcome).
+pub fn extra_data(certified: &CertifiedBlock) -> Vec<u8> {
+    let block = certified
+        .block
+        .as_ref()
+        .expect("a certified block with its block");
+    block.header().inner.extra_data.to_vec()
+}
+
 /// The proposer key written into test headers (a valid ed25519 point, as Tempo's decoder checks).
 pub fn test_proposer() -> ProposerKey {
     let key = PrivateKey::from_seed(1).public_key();

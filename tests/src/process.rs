@@ -86,6 +86,29 @@ impl CairnProcess {
         Self::start(binary, all, Stdio::null()).with_rpc_addr()
     }
 
+    /// Starts a devnet with epochs of 5 blocks, a full DKG at epoch 2, one block every
+    /// `block_time` and its RPC on `addr` (port 0 lets the OS choose), with `extra` arguments.
+    pub fn small_devnet(
+        binary: &Path,
+        datadir: &Path,
+        block_time: &str,
+        addr: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--epoch-length",
+            "5",
+            "--block-time",
+            block_time,
+            "--full-dkg-at-epochs",
+            "2",
+            "--rpc-addr",
+            addr,
+        ];
+        args.extend_from_slice(extra);
+        Self::devnet(binary, datadir, &args)
+    }
+
     /// Starts `cairn follow` of `chain` from `upstream` in `datadir`, serving RPC on an
     /// OS-chosen port, with its info-level log in `log`; waits for its RPC address.
     pub fn follower(
@@ -361,4 +384,39 @@ pub fn first_allowed_cpu() -> String {
     allowed_cpus(&status)
         .and_then(|list| list.split([',', '-']).next().map(str::to_string))
         .expect("Cpus_allowed_list")
+}
+
+/// The sending half of a raw WebSocket connection.
+pub type RawSender = soketto::connection::Sender<tokio_util::compat::Compat<tokio::net::TcpStream>>;
+/// The receiving half of a raw WebSocket connection.
+pub type RawReceiver =
+    soketto::connection::Receiver<tokio_util::compat::Compat<tokio::net::TcpStream>>;
+
+/// A raw WebSocket connection to `addr` that subscribes `subscriptions` times (request ids 1,
+/// 2, ...) and then reads nothing until the caller does; dropping both halves closes it.
+pub async fn silent_subscriber(
+    addr: impl tokio::net::ToSocketAddrs,
+    subscriptions: usize,
+) -> (RawSender, RawReceiver) {
+    use tokio_util::compat::TokioAsyncReadCompatExt as _;
+    let socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let mut handshake = soketto::handshake::Client::new(socket.compat(), "127.0.0.1", "/");
+    let response = handshake.handshake().await.expect("websocket handshake");
+    assert!(matches!(
+        response,
+        soketto::handshake::ServerResponse::Accepted { .. }
+    ));
+    let (mut sender, receiver) = handshake.into_builder().finish();
+    for id in 1..=subscriptions {
+        sender
+            .send_text(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"consensus_subscribe","params":[]}}"#
+            ))
+            .await
+            .expect("sends");
+    }
+    sender.flush().await.expect("flushes");
+    (sender, receiver)
 }

@@ -125,6 +125,13 @@ fn stand_in_rejoin(
 #[derive(Clone, Default)]
 struct StandInExecutor(Arc<Mutex<Vec<u64>>>, Arc<watch::Sender<u64>>);
 
+impl StandInExecutor {
+    /// The heights it was given.
+    fn heights(&self) -> Vec<u64> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
 impl ExecutorPort for StandInExecutor {
     async fn execute(
         &self,
@@ -378,19 +385,23 @@ fn two_valid_blocks_at_one_height_stop_the_driver() {
         let driver = harness(&context, &profile, 16, 1 << 20).await;
         driver.event(0, &chain[1]).await;
         driver.event(2, &other).await;
-        let result = driver.stopped.await.expect("driver task");
-        let Err(DriverError::Conflict {
+        let (height, first, second) = conflict(driver.stopped.await.expect("driver task"));
+        assert_eq!((height, first.as_str(), second.as_str()), (2, "a", "c"));
+        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
+    });
+}
+
+/// The height and the two sources of the conflict the driver stopped with.
+fn conflict(result: Result<(), DriverError>) -> (u64, String, String) {
+    match result {
+        Err(DriverError::Conflict {
             height,
             first,
             second,
             ..
-        }) = result
-        else {
-            panic!("expected a conflict, got {result:?}");
-        };
-        assert_eq!((height, first.as_str(), second.as_str()), (2, "a", "c"));
-        assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
-    });
+        }) => (height, first, second),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
 }
 
 /// A chain parting from `chain` at its first block: another block 1 and a block 2 on top of
@@ -420,41 +431,42 @@ fn lookup(answers: Vec<(String, CertifiedBlock)>) -> driver::FinalizationLookup 
     })
 }
 
+/// Delivers block 1 of `chain` and then `two` (a block 2 on another block 1) to a driver that
+/// finds certificates with `lookup`; returns the conflict it stopped with and the heights it
+/// handed to the executor.
+fn deliver_a_fork(
+    seed: u64,
+    profile: cairn_epoch::ChainProfile,
+    chain: Vec<CertifiedBlock>,
+    two: CertifiedBlock,
+    lookup: Option<driver::FinalizationLookup>,
+) -> ((u64, String, String), Vec<u64>) {
+    deterministic::Runner::seeded(seed).start(|context| async move {
+        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, None, lookup).await;
+        driver.deliver(&chain[0]);
+        driver.deliver(&two);
+        let conflict = conflict(driver.stopped.await.expect("driver task"));
+        (conflict, driver.executor.heights())
+    })
+}
+
 #[test]
 fn a_delivered_block_not_extending_the_one_below_stops_the_driver_with_both_certificates() {
     let committee = TestCommittee::new(b"TEMPO", 45, 4);
     let (profile, chain) = committee_chain(&committee, 3, 5);
     let (one, two) = fork_of(&committee, &chain);
-    deterministic::Runner::seeded(5).start(|context| async move {
-        // Each side's upstream serves its own block 1; one more sends a forgery of it.
-        let mut forged = one.clone();
-        forged.certificate = chain[1].certificate.clone();
-        let answers = vec![
-            ("a".to_string(), forged),
-            ("b".to_string(), one.clone()),
-            ("c".to_string(), chain[0].clone()),
-        ];
-        let driver =
-            harness_rejoining(&context, &profile, 16, 1 << 20, None, Some(lookup(answers))).await;
-        driver.deliver(&chain[0]);
-        driver.deliver(&two);
-        let result = driver.stopped.await.expect("driver task");
-        let Err(DriverError::Conflict {
-            height,
-            first,
-            second,
-            ..
-        }) = result
-        else {
-            panic!("expected a conflict, got {result:?}");
-        };
-        assert_eq!((height, first.as_str(), second.as_str()), (1, "c", "b"));
-        assert_eq!(
-            *driver.executor.0.lock().expect("lock"),
-            vec![1],
-            "block 2 never executed"
-        );
-    });
+    // Each side's upstream serves its own block 1; one more sends a forgery of it.
+    let mut forged = one.clone();
+    forged.certificate = chain[1].certificate.clone();
+    let answers = vec![
+        ("a".to_string(), forged),
+        ("b".to_string(), one),
+        ("c".to_string(), chain[0].clone()),
+    ];
+    let ((height, first, second), executed) =
+        deliver_a_fork(5, profile, chain, two, Some(lookup(answers)));
+    assert_eq!((height, first.as_str(), second.as_str()), (1, "c", "b"));
+    assert_eq!(executed, vec![1], "block 2 never executed");
 }
 
 #[test]
@@ -462,29 +474,11 @@ fn a_fork_no_upstream_serves_certificates_for_still_stops_the_driver() {
     let committee = TestCommittee::new(b"TEMPO", 46, 4);
     let (profile, chain) = committee_chain(&committee, 3, 5);
     let (_, two) = fork_of(&committee, &chain);
-    deterministic::Runner::seeded(6).start(|context| async move {
-        let driver = harness_rejoining(&context, &profile, 16, 1 << 20, None, None).await;
-        driver.deliver(&chain[0]);
-        driver.deliver(&two);
-        let result = driver.stopped.await.expect("driver task");
-        let Err(DriverError::Conflict {
-            height,
-            first,
-            second,
-            ..
-        }) = result
-        else {
-            panic!("expected a conflict, got {result:?}");
-        };
-        assert_eq!(height, 1);
-        assert!(first.starts_with("this node's store"), "{first}");
-        assert!(second.starts_with("block 2 naming"), "{second}");
-        assert_eq!(
-            *driver.executor.0.lock().expect("lock"),
-            vec![1],
-            "block 2 never executed"
-        );
-    });
+    let ((height, first, second), executed) = deliver_a_fork(6, profile, chain, two, None);
+    assert_eq!(height, 1);
+    assert!(first.starts_with("this node's store"), "{first}");
+    assert!(second.starts_with("block 2 naming"), "{second}");
+    assert_eq!(executed, vec![1], "block 2 never executed");
 }
 
 /// The epoch registry keeps the newest epochs only, but the identity history it keeps with them

@@ -268,11 +268,7 @@ impl SourceBook {
     pub fn health(&self) -> Vec<SourceHealth> {
         let now = self.now();
         self.with_states(|states| {
-            let best = states
-                .iter()
-                .map(|state| state.health.announced_height)
-                .max()
-                .unwrap_or_default();
+            let best = best_announced(states);
             states
                 .iter_mut()
                 .map(|state| {
@@ -501,11 +497,7 @@ impl SourceBook {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut ranked: Vec<(u8, usize, SourceId)> = self.with_states(|states| {
             let count = states.len().max(1);
-            let best = states
-                .iter()
-                .map(|state| state.health.announced_height)
-                .max()
-                .unwrap_or_default();
+            let best = best_announced(states);
             states
                 .iter_mut()
                 .enumerate()
@@ -529,6 +521,15 @@ impl SourceBook {
         ranked.sort_unstable();
         ranked.into_iter().map(|(_, _, source)| source).collect()
     }
+}
+
+/// The highest height any source announced.
+fn best_announced(states: &[State]) -> u64 {
+    states
+        .iter()
+        .map(|state| state.health.announced_height)
+        .max()
+        .unwrap_or_default()
 }
 
 /// A source and the finalization it answered.
@@ -636,6 +637,15 @@ impl<R: UpstreamRequests> Sources<R> {
         self.requests.len()
     }
 
+    /// The sources to ask, in order (see [`SourceBook::order`]); an error when there are none.
+    fn asked(&self, height: Option<u64>) -> Result<Vec<SourceId>, UpstreamError> {
+        let order = self.book.order(height);
+        if order.is_empty() {
+            return Err(UpstreamError::NotConnected);
+        }
+        Ok(order)
+    }
+
     /// Checks a fetched finalization: it carries the block at `height`, its certificate signs
     /// that block and, when the epoch's key is known, verifies.
     fn check_finalization(&self, height: u64, certified: &CertifiedBlock) -> Result<(), String> {
@@ -702,10 +712,7 @@ impl<R: UpstreamRequests> Sources<R> {
         F: Fn(R) -> Fut,
         Fut: Future<Output = Result<Option<CertifiedBlock>, UpstreamError>>,
     {
-        let order = self.book.order(None);
-        if order.is_empty() {
-            return Err(UpstreamError::NotConnected);
-        }
+        let order = self.asked(None)?;
         let answers = futures::future::join_all(order.iter().map(|source| {
             let answer = ask(self.requests[*source].clone());
             let started = self.book.now();
@@ -816,10 +823,7 @@ impl<R: UpstreamRequests> Sources<R> {
         F: FnMut(R) -> Fut,
         Fut: Future<Output = Result<Option<T>, UpstreamError>>,
     {
-        let order = self.book.order(height);
-        if order.is_empty() {
-            return Err(UpstreamError::NotConnected);
-        }
+        let order = self.asked(height)?;
         let mut failure = None;
         let mut invalid = None;
         let mut missing = false;

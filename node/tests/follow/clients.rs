@@ -3,9 +3,10 @@
 //! back once they leave, and the follower goes on following meanwhile.
 
 use super::cairn;
-use cairn_tests::process::{CairnProcess, block_number, log_excerpt, wait_for_height};
+use cairn_tests::process::{
+    CairnProcess, block_number, log_excerpt, silent_subscriber, wait_for_height,
+};
 use std::time::Duration;
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// Resident memory of process `pid`, in bytes.
 fn resident(pid: u32) -> u64 {
@@ -23,37 +24,6 @@ fn resident(pid: u32) -> u64 {
         })
         .map(|kib| kib * 1024)
         .expect("VmRSS")
-}
-
-/// A WebSocket connection that subscribes `subscriptions` times and then never reads.
-async fn silent_subscriber(
-    addr: &str,
-    subscriptions: usize,
-) -> (
-    soketto::connection::Sender<tokio_util::compat::Compat<tokio::net::TcpStream>>,
-    soketto::connection::Receiver<tokio_util::compat::Compat<tokio::net::TcpStream>>,
-) {
-    let socket = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let mut handshake = soketto::handshake::Client::new(socket.compat(), "127.0.0.1", "/");
-    let response = handshake.handshake().await.expect("websocket handshake");
-    assert!(matches!(
-        response,
-        soketto::handshake::ServerResponse::Accepted { .. }
-    ));
-    let (mut sender, receiver) = handshake.into_builder().finish();
-    for id in 0..subscriptions {
-        sender
-            .send_text(format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"method":"consensus_subscribe","params":[]}}"#
-            ))
-            .await
-            .expect("sends");
-    }
-    sender.flush().await.expect("flushes");
-    // Nothing is read from the socket again; dropping both halves closes it.
-    (sender, receiver)
 }
 
 const MIB: u64 = 1024 * 1024;

@@ -137,17 +137,7 @@ fn valid_encodings() -> Vec<(&'static str, Vec<u8>)> {
             certificate_bytes(&mainnet_regular().certificate),
         ),
         ("outcome", fixture_hex("presto-genesis-extradata.hex")),
-        (
-            "outcome",
-            boundary
-                .block
-                .as_ref()
-                .expect("block")
-                .header()
-                .inner
-                .extra_data
-                .to_vec(),
-        ),
+        ("outcome", cairn_tests::extra_data(&boundary)),
         (
             "header",
             boundary.block.as_ref().expect("block").header().rlp(),

@@ -362,12 +362,5 @@ fn a_boundary_with_another_outcome_is_named() {
 
 /// The `extraData` of epoch 2's boundary (height 11): a valid outcome, for another epoch.
 fn chain_outcome_of_epoch_2(chain: &BTreeMap<u64, CertifiedBlock>) -> Vec<u8> {
-    chain[&11]
-        .block
-        .as_ref()
-        .expect("block")
-        .header()
-        .inner
-        .extra_data
-        .to_vec()
+    cairn_tests::extra_data(&chain[&11])
 }

@@ -9,7 +9,6 @@ use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use cairn_tests::{EmptyChain, MemoryChain, TestCommittee};
 use jsonrpsee::{core::client::ClientT, rpc_params};
 use std::time::{Duration, Instant};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// A certified block with a large body, so that socket buffers fill after a few hundred events.
 fn large_certified(committee: &TestCommittee, height: u64) -> CertifiedBlock {
@@ -38,21 +37,7 @@ async fn a_stalled_subscriber_is_dropped_without_blocking_publishers() {
     let addr = server.local_addr;
 
     // A raw WebSocket client that subscribes and then never reads again.
-    let socket = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let mut handshake = soketto::handshake::Client::new(socket.compat(), "127.0.0.1", "/");
-    let response = handshake.handshake().await.expect("websocket handshake");
-    assert!(matches!(
-        response,
-        soketto::handshake::ServerResponse::Accepted { .. }
-    ));
-    let (mut sender, mut receiver) = handshake.into_builder().finish();
-    sender
-        .send_text(r#"{"jsonrpc":"2.0","id":1,"method":"consensus_subscribe","params":[]}"#)
-        .await
-        .expect("sends");
-    sender.flush().await.expect("flushes");
+    let (_sender, mut receiver) = cairn_tests::process::silent_subscriber(addr, 1).await;
     wait_until(
         "the stalled client subscribed",
         Duration::from_secs(10),
