@@ -38,7 +38,7 @@ impl Default for FetchConfig {
 }
 
 /// The fetcher behind marshal's opaque resolver.
-pub struct UpstreamFetcher<E, U, P> {
+pub(crate) struct UpstreamFetcher<E, U, P> {
     context: Arc<E>,
     upstream: U,
     execution: P,

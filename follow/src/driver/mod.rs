@@ -24,7 +24,8 @@ mod ingress;
 mod tests;
 
 pub use actor::{Actor, DriverError, Evidence, EvidenceSide, UpstreamStatus};
-pub use ingress::{Delivered, MarshalUpdates};
+pub use ingress::Delivered;
+pub(crate) use ingress::MarshalUpdates;
 
 use crate::{
     executor,

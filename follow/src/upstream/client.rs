@@ -75,7 +75,7 @@ impl Default for ClientConfig {
 }
 
 /// Normalises an upstream address: `host:port` means `ws://host:port`.
-pub fn normalize_url(url: &str) -> Result<String, UpstreamError> {
+pub(crate) fn normalize_url(url: &str) -> Result<String, UpstreamError> {
     let url = url.trim();
     let normalized = if ["ws://", "wss://", "http://", "https://"]
         .iter()
@@ -224,7 +224,7 @@ fn is_missing(err: &ClientError) -> bool {
 }
 
 impl UpstreamClient {
-    /// Connects to `url` (see [`normalize_url`]).
+    /// Connects to `url` (`host:port` is taken as `ws://host:port`).
     pub async fn connect(url: &str, config: &ClientConfig) -> Result<Self, UpstreamError> {
         Self::connect_counting(url, config, Arc::default()).await
     }

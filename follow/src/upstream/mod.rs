@@ -13,12 +13,14 @@ mod sources;
 mod tests;
 
 pub use actor::Actor;
-pub use client::{ClientConfig, UpstreamClient, normalize_url};
+pub(crate) use client::normalize_url;
+pub use client::{ClientConfig, UpstreamClient};
 pub use ingress::{Mailbox, Message};
 pub use manners::CallCounts;
+pub(crate) use sources::split_highest;
 pub use sources::{
-    Answered, CONDUCT_WINDOW, FLAPPING_DISCONNECTS, QuarantineConfig, STALL_AFTER, STALL_GAP,
-    ServedHook, SourceBook, SourceHealth, SourceId, Sources, split_highest,
+    Answered, CONDUCT_WINDOW, QuarantineConfig, STALL_AFTER, ServedHook, SourceBook, SourceHealth,
+    SourceId, Sources,
 };
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};

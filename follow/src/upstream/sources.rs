@@ -79,7 +79,7 @@ pub struct SourceHealth {
     /// [`CONDUCT_WINDOW`].
     pub recent_skipped: u64,
     /// How long it has been connected without announcing anything new while other sources
-    /// announced at least [`STALL_GAP`] heights more.
+    /// announced at least 3 heights more.
     pub stalled_for: Option<Duration>,
     /// Calls sent to it (a batch counts each call), when counted ([`SourceBook::count_calls`]).
     pub calls: u64,
@@ -90,10 +90,10 @@ pub struct SourceHealth {
 /// The window that recent disconnects and skipped heights are counted in.
 pub const CONDUCT_WINDOW: Duration = Duration::from_secs(60);
 /// Disconnects within [`CONDUCT_WINDOW`] from which a source is flapping.
-pub const FLAPPING_DISCONNECTS: usize = 3;
+pub(crate) const FLAPPING_DISCONNECTS: usize = 3;
 /// How far behind the best announced height a silent source must be to be stalled.
-pub const STALL_GAP: u64 = 3;
-/// How long a source must announce nothing new, while behind by [`STALL_GAP`], to be stalled.
+pub(crate) const STALL_GAP: u64 = 3;
+/// How long a source must announce nothing new, while 3 heights or more behind, to be stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
 /// How long a source that answered without a certificate asked of it (it caught up through
 /// the hash chain itself, say) is asked for certificates after the others.
@@ -105,7 +105,7 @@ impl SourceHealth {
         self.connected && self.quarantined_for.is_none()
     }
 
-    /// Whether it lost its connection [`FLAPPING_DISCONNECTS`] times or more within the last
+    /// Whether it lost its connection 3 times or more within the last
     /// [`CONDUCT_WINDOW`].
     pub fn flapping(&self) -> bool {
         self.recent_disconnects >= FLAPPING_DISCONNECTS
@@ -321,8 +321,8 @@ impl SourceBook {
         })
     }
 
-    /// Records whether `source`'s subscription is live. Losing it [`FLAPPING_DISCONNECTS`]
-    /// times within [`CONDUCT_WINDOW`] is logged at `warn` as flapping.
+    /// Records whether `source`'s subscription is live. Losing it 3 times within
+    /// [`CONDUCT_WINDOW`] is logged at `warn` as flapping.
     pub fn set_connected(&self, source: SourceId, connected: bool) {
         let now = self.now();
         let flapping = self.with_states(|states| {
@@ -537,7 +537,7 @@ pub type Answered = (SourceId, CertifiedBlock);
 
 /// Splits `answers` (in the order the sources were asked) into the highest finalization (of
 /// equal ones, the first asked) and the others.
-pub fn split_highest(mut answers: Vec<Answered>) -> Option<(Answered, Vec<Answered>)> {
+pub(crate) fn split_highest(mut answers: Vec<Answered>) -> Option<(Answered, Vec<Answered>)> {
     let highest = answers
         .iter()
         .enumerate()
