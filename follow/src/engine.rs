@@ -532,9 +532,8 @@ where
 {
     let profile = &config.profile;
     let (stores, start) = Stores::open(&context, &config).await?;
-    let clock = context.child("sources");
     let sources = sources
-        .with_clock(Arc::new(move || clock.current()))
+        .with_runtime(context.child("sources"))
         .recording(stores.served(How::CatchUp));
     let status = start_status(&context, &config, &stores, sources.book());
 

@@ -406,7 +406,8 @@ async fn checkpoint_for(
     for failure in &failures {
         say!("upstream unreachable for the checkpoint walk, walking without it: {failure}");
     }
-    let sources = Sources::new(clients, QuarantineConfig::default());
+    let sources = Sources::new(clients, QuarantineConfig::default())
+        .with_runtime(context.child("walk-sources"));
     say!("walking the boundary certificates from genesis to the checkpoint ...");
     let mut rng = context.child("walk");
     let (checkpoint, report) = checkpoint::establish(

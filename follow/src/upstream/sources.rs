@@ -14,7 +14,9 @@ use cairn_epoch::{
     BoundarySource, FinalizationVerifier, SourceError, VerifyError, decode_certificate,
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
+use commonware_runtime::Clock;
 use commonware_runtime::telemetry::metrics::Histogram;
+use rand::{CryptoRng, SeedableRng as _, rngs::StdRng};
 use std::{
     collections::VecDeque,
     sync::{
@@ -555,6 +557,9 @@ pub struct Sources<R> {
     book: SourceBook,
     verifier: Option<FinalizationVerifier>,
     served: Option<ServedHook>,
+    /// Randomness for verifying fetched finalizations: the runtime's once
+    /// [`Sources::with_runtime`] is given it, else the operating system's.
+    rng: Option<Arc<Mutex<StdRng>>>,
 }
 
 /// Told the heights `first..=last` and the source whose blocks for them passed the checks
@@ -578,6 +583,7 @@ impl<R> Clone for Sources<R> {
             book: self.book.clone(),
             verifier: self.verifier.clone(),
             served: self.served.clone(),
+            rng: self.rng.clone(),
         }
     }
 }
@@ -591,6 +597,7 @@ impl<R: UpstreamRequests> Sources<R> {
             book: SourceBook::new(urls, quarantine),
             verifier: None,
             served: None,
+            rng: None,
         }
     }
 
@@ -625,6 +632,18 @@ impl<R: UpstreamRequests> Sources<R> {
     pub fn with_clock(mut self, clock: ClockFn) -> Self {
         self.book.clock = clock;
         self
+    }
+
+    /// Takes time and randomness from `context`, a runtime's: quarantines, latencies and the
+    /// verification of fetched finalizations then replay exactly under a deterministic runtime.
+    pub fn with_runtime<C>(self, mut context: C) -> Self
+    where
+        C: Clock + CryptoRng + Send + Sync + 'static,
+    {
+        let rng = StdRng::seed_from_u64(context.next_u64());
+        let mut sources = self.with_clock(Arc::new(move || context.current()));
+        sources.rng = Some(Arc::new(Mutex::new(rng)));
+        sources
     }
 
     /// The health records.
@@ -671,7 +690,14 @@ impl<R: UpstreamRequests> Sources<R> {
         let Some(verifier) = &self.verifier else {
             return Ok(());
         };
-        match verifier.verify(&mut rand::rng(), certified) {
+        let verified = match &self.rng {
+            Some(rng) => verifier.verify(
+                &mut *rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+                certified,
+            ),
+            None => verifier.verify(&mut rand::rng(), certified),
+        };
+        match verified {
             Ok(_) | Err(VerifyError::IdentityUnavailable { .. }) => Ok(()),
             Err(err) => Err(format!("a finalization at {height} that fails: {err}")),
         }

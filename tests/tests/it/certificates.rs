@@ -96,15 +96,15 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
         .expect("the follower starts")
 }
 
-/// Waits (in simulated time, up to ten minutes: a liar's quarantines double) until `done`
-/// holds for `follower`'s coverage.
+/// Waits (in simulated time, up to thirty minutes: a liar's quarantines double up to ten
+/// minutes each) until `done` holds for `follower`'s coverage.
 pub(crate) async fn coverage_until<E: EngineContext + Clock>(
     context: &E,
     follower: &Follower<E>,
     what: &str,
     done: impl Fn(&CoverageReport) -> bool,
 ) -> CoverageReport {
-    for _ in 0..60_000 {
+    for _ in 0..180_000 {
         let report = follower.coverage.report();
         if done(&report) {
             return report;
