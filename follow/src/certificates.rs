@@ -88,11 +88,11 @@ pub struct FillConfig {
     /// Which certificates are fetched.
     pub mode: CertificateMode,
     /// Heights asked of an upstream in one batch.
-    pub batch: usize,
+    pub batch: NonZeroUsize,
     /// Batches in flight per upstream.
-    pub in_flight: usize,
+    pub in_flight: NonZeroUsize,
     /// Heights fetched at once for clients.
-    pub on_demand: usize,
+    pub on_demand: NonZeroUsize,
     /// Worker threads verifying; 0 verifies on the fill's task (deterministic simulations).
     pub workers: usize,
     /// How often newly served heights are looked at.
@@ -103,9 +103,9 @@ impl Default for FillConfig {
     fn default() -> Self {
         Self {
             mode: CertificateMode::All,
-            batch: 128,
-            in_flight: 2,
-            on_demand: 16,
+            batch: NonZeroUsize::new(128).expect("non-zero"),
+            in_flight: NonZeroUsize::new(2).expect("non-zero"),
+            on_demand: NonZeroUsize::new(16).expect("non-zero"),
             workers: 0,
             tick: Duration::from_millis(100),
         }
@@ -451,10 +451,10 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
             if config.mode == CertificateMode::All && !idle && !fetcher.behind() {
                 let limit = config
                     .in_flight
-                    .max(1)
+                    .get()
                     .saturating_mul(fetcher.sources.count().max(1));
                 while background < limit {
-                    let heights = coverage.take_highest(config.batch.max(1));
+                    let heights = coverage.take_highest(config.batch.get());
                     if heights.is_empty() {
                         break;
                     }
@@ -472,7 +472,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                     };
                     if in_flight.contains(&height) {
                         waiters.entry(height).or_default().push(answer);
-                    } else if on_demand < config.on_demand.max(1) && coverage.take(height) {
+                    } else if on_demand < config.on_demand.get() && coverage.take(height) {
                         in_flight.insert(height);
                         waiters.entry(height).or_default().push(answer);
                         on_demand += 1;

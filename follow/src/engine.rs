@@ -109,19 +109,19 @@ pub struct EngineConfig {
     /// Epoch verifiers kept in memory and on disk.
     pub max_epochs: usize,
     /// Events kept while their epoch's key is unknown.
-    pub max_pending_events: usize,
+    pub max_pending_events: NonZeroUsize,
     /// Bytes of such events kept.
-    pub max_pending_bytes: usize,
+    pub max_pending_bytes: NonZeroUsize,
     /// Heights marshal repairs in parallel.
-    pub max_repair: usize,
+    pub max_repair: NonZeroUsize,
     /// Blocks marshal dispatches before waiting for acknowledgements.
-    pub max_pending_acks: usize,
+    pub max_pending_acks: NonZeroUsize,
     /// Resolver fetch settings.
     pub fetch: FetchConfig,
     /// Delay before the resolver retries a key no attempt could fetch.
     pub fetch_retry_delay: Duration,
     /// Mailbox sizes.
-    pub mailbox_size: usize,
+    pub mailbox_size: NonZeroUsize,
     /// Prefix of every storage partition, so several followers can share one storage.
     pub partition_prefix: String,
     /// A verified checkpoint to start from instead of genesis (see [`crate::sync::checkpoint`]).
@@ -154,13 +154,13 @@ impl EngineConfig {
         Self {
             profile,
             max_epochs: 64,
-            max_pending_events: 1024,
-            max_pending_bytes: 64 * 1024 * 1024,
-            max_repair: 64,
-            max_pending_acks: 64,
+            max_pending_events: nonzero(1024),
+            max_pending_bytes: nonzero(64 * 1024 * 1024),
+            max_repair: nonzero(64),
+            max_pending_acks: nonzero(64),
             fetch: FetchConfig::default(),
             fetch_retry_delay: Duration::from_millis(500),
-            mailbox_size: 1024,
+            mailbox_size: nonzero(1024),
             partition_prefix: "follow".into(),
             checkpoint: None,
             evidence_dir: None,
@@ -415,8 +415,12 @@ fn log_store_check(report: &StoreCheckReport, check: StoreCheck, took: Duration)
     }
 }
 
-fn nonzero(value: usize) -> NonZeroUsize {
-    NonZeroUsize::new(value.max(1)).expect("at least one")
+/// A size that is not zero.
+const fn nonzero(value: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(value) {
+        Some(value) => value,
+        None => panic!("a size of zero"),
+    }
 }
 
 /// The genesis block of `profile`, checked to carry its genesis outcome.
@@ -820,7 +824,7 @@ async fn start_marshal<E: EngineContext, U: UpstreamRequests>(
         epocher: profile.epochs.epocher().clone(),
         start,
         partition_prefix: format!("{prefix}-marshal"),
-        mailbox_size: nonzero(config.mailbox_size),
+        mailbox_size: config.mailbox_size,
         view_retention: ViewDelta::new(profile.epochs.length()),
         prunable_items_per_section: NonZeroU64::new(4096).expect("non-zero"),
         page_cache: cache,
@@ -828,8 +832,8 @@ async fn start_marshal<E: EngineContext, U: UpstreamRequests>(
         key_write_buffer: buffer,
         value_write_buffer: buffer,
         block_codec_config: BlockCodecConfig::default(),
-        max_repair: nonzero(config.max_repair),
-        max_pending_acks: nonzero(config.max_pending_acks),
+        max_repair: config.max_repair,
+        max_pending_acks: config.max_pending_acks,
         strategy: Sequential,
     };
     let (actor, mailbox, _floor) = Marshal::<_, Standard<Block>, _, _, _, _, _>::init(
@@ -892,13 +896,12 @@ async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
         execution.clone(),
         config.fetch,
     );
-    let (handler_rx, handler) =
-        handler::init(context.child("handler"), nonzero(config.mailbox_size));
+    let (handler_rx, handler) = handler::init(context.child("handler"), config.mailbox_size);
     let resolver = commonware_resolver::opaque::init::<_, _, _, ed25519::PublicKey>(
         context.child("resolver"),
         fetcher,
         handler,
-        nonzero(config.mailbox_size),
+        config.mailbox_size,
         config.fetch_retry_delay,
     );
 

@@ -790,8 +790,8 @@ fn engine_config(profile: &ChainProfile, policy: VerifyPolicy) -> EngineConfig {
     match policy {
         VerifyPolicy::HashChain => defaults,
         VerifyPolicy::EveryBlock => EngineConfig {
-            max_repair: 1,
-            max_pending_acks: 1,
+            max_repair: std::num::NonZeroUsize::MIN,
+            max_pending_acks: std::num::NonZeroUsize::MIN,
             ..defaults
         },
     }

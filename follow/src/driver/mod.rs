@@ -45,7 +45,7 @@ use commonware_consensus::{
 };
 use commonware_cryptography::{Digested, Signer as _, ed25519};
 use commonware_utils::{acknowledgement::Exact, vec::NonEmptyVec};
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, num::NonZeroUsize, pin::Pin, sync::Arc};
 use tokio::sync::watch;
 
 /// Marshal's mailbox as the follower uses it.
@@ -171,9 +171,9 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// The executor's finalized height.
     pub executed: watch::Receiver<u64>,
     /// Most events kept while their epoch's key is unknown (the lowest heights are kept).
-    pub max_pending_events: usize,
+    pub max_pending_events: NonZeroUsize,
     /// Most bytes of such events (certificate and block).
-    pub max_pending_bytes: usize,
+    pub max_pending_bytes: NonZeroUsize,
     /// The upstreams' health records: the driver marks connections, announced heights and
     /// invalid events, and ignores the events of quarantined sources.
     pub sources: SourceBook,

@@ -24,6 +24,7 @@ use commonware_runtime::{Clock, Runner, Spawner as _, Supervisor as _, determini
 use commonware_utils::acknowledgement::{Acknowledgement as _, Exact};
 use std::{
     collections::BTreeMap,
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -199,8 +200,8 @@ async fn harness_rejoining(
         marshal: marshal.clone(),
         executor: executor.clone(),
         executed,
-        max_pending_events,
-        max_pending_bytes,
+        max_pending_events: NonZeroUsize::new(max_pending_events).expect("non-zero"),
+        max_pending_bytes: NonZeroUsize::new(max_pending_bytes).expect("non-zero"),
         sources: sources.clone(),
         evidence_dir: None,
         served: None,

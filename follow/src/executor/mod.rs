@@ -12,18 +12,21 @@ pub use ingress::{Mailbox, Message, Stopped};
 
 use cairn_feed::FeedState;
 use cairn_storage::execution::ExecutionProvider;
+use std::num::NonZeroUsize;
 use tokio::sync::{mpsc, watch};
 
 /// Executor settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
     /// Blocks queued in the mailbox.
-    pub mailbox_size: usize,
+    pub mailbox_size: NonZeroUsize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { mailbox_size: 256 }
+        Self {
+            mailbox_size: NonZeroUsize::new(256).expect("non-zero"),
+        }
     }
 }
 
@@ -34,7 +37,7 @@ pub fn init<P: ExecutionProvider>(
     provider: P,
     feed: FeedState,
 ) -> (Actor<P>, Mailbox, watch::Receiver<u64>) {
-    let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));
+    let (sender, receiver) = mpsc::channel(config.mailbox_size.get());
     let (watermark, watched) = watch::channel(provider.finalized_height());
     (
         Actor::new(provider, receiver, watermark, feed),

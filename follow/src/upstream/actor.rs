@@ -31,7 +31,7 @@ impl Actor {
         mailbox: mpsc::Receiver<Message>,
         notifications: mpsc::Sender<Sourced>,
     ) -> Self {
-        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.get()));
         Self {
             config,
             mailbox,

@@ -24,7 +24,7 @@ pub use sources::{
 };
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
-use std::{future::Future, time::Duration};
+use std::{future::Future, num::NonZeroUsize, time::Duration};
 use tokio::sync::mpsc;
 
 /// Why an upstream request failed.
@@ -176,9 +176,9 @@ pub struct Config {
     /// Connection settings.
     pub client: ClientConfig,
     /// Requests queued in the mailbox.
-    pub mailbox_size: usize,
+    pub mailbox_size: NonZeroUsize,
     /// Most requests in flight at once; more are refused with [`UpstreamError::Busy`].
-    pub max_in_flight: usize,
+    pub max_in_flight: NonZeroUsize,
     /// First reconnect delay; it doubles on each failure.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -195,8 +195,8 @@ impl Config {
             url: url.into(),
             source: 0,
             client: ClientConfig::default(),
-            mailbox_size: 1024,
-            max_in_flight: 64,
+            mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
+            max_in_flight: NonZeroUsize::new(64).expect("non-zero"),
             counts: std::sync::Arc::default(),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -222,7 +222,7 @@ pub fn init(
     notifications: mpsc::Sender<Sourced>,
 ) -> Result<(Actor, Mailbox), UpstreamError> {
     let url = follow_url(&config.url)?;
-    let (sender, receiver) = mpsc::channel(config.mailbox_size.max(1));
+    let (sender, receiver) = mpsc::channel(config.mailbox_size.get());
     Ok((
         Actor::new(Config { url, ..config }, receiver, notifications),
         Mailbox::new(sender),

@@ -85,7 +85,7 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
         },
         certificates: FillConfig {
             mode,
-            batch: 16,
+            batch: std::num::NonZeroUsize::new(16).expect("non-zero"),
             ..FillConfig::default()
         },
         ..EngineConfig::new(profile.clone())
@@ -570,7 +570,7 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
                 ..CatchUpConfig::default()
             },
             certificates: FillConfig {
-                batch: 16,
+                batch: std::num::NonZeroUsize::new(16).expect("non-zero"),
                 ..FillConfig::default()
             },
             ..EngineConfig::new(profile.clone())

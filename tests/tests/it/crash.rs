@@ -42,10 +42,10 @@ fn config(profile: &ChainProfile) -> EngineConfig {
         max_epochs: KEPT_EPOCHS,
         catch_up: CatchUpConfig {
             min_gap: 1,
-            chunk: 4,
-            in_flight: 2,
+            chunk: std::num::NonZeroU64::new(4).expect("non-zero"),
+            in_flight: std::num::NonZeroUsize::new(2).expect("non-zero"),
             write_batch: 7,
-            epoch_window: 8,
+            epoch_window: std::num::NonZeroU64::new(8).expect("non-zero"),
             ..CatchUpConfig::default()
         },
         ..EngineConfig::new(profile.clone())
@@ -121,8 +121,8 @@ async fn run_to(
         let mut config = config(profile);
         if goal == Goal::Filled {
             config.certificates = cairn_follow::certificates::FillConfig {
-                batch: 4,
-                in_flight: 1,
+                batch: std::num::NonZeroUsize::new(4).expect("non-zero"),
+                in_flight: std::num::NonZeroUsize::new(1).expect("non-zero"),
                 ..Default::default()
             };
         }

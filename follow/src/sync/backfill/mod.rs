@@ -46,7 +46,7 @@ impl<E: StoreContext, U: UpstreamRequests> Backfill<'_, E, U> {
     /// again continues from there.
     pub async fn run(&self) -> Result<BackfillReport, CatchUpError> {
         let (from, parent) = self.execution.history_start();
-        let chunk = self.config.chunk.max(1);
+        let chunk = self.config.chunk.get();
         let mut ranges = Vec::new();
         let mut below = from;
         while below > 0 {

@@ -32,8 +32,8 @@ struct Outcome {
 
 fn config() -> CatchUpConfig {
     CatchUpConfig {
-        chunk: 4,
-        in_flight: 3,
+        chunk: std::num::NonZeroU64::new(4).expect("non-zero"),
+        in_flight: std::num::NonZeroUsize::new(3).expect("non-zero"),
         write_batch: 7,
         ..CatchUpConfig::default()
     }

@@ -39,7 +39,10 @@ use commonware_parallel::Rayon;
 use commonware_runtime::Clock;
 use futures::{SinkExt as _, StreamExt as _};
 use rand::CryptoRng;
-use std::{num::NonZeroUsize, time::Duration};
+use std::{
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 use tracing::{debug, info, warn};
 
 /// How a follower behind the chain verifies what it catches up.
@@ -82,9 +85,9 @@ pub struct CatchUpConfig {
     /// How catch-up verifies.
     pub policy: VerifyPolicy,
     /// Blocks per range request.
-    pub chunk: u64,
+    pub chunk: NonZeroU64,
     /// Range requests in flight per upstream.
-    pub in_flight: usize,
+    pub in_flight: NonZeroUsize,
     /// The fast path runs when the upstream's tip is at least this far ahead; a smaller gap is
     /// left to marshal.
     pub min_gap: u64,
@@ -99,7 +102,7 @@ pub struct CatchUpConfig {
     pub workers: usize,
     /// Epochs whose boundaries are walked, and whose blocks are stored, before more are
     /// walked: what catch-up holds in memory is bounded by this, not by the gap.
-    pub epoch_window: u64,
+    pub epoch_window: NonZeroU64,
     /// A running follower that sees an event at least this far above its executed height
     /// catches up the same way (it rejoins) instead of leaving the gap to marshal; 0 never
     /// does.
@@ -110,14 +113,14 @@ impl Default for CatchUpConfig {
     fn default() -> Self {
         Self {
             policy: VerifyPolicy::HashChain,
-            chunk: 256,
-            in_flight: 8,
+            chunk: NonZeroU64::new(256).expect("non-zero"),
+            in_flight: NonZeroUsize::new(8).expect("non-zero"),
             min_gap: 128,
             wait: Duration::from_secs(5),
             attempts: 3,
             write_batch: 1024,
             workers: 0,
-            epoch_window: 1024,
+            epoch_window: NonZeroU64::new(1024).expect("non-zero"),
             rejoin_gap: 1024,
         }
     }
@@ -336,7 +339,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
         let mut walked_to = first_epoch;
         let mut stored = from;
         let last_anchors = loop {
-            let target = tip_epoch.min(walked_to.saturating_add(self.config.epoch_window.max(1)));
+            let target = tip_epoch.min(walked_to.saturating_add(self.config.epoch_window.get()));
             let walked = ledger.advance_to(rng, self.sources, target).await;
             let boundaries = ledger.take_walked();
             report.certificates += boundaries.len() as u64;
@@ -464,7 +467,7 @@ impl<E: StoreContext, U: UpstreamRequests> CatchUp<'_, E, U> {
             })
             .await?;
         }
-        let chunk = self.config.chunk.max(1);
+        let chunk = self.config.chunk.get();
         let mut ranges = Vec::new();
         let mut first = from + 1;
         for anchor in anchors {
@@ -603,7 +606,7 @@ pub(crate) fn fetch_in_order<'a, U: UpstreamRequests>(
 ) {
     let in_flight = config
         .in_flight
-        .max(1)
+        .get()
         .saturating_mul(sources.count().max(1));
     let attempts = config.attempts;
     let (mut sender, received) = futures::channel::mpsc::channel(in_flight);

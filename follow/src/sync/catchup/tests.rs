@@ -81,7 +81,7 @@ fn catch_up_in_windows(
     window: u64,
 ) -> Outcome {
     let config = CatchUpConfig {
-        epoch_window: window,
+        epoch_window: std::num::NonZeroU64::new(window).expect("non-zero"),
         ..config(VerifyPolicy::HashChain)
     };
     catch_up_with(profile, &[], served, Vec::new(), config, 1)
@@ -91,8 +91,8 @@ fn catch_up_in_windows(
 fn config(policy: VerifyPolicy) -> CatchUpConfig {
     CatchUpConfig {
         policy,
-        chunk: 4,
-        in_flight: 3,
+        chunk: std::num::NonZeroU64::new(4).expect("non-zero"),
+        in_flight: std::num::NonZeroUsize::new(3).expect("non-zero"),
         min_gap: 1,
         write_batch: 15,
         ..CatchUpConfig::default()
@@ -268,8 +268,8 @@ fn the_hash_chain_from_verified_boundaries_and_tip_is_stored_with_their_certific
 fn the_blocks_are_asked_of_every_source_that_has_them() {
     let (_, profile, chain) = chain();
     let config = CatchUpConfig {
-        epoch_window: 1_000,
-        chunk: 2,
+        epoch_window: std::num::NonZeroU64::new(1_000).expect("non-zero"),
+        chunk: std::num::NonZeroU64::new(2).expect("non-zero"),
         ..config(VerifyPolicy::HashChain)
     };
     let outcome = catch_up_with(&profile, &[], chain.clone(), chain, config, 1);
