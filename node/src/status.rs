@@ -6,6 +6,7 @@ use cairn_feed::{
     STATUS_METHOD,
     explain::{EXPLAIN_METHOD, Explanation},
 };
+use cairn_follow::upstream::http_url;
 use clap::Args;
 use eyre::{WrapErr, eyre};
 use jsonrpsee::{core::client::ClientT, http_client::HttpClientBuilder, rpc_params};
@@ -30,7 +31,7 @@ impl NodeAddress {
         method: &str,
         params: jsonrpsee::core::params::ArrayParams,
     ) -> eyre::Result<T> {
-        let url = http_url(&self.rpc);
+        let url = http_url(&self.rpc).map_err(|err| eyre!("--rpc: {err}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -56,20 +57,6 @@ pub struct StatusArgs {
     /// Print the status as JSON (what `cairn_status` answers) instead of the summary.
     #[arg(long)]
     json: bool,
-}
-
-/// The HTTP URL of an RPC address given as `HOST:PORT`, `ws://`, `wss://`, `http://` or
-/// `https://`.
-fn http_url(rpc: &str) -> String {
-    if let Some(rest) = rpc.strip_prefix("ws://") {
-        format!("http://{rest}")
-    } else if let Some(rest) = rpc.strip_prefix("wss://") {
-        format!("https://{rest}")
-    } else if rpc.starts_with("http://") || rpc.starts_with("https://") {
-        rpc.to_string()
-    } else {
-        format!("http://{rpc}")
-    }
 }
 
 /// Arguments of `cairn explain`.
@@ -107,17 +94,4 @@ pub fn run(args: StatusArgs) -> eyre::Result<()> {
     };
     say!("{}", text.trim_end());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::http_url;
-
-    #[test]
-    fn rpc_addresses_become_http_urls() {
-        assert_eq!(http_url("127.0.0.1:8546"), "http://127.0.0.1:8546");
-        assert_eq!(http_url("ws://h:1"), "http://h:1");
-        assert_eq!(http_url("wss://h"), "https://h");
-        assert_eq!(http_url("https://h"), "https://h");
-    }
 }

@@ -29,6 +29,7 @@ use std::{
     },
     time::Duration,
 };
+use url::Url;
 
 /// Which block to fetch.
 #[derive(Clone, Copy, Debug)]
@@ -77,26 +78,34 @@ impl Default for ClientConfig {
 /// Normalises an upstream address: `host:port` means `ws://host:port`.
 pub(crate) fn normalize_url(url: &str) -> Result<String, UpstreamError> {
     let url = url.trim();
-    let normalized = if ["ws://", "wss://", "http://", "https://"]
-        .iter()
-        .any(|scheme| url.starts_with(scheme))
-    {
+    let text = if url.contains("://") {
         url.to_string()
-    } else if url.contains("://") {
-        return Err(UpstreamError::InvalidUrl(format!(
-            "`{url}`: use ws://, wss://, http://, https:// or host:port"
-        )));
     } else {
         format!("ws://{url}")
     };
-    let authority = normalized
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    if authority.is_empty() || authority.starts_with('/') {
+    let parsed =
+        Url::parse(&text).map_err(|err| UpstreamError::InvalidUrl(format!("`{url}`: {err}")))?;
+    if !matches!(parsed.scheme(), "ws" | "wss" | "http" | "https") {
+        return Err(UpstreamError::InvalidUrl(format!(
+            "`{url}`: use ws://, wss://, http://, https:// or host:port"
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err(UpstreamError::InvalidUrl(format!("`{url}` has no host")));
     }
-    Ok(normalized)
+    Ok(text)
+}
+
+/// The HTTP address of a node given as `host:port` or a `ws`, `wss`, `http` or `https` URL
+/// (`ws` becomes `http`, `wss` becomes `https`), for one-off calls such as `cairn status`.
+pub fn http_url(url: &str) -> Result<String, UpstreamError> {
+    let text = normalize_url(url)?;
+    let (scheme, rest) = text.split_once("://").unwrap_or(("ws", &text));
+    let scheme = match scheme {
+        "ws" | "http" => "http",
+        _ => "https",
+    };
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// A connected upstream, and what it was found to serve.
@@ -858,5 +867,14 @@ mod tests {
         assert!(normalize_url("ftp://h:1").is_err());
         assert!(normalize_url("ws://").is_err());
         assert!(normalize_url("").is_err());
+        assert!(normalize_url("ws://:8546").is_err());
+        assert!(normalize_url("host:port:extra").is_err());
+        assert_eq!(
+            super::http_url("127.0.0.1:8546").expect("ok"),
+            "http://127.0.0.1:8546"
+        );
+        assert_eq!(super::http_url("ws://h:1").expect("ok"), "http://h:1");
+        assert_eq!(super::http_url("wss://h").expect("ok"), "https://h");
+        assert_eq!(super::http_url("https://h/x").expect("ok"), "https://h/x");
     }
 }

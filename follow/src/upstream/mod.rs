@@ -14,7 +14,7 @@ mod tests;
 
 pub use actor::Actor;
 pub(crate) use client::normalize_url;
-pub use client::{ClientConfig, UpstreamClient};
+pub use client::{ClientConfig, UpstreamClient, http_url};
 pub use ingress::{Mailbox, Message};
 pub use manners::CallCounts;
 pub(crate) use sources::split_highest;
