@@ -4,6 +4,7 @@
 //! in-process upstream in simulations), which hands over its notifications and request handle.
 
 use crate::{
+    backoff::Backoff,
     certificates::{Coverage, Fill, FillConfig},
     chain::{FollowerChain, TrustContext},
     damage::{
@@ -276,7 +277,7 @@ async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
     config: CatchUpConfig,
     done: watch::Sender<Option<Duration>>,
 ) {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKFILL_DELAY);
     let started = context.current();
     loop {
         let backfill = Backfill {
@@ -299,9 +300,9 @@ async fn backfill_history<E: EngineContext, U: UpstreamRequests>(
                 return;
             }
             Err(err) if err.is_retryable() => {
+                let delay = backoff.next_delay();
                 warn!(%err, down_to = execution.first_height(), retry_in = ?delay, "backfill interrupted; trying again");
                 context.sleep(delay).await;
-                delay = (delay * 2).min(MAX_BACKFILL_DELAY);
             }
             Err(err) => {
                 error!(%err, down_to = execution.first_height(), "backfill stopped");

@@ -5,6 +5,7 @@
 //! them on the feed the follower serves. [`engine`] wires them together; [`sync`] moves a
 //! follower to the chain's tip in bulk: the checkpoint start, catch-up and backfill.
 
+pub mod backoff;
 pub mod certificates;
 pub mod chain;
 pub mod damage;

@@ -4,7 +4,7 @@
 //! block is hash-checked before it is handed on, each attempt has a timeout, and a fetch makes
 //! a bounded number of attempts with backoff before the resolver's own retry takes over.
 
-use crate::upstream::UpstreamRequests;
+use crate::{backoff::Backoff, upstream::UpstreamRequests};
 use bytes::Bytes;
 use cairn_epoch::decode_certificate;
 use cairn_primitives::{Block, Digest};
@@ -166,14 +166,13 @@ where
         if matches!(key, Key::Notarized { .. }) {
             return std::future::pending().await;
         }
-        let mut backoff = self.config.backoff;
+        let mut backoff = Backoff::new(self.config.backoff, Duration::MAX);
         for attempt in 1..=self.config.attempts.max(1) {
             if let Some(value) = self.attempt(key).await {
                 return Some(value);
             }
             if attempt < self.config.attempts {
-                self.context.sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
+                self.context.sleep(backoff.next_delay()).await;
             }
         }
         None

@@ -3,8 +3,8 @@
 use super::{
     Config, Message, Notification, Sourced, UpstreamClient, UpstreamError, client::Disconnect,
 };
+use crate::backoff::Backoff;
 use cairn_primitives::Event;
-use rand::RngExt;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -42,7 +42,7 @@ impl Actor {
 
     /// Runs until every mailbox handle and the notification receiver are dropped.
     pub async fn run(mut self) {
-        let mut backoff = self.config.backoff_min;
+        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         loop {
             let ended = match UpstreamClient::connect_counting(
                 &self.config.url,
@@ -56,7 +56,7 @@ impl Actor {
                     match client.subscribe().await {
                         Ok(subscription) => {
                             info!(url = %self.config.url, "upstream connected");
-                            backoff = self.config.backoff_min;
+                            backoff.reset();
                             if !self
                                 .notify(Notification::Connected {
                                     url: self.config.url.clone(),
@@ -79,7 +79,7 @@ impl Actor {
                 Ended::Stop => return,
                 Ended::Lost(reason) => reason,
             };
-            warn!(url = %self.config.url, %reason, retry_in = ?backoff, "upstream connection lost");
+            warn!(url = %self.config.url, %reason, retry_in = ?backoff.delay(), "upstream connection lost");
             if !self
                 .notify(Notification::Disconnected {
                     reason: reason.clone(),
@@ -88,10 +88,10 @@ impl Actor {
             {
                 return;
             }
-            if !self.wait_for_retry(jittered(backoff)).await {
+            let delay = backoff.next_jittered(&mut rand::rng());
+            if !self.wait_for_retry(delay).await {
                 return;
             }
-            backoff = (backoff * 2).min(self.config.backoff_max);
         }
     }
 
@@ -249,9 +249,4 @@ impl Actor {
             }
         });
     }
-}
-
-/// `delay` scaled by a random factor in [0.5, 1.5), so many followers do not retry in step.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(rand::rng().random_range(0.5..1.5))
 }

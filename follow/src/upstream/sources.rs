@@ -10,6 +10,7 @@
 //! after the well-behaved ones.
 
 use super::{CallCounts, UpstreamError, UpstreamRequests};
+use crate::backoff::Backoff;
 use cairn_epoch::{
     BoundarySource, FinalizationVerifier, SourceError, VerifyError, decode_certificate,
 };
@@ -124,7 +125,8 @@ impl SourceHealth {
 struct State {
     health: SourceHealth,
     quarantined_until: Option<SystemTime>,
-    offences: u32,
+    /// Its quarantines so far: each offence doubles the next one.
+    offences: Option<Backoff>,
     /// The highest height seen on the current connection.
     session_height: Option<u64>,
     /// When the announced height last moved, or the connection came up.
@@ -147,7 +149,7 @@ impl State {
                 ..SourceHealth::default()
             },
             quarantined_until: None,
-            offences: 0,
+            offences: None,
             session_height: None,
             advanced_at: None,
             drops: VecDeque::new(),
@@ -411,11 +413,10 @@ impl SourceBook {
             if lone {
                 return Some((state.health.url.clone(), None));
             }
-            let length = quarantine
-                .base
-                .saturating_mul(1u32 << state.offences.min(20))
-                .min(quarantine.max);
-            state.offences = state.offences.saturating_add(1);
+            let length = state
+                .offences
+                .get_or_insert_with(|| Backoff::new(quarantine.base, quarantine.max))
+                .next_delay();
             state.quarantined_until = Some(now + length);
             Some((state.health.url.clone(), Some(length)))
         }) else {
