@@ -22,10 +22,13 @@ pub struct Config {
     pub mailbox_size: NonZeroUsize,
 }
 
+/// Blocks queued in the executor's mailbox by default.
+const MAILBOX_SIZE: NonZeroUsize = NonZeroUsize::new(256).expect("non-zero");
+
 impl Default for Config {
     fn default() -> Self {
         Self {
-            mailbox_size: NonZeroUsize::new(256).expect("non-zero"),
+            mailbox_size: MAILBOX_SIZE,
         }
     }
 }
