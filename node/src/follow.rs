@@ -407,7 +407,7 @@ async fn checkpoint_for(
         say!("upstream unreachable for the checkpoint walk, walking without it: {failure}");
     }
     let sources = Sources::new(clients, QuarantineConfig::default())
-        .with_runtime(context.child("walk-sources"));
+        .with_runtime(context.child("walk_sources"));
     say!("walking the boundary certificates from genesis to the checkpoint ...");
     let mut rng = context.child("walk");
     let (checkpoint, report) = checkpoint::establish(
