@@ -17,4 +17,6 @@ pub mod status;
 pub mod sync;
 pub mod upstream;
 
-pub use engine::{EngineConfig, EngineError, Follower, genesis_block, start};
+pub use engine::{
+    Engine, EngineConfig, EngineError, StartFrom, StartedFrom, Upstreams, genesis_block,
+};

@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn storage_failures_are_told_apart_from_other_panics() {
         const MARSHAL: &str = "/root/.cargo/registry/src/index.crates.io-0/commonware-consensus-2026.10.0/src/marshal/core/cache.rs";
-        const OURS: &str = "follow/src/engine.rs";
+        const OURS: &str = "follow/src/engine/mod.rs";
         // I/O errors, wherever raised.
         assert!(is_storage_failure(
             "failed to persist notarized: Blob(Io(Os { code: 28, kind: StorageFull, message: \"No space left on device\" }))",

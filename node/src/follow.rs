@@ -7,20 +7,17 @@ use crate::cpus::CpuList;
 use crate::disk::{DiskGuard, exit_cleanly_on_storage_panics, is_storage_failure, storage_failed};
 use crate::progress::Progress;
 use crate::report::{EvidenceSummary, FollowerReport, NodeStatus};
-use cairn_epoch::DEFAULT_WALK_CONCURRENCY;
-use cairn_epoch::{ChainProfile, IdentityLedger, TrustedBlock, merge_trusted};
+use cairn_epoch::{ChainProfile, TrustedBlock, merge_trusted};
 use cairn_feed::{ChainReader as _, FeedState, LateChain, RpcConfig, RunningServer, StatusSource};
 use cairn_follow::{
-    EngineConfig, EngineError, Follower,
+    Engine, EngineConfig, EngineError, StartFrom, StartedFrom, Upstreams,
     certificates::{CertificateMode, FillConfig},
     damage::StoreCheck,
     driver::{DriverError, Evidence},
     status::StatusBoard,
     sync::catchup::{CatchUpConfig, VerifyPolicy},
-    sync::checkpoint::{self, Checkpoint, CheckpointStore, CheckpointTarget},
-    upstream::{
-        self, ClientConfig, QuarantineConfig, Sourced, Sources, UpstreamClient, follow_url,
-    },
+    sync::checkpoint::CheckpointTarget,
+    upstream::{self, ClientConfig, QuarantineConfig, Sources, follow_url},
 };
 use cairn_storage::execution::ExecutionError;
 use clap::{ArgMatches, Args};
@@ -353,109 +350,6 @@ pub fn run(args: FollowArgs, matches: &ArgMatches) -> eyre::Result<()> {
 #[error("{0}")]
 pub struct SafetyFault(pub String);
 
-/// The checkpoint to start from: the one this datadir started from, none for a datadir that
-/// follows from genesis, else a new one verified through the boundary chain.
-async fn checkpoint_for(
-    context: &commonware_runtime::tokio::Context,
-    urls: &[String],
-    profile: &ChainProfile,
-    target: CheckpointTarget,
-    client_config: &ClientConfig,
-) -> eyre::Result<Option<Checkpoint>> {
-    let mut store = CheckpointStore::open(context.child("checkpoint"), "follow-checkpoint")
-        .await
-        .wrap_err("opening the checkpoint store")?;
-    if let Some(checkpoint) = store.checkpoint()? {
-        say!(
-            "checkpoint {} taken from the datadir: resuming the chain started there (no boundary walk)",
-            checkpoint.height()
-        );
-        return Ok(Some(checkpoint));
-    }
-    if store.started_from_genesis()? {
-        if target != CheckpointTarget::Genesis {
-            say!("this datadir follows from genesis; --checkpoint applies to an empty datadir");
-        }
-        return Ok(None);
-    }
-    if target == CheckpointTarget::Genesis {
-        store.mark_genesis().await?;
-        return Ok(None);
-    }
-    // Every reachable upstream: the walk's fetches go through them as catch-up's do, so one
-    // that fails, lies or says "slow down" is passed over.
-    let connections = futures::future::join_all(
-        urls.iter()
-            .map(|url| async move { (url, UpstreamClient::connect(url, client_config).await) }),
-    )
-    .await;
-    let mut clients = Vec::new();
-    let mut failures = Vec::new();
-    for (url, connected) in connections {
-        match connected {
-            Ok(client) => clients.push((url.clone(), Arc::new(client))),
-            Err(err) => failures.push(format!("{url}: {err}")),
-        }
-    }
-    if clients.is_empty() {
-        return Err(eyre!(
-            "no upstream reachable for the checkpoint walk: {}",
-            failures.join("; ")
-        ));
-    }
-    for failure in &failures {
-        say!("upstream unreachable for the checkpoint walk, walking without it: {failure}");
-    }
-    let sources = Sources::new(clients, QuarantineConfig::default())
-        .with_runtime(context.child("walk_sources"));
-    say!("walking the boundary certificates from genesis to the checkpoint ...");
-    let mut rng = context.child("walk");
-    let (checkpoint, report) = checkpoint::establish(
-        &mut rng,
-        profile,
-        &sources,
-        &mut store,
-        target,
-        DEFAULT_WALK_CONCURRENCY,
-        &profile.trusted_blocks,
-    )
-    .await
-    .map_err(|err| eyre!("checkpoint start refused: {err}"))?;
-    say!(
-        "checkpoint {} (epoch {}) verified: walked {} boundaries (epochs {}..{}), {} identity rotations, in {} ms",
-        checkpoint.height(),
-        report.to_epoch,
-        report.boundaries,
-        report.from_epoch,
-        report.to_epoch,
-        report.rotations,
-        report.millis
-    );
-    Ok(Some(checkpoint))
-}
-
-/// The identities the boundary walk of a checkpoint start verified, from genesis to the
-/// checkpoint (oldest first), for the identity history; none for a datadir that follows from
-/// genesis.
-async fn walked_identities(
-    context: &commonware_runtime::tokio::Context,
-    profile: &ChainProfile,
-) -> eyre::Result<Vec<(u64, cairn_dkg::Identity)>> {
-    let store = CheckpointStore::open(context.child("checkpoint"), "follow-checkpoint")
-        .await
-        .wrap_err("opening the checkpoint store")?;
-    let Some(record) = store.ledger()? else {
-        return Ok(Vec::new());
-    };
-    let ledger = IdentityLedger::restore(profile, record)
-        .map_err(|err| eyre!("the checkpoint's identity ledger: {err}"))?;
-    Ok(ledger
-        .runs()
-        .iter()
-        .map(|run| (run.from_epoch, run.identity))
-        .collect())
-}
-
 async fn follow(
     context: commonware_runtime::tokio::Context,
     args: FollowArgs,
@@ -482,32 +376,14 @@ async fn follow(
     let served = LateChain::default();
     let (server, admin) = start_servers(&args, &profile, &served, &feed, &board, &datadir).await?;
     let upstream_client = client_config(&profile, args.upstream_rate_limit);
-    let checkpoint = tokio::select! {
-        checkpoint = checkpoint_for(&context, &urls, &profile, target, &upstream_client) => checkpoint?,
-        err = disk.full() => return Err(err),
-        () = shutdown.wait() => {
-            say!("stopped before the follower started");
-            return Ok(());
-        }
-    };
-    let walked_identities = walked_identities(&context, &profile).await?;
-    let (sources, notifications) = spawn_upstreams(&context, &urls, &upstream_client)?;
+    let upstreams = spawn_upstreams(&context, &urls, &upstream_client)?;
 
     let starting = Instant::now();
     let progress = Progress::show(&board, &feed, args.status_interval);
-    let starting_follower = cairn_follow::start(
+    let starting_follower = Engine::init(
         context.child("follower"),
-        follower_config(
-            &args,
-            &profile,
-            checkpoint,
-            &datadir,
-            &board,
-            &feed,
-            walked_identities,
-        ),
-        notifications,
-        sources,
+        follower_config(&args, &profile, target, &datadir, &board, &feed),
+        upstreams,
     );
     let started = tokio::select! {
         started = starting_follower => started,
@@ -527,9 +403,11 @@ async fn follow(
             datadir.display(),
             profile.name
         ),
+        EngineError::Checkpoint(_) => eyre!("{err}"),
         other => eyre!("starting the follower in {}: {other}", datadir.display()),
     })?;
 
+    say_start_point(follower.started_from);
     served.bind(follower.chain.clone());
     if let Some(server) = &server {
         let addr = server.local_addr;
@@ -622,7 +500,7 @@ fn spawn_upstreams(
     context: &commonware_runtime::tokio::Context,
     urls: &[String],
     upstream_client: &ClientConfig,
-) -> eyre::Result<(Sources<upstream::Mailbox>, mpsc::Receiver<Sourced>)> {
+) -> eyre::Result<Upstreams<upstream::Mailbox>> {
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::new();
     let mut counts = Vec::new();
@@ -645,21 +523,23 @@ fn spawn_upstreams(
     for (source, counts) in counts.into_iter().enumerate() {
         sources.book().count_calls(source, counts);
     }
-    Ok((sources, notifications))
+    Ok(Upstreams {
+        notifications,
+        sources,
+    })
 }
 
 /// The engine's settings from the command line.
 fn follower_config(
     args: &FollowArgs,
     profile: &ChainProfile,
-    checkpoint: Option<Checkpoint>,
+    target: CheckpointTarget,
     datadir: &Path,
     board: &StatusBoard,
     feed: &FeedState,
-    known_identities: Vec<(u64, cairn_dkg::Identity)>,
 ) -> EngineConfig {
     EngineConfig {
-        checkpoint,
+        start: StartFrom::Target(target),
         evidence_dir: Some(datadir.to_path_buf()),
         catch_up: CatchUpConfig {
             policy: args.verify,
@@ -679,14 +559,36 @@ fn follower_config(
         },
         status: board.clone(),
         feed: feed.clone(),
-        known_identities,
         ..engine_config(profile, args.verify)
+    }
+}
+
+/// Where the follower started: the datadir's checkpoint, genesis, or the checkpoint the
+/// boundary walk verified.
+fn say_start_point(started_from: StartedFrom) {
+    match started_from {
+        StartedFrom::StoredCheckpoint { height } => say!(
+            "checkpoint {height} taken from the datadir: resuming the chain started there (no boundary walk)"
+        ),
+        StartedFrom::Genesis {
+            target_set_aside: true,
+        } => say!("this datadir follows from genesis; --checkpoint applies to an empty datadir"),
+        StartedFrom::Walked { height, report } => say!(
+            "checkpoint {height} (epoch {}) verified: walked {} boundaries (epochs {}..{}), {} identity rotations, in {} ms",
+            report.to_epoch,
+            report.boundaries,
+            report.from_epoch,
+            report.to_epoch,
+            report.rotations,
+            report.millis
+        ),
+        StartedFrom::Genesis { .. } | StartedFrom::Given { .. } => {}
     }
 }
 
 /// What the follower did at start: the catch-up, the store check, and what it follows.
 fn say_started<E: cairn_follow::engine::EngineContext>(
-    follower: &Follower<E>,
+    follower: &Engine<E>,
     args: &FollowArgs,
     urls: &[String],
     profile: &ChainProfile,
@@ -799,7 +701,7 @@ fn engine_config(profile: &ChainProfile, policy: VerifyPolicy) -> EngineConfig {
 
 /// Prints progress lines until Ctrl-C, or until the follower stops.
 async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
-    follower: Follower<E>,
+    follower: Engine<E>,
     profile: &ChainProfile,
     interval: Duration,
     backfill: bool,
@@ -816,7 +718,7 @@ async fn report_until_stopped<E: cairn_follow::engine::EngineContext>(
     let upstream = follower.upstream.clone();
     let sources = follower.sources.clone();
     let provider = follower.provider.clone();
-    let stopped = follower.stopped();
+    let stopped = follower.run();
     tokio::pin!(stopped);
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
     let mut last = (Instant::now(), *executed.borrow());

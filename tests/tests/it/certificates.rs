@@ -14,7 +14,7 @@ use cairn_feed::{
     explain::{Authentication, Explanation, KeyOrigin, TrustRoot},
 };
 use cairn_follow::{
-    EngineConfig, Follower,
+    Engine, EngineConfig, StartFrom, Upstreams,
     certificates::{CertificateMode, CoverageReport, FillConfig},
     engine::EngineContext,
     sync::catchup::CatchUpConfig,
@@ -60,7 +60,7 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
     feed: &FeedState,
     chains: Vec<C>,
     mode: CertificateMode,
-) -> Follower<E> {
+) -> Engine<E> {
     let (notifications, receiver) = mpsc::channel(256);
     let mut requests = Vec::new();
     for (source, chain) in chains.into_iter().enumerate() {
@@ -91,16 +91,23 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
         ..EngineConfig::new(profile.clone())
     };
     let sources = Sources::new(requests, QuarantineConfig::default());
-    cairn_follow::start(context.child(label), config, receiver, sources)
-        .await
-        .expect("the follower starts")
+    Engine::init(
+        context.child(label),
+        config,
+        Upstreams {
+            notifications: receiver,
+            sources: sources,
+        },
+    )
+    .await
+    .expect("the follower starts")
 }
 
 /// Waits (in simulated time, up to thirty minutes: a liar's quarantines double up to ten
 /// minutes each) until `done` holds for `follower`'s coverage.
 pub(crate) async fn coverage_until<E: EngineContext + Clock>(
     context: &E,
-    follower: &Follower<E>,
+    follower: &Engine<E>,
     what: &str,
     done: impl Fn(&CoverageReport) -> bool,
 ) -> CoverageReport {
@@ -115,7 +122,7 @@ pub(crate) async fn coverage_until<E: EngineContext + Clock>(
 }
 
 /// How `follower` explains the block at `height` (it must be served).
-async fn explain<E: EngineContext>(follower: &Follower<E>, height: u64) -> Explanation {
+async fn explain<E: EngineContext>(follower: &Engine<E>, height: u64) -> Explanation {
     match follower.chain.explain(height).await.expect("explains") {
         Explained::Block(explanation) => *explanation,
         other => panic!("block {height} is not explained: {other:?}"),
@@ -125,7 +132,7 @@ async fn explain<E: EngineContext>(follower: &Follower<E>, height: u64) -> Expla
 /// Every height `1..=to` is served with the certificate `reference` serves, read from the
 /// follower's stores (nothing fetched).
 pub(crate) async fn assert_certificates_equal<E: EngineContext>(
-    follower: &Follower<E>,
+    follower: &Engine<E>,
     reference: &impl ChainReader,
     to: u64,
 ) {
@@ -559,7 +566,7 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
         let epoch = profile.epochs.epoch_of(at).get();
         let config = EngineConfig {
             partition_prefix: "follow-backfilled".into(),
-            checkpoint: Some(Checkpoint {
+            start: StartFrom::Checkpoint(Checkpoint {
                 block: checkpoint.block.clone().expect("block"),
                 finalization: decode_certificate(&checkpoint.certificate).expect("decodes"),
                 identities: vec![(epoch, identities[&epoch])],
@@ -580,11 +587,13 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
         context
             .child("upstream")
             .spawn(|_| async move { actor.run().await });
-        let follower = cairn_follow::start(
+        let follower = Engine::init(
             context.child("follower"),
             config,
-            receiver,
-            Sources::single("devnet", requests),
+            Upstreams {
+                notifications: receiver,
+                sources: Sources::single("devnet", requests),
+            },
         )
         .await
         .expect("the follower starts");

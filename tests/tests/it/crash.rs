@@ -13,7 +13,7 @@ use crate::follow::{executed, follow_with};
 use cairn_epoch::ChainProfile;
 use cairn_epoch::SchemeProvider;
 use cairn_feed::{ChainReader as _, FeedState};
-use cairn_follow::{EngineConfig, sync::catchup::CatchUpConfig};
+use cairn_follow::{Engine, EngineConfig, Upstreams, sync::catchup::CatchUpConfig};
 use cairn_primitives::CertifiedBlock;
 use cairn_storage::{execution::EmbeddedExecution, registry::EpochRegistry};
 use cairn_tests::{DistantChain, MemoryChain, TestCommittee, rotating_chain};
@@ -185,7 +185,7 @@ async fn run_until(
 
 /// Every block 1..=TIP is served byte for byte, and every certificate served is the chain's.
 async fn assert_serves_the_chain<E: cairn_follow::engine::EngineContext>(
-    follower: &cairn_follow::Follower<E>,
+    follower: &cairn_follow::Engine<E>,
     chain: &[CertifiedBlock],
 ) {
     for certified in chain {
@@ -492,7 +492,7 @@ fn a_damaged_finalization_on_disk_is_found_fetched_again_verified_and_served() {
         feed.publish_finalized(chain.last().expect("tip").clone());
         executed(&context, &follower, TIP).await;
     });
-    let certificates = |follower: &cairn_follow::Follower<deterministic::Context>| {
+    let certificates = |follower: &cairn_follow::Engine<deterministic::Context>| {
         let chain = follower.chain.clone();
         async move {
             let mut served = Vec::new();
@@ -701,11 +701,13 @@ fn a_datadir_holding_another_block_at_a_trusted_height_refuses_to_start() {
         context
             .child("upstream")
             .spawn(|_| async move { actor.run().await });
-        let started = cairn_follow::start(
+        let started = Engine::init(
             context.child("a"),
             config(&trusting),
-            receiver,
-            Sources::single("a", requests),
+            Upstreams {
+                notifications: receiver,
+                sources: Sources::single("a", requests),
+            },
         )
         .await;
         match started {

@@ -8,7 +8,7 @@ use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
-    EngineConfig, Follower,
+    Engine, EngineConfig, Upstreams,
     engine::EngineContext,
     sync::catchup::{CatchUpConfig, VerifyPolicy},
     upstream::{Sources, in_process},
@@ -36,7 +36,7 @@ async fn follow<E: EngineContext, C: ChainReader>(
     profile: &ChainProfile,
     feed: FeedState,
     chain: C,
-) -> Follower<E> {
+) -> Engine<E> {
     follow_keeping(context, label, profile, feed, chain, 64).await
 }
 
@@ -48,7 +48,7 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
     feed: FeedState,
     chain: C,
     max_epochs: usize,
-) -> Follower<E> {
+) -> Engine<E> {
     let config = EngineConfig {
         partition_prefix: format!("follow-{label}"),
         max_epochs,
@@ -64,22 +64,29 @@ pub(crate) async fn follow_with<E: EngineContext, C: ChainReader>(
     feed: FeedState,
     chain: C,
     config: EngineConfig,
-) -> Follower<E> {
+) -> Engine<E> {
     let (notifications, receiver) = mpsc::channel(256);
     let (actor, requests) = in_process::init(label, 0, feed, chain, notifications);
     context
         .child("upstream")
         .spawn(|_| async move { actor.run().await });
     let sources = Sources::single(label, requests);
-    cairn_follow::start(context.child(label), config, receiver, sources)
-        .await
-        .expect("the follower starts")
+    Engine::init(
+        context.child(label),
+        config,
+        Upstreams {
+            notifications: receiver,
+            sources: sources,
+        },
+    )
+    .await
+    .expect("the follower starts")
 }
 
 /// Waits (in simulated time) until `follower` has executed `height`.
 pub(crate) async fn executed<E: EngineContext + Clock>(
     context: &E,
-    follower: &Follower<E>,
+    follower: &Engine<E>,
     height: u64,
 ) {
     for _ in 0..6_000 {
@@ -96,7 +103,7 @@ pub(crate) async fn executed<E: EngineContext + Clock>(
 
 /// Every height `1..=to` that `follower` serves equals what `reference` serves.
 async fn assert_same_chain<E: EngineContext>(
-    follower: &Follower<E>,
+    follower: &Engine<E>,
     reference: &impl ChainReader,
     to: u64,
 ) {

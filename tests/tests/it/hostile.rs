@@ -11,7 +11,7 @@
 use cairn_epoch::{MAX_CERTIFICATE_BYTES, decode_certificate, encode_certificate};
 use cairn_feed::FeedState;
 use cairn_follow::{
-    EngineConfig, Follower,
+    Engine, EngineConfig, Upstreams,
     upstream::{QuarantineConfig, Sources, UpstreamError, UpstreamRequests, in_process},
 };
 use cairn_primitives::{Block, CertifiedBlock, Digest};
@@ -205,14 +205,16 @@ fn hostile_events_are_rejected_by_name_and_nothing_reaches_the_stores() {
         context
             .child("upstream")
             .spawn(|_| async move { actor.run().await });
-        let follower: Follower<_> = cairn_follow::start(
+        let follower: Engine<_> = Engine::init(
             context.child("follower"),
             EngineConfig {
                 partition_prefix: "hostile".into(),
                 ..EngineConfig::new(profile.clone())
             },
-            receiver,
-            Sources::single("upstream", upstream),
+            Upstreams {
+                notifications: receiver,
+                sources: Sources::single("upstream", upstream),
+            },
         )
         .await
         .expect("starts");

@@ -11,7 +11,7 @@ use crate::follow::executed;
 use cairn_epoch::{ChainProfile, FinalizationVerifier};
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
-    EngineConfig, EngineError, Follower,
+    Engine, EngineConfig, EngineError, Upstreams,
     driver::{DriverError, Evidence},
     engine::EngineContext,
     upstream::{
@@ -418,7 +418,7 @@ async fn follow_sources<E: EngineContext>(
     profile: &ChainProfile,
     upstreams: Vec<(&'static str, FeedState, MemoryChain)>,
     evidence: &Path,
-) -> Follower<E> {
+) -> Engine<E> {
     let (notifications, receiver) = mpsc::channel(256);
     let mut requests = Vec::new();
     for (source, (name, feed, chain)) in upstreams.into_iter().enumerate() {
@@ -433,11 +433,13 @@ async fn follow_sources<E: EngineContext>(
         evidence_dir: Some(evidence.to_path_buf()),
         ..EngineConfig::new(profile.clone())
     };
-    cairn_follow::start(
+    Engine::init(
         context.child("follower"),
         config,
-        receiver,
-        Sources::new(requests, QuarantineConfig::default()),
+        Upstreams {
+            notifications: receiver,
+            sources: Sources::new(requests, QuarantineConfig::default()),
+        },
     )
     .await
     .expect("the follower starts")
@@ -580,7 +582,7 @@ fn run_conflict(fork: u64, seed: u64) -> (EngineError, tempfile::TempDir, ChainP
         a_feed.publish_finalized(certified[4].clone());
         executed(&context, &follower, 5).await;
         b_feed.publish_finalized(forked.clone());
-        let stopped = follower.stopped();
+        let stopped = follower.run();
         let timeout = context.sleep(Duration::from_secs(30));
         tokio::select! {
             result = stopped => result,

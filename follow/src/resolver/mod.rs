@@ -13,7 +13,7 @@ use commonware_codec::Encode;
 use commonware_consensus::marshal::resolver::handler::Key;
 use commonware_resolver::opaque::Fetcher;
 use commonware_runtime::Clock;
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 use tracing::debug;
 
 /// Resolver settings.
@@ -22,7 +22,7 @@ pub struct FetchConfig {
     /// Time allowed for one attempt.
     pub attempt_timeout: Duration,
     /// Attempts per fetch before giving the key back to the resolver's retry loop.
-    pub attempts: u32,
+    pub attempts: NonZeroU32,
     /// Delay after the first failed attempt; it doubles after each further failure.
     pub backoff: Duration,
 }
@@ -31,7 +31,7 @@ impl Default for FetchConfig {
     fn default() -> Self {
         Self {
             attempt_timeout: Duration::from_secs(10),
-            attempts: 3,
+            attempts: NonZeroU32::new(3).expect("non-zero"),
             backoff: Duration::from_millis(100),
         }
     }
@@ -167,14 +167,18 @@ where
             return std::future::pending().await;
         }
         let mut backoff = Backoff::new(self.config.backoff, Duration::MAX);
-        for attempt in 1..=self.config.attempts.max(1) {
+        let attempts = self.config.attempts.get();
+        for attempt in 1..=attempts {
             if let Some(value) = self.attempt(key).await {
                 return Some(value);
             }
-            if attempt < self.config.attempts {
+            if attempt < attempts {
                 self.context.sleep(backoff.next_delay()).await;
             }
         }
         None
     }
 }
+
+#[cfg(test)]
+mod tests;
