@@ -562,7 +562,7 @@ impl IdentityLedger {
     /// A verifier registry holding the identity of `epoch` (after [`Self::advance_to`]).
     pub fn provider_for(&self, namespace: &[u8], epoch: u64) -> Option<crate::SchemeProvider> {
         let identity = self.identity_for(epoch)?;
-        let provider = crate::SchemeProvider::new(namespace, 1);
+        let provider = crate::SchemeProvider::new(namespace, commonware_utils::NZUsize!(1));
         provider
             .register(Epoch::new(epoch), identity)
             .expect("an empty registry has no conflicts");
@@ -666,5 +666,99 @@ async fn offload<T: Send + 'static>(
     match pool {
         Some(pool) => pool.spawn(len, move |_| job()).await,
         None => job(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ledger's persisted form and the checks on its compiled identities. Walks over
+    //! certified chains need committees and chains from the test kit, which depends on this
+    //! crate, so they are in `tests/tests/it/ledger.rs`.
+
+    use super::{IdentityLedger, LedgerError, LedgerRecord};
+    use crate::{ChainProfile, ConfiguredIdentity};
+    use commonware_consensus::types::Epoch;
+    use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
+    use rand::{SeedableRng as _, rngs::StdRng};
+
+    fn mainnet() -> ChainProfile {
+        ChainProfile::builtin("tempo-mainnet").expect("built in")
+    }
+
+    fn record(json: serde_json::Value) -> LedgerRecord {
+        serde_json::from_value(json).expect("a record")
+    }
+
+    #[test]
+    fn a_fresh_ledger_knows_the_genesis_identity_and_round_trips_through_its_record() {
+        let profile = mainnet();
+        let ledger = IdentityLedger::from_genesis(&profile);
+        assert_eq!(ledger.runs().len(), 1);
+        assert_eq!(ledger.identity_for(0), Some(*profile.genesis.identity()));
+        assert_eq!(
+            ledger.identity_for(1),
+            None,
+            "nothing is known past the walk"
+        );
+        let record = ledger.record();
+        let text = serde_json::to_string(&record).expect("serialises");
+        let restored =
+            IdentityLedger::restore(&profile, serde_json::from_str(&text).expect("parses"))
+                .expect("restores");
+        assert_eq!(restored.record(), record);
+    }
+
+    #[test]
+    fn a_record_that_does_not_start_at_the_genesis_identity_or_is_out_of_order_is_refused() {
+        let profile = mainnet();
+        let genesis = IdentityLedger::from_genesis(&profile).record();
+        let genesis_identity =
+            serde_json::to_value(&genesis).expect("serialises")["runs"][0]["identity"].clone();
+        let other = keypair::<_, MinSig>(&mut StdRng::seed_from_u64(9)).1;
+        let other =
+            alloy_primitives::hex::encode_prefixed(commonware_codec::Encode::encode(&other));
+        let cases = [
+            // Another identity at epoch 0.
+            serde_json::json!({"knownThrough": 0, "runs": [{"fromEpoch": 0, "identity": other, "evidence": null}]}),
+            // No run at all.
+            serde_json::json!({"knownThrough": 0, "runs": []}),
+            // A run starting after what the record says is known.
+            serde_json::json!({"knownThrough": 2, "runs": [
+                {"fromEpoch": 0, "identity": genesis_identity, "evidence": null},
+                {"fromEpoch": 3, "identity": other, "evidence": null}]}),
+            // Runs out of order.
+            serde_json::json!({"knownThrough": 9, "runs": [
+                {"fromEpoch": 0, "identity": genesis_identity, "evidence": null},
+                {"fromEpoch": 5, "identity": other, "evidence": null},
+                {"fromEpoch": 5, "identity": genesis_identity, "evidence": null}]}),
+            // An identity that is not a G2 point.
+            serde_json::json!({"knownThrough": 0, "runs": [{"fromEpoch": 0, "identity": "0x1234", "evidence": null}]}),
+        ];
+        for case in cases {
+            let err = IdentityLedger::restore(&profile, record(case.clone())).expect_err("refused");
+            assert!(matches!(err, LedgerError::Corrupt(_)), "{case}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_compiled_identity_is_checked_only_where_the_walk_reached() {
+        let profile = mainnet();
+        let ledger = IdentityLedger::from_genesis(&profile);
+        let other = keypair::<_, MinSig>(&mut StdRng::seed_from_u64(9)).1;
+        let compiled = |epoch: u64, identity| ConfiguredIdentity {
+            from_epoch: Epoch::new(epoch),
+            identity,
+        };
+        // The walk has not reached epoch 5: nothing to compare yet.
+        assert!(ledger.check_compiled(&[compiled(5, other)]).is_ok());
+        assert!(
+            ledger
+                .check_compiled(&[compiled(0, *profile.genesis.identity())])
+                .is_ok()
+        );
+        match ledger.check_compiled(&[compiled(0, other)]) {
+            Err(LedgerError::IdentityDisagrees { epoch: 0, .. }) => {}
+            other => panic!("expected a disagreement at epoch 0, got {other:?}"),
+        }
     }
 }

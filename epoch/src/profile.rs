@@ -361,7 +361,7 @@ impl ChainProfile {
 
     /// A verifier registry seeded with what this profile trusts: the genesis outcome for
     /// epoch 0, and the configured network identities.
-    pub fn scheme_provider(&self, max_epochs: usize) -> SchemeProvider {
+    pub fn scheme_provider(&self, max_epochs: std::num::NonZeroUsize) -> SchemeProvider {
         let provider = SchemeProvider::new(&self.namespace, max_epochs);
         provider
             .register(Epoch::zero(), *self.genesis.identity())
@@ -401,7 +401,7 @@ mod tests {
             alloy_primitives::hex::encode(commonware_codec::Encode::encode(&rotated.identity)),
             "8627d33753b0d90a8eae75363d6b393ab9204076545b3af6caf831903e4bedde4374f1106551b481fb5ea35e59d51c92165c963881c718216e3e4570a307c08885af55c274f19488f709afe021ca3d9e567138ab097860d9146e895407bea182"
         );
-        let provider = mainnet.scheme_provider(4);
+        let provider = mainnet.scheme_provider(commonware_utils::NZUsize!(4));
         let at = |epoch: u64| provider.verifier(Epoch::new(epoch)).map(|v| v.identity);
         assert_eq!(at(2041), Some(genesis.identity));
         assert_eq!(at(2042), Some(rotated.identity));
@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(identities[0].identity, *moderato.genesis.identity());
         assert_ne!(identities[1].identity, identities[0].identity);
         assert_ne!(identities[2].identity, identities[1].identity);
-        let provider = moderato.scheme_provider(4);
+        let provider = moderato.scheme_provider(commonware_utils::NZUsize!(4));
         let at = |epoch: u64| provider.verifier(Epoch::new(epoch)).map(|v| v.identity);
         assert_eq!(at(50), Some(identities[0].identity));
         assert_eq!(at(51), Some(identities[1].identity));

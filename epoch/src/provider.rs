@@ -12,6 +12,8 @@ use commonware_cryptography::{
     certificate::{Provider, Scoped},
     ed25519::PublicKey,
 };
+use commonware_utils::NZUsize;
+use std::num::NonZeroUsize;
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
@@ -22,7 +24,7 @@ use std::{
 pub type FinalizationScheme = vrf::Scheme<PublicKey, MinSig>;
 
 /// Default number of epochs whose verifiers are kept.
-pub const DEFAULT_MAX_EPOCHS: usize = 64;
+pub const DEFAULT_MAX_EPOCHS: NonZeroUsize = NZUsize!(64);
 
 /// Where the verifier for an epoch came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,12 +95,12 @@ pub struct SchemeProvider {
 }
 
 impl SchemeProvider {
-    /// An empty registry for `namespace` keeping at most `max_epochs` epochs (at least one).
-    pub fn new(namespace: &[u8], max_epochs: usize) -> Self {
+    /// An empty registry for `namespace` keeping at most `max_epochs` epochs.
+    pub fn new(namespace: &[u8], max_epochs: NonZeroUsize) -> Self {
         Self {
             inner: Arc::new(RwLock::new(Inner {
                 namespace: namespace.to_vec(),
-                max_epochs: max_epochs.max(1),
+                max_epochs: max_epochs.get(),
                 epochs: BTreeMap::new(),
                 floor: Epoch::zero(),
                 configured: BTreeMap::new(),
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn registers_each_epoch_once() {
-        let provider = SchemeProvider::new(b"TEST", 8);
+        let provider = SchemeProvider::new(b"TEST", NZUsize!(8));
         let a = identity(1);
         let b = identity(2);
         assert_eq!(
@@ -256,7 +258,7 @@ mod tests {
 
     #[test]
     fn bounded_and_pruned() {
-        let provider = SchemeProvider::new(b"TEST", 4);
+        let provider = SchemeProvider::new(b"TEST", NZUsize!(4));
         let id = identity(1);
         for epoch in 0..10 {
             provider
@@ -282,7 +284,7 @@ mod tests {
 
     #[test]
     fn configured_identity_applies_from_its_epoch() {
-        let provider = SchemeProvider::new(b"TEST", 4);
+        let provider = SchemeProvider::new(b"TEST", NZUsize!(4));
         let configured = identity(9);
         provider.set_configured_identity(configured, Epoch::new(51));
         assert!(provider.verifier(Epoch::new(50)).is_none());

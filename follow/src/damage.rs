@@ -362,7 +362,7 @@ pub async fn repair_finalization<E: StoreContext, U: UpstreamRequests>(
             .ok()
             .flatten()
             .ok_or(RepairError::NoKey(epoch))?;
-        let provider = SchemeProvider::new(&profile.namespace, 1);
+        let provider = SchemeProvider::new(&profile.namespace, commonware_utils::NZUsize!(1));
         provider
             .register(Epoch::new(epoch), identity)
             .map_err(|_| RepairError::NoKey(epoch))?;

@@ -111,7 +111,7 @@ fn stored_epochs(datadir: &Path) -> Vec<(u64, cairn_dkg::Identity)> {
                     let registry = cairn_storage::registry::EpochRegistry::open(
                         context.child("registry"),
                         "follow-epochs",
-                        usize::MAX,
+                        std::num::NonZeroUsize::MAX,
                     )
                     .await
                     .expect("the registry opens");

@@ -129,9 +129,12 @@ impl<E: StoreContext> Clone for EpochRegistry<E> {
 }
 
 impl<E: StoreContext> EpochRegistry<E> {
-    /// Opens the registry in the partition `partition`, keeping the newest `keep` epochs (at
-    /// least one).
-    pub async fn open(context: E, partition: &str, keep: usize) -> Result<Self, RegistryError> {
+    /// Opens the registry in the partition `partition`, keeping the newest `keep` epochs.
+    pub async fn open(
+        context: E,
+        partition: &str,
+        keep: std::num::NonZeroUsize,
+    ) -> Result<Self, RegistryError> {
         let store: IdentityStore<E> = Metadata::init(
             context,
             metadata::Config {
@@ -160,7 +163,7 @@ impl<E: StoreContext> EpochRegistry<E> {
         }
         Ok(Self {
             store: Arc::new(Mutex::new(Some(store))),
-            keep: u64::try_from(keep.max(1)).unwrap_or(u64::MAX),
+            keep: u64::try_from(keep.get()).unwrap_or(u64::MAX),
             history,
         })
     }
@@ -498,14 +501,105 @@ impl IdentityHistory {
 
 #[cfg(test)]
 mod tests {
-    use super::IdentityHistory;
+    use super::{EpochRegistry, IdentityHistory, RegistryError};
     use cairn_dkg::Identity;
-    use cairn_epoch::EpochStrategy;
+    use cairn_epoch::{EpochStrategy, Registration, SchemeProvider};
+    use commonware_consensus::types::Epoch;
     use commonware_cryptography::bls12381::primitives::{ops::keypair, variant::MinSig};
+    use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
+    use commonware_utils::NZUsize;
     use rand::{SeedableRng as _, rngs::StdRng};
 
     fn identity(seed: u64) -> Identity {
         keypair::<_, MinSig>(&mut StdRng::seed_from_u64(seed)).1
+    }
+
+    fn new_provider() -> SchemeProvider {
+        SchemeProvider::new(b"TEMPO", NZUsize!(16))
+    }
+
+    #[test]
+    fn registered_keys_survive_a_restart_and_only_the_newest_kept_epochs_stay() {
+        deterministic::Runner::default().start(|context| async move {
+            let registry = EpochRegistry::open(context.child("a"), "epochs", NZUsize!(3))
+                .await
+                .expect("opens");
+            let provider = new_provider();
+            for epoch in 0..=3 {
+                let registered = registry
+                    .register(&provider, epoch, identity(epoch / 2))
+                    .await
+                    .expect("stored");
+                assert_eq!(registered, Registration::Registered);
+            }
+            registry
+                .register_all(&provider, &[(4, identity(2)), (5, identity(2))])
+                .await
+                .expect("stored");
+            // The same key again changes nothing.
+            assert_eq!(
+                registry
+                    .register(&provider, 5, identity(2))
+                    .await
+                    .expect("stored"),
+                Registration::AlreadyRegistered
+            );
+            drop(registry);
+
+            let reopened = EpochRegistry::open(context.child("b"), "epochs", NZUsize!(3))
+                .await
+                .expect("reopens");
+            let entries = reopened.entries().await.expect("reads");
+            assert_eq!(
+                entries,
+                vec![(3, identity(1)), (4, identity(2)), (5, identity(2))],
+                "the newest three epochs"
+            );
+            // The identity history outlives the pruned keys: genesis, then the changes at 2 and 4.
+            let history: Vec<u64> = reopened
+                .history()
+                .known()
+                .iter()
+                .map(|(epoch, _)| *epoch)
+                .collect();
+            assert_eq!(history, vec![0, 2, 4]);
+            let fresh = new_provider();
+            assert_eq!(reopened.load_into(&fresh).await.expect("loads"), 3);
+            assert_eq!(fresh.registered_identity(Epoch::new(4)), Some(identity(2)));
+            assert_eq!(fresh.registered_identity(Epoch::new(2)), None);
+        });
+    }
+
+    #[test]
+    fn a_second_key_for_a_registered_epoch_is_refused_and_not_stored() {
+        deterministic::Runner::default().start(|context| async move {
+            let registry = EpochRegistry::open(context.child("a"), "epochs", NZUsize!(8))
+                .await
+                .expect("opens");
+            let provider = new_provider();
+            registry
+                .register(&provider, 1, identity(1))
+                .await
+                .expect("stored");
+            match registry.register(&provider, 1, identity(2)).await {
+                Err(RegistryError::Conflict { epoch: 1, .. }) => {}
+                other => panic!("expected a conflict at epoch 1, got {other:?}"),
+            }
+            assert_eq!(
+                provider.registered_identity(Epoch::new(1)),
+                Some(identity(1))
+            );
+            drop(registry);
+            let reopened = EpochRegistry::open(context.child("b"), "epochs", NZUsize!(8))
+                .await
+                .expect("reopens");
+            assert_eq!(
+                reopened.entries().await.expect("reads"),
+                vec![(1, identity(1))],
+                "only the first key is on disk"
+            );
+            assert_eq!(reopened.history().rotations(), 0);
+        });
     }
 
     #[test]

@@ -158,7 +158,10 @@ impl TestCommittee {
 /// Verifies `chain` in height order knowing only the profile's genesis outcome (each boundary
 /// registers the next epoch), and returns the identity that verified each epoch.
 pub fn verify_chain(profile: &ChainProfile, chain: &[CertifiedBlock]) -> BTreeMap<u64, Identity> {
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(64));
+    let verifier = FinalizationVerifier::new(
+        profile.epochs.clone(),
+        profile.scheme_provider(cairn_epoch::DEFAULT_MAX_EPOCHS),
+    );
     let mut rng = StdRng::seed_from_u64(3);
     let mut identities = BTreeMap::new();
     for certified in chain {

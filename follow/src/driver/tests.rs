@@ -183,10 +183,14 @@ async fn harness_rejoining(
     rejoin: Option<driver::Rejoin>,
     finalizations: Option<driver::FinalizationLookup>,
 ) -> Harness {
-    let provider = profile.scheme_provider(16);
-    let registry = EpochRegistry::open(context.child("registry"), "driver-epochs", 16)
-        .await
-        .expect("registry opens");
+    let provider = profile.scheme_provider(commonware_utils::NZUsize!(16));
+    let registry = EpochRegistry::open(
+        context.child("registry"),
+        "driver-epochs",
+        commonware_utils::NZUsize!(16),
+    )
+    .await
+    .expect("registry opens");
     let marshal = StandInMarshal::default();
     let executor = StandInExecutor::default();
     let sources = SourceBook::new(
@@ -494,10 +498,14 @@ fn the_identity_history_outlives_pruned_epochs_and_restarts() {
     let (changes, recovered) = deterministic::Runner::seeded(3).start_and_recover(|context| {
         let epochs = epochs.clone();
         async move {
-            let registry = EpochRegistry::open(context.child("registry"), "history-epochs", 2)
-                .await
-                .expect("registry opens");
-            let provider = cairn_epoch::SchemeProvider::new(b"TEST", 2);
+            let registry = EpochRegistry::open(
+                context.child("registry"),
+                "history-epochs",
+                commonware_utils::NZUsize!(2),
+            )
+            .await
+            .expect("registry opens");
+            let provider = cairn_epoch::SchemeProvider::new(b"TEST", commonware_utils::NZUsize!(2));
             for (epoch, identity) in [(0, first), (1, first), (2, second)] {
                 registry
                     .register(&provider, epoch, identity)
@@ -522,9 +530,13 @@ fn the_identity_history_outlives_pruned_epochs_and_restarts() {
         vec![(0, None), (2, Some(19)), (4, Some(39))]
     );
     deterministic::Runner::from(recovered).start(|context| async move {
-        let registry = EpochRegistry::open(context.child("registry"), "history-epochs", 2)
-            .await
-            .expect("registry reopens");
+        let registry = EpochRegistry::open(
+            context.child("registry"),
+            "history-epochs",
+            commonware_utils::NZUsize!(2),
+        )
+        .await
+        .expect("registry reopens");
         // Only the newest two epochs are kept ...
         let kept: Vec<u64> = registry
             .entries()
@@ -577,7 +589,12 @@ fn a_damaged_identity_history_is_refused_when_the_registry_opens() {
             store.put(U64::new(u64::MAX), value);
             let store = store.sync().await.expect("synced");
             drop(store);
-            let opened = EpochRegistry::open(context.child("registry"), "damaged-epochs", 4).await;
+            let opened = EpochRegistry::open(
+                context.child("registry"),
+                "damaged-epochs",
+                commonware_utils::NZUsize!(4),
+            )
+            .await;
             match opened {
                 Err(cairn_storage::registry::RegistryError::Corrupt { error, .. }) if refused => {
                     assert!(error.contains("identity history"), "{error}");

@@ -34,7 +34,7 @@ pub struct EngineConfig {
     /// The chain to follow (its genesis header is required).
     pub profile: ChainProfile,
     /// Epoch verifiers kept in memory and on disk.
-    pub max_epochs: usize,
+    pub max_epochs: NonZeroUsize,
     /// Events kept while their epoch's key is unknown.
     pub max_pending_events: NonZeroUsize,
     /// Bytes of such events kept.
@@ -79,7 +79,7 @@ impl EngineConfig {
     pub fn new(profile: ChainProfile) -> Self {
         Self {
             profile,
-            max_epochs: 64,
+            max_epochs: nonzero(64),
             max_pending_events: nonzero(1024),
             max_pending_bytes: nonzero(64 * 1024 * 1024),
             max_repair: nonzero(64),

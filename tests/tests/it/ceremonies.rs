@@ -195,7 +195,7 @@ fn verifier_follows_reshare_and_full_dkg_from_genesis() {
     assert_ne!(new_identity, genesis_identity);
 
     let committees = [&genesis, &epoch_1, &epoch_2];
-    let provider = SchemeProvider::new(NAMESPACE, 8);
+    let provider = SchemeProvider::new(NAMESPACE, commonware_utils::NZUsize!(8));
     provider
         .register(Epoch::zero(), genesis_identity)
         .expect("fresh");
@@ -235,7 +235,7 @@ fn verifier_follows_reshare_and_full_dkg_from_genesis() {
 fn a_forged_boundary_outcome_is_not_registered() {
     let epochs = EpochStrategy::new(4).expect("valid");
     let genesis = TestCommittee::new(NAMESPACE, 41, 4);
-    let provider = SchemeProvider::new(NAMESPACE, 8);
+    let provider = SchemeProvider::new(NAMESPACE, commonware_utils::NZUsize!(8));
     provider
         .register(Epoch::zero(), *genesis.ceremony.output.public().public())
         .expect("fresh");
@@ -287,7 +287,7 @@ fn boundary_outcomes_are_read_as_tempo_reads_them_and_only_at_boundaries() {
     let epochs = EpochStrategy::new(4).expect("valid");
     let genesis = TestCommittee::new(NAMESPACE, 61, 4);
     let next = TestCommittee::new(NAMESPACE, 62, 4);
-    let provider = SchemeProvider::new(NAMESPACE, 8);
+    let provider = SchemeProvider::new(NAMESPACE, commonware_utils::NZUsize!(8));
     provider
         .register(Epoch::zero(), *genesis.ceremony.output.public().public())
         .expect("fresh");

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 const EPOCH_LENGTH: u64 = 5;
 const TIP: u64 = 123;
-const KEPT_EPOCHS: usize = 3;
+const KEPT_EPOCHS: std::num::NonZeroUsize = commonware_utils::NZUsize!(3);
 
 fn chain() -> (ChainProfile, Vec<CertifiedBlock>) {
     let committees: Vec<_> = (0..3)
@@ -473,7 +473,7 @@ fn a_damaged_finalization_on_disk_is_found_fetched_again_verified_and_served() {
         },
         store_check: check,
         status: board.clone(),
-        max_epochs: 64,
+        max_epochs: cairn_epoch::DEFAULT_MAX_EPOCHS,
         ..config(profile)
     };
     let partition = "follow-crash-finalizations-freezer-value";

@@ -37,7 +37,15 @@ async fn follow<E: EngineContext, C: ChainReader>(
     feed: FeedState,
     chain: C,
 ) -> Engine<E> {
-    follow_keeping(context, label, profile, feed, chain, 64).await
+    follow_keeping(
+        context,
+        label,
+        profile,
+        feed,
+        chain,
+        cairn_epoch::DEFAULT_MAX_EPOCHS,
+    )
+    .await
 }
 
 /// [`follow`] keeping at most `max_epochs` epoch verifiers.
@@ -47,7 +55,7 @@ async fn follow_keeping<E: EngineContext, C: ChainReader>(
     profile: &ChainProfile,
     feed: FeedState,
     chain: C,
-    max_epochs: usize,
+    max_epochs: std::num::NonZeroUsize,
 ) -> Engine<E> {
     let config = EngineConfig {
         partition_prefix: format!("follow-{label}"),
@@ -313,8 +321,15 @@ fn follower_restart_resumes_with_its_registered_epochs() {
         deterministic::Runner::seeded(5).start_and_recover(|context| async move {
             let (devnet, profile, upstream) = devnet_with(&context, 18).await;
             // Two verifiers at most: the registry stays bounded however long the chain.
-            let follower =
-                follow_keeping(&context, "a", &profile, upstream, devnet.store().clone(), 2).await;
+            let follower = follow_keeping(
+                &context,
+                "a",
+                &profile,
+                upstream,
+                devnet.store().clone(),
+                commonware_utils::NZUsize!(2),
+            )
+            .await;
             executed(&context, &follower, 18).await;
             assert!(
                 follower.provider.len() <= 2,
@@ -338,7 +353,7 @@ fn follower_restart_resumes_with_its_registered_epochs() {
             &profile,
             upstream.clone(),
             devnet.store().clone(),
-            2,
+            commonware_utils::NZUsize!(2),
         )
         .await;
         assert_eq!(*follower.executed.borrow(), 18, "resumes from disk");

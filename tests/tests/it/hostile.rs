@@ -354,8 +354,10 @@ async fn hostile_fetch_answers_are_refused_and_recorded() {
     let three = &chain[2];
     let block3 = three.block.clone().expect("block");
     let stranger = TestCommittee::new(b"TEMPO", 78, 4);
-    let verifier =
-        cairn_epoch::FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(8));
+    let verifier = cairn_epoch::FinalizationVerifier::new(
+        profile.epochs.clone(),
+        profile.scheme_provider(commonware_utils::NZUsize!(8)),
+    );
     let requested = block3.hash();
     // Each answer to a request for block 3 (by hash) or finalization 3.
     let cases: Vec<(&str, Answer, bool, &str)> = vec![

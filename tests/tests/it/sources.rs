@@ -167,7 +167,10 @@ async fn fetches_spread_move_on_and_quarantine_only_sources_that_lie() {
     let wrong_block = Scripted::new(&honest, Behaviour::WrongBlock(Box::new(blocks[0].clone())));
     let forger = Scripted::new(&honest, Behaviour::WrongFinalization(forged));
     let oversized = Scripted::new(&honest, Behaviour::Oversized);
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(8));
+    let verifier = FinalizationVerifier::new(
+        profile.epochs.clone(),
+        profile.scheme_provider(commonware_utils::NZUsize!(8)),
+    );
     let sources = Sources::new(
         vec![
             ("a".into(), a.clone()),
@@ -623,7 +626,10 @@ fn check_conflict(err: &EngineError, dir: &Path, profile: &ChainProfile, fork: u
         evidence.second.certified.block.as_ref().map(Block::hash),
         "two different blocks"
     );
-    let verifier = FinalizationVerifier::new(profile.epochs.clone(), profile.scheme_provider(8));
+    let verifier = FinalizationVerifier::new(
+        profile.epochs.clone(),
+        profile.scheme_provider(commonware_utils::NZUsize!(8)),
+    );
     let mut rng = rand::rng();
     verifier
         .verify(&mut rng, &evidence.second.certified)

@@ -101,7 +101,7 @@ fn a_boundary_is_read_in_the_layout_its_timestamp_selects() {
     let verifier =
         |provider: &SchemeProvider| FinalizationVerifier::new(epochs.clone(), provider.clone());
     let provider_from = |epoch: u64| {
-        let provider = SchemeProvider::new(NAMESPACE, 8);
+        let provider = SchemeProvider::new(NAMESPACE, commonware_utils::NZUsize!(8));
         provider
             .register(
                 Epoch::new(epoch),

@@ -123,10 +123,14 @@ fn catch_up_with(
             .finalize_batch(&stored)
             .await
             .expect("prefix stored");
-        let provider = profile.scheme_provider(64);
-        let registry = EpochRegistry::open(context.child("registry"), "t-epochs", 64)
-            .await
-            .expect("registry opens");
+        let provider = profile.scheme_provider(commonware_utils::NZUsize!(64));
+        let registry = EpochRegistry::open(
+            context.child("registry"),
+            "t-epochs",
+            commonware_utils::NZUsize!(64),
+        )
+        .await
+        .expect("registry opens");
         let anchors: AnchorStore<_> = open_anchors(context.child("anchors"), "t-anchors")
             .await
             .expect("anchors open");
