@@ -36,7 +36,7 @@ use cairn_storage::{
 };
 use commonware_consensus::types::Epoch;
 use commonware_parallel::{Rayon, Sequential};
-use commonware_runtime::{Clock, Spawner};
+use commonware_runtime::{Clock, Spawner, telemetry::metrics::Counter};
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use rand::{CryptoRng, Rng as _, SeedableRng as _, rngs::StdRng};
 use rangemap::RangeInclusiveSet;
@@ -116,6 +116,8 @@ impl Default for FillConfig {
 #[derive(Clone, Debug, Default)]
 pub struct Coverage {
     inner: Arc<Mutex<CoverageState>>,
+    /// Certificates filled and refused, counted as they are.
+    counters: Arc<std::sync::OnceLock<(Counter, Counter)>>,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +297,16 @@ impl Coverage {
             state.on_demand += stored.len() as u64;
         }
         state.refused += refused;
+        if let Some((filled, refused_counter)) = self.counters.get() {
+            filled.inc_by(stored.len() as u64);
+            refused_counter.inc_by(refused);
+        }
+    }
+
+    /// Counts the certificates filled and refused in these counters from now on; the first
+    /// counters given stay.
+    pub(crate) fn count_in(&self, filled: Counter, refused: Counter) {
+        let _ = self.counters.set((filled, refused));
     }
 }
 

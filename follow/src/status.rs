@@ -1,7 +1,10 @@
 //! What a follower knows about itself, in one snapshot: heights and lag, the epoch and the
 //! identity history (kept by [`cairn_storage::registry`]), the upstreams' health and the events rejected by check. A sampler task
-//! refreshes the snapshot on a [`StatusBoard`] and mirrors it into Prometheus metrics through the
-//! runtime's registry (so simulations carry them too); the node serves the same snapshot as
+//! refreshes the snapshot on a [`StatusBoard`] and mirrors the states (heights, lag, health) into
+//! Prometheus gauges through the runtime's registry (so simulations carry them too); what
+//! happens (a rejected event, a rejoin, an identity rotation, a certificate filled or refused,
+//! an invalid answer, a call and its "slow down") is counted where it happens, on the
+//! [`EventCounters`] handed to the parts that see it. The node serves the same snapshot as
 //! `cairn_status`, on its status page and in its progress output.
 
 use crate::{
@@ -17,8 +20,8 @@ use cairn_storage::{
 use commonware_runtime::{
     Clock, Metrics,
     telemetry::metrics::{
-        EncodeLabelSet, Gauge, GaugeExt as _, MetricsExt as _, Registered,
-        raw::{Counter, Family, Gauge as RawGauge},
+        Counter, CounterFamily, EncodeLabelSet, Gauge, GaugeExt as _, MetricsExt as _, Registered,
+        raw::{Family, Gauge as RawGauge},
     },
 };
 use serde::{Deserialize, Serialize};
@@ -227,14 +230,87 @@ impl StatusBoard {
 
 /// Per-upstream metric label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabel {
-    url: String,
+pub struct UpstreamLabel {
+    /// The upstream's URL.
+    pub url: String,
 }
 
 /// Rejected-event metric label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckLabel {
-    check: String,
+pub struct CheckLabel {
+    /// The check that failed.
+    pub check: String,
+}
+
+/// The follower's counters, each moved by the part that sees its event (cheap to clone; clones
+/// count together). Registered once, on the status context, beside the sampled gauges.
+#[derive(Clone, Debug)]
+pub struct EventCounters {
+    /// Finalized events rejected, by the check they failed (the driver).
+    pub rejected: CounterFamily<CheckLabel>,
+    /// Rejoins through the hash chain while running (the driver).
+    pub rejoins: Counter,
+    /// Identity changes verified (the identity history, whoever registers the key).
+    pub identity_rotations: Counter,
+    /// Missing certificates fetched, verified and stored (the certificate fill).
+    pub certificates_filled: Counter,
+    /// Certificates the fill refused (the certificate fill).
+    pub certificates_refused: Counter,
+    /// Invalid answers and events, by upstream (the source book).
+    pub upstream_invalid: CounterFamily<UpstreamLabel>,
+    /// Calls sent, by upstream (each upstream's client).
+    pub upstream_calls: CounterFamily<UpstreamLabel>,
+    /// Calls answered with "slow down", by upstream (each upstream's client).
+    pub upstream_slowed_down: CounterFamily<UpstreamLabel>,
+}
+
+impl EventCounters {
+    /// Registers the counters on `context` (the follower's status context).
+    pub fn register(context: &impl Metrics) -> Self {
+        Self {
+            rejected: context.family(
+                "rejected_events",
+                "Finalized events rejected, by the check they failed",
+            ),
+            rejoins: context.counter(
+                "rejoins",
+                "Times the follower, far behind while running, rejoined through the hash chain",
+            ),
+            identity_rotations: context.counter(
+                "identity_rotations",
+                "Network identity changes verified since the start (full DKG ceremonies)",
+            ),
+            certificates_filled: context.counter(
+                "certificates_filled",
+                "Missing certificates fetched, verified and stored since the start",
+            ),
+            certificates_refused: context.counter(
+                "certificates_refused",
+                "Certificates the fill refused (not verifying, or signing another block)",
+            ),
+            upstream_invalid: context.family(
+                "upstream_invalid",
+                "Invalid answers and events the upstream sent",
+            ),
+            upstream_calls: context.family(
+                "upstream_calls",
+                "Calls sent to the upstream (a batch counts each call)",
+            ),
+            upstream_slowed_down: context.family(
+                "upstream_slowed_down",
+                "Calls the upstream answered with \"slow down\" (rate limit), each retried",
+            ),
+        }
+    }
+
+    /// Counts a rejected event.
+    pub fn rejected(&self, check: &str) {
+        self.rejected
+            .get_or_create(&CheckLabel {
+                check: check.to_string(),
+            })
+            .inc();
+    }
 }
 
 /// The follower's own metrics (marshal, the archives and the runtime register theirs).
@@ -245,27 +321,19 @@ struct StatusMetrics {
     target_height: Gauge,
     lag: Gauge,
     epoch: Gauge,
-    identity_rotations: Gauge,
     blocks_per_second: Gauge,
-    rejoins: Gauge,
     damaged_blocks: Gauge,
     repaired_blocks: Gauge,
     damaged_certificates: Gauge,
     repaired_certificates: Gauge,
     certificates_served: Gauge,
     certificates_missing: Gauge,
-    certificates_filled: Gauge,
-    certificates_refused: Gauge,
     certificates_filled_per_second: Gauge,
-    rejected: Registered<Family<CheckLabel, Counter>>,
     upstream_connected: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_healthy: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_quarantined: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_latency_us: Registered<Family<UpstreamLabel, RawGauge>>,
     upstream_announced: Registered<Family<UpstreamLabel, RawGauge>>,
-    upstream_invalid: Registered<Family<UpstreamLabel, Counter>>,
-    upstream_calls: Registered<Family<UpstreamLabel, Counter>>,
-    upstream_slowed_down: Registered<Family<UpstreamLabel, Counter>>,
 }
 
 impl StatusMetrics {
@@ -289,17 +357,9 @@ impl StatusMetrics {
             ),
             lag: context.gauge("lag", "Blocks between the target and the executed height"),
             epoch: context.gauge("epoch", "The epoch of the executed height"),
-            identity_rotations: context.gauge(
-                "identity_rotations",
-                "Network identity changes verified (full DKG ceremonies)",
-            ),
             blocks_per_second: context.gauge(
                 "blocks_per_second",
                 "Blocks verified per second over the last sample (catch-up and live)",
-            ),
-            rejoins: context.gauge(
-                "rejoins",
-                "Times the follower, far behind while running, rejoined through the hash chain",
             ),
             damaged_blocks: context.gauge(
                 "damaged_blocks",
@@ -325,21 +385,9 @@ impl StatusMetrics {
                 "certificates_missing",
                 "Served heights without their own certificate yet (authenticated by the hash chain)",
             ),
-            certificates_filled: context.gauge(
-                "certificates_filled",
-                "Missing certificates fetched, verified and stored since the start",
-            ),
-            certificates_refused: context.gauge(
-                "certificates_refused",
-                "Certificates the fill refused (not verifying, or signing another block)",
-            ),
             certificates_filled_per_second: context.gauge(
                 "certificates_filled_per_second",
                 "Certificates filled per second over the last sample",
-            ),
-            rejected: context.family(
-                "rejected_events",
-                "Finalized events rejected, by the check they failed",
             ),
             upstream_connected: context.family(
                 "upstream_connected",
@@ -361,23 +409,11 @@ impl StatusMetrics {
                 "upstream_announced_height",
                 "The highest height the upstream announced with a verified event",
             ),
-            upstream_invalid: context.family(
-                "upstream_invalid",
-                "Invalid answers and events the upstream sent",
-            ),
-            upstream_calls: context.family(
-                "upstream_calls",
-                "Calls sent to the upstream (a batch counts each call)",
-            ),
-            upstream_slowed_down: context.family(
-                "upstream_slowed_down",
-                "Calls the upstream answered with \"slow down\" (rate limit), each retried",
-            ),
         }
     }
 
-    /// Mirrors `status`; counters move by what `previous` did not have yet.
-    fn update(&self, status: &FollowerStatus, previous: &FollowerStatus) {
+    /// Mirrors `status`'s states.
+    fn update(&self, status: &FollowerStatus) {
         let set = |gauge: &Gauge, value: u64| {
             let _ = gauge.try_set(value);
         };
@@ -388,14 +424,9 @@ impl StatusMetrics {
         set(&self.lag, status.lag);
         set(&self.epoch, status.epoch);
         set(
-            &self.identity_rotations,
-            status.identities.len().saturating_sub(1) as u64,
-        );
-        set(
             &self.blocks_per_second,
             status.blocks_per_second.round() as u64,
         );
-        set(&self.rejoins, status.rejoins);
         set(&self.damaged_blocks, status.damaged_blocks);
         set(&self.repaired_blocks, status.repaired_blocks);
         set(&self.damaged_certificates, status.damaged_certificates);
@@ -403,20 +434,10 @@ impl StatusMetrics {
         let certificates = &status.certificates;
         set(&self.certificates_served, certificates.served);
         set(&self.certificates_missing, certificates.missing);
-        set(&self.certificates_filled, certificates.filled);
-        set(&self.certificates_refused, certificates.refused);
         set(
             &self.certificates_filled_per_second,
             certificates.filled_per_second.round() as u64,
         );
-        for (check, count) in &status.rejected_by_check {
-            let before = previous.rejected_by_check.get(check).copied().unwrap_or(0);
-            self.rejected
-                .get_or_create(&CheckLabel {
-                    check: check.clone(),
-                })
-                .inc_by(count.saturating_sub(before));
-        }
         for upstream in &status.upstreams {
             let label = UpstreamLabel {
                 url: upstream.url.clone(),
@@ -439,30 +460,6 @@ impl StatusMetrics {
                 .upstream_announced
                 .get_or_create(&label)
                 .try_set(upstream.announced_height);
-            let known = previous
-                .upstreams
-                .iter()
-                .find(|known| known.url == upstream.url);
-            let grow = |family: &Family<UpstreamLabel, Counter>, now: u64, before: Option<u64>| {
-                family
-                    .get_or_create(&label)
-                    .inc_by(now.saturating_sub(before.unwrap_or(0)));
-            };
-            grow(
-                &self.upstream_invalid,
-                upstream.invalid,
-                known.map(|known| known.invalid),
-            );
-            grow(
-                &self.upstream_calls,
-                upstream.calls,
-                known.map(|known| known.calls),
-            );
-            grow(
-                &self.upstream_slowed_down,
-                upstream.slowed_down,
-                known.map(|known| known.slowed_down),
-            );
         }
     }
 }
@@ -556,7 +553,6 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
     board: StatusBoard,
 ) {
     let metrics = StatusMetrics::register(&context);
-    let mut previous = FollowerStatus::default();
     let mut window: std::collections::VecDeque<(SystemTime, u64, u64)> = Default::default();
     let mut history: std::collections::VecDeque<HistoryPoint> = Default::default();
     let points = (HISTORY_SPAN.as_millis() / HISTORY_EVERY.as_millis()) as usize;
@@ -605,9 +601,8 @@ pub(crate) async fn sample<E: StoreContext + Clock + Metrics>(
             }
         }
         status.history = history.iter().copied().collect();
-        metrics.update(&status, &previous);
-        board.latest.send_replace(status.clone());
-        previous = status;
+        metrics.update(&status);
+        board.latest.send_replace(status);
         context.sleep(SAMPLE_INTERVAL).await;
     }
 }

@@ -515,7 +515,7 @@ fn spawn_upstreams(
             .map_err(|err| eyre!("--upstream {url}: {err}"))?;
         context
             .child("upstream")
-            .spawn(|_| async move { upstream_actor.run().await });
+            .spawn(|context| upstream_actor.run(context));
         requests.push((url.clone(), mailbox));
     }
     drop(notifications_tx);

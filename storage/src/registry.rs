@@ -21,13 +21,14 @@ use cairn_epoch::{
 };
 use commonware_codec::{Decode as _, DecodeExt, Encode};
 use commonware_consensus::types::Epoch;
+use commonware_runtime::telemetry::metrics::Counter;
 use commonware_storage::metadata::{self, Metadata};
 use commonware_utils::sequence::U64;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     ops::Bound,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -418,6 +419,7 @@ fn register_in(
 #[derive(Clone, Debug, Default)]
 pub struct IdentityHistory {
     changes: Arc<RwLock<BTreeMap<u64, Identity>>>,
+    rotations: Arc<OnceLock<Counter>>,
 }
 
 /// One entry of the identity history.
@@ -447,7 +449,13 @@ impl IdentityHistory {
         if before == Some(identity) {
             return;
         }
-        changes.insert(epoch, identity);
+        let known = changes.insert(epoch, identity);
+        if before.is_some()
+            && known != Some(identity)
+            && let Some(rotations) = self.rotations.get()
+        {
+            rotations.inc();
+        }
         // An entry after it that repeats it is no longer a change.
         if let Some((&next, known)) = changes
             .range((Bound::Excluded(epoch), Bound::Unbounded))
@@ -459,6 +467,12 @@ impl IdentityHistory {
         while changes.len() > MAX_HISTORY_CHANGES {
             changes.pop_first();
         }
+    }
+
+    /// Counts every identity change observed from now on in `rotations` (the changes already
+    /// known, restored from disk, are not counted again).
+    pub fn count_rotations(&self, rotations: Counter) {
+        let _ = self.rotations.set(rotations);
     }
 
     /// The changes as (first epoch, identity), oldest first.

@@ -146,6 +146,7 @@ pub struct Actor<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// The last block delivered (or the stored tip): the next one must name it as its parent.
     last_delivered: Option<(u64, Digest)>,
     finalizations: Option<FinalizationLookup>,
+    counters: Option<crate::status::EventCounters>,
 }
 
 impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
@@ -176,6 +177,7 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             forwarded: 0,
             last_delivered: config.tip,
             finalizations: config.finalizations,
+            counters: config.counters,
         }
     }
 
@@ -276,6 +278,9 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
                     self.last_delivered = Some((report.to, floor.proposal.payload));
                     self.marshal.set_floor(floor);
                     self.status.send_modify(|status| status.rejoins += 1);
+                    if let Some(counters) = &self.counters {
+                        counters.rejoins.inc();
+                    }
                 }
                 None => {
                     self.rejoin_after = highest;
@@ -324,6 +329,9 @@ impl<E: StoreContext, M: MarshalPort, X: ExecutorPort> Actor<E, M, X> {
             status.rejected += 1;
             *status.rejected_by_check.entry(check).or_default() += 1;
         });
+        if let Some(counters) = &self.counters {
+            counters.rejected(check);
+        }
     }
 
     fn update_connected(&self) {

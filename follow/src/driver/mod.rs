@@ -1,6 +1,6 @@
 //! The driver: the follower's decision maker. It verifies each `finalized` event from the
-//! upstream with its epoch's key (DESIGN.md order) and hands the verified block and its
-//! finalization to marshal. When an event's epoch has no key yet, it keeps the event, hints
+//! upstream with its epoch's key (in the verification order of `docs/sync-and-trust.md`) and
+//! hands the verified block and its finalization to marshal. When an event's epoch has no key yet, it keeps the event, hints
 //! marshal to fetch the boundary of the newest epoch it knows, and retries the event once that
 //! boundary's outcome registers the next epoch. For every finalized block marshal dispatches
 //! (in height order), it registers the next epoch's verifier from a boundary block before the
@@ -195,6 +195,9 @@ pub struct Config<E: StoreContext, M = MarshalMailbox, X = executor::Mailbox> {
     /// Where the certificates of a fork are looked for when a delivered block does not extend
     /// the one below it; `None` writes the evidence with what is stored.
     pub finalizations: Option<FinalizationLookup>,
+    /// Where rejected events and rejoins are counted as they happen; `None` counts them only
+    /// in [`Config::status`].
+    pub counters: Option<crate::status::EventCounters>,
 }
 
 /// Creates the driver.

@@ -155,6 +155,7 @@ struct Harness {
     notifications: mpsc::Sender<Sourced>,
     delivered: mpsc::UnboundedSender<Delivered>,
     status: watch::Receiver<driver::UpstreamStatus>,
+    counters: crate::status::EventCounters,
     stopped: commonware_runtime::Handle<Result<(), DriverError>>,
 }
 
@@ -198,6 +199,7 @@ async fn harness_rejoining(
         QuarantineConfig::default(),
     );
     let executed = executor.1.subscribe();
+    let counters = crate::status::EventCounters::register(&context.child("status"));
     let actor = driver::init(driver::Config {
         verifier: FinalizationVerifier::new(profile.epochs.clone(), provider),
         registry,
@@ -214,6 +216,7 @@ async fn harness_rejoining(
         rejoin,
         tip: None,
         finalizations,
+        counters: Some(counters.clone()),
     });
     let status = actor.status();
     let (notifications, notifications_rx) = mpsc::channel(64);
@@ -230,6 +233,7 @@ async fn harness_rejoining(
         notifications,
         delivered,
         status,
+        counters,
         stopped,
     }
 }
@@ -310,6 +314,11 @@ fn a_copy_of_a_verified_block_with_another_certificate_is_verified_and_rejected(
         );
         assert_eq!(health[0].invalid, 0);
         assert_eq!(driver.status.borrow().rejected, 1);
+        // Counted where it happened, under the check it failed.
+        let check = crate::status::CheckLabel {
+            check: "bad_signature".into(),
+        };
+        assert_eq!(driver.counters.rejected.get_or_create(&check).get(), 1);
         assert_eq!(driver.marshal.log(|log| log.verified.clone()), vec![2]);
     });
 }
@@ -656,6 +665,7 @@ fn far_behind_the_driver_rejoins_holding_events_and_deliveries_then_moves_marsha
             .expect("rejoin waiting");
         settle(&context).await;
         assert_eq!(driver.marshal.log(|log| log.floors.clone()), vec![hash(3)]);
+        assert_eq!(driver.counters.rejoins.get(), 1, "counted as it happened");
         assert_eq!((verified(), executed()), (vec![1], vec![1]));
 
         // Within the gap of the new tip: handed to marshal.

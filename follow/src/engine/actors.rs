@@ -6,6 +6,7 @@ use super::{
     config::nonzero,
     stores::{Stores, open_finalizations},
 };
+use crate::status::EventCounters;
 use crate::{
     backoff::Backoff,
     certificates::{Coverage, Fill},
@@ -181,6 +182,7 @@ pub(super) fn start_status<E: EngineContext>(
     config: &EngineConfig,
     stores: &Stores<E>,
     book: &SourceBook,
+    counters: &EventCounters,
 ) -> Status {
     let (upstream_tx, upstream) = watch::channel(UpstreamStatus::default());
     let status_context = context.child("status");
@@ -195,6 +197,10 @@ pub(super) fn start_status<E: EngineContext>(
         certificate_damage: DamageLog::default(),
         coverage: Coverage::default(),
     };
+    status.coverage.count_in(
+        counters.certificates_filled.clone(),
+        counters.certificates_refused.clone(),
+    );
     let sampled = Sampled {
         chain: config.profile.name.clone(),
         epochs: config.profile.epochs.clone(),
@@ -389,6 +395,7 @@ pub(super) async fn spawn_actors<E: EngineContext, U: UpstreamRequests>(
         served: Some(live),
         tip: stored_tip(&execution).await,
         finalizations: Some(finalization_lookup(sources.clone())),
+        counters: Some(handover.counters.clone()),
     });
     let (updates, delivered) = MarshalUpdates::new();
     let (held, notifications) = (handover.held, handover.notifications);

@@ -15,6 +15,7 @@ mod stores;
 pub use config::{EngineConfig, StartFrom};
 pub use start::{StartedFrom, genesis_block};
 
+use crate::status::EventCounters;
 use crate::{
     certificates::Coverage,
     chain::FollowerChain,
@@ -151,12 +152,15 @@ impl<E: EngineContext> Engine<E> {
             sources,
         } = upstreams;
         let sources = sources.with_runtime(context.child("sources"));
+        // Counted where they happen, from the start (the walk's calls too).
+        let counters = EventCounters::register(&context.child("status"));
+        sources.book().count_events(&counters);
         let mut held = Vec::new();
         let start_point =
             start::resolve(&context, &config, &sources, &mut notifications, &mut held).await?;
-        let (stores, start) = Stores::open(&context, &config, &start_point).await?;
+        let (stores, start) = Stores::open(&context, &config, &start_point, &counters).await?;
         let sources = sources.recording(stores.served(How::CatchUp));
-        let status = start_status(&context, &config, &stores, sources.book());
+        let status = start_status(&context, &config, &stores, sources.book(), &counters);
 
         // Far behind: catch up through the hash chain, then hand marshal the verified tip as
         // its floor. What a failed attempt stored was verified; marshal repairs what is left.
@@ -194,6 +198,7 @@ impl<E: EngineContext> Engine<E> {
             caught_up,
             backfilled,
             start_point,
+            counters,
         };
         spawn_actors(
             &context, &config, stores, status, &sources, marshal, handover,
@@ -250,4 +255,5 @@ struct Handover {
     pub(super) caught_up: Option<CatchUpReport>,
     pub(super) backfilled: watch::Receiver<Option<Duration>>,
     pub(super) start_point: start::StartPoint,
+    pub(super) counters: EventCounters,
 }

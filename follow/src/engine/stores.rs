@@ -4,6 +4,7 @@ use super::{
     EngineConfig, EngineContext, EngineError, MarshalStart,
     start::{StartPoint, genesis_block},
 };
+use crate::status::EventCounters;
 use crate::{
     certificates::Coverage,
     damage::{CheckedFinalizations, DamageLog, StoreCheck, StoreCheckReport, check_stores},
@@ -45,6 +46,7 @@ impl<E: EngineContext> Stores<E> {
         context: &E,
         config: &EngineConfig,
         start_point: &StartPoint,
+        counters: &EventCounters,
     ) -> Result<(Self, MarshalStart), EngineError> {
         let profile = &config.profile;
         let checkpoint = start_point.checkpoint.as_ref();
@@ -71,6 +73,11 @@ impl<E: EngineContext> Stores<E> {
         let trusted = checkpoint
             .map(|checkpoint| checkpoint.identities.clone())
             .unwrap_or_default();
+        // Every identity change verified from here on is a rotation (the history restored from
+        // disk is not counted again).
+        registry
+            .history()
+            .count_rotations(counters.identity_rotations.clone());
         let loaded = registry
             .load_for_chain(&provider, profile, &execution, &trusted)
             .await?;

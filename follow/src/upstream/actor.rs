@@ -1,18 +1,39 @@
-//! The upstream actor's loop.
+//! The upstream actor's loop, over any [`Transport`] and on any commonware runtime: time, the
+//! reconnect jitter and the request tasks come from the runtime context it runs in.
 
 use super::{
-    Config, Message, Notification, Sourced, UpstreamClient, UpstreamError, client::Disconnect,
+    Message, Notification, SourceId, Sourced, UpstreamError, UpstreamRequests,
+    transport::{Connection, Incoming, Transport},
 };
 use crate::backoff::Backoff;
 use cairn_primitives::Event;
+use commonware_runtime::{Clock, Spawner};
+use futures::StreamExt as _;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
+/// How the actor reconnects and bounds its work.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub max_in_flight: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Reported when a message over it ends a connection.
+    pub max_response_size: u32,
+}
+
 /// The upstream actor (see the module docs).
-pub struct Actor {
-    config: Config,
+pub struct Actor<T: Transport> {
+    transport: T,
+    /// The upstream's name in notifications and logs (its URL).
+    url: String,
+    source: SourceId,
+    limits: Limits,
     mailbox: mpsc::Receiver<Message>,
+    /// Keeps the mailbox open when nobody holds a handle to it (an upstream whose requests are
+    /// answered another way).
+    _open: Option<mpsc::Sender<Message>>,
     notifications: mpsc::Sender<Sourced>,
     in_flight: Arc<Semaphore>,
 }
@@ -21,57 +42,57 @@ pub struct Actor {
 enum Ended {
     /// Reconnect after a delay.
     Lost(String),
-    /// The mailbox or the consumer went away: stop.
+    /// The mailbox or the consumer went away, or the upstream is gone for good: stop.
     Stop,
 }
 
-impl Actor {
+impl<T: Transport> Actor<T> {
     pub(super) fn new(
-        config: Config,
+        transport: T,
+        url: String,
+        source: SourceId,
+        limits: Limits,
         mailbox: mpsc::Receiver<Message>,
         notifications: mpsc::Sender<Sourced>,
     ) -> Self {
-        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.get()));
         Self {
-            config,
+            transport,
+            url,
+            source,
+            limits,
             mailbox,
+            _open: None,
             notifications,
-            in_flight,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         }
     }
 
-    /// Runs until every mailbox handle and the notification receiver are dropped.
-    pub async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+    /// Keeps the mailbox open without any handle (see [`Self::_open`]).
+    pub(super) fn keeping_open(mut self, sender: mpsc::Sender<Message>) -> Self {
+        self._open = Some(sender);
+        self
+    }
+
+    /// Runs in `context` until every mailbox handle and the notification receiver are
+    /// dropped: connects, announces the upstream's latest finalization, forwards its events
+    /// and serves requests, and reconnects with a capped, jittered backoff when the connection
+    /// ends.
+    pub async fn run<E: Clock + Spawner + rand::Rng>(mut self, mut context: E) {
+        let mut backoff = Backoff::new(self.limits.backoff_min, self.limits.backoff_max);
         loop {
-            let ended = match UpstreamClient::connect_counting(
-                &self.config.url,
-                &self.config.client,
-                self.config.counts.clone(),
-            )
-            .await
-            {
-                Ok(client) => {
-                    let client = Arc::new(client);
-                    match client.subscribe().await {
-                        Ok(subscription) => {
-                            info!(url = %self.config.url, "upstream connected");
-                            backoff.reset();
-                            if !self
-                                .notify(Notification::Connected {
-                                    url: self.config.url.clone(),
-                                })
-                                .await
-                            {
-                                return;
-                            }
-                            if !self.announce_tip(&client).await {
-                                return;
-                            }
-                            self.serve(client, subscription).await
-                        }
-                        Err(err) => Ended::Lost(err.to_string()),
+            let ended = match self.transport.connect().await {
+                Ok(connection) => {
+                    info!(url = %self.url, "upstream connected");
+                    backoff.reset();
+                    let connected = Notification::Connected {
+                        url: self.url.clone(),
+                    };
+                    if !self.notify(connected).await
+                        || !self.announce_tip(&connection.requests).await
+                    {
+                        return;
                     }
+                    self.serve(&context, connection).await
                 }
                 Err(err) => Ended::Lost(err.to_string()),
             };
@@ -79,17 +100,12 @@ impl Actor {
                 Ended::Stop => return,
                 Ended::Lost(reason) => reason,
             };
-            warn!(url = %self.config.url, %reason, retry_in = ?backoff.delay(), "upstream connection lost");
-            if !self
-                .notify(Notification::Disconnected {
-                    reason: reason.clone(),
-                })
-                .await
-            {
+            warn!(url = %self.url, %reason, retry_in = ?backoff.delay(), "upstream connection lost");
+            if !self.notify(Notification::Disconnected { reason }).await {
                 return;
             }
-            let delay = backoff.next_jittered(&mut rand::rng());
-            if !self.wait_for_retry(delay).await {
+            let delay = backoff.next_jittered(&mut context);
+            if !self.wait_for_retry(&context, delay).await {
                 return;
             }
         }
@@ -98,14 +114,14 @@ impl Actor {
     /// Hands a notification on; false when the consumer has gone.
     async fn notify(&self, notification: Notification) -> bool {
         self.notifications
-            .send((self.config.source, notification))
+            .send((self.source, notification))
             .await
             .is_ok()
     }
 
     /// Answers requests with "not connected" until `delay` has passed; false when told to stop.
-    async fn wait_for_retry(&mut self, delay: Duration) -> bool {
-        let sleep = tokio::time::sleep(delay);
+    async fn wait_for_retry(&mut self, context: &impl Clock, delay: Duration) -> bool {
+        let sleep = context.sleep(delay);
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -120,8 +136,8 @@ impl Actor {
 
     /// Forwards the upstream's latest finalization as an event, so a follower that connects
     /// while the upstream is idle still learns how far the chain goes. False when told to stop.
-    async fn announce_tip(&self, client: &UpstreamClient) -> bool {
-        match client.get_latest().await {
+    async fn announce_tip(&self, requests: &T::Requests) -> bool {
+        match self.transport.latest(requests).await {
             Ok(Some(latest)) => {
                 let event = Event::Finalized {
                     block: latest,
@@ -140,113 +156,116 @@ impl Actor {
     /// Forwards events and serves requests over one connection until it ends.
     async fn serve(
         &mut self,
-        client: Arc<UpstreamClient>,
-        mut subscription: jsonrpsee::core::client::Subscription<cairn_primitives::Event>,
+        context: &impl Spawner,
+        connection: Connection<T::Requests>,
     ) -> Ended {
+        let Connection {
+            requests,
+            mut incoming,
+        } = connection;
         loop {
             tokio::select! {
-                event = subscription.next() => match event {
-                    Some(Ok(event)) => {
+                item = incoming.next() => match item {
+                    Some(Incoming::Event(event)) => {
                         if !self.notify(Notification::Event(Box::new(event))).await {
                             return Ended::Stop;
                         }
                     }
-                    Some(Err(err)) => {
-                        warn!(url = %self.config.url, %err, "upstream sent an event that does not parse; skipped");
+                    Some(Incoming::Unparsable(err)) => {
+                        warn!(url = %self.url, %err, "upstream sent an event that does not parse; skipped");
                         let what = format!("an event that does not parse: {err}");
                         if !self.notify(Notification::Invalid { what }).await {
                             return Ended::Stop;
                         }
                     }
-                    None if !client.is_connected() => {
-                        return self.lost(client.disconnected().await).await;
+                    Some(Incoming::Lost { reason, oversized }) => {
+                        return self.lost(reason, oversized).await;
                     }
-                    None => {
-                        let reason = subscription
-                            .close_reason()
-                            .map_or_else(|| "subscription closed".to_string(), |r| format!("subscription closed: {r:?}"));
-                        return Ended::Lost(reason);
-                    }
-                },
-                message = self.mailbox.recv() => match message {
-                    Some(message) => self.dispatch(&client, message),
                     None => return Ended::Stop,
                 },
-                disconnect = client.disconnected() => return self.lost(disconnect).await,
+                message = self.mailbox.recv() => match message {
+                    Some(message) => self.dispatch(context, &requests, message),
+                    None => return Ended::Stop,
+                },
             }
         }
     }
 
     /// Ends a connection that dropped. One that dropped on a message over the size limit is
     /// reported as invalid data first.
-    async fn lost(&self, disconnect: Disconnect) -> Ended {
-        if disconnect.oversized {
-            let limit = self.config.client.max_response_size;
-            warn!(url = %self.config.url, limit, "upstream sent a message over the size limit");
+    async fn lost(&self, reason: String, oversized: bool) -> Ended {
+        if oversized {
+            let limit = self.limits.max_response_size;
+            warn!(url = %self.url, limit, "upstream sent a message over the size limit");
             let what = format!("a message over the {limit}-byte limit");
             if !self.notify(Notification::Invalid { what }).await {
                 return Ended::Stop;
             }
         }
-        Ended::Lost(disconnect.reason)
+        Ended::Lost(reason)
     }
 
     /// Runs one request in its own task, bounded by the in-flight limit, and drops it as soon
     /// as its requester stops waiting.
-    fn dispatch(&self, client: &Arc<UpstreamClient>, message: Message) {
+    fn dispatch(&self, context: &impl Spawner, requests: &T::Requests, message: Message) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             message.reject(UpstreamError::Busy);
             return;
         };
-        let client = client.clone();
-        tokio::spawn(async move {
+        let requests = requests.clone();
+        context.child("request").spawn(move |_| async move {
             let _permit = permit;
-            match message {
-                Message::GetFinalization {
-                    height,
-                    mut response,
-                } => {
-                    tokio::select! {
-                        answer = client.get_finalization(height) => { let _ = response.send(answer); }
-                        () = response.closed() => debug!(height, "finalization request cancelled by its requester"),
-                    }
-                }
-                Message::GetBlock {
-                    digest,
-                    mut response,
-                } => {
-                    tokio::select! {
-                        answer = client.get_block(digest) => { let _ = response.send(answer); }
-                        () = response.closed() => debug!(%digest, "block request cancelled by its requester"),
-                    }
-                }
-                Message::GetLatest { mut response } => {
-                    tokio::select! {
-                        answer = client.get_latest() => { let _ = response.send(answer); }
-                        () = response.closed() => debug!("latest request cancelled by its requester"),
-                    }
-                }
-                Message::GetBlocks {
-                    first,
-                    last,
-                    mut response,
-                } => {
-                    tokio::select! {
-                        answer = client.get_blocks(first, last) => { let _ = response.send(answer); }
-                        () = response.closed() => debug!(first, last, "range request cancelled by its requester"),
-                    }
-                }
-                Message::GetCertificates {
-                    heights,
-                    mut response,
-                } => {
-                    let count = heights.len();
-                    tokio::select! {
-                        answer = client.get_certificates(&heights) => { let _ = response.send(answer); }
-                        () = response.closed() => debug!(count, "certificate request cancelled by its requester"),
-                    }
-                }
-            }
+            answer(requests, message).await;
         });
+    }
+}
+
+/// Answers `message` through `requests`, unless its requester stops waiting first.
+async fn answer(requests: impl UpstreamRequests, message: Message) {
+    match message {
+        Message::GetFinalization {
+            height,
+            mut response,
+        } => {
+            tokio::select! {
+                answer = requests.get_finalization(height) => { let _ = response.send(answer); }
+                () = response.closed() => debug!(height, "finalization request cancelled by its requester"),
+            }
+        }
+        Message::GetBlock {
+            digest,
+            mut response,
+        } => {
+            tokio::select! {
+                answer = requests.get_block(digest) => { let _ = response.send(answer); }
+                () = response.closed() => debug!(%digest, "block request cancelled by its requester"),
+            }
+        }
+        Message::GetLatest { mut response } => {
+            tokio::select! {
+                answer = requests.get_latest() => { let _ = response.send(answer); }
+                () = response.closed() => debug!("latest request cancelled by its requester"),
+            }
+        }
+        Message::GetBlocks {
+            first,
+            last,
+            mut response,
+        } => {
+            tokio::select! {
+                answer = requests.get_blocks(first, last) => { let _ = response.send(answer); }
+                () = response.closed() => debug!(first, last, "range request cancelled by its requester"),
+            }
+        }
+        Message::GetCertificates {
+            heights,
+            mut response,
+        } => {
+            let count = heights.len();
+            tokio::select! {
+                answer = requests.get_certificates(heights) => { let _ = response.send(answer); }
+                () = response.closed() => debug!(count, "certificate request cancelled by its requester"),
+            }
+        }
     }
 }

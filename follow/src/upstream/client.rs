@@ -800,8 +800,9 @@ fn decode_raw_blocks(
     Ok(blocks)
 }
 
-/// A shared client answers the follower's requests directly, without an actor: what the
-/// checkpoint walk runs on, through [`super::Sources`], before the upstream actors start.
+/// A shared client answers the follower's requests directly: what the actor's request tasks
+/// call over a WebSocket connection ([`super::transport::WebSocket`]), and what a walk can run
+/// on through [`super::Sources`] without an actor.
 impl super::UpstreamRequests for Arc<UpstreamClient> {
     async fn get_finalization(&self, height: u64) -> Result<Option<CertifiedBlock>, UpstreamError> {
         UpstreamClient::get_finalization(self, height).await

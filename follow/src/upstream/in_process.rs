@@ -1,20 +1,18 @@
-//! The in-process upstream: the same notifications and requests as the WebSocket actor, served
-//! from a [`FeedState`] and a [`ChainReader`] in the same process, so followers can run inside
-//! deterministic simulations without sockets.
+//! The in-process upstream: the same notifications and requests as a WebSocket upstream,
+//! served from a [`FeedState`] and a [`ChainReader`] in the same process, so followers run
+//! inside deterministic simulations without sockets. Its events go through the same actor loop
+//! ([`super::Actor`]) as a WebSocket upstream's.
 
-use super::{Notification, SourceId, Sourced, UpstreamError, UpstreamRequests};
-use cairn_feed::{ChainReader, FeedState, unix_millis};
-use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
+use super::{
+    Actor, SourceId, Sourced, UpstreamError, UpstreamRequests,
+    actor::Limits,
+    transport::{Connection, Incoming, Transport},
+};
+use cairn_feed::{ChainReader, FeedState};
+use cairn_primitives::{Block, CertifiedBlock, Digest};
+use futures::StreamExt as _;
+use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
-use tracing::warn;
-
-/// Forwards a feed's events as upstream notifications.
-pub struct InProcessActor {
-    feed: FeedState,
-    notifications: mpsc::Sender<Sourced>,
-    name: String,
-    source: SourceId,
-}
 
 /// Answers upstream requests from a chain in the same process (cheap to clone).
 #[derive(Clone, Debug)]
@@ -22,83 +20,84 @@ pub struct InProcessUpstream<C> {
     chain: C,
 }
 
-/// Creates the in-process upstream `source`, named `name`, over `feed` and `chain`.
-pub fn init<C: ChainReader>(
+/// A feed and a chain in the same process, as a [`Transport`]: a connection subscribes to the
+/// feed, and a consumer that falls a whole feed buffer behind loses it, as a slow WebSocket
+/// subscriber would.
+#[derive(Clone, Debug)]
+pub struct InProcess<C> {
+    feed: FeedState,
+    chain: C,
+}
+
+impl<C: ChainReader + Clone> Transport for InProcess<C> {
+    type Requests = InProcessUpstream<C>;
+
+    async fn connect(&self) -> Result<Connection<Self::Requests>, UpstreamError> {
+        let events = self.feed.subscribe();
+        let incoming = futures::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            match events.recv().await {
+                Ok(published) => Some((Incoming::Event(published.event.clone()), Some(events))),
+                Err(RecvError::Lagged(skipped)) => Some((
+                    Incoming::Lost {
+                        reason: format!("fell {skipped} events behind the feed"),
+                        oversized: false,
+                    },
+                    None,
+                )),
+                Err(RecvError::Closed) => None,
+            }
+        })
+        .boxed();
+        Ok(Connection {
+            requests: InProcessUpstream {
+                chain: self.chain.clone(),
+            },
+            incoming,
+        })
+    }
+
+    /// The feed's newest event, as the feed would announce it to a new subscriber.
+    async fn latest(
+        &self,
+        _requests: &Self::Requests,
+    ) -> Result<Option<CertifiedBlock>, UpstreamError> {
+        Ok(self.feed.latest())
+    }
+}
+
+/// Creates the in-process upstream `source`, named `name`, over `feed` and `chain`: the actor
+/// forwarding the feed's events (run it with [`Actor::run`] in a runtime context), and the
+/// handle answering requests from the chain. A lagging consumer is told of a disconnection and
+/// a fresh subscription at once (no backoff: the feed is always there).
+pub fn init<C: ChainReader + Clone>(
     name: impl Into<String>,
     source: SourceId,
     feed: FeedState,
     chain: C,
     notifications: mpsc::Sender<Sourced>,
-) -> (InProcessActor, InProcessUpstream<C>) {
-    (
-        InProcessActor {
-            feed,
-            notifications,
-            name: name.into(),
-            source,
-        },
-        InProcessUpstream { chain },
+) -> (Actor<InProcess<C>>, InProcessUpstream<C>) {
+    let (sender, receiver) = mpsc::channel(1);
+    let limits = Limits {
+        max_in_flight: 64,
+        backoff_min: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        max_response_size: u32::MAX,
+    };
+    let transport = InProcess {
+        feed,
+        chain: chain.clone(),
+    };
+    let actor = Actor::new(
+        transport,
+        name.into(),
+        source,
+        limits,
+        receiver,
+        notifications,
     )
-}
-
-impl InProcessActor {
-    /// Runs until the notification receiver is dropped. A lagging consumer is reported as a
-    /// disconnection followed by a fresh subscription, as the WebSocket actor would.
-    pub async fn run(self) {
-        loop {
-            let mut events = self.feed.subscribe();
-            let connected = Notification::Connected {
-                url: self.name.clone(),
-            };
-            if self
-                .notifications
-                .send((self.source, connected))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // As the WebSocket actor does: announce the tip, in case the chain is idle.
-            if let Some(latest) = self.feed.latest() {
-                let event = Event::Finalized {
-                    block: latest,
-                    seen: unix_millis(),
-                };
-                if self
-                    .notifications
-                    .send((self.source, Notification::Event(Box::new(event))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            let reason = loop {
-                match events.recv().await {
-                    Ok(published) => {
-                        let event = Box::new(published.event.clone());
-                        if self
-                            .notifications
-                            .send((self.source, Notification::Event(event)))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(skipped)) => {
-                        break format!("fell {skipped} events behind the feed");
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            };
-            warn!(upstream = %self.name, %reason, "in-process upstream resubscribing");
-            let lost = Notification::Disconnected { reason };
-            if self.notifications.send((self.source, lost)).await.is_err() {
-                return;
-            }
-        }
-    }
+    .keeping_open(sender);
+    (actor, InProcessUpstream { chain })
 }
 
 impl<C: ChainReader> UpstreamRequests for InProcessUpstream<C> {

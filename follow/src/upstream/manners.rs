@@ -3,8 +3,9 @@
 //! and the call rate it tolerates (halved on "slow down", grown back as answers come through,
 //! never above the operator's budget). Calls are counted, refusals too.
 
+use commonware_runtime::telemetry::metrics::raw::Counter;
 use std::sync::{
-    Mutex,
+    Mutex, OnceLock,
     atomic::{AtomicU64, Ordering},
 };
 use tokio::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use tokio::time::{Duration, Instant};
 pub struct CallCounts {
     calls: AtomicU64,
     refused: AtomicU64,
+    /// The metrics that count the same, once attached.
+    metrics: OnceLock<(Counter, Counter)>,
 }
 
 impl CallCounts {
@@ -30,10 +33,28 @@ impl CallCounts {
 
     pub(super) fn sent(&self, calls: u64) {
         self.calls.fetch_add(calls, Ordering::Relaxed);
+        if let Some((counter, _)) = self.metrics.get() {
+            counter.inc_by(calls);
+        }
     }
 
     pub(super) fn slowed(&self, calls: u64) {
         self.refused.fetch_add(calls, Ordering::Relaxed);
+        if let Some((_, counter)) = self.metrics.get() {
+            counter.inc_by(calls);
+        }
+    }
+
+    /// Counts calls and "slow down"s in these metrics too from now on, starting with those
+    /// counted so far; the first metrics given stay.
+    pub(super) fn count_in(&self, calls: Counter, slowed_down: Counter) {
+        let (before_calls, before_slowed) = (self.calls(), self.refused());
+        if self.metrics.set((calls, slowed_down)).is_ok()
+            && let Some((calls, slowed_down)) = self.metrics.get()
+        {
+            calls.inc_by(before_calls);
+            slowed_down.inc_by(before_slowed);
+        }
     }
 }
 

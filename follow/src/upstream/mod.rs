@@ -1,7 +1,9 @@
 //! The upstream actor: keeps one upstream connection alive (reconnecting with capped,
 //! jittered backoff and resubscribing after any stream error), forwards its consensus events,
 //! and serves `get_finalization` / `get_block` requests, cancelling a request whose requester
-//! went away. [`in_process`] offers the same over a feed in the same process, for simulations.
+//! went away. It runs on any commonware runtime and over any [`Transport`]: WebSocket JSON-RPC
+//! ([`transport::WebSocket`]), or a feed in the same process ([`in_process`]) in simulations,
+//! where the same loop runs in the deterministic runtime.
 
 mod actor;
 mod client;
@@ -11,6 +13,7 @@ mod manners;
 mod sources;
 #[cfg(test)]
 mod tests;
+pub mod transport;
 
 pub use actor::Actor;
 pub(crate) use client::normalize_url;
@@ -22,6 +25,7 @@ pub use sources::{
     Answered, CONDUCT_WINDOW, QuarantineConfig, STALL_AFTER, ServedHook, SourceBook, SourceHealth,
     SourceId, Sources,
 };
+pub use transport::{Transport, WebSocket};
 
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use std::{future::Future, num::NonZeroUsize, time::Duration};
@@ -215,16 +219,35 @@ pub fn follow_url(url: &str) -> Result<String, UpstreamError> {
     Ok(url)
 }
 
-/// Creates the actor and its mailbox; notifications go to `notifications` (bounded: a slow
-/// consumer slows the actor's reading of the stream, never the other way round).
+/// Creates the actor of a WebSocket upstream and its mailbox; notifications go to
+/// `notifications` (bounded: a slow consumer slows the actor's reading of the stream, never the
+/// other way round). Run it with [`Actor::run`] in a runtime context.
 pub fn init(
     config: Config,
     notifications: mpsc::Sender<Sourced>,
-) -> Result<(Actor, Mailbox), UpstreamError> {
+) -> Result<(Actor<WebSocket>, Mailbox), UpstreamError> {
     let url = follow_url(&config.url)?;
     let (sender, receiver) = mpsc::channel(config.mailbox_size.get());
+    let limits = actor::Limits {
+        max_in_flight: config.max_in_flight.get(),
+        backoff_min: config.backoff_min,
+        backoff_max: config.backoff_max,
+        max_response_size: config.client.max_response_size,
+    };
+    let transport = WebSocket {
+        url: url.clone(),
+        client: config.client,
+        counts: config.counts,
+    };
     Ok((
-        Actor::new(Config { url, ..config }, receiver, notifications),
+        Actor::new(
+            transport,
+            url,
+            config.source,
+            limits,
+            receiver,
+            notifications,
+        ),
         Mailbox::new(sender),
     ))
 }

@@ -208,6 +208,7 @@ pub struct SourceBook {
     quarantine: QuarantineConfig,
     clock: ClockFn,
     fetch_latency: Arc<OnceLock<Histogram>>,
+    counters: Arc<OnceLock<crate::status::EventCounters>>,
 }
 
 impl std::fmt::Debug for SourceBook {
@@ -240,7 +241,33 @@ impl SourceBook {
             quarantine,
             clock: Arc::new(SystemTime::now),
             fetch_latency: Arc::default(),
+            counters: Arc::default(),
         }
+    }
+
+    /// Counts every source's invalid answers, calls and "slow down"s in `counters` from now on
+    /// (the calls counted before are added at once); the first counters given stay.
+    pub(crate) fn count_events(&self, counters: &crate::status::EventCounters) {
+        if self.counters.set(counters.clone()).is_err() {
+            return;
+        }
+        self.with_states(|states| {
+            for state in states.iter() {
+                let label = crate::status::UpstreamLabel {
+                    url: state.health.url.clone(),
+                };
+                counters
+                    .upstream_invalid
+                    .get_or_create(&label)
+                    .inc_by(state.health.invalid);
+                if let Some(counts) = &state.counts {
+                    counts.count_in(
+                        counters.upstream_calls.get_or_create(&label).clone(),
+                        counters.upstream_slowed_down.get_or_create(&label).clone(),
+                    );
+                }
+            }
+        });
     }
 
     /// Observes the latency of every served request in `histogram` (in seconds), from now on;
@@ -310,6 +337,15 @@ impl SourceBook {
     pub fn count_calls(&self, source: SourceId, counts: Arc<CallCounts>) {
         self.with_states(|states| {
             if let Some(state) = states.get_mut(source) {
+                if let Some(counters) = self.counters.get() {
+                    let label = crate::status::UpstreamLabel {
+                        url: state.health.url.clone(),
+                    };
+                    counts.count_in(
+                        counters.upstream_calls.get_or_create(&label).clone(),
+                        counters.upstream_slowed_down.get_or_create(&label).clone(),
+                    );
+                }
                 state.counts = Some(counts);
             }
         });
@@ -409,6 +445,12 @@ impl SourceBook {
         let Some((url, length)) = self.with_states(|states| {
             let state = states.get_mut(source)?;
             state.health.invalid += 1;
+            if let Some(counters) = self.counters.get() {
+                let label = crate::status::UpstreamLabel {
+                    url: state.health.url.clone(),
+                };
+                counters.upstream_invalid.get_or_create(&label).inc();
+            }
             state.health.last_invalid = Some(what.to_string());
             if lone {
                 return Some((state.health.url.clone(), None));

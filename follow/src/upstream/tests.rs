@@ -6,6 +6,7 @@ use crate::upstream::{self, Config, Notification, Sourced, UpstreamError};
 use cairn_feed::{ChainReader, FeedState, ReadError, RpcConfig};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use cairn_testkit::{MemoryChain, TestCommittee, test_block};
+use commonware_runtime::{Runner as _, Spawner as _, Supervisor as _};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -49,159 +50,168 @@ fn fast_config(url: String) -> Config {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwards_events_serves_requests_and_reconnects() {
-    let committee = TestCommittee::new(b"TEMPO", 7, 4);
-    let chain = MemoryChain::default();
-    for height in 1..=3 {
-        chain.insert(certified(&committee, height));
-    }
-    let feed = FeedState::default();
-    let server = serve(chain.clone(), feed.clone()).await;
-    let addr = server.local_addr;
-
-    let (sender, mut notifications) = mpsc::channel(64);
-    let (actor, mailbox) =
-        upstream::init(fast_config(addr.to_string()), sender).expect("valid url");
-    let handle = tokio::spawn(actor.run());
-    assert_eq!(
-        next_notification(&mut notifications).await,
-        Notification::Connected {
-            url: format!("ws://{addr}")
+#[test]
+fn forwards_events_serves_requests_and_reconnects() {
+    commonware_runtime::tokio::Runner::default().start(|context| async move {
+        let committee = TestCommittee::new(b"TEMPO", 7, 4);
+        let chain = MemoryChain::default();
+        for height in 1..=3 {
+            chain.insert(certified(&committee, height));
         }
-    );
+        let feed = FeedState::default();
+        let server = serve(chain.clone(), feed.clone()).await;
+        let addr = server.local_addr;
 
-    // On connecting, the upstream's latest finalization is announced as an event.
-    assert_eq!(
-        finalized(next_notification(&mut notifications).await),
-        chain.certified_at(3).await.expect("reads").expect("stored")
-    );
+        let (sender, mut notifications) = mpsc::channel(64);
+        let (actor, mailbox) =
+            upstream::init(fast_config(addr.to_string()), sender).expect("valid url");
+        let handle = context
+            .child("upstream")
+            .spawn(|context| actor.run(context));
+        assert_eq!(
+            next_notification(&mut notifications).await,
+            Notification::Connected {
+                url: format!("ws://{addr}")
+            }
+        );
 
-    // Events are forwarded as they are published.
-    let fourth = certified(&committee, 4);
-    chain.insert(fourth.clone());
-    feed.publish_finalized(fourth.clone());
-    assert_eq!(
-        finalized(next_notification(&mut notifications).await),
-        fourth
-    );
+        // On connecting, the upstream's latest finalization is announced as an event.
+        assert_eq!(
+            finalized(next_notification(&mut notifications).await),
+            chain.certified_at(3).await.expect("reads").expect("stored")
+        );
 
-    // Requests: present, missing, and blocks by hash with their bodies.
-    let second = mailbox
-        .get_finalization(2)
-        .await
-        .expect("answers")
-        .expect("height 2 is served");
-    assert_eq!(
-        second,
-        chain.certified_at(2).await.expect("reads").expect("stored")
-    );
-    assert_eq!(mailbox.get_finalization(99).await.expect("answers"), None);
-    let block = second.block.expect("block");
-    assert_eq!(
-        mailbox.get_block(block.hash()).await.expect("answers"),
-        Some(block)
-    );
-    assert_eq!(
-        mailbox
-            .get_block(Digest::from([9u8; 32]))
+        // Events are forwarded as they are published.
+        let fourth = certified(&committee, 4);
+        chain.insert(fourth.clone());
+        feed.publish_finalized(fourth.clone());
+        assert_eq!(
+            finalized(next_notification(&mut notifications).await),
+            fourth
+        );
+
+        // Requests: present, missing, and blocks by hash with their bodies.
+        let second = mailbox
+            .get_finalization(2)
             .await
-            .expect("answers"),
-        None
-    );
+            .expect("answers")
+            .expect("height 2 is served");
+        assert_eq!(
+            second,
+            chain.certified_at(2).await.expect("reads").expect("stored")
+        );
+        assert_eq!(mailbox.get_finalization(99).await.expect("answers"), None);
+        let block = second.block.expect("block");
+        assert_eq!(
+            mailbox.get_block(block.hash()).await.expect("answers"),
+            Some(block)
+        );
+        assert_eq!(
+            mailbox
+                .get_block(Digest::from([9u8; 32]))
+                .await
+                .expect("answers"),
+            None
+        );
 
-    // The server goes away: the actor says so, refuses requests meanwhile, and comes back.
-    server.handle.stop().expect("stops");
-    server.handle.stopped().await;
-    let Notification::Disconnected { .. } = next_notification(&mut notifications).await else {
-        panic!("expected a disconnection");
-    };
-    assert_eq!(
-        mailbox.get_finalization(1).await,
-        Err(UpstreamError::NotConnected)
-    );
-    let server = cairn_feed::start(
-        &addr.to_string(),
-        chain.clone(),
-        feed.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("server restarts on the same port");
-    loop {
-        match next_notification(&mut notifications).await {
-            Notification::Connected { .. } => break,
-            Notification::Disconnected { .. } => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    // The tip is announced again after reconnecting.
-    assert_eq!(
-        finalized(next_notification(&mut notifications).await),
-        fourth
-    );
-    let fifth = certified(&committee, 5);
-    chain.insert(fifth.clone());
-    feed.publish_finalized(fifth.clone());
-    assert_eq!(
-        finalized(next_notification(&mut notifications).await),
-        fifth
-    );
-
-    // Dropping every handle and the receiver stops the actor.
-    drop(mailbox);
-    drop(notifications);
-    tokio::time::timeout(Duration::from_secs(10), handle)
+        // The server goes away: the actor says so, refuses requests meanwhile, and comes back.
+        server.handle.stop().expect("stops");
+        server.handle.stopped().await;
+        let Notification::Disconnected { .. } = next_notification(&mut notifications).await else {
+            panic!("expected a disconnection");
+        };
+        assert_eq!(
+            mailbox.get_finalization(1).await,
+            Err(UpstreamError::NotConnected)
+        );
+        let server = cairn_feed::start(
+            &addr.to_string(),
+            chain.clone(),
+            feed.clone(),
+            RpcConfig::default(),
+        )
         .await
-        .expect("the actor stops")
-        .expect("the actor does not panic");
-    server.handle.stop().expect("stops");
+        .expect("server restarts on the same port");
+        loop {
+            match next_notification(&mut notifications).await {
+                Notification::Connected { .. } => break,
+                Notification::Disconnected { .. } => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The tip is announced again after reconnecting.
+        assert_eq!(
+            finalized(next_notification(&mut notifications).await),
+            fourth
+        );
+        let fifth = certified(&committee, 5);
+        chain.insert(fifth.clone());
+        feed.publish_finalized(fifth.clone());
+        assert_eq!(
+            finalized(next_notification(&mut notifications).await),
+            fifth
+        );
+
+        // Dropping every handle and the receiver stops the actor.
+        drop(mailbox);
+        drop(notifications);
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the actor stops")
+            .expect("the actor does not panic");
+        server.handle.stop().expect("stops");
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_over_the_size_limit_is_reported_as_invalid_data_and_the_connection_reopened() {
-    let committee = TestCommittee::new(b"TEMPO", 8, 4);
-    let chain = MemoryChain::default();
-    let feed = FeedState::default();
-    let server = serve(chain.clone(), feed.clone()).await;
-    let limit = 1024;
-    let mut config = fast_config(server.local_addr.to_string());
-    config.client.max_response_size = limit;
-    let (sender, mut notifications) = mpsc::channel(64);
-    let (actor, _mailbox) = upstream::init(config, sender).expect("valid url");
-    let handle = tokio::spawn(actor.run());
-    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
-        panic!("expected a connection");
-    };
+#[test]
+fn an_event_over_the_size_limit_is_reported_as_invalid_data_and_the_connection_reopened() {
+    commonware_runtime::tokio::Runner::default().start(|context| async move {
+        let committee = TestCommittee::new(b"TEMPO", 8, 4);
+        let chain = MemoryChain::default();
+        let feed = FeedState::default();
+        let server = serve(chain.clone(), feed.clone()).await;
+        let limit = 1024;
+        let mut config = fast_config(server.local_addr.to_string());
+        config.client.max_response_size = limit;
+        let (sender, mut notifications) = mpsc::channel(64);
+        let (actor, _mailbox) = upstream::init(config, sender).expect("valid url");
+        let handle = context
+            .child("upstream")
+            .spawn(|context| actor.run(context));
+        let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+            panic!("expected a connection");
+        };
 
-    let big = certified(&committee, 1);
-    let event = serde_json::to_vec(&Event::Finalized {
-        block: big.clone(),
-        seen: 0,
-    })
-    .expect("serializes");
-    assert!(
-        event.len() > limit as usize,
-        "the event is {} bytes",
-        event.len()
-    );
-    feed.publish_finalized(big);
-    assert_eq!(
-        next_notification(&mut notifications).await,
-        Notification::Invalid {
-            what: format!("a message over the {limit}-byte limit")
-        }
-    );
-    let Notification::Disconnected { reason } = next_notification(&mut notifications).await else {
-        panic!("expected a disconnection");
-    };
-    assert!(reason.contains("too large"), "{reason}");
-    // The connection is reopened: a dropped connection is not a reason to stop following.
-    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
-        panic!("expected a reconnection");
-    };
-    handle.abort();
-    server.handle.stop().expect("stops");
+        let big = certified(&committee, 1);
+        let event = serde_json::to_vec(&Event::Finalized {
+            block: big.clone(),
+            seen: 0,
+        })
+        .expect("serializes");
+        assert!(
+            event.len() > limit as usize,
+            "the event is {} bytes",
+            event.len()
+        );
+        feed.publish_finalized(big);
+        assert_eq!(
+            next_notification(&mut notifications).await,
+            Notification::Invalid {
+                what: format!("a message over the {limit}-byte limit")
+            }
+        );
+        let Notification::Disconnected { reason } = next_notification(&mut notifications).await
+        else {
+            panic!("expected a disconnection");
+        };
+        assert!(reason.contains("too large"), "{reason}");
+        // The connection is reopened: a dropped connection is not a reason to stop following.
+        let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+            panic!("expected a reconnection");
+        };
+        handle.abort();
+        server.handle.stop().expect("stops");
+    });
 }
 
 /// A chain whose blocks by hash are the wrong blocks.
@@ -233,30 +243,34 @@ impl ChainReader for LyingChain {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_block_with_the_wrong_hash_is_refused() {
-    let committee = TestCommittee::new(b"TEMPO", 8, 4);
-    let chain = MemoryChain::default();
-    chain.insert(certified(&committee, 1));
-    let impostor = test_block(2, 0, 2, Vec::new());
-    let server = serve(LyingChain(chain, impostor.clone()), FeedState::default()).await;
-    let (sender, mut notifications) = mpsc::channel(8);
-    let (actor, mailbox) =
-        upstream::init(fast_config(server.local_addr.to_string()), sender).expect("valid url");
-    let handle = tokio::spawn(actor.run());
-    let Notification::Connected { .. } = next_notification(&mut notifications).await else {
-        panic!("expected a connection");
-    };
-    let requested = Digest::from([1u8; 32]);
-    assert_eq!(
-        mailbox.get_block(requested).await,
-        Err(UpstreamError::HashMismatch {
-            requested,
-            got: impostor.hash()
-        })
-    );
-    handle.abort();
-    server.handle.stop().expect("stops");
+#[test]
+fn a_block_with_the_wrong_hash_is_refused() {
+    commonware_runtime::tokio::Runner::default().start(|context| async move {
+        let committee = TestCommittee::new(b"TEMPO", 8, 4);
+        let chain = MemoryChain::default();
+        chain.insert(certified(&committee, 1));
+        let impostor = test_block(2, 0, 2, Vec::new());
+        let server = serve(LyingChain(chain, impostor.clone()), FeedState::default()).await;
+        let (sender, mut notifications) = mpsc::channel(8);
+        let (actor, mailbox) =
+            upstream::init(fast_config(server.local_addr.to_string()), sender).expect("valid url");
+        let handle = context
+            .child("upstream")
+            .spawn(|context| actor.run(context));
+        let Notification::Connected { .. } = next_notification(&mut notifications).await else {
+            panic!("expected a connection");
+        };
+        let requested = Digest::from([1u8; 32]);
+        assert_eq!(
+            mailbox.get_block(requested).await,
+            Err(UpstreamError::HashMismatch {
+                requested,
+                got: impostor.hash()
+            })
+        );
+        handle.abort();
+        server.handle.stop().expect("stops");
+    });
 }
 
 #[test]
@@ -276,9 +290,9 @@ fn urls_that_cannot_be_followed_are_refused() {
 #[test]
 fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
     use crate::upstream::{UpstreamRequests, in_process};
-    use commonware_runtime::{Runner, deterministic};
+    use commonware_runtime::deterministic;
 
-    deterministic::Runner::seeded(3).start(|_context| async move {
+    deterministic::Runner::seeded(3).start(|context| async move {
         let committee = TestCommittee::new(b"TEMPO", 9, 4);
         let chain = MemoryChain::default();
         let first = certified(&committee, 1);
@@ -332,7 +346,7 @@ fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
             drop(notifications);
             feed.publish_finalized(certified(&committee, 13));
         };
-        futures::join!(actor.run(), consumer);
+        futures::join!(actor.run(context.child("upstream")), consumer);
     });
 }
 

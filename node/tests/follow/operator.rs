@@ -308,7 +308,7 @@ async fn metrics_status_page_and_status_command_follow_a_devnet_through_a_full_d
     assert!(required(&first, "verified_height", &[]) >= height);
     let lag = required(&first, "lag", &[]);
     assert!(lag <= 10.0, "lag {lag}");
-    assert_eq!(required(&first, "identity_rotations", &[]), 1.0);
+    assert_eq!(required(&first, "identity_rotations_total", &[]), 1.0);
     let upstream = format!("ws://{}", devnet.addr);
     assert_eq!(
         required(&first, "upstream_connected", &[("url", &upstream)]),

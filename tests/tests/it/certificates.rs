@@ -74,7 +74,7 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
         );
         context
             .child("upstream")
-            .spawn(|_| async move { actor.run().await });
+            .spawn(|context| actor.run(context));
         requests.push((name, handle));
     }
     let config = EngineConfig {
@@ -586,7 +586,7 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
         let (actor, requests) = in_process::init("devnet", 0, feed.clone(), chain, notifications);
         context
             .child("upstream")
-            .spawn(|_| async move { actor.run().await });
+            .spawn(|context| actor.run(context));
         let follower = Engine::init(
             context.child("follower"),
             config,

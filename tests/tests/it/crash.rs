@@ -606,9 +606,7 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
             let (notifications, _receiver) = tokio::sync::mpsc::channel(16);
             let (actor, requests) =
                 in_process::init(label, 0, FeedState::default(), memory, notifications);
-            context
-                .child(label)
-                .spawn(|_| async move { actor.run().await });
+            context.child(label).spawn(|context| actor.run(context));
             Sources::single(label, requests)
         };
         let height = 62;
@@ -700,7 +698,7 @@ fn a_datadir_holding_another_block_at_a_trusted_height_refuses_to_start() {
         );
         context
             .child("upstream")
-            .spawn(|_| async move { actor.run().await });
+            .spawn(|context| actor.run(context));
         let started = Engine::init(
             context.child("a"),
             config(&trusting),

@@ -77,7 +77,7 @@ pub(crate) async fn follow_with<E: EngineContext, C: ChainReader>(
     let (actor, requests) = in_process::init(label, 0, feed, chain, notifications);
     context
         .child("upstream")
-        .spawn(|_| async move { actor.run().await });
+        .spawn(|context| actor.run(context));
     let sources = Sources::single(label, requests);
     Engine::init(
         context.child(label),

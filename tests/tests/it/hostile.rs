@@ -204,7 +204,7 @@ fn hostile_events_are_rejected_by_name_and_nothing_reaches_the_stores() {
             in_process::init("upstream", 0, feed.clone(), memory, notifications);
         context
             .child("upstream")
-            .spawn(|_| async move { actor.run().await });
+            .spawn(|context| actor.run(context));
         let follower: Engine<_> = Engine::init(
             context.child("follower"),
             EngineConfig {

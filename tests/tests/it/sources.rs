@@ -428,7 +428,7 @@ async fn follow_sources<E: EngineContext>(
         let (actor, upstream) = in_process::init(name, source, feed, chain, notifications.clone());
         context
             .child("upstream")
-            .spawn(|_| async move { actor.run().await });
+            .spawn(|context| actor.run(context));
         requests.push((name.to_string(), upstream));
     }
     let config = EngineConfig {
