@@ -3,12 +3,16 @@
 //! and a DKG outcome in every epoch's last block (reshares by default, full DKGs at configured
 //! epochs), real signed transactions in every block, kept on disk so a restart continues the same chain.
 
+pub mod ceremony;
 pub mod faults;
 mod producer;
 mod secrets;
+mod signer;
 mod store;
 pub mod transactions;
 
 pub use cairn_storage::StoreContext;
+pub use ceremony::{CeremonyError, CeremonyOutput, full_dkg, reshare, trusted_deal};
 pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};
+pub use signer::{CommitteeSigner, SignerError};
 pub use store::{ChainStore, StoreError};

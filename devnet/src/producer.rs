@@ -5,6 +5,10 @@
 //! the outcome into the block's `extraData`.
 
 use crate::{
+    ceremony::{CeremonyError, committee_set},
+    signer::{CommitteeSigner, SignerError},
+};
+use crate::{
     secrets::{
         ChainParams, EpochSecrets, PARAMS_KEY, POOL_KEY, Pool, decode_record, encode_record,
     },
@@ -13,14 +17,8 @@ use crate::{
 };
 use alloy_eips::eip4895::Withdrawals;
 use alloy_primitives::{Address, B64, B256, Bytes, U256, keccak256};
-use cairn_dkg::{
-    CeremonyError, DkgOutcome, Identity, NextCeremony, OutcomeLayout, OutcomeLimits,
-    ceremony::committee_set,
-};
-use cairn_epoch::{
-    ChainProfile, CommitteeSigner, EpochStrategy, Finalization, InvalidEpochLength, SignerError,
-    certified_block,
-};
+use cairn_dkg::{DkgOutcome, Identity, NextCeremony, OutcomeLayout, OutcomeLimits};
+use cairn_epoch::{ChainProfile, EpochStrategy, Finalization, InvalidEpochLength, certified_block};
 use cairn_feed::FeedState;
 use cairn_primitives::{Block, Body, ProposerKey, TempoConsensusContext, TempoHeader};
 use cairn_storage::StoreContext;
@@ -410,7 +408,7 @@ async fn create_genesis<E: StoreContext>(
     millis: u64,
 ) -> Result<Block, DevnetError> {
     let keys = committee_keys(pool, config.committee, 0);
-    let ceremony = cairn_dkg::trusted_deal(rng, &keys)
+    let ceremony = crate::ceremony::trusted_deal(rng, &keys)
         .map_err(|error| DevnetError::Ceremony { epoch: 0, error })?;
     let secrets = EpochSecrets {
         outcome: DkgOutcome {
@@ -700,7 +698,7 @@ impl<E: StoreContext> Devnet<E> {
         let players = self.committee_keys(next);
         let mut rng = rng_for(self.config.seed, Draw::Ceremony(next), &mut self.rng);
         let ceremony = if self.config.full_dkg_at_epochs.contains(&next) {
-            cairn_dkg::full_dkg(&mut rng, &self.config.namespace, next, &dealers, &players)
+            crate::ceremony::full_dkg(&mut rng, &self.config.namespace, next, &dealers, &players)
         } else {
             let dealers = dealers
                 .into_iter()
@@ -709,7 +707,7 @@ impl<E: StoreContext> Devnet<E> {
                     Some((key, share))
                 })
                 .collect::<Vec<_>>();
-            cairn_dkg::reshare(
+            crate::ceremony::reshare(
                 &mut rng,
                 &self.config.namespace,
                 next,

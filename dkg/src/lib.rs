@@ -1,10 +1,8 @@
-//! DKG for cairn: the on-chain DKG outcome with Tempo's exact byte layout, and in-memory
-//! ceremonies (trusted deal, reshare, full DKG) that produce real outcomes and shares.
+//! DKG for cairn: the on-chain DKG outcome with Tempo's exact byte layout, as a follower reads
+//! it. The ceremonies that produce outcomes live with the chains that run them (the devnet).
 
-pub mod ceremony;
 mod outcome;
 
-pub use ceremony::{CeremonyError, CeremonyOutput, full_dkg, reshare, trusted_deal};
 pub use outcome::{
     DkgOutcome, Identity, NextCeremony, OutcomeError, OutcomeFork, OutcomeLayout, OutcomeLimits,
 };

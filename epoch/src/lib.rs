@@ -1,12 +1,12 @@
 //! Epochs for cairn: the fixed-length epoch strategy, the epoch -> verifier registry
-//! ([`SchemeProvider`]), chain profiles, and the [`FinalizationVerifier`] that checks a
-//! certified block in the order DESIGN.md fixes, and the [`IdentityLedger`] that learns every
-//! epoch's identity from genesis through the boundary blocks.
+//! ([`SchemeProvider`]), chain profiles, the [`FinalizationVerifier`] that checks a certified
+//! block in the verification order `docs/sync-and-trust.md` gives, and the [`IdentityLedger`]
+//! that learns every epoch's identity from genesis through the boundary blocks. The committee
+//! side (ceremonies and the signer that makes certificates) is the devnet's.
 
 mod ledger;
 mod profile;
 mod provider;
-mod signer;
 mod strategy;
 mod verifier;
 
@@ -22,7 +22,6 @@ pub use provider::{
     DEFAULT_MAX_EPOCHS, EpochVerifier, FinalizationScheme, IdentitySource, RegisterError,
     Registration, SchemeProvider,
 };
-pub use signer::{CommitteeSigner, SignerError};
 pub use strategy::{EpochStrategy, InvalidEpochLength};
 pub use verifier::{
     Finalization, FinalizationVerifier, MAX_CERTIFICATE_BYTES, MalformedError, VerifiedBlock,

@@ -3,9 +3,10 @@
 //! in-memory chain readers, and an allocation meter for decoder tests.
 
 use alloy_primitives::{B256, Bytes};
+use cairn_devnet::{CeremonyOutput, CommitteeSigner, trusted_deal};
+use cairn_dkg::DkgOutcome;
 use cairn_dkg::Identity;
-use cairn_dkg::{CeremonyOutput, DkgOutcome, trusted_deal};
-use cairn_epoch::{ChainProfile, CommitteeSigner, FinalizationVerifier, encode_certificate};
+use cairn_epoch::{ChainProfile, FinalizationVerifier, encode_certificate};
 use cairn_feed::{ChainReader, ReadError};
 use cairn_primitives::{
     Block, Body, CertifiedBlock, ProposerKey, TempoConsensusContext, TempoHeader,

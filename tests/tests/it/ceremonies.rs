@@ -2,10 +2,11 @@
 //! it, certificates from a quorum of shares verify under the identity alone, and a verifier that
 //! starts from genesis follows the rotations through boundary blocks.
 
-use cairn_dkg::{DkgOutcome, NextCeremony, full_dkg, reshare, trusted_deal};
+use cairn_devnet::{SignerError, full_dkg, reshare, trusted_deal};
+use cairn_dkg::{DkgOutcome, NextCeremony};
 use cairn_epoch::{
     EpochStrategy, FinalizationScheme, FinalizationVerifier, IdentitySource, SchemeProvider,
-    SignerError, VerifyError, decode_certificate,
+    VerifyError, decode_certificate,
 };
 use cairn_tests::{TestCommittee, keys, test_block};
 use commonware_codec::Encode;
@@ -158,7 +159,7 @@ proptest! {
     fn outcome_round_trip(seed in 0u64..1_000, n in 1usize..10, epoch in any::<u64>(), full in any::<bool>(), next in 1usize..10) {
         let players = keys(seed, n);
         let ceremony = trusted_deal(&mut rng(seed), &players).expect("deal");
-        let next_players = cairn_dkg::ceremony::committee_set(&keys(seed + 1, next)).expect("set");
+        let next_players = cairn_devnet::ceremony::committee_set(&keys(seed + 1, next)).expect("set");
         let outcome = DkgOutcome { epoch, output: ceremony.output, next: Some(NextCeremony { players: next_players, full_dkg: full }) };
         let bytes = outcome.to_bytes();
         let decoded = DkgOutcome::decode(&bytes).expect("decodes");
@@ -336,7 +337,7 @@ fn shares_that_do_not_fit_the_committee_are_refused() {
             first.private.clone(),
         ),
     );
-    let err = cairn_epoch::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares)
+    let err = cairn_devnet::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares)
         .expect_err("index out of range");
     assert_eq!(err, SignerError::ShareMismatch(keys[0].to_string()));
 
@@ -346,7 +347,7 @@ fn shares_that_do_not_fit_the_committee_are_refused() {
     shares.insert(keys[0].clone(), b);
     shares.insert(keys[1].clone(), a);
     assert!(matches!(
-        cairn_epoch::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares),
+        cairn_devnet::CommitteeSigner::new(NAMESPACE, &committee.ceremony.output, &shares),
         Err(SignerError::ShareMismatch(_))
     ));
 }

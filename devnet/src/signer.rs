@@ -1,9 +1,9 @@
 //! The committee side of finalization: each member signs a finalize vote with its own share, and
 //! a quorum of votes is assembled into the recovered threshold certificate that
-//! [`crate::FinalizationVerifier`] checks. Used by the devnet, tests and benchmarks; the group
+//! [`cairn_epoch::FinalizationVerifier`] checks. Used by the devnet, tests and benchmarks; the group
 //! secret is never reconstructed.
 
-use crate::{Finalization, provider::FinalizationScheme};
+use cairn_epoch::{Finalization, FinalizationScheme};
 use cairn_primitives::Digest;
 use commonware_consensus::{
     simplex::types::{Finalize, Proposal},
