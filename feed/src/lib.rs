@@ -4,6 +4,7 @@
 //! follow it.
 
 pub mod explain;
+pub mod methods;
 pub mod page;
 pub mod public;
 pub mod rpc;

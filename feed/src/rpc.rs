@@ -797,6 +797,34 @@ pub struct RunningServer {
 /// (half-open, or a client that connected and stalled) is closed then, and its slot freed.
 pub const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Every method the server answers: the `consensus` and block APIs, `cairn_status` and
+/// `cairn_explain`.
+fn methods<C: ChainReader>(
+    chain: C,
+    feed: FeedState,
+    chain_id: Option<u64>,
+    queued_bytes: usize,
+    status: Option<StatusSource>,
+) -> Result<jsonrpsee::Methods, StartError> {
+    let register =
+        |err: jsonrpsee::core::RegisterMethodError| StartError::Register(err.to_string());
+    let handlers = RpcHandlers::new(chain.clone(), feed, chain_id, queued_bytes);
+    let mut module = ConsensusApiServer::into_rpc(handlers.clone());
+    module
+        .merge(BlockApiServer::into_rpc(handlers))
+        .map_err(register)?;
+    let mut status = RpcModule::new(status);
+    status
+        .register_method(STATUS_METHOD, |_, source, _| match source.as_ref() {
+            Some(source) => Ok((source.0)()),
+            None => Err(missing("this node serves no status")),
+        })
+        .map_err(register)?;
+    module.merge(status).map_err(register)?;
+    module.merge(explain_module(chain)).map_err(register)?;
+    Ok(module.into())
+}
+
 /// Starts the server on `addr` (WebSocket and HTTP on the same port).
 ///
 /// The server accepts at most `max_connections` connections at once: past that it stops
@@ -831,25 +859,13 @@ pub async fn start<C: ChainReader>(
                 .option_layer(config.public_node.map(crate::public::PublicNodeLayer::new)),
         )
         .to_service_builder();
-    let handlers = RpcHandlers::new(chain.clone(), feed, config.chain_id, config.queued_bytes);
-    let mut module = ConsensusApiServer::into_rpc(handlers.clone());
-    module
-        .merge(BlockApiServer::into_rpc(handlers))
-        .map_err(|err| StartError::Register(err.to_string()))?;
-    let mut status = RpcModule::new(config.status);
-    status
-        .register_method(STATUS_METHOD, |_, source, _| match source.as_ref() {
-            Some(source) => Ok((source.0)()),
-            None => Err(missing("this node serves no status")),
-        })
-        .map_err(|err| StartError::Register(err.to_string()))?;
-    module
-        .merge(status)
-        .map_err(|err| StartError::Register(err.to_string()))?;
-    module
-        .merge(explain_module(chain))
-        .map_err(|err| StartError::Register(err.to_string()))?;
-    let methods: jsonrpsee::Methods = module.into();
+    let methods = methods(
+        chain,
+        feed,
+        config.chain_id,
+        config.queued_bytes,
+        config.status,
+    )?;
     let (stop, handle) = jsonrpsee::server::stop_channel();
     let slots = Arc::new(tokio::sync::Semaphore::new(
         usize::try_from(config.max_connections.max(1)).unwrap_or(usize::MAX),
@@ -894,4 +910,57 @@ pub async fn start<C: ChainReader>(
     });
     info!(%local_addr, "rpc server listening (ws and http)");
     Ok(RunningServer { local_addr, handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::methods;
+    use crate::{FeedState, ReadError, methods::ALL};
+
+    /// A chain with nothing in it: only the method table is looked at.
+    #[derive(Clone)]
+    struct Empty;
+
+    impl crate::ChainReader for Empty {
+        fn finalized_height(&self) -> Option<u64> {
+            None
+        }
+
+        async fn certified_at(
+            &self,
+            _height: u64,
+        ) -> Result<Option<cairn_primitives::CertifiedBlock>, ReadError> {
+            Ok(None)
+        }
+
+        async fn block_at(
+            &self,
+            _height: u64,
+        ) -> Result<Option<cairn_primitives::Block>, ReadError> {
+            Ok(None)
+        }
+
+        async fn block_by_hash(
+            &self,
+            _hash: cairn_primitives::Digest,
+        ) -> Result<Option<cairn_primitives::Block>, ReadError> {
+            Ok(None)
+        }
+
+        async fn transaction_by_hash(
+            &self,
+            _hash: alloy_primitives::B256,
+        ) -> Result<Option<(cairn_primitives::Block, usize)>, ReadError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn the_server_answers_every_method_name_the_client_calls() {
+        let methods = methods(Empty, FeedState::default(), None, 1024, None).expect("registers");
+        let served: Vec<&str> = methods.method_names().collect();
+        for name in ALL {
+            assert!(served.contains(&name), "{name} is not served: {served:?}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use super::{
 };
 use alloy_primitives::{B256, Bytes, U64};
 use cairn_epoch::{BoundarySource, SourceError};
+use cairn_feed::methods;
 use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use jsonrpsee::{
@@ -441,13 +442,9 @@ impl UpstreamClient {
             ));
         };
         client
-            .subscribe(
-                "consensus_subscribe",
-                rpc_params![],
-                "consensus_unsubscribe",
-            )
+            .subscribe(methods::SUBSCRIBE, rpc_params![], methods::UNSUBSCRIBE)
             .await
-            .map_err(|err| call_error("consensus_subscribe", err))
+            .map_err(|err| call_error(methods::SUBSCRIBE, err))
     }
 
     /// Resolves when a WebSocket connection drops (never for HTTP).
@@ -488,12 +485,12 @@ impl UpstreamClient {
 
     async fn certified(&self, query: Query) -> Result<Option<CertifiedBlock>, UpstreamError> {
         let mut certified: CertifiedBlock = match self
-            .request("consensus_getFinalization", rpc_params![query])
+            .request(methods::GET_FINALIZATION, rpc_params![query])
             .await
         {
             Ok(certified) => certified,
             Err(err) if is_missing(&err) => return Ok(None),
-            Err(err) => return Err(call_error("consensus_getFinalization", err)),
+            Err(err) => return Err(call_error(methods::GET_FINALIZATION, err)),
         };
         if certified.block.is_none() {
             let height = match (query, certified.height) {
@@ -516,8 +513,8 @@ impl UpstreamClient {
     /// `eth_getBlockByNumber [n, true]` once the upstream refused `debug_*` (as public nodes
     /// do); block by block from an upstream that takes no batches.
     pub async fn get_blocks(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
-        const RAW: &str = "debug_getRawBlock";
-        const BY_NUMBER: &str = "eth_getBlockByNumber";
+        const RAW: &str = methods::GET_RAW_BLOCK;
+        const BY_NUMBER: &str = methods::GET_BLOCK_BY_NUMBER;
         if first > last {
             return Ok(Vec::new());
         }
@@ -613,8 +610,8 @@ impl UpstreamClient {
         &self,
         heights: &[u64],
     ) -> Result<Vec<Option<String>>, UpstreamError> {
-        const HEADER: &str = "consensus_getFinalizedHeader";
-        const FULL: &str = "consensus_getFinalization";
+        const HEADER: &str = methods::GET_FINALIZED_HEADER;
+        const FULL: &str = methods::GET_FINALIZATION;
         let method = if self.manners.no_finalized_headers.load(Ordering::Relaxed) {
             FULL
         } else {
@@ -722,14 +719,20 @@ impl UpstreamClient {
     async fn fetch_block(&self, block: BlockRef) -> Result<Option<Block>, UpstreamError> {
         let (method, answer) = match block {
             BlockRef::Hash(hash) => (
-                "eth_getBlockByHash",
-                self.request::<Option<RpcBlock>>("eth_getBlockByHash", rpc_params![hash, true])
-                    .await,
+                methods::GET_BLOCK_BY_HASH,
+                self.request::<Option<RpcBlock>>(
+                    methods::GET_BLOCK_BY_HASH,
+                    rpc_params![hash, true],
+                )
+                .await,
             ),
             BlockRef::Number(number) => (
-                "eth_getBlockByNumber",
-                self.request::<Option<RpcBlock>>("eth_getBlockByNumber", rpc_params![number, true])
-                    .await,
+                methods::GET_BLOCK_BY_NUMBER,
+                self.request::<Option<RpcBlock>>(
+                    methods::GET_BLOCK_BY_NUMBER,
+                    rpc_params![number, true],
+                )
+                .await,
             ),
         };
         match answer {
@@ -756,10 +759,10 @@ impl UpstreamClient {
         &self,
         id: impl serde::Serialize + Send,
     ) -> Result<Option<Block>, UpstreamError> {
-        let raw: Bytes = match self.request("debug_getRawBlock", rpc_params![id]).await {
+        let raw: Bytes = match self.request(methods::GET_RAW_BLOCK, rpc_params![id]).await {
             Ok(raw) => raw,
             Err(err) if is_missing(&err) => return Ok(None),
-            Err(err) => return Err(call_error("debug_getRawBlock", err)),
+            Err(err) => return Err(call_error(methods::GET_RAW_BLOCK, err)),
         };
         Block::decode_raw_rlp(&raw)
             .map(Some)
@@ -779,7 +782,7 @@ fn decode_raw_blocks(
     first: u64,
     answers: Vec<Result<Bytes, ErrorObjectOwned>>,
 ) -> Result<Vec<Block>, UpstreamError> {
-    const METHOD: &str = "debug_getRawBlock";
+    const METHOD: &str = methods::GET_RAW_BLOCK;
     let mut blocks = Vec::with_capacity(answers.len());
     for (height, answer) in (first..).zip(answers) {
         let raw = match answer {
