@@ -19,7 +19,7 @@ pub enum StartFrom {
     Target(CheckpointTarget),
     /// A checkpoint verified beforehand; nothing about it is read from or written to the
     /// checkpoint store.
-    Checkpoint(Checkpoint),
+    Checkpoint(Box<Checkpoint>),
 }
 
 impl Default for StartFrom {

@@ -261,7 +261,7 @@ pub(super) async fn resolve<E: EngineContext, U: UpstreamRequests>(
                 from: StartedFrom::Given {
                     height: checkpoint.height(),
                 },
-                checkpoint: Some(checkpoint.clone()),
+                checkpoint: Some((**checkpoint).clone()),
                 identities: Vec::new(),
             });
         }

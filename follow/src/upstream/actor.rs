@@ -167,7 +167,7 @@ impl<T: Transport> Actor<T> {
             tokio::select! {
                 item = incoming.next() => match item {
                     Some(Incoming::Event(event)) => {
-                        if !self.notify(Notification::Event(Box::new(event))).await {
+                        if !self.notify(Notification::Event(event)).await {
                             return Ended::Stop;
                         }
                     }

@@ -37,7 +37,10 @@ impl<C: ChainReader + Clone> Transport for InProcess<C> {
         let incoming = futures::stream::unfold(Some(events), |events| async move {
             let mut events = events?;
             match events.recv().await {
-                Ok(published) => Some((Incoming::Event(published.event.clone()), Some(events))),
+                Ok(published) => Some((
+                    Incoming::Event(Box::new(published.event.clone())),
+                    Some(events),
+                )),
                 Err(RecvError::Lagged(skipped)) => Some((
                     Incoming::Lost {
                         reason: format!("fell {skipped} events behind the feed"),

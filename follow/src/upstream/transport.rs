@@ -11,8 +11,8 @@ use std::{future::Future, sync::Arc};
 /// What a connection delivers, in order.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A consensus event (unverified).
-    Event(Event),
+    /// A consensus event (unverified; boxed, as blocks are large).
+    Event(Box<Event>),
     /// An event that does not parse, described.
     Unparsable(String),
     /// The connection ended.
@@ -79,7 +79,7 @@ impl Transport for WebSocket {
             let (client, mut subscription) = state?;
             let item = tokio::select! {
                 event = subscription.next() => match event {
-                    Some(Ok(event)) => Incoming::Event(event),
+                    Some(Ok(event)) => Incoming::Event(Box::new(event)),
                     Some(Err(err)) => Incoming::Unparsable(err.to_string()),
                     None if !client.is_connected() => {
                         let disconnect = client.disconnected().await;

@@ -91,16 +91,7 @@ async fn follow<E: EngineContext, C: ChainReader + Clone>(
         ..EngineConfig::new(profile.clone())
     };
     let sources = Sources::new(requests, QuarantineConfig::default());
-    Engine::init(
-        context.child(label),
-        config,
-        Upstreams {
-            notifications: receiver,
-            sources: sources,
-        },
-    )
-    .await
-    .expect("the follower starts")
+    cairn_tests::start_follower(context, label, config, receiver, sources).await
 }
 
 /// Waits (in simulated time, up to thirty minutes: a liar's quarantines double up to ten
@@ -566,11 +557,11 @@ fn history_backfilled_under_a_checkpoint_gets_its_certificates_too() {
         let epoch = profile.epochs.epoch_of(at).get();
         let config = EngineConfig {
             partition_prefix: "follow-backfilled".into(),
-            start: StartFrom::Checkpoint(Checkpoint {
+            start: StartFrom::Checkpoint(Box::new(Checkpoint {
                 block: checkpoint.block.clone().expect("block"),
                 finalization: decode_certificate(&checkpoint.certificate).expect("decodes"),
                 identities: vec![(epoch, identities[&epoch])],
-            }),
+            })),
             backfill: true,
             catch_up: CatchUpConfig {
                 min_gap: 1,

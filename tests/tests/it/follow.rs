@@ -8,7 +8,7 @@ use cairn_devnet::{Devnet, DevnetConfig};
 use cairn_epoch::ChainProfile;
 use cairn_feed::{ChainReader, FeedState};
 use cairn_follow::{
-    Engine, EngineConfig, Upstreams,
+    Engine, EngineConfig,
     engine::EngineContext,
     sync::catchup::{CatchUpConfig, VerifyPolicy},
     upstream::{Sources, in_process},
@@ -79,16 +79,7 @@ pub(crate) async fn follow_with<E: EngineContext, C: ChainReader>(
         .child("upstream")
         .spawn(|context| actor.run(context));
     let sources = Sources::single(label, requests);
-    Engine::init(
-        context.child(label),
-        config,
-        Upstreams {
-            notifications: receiver,
-            sources: sources,
-        },
-    )
-    .await
-    .expect("the follower starts")
+    cairn_tests::start_follower(context, label, config, receiver, sources).await
 }
 
 /// Waits (in simulated time) until `follower` has executed `height`.
