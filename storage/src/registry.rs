@@ -528,6 +528,17 @@ mod tests {
         keypair::<_, MinSig>(&mut StdRng::seed_from_u64(seed)).1
     }
 
+    /// The registry in partition `epochs`, opened in a child context labelled `label`.
+    async fn open(
+        context: &deterministic::Context,
+        label: &'static str,
+        keep: std::num::NonZeroUsize,
+    ) -> EpochRegistry<deterministic::Context> {
+        EpochRegistry::open(context.child(label), "epochs", keep)
+            .await
+            .expect("opens")
+    }
+
     fn new_provider() -> SchemeProvider {
         SchemeProvider::new(b"TEMPO", NZUsize!(16))
     }
@@ -535,9 +546,7 @@ mod tests {
     #[test]
     fn registered_keys_survive_a_restart_and_only_the_newest_kept_epochs_stay() {
         deterministic::Runner::default().start(|context| async move {
-            let registry = EpochRegistry::open(context.child("a"), "epochs", NZUsize!(3))
-                .await
-                .expect("opens");
+            let registry = open(&context, "a", NZUsize!(3)).await;
             let provider = new_provider();
             for epoch in 0..=3 {
                 let registered = registry
@@ -560,9 +569,7 @@ mod tests {
             );
             drop(registry);
 
-            let reopened = EpochRegistry::open(context.child("b"), "epochs", NZUsize!(3))
-                .await
-                .expect("reopens");
+            let reopened = open(&context, "b", NZUsize!(3)).await;
             let entries = reopened.entries().await.expect("reads");
             assert_eq!(
                 entries,
@@ -587,9 +594,7 @@ mod tests {
     #[test]
     fn a_second_key_for_a_registered_epoch_is_refused_and_not_stored() {
         deterministic::Runner::default().start(|context| async move {
-            let registry = EpochRegistry::open(context.child("a"), "epochs", NZUsize!(8))
-                .await
-                .expect("opens");
+            let registry = open(&context, "a", NZUsize!(8)).await;
             let provider = new_provider();
             registry
                 .register(&provider, 1, identity(1))
@@ -604,9 +609,7 @@ mod tests {
                 Some(identity(1))
             );
             drop(registry);
-            let reopened = EpochRegistry::open(context.child("b"), "epochs", NZUsize!(8))
-                .await
-                .expect("reopens");
+            let reopened = open(&context, "b", NZUsize!(8)).await;
             assert_eq!(
                 reopened.entries().await.expect("reads"),
                 vec![(1, identity(1))],
