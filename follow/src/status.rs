@@ -242,6 +242,12 @@ pub struct CheckLabel {
     pub check: String,
 }
 
+fn upstream_label(url: &str) -> UpstreamLabel {
+    UpstreamLabel {
+        url: url.to_string(),
+    }
+}
+
 /// The follower's counters, each moved by the part that sees its event (cheap to clone; clones
 /// count together). Registered once, on the status context, beside the sampled gauges.
 #[derive(Clone, Debug)]
@@ -301,6 +307,23 @@ impl EventCounters {
                 "Calls the upstream answered with \"slow down\" (rate limit), each retried",
             ),
         }
+    }
+
+    /// Counts `count` invalid answers or events from the upstream at `url`.
+    pub(crate) fn invalid_from(&self, url: &str, count: u64) {
+        self.upstream_invalid
+            .get_or_create(&upstream_label(url))
+            .inc_by(count);
+    }
+
+    /// Counts the calls and slow-downs `counts` sees for the upstream at `url` from now on,
+    /// starting with those it counted so far.
+    pub(crate) fn count_calls_of(&self, url: &str, counts: &crate::upstream::CallCounts) {
+        let label = upstream_label(url);
+        counts.count_in(
+            self.upstream_calls.get_or_create(&label).clone(),
+            self.upstream_slowed_down.get_or_create(&label).clone(),
+        );
     }
 
     /// Counts a rejected event.

@@ -47,7 +47,7 @@ impl CallCounts {
 
     /// Counts calls and "slow down"s in these metrics too from now on, starting with those
     /// counted so far; the first metrics given stay.
-    pub(super) fn count_in(&self, calls: Counter, slowed_down: Counter) {
+    pub(crate) fn count_in(&self, calls: Counter, slowed_down: Counter) {
         let (before_calls, before_slowed) = (self.calls(), self.refused());
         if self.metrics.set((calls, slowed_down)).is_ok()
             && let Some((calls, slowed_down)) = self.metrics.get()

@@ -253,18 +253,9 @@ impl SourceBook {
         }
         self.with_states(|states| {
             for state in states.iter() {
-                let label = crate::status::UpstreamLabel {
-                    url: state.health.url.clone(),
-                };
-                counters
-                    .upstream_invalid
-                    .get_or_create(&label)
-                    .inc_by(state.health.invalid);
+                counters.invalid_from(&state.health.url, state.health.invalid);
                 if let Some(counts) = &state.counts {
-                    counts.count_in(
-                        counters.upstream_calls.get_or_create(&label).clone(),
-                        counters.upstream_slowed_down.get_or_create(&label).clone(),
-                    );
+                    counters.count_calls_of(&state.health.url, counts);
                 }
             }
         });
@@ -338,13 +329,7 @@ impl SourceBook {
         self.with_states(|states| {
             if let Some(state) = states.get_mut(source) {
                 if let Some(counters) = self.counters.get() {
-                    let label = crate::status::UpstreamLabel {
-                        url: state.health.url.clone(),
-                    };
-                    counts.count_in(
-                        counters.upstream_calls.get_or_create(&label).clone(),
-                        counters.upstream_slowed_down.get_or_create(&label).clone(),
-                    );
+                    counters.count_calls_of(&state.health.url, &counts);
                 }
                 state.counts = Some(counts);
             }
@@ -446,10 +431,7 @@ impl SourceBook {
             let state = states.get_mut(source)?;
             state.health.invalid += 1;
             if let Some(counters) = self.counters.get() {
-                let label = crate::status::UpstreamLabel {
-                    url: state.health.url.clone(),
-                };
-                counters.upstream_invalid.get_or_create(&label).inc();
+                counters.invalid_from(&state.health.url, 1);
             }
             state.health.last_invalid = Some(what.to_string());
             if lone {
