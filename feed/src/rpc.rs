@@ -99,7 +99,7 @@ impl Default for RpcConfig {
 }
 
 /// The `consensus` namespace (identical to Tempo's).
-#[rpc(server, namespace = "consensus")]
+#[rpc(server, client, namespace = "consensus")]
 pub trait ConsensusApi {
     /// The finalization at `"latest"` or `{"height": N}`.
     #[method(name = "getFinalization")]
@@ -111,7 +111,7 @@ pub trait ConsensusApi {
 
     /// Consensus events (`finalized` from this node).
     #[subscription(name = "subscribe" => "event", unsubscribe = "unsubscribe", item = cairn_primitives::Event)]
-    async fn subscribe(&self) -> SubscriptionResult;
+    async fn subscribe_events(&self) -> SubscriptionResult;
 
     /// The finalization at `"latest"` or `{"height": N}` with the block's header only.
     #[method(name = "getFinalizedHeader")]
@@ -127,7 +127,7 @@ pub trait ConsensusApi {
 }
 
 /// The `eth_`, `net_`, `web3_` and `debug_` methods answered from the stored blocks.
-#[rpc(server)]
+#[rpc(server, client)]
 pub trait BlockApi {
     /// Height of the finalized tip, as a hex quantity.
     #[method(name = "eth_blockNumber")]
@@ -533,7 +533,7 @@ impl<C: ChainReader> ConsensusApiServer for RpcHandlers<C> {
         })
     }
 
-    async fn subscribe(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
+    async fn subscribe_events(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
         self.stream(pending, "consensus", |event| {
             Some(Cow::Borrowed(&*event.json))
         })

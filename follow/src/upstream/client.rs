@@ -5,15 +5,22 @@ use super::{
     UpstreamError,
     manners::{BatchSize, CallCounts, Pace},
 };
+use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{B256, Bytes, U64};
 use cairn_epoch::{BoundarySource, SourceError};
-use cairn_feed::methods;
+use cairn_feed::{
+    methods,
+    rpc::{BlockApiClient, ConsensusApiClient},
+};
 use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use jsonrpsee::{
     client_transport::ws::WsError,
     core::{
-        client::{ClientT, Error as ClientError, Subscription, SubscriptionClientT},
+        client::{
+            BatchResponse, ClientT, Error as ClientError, Subscription, SubscriptionClientT,
+        },
+        traits::ToRpcParams,
         http_helpers::HttpError,
         params::{ArrayParams, BatchRequestBuilder},
     },
@@ -23,6 +30,7 @@ use jsonrpsee::{
     ws_client::{PingConfig, WsClient, WsClientBuilder},
 };
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use std::{
     sync::{
         Arc,
@@ -38,7 +46,7 @@ enum BlockRef {
     /// By hash.
     Hash(B256),
     /// By height.
-    Number(U64),
+    Number(u64),
 }
 
 /// Connection settings.
@@ -297,35 +305,37 @@ impl UpstreamClient {
     }
 
     /// One call, within the budget; retried while the upstream says "slow down".
-    async fn request<R: DeserializeOwned>(
+    async fn paced_request<R: DeserializeOwned>(
         &self,
         method: &str,
-        params: ArrayParams,
+        params: Serialized,
     ) -> Result<R, ClientError> {
         let started = tokio::time::Instant::now();
         let mut refusals = 0;
         loop {
             self.manners.pace.wait(1).await;
             self.manners.counts.sent(1);
-            let answer = match &self.transport {
-                Transport::Ws(client) => client.request(method, params.clone()).await,
-                Transport::Http(client) => client.request(method, params.clone()).await,
+            // Only the refusal is kept across the wait (an answer need not be `Send`).
+            let refusal = {
+                let answer = match &self.transport {
+                    Transport::Ws(client) => client.request(method, params.clone()).await,
+                    Transport::Http(client) => client.request(method, params.clone()).await,
+                };
+                match answer {
+                    Err(err) if is_slow_down(&err) => err,
+                    other => {
+                        if other.is_ok() {
+                            self.manners.pace.answered(1);
+                        }
+                        return other;
+                    }
+                }
             };
-            match answer {
-                Err(err) if is_slow_down(&err) => {
-                    self.manners.counts.slowed(1);
-                    self.manners.pace.slowed_down();
-                    refusals += 1;
-                    if !self.back_off(refusals, started).await {
-                        return Err(err);
-                    }
-                }
-                other => {
-                    if other.is_ok() {
-                        self.manners.pace.answered(1);
-                    }
-                    return other;
-                }
+            self.manners.counts.slowed(1);
+            self.manners.pace.slowed_down();
+            refusals += 1;
+            if !self.back_off(refusals, started).await {
+                return Err(refusal);
             }
         }
     }
@@ -441,8 +451,7 @@ impl UpstreamClient {
                 "subscriptions need a ws:// or wss:// upstream".into(),
             ));
         };
-        client
-            .subscribe(methods::SUBSCRIBE, rpc_params![], methods::UNSUBSCRIBE)
+        ConsensusApiClient::subscribe_events(client)
             .await
             .map_err(|err| call_error(methods::SUBSCRIBE, err))
     }
@@ -484,10 +493,7 @@ impl UpstreamClient {
     }
 
     async fn certified(&self, query: Query) -> Result<Option<CertifiedBlock>, UpstreamError> {
-        let mut certified: CertifiedBlock = match self
-            .request(methods::GET_FINALIZATION, rpc_params![query])
-            .await
-        {
+        let mut certified = match ConsensusApiClient::get_finalization(self, query).await {
             Ok(certified) => certified,
             Err(err) if is_missing(&err) => return Ok(None),
             Err(err) => return Err(call_error(methods::GET_FINALIZATION, err)),
@@ -497,9 +503,7 @@ impl UpstreamClient {
                 (Query::Height(height), _) | (Query::Latest, Some(height)) => height,
                 (Query::Latest, None) => return Ok(None),
             };
-            certified.block = self
-                .fetch_block(BlockRef::Number(U64::from(height)))
-                .await?;
+            certified.block = self.fetch_block(BlockRef::Number(height)).await?;
             if certified.block.is_none() {
                 return Ok(None);
             }
@@ -577,10 +581,7 @@ impl UpstreamClient {
             let block = match block_from_rpc(rpc) {
                 Ok(block) => block,
                 // Hashes only: the raw block is not to be had either; ask one by one.
-                Err(RpcBlockError::HashesOnly) => match self
-                    .fetch_block(BlockRef::Number(U64::from(height)))
-                    .await?
-                {
+                Err(RpcBlockError::HashesOnly) => match self.fetch_block(BlockRef::Number(height)).await? {
                     Some(block) => block,
                     None => break,
                 },
@@ -683,10 +684,7 @@ impl UpstreamClient {
     async fn blocks_one_by_one(&self, first: u64, last: u64) -> Result<Vec<Block>, UpstreamError> {
         let mut blocks = Vec::new();
         for height in first..=last {
-            match self
-                .fetch_block(BlockRef::Number(U64::from(height)))
-                .await?
-            {
+            match self.fetch_block(BlockRef::Number(height)).await? {
                 Some(block) if block.height() == height => blocks.push(block),
                 Some(block) => {
                     return Err(UpstreamError::MalformedBlock(format!(
@@ -717,22 +715,16 @@ impl UpstreamClient {
     /// upstream does not answer that method or leaves out the transactions. Every body is
     /// checked against its header's roots.
     async fn fetch_block(&self, block: BlockRef) -> Result<Option<Block>, UpstreamError> {
+        let full = Some(true);
         let (method, answer) = match block {
             BlockRef::Hash(hash) => (
                 methods::GET_BLOCK_BY_HASH,
-                self.request::<Option<RpcBlock>>(
-                    methods::GET_BLOCK_BY_HASH,
-                    rpc_params![hash, true],
-                )
-                .await,
+                BlockApiClient::block_by_hash(self, hash, full).await,
             ),
             BlockRef::Number(number) => (
                 methods::GET_BLOCK_BY_NUMBER,
-                self.request::<Option<RpcBlock>>(
-                    methods::GET_BLOCK_BY_NUMBER,
-                    rpc_params![number, true],
-                )
-                .await,
+                BlockApiClient::block_by_number(self, BlockNumberOrTag::Number(number), full)
+                    .await,
             ),
         };
         match answer {
@@ -749,17 +741,11 @@ impl UpstreamClient {
             }
             Err(err) => return Err(call_error(method, err)),
         }
-        match block {
-            BlockRef::Hash(hash) => self.raw_block(hash).await,
-            BlockRef::Number(number) => self.raw_block(number).await,
-        }
-    }
-
-    async fn raw_block(
-        &self,
-        id: impl serde::Serialize + Send,
-    ) -> Result<Option<Block>, UpstreamError> {
-        let raw: Bytes = match self.request(methods::GET_RAW_BLOCK, rpc_params![id]).await {
+        let id = match block {
+            BlockRef::Hash(hash) => BlockId::from(hash),
+            BlockRef::Number(number) => BlockId::number(number),
+        };
+        let raw = match BlockApiClient::raw_block(self, id).await {
             Ok(raw) => raw,
             Err(err) if is_missing(&err) => return Ok(None),
             Err(err) => return Err(call_error(methods::GET_RAW_BLOCK, err)),
@@ -767,6 +753,99 @@ impl UpstreamClient {
         Block::decode_raw_rlp(&raw)
             .map(Some)
             .map_err(|err| UpstreamError::MalformedBlock(err.to_string()))
+    }
+}
+
+/// Parameters serialized once, sent as they are again when a call is retried.
+#[derive(Clone, Debug)]
+struct Serialized(Option<Box<RawValue>>);
+
+impl ToRpcParams for Serialized {
+    fn to_rpc_params(self) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+        Ok(self.0)
+    }
+}
+
+/// A JSON-RPC client that keeps the upstream's manners: every call waits for its turn in the
+/// call budget and is counted, and a single call is sent again while the upstream says "slow
+/// down". The clients jsonrpsee generates from the server's own traits
+/// ([`ConsensusApiClient`], [`BlockApiClient`]) run on it, so a follower calls exactly the
+/// methods, parameters and answers a cairn node serves. A batch sent through
+/// [`ClientT::batch_request`] goes out as it is (the follower's own batches are split and
+/// retried by [`UpstreamClient::get_blocks`] and [`UpstreamClient::get_certificates`]).
+impl ClientT for UpstreamClient {
+    async fn notification<Params>(&self, method: &str, params: Params) -> Result<(), ClientError>
+    where
+        Params: ToRpcParams + Send,
+    {
+        let params = Serialized(params.to_rpc_params()?);
+        self.manners.pace.wait(1).await;
+        self.manners.counts.sent(1);
+        match &self.transport {
+            Transport::Ws(client) => client.notification(method, params).await,
+            Transport::Http(client) => client.notification(method, params).await,
+        }
+    }
+
+    async fn request<R, Params>(&self, method: &str, params: Params) -> Result<R, ClientError>
+    where
+        R: DeserializeOwned,
+        Params: ToRpcParams + Send,
+    {
+        self.paced_request(method, Serialized(params.to_rpc_params()?))
+            .await
+    }
+
+    async fn batch_request<'a, R>(
+        &self,
+        batch: BatchRequestBuilder<'a>,
+    ) -> Result<BatchResponse<'a, R>, ClientError>
+    where
+        R: DeserializeOwned + std::fmt::Debug + 'a,
+    {
+        let calls = batch.iter().count();
+        self.manners.pace.wait(calls).await;
+        self.manners.counts.sent(calls as u64);
+        match &self.transport {
+            Transport::Ws(client) => client.batch_request(batch).await,
+            Transport::Http(client) => client.batch_request(batch).await,
+        }
+    }
+}
+
+/// Subscriptions over WebSocket; an HTTP upstream has none.
+impl SubscriptionClientT for UpstreamClient {
+    async fn subscribe<'a, Notif, Params>(
+        &self,
+        subscribe_method: &'a str,
+        params: Params,
+        unsubscribe_method: &'a str,
+    ) -> Result<Subscription<Notif>, ClientError>
+    where
+        Params: ToRpcParams + Send,
+        Notif: DeserializeOwned,
+    {
+        match &self.transport {
+            Transport::Ws(client) => {
+                client
+                    .subscribe(subscribe_method, params, unsubscribe_method)
+                    .await
+            }
+            Transport::Http(_) => Err(ClientError::HttpNotImplemented),
+        }
+    }
+
+    async fn subscribe_to_method<Notif>(
+        &self,
+        method: &str,
+    ) -> Result<Subscription<Notif>, ClientError>
+    where
+        Notif: DeserializeOwned,
+    {
+        match &self.transport {
+            Transport::Ws(client) => client.subscribe_to_method(method).await,
+            Transport::Http(_) => Err(ClientError::HttpNotImplemented),
+        }
     }
 }
 

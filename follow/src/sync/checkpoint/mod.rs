@@ -244,11 +244,16 @@ impl<E: StoreContext> CheckpointStore<E> {
     }
 }
 
+/// How many boundaries the walk verifies between two writes of its ledger: a walk cut short
+/// loses at most this many (about a second and a half of walking through a public node), and
+/// each write costs the walk one round trip of its pipeline.
+pub const SAVE_EVERY_EPOCHS: u64 = 256;
+
 /// Fetches the finalization to start from, walks the boundaries up to its epoch (starting from
-/// the ledger `store` holds, if any; every fetch through `upstream`'s sources, so a source that
-/// fails or lies is passed over as in catch-up), checks the compiled identities, verifies the checkpoint,
-/// and persists the ledger and the checkpoint. `target` is [`CheckpointTarget::Latest`] or a
-/// height.
+/// the ledger `store` holds, if any, and persisting it every [`SAVE_EVERY_EPOCHS`]; every fetch
+/// through `upstream`'s sources, so a source that fails or lies is passed over as in
+/// catch-up), checks the compiled identities, verifies the checkpoint, and persists the ledger
+/// and the checkpoint. `target` is [`CheckpointTarget::Latest`] or a height.
 pub async fn establish<E: StoreContext, U: UpstreamRequests>(
     rng: &mut impl CryptoRng,
     profile: &ChainProfile,
@@ -280,7 +285,16 @@ pub async fn establish<E: StoreContext, U: UpstreamRequests>(
     .with_concurrency(concurrency)
     .with_machine_pool();
     let from_epoch = ledger.known_through();
-    ledger.advance_to(rng, upstream, epoch).await?;
+    // Walked in stretches, the ledger persisted after each, so a walk stopped by a kill or a
+    // failed fetch starts again where it stopped (the boundaries it verified stay verified
+    // whatever comes after: each was certified by the key before it, from genesis).
+    while ledger.known_through() < epoch {
+        let stop = epoch.min(ledger.known_through().saturating_add(SAVE_EVERY_EPOCHS));
+        ledger.advance_to(rng, upstream, stop).await?;
+        if stop < epoch {
+            store.put(&ledger, None).await?;
+        }
+    }
     ledger.check_compiled(&profile.network_identities)?;
 
     let provider = ledger

@@ -13,18 +13,28 @@ use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
 use commonware_runtime::{Runner as _, Supervisor as _};
 use std::sync::Arc;
 
-/// A chain that answers a finalization request for `.1` with the one at `.1 + 1`.
+/// A chain that answers a finalization request for a height with the one at the height `.1`
+/// gives, or with none.
 #[derive(Clone)]
-struct OffByOne(MemoryChain, u64);
+struct Remapped(MemoryChain, fn(u64) -> Option<u64>);
 
-impl ChainReader for OffByOne {
+/// Answers the finalization request for 11 with the one at 12.
+fn off_by_one(chain: MemoryChain) -> Remapped {
+    Remapped(chain, |height| {
+        Some(if height == 11 { height + 1 } else { height })
+    })
+}
+
+impl ChainReader for Remapped {
     fn finalized_height(&self) -> Option<u64> {
         self.0.finalized_height()
     }
 
     async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
-        let height = if height == self.1 { height + 1 } else { height };
-        self.0.certified_at(height).await
+        match (self.1)(height) {
+            Some(height) => self.0.certified_at(height).await,
+            None => Ok(None),
+        }
     }
 
     async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
@@ -106,7 +116,7 @@ fn a_checkpoint_of_another_height_is_refused_and_nothing_is_stored() {
     let (profile, chain) = committee_chain(&committee, 12, 5);
     on_disk(|context| async move {
         let (server, upstream, mut store) =
-            serving(&context, OffByOne(memory(&chain), 11), RpcConfig::default()).await;
+            serving(&context, off_by_one(memory(&chain)), RpcConfig::default()).await;
         let mut rng = rand::rng();
         let err = checkpoint::establish(
             &mut rng,
@@ -296,7 +306,7 @@ fn the_walk_passes_over_an_upstream_that_lies_or_is_gone() {
     let (profile, chain) = committee_chain(&committee, 12, 5);
     on_disk(|context| async move {
         let (liar, lying, mut store) =
-            serving(&context, OffByOne(memory(&chain), 11), RpcConfig::default()).await;
+            serving(&context, off_by_one(memory(&chain)), RpcConfig::default()).await;
         let (gone, stopped) = serve(memory(&chain), RpcConfig::default()).await;
         let (honest, upstream) = serve(memory(&chain), RpcConfig::default()).await;
         gone.handle.stop().expect("stops");
@@ -334,6 +344,61 @@ fn the_walk_passes_over_an_upstream_that_lies_or_is_gone() {
         assert!(health[2].served > 0, "the honest upstream served");
         liar.handle.stop().expect("stops");
         honest.handle.stop().expect("stops");
+    });
+}
+
+#[test]
+fn a_walk_cut_short_starts_again_from_the_boundaries_it_verified() {
+    const EPOCH_LENGTH: u64 = 2;
+    let epochs = checkpoint::SAVE_EVERY_EPOCHS + 20;
+    let committee = TestCommittee::new(b"TEMPO", 54, 4);
+    let (profile, chain) = committee_chain(&committee, epochs * EPOCH_LENGTH, EPOCH_LENGTH);
+    // The boundary that closes epoch SAVE_EVERY_EPOCHS + 10: past the first write of the ledger.
+    const GAP: u64 = (checkpoint::SAVE_EVERY_EPOCHS + 11) * EPOCH_LENGTH - 1;
+    let target = CheckpointTarget::Height(epochs * EPOCH_LENGTH);
+    on_disk(|context| async move {
+        let holed = Remapped(memory(&chain), |height| (height != GAP).then_some(height));
+        let (holed, lacking, mut store) = serving(&context, holed, RpcConfig::default()).await;
+        let mut rng = rand::rng();
+        let err = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &Sources::single("upstream", lacking),
+            &mut store,
+            target,
+            8,
+            &[],
+        )
+        .await
+        .expect_err("a boundary is missing");
+        assert!(err.to_string().contains(&GAP.to_string()), "{err}");
+        assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint");
+        let ledger = store.ledger().expect("reads").expect("the ledger so far");
+        let kept = cairn_epoch::IdentityLedger::restore(&profile, ledger)
+            .expect("restores")
+            .known_through();
+        assert_eq!(kept, checkpoint::SAVE_EVERY_EPOCHS, "the walk up to the write");
+        holed.handle.stop().expect("stops");
+
+        // Started again on the same store: only the boundaries after the stored ones.
+        let (server, upstream) = serve(memory(&chain), RpcConfig::default()).await;
+        let (checkpoint, report) = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &Sources::single("upstream", upstream),
+            &mut store,
+            target,
+            8,
+            &[],
+        )
+        .await
+        .expect("the walk completes");
+        assert_eq!(checkpoint.height(), epochs * EPOCH_LENGTH);
+        assert_eq!(
+            (report.from_epoch, report.to_epoch, report.boundaries),
+            (kept, epochs, epochs - kept)
+        );
+        server.handle.stop().expect("stops");
     });
 }
 
