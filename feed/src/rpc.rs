@@ -574,8 +574,10 @@ impl<C: ChainReader> RpcHandlers<C> {
         what: &'static str,
         select: impl Fn(&PublishedEvent) -> Option<Cow<'_, RawValue>>,
     ) -> SubscriptionResult {
-        let mut sink = pending.accept().await?;
+        // Listening before the subscription is confirmed: every event published once the
+        // client holds its subscription id reaches it.
         let mut events = self.feed.subscribe();
+        let mut sink = pending.accept().await?;
         debug!(
             subscribers = self.feed.subscribers(),
             what, "subscription opened"

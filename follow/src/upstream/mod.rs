@@ -72,6 +72,9 @@ pub enum UpstreamError {
     /// The actor has stopped.
     #[error("the upstream actor stopped")]
     Stopped,
+    /// No upstream answered: each one asked, by its URL, with its failure.
+    #[error("no upstream answered ({0})")]
+    NoneAnswered(String),
 }
 
 /// The requests a follower makes of its upstream, whichever transport carries them.

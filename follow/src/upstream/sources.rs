@@ -771,7 +771,7 @@ impl<R: UpstreamRequests> Sources<R> {
         }))
         .await;
         let mut answered = Vec::new();
-        let mut failure = None;
+        let mut failures = Vec::new();
         for (source, (answer, started)) in order.into_iter().zip(answers) {
             let recorded = match answer {
                 Ok(Some(certified)) => {
@@ -790,16 +790,16 @@ impl<R: UpstreamRequests> Sources<R> {
                 }
                 Ok(None) => Answer::Missing,
                 Err(err) => {
-                    failure = Some(err.clone());
+                    failures.push((source, err.clone()));
                     Answer::Failed(err)
                 }
             };
             self.book.record(source, &recorded);
         }
-        match failure {
-            Some(err) if answered.is_empty() => Err(err),
-            _ => Ok(answered),
+        if answered.is_empty() && !failures.is_empty() {
+            return Err(self.none_answered(&failures));
         }
+        Ok(answered)
     }
 
     /// The certificates of the blocks at `heights`, each with the source that sent it: every
@@ -817,7 +817,7 @@ impl<R: UpstreamRequests> Sources<R> {
             return Err(UpstreamError::NotConnected);
         }
         let mut answers: Vec<Option<(SourceId, String)>> = vec![None; heights.len()];
-        let mut failure = None;
+        let mut failures = Vec::new();
         let mut answered = false;
         for source in order {
             let pending: Vec<usize> = (0..heights.len())
@@ -851,18 +851,18 @@ impl<R: UpstreamRequests> Sources<R> {
                 Err(err) => {
                     debug!(source, %err, "asking for certificates failed; asking the next source");
                     self.book.record(source, &Answer::Failed(err.clone()));
-                    failure = Some(err);
+                    failures.push((source, err));
                 }
             }
         }
-        match failure {
-            Some(err) if !answered => Err(err),
-            _ => Ok(answers),
+        if !answered && !failures.is_empty() {
+            return Err(self.none_answered(&failures));
         }
+        Ok(answers)
     }
 
     /// Asks the sources in turn until one answers with valid data. `None` when a source lacks
-    /// it; else the last failure when one failed, else what was invalid.
+    /// it; else every failure when one failed, else what was invalid.
     async fn first_valid<T, F, Fut>(
         &self,
         height: Option<u64>,
@@ -875,7 +875,7 @@ impl<R: UpstreamRequests> Sources<R> {
         Fut: Future<Output = Result<Option<T>, UpstreamError>>,
     {
         let order = self.asked(height)?;
-        let mut failure = None;
+        let mut failures = Vec::new();
         let mut invalid = None;
         let mut missing = false;
         for source in order {
@@ -900,7 +900,7 @@ impl<R: UpstreamRequests> Sources<R> {
                 ) => (Answer::Invalid(err.to_string()), None),
                 Err(err) => {
                     debug!(source, %err, what, "upstream request failed; asking the next source");
-                    failure = Some(err.clone());
+                    failures.push((source, err.clone()));
                     (Answer::Failed(err), None)
                 }
             };
@@ -912,12 +912,21 @@ impl<R: UpstreamRequests> Sources<R> {
                 return Ok(Some((source, value)));
             }
         }
-        match (failure, invalid) {
+        match invalid {
             _ if missing => Ok(None),
-            (Some(err), _) => Err(err),
-            (None, Some(reason)) => Err(UpstreamError::Invalid(reason)),
-            (None, None) => Ok(None),
+            _ if !failures.is_empty() => Err(self.none_answered(&failures)),
+            Some(reason) => Err(UpstreamError::Invalid(reason)),
+            None => Ok(None),
         }
+    }
+
+    /// The error when every source asked failed: each by its URL, with its failure.
+    fn none_answered(&self, failures: &[(SourceId, UpstreamError)]) -> UpstreamError {
+        let each: Vec<String> = failures
+            .iter()
+            .map(|(source, err)| format!("{}: {err}", self.book.url(*source)))
+            .collect();
+        UpstreamError::NoneAnswered(each.join("; "))
     }
 }
 

@@ -348,6 +348,51 @@ fn the_walk_passes_over_an_upstream_that_lies_or_is_gone() {
 }
 
 #[test]
+fn with_no_upstream_answering_the_refusal_names_each_one_and_nothing_is_stored() {
+    let committee = TestCommittee::new(b"TEMPO", 55, 4);
+    let (profile, chain) = committee_chain(&committee, 12, 5);
+    on_disk(|context| async move {
+        let (first, first_client, mut store) =
+            serving(&context, memory(&chain), RpcConfig::default()).await;
+        let (second, second_client) = serve(memory(&chain), RpcConfig::default()).await;
+        let names = [
+            format!("ws://{}", first.local_addr),
+            format!("ws://{}", second.local_addr),
+        ];
+        for server in [first, second] {
+            server.handle.stop().expect("stops");
+            server.handle.clone().stopped().await;
+        }
+        let sources = Sources::new(
+            vec![
+                (names[0].clone(), first_client),
+                (names[1].clone(), second_client),
+            ],
+            QuarantineConfig::default(),
+        );
+        let err = checkpoint::establish(
+            &mut rand::rng(),
+            &profile,
+            &sources,
+            &mut store,
+            CheckpointTarget::Latest,
+            8,
+            &[],
+        )
+        .await
+        .expect_err("no upstream answers");
+        let CheckpointError::Upstream(UpstreamError::NoneAnswered(each)) = &err else {
+            panic!("{err}");
+        };
+        for name in &names {
+            assert!(each.contains(&format!("{name}: ")), "{name} in {err}");
+        }
+        assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint");
+        assert!(store.ledger().expect("reads").is_none(), "no ledger");
+    });
+}
+
+#[test]
 fn a_walk_cut_short_starts_again_from_the_boundaries_it_verified() {
     const EPOCH_LENGTH: u64 = 2;
     let epochs = checkpoint::SAVE_EVERY_EPOCHS + 20;
