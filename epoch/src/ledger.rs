@@ -55,6 +55,30 @@ pub trait BoundarySource {
     ) -> impl Future<Output = Result<CertifiedBlock, SourceError>> + Send;
 }
 
+/// Where a walk keeps what it verified as it goes ([`IdentityLedger::advance_saving`]), so
+/// that a walk cut short by a kill or a failure starts again from there.
+pub trait LedgerStore {
+    /// A failed write; a walk's own failure converts into it.
+    type Error: From<LedgerError>;
+
+    /// Persists `ledger` (its [`IdentityLedger::record`]).
+    fn save(
+        &mut self,
+        ledger: &IdentityLedger,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Keeps nothing: the walk of [`IdentityLedger::advance_to`].
+struct Unsaved;
+
+impl LedgerStore for Unsaved {
+    type Error = LedgerError;
+
+    async fn save(&mut self, _: &IdentityLedger) -> Result<(), LedgerError> {
+        Ok(())
+    }
+}
+
 /// Why the ledger could not advance.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -200,6 +224,11 @@ impl IdentityLedger {
         }
     }
 
+    /// The boundaries this ledger walked (not those it was restored with), in epoch order.
+    pub fn walked(&self) -> &[WalkedBoundary] {
+        &self.walked
+    }
+
     /// The boundaries verified since the last call, oldest first.
     pub fn take_walked(&mut self) -> Vec<WalkedBoundary> {
         std::mem::take(&mut self.walked)
@@ -269,6 +298,18 @@ impl IdentityLedger {
         source: &impl BoundarySource,
         epoch: u64,
     ) -> Result<(), LedgerError> {
+        self.advance_saving(rng, source, epoch, &mut Unsaved).await
+    }
+
+    /// [`Self::advance_to`], saving the ledger to `store` after every round but the last, and
+    /// before returning a boundary's failure, so no verified boundary is walked twice.
+    pub async fn advance_saving<S: LedgerStore>(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        source: &impl BoundarySource,
+        epoch: u64,
+        store: &mut S,
+    ) -> Result<(), S::Error> {
         let window = self.window;
         let round_end = |first: u64| epoch.min(first.saturating_add(window));
         let mut first = self.known_through;
@@ -299,11 +340,16 @@ impl IdentityLedger {
                 }
             };
             let ((verified, failure), next) = futures::join!(checking, next);
+            let progressed = !verified.is_empty();
             for boundary in verified {
                 self.accept(boundary);
             }
+            // The last round is left to the caller, who keeps it with what it walked to.
+            if progressed && (end < epoch || failure.is_some()) {
+                store.save(self).await?;
+            }
             if let Some(err) = failure {
-                return Err(err);
+                return Err(err.into());
             }
             first = end;
             fetched = next;

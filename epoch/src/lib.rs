@@ -12,7 +12,7 @@ mod verifier;
 
 pub use ledger::{
     BoundaryEvidence, BoundarySource, DEFAULT_WALK_CONCURRENCY, IdentityLedger, IdentityRun,
-    LedgerError, LedgerRecord, SourceError, WalkedBoundary,
+    LedgerError, LedgerRecord, LedgerStore, SourceError, WalkedBoundary,
 };
 pub use profile::{
     BUILTIN_PROFILES, ChainProfile, ConfiguredIdentity, ProfileError, TrustedBlock, merge_trusted,

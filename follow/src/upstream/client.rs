@@ -8,21 +8,19 @@ use super::{
 use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{B256, Bytes, U64};
 use cairn_epoch::{BoundarySource, SourceError};
+use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_feed::{
     methods,
     rpc::{BlockApiClient, ConsensusApiClient},
 };
-use cairn_feed::{MISSING_CODE, NOT_READY_CODE, RpcBlock, RpcBlockError, block_from_rpc};
 use cairn_primitives::{Block, CertifiedBlock, Digest, Event, Query};
 use jsonrpsee::{
     client_transport::ws::WsError,
     core::{
-        client::{
-            BatchResponse, ClientT, Error as ClientError, Subscription, SubscriptionClientT,
-        },
-        traits::ToRpcParams,
+        client::{BatchResponse, ClientT, Error as ClientError, Subscription, SubscriptionClientT},
         http_helpers::HttpError,
         params::{ArrayParams, BatchRequestBuilder},
+        traits::ToRpcParams,
     },
     http_client::{HttpClient, HttpClientBuilder, transport::Error as HttpTransportError},
     rpc_params,
@@ -581,10 +579,12 @@ impl UpstreamClient {
             let block = match block_from_rpc(rpc) {
                 Ok(block) => block,
                 // Hashes only: the raw block is not to be had either; ask one by one.
-                Err(RpcBlockError::HashesOnly) => match self.fetch_block(BlockRef::Number(height)).await? {
-                    Some(block) => block,
-                    None => break,
-                },
+                Err(RpcBlockError::HashesOnly) => {
+                    match self.fetch_block(BlockRef::Number(height)).await? {
+                        Some(block) => block,
+                        None => break,
+                    }
+                }
                 Err(err) => {
                     return Err(UpstreamError::MalformedBlock(format!(
                         "{BY_NUMBER} {height}: {err}"
@@ -723,8 +723,7 @@ impl UpstreamClient {
             ),
             BlockRef::Number(number) => (
                 methods::GET_BLOCK_BY_NUMBER,
-                BlockApiClient::block_by_number(self, BlockNumberOrTag::Number(number), full)
-                    .await,
+                BlockApiClient::block_by_number(self, BlockNumberOrTag::Number(number), full).await,
             ),
         };
         match answer {

@@ -13,7 +13,7 @@ use crate::upstream::{Sources, UpstreamError, UpstreamRequests};
 use cairn_dkg::Identity;
 use cairn_epoch::{
     ChainProfile, Finalization, FinalizationVerifier, IdentityLedger, LedgerError, LedgerRecord,
-    MalformedError, TrustedBlock, VerifyError, check_unsigned, decode_certificate,
+    LedgerStore, MalformedError, TrustedBlock, VerifyError, check_unsigned, decode_certificate,
 };
 use cairn_primitives::{Block, BlockCodecConfig, CertifiedBlock};
 use cairn_storage::StoreContext;
@@ -244,13 +244,74 @@ impl<E: StoreContext> CheckpointStore<E> {
     }
 }
 
-/// How many boundaries the walk verifies between two writes of its ledger: a walk cut short
-/// loses at most this many (about a second and a half of walking through a public node), and
-/// each write costs the walk one round trip of its pipeline.
-pub const SAVE_EVERY_EPOCHS: u64 = 256;
+/// A walk's progress, kept after every round once what the round reached agrees with the
+/// operator's trust: the identities compiled into the profile for the epochs walked so far, and
+/// the trusted blocks at or below its highest boundary. A stored ledger so never holds a
+/// boundary that a check refuses.
+struct Progress<'a, E: StoreContext, U: UpstreamRequests> {
+    store: &'a mut CheckpointStore<E>,
+    profile: &'a ChainProfile,
+    upstream: &'a Sources<U>,
+    trusted: &'a [TrustedBlock],
+    /// The trusted blocks at or below this height are checked.
+    trusted_through: u64,
+}
+
+impl<E: StoreContext, U: UpstreamRequests> Progress<'_, E, U> {
+    /// Checks the trusted blocks above [`Self::trusted_through`] and at or below the highest of
+    /// `anchors` (verified blocks); returns how many it checked.
+    async fn check_trusted(
+        &mut self,
+        anchors: &[(u64, cairn_primitives::Digest)],
+    ) -> Result<usize, CheckpointError> {
+        let Some(top) = anchors.iter().map(|(height, _)| *height).max() else {
+            return Ok(0);
+        };
+        let pending: Vec<TrustedBlock> = self
+            .trusted
+            .iter()
+            .filter(|block| block.height > self.trusted_through)
+            .cloned()
+            .collect();
+        let upstream = self.upstream;
+        let checked = crate::sync::trusted::check(&pending, anchors, |first, last| async move {
+            upstream
+                .get_blocks(first, last)
+                .await
+                .map_err(|err| err.to_string())
+        })
+        .await?;
+        self.trusted_through = self.trusted_through.max(top);
+        Ok(checked)
+    }
+}
+
+impl<E: StoreContext, U: UpstreamRequests> LedgerStore for Progress<'_, E, U> {
+    type Error = CheckpointError;
+
+    async fn save(&mut self, ledger: &IdentityLedger) -> Result<(), CheckpointError> {
+        let known = ledger.known_through();
+        let compiled: Vec<_> = (self.profile.network_identities.iter())
+            .filter(|configured| configured.from_epoch.get() <= known)
+            .cloned()
+            .collect();
+        ledger.check_compiled(&compiled)?;
+        self.check_trusted(&anchors(ledger)).await?;
+        self.store.put(ledger, None).await
+    }
+}
+
+/// The height and hash of every boundary `ledger` walked.
+fn anchors(ledger: &IdentityLedger) -> Vec<(u64, cairn_primitives::Digest)> {
+    ledger
+        .walked()
+        .iter()
+        .map(|boundary| (boundary.height, boundary.finalization.proposal.payload))
+        .collect()
+}
 
 /// Fetches the finalization to start from, walks the boundaries up to its epoch (starting from
-/// the ledger `store` holds, if any, and persisting it every [`SAVE_EVERY_EPOCHS`]; every fetch
+/// the ledger `store` holds, if any, and persisting it after every round; every fetch
 /// through `upstream`'s sources, so a source that fails or lies is passed over as in
 /// catch-up), checks the compiled identities, verifies the checkpoint, and persists the ledger
 /// and the checkpoint. `target` is [`CheckpointTarget::Latest`] or a height.
@@ -278,23 +339,38 @@ pub async fn establish<E: StoreContext, U: UpstreamRequests>(
     let height = block.height();
     let epoch = profile.epochs.epoch_of(height).get();
 
-    let mut ledger = match store.ledger()? {
-        Some(record) => IdentityLedger::restore(profile, record)?,
-        None => IdentityLedger::from_genesis(profile),
-    }
-    .with_concurrency(concurrency)
-    .with_machine_pool();
+    let restored = match store.ledger()? {
+        Some(record) => Some(IdentityLedger::restore(profile, record)?),
+        None => None,
+    };
+    // A trusted block under the restored boundaries could only be reached through the parent
+    // hashes below the first boundary walked now: walking again from genesis is shorter.
+    let restored = restored.filter(|ledger| {
+        let below = ledger.known_through().checked_sub(1).and_then(|epoch| {
+            profile
+                .epochs
+                .boundary_height(commonware_consensus::types::Epoch::new(epoch))
+        });
+        !below.is_some_and(|top| trusted.iter().any(|block| block.height <= top))
+    });
+    let mut ledger = restored
+        .unwrap_or_else(|| IdentityLedger::from_genesis(profile))
+        .with_concurrency(concurrency)
+        .with_machine_pool();
     let from_epoch = ledger.known_through();
-    // Walked in stretches, the ledger persisted after each, so a walk stopped by a kill or a
-    // failed fetch starts again where it stopped (the boundaries it verified stay verified
-    // whatever comes after: each was certified by the key before it, from genesis).
-    while ledger.known_through() < epoch {
-        let stop = epoch.min(ledger.known_through().saturating_add(SAVE_EVERY_EPOCHS));
-        ledger.advance_to(rng, upstream, stop).await?;
-        if stop < epoch {
-            store.put(&ledger, None).await?;
-        }
-    }
+    // The ledger is persisted after every round, so a walk stopped by a kill or a failed fetch
+    // starts again where it stopped (a verified boundary stays verified whatever comes after:
+    // each was certified by the key before it, from genesis).
+    let mut progress = Progress {
+        store,
+        profile,
+        upstream,
+        trusted,
+        trusted_through: 0,
+    };
+    ledger
+        .advance_saving(rng, upstream, epoch, &mut progress)
+        .await?;
     ledger.check_compiled(&profile.network_identities)?;
 
     let provider = ledger
@@ -305,24 +381,18 @@ pub async fn establish<E: StoreContext, U: UpstreamRequests>(
         .verify_parts(rng, block, finalization)
         .map_err(|error| CheckpointError::Verify { height, error })?;
     // Every trusted block at or below the checkpoint must be on the verified chain, found
-    // through the parent hashes under the lowest verified block above it.
-    let mut anchors: Vec<(u64, cairn_primitives::Digest)> = ledger
-        .take_walked()
-        .iter()
-        .map(|boundary| (boundary.height, boundary.finalization.proposal.payload))
-        .collect();
+    // through the parent hashes under the lowest verified block above it: those under the
+    // boundaries walked were checked round by round, the rest are checked here.
+    let mut anchors = anchors(&ledger);
     anchors.push((height, verified.block.hash()));
-    let trusted_checked =
-        crate::sync::trusted::check(trusted, &anchors, |first, last| async move {
-            upstream
-                .get_blocks(first, last)
-                .await
-                .map_err(|err| err.to_string())
-        })
-        .await?;
-    if trusted_checked > 0 {
+    progress.check_trusted(&anchors).await?;
+    let store = progress.store;
+    if !trusted.is_empty() {
         info!(
-            trusted = trusted_checked,
+            trusted = trusted
+                .iter()
+                .filter(|block| block.height <= height)
+                .count(),
             "the trusted blocks are on the verified chain"
         );
     }

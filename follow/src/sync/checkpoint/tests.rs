@@ -387,62 +387,88 @@ fn with_no_upstream_answering_the_refusal_names_each_one_and_nothing_is_stored()
         for name in &names {
             assert!(each.contains(&format!("{name}: ")), "{name} in {err}");
         }
-        assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint");
+        assert!(
+            store.checkpoint().expect("reads").is_none(),
+            "no checkpoint"
+        );
         assert!(store.ledger().expect("reads").is_none(), "no ledger");
     });
 }
 
 #[test]
 fn a_walk_cut_short_starts_again_from_the_boundaries_it_verified() {
+    // Past the first round of 256 boundaries, so the walk saves once on its way and once more
+    // at the boundary it could not fetch.
     const EPOCH_LENGTH: u64 = 2;
-    let epochs = checkpoint::SAVE_EVERY_EPOCHS + 20;
+    const GAP: u64 = 266 * EPOCH_LENGTH + 1;
+    let epochs = 280;
     let committee = TestCommittee::new(b"TEMPO", 54, 4);
     let (profile, chain) = committee_chain(&committee, epochs * EPOCH_LENGTH, EPOCH_LENGTH);
-    // The boundary that closes epoch SAVE_EVERY_EPOCHS + 10: past the first write of the ledger.
-    const GAP: u64 = (checkpoint::SAVE_EVERY_EPOCHS + 11) * EPOCH_LENGTH - 1;
     let target = CheckpointTarget::Height(epochs * EPOCH_LENGTH);
+    let gap_epoch = profile.epochs.epoch_of(GAP).get();
+    assert!(
+        profile.epochs.boundary_height(profile.epochs.epoch_of(GAP)) == Some(GAP),
+        "the gap is a boundary"
+    );
+    let early = cairn_epoch::TrustedBlock {
+        height: 3,
+        hash: chain[2].block.as_ref().expect("block").hash(),
+    };
     on_disk(|context| async move {
         let holed = Remapped(memory(&chain), |height| (height != GAP).then_some(height));
-        let (holed, lacking, mut store) = serving(&context, holed, RpcConfig::default()).await;
-        let mut rng = rand::rng();
-        let err = checkpoint::establish(
-            &mut rng,
-            &profile,
-            &Sources::single("upstream", lacking),
-            &mut store,
-            target,
-            8,
-            &[],
-        )
-        .await
-        .expect_err("a boundary is missing");
-        assert!(err.to_string().contains(&GAP.to_string()), "{err}");
-        assert!(store.checkpoint().expect("reads").is_none(), "no checkpoint");
-        let ledger = store.ledger().expect("reads").expect("the ledger so far");
-        let kept = cairn_epoch::IdentityLedger::restore(&profile, ledger)
-            .expect("restores")
-            .known_through();
-        assert_eq!(kept, checkpoint::SAVE_EVERY_EPOCHS, "the walk up to the write");
-        holed.handle.stop().expect("stops");
-
-        // Started again on the same store: only the boundaries after the stored ones.
+        let (holed, lacking, _) = serving(&context, holed, RpcConfig::default()).await;
         let (server, upstream) = serve(memory(&chain), RpcConfig::default()).await;
-        let (checkpoint, report) = checkpoint::establish(
-            &mut rng,
-            &profile,
-            &Sources::single("upstream", upstream),
-            &mut store,
-            target,
-            8,
-            &[],
-        )
-        .await
-        .expect("the walk completes");
-        assert_eq!(checkpoint.height(), epochs * EPOCH_LENGTH);
-        assert_eq!(
-            (report.from_epoch, report.to_epoch, report.boundaries),
-            (kept, epochs, epochs - kept)
-        );
+        let mut rng = rand::rng();
+        // Started again with the same trust: only the boundaries after the stored ones. With a
+        // trusted block under the stored boundaries: from genesis, so that block is reached from
+        // the boundary just above it.
+        for (partition, trusted, resumed) in [("same", vec![], true), ("early", vec![early], false)]
+        {
+            let mut store = CheckpointStore::open(context.child(partition), partition)
+                .await
+                .expect("store opens");
+            let err = checkpoint::establish(
+                &mut rng,
+                &profile,
+                &Sources::single("upstream", lacking.clone()),
+                &mut store,
+                target,
+                8,
+                &[],
+            )
+            .await
+            .expect_err("a boundary is missing");
+            assert!(err.to_string().contains(&GAP.to_string()), "{err}");
+            assert!(
+                store.checkpoint().expect("reads").is_none(),
+                "no checkpoint"
+            );
+            let ledger = store.ledger().expect("reads").expect("the ledger so far");
+            let kept = cairn_epoch::IdentityLedger::restore(&profile, ledger)
+                .expect("restores")
+                .known_through();
+            assert_eq!(kept, gap_epoch, "every boundary verified before the gap");
+
+            let (checkpoint, report) = checkpoint::establish(
+                &mut rng,
+                &profile,
+                &Sources::single("upstream", upstream.clone()),
+                &mut store,
+                target,
+                8,
+                &trusted,
+            )
+            .await
+            .expect("the walk completes");
+            assert_eq!(checkpoint.height(), epochs * EPOCH_LENGTH);
+            let from = if resumed { kept } else { 0 };
+            assert_eq!(
+                (report.from_epoch, report.to_epoch, report.boundaries),
+                (from, epochs, epochs - from),
+                "{partition}"
+            );
+        }
+        holed.handle.stop().expect("stops");
         server.handle.stop().expect("stops");
     });
 }
