@@ -31,9 +31,6 @@ pub struct Actor<T: Transport> {
     source: SourceId,
     limits: Limits,
     mailbox: mpsc::Receiver<Message>,
-    /// Keeps the mailbox open when nobody holds a handle to it (an upstream whose requests are
-    /// answered another way).
-    _open: Option<mpsc::Sender<Message>>,
     notifications: mpsc::Sender<Sourced>,
     in_flight: Arc<Semaphore>,
 }
@@ -61,16 +58,9 @@ impl<T: Transport> Actor<T> {
             source,
             limits,
             mailbox,
-            _open: None,
             notifications,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         }
-    }
-
-    /// Keeps the mailbox open without any handle (see [`Self::_open`]).
-    pub(super) fn keeping_open(mut self, sender: mpsc::Sender<Message>) -> Self {
-        self._open = Some(sender);
-        self
     }
 
     /// Runs in `context` until every mailbox handle and the notification receiver are

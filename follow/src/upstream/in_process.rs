@@ -1,10 +1,10 @@
 //! The in-process upstream: the same notifications and requests as a WebSocket upstream,
 //! served from a [`FeedState`] and a [`ChainReader`] in the same process, so followers run
-//! inside deterministic simulations without sockets. Its events go through the same actor loop
-//! ([`super::Actor`]) as a WebSocket upstream's.
+//! inside deterministic simulations without sockets. Its events and requests go through the same actor
+//! loop ([`super::Actor`]) as a WebSocket upstream's.
 
 use super::{
-    Actor, SourceId, Sourced, UpstreamError, UpstreamRequests,
+    Actor, Mailbox, SourceId, Sourced, UpstreamError, UpstreamRequests,
     actor::Limits,
     transport::{Connection, Incoming, Transport},
 };
@@ -14,7 +14,8 @@ use futures::StreamExt as _;
 use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-/// Answers upstream requests from a chain in the same process (cheap to clone).
+/// Answers upstream requests from a chain in the same process (cheap to clone): what the
+/// in-process actor's request tasks call.
 #[derive(Clone, Debug)]
 pub struct InProcessUpstream<C> {
     chain: C,
@@ -70,27 +71,27 @@ impl<C: ChainReader + Clone> Transport for InProcess<C> {
 }
 
 /// Creates the in-process upstream `source`, named `name`, over `feed` and `chain`: the actor
-/// forwarding the feed's events (run it with [`Actor::run`] in a runtime context), and the
-/// handle answering requests from the chain. A lagging consumer is told of a disconnection and
-/// a fresh subscription at once (no backoff: the feed is always there).
+/// (run it with [`Actor::run`] in a runtime context) and its mailbox. Events and requests both
+/// go through the actor, as a WebSocket upstream's do: requests are answered from the chain in
+/// tasks bounded in number, and refused as "not connected" while the actor is down or between
+/// connections. A lagging consumer is told of a disconnection and a fresh subscription at once
+/// (no backoff: the feed is always there). The actor stops once every mailbox handle and the
+/// notification receiver are dropped.
 pub fn init<C: ChainReader + Clone>(
     name: impl Into<String>,
     source: SourceId,
     feed: FeedState,
     chain: C,
     notifications: mpsc::Sender<Sourced>,
-) -> (Actor<InProcess<C>>, InProcessUpstream<C>) {
-    let (sender, receiver) = mpsc::channel(1);
+) -> (Actor<InProcess<C>>, Mailbox) {
+    let (sender, receiver) = mpsc::channel(IN_PROCESS_MAILBOX);
     let limits = Limits {
         max_in_flight: 64,
         backoff_min: Duration::ZERO,
         backoff_max: Duration::ZERO,
         max_response_size: u32::MAX,
     };
-    let transport = InProcess {
-        feed,
-        chain: chain.clone(),
-    };
+    let transport = InProcess { feed, chain };
     let actor = Actor::new(
         transport,
         name.into(),
@@ -98,9 +99,19 @@ pub fn init<C: ChainReader + Clone>(
         limits,
         receiver,
         notifications,
-    )
-    .keeping_open(sender);
-    (actor, InProcessUpstream { chain })
+    );
+    (actor, Mailbox::new(sender))
+}
+
+/// Requests an in-process upstream's mailbox holds before callers wait.
+const IN_PROCESS_MAILBOX: usize = 64;
+
+impl<C> InProcessUpstream<C> {
+    /// Answers requests from `chain` directly, without an actor: for tests of what fetches
+    /// through [`super::Sources`], where no upstream connects or drops.
+    pub const fn new(chain: C) -> Self {
+        Self { chain }
+    }
 }
 
 impl<C: ChainReader> UpstreamRequests for InProcessUpstream<C> {

@@ -289,7 +289,7 @@ fn urls_that_cannot_be_followed_are_refused() {
 
 #[test]
 fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
-    use crate::upstream::{UpstreamRequests, in_process};
+    use crate::upstream::in_process;
     use commonware_runtime::deterministic;
 
     deterministic::Runner::seeded(3).start(|context| async move {
@@ -345,8 +345,18 @@ fn the_in_process_upstream_forwards_events_and_answers_from_the_chain() {
             // Dropping the receiver stops the actor at its next event.
             drop(notifications);
             feed.publish_finalized(certified(&committee, 13));
+            (upstream, first)
         };
-        futures::join!(actor.run(context.child("upstream")), consumer);
+        let ((), (upstream, first)) =
+            futures::join!(actor.run(context.child("upstream")), consumer);
+        // Requests go through the actor too: once it has stopped, none is answered, though
+        // the chain still holds the block.
+        assert_eq!(
+            upstream
+                .get_finalization(first.height.expect("height"))
+                .await,
+            Err(UpstreamError::Stopped)
+        );
     });
 }
 

@@ -576,7 +576,7 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
         upstream::{Sources, in_process},
     };
     use cairn_storage::open_anchors;
-    use commonware_runtime::Spawner as _;
+
     use commonware_storage::archive::Identifier;
     let (profile, chain) = chain();
     let (profile, chain) = (&profile, &chain);
@@ -603,11 +603,7 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
             for certified in served {
                 memory.insert(certified);
             }
-            let (notifications, _receiver) = tokio::sync::mpsc::channel(16);
-            let (actor, requests) =
-                in_process::init(label, 0, FeedState::default(), memory, notifications);
-            context.child(label).spawn(|context| actor.run(context));
-            Sources::single(label, requests)
+            Sources::single(label, in_process::InProcessUpstream::new(memory))
         };
         let height = 62;
         // Height 62 served with the certificate of height 63 (the sources turn it down: it

@@ -6,14 +6,12 @@
 use crate::{
     sync::backfill::{Backfill, BackfillReport},
     sync::catchup::{CatchUpConfig, CatchUpError},
-    upstream::{QuarantineConfig, Sources, in_process},
+    upstream::{QuarantineConfig, Sources, in_process::InProcessUpstream},
 };
-use cairn_feed::FeedState;
 use cairn_primitives::Block;
 use cairn_storage::execution::{EmbeddedExecution, ExecutionProvider as _};
 use cairn_testkit::{MemoryChain, linked_chain};
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
-use tokio::sync::mpsc;
 
 const CHECKPOINT: u64 = 30;
 const TIP: u64 = 40;
@@ -91,12 +89,8 @@ async fn run(
     for block in served {
         upstream.insert_block(block.clone());
     }
-    let (sender, _notifications) = mpsc::channel(1);
     let sources = Sources::new(
-        vec![(
-            "upstream".to_string(),
-            in_process::init("upstream", 0, FeedState::default(), upstream, sender).1,
-        )],
+        vec![("upstream".to_string(), InProcessUpstream::new(upstream))],
         QuarantineConfig::default(),
     );
     sources.book().set_connected(0, true);

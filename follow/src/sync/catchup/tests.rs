@@ -7,10 +7,9 @@
 use crate::{
     genesis_block,
     sync::catchup::{CatchUp, CatchUpConfig, CatchUpError, CatchUpReport, VerifyPolicy},
-    upstream::{QuarantineConfig, Sources, in_process},
+    upstream::{QuarantineConfig, Sources, in_process::InProcessUpstream},
 };
 use cairn_epoch::{ChainProfile, LedgerError};
-use cairn_feed::FeedState;
 use cairn_primitives::{Block, CertifiedBlock};
 use cairn_storage::{
     AnchorStore,
@@ -22,7 +21,6 @@ use cairn_testkit::{MemoryChain, TestCommittee, committee_chain};
 use commonware_consensus::types::Epoch;
 use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
 use commonware_storage::archive::Identifier;
-use tokio::sync::mpsc;
 
 const EPOCH_LENGTH: u64 = 10;
 const TIP: u64 = 55;
@@ -142,20 +140,13 @@ fn catch_up_with(
         for certified in served {
             chain.insert(certified);
         }
-        let (sender, _notifications) = mpsc::channel(1);
-        let mut upstreams = vec![(
-            "upstream".to_string(),
-            in_process::init("upstream", 0, FeedState::default(), chain, sender.clone()).1,
-        )];
+        let mut upstreams = vec![("upstream".to_string(), InProcessUpstream::new(chain))];
         if !other.is_empty() {
             let chain = MemoryChain::default();
             for certified in other {
                 chain.insert(certified);
             }
-            upstreams.push((
-                "other".to_string(),
-                in_process::init("other", 1, FeedState::default(), chain, sender).1,
-            ));
+            upstreams.push(("other".to_string(), InProcessUpstream::new(chain)));
         }
         let sources = Sources::new(upstreams, QuarantineConfig::default());
         for source in 0..sources.book().health().len() {
