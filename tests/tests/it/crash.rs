@@ -576,7 +576,6 @@ fn a_finalization_served_for_a_repair_that_does_not_verify_is_not_stored() {
         upstream::{Sources, in_process},
     };
     use cairn_storage::open_anchors;
-
     use commonware_storage::archive::Identifier;
     let (profile, chain) = chain();
     let (profile, chain) = (&profile, &chain);
