@@ -225,6 +225,18 @@ impl<E: StoreContext> CheckpointStore<E> {
         Ok(())
     }
 
+    /// Removes the stored ledger (with one sync): what a refused start leaves behind.
+    async fn forget_ledger(&mut self) -> Result<(), CheckpointError> {
+        let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
+        store.remove(&U64::new(LEDGER_KEY));
+        let store = store.sync().await.map_err(|error| CheckpointError::Store {
+            what: "syncing",
+            error,
+        })?;
+        self.store = Some(store);
+        Ok(())
+    }
+
     /// Persists `ledger` and, when given, the checkpoint, with one sync.
     pub async fn put(
         &mut self,
@@ -258,6 +270,26 @@ struct Progress<'a, E: StoreContext, U: UpstreamRequests> {
 }
 
 impl<E: StoreContext, U: UpstreamRequests> Progress<'_, E, U> {
+    /// Passes `err` on after removing the ledger the walk kept, so a refused start leaves
+    /// nothing stored (the walk is done again on the next try).
+    async fn refuse<T>(&mut self, err: impl Into<CheckpointError>) -> Result<T, CheckpointError> {
+        self.store.forget_ledger().await?;
+        Err(err.into())
+    }
+
+    /// Checks `ledger` against the identities compiled for the epochs it knows.
+    async fn check_compiled(&mut self, ledger: &IdentityLedger) -> Result<(), CheckpointError> {
+        let known = ledger.known_through();
+        let compiled: Vec<_> = (self.profile.network_identities.iter())
+            .filter(|configured| configured.from_epoch.get() <= known)
+            .cloned()
+            .collect();
+        match ledger.check_compiled(&compiled) {
+            Ok(()) => Ok(()),
+            Err(err) => self.refuse(err).await,
+        }
+    }
+
     /// Checks the trusted blocks above [`Self::trusted_through`] and at or below the highest of
     /// `anchors` (verified blocks); returns how many it checked.
     async fn check_trusted(
@@ -280,9 +312,14 @@ impl<E: StoreContext, U: UpstreamRequests> Progress<'_, E, U> {
                 .await
                 .map_err(|err| err.to_string())
         })
-        .await?;
-        self.trusted_through = self.trusted_through.max(top);
-        Ok(checked)
+        .await;
+        match checked {
+            Ok(checked) => {
+                self.trusted_through = self.trusted_through.max(top);
+                Ok(checked)
+            }
+            Err(err) => self.refuse(err).await,
+        }
     }
 }
 
@@ -290,12 +327,7 @@ impl<E: StoreContext, U: UpstreamRequests> LedgerStore for Progress<'_, E, U> {
     type Error = CheckpointError;
 
     async fn save(&mut self, ledger: &IdentityLedger) -> Result<(), CheckpointError> {
-        let known = ledger.known_through();
-        let compiled: Vec<_> = (self.profile.network_identities.iter())
-            .filter(|configured| configured.from_epoch.get() <= known)
-            .cloned()
-            .collect();
-        ledger.check_compiled(&compiled)?;
+        self.check_compiled(ledger).await?;
         self.check_trusted(&anchors(ledger)).await?;
         self.store.put(ledger, None).await
     }
@@ -371,15 +403,22 @@ pub async fn establish<E: StoreContext, U: UpstreamRequests>(
     ledger
         .advance_saving(rng, upstream, epoch, &mut progress)
         .await?;
-    ledger.check_compiled(&profile.network_identities)?;
+    if let Err(err) = ledger.check_compiled(&profile.network_identities) {
+        return progress.refuse(err).await;
+    }
 
     let provider = ledger
         .provider_for(&profile.namespace, epoch)
         .expect("the ledger was just walked to the checkpoint's epoch");
     let verifier = FinalizationVerifier::new(profile.epochs.clone(), provider);
-    let verified = verifier
-        .verify_parts(rng, block, finalization)
-        .map_err(|error| CheckpointError::Verify { height, error })?;
+    let verified = match verifier.verify_parts(rng, block, finalization) {
+        Ok(verified) => verified,
+        Err(error) => {
+            return progress
+                .refuse(CheckpointError::Verify { height, error })
+                .await;
+        }
+    };
     // Every trusted block at or below the checkpoint must be on the verified chain, found
     // through the parent hashes under the lowest verified block above it: those under the
     // boundaries walked were checked round by round, the rest are checked here.

@@ -468,6 +468,33 @@ fn a_walk_cut_short_starts_again_from_the_boundaries_it_verified() {
                 "{partition}"
             );
         }
+
+        // A trusted block the second round contradicts: refused after the first round was
+        // kept, and that is removed too, so the refusal leaves nothing stored.
+        let wrong = cairn_epoch::TrustedBlock {
+            height: 270 * EPOCH_LENGTH,
+            hash: early.hash,
+        };
+        let mut store = CheckpointStore::open(context.child("refused"), "refused")
+            .await
+            .expect("store opens");
+        let err = checkpoint::establish(
+            &mut rng,
+            &profile,
+            &Sources::single("upstream", upstream.clone()),
+            &mut store,
+            target,
+            8,
+            &[wrong],
+        )
+        .await
+        .expect_err("refused");
+        assert!(matches!(err, CheckpointError::Trusted(_)), "{err}");
+        assert!(
+            store.checkpoint().expect("reads").is_none(),
+            "no checkpoint"
+        );
+        assert!(store.ledger().expect("reads").is_none(), "no ledger");
         holed.handle.stop().expect("stops");
         server.handle.stop().expect("stops");
     });
