@@ -13,6 +13,8 @@ pub mod transactions;
 
 pub use cairn_storage::StoreContext;
 pub use ceremony::{CeremonyError, CeremonyOutput, full_dkg, reshare, trusted_deal};
-pub use producer::{Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced};
+pub use producer::{
+    Devnet, DevnetConfig, DevnetError, EpochEntry, KeyOrigin, Produced, tempo_block, tempo_genesis,
+};
 pub use signer::{CommitteeSigner, SignerError};
 pub use store::{ChainStore, StoreError};

@@ -360,6 +360,46 @@ fn header_template(number: u64, millis: u64, extra_data: Bytes) -> TempoHeader {
     }
 }
 
+/// A genesis block stamped `millis` (unix milliseconds) with `extraData` (epoch 0's outcome):
+/// a devnet header without a consensus context, over an empty body.
+pub fn tempo_genesis(
+    millis: u64,
+    extra_data: Vec<u8>,
+) -> Result<Block, cairn_primitives::BlockError> {
+    let header = header_template(0, millis, Bytes::from(extra_data));
+    Block::new(header, Some(body_with(Vec::new())))
+}
+
+/// The block after `parent`, stamped `millis` (unix milliseconds), proposed in `context`, with
+/// `extraData` and `transactions`: a devnet header (its beneficiary derived from the proposer,
+/// its state root chained from the parent's) over a body with those transactions.
+pub fn tempo_block(
+    parent: &Block,
+    millis: u64,
+    extra_data: Vec<u8>,
+    transactions: Vec<cairn_primitives::TempoTxEnvelope>,
+    context: TempoConsensusContext,
+) -> Result<Block, cairn_primitives::BlockError> {
+    let height = parent.height() + 1;
+    let gas_used = TransactionFactory::gas_used(&transactions);
+    let body = body_with(transactions);
+    let mut header = header_template(height, millis, Bytes::from(extra_data));
+    header.inner.parent_hash = parent.hash().0;
+    header.inner.beneficiary = Address::from_slice(&keccak256(B256::from(context.proposer))[12..]);
+    header.inner.state_root = keccak256(
+        [
+            parent.header().inner.state_root.as_slice(),
+            &height.to_be_bytes(),
+        ]
+        .concat(),
+    );
+    header.inner.transactions_root =
+        alloy_consensus::proofs::calculate_transaction_root(&body.transactions);
+    header.inner.gas_used = gas_used;
+    header.consensus_context = Some(context);
+    Block::new(header, Some(body))
+}
+
 /// `outcome` as a block stamped `millis` carries it: in the layout the chain's TIP-1123 fork
 /// time selects for that second.
 fn outcome_bytes(epochs: &EpochStrategy, outcome: &DkgOutcome, millis: u64) -> Vec<u8> {
@@ -422,12 +462,7 @@ async fn create_genesis<E: StoreContext>(
         shares: ceremony.shares,
     };
     store.put_secret(0, encode_record(&secrets), 0).await?;
-    let header = header_template(
-        0,
-        millis,
-        Bytes::from(outcome_bytes(epochs, &secrets.outcome, millis)),
-    );
-    let genesis = Block::new(header, Some(body_with(Vec::new())))
+    let genesis = tempo_genesis(millis, outcome_bytes(epochs, &secrets.outcome, millis))
         .map_err(|error| DevnetError::Block { height: 0, error })?;
     store.put_block(&genesis).await?;
     info!(hash = %genesis.hash(), "devnet genesis created");
@@ -812,8 +847,6 @@ impl<E: StoreContext> Devnet<E> {
             .transactions
             .transactions(height)
             .map_err(|error| DevnetError::Transactions { height, error })?;
-        let gas_used = TransactionFactory::gas_used(&transactions);
-        let body = body_with(transactions);
         let parent_millis = parent.header().timestamp_millis();
         let millis = match self.config.seed {
             Some(_) => {
@@ -837,29 +870,15 @@ impl<E: StoreContext> Devnet<E> {
         } else {
             Vec::new()
         };
-        let proposer_bytes = B256::from_slice(&proposer.encode());
-        let mut header = header_template(height, millis, Bytes::from(extra_data));
-        header.inner.parent_hash = parent.hash().0;
-        header.inner.beneficiary = Address::from_slice(&keccak256(proposer_bytes)[12..]);
-        header.inner.state_root = keccak256(
-            [
-                parent.header().inner.state_root.as_slice(),
-                &height.to_be_bytes(),
-            ]
-            .concat(),
-        );
-        header.inner.transactions_root =
-            alloy_consensus::proofs::calculate_transaction_root(&body.transactions);
-        header.inner.gas_used = gas_used;
-        header.consensus_context = Some(TempoConsensusContext {
+        let context = TempoConsensusContext {
             epoch,
             view,
             parent_view: view - 1,
-            proposer: ProposerKey::try_from(proposer_bytes)
+            proposer: ProposerKey::try_from(B256::from_slice(&proposer.encode()))
                 .map_err(|err| corrupt(format!("proposer key of epoch {epoch}"), err))?,
-        });
-        let block =
-            Block::new(header, Some(body)).map_err(|error| DevnetError::Block { height, error })?;
+        };
+        let block = tempo_block(parent, millis, extra_data, transactions, context)
+            .map_err(|error| DevnetError::Block { height, error })?;
         Ok((block, entered))
     }
 

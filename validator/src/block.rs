@@ -105,6 +105,9 @@ pub enum ValidatorBlockError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The block itself is malformed.
+    #[error("the block does not hold together: {0}")]
+    Block(#[from] cairn_primitives::BlockError),
     /// The chain switches to TIP-1123's strict outcome layout.
     #[error(
         "a chain with a TIP-1123 fork time cannot be run by simplex validators: TIP-1123 reads a \
@@ -139,6 +142,17 @@ pub fn extra_data(payload: &ValidatorPayload) -> Vec<u8> {
     };
     bytes.extend_from_slice(&payload.encode());
     bytes
+}
+
+/// The genesis block of a validators' chain, stamped `millis` (unix milliseconds), carrying
+/// epoch 0's information `info`.
+pub fn genesis(
+    info: &ValidatorEpochInfo,
+    millis: u64,
+    config: &ValidatorBlockConfig,
+) -> Result<ValidatorBlock, ValidatorBlockError> {
+    let extra = extra_data(&Payload::EpochInfo(info.clone()));
+    ValidatorBlock::new(cairn_devnet::tempo_genesis(millis, extra)?, config)
 }
 
 /// A Tempo block with the consensus context it was proposed in and the reshare payload it

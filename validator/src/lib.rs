@@ -6,9 +6,12 @@
 //! `extraData`, laid out so that Tempo's nodes and cairn's followers read each boundary's DKG
 //! outcome exactly as on Tempo's networks.
 
+pub mod application;
 pub mod block;
+pub mod committee;
+pub mod engine;
 
 pub use block::{
     ValidatorBlock, ValidatorBlockConfig, ValidatorBlockError, ValidatorContext,
-    ValidatorEpochInfo, ValidatorPayload, check_outcome_fork, extra_data,
+    ValidatorEpochInfo, ValidatorPayload, check_outcome_fork, extra_data, genesis,
 };

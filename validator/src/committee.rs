@@ -1,0 +1,228 @@
+//! Who takes part in each epoch and with which keys: the committees (a window over the validator
+//! pool moving one validator per epoch, as the certifying producer's do), the per-epoch signing
+//! schemes glue's reshare actor registers, and the store of this validator's secrets.
+
+use crate::engine::Scheme;
+use commonware_consensus::types::Epoch;
+use commonware_cryptography::{
+    bls12381::{
+        dkg::feldman_desmedt::DealerPrivMsg, primitives::group::Share, primitives::variant::MinSig,
+    },
+    certificate::{Provider, Scoped},
+    ed25519::PublicKey,
+    transcript::Summary,
+};
+use commonware_glue::dkg::{ParticipantsProvider, Registrar, SecretStore, types::SchemeInfo};
+use commonware_utils::{ordered::Set, sequence::Unit};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+/// The validator pool and the size of each epoch's committee.
+#[derive(Clone, Debug)]
+pub struct Committees {
+    pool: Vec<PublicKey>,
+    size: usize,
+}
+
+impl Committees {
+    /// Committees of `size` over `pool` (in its order); `size` is at most the pool's.
+    pub fn new(pool: Vec<PublicKey>, size: usize) -> Self {
+        let size = size.clamp(1, pool.len().max(1));
+        Self { pool, size }
+    }
+
+    /// The players of `epoch`: `size` validators from position `epoch` of the pool, wrapping.
+    pub fn players(&self, epoch: u64) -> Set<PublicKey> {
+        let count = self.pool.len() as u64;
+        Set::from_iter_dedup(
+            (0..self.size as u64).map(|i| self.pool[((epoch + i) % count) as usize].clone()),
+        )
+    }
+
+    /// The whole pool.
+    pub fn pool(&self) -> &[PublicKey] {
+        &self.pool
+    }
+}
+
+impl ParticipantsProvider for Committees {
+    type PublicKey = PublicKey;
+    type Directory = Unit;
+
+    async fn participants(&mut self, epoch: Epoch) -> Set<PublicKey> {
+        self.players(epoch.get())
+    }
+
+    async fn directory(&mut self, _: Epoch, _: Set<PublicKey>) -> Unit {
+        Unit
+    }
+}
+
+/// The consensus scheme of each epoch, as the reshare actor registers them: what simplex signs
+/// and verifies with (cheap to clone; clones share the schemes).
+#[derive(Clone)]
+pub struct SchemeRegistry {
+    namespace: &'static [u8],
+    public_key: PublicKey,
+    schemes: Arc<Mutex<BTreeMap<Epoch, Arc<Scheme>>>>,
+}
+
+impl SchemeRegistry {
+    /// An empty registry for the validator `public_key`, signing under `namespace`.
+    pub fn new(namespace: &'static [u8], public_key: PublicKey) -> Self {
+        Self {
+            namespace,
+            public_key,
+            schemes: Arc::default(),
+        }
+    }
+
+    /// Registers epoch 0's scheme from the genesis information and this validator's share.
+    pub fn register_epoch_zero(&self, info: &crate::ValidatorEpochInfo, share: Option<Share>) {
+        let info = SchemeInfo::new(
+            &self.public_key,
+            info.output.players().clone(),
+            info.output.public().clone(),
+            share,
+        );
+        self.install(Epoch::zero(), info);
+    }
+
+    /// Installs the scheme `info` describes for `epoch`.
+    fn install(&self, epoch: Epoch, info: SchemeInfo<MinSig, PublicKey>) {
+        let scheme = match info {
+            SchemeInfo::Verifier {
+                participants,
+                sharing,
+            } => Scheme::verifier(self.namespace, participants, sharing),
+            SchemeInfo::Member {
+                participants,
+                sharing,
+                public_key,
+            } => match Scheme::member(
+                self.namespace,
+                participants.clone(),
+                sharing.clone(),
+                &public_key,
+            ) {
+                Some(scheme) => scheme,
+                None => Scheme::verifier(self.namespace, participants, sharing),
+            },
+            SchemeInfo::Signer {
+                participants,
+                sharing,
+                share,
+            } => match Scheme::signer(self.namespace, participants.clone(), sharing.clone(), share)
+            {
+                Some(scheme) => scheme,
+                None => Scheme::verifier(self.namespace, participants, sharing),
+            },
+        };
+        self.schemes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(epoch, Arc::new(scheme));
+    }
+}
+
+impl Provider for SchemeRegistry {
+    type Scope = Epoch;
+    type Scheme = Scheme;
+
+    fn scoped(&self, scope: Epoch) -> Option<Scoped<Scheme>> {
+        self.scheme(scope).map(Scoped::scheme)
+    }
+
+    fn scheme(&self, scope: Epoch) -> Option<Arc<Scheme>> {
+        self.schemes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&scope)
+            .cloned()
+    }
+}
+
+impl Registrar for SchemeRegistry {
+    type Variant = MinSig;
+    type PublicKey = PublicKey;
+
+    async fn register(&self, epoch: Epoch, info: SchemeInfo<MinSig, PublicKey>) {
+        self.install(epoch, info);
+    }
+}
+
+/// This validator's secrets (shares, dealer seeds, private dealings received), in memory.
+#[derive(Clone, Default)]
+pub struct MemorySecrets {
+    inner: Arc<Mutex<Secrets>>,
+}
+
+#[derive(Default)]
+struct Secrets {
+    shares: BTreeMap<Epoch, Share>,
+    seeds: BTreeMap<Epoch, Summary>,
+    dealings: BTreeMap<(Epoch, Vec<u8>), DealerPrivMsg>,
+}
+
+impl MemorySecrets {
+    /// A store holding `share` for epoch 0 (a genesis committee member's).
+    pub fn with_genesis_share(share: Option<Share>) -> Self {
+        let store = Self::default();
+        if let Some(share) = share {
+            store.lock().shares.insert(Epoch::zero(), share);
+        }
+        store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Secrets> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl SecretStore for MemorySecrets {
+    async fn put_share(&mut self, epoch: Epoch, share: Share) {
+        self.lock().shares.insert(epoch, share);
+    }
+
+    async fn get_share(&mut self, epoch: Epoch) -> Option<Share> {
+        self.lock().shares.get(&epoch).cloned()
+    }
+
+    async fn put_seed(&mut self, epoch: Epoch, seed: Summary) {
+        self.lock().seeds.insert(epoch, seed);
+    }
+
+    async fn get_seed(&mut self, epoch: Epoch) -> Option<Summary> {
+        self.lock().seeds.get(&epoch).cloned()
+    }
+
+    async fn put_dealing<P: commonware_cryptography::PublicKey>(
+        &mut self,
+        epoch: Epoch,
+        dealer: P,
+        private: DealerPrivMsg,
+    ) {
+        let key = commonware_codec::Encode::encode(&dealer).to_vec();
+        self.lock().dealings.insert((epoch, key), private);
+    }
+
+    async fn get_dealing<P: commonware_cryptography::PublicKey>(
+        &mut self,
+        epoch: Epoch,
+        dealer: &P,
+    ) -> Option<DealerPrivMsg> {
+        let key = commonware_codec::Encode::encode(dealer).to_vec();
+        self.lock().dealings.get(&(epoch, key)).cloned()
+    }
+
+    async fn prune(&mut self, min: Epoch) {
+        let mut secrets = self.lock();
+        secrets.shares.retain(|epoch, _| *epoch >= min);
+        secrets.seeds.retain(|epoch, _| *epoch >= min);
+        secrets.dealings.retain(|(epoch, _), _| *epoch >= min);
+    }
+}

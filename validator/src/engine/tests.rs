@@ -1,0 +1,264 @@
+//! Validators in the deterministic runtime over commonware-p2p's simulated network: real simplex,
+//! real reshare ceremonies every epoch, Tempo blocks.
+
+use super::{CHANNELS, Channels, Marshal, NAMESPACE, Scheme, ValidatorConfig, start};
+use crate::{
+    block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo, genesis},
+    committee::{Committees, MemorySecrets},
+};
+use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
+use cairn_primitives::BlockCodecConfig;
+use commonware_consensus::types::{Epoch, Height};
+use commonware_cryptography::{
+    Signer as _,
+    bls12381::{
+        dkg::feldman_desmedt::deal,
+        primitives::{sharing::Mode, variant::MinSig},
+    },
+    ed25519,
+};
+use commonware_glue::dkg::{
+    ReshareBlock as _,
+    types::{EpochOutcome, Payload},
+};
+use commonware_p2p::{Manager as _, simulated};
+use commonware_runtime::{Clock as _, Quota, Runner as _, Supervisor as _, deterministic};
+use commonware_utils::{N3f1, NZU32, NZUsize, Probability, ordered::Set, sequence::Unit};
+use rand::{SeedableRng as _, rngs::StdRng};
+use std::{
+    num::{NonZeroU32, NonZeroU64},
+    time::Duration,
+};
+
+const EPOCH_LENGTH: u64 = 20;
+const POOL: u64 = 5;
+const COMMITTEE: usize = 4;
+
+fn blocks() -> ValidatorBlockConfig {
+    ValidatorBlockConfig {
+        epoch_length: NonZeroU64::new(EPOCH_LENGTH).expect("non-zero"),
+        max_participants: NonZeroU32::new(16).expect("non-zero"),
+        block: BlockCodecConfig::default(),
+    }
+}
+
+/// The pool's keys, epoch 0's information (a trusted deal to epoch 0's players) and each
+/// player's share.
+fn chain() -> (
+    Vec<ed25519::PrivateKey>,
+    Committees,
+    ValidatorEpochInfo,
+    Vec<(
+        ed25519::PublicKey,
+        commonware_cryptography::bls12381::primitives::group::Share,
+    )>,
+) {
+    let keys: Vec<_> = (0..POOL).map(ed25519::PrivateKey::from_seed).collect();
+    let committees = Committees::new(keys.iter().map(|key| key.public_key()).collect(), COMMITTEE);
+    let players = committees.players(0);
+    let (output, shares) = deal::<MinSig, _, N3f1>(
+        StdRng::seed_from_u64(7),
+        Mode::NonZeroCounter,
+        players.clone(),
+    )
+    .expect("the trusted deal succeeds");
+    let info = ValidatorEpochInfo {
+        outcome: EpochOutcome::Success,
+        epoch: Epoch::zero(),
+        output,
+        players,
+        next_players: committees.players(1),
+        directory: Unit,
+    };
+    let shares = shares
+        .iter_pairs()
+        .map(|(key, share)| (key.clone(), share.clone()))
+        .collect();
+    (keys, committees, info, shares)
+}
+
+/// Waits until every marshal has processed `height`.
+async fn processed(context: &deterministic::Context, marshals: &[Marshal], height: u64) {
+    loop {
+        let mut lowest = u64::MAX;
+        for marshal in marshals {
+            let at = marshal
+                .get_processed()
+                .await
+                .map_or(0, |processed| processed.height().get());
+            lowest = lowest.min(at);
+        }
+        if lowest >= height {
+            return;
+        }
+        context.sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_same_key() {
+    let config = deterministic::Config::new()
+        .with_seed(11)
+        .with_timeout(Some(Duration::from_secs(3_600)));
+    deterministic::Runner::new(config).start(|context| async move {
+        let (keys, committees, info, shares) = chain();
+        let genesis = genesis(&info, 1_700_000_000_000, &blocks()).expect("genesis");
+        let (network, oracle) = simulated::Network::new(
+            context.child("network"),
+            simulated::Config {
+                max_size: 4 * 1024 * 1024,
+                max_peers_per_set: NZUsize!(POOL as usize),
+                disconnect_on_block: true,
+                tracked_peer_sets: NZUsize!(3),
+            },
+        );
+        network.start();
+        let everyone: Set<ed25519::PublicKey> =
+            Set::from_iter_dedup(keys.iter().map(|key| key.public_key()));
+        oracle.manager().track(0, everyone.clone());
+        let link = simulated::Link {
+            latency: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            success_rate: Probability::new(1, 1).expect("a probability"),
+        };
+        for a in &everyone {
+            for b in &everyone {
+                if a != b {
+                    oracle
+                        .add_link(a.clone(), b.clone(), link.clone())
+                        .await
+                        .expect("linked");
+                }
+            }
+        }
+
+        let mut marshals = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            let public_key = key.public_key();
+            let control = oracle.control(public_key.clone());
+            let mut pairs = Vec::new();
+            for channel in CHANNELS {
+                pairs.push(
+                    control
+                        .register(channel, Quota::per_second(NZU32!(100_000)))
+                        .await
+                        .expect("registered"),
+                );
+            }
+            let mut pairs = pairs.into_iter();
+            let mut next = || pairs.next().expect("a channel");
+            let channels = Channels {
+                votes: next(),
+                certificates: next(),
+                resolver: next(),
+                backfill: next(),
+                broadcast: next(),
+                dkg: next(),
+            };
+            let share = shares
+                .iter()
+                .find(|(player, _)| *player == public_key)
+                .map(|(_, share)| share.clone());
+            let validator = start(
+                context.child("validator").with_attribute("index", index),
+                ValidatorConfig {
+                    signer: key.clone(),
+                    committees: committees.clone(),
+                    genesis: genesis.clone(),
+                    blocks: blocks(),
+                    chain_id: 1337,
+                    partition_prefix: format!("validator-{index}"),
+                    leader_timeout: Duration::from_secs(1),
+                    certification_timeout: Duration::from_secs(2),
+                },
+                MemorySecrets::with_genesis_share(share),
+                oracle.manager(),
+                control,
+                channels,
+            )
+            .await;
+            marshals.push(validator.marshal);
+        }
+
+        let tip = 3 * EPOCH_LENGTH;
+        processed(&context, &marshals, tip).await;
+
+        // Every validator holds the same blocks; each epoch's final block announces the next
+        // epoch's players under the same key, readable by Tempo's outcome reader.
+        let identity = *info.output.public().public();
+        let mut proposers = std::collections::HashSet::new();
+        for height in 1..=tip {
+            let mut seen: Option<ValidatorBlock> = None;
+            for marshal in &marshals {
+                let block = marshal
+                    .get_block(Height::new(height))
+                    .await
+                    .expect("every validator has the block")
+                    .inner()
+                    .clone();
+                if let Some(first) = &seen {
+                    assert!(*first == block, "validators differ at height {height}");
+                } else {
+                    seen = Some(block);
+                }
+            }
+            let block = seen.expect("a block");
+            assert!(
+                !block.block().transactions().is_empty(),
+                "block {height} carries signed transactions"
+            );
+            proposers.insert(
+                block
+                    .block()
+                    .header()
+                    .consensus_context
+                    .expect("context")
+                    .proposer,
+            );
+            if (height + 1) % EPOCH_LENGTH == 0 {
+                let Some(Payload::EpochInfo(next)) = block.payload() else {
+                    panic!("block {height} closes an epoch without the next one's information");
+                };
+                let epoch = (height + 1) / EPOCH_LENGTH;
+                assert_eq!(next.epoch.get(), epoch);
+                assert!(
+                    matches!(next.outcome, EpochOutcome::Success),
+                    "the ceremony of epoch {} succeeded",
+                    epoch - 1
+                );
+                assert_eq!(
+                    *next.output.public().public(),
+                    identity,
+                    "reshared, same key"
+                );
+                // The committees rotate: the ceremony's players (this epoch's dealers) are
+                // the previous epoch's players, and the epoch's own players the next window.
+                assert_eq!(next.output.players(), &committees.players(epoch - 1));
+                assert_eq!(next.players, committees.players(epoch));
+                assert_eq!(next.next_players, committees.players(epoch + 1));
+                let extra = block.block().header().inner.extra_data.clone();
+                let (outcome, _) = DkgOutcome::decode_boundary(
+                    &extra,
+                    OutcomeLayout::Legacy,
+                    &OutcomeLimits::default(),
+                )
+                .expect("Tempo's reader reads it");
+                assert_eq!(outcome.identity(), &identity);
+            }
+        }
+        assert!(proposers.len() > 1, "leaders rotate: {proposers:?}");
+        let finalization = marshals[0]
+            .get_finalization(Height::new(tip))
+            .await
+            .expect("finalized");
+        let verifier = Scheme::certificate_verifier(NAMESPACE, identity);
+        assert!(
+            finalization.verify(
+                &mut StdRng::seed_from_u64(1),
+                &verifier,
+                &commonware_parallel::Sequential
+            ),
+            "the certificate verifies with the network identity"
+        );
+    });
+}
