@@ -3,8 +3,13 @@
 //!
 //! Where the payload goes:
 //!
-//! - **The epoch's final block** (and genesis) carries the next epoch's (genesis: epoch 0's)
-//!   information twice, one after the other: first the DKG outcome in Tempo's legacy layout,
+//! - **Genesis** carries epoch 0's DKG outcome in Tempo's legacy layout and nothing else, exactly
+//!   as the certifying devnet's genesis does, so a chain profile and a follower read it
+//!   unchanged. Glue's epoch 0 information follows from it: the outcome's output, and its
+//!   `next_players` as the players of both epoch 0 and epoch 1 (the committees start rotating
+//!   with epoch 2; see [`crate::committee::Committees`]).
+//! - **The epoch's final block** carries the next epoch's information twice, one after the
+//!   other: first the DKG outcome in Tempo's legacy layout,
 //!   `varint(epoch) || Output || next_players || is_next_full_dkg`, so Tempo's nodes and cairn
 //!   followers read the next key exactly as on Tempo's networks (they ignore what follows it);
 //!   then glue's [`EpochInfo`] as its codec writes it (`Payload` tag 1), which also holds what the
@@ -27,6 +32,7 @@ use commonware_consensus::{
     simplex::types::Context,
     types::{Epoch, Height, Round, View},
 };
+use commonware_cryptography::bls12381::dkg::feldman_desmedt::Output;
 use commonware_cryptography::{
     Digestible,
     bls12381::primitives::{sharing::ModeVersion, variant::MinSig},
@@ -34,9 +40,9 @@ use commonware_cryptography::{
 };
 use commonware_glue::dkg::{
     ReshareBlock,
-    types::{EpochInfo, Payload},
+    types::{EpochInfo, EpochOutcome, Payload},
 };
-use commonware_utils::sequence::Unit;
+use commonware_utils::{ordered::Set, sequence::Unit};
 use std::num::{NonZeroU32, NonZeroU64};
 
 /// The reshare payload a block carries.
@@ -77,8 +83,8 @@ pub enum ValidatorBlockError {
     /// A block above genesis without the consensus context its proposal ran in.
     #[error("block {0} carries no consensus context")]
     NoContext(u64),
-    /// Genesis without epoch 0's information.
-    #[error("the genesis block carries no epoch information")]
+    /// Genesis without epoch 0's outcome.
+    #[error("the genesis block carries no DKG outcome")]
     NoGenesisInfo,
     /// The Tempo half of a final block's `extraData` is not a DKG outcome.
     #[error("block {height}: the DKG outcome in extraData does not decode: {error}")]
@@ -144,15 +150,26 @@ pub fn extra_data(payload: &ValidatorPayload) -> Vec<u8> {
     bytes
 }
 
-/// The genesis block of a validators' chain, stamped `millis` (unix milliseconds), carrying
-/// epoch 0's information `info`.
+/// The genesis block of a validators' chain, stamped `millis` (unix milliseconds): epoch 0's
+/// outcome, whose output is `output` and whose players (of epochs 0 and 1) are `players`.
 pub fn genesis(
-    info: &ValidatorEpochInfo,
+    output: Output<MinSig, PublicKey>,
+    players: Set<PublicKey>,
     millis: u64,
     config: &ValidatorBlockConfig,
 ) -> Result<ValidatorBlock, ValidatorBlockError> {
-    let extra = extra_data(&Payload::EpochInfo(info.clone()));
-    ValidatorBlock::new(cairn_devnet::tempo_genesis(millis, extra)?, config)
+    let outcome = DkgOutcome {
+        epoch: 0,
+        output,
+        next: Some(NextCeremony {
+            players,
+            full_dkg: false,
+        }),
+    };
+    ValidatorBlock::new(
+        cairn_devnet::tempo_genesis(millis, outcome.to_bytes())?,
+        config,
+    )
 }
 
 /// A Tempo block with the consensus context it was proposed in and the reshare payload it
@@ -227,15 +244,30 @@ fn read_payload(
         Ok(payload)
     };
     let misplaced = |reason| ValidatorBlockError::Misplaced { height, reason };
-    if height != 0 && !config.is_final(height) {
+    let limits = OutcomeLimits {
+        max_participants: config.max_participants,
+    };
+    if height == 0 {
+        let outcome = DkgOutcome::decode_strict(extra, OutcomeLayout::Legacy, &limits)
+            .map_err(|error| ValidatorBlockError::Outcome { height, error })?;
+        let Some(next) = outcome.next.filter(|next| !next.full_dkg) else {
+            return Err(misplaced("a genesis outcome announcing no reshare"));
+        };
+        return Ok(Some(Payload::EpochInfo(ValidatorEpochInfo {
+            outcome: EpochOutcome::Success,
+            epoch: Epoch::zero(),
+            output: outcome.output,
+            players: next.players.clone(),
+            next_players: next.players,
+            directory: Unit,
+        })));
+    }
+    if !config.is_final(height) {
         return match decode(extra)? {
             payload @ Payload::DealerLog(_) => Ok(Some(payload)),
             Payload::EpochInfo(_) => Err(misplaced("epoch information off an epoch's final block")),
         };
     }
-    let limits = OutcomeLimits {
-        max_participants: config.max_participants,
-    };
     let (outcome, trailing) = DkgOutcome::decode_boundary(extra, OutcomeLayout::Legacy, &limits)
         .map_err(|error| ValidatorBlockError::Outcome { height, error })?;
     let Payload::EpochInfo(info) = decode(&extra[extra.len() - trailing..])? else {

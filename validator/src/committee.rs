@@ -1,5 +1,5 @@
 //! Who takes part in each epoch and with which keys: the committees (a window over the validator
-//! pool moving one validator per epoch, as the certifying producer's do), the per-epoch signing
+//! pool moving one validator per epoch from epoch 2 on), the per-epoch signing
 //! schemes glue's reshare actor registers, and the store of this validator's secrets.
 
 use crate::engine::Scheme;
@@ -33,11 +33,14 @@ impl Committees {
         Self { pool, size }
     }
 
-    /// The players of `epoch`: `size` validators from position `epoch` of the pool, wrapping.
+    /// The players of `epoch`: `size` validators of the pool, wrapping, from position
+    /// `epoch - 1` (epochs 0 and 1 both from position 0, as genesis announces one committee for
+    /// both: Tempo's genesis outcome has room for one).
     pub fn players(&self, epoch: u64) -> Set<PublicKey> {
         let count = self.pool.len() as u64;
+        let first = epoch.saturating_sub(1);
         Set::from_iter_dedup(
-            (0..self.size as u64).map(|i| self.pool[((epoch + i) % count) as usize].clone()),
+            (0..self.size as u64).map(|i| self.pool[((first + i) % count) as usize].clone()),
         )
     }
 

@@ -92,20 +92,21 @@ fn the_context_comes_from_the_header_and_genesis_has_epoch_zero_s_first_dealer()
     assert_eq!(context.leader, test_proposer().to_inner());
     assert!(block.payload().is_none());
 
+    // Genesis: Tempo's outcome alone, as the certifying devnet writes it; epoch 0's
+    // information follows from it, with the outcome's players for epochs 0 and 1.
     let info = info(0);
-    let (mut header, body) = test_block(
-        0,
-        0,
-        0,
-        extra_data(&ValidatorPayload::EpochInfo(info.clone())),
-    )
-    .into_parts();
-    header.consensus_context = None;
-    let genesis = ValidatorBlock::new(
-        Block::new(header, body).expect("the body is unchanged"),
-        &config(),
-    )
-    .expect("genesis with epoch 0's information");
+    let genesis = super::genesis(info.output.clone(), info.players.clone(), 1_000, &config())
+        .expect("genesis");
+    let extra = genesis.block().header().inner.extra_data.clone();
+    DkgOutcome::decode_strict(&extra, OutcomeLayout::Legacy, &OutcomeLimits::default())
+        .expect("nothing but Tempo's outcome");
+    let Some(ValidatorPayload::EpochInfo(read)) = genesis.payload() else {
+        panic!("genesis carries epoch 0's information");
+    };
+    assert_eq!(
+        (read.epoch, &read.output, &read.players, &read.next_players),
+        (Epoch::zero(), &info.output, &info.players, &info.players)
+    );
     let context = genesis.context();
     assert_eq!(context.round, Round::new(Epoch::zero(), View::zero()));
     assert_eq!(

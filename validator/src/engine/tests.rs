@@ -102,7 +102,14 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
         .with_timeout(Some(Duration::from_secs(3_600)));
     deterministic::Runner::new(config).start(|context| async move {
         let (keys, committees, info, shares) = chain();
-        let genesis = genesis(&info, 1_700_000_000_000, &blocks()).expect("genesis");
+        let genesis = genesis(
+            info.output.clone(),
+            info.players.clone(),
+            1_700_000_000_000,
+            &blocks(),
+        )
+        .expect("genesis");
+        assert!(genesis.payload() == Some(Payload::EpochInfo(info.clone())));
         let (network, oracle) = simulated::Network::new(
             context.child("network"),
             simulated::Config {
