@@ -70,12 +70,22 @@ impl<E: StoreContext> Clone for ChainStore<E> {
 impl<E: StoreContext> ChainStore<E> {
     /// Opens (or creates) the store in `context`'s storage.
     pub async fn open(context: E) -> Result<Self, StoreError> {
+        Self::open_in(context, "devnet").await
+    }
+
+    /// Opens (or creates) the store in `context`'s storage, in partitions named from `prefix`
+    /// (several stores can share one storage).
+    pub async fn open_in(context: E, prefix: &str) -> Result<Self, StoreError> {
         let page_cache = page_cache();
-        let blocks =
-            BlockStore::open(context.child("blocks"), "devnet-blocks", page_cache.clone()).await?;
+        let blocks = BlockStore::open(
+            context.child("blocks"),
+            &format!("{prefix}-blocks"),
+            page_cache.clone(),
+        )
+        .await?;
         let finalizations = immutable::Archive::init(
             context.child("finalizations"),
-            archive_config("devnet-finalizations", page_cache, ()),
+            archive_config(&format!("{prefix}-finalizations"), page_cache, ()),
         )
         .await
         .map_err(|error| cairn_storage::StoreError::Archive {
@@ -85,7 +95,7 @@ impl<E: StoreContext> ChainStore<E> {
         let secrets = Metadata::init(
             context.child("secrets"),
             metadata::Config {
-                partition: "devnet-secrets".into(),
+                partition: format!("{prefix}-secrets"),
                 codec_config: ((..=MAX_SECRET_RECORD).into(), ()),
             },
         )

@@ -7,6 +7,7 @@ use crate::{
     application::TempoApplication,
     block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo},
     committee::{Committees, SchemeRegistry},
+    serve::Finalized,
 };
 use commonware_broadcast::buffered;
 use commonware_consensus::{
@@ -46,12 +47,13 @@ use commonware_runtime::{
     Clock, Handle, Metrics, Network, Spawner, Storage, buffer::paged::CacheRef,
 };
 use commonware_storage::{archive::prunable, translator::TwoCap};
-use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
+use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize, acknowledgement::Exact};
 use rand::CryptoRng;
 use std::{
     num::{NonZeroU16, NonZeroUsize},
     time::Duration,
 };
+use tokio::sync::mpsc;
 
 /// The threshold signature scheme Tempo's consensus uses.
 pub type Scheme = vrf::Scheme<ed25519::PublicKey, MinSig>;
@@ -121,6 +123,9 @@ pub const CHANNELS: [u64; 6] = [0, 1, 2, 3, 4, 5];
 pub struct Validator {
     /// Its marshal: the finalized chain.
     pub marshal: Marshal,
+    /// The blocks marshal finalizes, each waiting for its acknowledgement: hand them to
+    /// [`crate::serve::serve`] (marshal stops delivering while one is unacknowledged).
+    pub finalized: mpsc::UnboundedReceiver<(Digested<ValidatorBlock>, Exact)>,
     /// Its actors.
     pub handles: Vec<Handle<()>>,
 }
@@ -309,13 +314,18 @@ where
     );
     let orchestrator_handle =
         orchestrator_actor.start(channels.votes, channels.certificates, channels.resolver);
+    let (served, finalized) = Finalized::new();
     let marshal_handle = marshal_actor.start(
-        Reporters::from((orchestrator_mailbox, reshare_mailbox)),
+        Reporters::from((
+            orchestrator_mailbox,
+            Reporters::from((reshare_mailbox, served)),
+        )),
         buffer,
         resolver,
     );
     Validator {
         marshal,
+        finalized,
         handles: vec![reshare_handle, orchestrator_handle, marshal_handle],
     }
 }

@@ -5,8 +5,16 @@ use super::{CHANNELS, Channels, Marshal, NAMESPACE, Scheme, ValidatorConfig, sta
 use crate::{
     block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo, genesis},
     committee::{Committees, MemorySecrets},
+    serve::serve,
 };
+use cairn_devnet::ChainStore;
 use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
+use cairn_epoch::{ChainProfile, EpochStrategy};
+use cairn_feed::{ChainReader as _, FeedState};
+use cairn_follow::{
+    Engine, EngineConfig, Upstreams,
+    upstream::{Sources, in_process},
+};
 use cairn_primitives::BlockCodecConfig;
 use commonware_consensus::types::{Epoch, Height};
 use commonware_cryptography::{
@@ -22,7 +30,9 @@ use commonware_glue::dkg::{
     types::{EpochOutcome, Payload},
 };
 use commonware_p2p::{Manager as _, simulated};
-use commonware_runtime::{Clock as _, Quota, Runner as _, Supervisor as _, deterministic};
+use commonware_runtime::{
+    Clock as _, Quota, Runner as _, Spawner as _, Supervisor as _, deterministic,
+};
 use commonware_utils::{N3f1, NZU32, NZUsize, Probability, ordered::Set, sequence::Unit};
 use rand::{SeedableRng as _, rngs::StdRng};
 use std::{
@@ -75,6 +85,28 @@ fn chain() -> (
         .map(|(key, share)| (key.clone(), share.clone()))
         .collect();
     (keys, committees, info, shares)
+}
+
+/// What a follower needs to follow the validators' chain.
+fn profile(genesis: &ValidatorBlock) -> ChainProfile {
+    let header = genesis.block().header().clone();
+    ChainProfile {
+        name: "validators".into(),
+        chain_id: Some(1337),
+        namespace: NAMESPACE.to_vec(),
+        epochs: EpochStrategy::new(EPOCH_LENGTH).expect("a valid epoch length"),
+        genesis: DkgOutcome::decode_strict(
+            &header.inner.extra_data,
+            OutcomeLayout::Legacy,
+            &OutcomeLimits::default(),
+        )
+        .expect("genesis holds the outcome"),
+        genesis_header: Some(header),
+        network_identities: Vec::new(),
+        follow_url: None,
+        trusted_blocks: Vec::new(),
+        upstream_rate_limit: None,
+    }
 }
 
 /// Waits until every marshal has processed `height`.
@@ -140,6 +172,7 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
         }
 
         let mut marshals = Vec::new();
+        let mut served = Vec::new();
         for (index, key) in keys.iter().enumerate() {
             let public_key = key.public_key();
             let control = oracle.control(public_key.clone());
@@ -184,11 +217,84 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
                 channels,
             )
             .await;
+            let store = ChainStore::open_in(
+                context.child("served").with_attribute("index", index),
+                &format!("served-{index}"),
+            )
+            .await
+            .expect("the chain store opens");
+            let feed = FeedState::default();
+            let (marshal, finalized) = (validator.marshal.clone(), validator.finalized);
+            let (serving, genesis) = (store.clone(), genesis.clone());
+            let published = feed.clone();
+            context
+                .child("serve")
+                .with_attribute("index", index)
+                .spawn(move |_| async move {
+                    serve(marshal, serving, published, genesis, finalized)
+                        .await
+                        .expect("serving stores every block");
+                });
             marshals.push(validator.marshal);
+            served.push((store, feed));
         }
+
+        // A cairn follower of validator 0, through the in-process upstream (the same actor,
+        // sources and verification as over a socket).
+        let profile = profile(&genesis);
+        let (notifications, receiver) = tokio::sync::mpsc::channel(256);
+        let (actor, upstream) = in_process::init(
+            "validator-0",
+            0,
+            served[0].1.clone(),
+            served[0].0.clone(),
+            notifications,
+        );
+        context
+            .child("upstream")
+            .spawn(|context| actor.run(context));
+        let follower = Engine::init(
+            context.child("follower"),
+            EngineConfig {
+                partition_prefix: "follower".into(),
+                ..EngineConfig::new(profile)
+            },
+            Upstreams {
+                notifications: receiver,
+                sources: Sources::single("validator-0", upstream),
+            },
+        )
+        .await
+        .expect("the follower starts");
 
         let tip = 3 * EPOCH_LENGTH;
         processed(&context, &marshals, tip).await;
+        while *follower.executed.borrow() < tip {
+            context.sleep(Duration::from_millis(500)).await;
+        }
+
+        // What each validator serves, and what the follower serves, is the same chain, byte
+        // for byte, certificates included.
+        for height in 1..=tip {
+            let mut answers = Vec::new();
+            for (store, _) in &served {
+                answers.push(store.certified_at(height).await.expect("reads"));
+            }
+            answers.push(follower.chain.certified_at(height).await.expect("reads"));
+            let first = answers[0].clone().expect("validator 0 serves the height");
+            assert!(
+                answers.iter().all(|answer| answer.as_ref() == Some(&first)),
+                "height {height} is served alike"
+            );
+        }
+        // The follower registered each epoch's key from the boundaries: one identity throughout.
+        for epoch in 0..=3 {
+            assert!(
+                follower.provider.registered_identity(Epoch::new(epoch))
+                    == Some(*info.output.public().public()),
+                "epoch {epoch}'s key"
+            );
+        }
 
         // Every validator holds the same blocks; each epoch's final block announces the next
         // epoch's players under the same key, readable by Tempo's outcome reader.
