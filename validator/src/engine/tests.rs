@@ -16,7 +16,10 @@ use cairn_follow::{
     upstream::{Sources, in_process},
 };
 use cairn_primitives::BlockCodecConfig;
-use commonware_consensus::types::{Epoch, Height};
+use commonware_consensus::{
+    CertifiableBlock as _,
+    types::{Epoch, Height},
+};
 use commonware_cryptography::{
     Signer as _,
     bls12381::{
@@ -31,7 +34,7 @@ use commonware_glue::dkg::{
 };
 use commonware_p2p::{Manager as _, simulated};
 use commonware_runtime::{
-    Clock as _, Quota, Runner as _, Spawner as _, Supervisor as _, deterministic,
+    Clock as _, Handle, Quota, Runner as _, Spawner as _, Supervisor as _, deterministic,
 };
 use commonware_utils::{N3f1, NZU32, NZUsize, Probability, ordered::Set, sequence::Unit};
 use rand::{SeedableRng as _, rngs::StdRng};
@@ -109,16 +112,53 @@ fn profile(genesis: &ValidatorBlock) -> ChainProfile {
     }
 }
 
+/// A cairn follower of `validator`, through the in-process upstream (the same actor, sources
+/// and verification as over a socket).
+async fn follow(
+    context: &deterministic::Context,
+    validator: &Launched,
+    genesis: &ValidatorBlock,
+) -> Engine<deterministic::Context> {
+    let (notifications, receiver) = tokio::sync::mpsc::channel(256);
+    let (actor, upstream) = in_process::init(
+        "validator",
+        0,
+        validator.feed.clone(),
+        validator.store.clone(),
+        notifications,
+    );
+    context
+        .child("upstream")
+        .spawn(|context| actor.run(context));
+    Engine::init(
+        context.child("follower"),
+        EngineConfig {
+            partition_prefix: "follower".into(),
+            ..EngineConfig::new(profile(genesis))
+        },
+        Upstreams {
+            notifications: receiver,
+            sources: Sources::single("validator", upstream),
+        },
+    )
+    .await
+    .expect("the follower starts")
+}
+
+/// The height `marshal` has processed.
+async fn height_of(marshal: &Marshal) -> u64 {
+    marshal
+        .get_processed()
+        .await
+        .map_or(0, |processed| processed.height().get())
+}
+
 /// Waits until every marshal has processed `height`.
 async fn processed(context: &deterministic::Context, marshals: &[Marshal], height: u64) {
     loop {
         let mut lowest = u64::MAX;
         for marshal in marshals {
-            let at = marshal
-                .get_processed()
-                .await
-                .map_or(0, |processed| processed.height().get());
-            lowest = lowest.min(at);
+            lowest = lowest.min(height_of(marshal).await);
         }
         if lowest >= height {
             return;
@@ -127,12 +167,29 @@ async fn processed(context: &deterministic::Context, marshals: &[Marshal], heigh
     }
 }
 
-#[test]
-fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_same_key() {
-    let config = deterministic::Config::new()
-        .with_seed(11)
-        .with_timeout(Some(Duration::from_secs(3_600)));
-    deterministic::Runner::new(config).start(|context| async move {
+/// The validators' network in the deterministic runtime: the chain, the simulated network
+/// with every pair linked, and each validator's secrets (kept across its restarts).
+struct Simulation {
+    context: deterministic::Context,
+    oracle: simulated::Oracle<ed25519::PublicKey, deterministic::Context>,
+    keys: Vec<ed25519::PrivateKey>,
+    committees: Committees,
+    info: ValidatorEpochInfo,
+    genesis: ValidatorBlock,
+    secrets: Vec<MemorySecrets>,
+}
+
+/// A running validator of a [`Simulation`].
+struct Launched {
+    /// The task holding every actor of the validator (aborting it crashes the validator).
+    handle: Handle<()>,
+    marshal: Marshal,
+    store: ChainStore<deterministic::Context>,
+    feed: FeedState,
+}
+
+impl Simulation {
+    async fn new(context: deterministic::Context) -> Self {
         let (keys, committees, info, shares) = chain();
         let genesis = genesis(
             info.output.clone(),
@@ -170,102 +227,119 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
                 }
             }
         }
+        let secrets = keys
+            .iter()
+            .map(|key| {
+                let share = shares
+                    .iter()
+                    .find(|(player, _)| *player == key.public_key())
+                    .map(|(_, share)| share.clone());
+                MemorySecrets::with_genesis_share(share)
+            })
+            .collect();
+        Self {
+            context,
+            oracle,
+            keys,
+            committees,
+            info,
+            genesis,
+            secrets,
+        }
+    }
 
-        let mut marshals = Vec::new();
-        let mut served = Vec::new();
-        for (index, key) in keys.iter().enumerate() {
-            let public_key = key.public_key();
-            let control = oracle.control(public_key.clone());
-            let mut pairs = Vec::new();
-            for channel in CHANNELS {
-                pairs.push(
-                    control
-                        .register(channel, Quota::per_second(NZU32!(100_000)))
-                        .await
-                        .expect("registered"),
-                );
-            }
-            let mut pairs = pairs.into_iter();
-            let mut next = || pairs.next().expect("a channel");
-            let channels = Channels {
-                votes: next(),
-                certificates: next(),
-                resolver: next(),
-                backfill: next(),
-                broadcast: next(),
-                dkg: next(),
-            };
-            let share = shares
-                .iter()
-                .find(|(player, _)| *player == public_key)
-                .map(|(_, share)| share.clone());
-            let validator = start(
-                context.child("validator").with_attribute("index", index),
-                ValidatorConfig {
-                    signer: key.clone(),
-                    committees: committees.clone(),
-                    genesis: genesis.clone(),
-                    blocks: blocks(),
-                    chain_id: 1337,
-                    partition_prefix: format!("validator-{index}"),
-                    leader_timeout: Duration::from_secs(1),
-                    certification_timeout: Duration::from_secs(2),
-                },
-                MemorySecrets::with_genesis_share(share),
-                oracle.manager(),
-                control,
-                channels,
-            )
-            .await;
-            let store = ChainStore::open_in(
-                context.child("served").with_attribute("index", index),
-                &format!("served-{index}"),
-            )
+    /// Starts validator `index` (again, after a crash: its stores are where it left them) in
+    /// one task, serving what it finalizes.
+    async fn launch(&self, index: usize, run: usize) -> Launched {
+        let key = self.keys[index].clone();
+        let control = self.oracle.control(key.public_key());
+        let mut pairs = Vec::new();
+        for channel in CHANNELS {
+            pairs.push(
+                control
+                    .register(channel, Quota::per_second(NZU32!(100_000)))
+                    .await
+                    .expect("registered"),
+            );
+        }
+        let mut pairs = pairs.into_iter();
+        let mut next = || pairs.next().expect("a channel");
+        let channels = Channels {
+            votes: next(),
+            certificates: next(),
+            resolver: next(),
+            backfill: next(),
+            broadcast: next(),
+            dkg: next(),
+        };
+        let config = ValidatorConfig {
+            signer: key,
+            committees: self.committees.clone(),
+            genesis: self.genesis.clone(),
+            blocks: blocks(),
+            chain_id: 1337,
+            partition_prefix: format!("validator-{index}"),
+            leader_timeout: Duration::from_secs(1),
+            certification_timeout: Duration::from_secs(2),
+        };
+        let context = self
+            .context
+            .child("validator")
+            .with_attribute("index", index)
+            .with_attribute("run", run);
+        let store = ChainStore::open_in(context.child("served"), &format!("served-{index}"))
             .await
             .expect("the chain store opens");
-            let feed = FeedState::default();
-            let (marshal, finalized) = (validator.marshal.clone(), validator.finalized);
-            let (serving, genesis) = (store.clone(), genesis.clone());
-            let published = feed.clone();
-            context
-                .child("serve")
-                .with_attribute("index", index)
-                .spawn(move |_| async move {
-                    serve(marshal, serving, published, genesis, finalized)
-                        .await
-                        .expect("serving stores every block");
-                });
-            marshals.push(validator.marshal);
-            served.push((store, feed));
+        let feed = FeedState::default();
+        let (secrets, manager) = (self.secrets[index].clone(), self.oracle.manager());
+        let (serving, published, genesis) = (store.clone(), feed.clone(), self.genesis.clone());
+        let (started, marshal) = futures::channel::oneshot::channel();
+        let handle = context.spawn(move |context| async move {
+            let validator = start(context, config, secrets, manager, control, channels).await;
+            let _ = started.send(validator.marshal.clone());
+            let serving = serve(
+                validator.marshal,
+                serving,
+                published,
+                genesis,
+                validator.finalized,
+            );
+            let (served, _) = futures::join!(serving, Handle::select(validator.handles));
+            served.expect("serving stores every block");
+        });
+        let marshal = marshal.await.expect("the validator starts");
+        Launched {
+            handle,
+            marshal,
+            store,
+            feed,
         }
+    }
+}
 
-        // A cairn follower of validator 0, through the in-process upstream (the same actor,
-        // sources and verification as over a socket).
-        let profile = profile(&genesis);
-        let (notifications, receiver) = tokio::sync::mpsc::channel(256);
-        let (actor, upstream) = in_process::init(
-            "validator-0",
-            0,
-            served[0].1.clone(),
-            served[0].0.clone(),
-            notifications,
+#[test]
+fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_same_key() {
+    let config = deterministic::Config::new()
+        .with_seed(11)
+        .with_timeout(Some(Duration::from_secs(3_600)));
+    deterministic::Runner::new(config).start(|context| async move {
+        let simulation = Simulation::new(context.child("simulation")).await;
+        let (committees, info, genesis) = (
+            simulation.committees.clone(),
+            simulation.info.clone(),
+            simulation.genesis.clone(),
         );
-        context
-            .child("upstream")
-            .spawn(|context| actor.run(context));
-        let follower = Engine::init(
-            context.child("follower"),
-            EngineConfig {
-                partition_prefix: "follower".into(),
-                ..EngineConfig::new(profile)
-            },
-            Upstreams {
-                notifications: receiver,
-                sources: Sources::single("validator-0", upstream),
-            },
-        )
-        .await
-        .expect("the follower starts");
+        let mut validators = Vec::new();
+        for index in 0..POOL as usize {
+            validators.push(simulation.launch(index, 0).await);
+        }
+        let marshals: Vec<Marshal> = validators.iter().map(|v| v.marshal.clone()).collect();
+        let served: Vec<(ChainStore<_>, FeedState)> = validators
+            .iter()
+            .map(|v| (v.store.clone(), v.feed.clone()))
+            .collect();
+
+        let follower = follow(&context, &validators[0], &genesis).await;
 
         let tip = 3 * EPOCH_LENGTH;
         processed(&context, &marshals, tip).await;
@@ -373,5 +447,74 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
             ),
             "the certificate verifies with the network identity"
         );
+    });
+}
+
+#[test]
+fn a_validator_killed_for_ten_seconds_leaves_skipped_views_and_catches_up_on_restart() {
+    let config = deterministic::Config::new()
+        .with_seed(12)
+        .with_timeout(Some(Duration::from_secs(3_600)));
+    deterministic::Runner::new(config).start(|context| async move {
+        let simulation = Simulation::new(context.child("simulation")).await;
+        let genesis = simulation.genesis.clone();
+        let mut validators = Vec::new();
+        for index in 0..POOL as usize {
+            validators.push(simulation.launch(index, 0).await);
+        }
+        let follower = follow(&context, &validators[0], &genesis).await;
+        processed(&context, &[validators[0].marshal.clone()], EPOCH_LENGTH + 5).await;
+
+        // Validator 3, in the committees of epochs 1 and 2, is killed for ten seconds.
+        const VICTIM: usize = 3;
+        let killed = validators.remove(VICTIM);
+        killed.handle.abort();
+        drop(killed);
+        let at_kill = height_of(&validators[0].marshal).await;
+        context.sleep(Duration::from_secs(10)).await;
+        let after = height_of(&validators[0].marshal).await;
+        assert!(
+            after > at_kill + 3,
+            "the chain goes on: {at_kill} -> {after}"
+        );
+        let followed = *follower.executed.borrow();
+        assert!(
+            followed + 3 >= after,
+            "the follower keeps up: {followed} of {after}"
+        );
+
+        validators.insert(VICTIM, simulation.launch(VICTIM, 1).await);
+        let tip = 4 * EPOCH_LENGTH;
+        let marshals: Vec<Marshal> = validators.iter().map(|v| v.marshal.clone()).collect();
+        processed(&context, &marshals, tip).await;
+
+        // Views were skipped while it was down (its turns as leader timed out), and every
+        // validator, the restarted one included, holds and serves the same blocks.
+        let mut skipped = 0;
+        for height in 1..=tip {
+            let block = marshals[0]
+                .get_block(Height::new(height))
+                .await
+                .expect("validator 0 has the block")
+                .inner()
+                .clone();
+            for marshal in &marshals[1..] {
+                let other = marshal.get_block(Height::new(height)).await.expect("held");
+                assert!(
+                    *other.inner() == block,
+                    "validators differ at height {height}"
+                );
+            }
+            let served = validators[VICTIM].store.block(height).await.expect("reads");
+            assert_eq!(served.as_ref(), Some(block.block()), "served at {height}");
+            let context = block.context();
+            if height > at_kill && context.round.view().get() > context.parent.0.get() + 1 {
+                skipped += 1;
+            }
+        }
+        assert!(skipped > 0, "views were skipped after the kill");
+        while *follower.executed.borrow() < tip {
+            context.sleep(Duration::from_millis(500)).await;
+        }
     });
 }
