@@ -60,10 +60,13 @@ fn epoch_of(key: &U64, value: &[u8]) -> Option<u64> {
     }
 }
 
+/// The metadata store the records live in (taken out while it syncs, as its sync consumes it).
+type Records<E> = Metadata<E, U64, Vec<u8>>;
+
 /// The secrets store (cheap to clone; clones share the store).
 #[derive(Clone)]
 pub struct DiskSecrets<E: Clock + Storage + Metrics> {
-    store: Arc<Mutex<Option<Metadata<E, U64, Vec<u8>>>>>,
+    store: Arc<Mutex<Option<Records<E>>>>,
     failed: watch::Sender<Option<String>>,
 }
 
@@ -106,7 +109,7 @@ impl<E: Clock + Storage + Metrics> DiskSecrets<E> {
 
     /// Applies `change` and syncs; on a failure, reports it and never returns (see the module
     /// docs).
-    async fn write(&self, change: impl FnOnce(&mut Metadata<E, U64, Vec<u8>>)) {
+    async fn write(&self, change: impl FnOnce(&mut Records<E>)) {
         let mut guard = self.store.lock().await;
         let Some(mut store) = guard.take() else {
             return std::future::pending().await;
