@@ -103,11 +103,32 @@ pub struct DevnetArgs {
     /// datadir under DIR/followers/, and show their verified height and lag each second.
     #[arg(long, default_value_t = 0, value_name = "N")]
     followers: usize,
+    /// How blocks are made: `certify` (one process builds each block and has a quorum of the
+    /// committee's shares sign it) or `simplex` (real simplex validators, one `cairn validator`
+    /// process each in DIR/validators/I, serving RPC on the --rpc-addr port plus I, resharing
+    /// the key every epoch; blocks come as fast as consensus finalizes them, --block-time
+    /// does not apply).
+    #[arg(long, value_enum, default_value = "certify")]
+    consensus: Consensus,
 }
+
+/// How a devnet makes its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consensus {
+    /// The certifying producer.
+    Certify,
+    /// Simplex validators.
+    Simplex,
+}
+
+mod simplex;
 
 /// Runs the devnet until Ctrl-C (or SIGTERM).
 pub fn run(args: DevnetArgs) -> eyre::Result<()> {
     let _lock = lock_datadir(&args.datadir)?;
+    if args.consensus == Consensus::Simplex {
+        return simplex::run(args);
+    }
     let storage = args.datadir.join("store");
     let config = commonware_runtime::tokio::Config::new()
         .with_worker_threads(2)

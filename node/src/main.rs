@@ -21,6 +21,7 @@ mod inspect;
 mod progress;
 mod report;
 mod status;
+mod validator;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use commonware_allocator::mimalloc::{Config as AllocatorConfig, MiMalloc, Purge};
@@ -73,6 +74,10 @@ enum Command {
     /// Run a local chain with real DKG rotation and real threshold certificates, served over
     /// Tempo's RPC.
     Devnet(devnet::DevnetArgs),
+    /// Run one simplex validator (as `cairn devnet --consensus simplex` starts them): it
+    /// connects to the pool of a network file, takes part in consensus and in every epoch's
+    /// reshare, and serves what it finalizes over Tempo's RPC.
+    Validator(validator::ValidatorArgs),
     /// Follow an upstream node: verify every finalization with its epoch's key, repair gaps,
     /// store the verified chain and serve it again over the same RPC.
     Follow(follow::FollowArgs),
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Inspect(command) => inspect::run(command),
         Command::Devnet(args) => exit_code(devnet::run(args)),
+        Command::Validator(args) => exit_code(validator::run(args)),
         Command::Follow(args) => {
             let follow_matches = matches
                 .subcommand_matches("follow")

@@ -10,6 +10,7 @@ pub mod application;
 pub mod block;
 pub mod committee;
 pub mod engine;
+pub mod process;
 pub mod secrets;
 pub mod serve;
 

@@ -64,10 +64,18 @@ fn epoch_of(key: &U64, value: &[u8]) -> Option<u64> {
 type Records<E> = Metadata<E, U64, Vec<u8>>;
 
 /// The secrets store (cheap to clone; clones share the store).
-#[derive(Clone)]
 pub struct DiskSecrets<E: Clock + Storage + Metrics> {
     store: Arc<Mutex<Option<Records<E>>>>,
     failed: watch::Sender<Option<String>>,
+}
+
+impl<E: Clock + Storage + Metrics> Clone for DiskSecrets<E> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            failed: self.failed.clone(),
+        }
+    }
 }
 
 /// Why the secrets store could not be opened.

@@ -257,7 +257,7 @@ impl Simulation {
         for channel in CHANNELS {
             pairs.push(
                 control
-                    .register(channel, Quota::per_second(NZU32!(100_000)))
+                    .register(channel, Quota::per_second(NZU32!(1_024)))
                     .await
                     .expect("registered"),
             );

@@ -1,0 +1,47 @@
+//! `cairn validator`: one simplex validator as its own process, with its own datadir, joining
+//! the validators of a network file (as `cairn devnet --consensus simplex` writes them).
+
+use cairn_validator::process::{KeyFile, NetworkFile};
+use clap::Args;
+use commonware_runtime::Runner as _;
+use eyre::{WrapErr, eyre};
+use std::path::PathBuf;
+
+/// Arguments of `cairn validator`.
+#[derive(Args, Debug)]
+pub struct ValidatorArgs {
+    /// The network file every validator shares: the pool with each validator's p2p and RPC
+    /// address, the chain's parameters and its genesis block.
+    #[arg(long, value_name = "FILE")]
+    network: PathBuf,
+    /// This validator's position in the pool (from 0).
+    #[arg(long, value_name = "I")]
+    index: usize,
+    /// Directory for this validator's chain, consensus state and secrets (created if missing).
+    /// Starting again on it continues where the validator stopped.
+    #[arg(long, value_name = "DIR")]
+    datadir: PathBuf,
+    /// The validator's key file (its ed25519 key, and its share of the genesis key when it is
+    /// in the first committee; the share is moved into the datadir's secrets on the first
+    /// start). [default: DIR/key.json]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// Runs the validator until it stops; an error names why.
+pub fn run(args: ValidatorArgs) -> eyre::Result<()> {
+    let network = NetworkFile::load(&args.network)?;
+    let key_path = args.key.unwrap_or_else(|| args.datadir.join("key.json"));
+    let (key, share) = KeyFile::load(&key_path)?;
+    std::fs::create_dir_all(&args.datadir)
+        .wrap_err_with(|| format!("creating {}", args.datadir.display()))?;
+    let config = commonware_runtime::tokio::Config::new()
+        .with_worker_threads(2)
+        .with_storage_directory(args.datadir.join("store"));
+    let index = args.index;
+    commonware_runtime::tokio::Runner::new(config).start(|context| async move {
+        cairn_validator::process::run(context, network, index, key, share)
+            .await
+            .map_err(|err| eyre!("validator {index}: {err}"))
+    })
+}

@@ -1,0 +1,319 @@
+//! A validator as its own process: the network file every validator shares (the pool with each
+//! validator's p2p and RPC address, the chain's parameters and genesis), its own key file, and
+//! [`run`], which connects it to its peers over commonware-p2p's authenticated connections,
+//! runs its consensus and serves what it finalizes over Tempo's RPC.
+
+use crate::{
+    block::{ValidatorBlock, ValidatorBlockConfig},
+    committee::Committees,
+    engine::{CHANNELS, Channels, ValidatorConfig, start},
+    secrets::DiskSecrets,
+    serve::serve,
+};
+use alloy_primitives::hex;
+use cairn_devnet::ChainStore;
+use cairn_feed::{FeedState, RpcConfig};
+use cairn_primitives::{Block, BlockCodecConfig};
+use commonware_codec::{DecodeExt as _, Encode as _};
+use commonware_cryptography::{ChaCha20Poly1305, bls12381::primitives::group::Share, ed25519};
+use commonware_glue::dkg::SecretStore as _;
+use commonware_p2p::{Manager as _, authenticated::discovery};
+use commonware_runtime::{Handle, Quota, Supervisor as _, tokio};
+use commonware_stream::{
+    cups::{self, Cups},
+    sake::{self, Sake},
+};
+use commonware_utils::{NZU32, NZUsize, ordered::Set};
+use serde::{Deserialize, Serialize};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroU64},
+    path::Path,
+    time::Duration,
+};
+use tracing::info;
+
+/// The p2p namespace of validators' connections (distinct from consensus signatures').
+const P2P_NAMESPACE: &[u8] = b"TEMPO-P2P";
+/// Largest p2p message: a block with its transactions, or a ceremony's dealing (a few
+/// kilobytes each).
+const MAX_MESSAGE: u32 = 1024 * 1024;
+
+/// One validator of the pool, as every other one knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Its ed25519 public key, hex.
+    pub public_key: String,
+    /// Where its p2p connections are accepted.
+    pub p2p: SocketAddr,
+    /// Where it serves RPC.
+    pub rpc: SocketAddr,
+}
+
+/// What every validator of a chain shares.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkFile {
+    /// The chain id transactions are signed for.
+    pub chain_id: u64,
+    /// Blocks per epoch.
+    pub epoch_length: u64,
+    /// Validators per committee.
+    pub committee: usize,
+    /// The pool, in order (committees are windows over it).
+    pub validators: Vec<Member>,
+    /// The genesis block, as raw RLP (hex).
+    pub genesis: String,
+    /// How long a leader has to propose, in milliseconds.
+    pub leader_timeout_ms: u64,
+}
+
+/// One validator's own secrets, as the devnet hands them out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyFile {
+    /// Its ed25519 private key, hex.
+    pub private_key: String,
+    /// Its share of epoch 0's key, hex, when it is in the genesis committee.
+    pub genesis_share: Option<String>,
+}
+
+/// Why a validator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A file could not be read or does not parse.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--index` is not in the pool.
+    #[error("validator {index} is not in the pool of {pool}")]
+    Index {
+        /// The index given.
+        index: usize,
+        /// The pool's size.
+        pool: usize,
+    },
+    /// A store could not be opened or written.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The RPC server could not start.
+    #[error("the RPC server: {0}")]
+    Rpc(String),
+    /// The validator stopped.
+    #[error("the validator stopped: {0}")]
+    Stopped(String),
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> ProcessError {
+    ProcessError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl NetworkFile {
+    /// Reads the network file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ProcessError> {
+        let text = std::fs::read_to_string(path).map_err(|err| file_error(path, err))?;
+        serde_json::from_str(&text).map_err(|err| file_error(path, err))
+    }
+
+    /// How blocks are read.
+    pub fn blocks(&self) -> Result<ValidatorBlockConfig, String> {
+        Ok(ValidatorBlockConfig {
+            epoch_length: NonZeroU64::new(self.epoch_length).ok_or("epochLength is 0")?,
+            max_participants: NonZeroU32::new(
+                u32::try_from(self.validators.len()).unwrap_or(u32::MAX),
+            )
+            .ok_or("the pool is empty")?,
+            block: BlockCodecConfig::default(),
+        })
+    }
+
+    /// The pool's public keys, in order.
+    pub fn pool(&self) -> Result<Vec<ed25519::PublicKey>, String> {
+        self.validators
+            .iter()
+            .map(|member| {
+                let bytes = hex::decode(&member.public_key)
+                    .map_err(|err| format!("public key {}: {err}", member.public_key))?;
+                ed25519::PublicKey::decode(bytes::Bytes::from(bytes))
+                    .map_err(|err| format!("public key {}: {err}", member.public_key))
+            })
+            .collect()
+    }
+
+    /// The genesis block.
+    pub fn genesis(&self) -> Result<ValidatorBlock, String> {
+        let raw = hex::decode(&self.genesis).map_err(|err| format!("genesis: {err}"))?;
+        let block = Block::decode_raw_rlp(&raw).map_err(|err| format!("genesis: {err}"))?;
+        ValidatorBlock::new(block, &self.blocks()?).map_err(|err| format!("genesis: {err}"))
+    }
+}
+
+impl KeyFile {
+    /// Reads the key file at `path`.
+    pub fn load(path: &Path) -> Result<(ed25519::PrivateKey, Option<Share>), ProcessError> {
+        let text = std::fs::read_to_string(path).map_err(|err| file_error(path, err))?;
+        let file: Self = serde_json::from_str(&text).map_err(|err| file_error(path, err))?;
+        let key = hex::decode(&file.private_key)
+            .ok()
+            .and_then(|bytes| ed25519::PrivateKey::decode(bytes::Bytes::from(bytes)).ok())
+            .ok_or_else(|| file_error(path, "privateKey is not an ed25519 private key"))?;
+        let share = match &file.genesis_share {
+            None => None,
+            Some(text) => Some(
+                hex::decode(text)
+                    .ok()
+                    .and_then(|bytes| Share::decode(bytes::Bytes::from(bytes)).ok())
+                    .ok_or_else(|| file_error(path, "genesisShare is not a share"))?,
+            ),
+        };
+        Ok((key, share))
+    }
+
+    /// The file for `key` and its genesis `share`.
+    pub fn new(key: &ed25519::PrivateKey, share: Option<&Share>) -> Self {
+        Self {
+            private_key: hex::encode(key.encode()),
+            genesis_share: share.map(|share| hex::encode(share.encode())),
+        }
+    }
+}
+
+/// Runs validator `index` of `network` in `context` (whose storage is its datadir) with `key`,
+/// importing `genesis_share` into its secrets on its first start, until it stops.
+pub async fn run(
+    context: tokio::Context,
+    network: NetworkFile,
+    index: usize,
+    key: ed25519::PrivateKey,
+    genesis_share: Option<Share>,
+) -> Result<(), ProcessError> {
+    let pool = network.pool().map_err(ProcessError::Stopped)?;
+    let me = network.validators.get(index).ok_or(ProcessError::Index {
+        index,
+        pool: pool.len(),
+    })?;
+    let blocks = network.blocks().map_err(ProcessError::Stopped)?;
+    let genesis = network.genesis().map_err(ProcessError::Stopped)?;
+
+    let mut secrets = DiskSecrets::open(context.child("secrets"), "validator-secrets")
+        .await
+        .map_err(|err| ProcessError::Storage(err.to_string()))?;
+    if !secrets.holds_shares().await
+        && let Some(share) = genesis_share
+    {
+        secrets
+            .put_share(commonware_consensus::types::Epoch::zero(), share)
+            .await;
+    }
+    let mut failed = secrets.failed();
+
+    let bootstrappers = network
+        .validators
+        .iter()
+        .zip(&pool)
+        .filter(|(_, key)| **key != pool[index])
+        .map(|(member, key)| (key.clone(), member.p2p.into()))
+        .collect();
+    let p2p = discovery::Config::local(
+        Cups::<_, ChaCha20Poly1305>::new(
+            Sake {
+                signer: key.clone(),
+                synchrony_bound: Duration::from_secs(5),
+                max_handshake_age: Duration::from_secs(10),
+                version: sake::Version::V1,
+            },
+            cups::Version::V1,
+        ),
+        P2P_NAMESPACE,
+        me.p2p,
+        me.p2p,
+        bootstrappers,
+        NZUsize!(pool.len().max(1)),
+        MAX_MESSAGE,
+        NZUsize!(128),
+    );
+    let (mut p2p, mut oracle) = discovery::Network::new(context.child("p2p"), p2p);
+    oracle.track(0, Set::from_iter_dedup(pool.iter().cloned()));
+    let mut pairs = CHANNELS
+        .iter()
+        .map(|channel| p2p.register(*channel, Quota::per_second(NZU32!(1_024))))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut next = || pairs.next().expect("one pair per channel");
+    let channels = Channels {
+        votes: next(),
+        certificates: next(),
+        resolver: next(),
+        backfill: next(),
+        broadcast: next(),
+        dkg: next(),
+    };
+    let p2p = p2p.start();
+
+    let config = ValidatorConfig {
+        signer: key,
+        committees: Committees::new(pool, network.committee),
+        genesis: genesis.clone(),
+        blocks,
+        chain_id: network.chain_id,
+        partition_prefix: "validator".into(),
+        leader_timeout: Duration::from_millis(network.leader_timeout_ms.max(100)),
+        certification_timeout: Duration::from_millis(network.leader_timeout_ms.max(100) * 2),
+    };
+    let validator = start(
+        context.child("validator"),
+        config,
+        secrets,
+        oracle.clone(),
+        oracle,
+        channels,
+    )
+    .await;
+
+    let store = ChainStore::open_in(context.child("served"), "served")
+        .await
+        .map_err(|err| ProcessError::Storage(err.to_string()))?;
+    let feed = FeedState::default();
+    let rpc = cairn_feed::start(
+        &me.rpc.to_string(),
+        store.clone(),
+        feed.clone(),
+        RpcConfig {
+            chain_id: Some(network.chain_id),
+            ..RpcConfig::default()
+        },
+    )
+    .await
+    .map_err(|err| ProcessError::Rpc(err.to_string()))?;
+    info!(rpc = %rpc.local_addr, p2p = %me.p2p, index, "validator started");
+
+    let serving = serve(validator.marshal, store, feed, genesis, validator.finalized);
+    let actors = Handle::select(
+        validator
+            .handles
+            .into_iter()
+            .chain(std::iter::once(p2p))
+            .collect::<Vec<_>>(),
+    );
+    let result = ::tokio::select! {
+        served = serving => match served {
+            Ok(()) => Err(ProcessError::Stopped("marshal stopped delivering".into())),
+            Err(err) => Err(ProcessError::Storage(err.to_string())),
+        },
+        _ = actors => Err(ProcessError::Stopped("an actor stopped".into())),
+        reason = failed.wait_for(Option::is_some) => {
+            let reason = reason.map(|reason| reason.clone().unwrap_or_default());
+            Err(ProcessError::Storage(reason.unwrap_or_else(|_| "the secrets store is gone".into())))
+        }
+    };
+    let _ = rpc.handle.stop();
+    result
+}
