@@ -26,9 +26,25 @@ pub struct ValidatorArgs {
     /// start). [default: DIR/key.json]
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Stop when standard input closes: a supervisor that starts validators with a pipe there
+    /// takes them down with it, however it ends.
+    #[arg(long)]
+    stop_with_stdin: bool,
 }
 
-/// Runs the validator until it stops; an error names why.
+/// Resolves once standard input reaches its end (or fails).
+async fn stdin_closed() {
+    let (closed, wait) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let _ = closed.send(());
+    });
+    let _ = wait.await;
+}
+
+/// Runs the validator until it stops (on Ctrl-C or SIGTERM, or when standard input closes with
+/// `--stop-with-stdin`); an error names why.
 pub fn run(args: ValidatorArgs) -> eyre::Result<()> {
     let network = NetworkFile::load(&args.network)?;
     let key_path = args.key.unwrap_or_else(|| args.datadir.join("key.json"));
@@ -39,9 +55,21 @@ pub fn run(args: ValidatorArgs) -> eyre::Result<()> {
         .with_worker_threads(2)
         .with_storage_directory(args.datadir.join("store"));
     let index = args.index;
+    let stop_with_stdin = args.stop_with_stdin;
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
-        cairn_validator::process::run(context, network, index, key, share)
-            .await
-            .map_err(|err| eyre!("validator {index}: {err}"))
+        let stdin = async {
+            if stop_with_stdin {
+                stdin_closed().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = cairn_validator::process::run(context, network, index, key, share) => {
+                result.map_err(|err| eyre!("validator {index}: {err}"))
+            }
+            () = crate::common::shutdown_signal() => Ok(()),
+            () = stdin => Ok(()),
+        }
     })
 }

@@ -1,7 +1,9 @@
 //! `cairn devnet` as a real process on an OS-chosen port: live `finalized` events over
 //! WebSocket and `consensus_getFinalization` answers verify against the written chain profile
 //! across reshares and a full DKG, raw blocks decode to the certified blocks, bad requests get
-//! JSON-RPC errors, and a restart continues the chain.
+//! JSON-RPC errors, and a restart continues the chain. `cairn devnet --consensus simplex`: five
+//! validator processes in committees of four reshare every epoch, serve one chain that verifies
+//! from the genesis outcome, go on while one is killed, and are followed.
 
 use cairn_epoch::{ChainProfile, decode_certificate};
 use cairn_primitives::{Block, CertifiedBlock, Event, HeaderExt as _, Query};
@@ -216,4 +218,178 @@ async fn a_restarted_devnet_continues_its_chain() {
         assert_eq!(child.parent(), parent.hash(), "height {}", child.height());
     }
     second.stop();
+}
+
+/// `eth_blockNumber` of every validator in `network`.
+async fn validator_heights(clients: &[jsonrpsee::http_client::HttpClient]) -> Vec<u64> {
+    let mut heights = Vec::with_capacity(clients.len());
+    for client in clients {
+        heights.push(cairn_tests::process::block_number(client).await);
+    }
+    heights
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simplex_validators_reshare_every_epoch_survive_a_kill_and_are_followed() {
+    const EPOCH: u64 = 20;
+    const EPOCHS: u64 = 6;
+    let binary = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let devnet = CairnProcess::start(
+        binary,
+        [
+            "devnet",
+            "--datadir",
+            dir.path().to_str().expect("utf-8 path"),
+            "--consensus",
+            "simplex",
+            "--validators",
+            "5",
+            "--committee",
+            "4",
+            "--epoch-length",
+            "20",
+            "--rpc-addr",
+            "127.0.0.1:0",
+        ],
+        std::process::Stdio::null(),
+    );
+    devnet.wait_for_line("started 5 simplex validators");
+    let network_path = dir.path().join("network.json");
+    let network = cairn_validator::process::NetworkFile::load(&network_path).expect("network.json");
+    let clients: Vec<_> = network
+        .validators
+        .iter()
+        .map(|member| {
+            jsonrpsee::http_client::HttpClientBuilder::default()
+                .build(format!("http://{}", member.rpc))
+                .expect("http client")
+        })
+        .collect();
+    let tip = EPOCH * EPOCHS;
+    for client in &clients {
+        cairn_tests::process::wait_for_height(client, tip, Duration::from_secs(300)).await;
+    }
+
+    // Every validator serves the same blocks and certificates, which verify from the genesis
+    // outcome with each epoch's key registered from its boundary: one identity throughout.
+    let profile = ChainProfile::load(&dir.path().join("chain.json")).expect("chain.json loads");
+    let mut chain = Vec::new();
+    for height in 1..=tip {
+        let first = finalization(&clients[0], height).await;
+        for client in &clients[1..] {
+            assert_eq!(finalization(client, height).await, first, "height {height}");
+        }
+        chain.push(first);
+    }
+    let identities = cairn_tests::verify_chain(&profile, &chain);
+    assert_eq!(
+        identities.len() as u64,
+        EPOCHS + 1,
+        "epochs 0..={EPOCHS} verified"
+    );
+    let mut distinct: Vec<_> = identities.values().collect();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 1, "resharing keeps the identity");
+    let file = dir.path().join("boundary.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&chain[(EPOCH * 3 - 1) as usize - 1]).expect("json"),
+    )
+    .expect("written");
+    // `cairn inspect` learns epoch 2's key by walking the boundaries from the genesis outcome.
+    let inspect = Command::new(binary)
+        .args(["inspect", "certificate", "--chain"])
+        .arg(dir.path().join("chain.json"))
+        .arg("--upstream")
+        .arg(format!("ws://{}", network.validators[0].rpc))
+        .arg(&file)
+        .output()
+        .expect("inspect runs");
+    assert!(inspect.status.success(), "{inspect:?}");
+
+    // A follower that starts after six epochs, given every validator, catches up and serves
+    // the same chain.
+    let upstreams: Vec<String> = network
+        .validators
+        .iter()
+        .map(|member| format!("ws://{}", member.rpc))
+        .collect();
+    let follower = CairnProcess::follower(
+        binary,
+        &dir.path().join("chain.json"),
+        &upstreams.join(","),
+        &dir.path().join("follower"),
+        &dir.path().join("follower.log"),
+    );
+    let follower_http = follower.http();
+    cairn_tests::process::wait_for_height(&follower_http, tip, Duration::from_secs(300)).await;
+    for height in 1..=tip {
+        assert_eq!(
+            finalization(&follower_http, height).await,
+            chain[height as usize - 1],
+            "the follower at {height}"
+        );
+    }
+
+    // Validator 3 killed for ten seconds: committees of four tolerate one fault, so the others
+    // go on, skipping its views as leader.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f", "validator --network .* --index 3 "])
+        .status()
+        .expect("pkill runs");
+    assert!(killed.success(), "validator 3 was running");
+    let at_kill = cairn_tests::process::block_number(&clients[0]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = cairn_tests::process::block_number(&clients[0]).await;
+    assert!(
+        after > at_kill + 3,
+        "the chain goes on: {at_kill} -> {after}"
+    );
+    let mut skipped = 0;
+    for height in at_kill + 1..=after {
+        let certified = finalization(&clients[0], height).await;
+        let header = certified.block.expect("block").header().clone();
+        let context = header.consensus_context.expect("context");
+        if context.view > context.parent_view + 1 {
+            skipped += 1;
+        }
+    }
+    assert!(skipped > 0, "views were skipped while it was down");
+    let followed = cairn_tests::process::block_number(&follower_http).await;
+    assert!(
+        followed + 5 >= after,
+        "the follower keeps up: {followed} of {after}"
+    );
+
+    // Restarted on its datadir, it catches up from its peers and serves the same chain.
+    let log = std::fs::File::create(dir.path().join("restarted.log")).expect("log");
+    let restarted = CairnProcess::start(
+        binary,
+        [
+            "validator".as_ref(),
+            "--network".as_ref(),
+            network_path.as_os_str(),
+            "--index".as_ref(),
+            "3".as_ref(),
+            "--datadir".as_ref(),
+            dir.path().join("validators").join("3").as_os_str(),
+        ],
+        std::process::Stdio::from(log),
+    );
+    let now = *validator_heights(&clients)
+        .await
+        .iter()
+        .max()
+        .expect("heights");
+    cairn_tests::process::wait_for_height(&clients[3], now, Duration::from_secs(120)).await;
+    for height in [at_kill, after, now] {
+        assert_eq!(
+            finalization(&clients[3], height).await.block,
+            finalization(&clients[0], height).await.block,
+            "the restarted validator at {height}"
+        );
+    }
+    restarted.stop();
+    devnet.stop();
 }

@@ -175,7 +175,8 @@ fn profile(args: &DevnetArgs, genesis: &ValidatorBlock) -> eyre::Result<ChainPro
     })
 }
 
-/// A validator child process, killed when dropped.
+/// A validator child process, stopped when dropped; it also stops by itself when the devnet
+/// is gone (its standard input, a pipe from the devnet, closes).
 struct ValidatorProcess(Child);
 
 impl Drop for ValidatorProcess {
@@ -209,11 +210,12 @@ fn start_validator(datadir: &Path, network_path: &Path, index: usize) -> eyre::R
         .arg(index.to_string())
         .arg("--datadir")
         .arg(&dir)
+        .arg("--stop-with-stdin")
         .env(
             "CAIRN_LOG",
             std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
