@@ -125,6 +125,10 @@ mod simplex;
 
 /// Runs the devnet until Ctrl-C (or SIGTERM).
 pub fn run(args: DevnetArgs) -> eyre::Result<()> {
+    if args.consensus == Consensus::Simplex {
+        // Checked before anything is created.
+        simplex::check(&args)?;
+    }
     let _lock = lock_datadir(&args.datadir)?;
     if args.consensus == Consensus::Simplex {
         return simplex::run(args);

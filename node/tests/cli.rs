@@ -461,6 +461,61 @@ fn a_bad_cpu_list_is_refused_before_anything_is_created() {
     assert!(!dir.path().join("data").exists(), "nothing created");
 }
 
+#[test]
+fn what_simplex_validators_cannot_run_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let datadir = dir.path().join("devnet");
+    let datadir = datadir.to_str().expect("utf-8");
+    let simplex = |extra: &[&str]| {
+        let mut args = vec!["devnet", "--consensus", "simplex", "--datadir", datadir];
+        args.extend_from_slice(extra);
+        cairn(&args, None)
+    };
+    for (extra, says) in [
+        (
+            &["--full-dkg-at-epochs", "3"][..],
+            "the identity never changes",
+        ),
+        (
+            &["--committee", "4", "--epoch-length", "8"][..],
+            "reshares need at least 12 blocks per epoch",
+        ),
+        (
+            &["--validators", "3", "--committee", "4"][..],
+            "--validators (3) must be at least --committee (4)",
+        ),
+        (
+            &["--bulk", "100"][..],
+            "--bulk is a mode of the certifying producer",
+        ),
+    ] {
+        let output = simplex(extra);
+        assert_eq!(output.status.code(), Some(1), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(!dir.path().join("devnet").exists(), "nothing created");
+    }
+
+    // A validator without its network file names it.
+    let missing = dir.path().join("network.json");
+    let output = cairn(
+        &[
+            "validator",
+            "--network",
+            missing.to_str().expect("utf-8"),
+            "--index",
+            "0",
+            "--datadir",
+            datadir,
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("network.json"), "{stderr}");
+    assert!(!dir.path().join("devnet").exists(), "nothing created");
+}
+
 /// Output cut short (a reader that closed, as `| head` does) ends the command quietly.
 #[test]
 fn output_cut_short_exits_quietly() {

@@ -39,8 +39,9 @@ fn min_epoch_length(committee: usize) -> u64 {
     2 * committee as u64 + 4
 }
 
-/// Refuses what only the certifying producer does.
-fn check(args: &DevnetArgs) -> eyre::Result<()> {
+/// Refuses what only the certifying producer does, and committees or epochs simplex
+/// validators cannot run.
+pub(super) fn check(args: &DevnetArgs) -> eyre::Result<()> {
     if !args.full_dkg_at_epochs.is_empty() {
         bail!(
             "--consensus simplex cannot run --full-dkg-at-epochs: commonware-glue 2026.10.0's \
@@ -271,7 +272,6 @@ async fn epoch_line(rpc: &SocketAddr, height: u64, network: &NetworkFile) -> Opt
 
 /// Runs the simplex devnet until Ctrl-C.
 pub(super) fn run(args: DevnetArgs) -> eyre::Result<()> {
-    check(&args)?;
     let datadir = args.datadir.clone();
     let network_path = datadir.join("network.json");
     let network = if network_path.exists() {

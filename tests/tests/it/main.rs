@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! cairn's cross-crate tests, in one binary: conformance with real Tempo data, ceremonies and
 //! certificates, property tests, and decoder robustness.
 
