@@ -315,15 +315,26 @@ async fn simplex_validators_reshare_every_epoch_survive_a_kill_and_are_followed(
         .iter()
         .map(|member| format!("ws://{}", member.rpc))
         .collect();
-    let follower = CairnProcess::follower(
+    let follower = CairnProcess::follower_with(
         binary,
         &dir.path().join("chain.json"),
         &upstreams.join(","),
         &dir.path().join("follower"),
         &dir.path().join("follower.log"),
+        &[],
     );
+    let follower = follower.with_rpc_addr();
+    let caught_up = follower.wait_for_line("caught up ");
+    assert!(caught_up.contains("through the hash chain"), "{caught_up}");
     let follower_http = follower.http();
     cairn_tests::process::wait_for_height(&follower_http, tip, Duration::from_secs(300)).await;
+    // It registered each epoch's key from its boundary: one identity, from genesis on.
+    let status: serde_json::Value = follower_http
+        .request("cairn_status", rpc_params![])
+        .await
+        .expect("cairn_status");
+    let identities = status["identities"].as_array().expect("identities");
+    assert_eq!(identities.len(), 1, "{identities:?}");
     for height in 1..=tip {
         assert_eq!(
             finalization(&follower_http, height).await,
@@ -390,6 +401,25 @@ async fn simplex_validators_reshare_every_epoch_survive_a_kill_and_are_followed(
             "the restarted validator at {height}"
         );
     }
+    // It missed the ceremonies run while it was down; it takes part again from the finalized
+    // outcomes (glue's reshare follows them), so it leads blocks again.
+    let key = &network.validators[3].public_key;
+    let mut height = now;
+    let led = loop {
+        height += 1;
+        cairn_tests::process::wait_for_height(&clients[0], height, Duration::from_secs(120)).await;
+        let certified = finalization(&clients[0], height).await;
+        let header = certified.block.expect("block").header().clone();
+        let proposer = header.consensus_context.expect("context").proposer;
+        if alloy_primitives::hex::encode(alloy_primitives::B256::from(proposer)) == *key {
+            break height;
+        }
+        assert!(
+            height < now + 200,
+            "validator 3 leads no block after its restart"
+        );
+    };
+    assert!(led > now);
     restarted.stop();
     devnet.stop();
 }
