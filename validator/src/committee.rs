@@ -229,3 +229,36 @@ impl SecretStore for MemorySecrets {
         secrets.dealings.retain(|(epoch, _), _| *epoch >= min);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Committees;
+    use commonware_cryptography::{Signer as _, ed25519};
+
+    #[test]
+    fn committees_are_a_window_moving_one_validator_per_epoch_from_epoch_two() {
+        let pool: Vec<_> = (0..5)
+            .map(|seed| ed25519::PrivateKey::from_seed(seed).public_key())
+            .collect();
+        let committees = Committees::new(pool.clone(), 4);
+        let window = |first: usize| -> Vec<_> {
+            let mut keys: Vec<_> = (0..4).map(|i| pool[(first + i) % 5].clone()).collect();
+            keys.sort();
+            keys
+        };
+        let players = |epoch| {
+            committees
+                .players(epoch)
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(players(0), window(0), "genesis announces one committee");
+        assert_eq!(players(1), window(0), "for epochs 0 and 1");
+        assert_eq!(players(2), window(1));
+        assert_eq!(players(5), window(4), "wrapping around the pool");
+        assert_eq!(players(6), window(0));
+        // A committee larger than the pool is the pool.
+        assert_eq!(Committees::new(pool.clone(), 9).players(3).len(), 5);
+    }
+}
