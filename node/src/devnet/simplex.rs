@@ -7,7 +7,7 @@ use super::{DevnetArgs, start_followers, write_atomically};
 use crate::common::shutdown_signal;
 use alloy_primitives::hex;
 use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
-use cairn_epoch::{ChainProfile, EpochStrategy};
+use cairn_epoch::{ChainProfile, ConfiguredIdentity, EpochStrategy};
 use cairn_primitives::Block;
 use cairn_validator::{
     ValidatorBlock, ValidatorPayload,
@@ -155,21 +155,29 @@ fn create(args: &DevnetArgs, datadir: &Path) -> eyre::Result<NetworkFile> {
     Ok(network)
 }
 
-/// The chain profile followers and `inspect` read.
+/// The chain profile followers and `inspect` read. Its network identity is the genesis key from
+/// epoch 0 on, as Tempo's chainspecs compile theirs: resharing never changes it, so `cairn
+/// inspect --chain` verifies any epoch's certificate offline, and a follower checks the key it
+/// learns from each boundary against it.
 fn profile(args: &DevnetArgs, genesis: &ValidatorBlock) -> eyre::Result<ChainProfile> {
     let header = genesis.block().header().clone();
+    let outcome = DkgOutcome::decode_strict(
+        &header.inner.extra_data,
+        OutcomeLayout::Legacy,
+        &OutcomeLimits::default(),
+    )?;
+    let identity = ConfiguredIdentity {
+        identity: *outcome.identity(),
+        from_epoch: commonware_consensus::types::Epoch::zero(),
+    };
     Ok(ChainProfile {
         name: "cairn-devnet-simplex".into(),
         chain_id: Some(args.chain_id),
         namespace: NAMESPACE.to_vec(),
         epochs: EpochStrategy::new(args.epoch_length)?,
-        genesis: DkgOutcome::decode_strict(
-            &header.inner.extra_data,
-            OutcomeLayout::Legacy,
-            &OutcomeLimits::default(),
-        )?,
+        genesis: outcome,
         genesis_header: Some(header),
-        network_identities: Vec::new(),
+        network_identities: vec![identity],
         follow_url: None,
         trusted_blocks: Vec::new(),
         upstream_rate_limit: None,
