@@ -40,27 +40,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 async fn measure(validators: usize, window: Duration) -> Measured {
     let binary = Path::new(env!("CARGO_BIN_EXE_cairn"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let count = validators.to_string();
-    let devnet = CairnProcess::start(
-        binary,
-        [
-            "devnet",
-            "--datadir",
-            dir.path().to_str().expect("utf-8 path"),
-            "--consensus",
-            "simplex",
-            "--validators",
-            count.as_str(),
-            "--committee",
-            count.as_str(),
-            "--epoch-length",
-            "20",
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
-        std::process::Stdio::null(),
-    );
-    devnet.wait_for_line(&format!("started {validators} simplex validators"));
+    let devnet = CairnProcess::simplex_devnet(binary, dir.path(), validators, validators);
     let network = cairn_validator::process::NetworkFile::load(&dir.path().join("network.json"))
         .expect("network.json");
     let upstreams: Vec<String> = network

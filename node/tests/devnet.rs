@@ -235,26 +235,7 @@ async fn simplex_validators_reshare_every_epoch_survive_a_kill_and_are_followed(
     const EPOCHS: u64 = 6;
     let binary = Path::new(env!("CARGO_BIN_EXE_cairn"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let devnet = CairnProcess::start(
-        binary,
-        [
-            "devnet",
-            "--datadir",
-            dir.path().to_str().expect("utf-8 path"),
-            "--consensus",
-            "simplex",
-            "--validators",
-            "5",
-            "--committee",
-            "4",
-            "--epoch-length",
-            "20",
-            "--rpc-addr",
-            "127.0.0.1:0",
-        ],
-        std::process::Stdio::null(),
-    );
-    devnet.wait_for_line("started 5 simplex validators");
+    let devnet = CairnProcess::simplex_devnet(binary, dir.path(), 5, 4);
     let network_path = dir.path().join("network.json");
     let network = cairn_validator::process::NetworkFile::load(&network_path).expect("network.json");
     let clients: Vec<_> = network

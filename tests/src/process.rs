@@ -86,6 +86,36 @@ impl CairnProcess {
         Self::start(binary, all, Stdio::null()).with_rpc_addr()
     }
 
+    /// Starts `cairn devnet --consensus simplex` on `datadir`: `validators` validator processes
+    /// in committees of `committee`, epochs of 20 blocks, ports the OS picks; waits until it has
+    /// started them.
+    pub fn simplex_devnet(
+        binary: &Path,
+        datadir: &Path,
+        validators: usize,
+        committee: usize,
+    ) -> Self {
+        let (count, size) = (validators.to_string(), committee.to_string());
+        let args: [&OsStr; 13] = [
+            "devnet".as_ref(),
+            "--datadir".as_ref(),
+            datadir.as_ref(),
+            "--consensus".as_ref(),
+            "simplex".as_ref(),
+            "--validators".as_ref(),
+            count.as_ref(),
+            "--committee".as_ref(),
+            size.as_ref(),
+            "--epoch-length".as_ref(),
+            "20".as_ref(),
+            "--rpc-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ];
+        let devnet = Self::start(binary, args, Stdio::null());
+        devnet.wait_for_line(&format!("started {validators} simplex validators"));
+        devnet
+    }
+
     /// Starts a devnet with epochs of 5 blocks, a full DKG at epoch 2, one block every
     /// `block_time` and its RPC on `addr` (port 0 lets the OS choose), with `extra` arguments.
     pub fn small_devnet(

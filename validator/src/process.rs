@@ -6,7 +6,7 @@
 use crate::{
     block::{ValidatorBlock, ValidatorBlockConfig},
     committee::Committees,
-    engine::{CHANNELS, Channels, ValidatorConfig, start},
+    engine::{CHANNEL_QUOTA, CHANNELS, Channels, ValidatorConfig, start},
     secrets::DiskSecrets,
     serve::serve,
 };
@@ -18,12 +18,12 @@ use commonware_codec::{DecodeExt as _, Encode as _};
 use commonware_cryptography::{ChaCha20Poly1305, bls12381::primitives::group::Share, ed25519};
 use commonware_glue::dkg::SecretStore as _;
 use commonware_p2p::{Manager as _, authenticated::discovery};
-use commonware_runtime::{Handle, Quota, Supervisor as _, tokio};
+use commonware_runtime::{Handle, Supervisor as _, tokio};
 use commonware_stream::{
     cups::{self, Cups},
     sake::{self, Sake},
 };
-use commonware_utils::{NZU32, NZUsize, ordered::Set};
+use commonware_utils::{NZUsize, ordered::Set};
 use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
@@ -242,20 +242,8 @@ pub async fn run(
     );
     let (mut p2p, mut oracle) = discovery::Network::new(context.child("p2p"), p2p);
     oracle.track(0, Set::from_iter_dedup(pool.iter().cloned()));
-    let mut pairs = CHANNELS
-        .iter()
-        .map(|channel| p2p.register(*channel, Quota::per_second(NZU32!(1_024))))
-        .collect::<Vec<_>>()
-        .into_iter();
-    let mut next = || pairs.next().expect("one pair per channel");
-    let channels = Channels {
-        votes: next(),
-        certificates: next(),
-        resolver: next(),
-        backfill: next(),
-        broadcast: next(),
-        dkg: next(),
-    };
+    let channels =
+        Channels::from_pairs(CHANNELS.map(|channel| p2p.register(channel, CHANNEL_QUOTA)));
     let p2p = p2p.start();
 
     let config = ValidatorConfig {

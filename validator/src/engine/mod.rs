@@ -119,6 +119,25 @@ pub struct Channels<S, R> {
 /// The p2p channel ids, in the order of [`Channels`].
 pub const CHANNELS: [u64; 6] = [0, 1, 2, 3, 4, 5];
 
+/// What each channel may receive from one peer per second.
+pub const CHANNEL_QUOTA: commonware_runtime::Quota =
+    commonware_runtime::Quota::per_second(commonware_utils::NZU32!(1_024));
+
+impl<S, R> Channels<S, R> {
+    /// The channels from their pairs, registered in the order of [`CHANNELS`].
+    pub fn from_pairs(pairs: [(S, R); 6]) -> Self {
+        let [votes, certificates, resolver, backfill, broadcast, dkg] = pairs;
+        Self {
+            votes,
+            certificates,
+            resolver,
+            backfill,
+            broadcast,
+            dkg,
+        }
+    }
+}
+
 /// A running validator.
 pub struct Validator {
     /// Its marshal: the finalized chain.

@@ -1,7 +1,9 @@
 //! Validators in the deterministic runtime over commonware-p2p's simulated network: real simplex,
 //! real reshare ceremonies every epoch, Tempo blocks.
 
-use super::{CHANNELS, Channels, Marshal, NAMESPACE, Scheme, ValidatorConfig, start};
+use super::{
+    CHANNEL_QUOTA, CHANNELS, Channels, Marshal, NAMESPACE, Scheme, ValidatorConfig, start,
+};
 use crate::{
     block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo, genesis},
     committee::{Committees, MemorySecrets},
@@ -34,9 +36,9 @@ use commonware_glue::dkg::{
 };
 use commonware_p2p::{Manager as _, simulated};
 use commonware_runtime::{
-    Clock as _, Handle, Quota, Runner as _, Spawner as _, Supervisor as _, deterministic,
+    Clock as _, Handle, Runner as _, Spawner as _, Supervisor as _, deterministic,
 };
-use commonware_utils::{N3f1, NZU32, NZUsize, Probability, ordered::Set, sequence::Unit};
+use commonware_utils::{N3f1, NZUsize, Probability, ordered::Set, sequence::Unit};
 use rand::{SeedableRng as _, rngs::StdRng};
 use std::{
     num::{NonZeroU32, NonZeroU64},
@@ -257,21 +259,15 @@ impl Simulation {
         for channel in CHANNELS {
             pairs.push(
                 control
-                    .register(channel, Quota::per_second(NZU32!(1_024)))
+                    .register(channel, CHANNEL_QUOTA)
                     .await
                     .expect("registered"),
             );
         }
-        let mut pairs = pairs.into_iter();
-        let mut next = || pairs.next().expect("a channel");
-        let channels = Channels {
-            votes: next(),
-            certificates: next(),
-            resolver: next(),
-            backfill: next(),
-            broadcast: next(),
-            dkg: next(),
+        let Ok(pairs) = <[_; 6]>::try_from(pairs) else {
+            panic!("one pair per channel");
         };
+        let channels = Channels::from_pairs(pairs);
         let config = ValidatorConfig {
             signer: key,
             committees: self.committees.clone(),

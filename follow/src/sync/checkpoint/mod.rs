@@ -213,10 +213,21 @@ impl<E: StoreContext> CheckpointStore<E> {
 
     /// Writes `entries` with one sync.
     async fn write(&mut self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), CheckpointError> {
+        self.change(|store| {
+            for (key, value) in entries {
+                store.put(U64::new(key), value);
+            }
+        })
+        .await
+    }
+
+    /// Applies `apply` to the store and syncs it.
+    async fn change(
+        &mut self,
+        apply: impl FnOnce(&mut Metadata<E, U64, Vec<u8>>),
+    ) -> Result<(), CheckpointError> {
         let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
-        for (key, value) in entries {
-            store.put(U64::new(key), value);
-        }
+        apply(&mut store);
         let store = store.sync().await.map_err(|error| CheckpointError::Store {
             what: "syncing",
             error,
@@ -227,14 +238,10 @@ impl<E: StoreContext> CheckpointStore<E> {
 
     /// Removes the stored ledger (with one sync): what a refused start leaves behind.
     async fn forget_ledger(&mut self) -> Result<(), CheckpointError> {
-        let mut store = self.store.take().ok_or(CheckpointError::Poisoned)?;
-        store.remove(&U64::new(LEDGER_KEY));
-        let store = store.sync().await.map_err(|error| CheckpointError::Store {
-            what: "syncing",
-            error,
-        })?;
-        self.store = Some(store);
-        Ok(())
+        self.change(|store| {
+            store.remove(&U64::new(LEDGER_KEY));
+        })
+        .await
     }
 
     /// Persists `ledger` and, when given, the checkpoint, with one sync.
