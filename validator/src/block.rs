@@ -230,6 +230,9 @@ fn read_payload(
 ) -> Result<Option<ValidatorPayload>, ValidatorBlockError> {
     let height = block.height();
     let extra = block.header().inner.extra_data.as_ref();
+    if height == 0 && extra.is_empty() {
+        return Err(ValidatorBlockError::NoGenesisInfo);
+    }
     if extra.is_empty() {
         return Ok(None);
     }

@@ -148,10 +148,13 @@ impl NetworkFile {
             .collect()
     }
 
-    /// The genesis block.
+    /// The genesis block: a block at height 0 carrying epoch 0's outcome.
     pub fn genesis(&self) -> Result<ValidatorBlock, String> {
         let raw = hex::decode(&self.genesis).map_err(|err| format!("genesis: {err}"))?;
         let block = Block::decode_raw_rlp(&raw).map_err(|err| format!("genesis: {err}"))?;
+        if block.height() != 0 {
+            return Err(format!("genesis: a block at height {}", block.height()));
+        }
         ValidatorBlock::new(block, &self.blocks()?).map_err(|err| format!("genesis: {err}"))
     }
 }
@@ -304,4 +307,40 @@ pub async fn run(
     };
     let _ = rpc.handle.stop();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NetworkFile;
+    use alloy_primitives::hex;
+    use cairn_testkit::test_block;
+
+    fn network(genesis: String) -> NetworkFile {
+        NetworkFile {
+            chain_id: 1337,
+            epoch_length: 20,
+            committee: 1,
+            validators: vec![super::Member {
+                public_key: "00".repeat(32),
+                p2p: "127.0.0.1:1".parse().expect("an address"),
+                rpc: "127.0.0.1:2".parse().expect("an address"),
+            }],
+            genesis,
+            leader_timeout_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_genesis_that_is_not_one_is_refused_naming_why() {
+        let at_five = test_block(5, 0, 5, Vec::new()).raw_rlp().expect("a body");
+        let err = network(hex::encode(at_five))
+            .genesis()
+            .expect_err("refused");
+        assert!(err.contains("height 5"), "{err}");
+        let err = network("zz".into()).genesis().expect_err("refused");
+        assert!(err.starts_with("genesis: "), "{err}");
+        let empty = test_block(0, 0, 0, Vec::new()).raw_rlp().expect("a body");
+        let err = network(hex::encode(empty)).genesis().expect_err("refused");
+        assert!(err.starts_with("genesis: "), "{err}");
+    }
 }

@@ -95,7 +95,7 @@ impl ValidatorConfig {
     fn genesis_info(&self) -> ValidatorEpochInfo {
         match commonware_glue::dkg::ReshareBlock::payload(&self.genesis) {
             Some(commonware_glue::dkg::types::Payload::EpochInfo(info)) => info,
-            _ => unreachable!("a ValidatorBlock at height 0 always carries epoch 0's information"),
+            _ => panic!("ValidatorConfig::genesis must be the chain's genesis, height 0"),
         }
     }
 }
