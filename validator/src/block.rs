@@ -172,6 +172,41 @@ pub fn genesis(
     )
 }
 
+/// The chain profile followers and `cairn inspect` read for a validators' chain named `name`
+/// with `genesis`: namespace `TEMPO`, epochs of `epoch_length`, and the genesis key recorded as
+/// the network identity from epoch 0 on, as Tempo's chainspecs compile theirs (resharing never
+/// changes it, so any epoch's certificate verifies with the profile alone).
+pub fn chain_profile(
+    name: &str,
+    chain_id: u64,
+    epoch_length: u64,
+    genesis: &ValidatorBlock,
+) -> Result<cairn_epoch::ChainProfile, String> {
+    let header = genesis.block().header().clone();
+    let outcome = DkgOutcome::decode_strict(
+        &header.inner.extra_data,
+        OutcomeLayout::Legacy,
+        &OutcomeLimits::default(),
+    )
+    .map_err(|err| format!("the genesis outcome: {err}"))?;
+    let identity = cairn_epoch::ConfiguredIdentity {
+        identity: *outcome.identity(),
+        from_epoch: Epoch::zero(),
+    };
+    Ok(cairn_epoch::ChainProfile {
+        name: name.to_string(),
+        chain_id: Some(chain_id),
+        namespace: crate::engine::NAMESPACE.to_vec(),
+        epochs: cairn_epoch::EpochStrategy::new(epoch_length).map_err(|err| err.to_string())?,
+        genesis: outcome,
+        genesis_header: Some(header),
+        network_identities: vec![identity],
+        follow_url: None,
+        trusted_blocks: Vec::new(),
+        upstream_rate_limit: None,
+    })
+}
+
 /// A Tempo block with the consensus context it was proposed in and the reshare payload it
 /// carries, both read once when the block is built or decoded.
 #[derive(Clone, PartialEq)]

@@ -16,5 +16,5 @@ pub mod serve;
 
 pub use block::{
     ValidatorBlock, ValidatorBlockConfig, ValidatorBlockError, ValidatorContext,
-    ValidatorEpochInfo, ValidatorPayload, check_outcome_fork, extra_data, genesis,
+    ValidatorEpochInfo, ValidatorPayload, chain_profile, check_outcome_fork, extra_data, genesis,
 };

@@ -6,13 +6,10 @@
 use super::{DevnetArgs, start_followers, write_atomically};
 use crate::common::shutdown_signal;
 use alloy_primitives::hex;
-use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
-use cairn_epoch::{ChainProfile, ConfiguredIdentity, EpochStrategy};
 use cairn_primitives::Block;
 use cairn_validator::{
     ValidatorBlock, ValidatorPayload,
     committee::Committees,
-    engine::NAMESPACE,
     process::{KeyFile, Member, NetworkFile},
 };
 use commonware_cryptography::{
@@ -150,38 +147,16 @@ fn create(args: &DevnetArgs, datadir: &Path) -> eyre::Result<NetworkFile> {
     )?;
     write_atomically(
         &datadir.join("chain.json"),
-        &profile(args, &genesis)?.to_json(),
+        &cairn_validator::chain_profile(
+            "cairn-devnet-simplex",
+            args.chain_id,
+            args.epoch_length,
+            &genesis,
+        )
+        .map_err(|err| eyre!(err))?
+        .to_json(),
     )?;
     Ok(network)
-}
-
-/// The chain profile followers and `inspect` read. Its network identity is the genesis key from
-/// epoch 0 on, as Tempo's chainspecs compile theirs: resharing never changes it, so `cairn
-/// inspect --chain` verifies any epoch's certificate offline, and a follower checks the key it
-/// learns from each boundary against it.
-fn profile(args: &DevnetArgs, genesis: &ValidatorBlock) -> eyre::Result<ChainProfile> {
-    let header = genesis.block().header().clone();
-    let outcome = DkgOutcome::decode_strict(
-        &header.inner.extra_data,
-        OutcomeLayout::Legacy,
-        &OutcomeLimits::default(),
-    )?;
-    let identity = ConfiguredIdentity {
-        identity: *outcome.identity(),
-        from_epoch: commonware_consensus::types::Epoch::zero(),
-    };
-    Ok(ChainProfile {
-        name: "cairn-devnet-simplex".into(),
-        chain_id: Some(args.chain_id),
-        namespace: NAMESPACE.to_vec(),
-        epochs: EpochStrategy::new(args.epoch_length)?,
-        genesis: outcome,
-        genesis_header: Some(header),
-        network_identities: vec![identity],
-        follow_url: None,
-        trusted_blocks: Vec::new(),
-        upstream_rate_limit: None,
-    })
 }
 
 /// A validator child process, stopped when dropped; it also stops by itself when the devnet

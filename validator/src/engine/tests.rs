@@ -11,7 +11,6 @@ use crate::{
 };
 use cairn_devnet::ChainStore;
 use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
-use cairn_epoch::{ChainProfile, EpochStrategy};
 use cairn_feed::{ChainReader as _, FeedState};
 use cairn_follow::{
     Engine, EngineConfig, Upstreams,
@@ -92,28 +91,6 @@ fn chain() -> (
     (keys, committees, info, shares)
 }
 
-/// What a follower needs to follow the validators' chain.
-fn profile(genesis: &ValidatorBlock) -> ChainProfile {
-    let header = genesis.block().header().clone();
-    ChainProfile {
-        name: "validators".into(),
-        chain_id: Some(1337),
-        namespace: NAMESPACE.to_vec(),
-        epochs: EpochStrategy::new(EPOCH_LENGTH).expect("a valid epoch length"),
-        genesis: DkgOutcome::decode_strict(
-            &header.inner.extra_data,
-            OutcomeLayout::Legacy,
-            &OutcomeLimits::default(),
-        )
-        .expect("genesis holds the outcome"),
-        genesis_header: Some(header),
-        network_identities: Vec::new(),
-        follow_url: None,
-        trusted_blocks: Vec::new(),
-        upstream_rate_limit: None,
-    }
-}
-
 /// A cairn follower of `validator`, through the in-process upstream (the same actor, sources
 /// and verification as over a socket).
 async fn follow(
@@ -136,7 +113,10 @@ async fn follow(
         context.child("follower"),
         EngineConfig {
             partition_prefix: "follower".into(),
-            ..EngineConfig::new(profile(genesis))
+            ..EngineConfig::new(
+                crate::chain_profile("validators", 1337, EPOCH_LENGTH, genesis)
+                    .expect("the genesis outcome decodes"),
+            )
         },
         Upstreams {
             notifications: receiver,
