@@ -7,6 +7,7 @@ use jsonrpsee::{
     core::BoxError,
     server::{HttpBody, HttpRequest, HttpResponse},
 };
+use serde::{Deserialize, Serialize};
 use std::{
     future::Future,
     pin::Pin,
@@ -68,4 +69,38 @@ where
         let future = self.inner.call(request);
         Box::pin(async move { future.await.map_err(Into::into) })
     }
+}
+
+/// One committee, as a status page shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitteeView {
+    /// The epoch it signs.
+    pub epoch: u64,
+    /// The epoch's first height.
+    pub first_height: u64,
+    /// The epoch's last height (its boundary).
+    pub last_height: u64,
+    /// Its members, each by the first bytes of its public key in hex.
+    pub validators: Vec<String>,
+    /// Signatures a certificate needs.
+    pub threshold: u32,
+    /// The epoch's identity (a BLS12-381 G2 point), 0x-prefixed hex.
+    pub identity: String,
+}
+
+/// One DKG ceremony: the one whose outcome the boundary before `for_epoch` carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CeremonyView {
+    /// The epoch whose key it made.
+    pub for_epoch: u64,
+    /// What it was (a reshare or a full DKG, and how it ended where that is known).
+    pub kind: String,
+    /// The boundary block carrying its outcome; `None` for genesis.
+    pub boundary: Option<u64>,
+    /// Dealers that took part.
+    pub dealers: usize,
+    /// Players that received shares.
+    pub players: usize,
 }

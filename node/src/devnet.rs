@@ -1,6 +1,6 @@
 //! `cairn devnet`: runs the local chain producer on disk and serves it over Tempo's RPC.
 
-use crate::report::{CeremonyView, CommitteeView, DevnetStatus, NodeStatus};
+use crate::report::{DevnetStatus, NodeStatus};
 use crate::{
     common::{lock_datadir, shutdown_signal},
     followers::{FollowerProcess, FollowerView},
@@ -9,6 +9,7 @@ use cairn_devnet::{
     Devnet, DevnetConfig, EpochEntry, KeyOrigin,
     faults::{Fault, Faults, FaultyChain},
 };
+use cairn_feed::page::{CeremonyView, CommitteeView};
 use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
 use cairn_storage::registry::IdentityHistory;
 use clap::Args;

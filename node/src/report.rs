@@ -1,11 +1,13 @@
 //! What `cairn_status` answers, typed: a follower's status snapshot with the evidence found in
-//! its datadir, or a devnet's own view. The servers serialise it, `cairn status` reads it back
+//! its datadir, a devnet's own view, or a validator's. The servers serialise it, `cairn status` reads it back
 //! and prints it through [`std::fmt::Display`], so a field renamed on one side fails to parse
 //! rather than printing 0.
 
 use crate::followers::FollowerView;
+use cairn_feed::page::{CeremonyView, CommitteeView};
 use cairn_follow::status::FollowerStatus;
 use cairn_storage::registry::IdentityChange;
+use cairn_validator::status::ValidatorStatus;
 use serde::{Deserialize, Serialize};
 use std::{
     collections::VecDeque,
@@ -20,6 +22,8 @@ pub enum NodeStatus {
     Follower(FollowerReport),
     /// A devnet.
     Devnet(DevnetStatus),
+    /// A simplex validator.
+    Validator(ValidatorStatus),
 }
 
 /// A follower's status and the evidence files of conflicting certificates in its datadir.
@@ -46,29 +50,6 @@ pub struct EvidenceSummary {
     pub first: String,
     /// Where the second came from.
     pub second: String,
-}
-
-/// One committee, as the devnet's status page shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CommitteeView {
-    pub epoch: u64,
-    pub first_height: u64,
-    pub last_height: u64,
-    pub validators: Vec<String>,
-    pub threshold: u32,
-    pub identity: String,
-}
-
-/// One DKG ceremony: the one whose outcome the boundary before `for_epoch` carries.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CeremonyView {
-    pub for_epoch: u64,
-    pub kind: String,
-    pub boundary: Option<u64>,
-    pub dealers: usize,
-    pub players: usize,
 }
 
 /// The devnet's own view, answered by `cairn_status` and shown on its status page: the tip
@@ -142,11 +123,73 @@ fn identities(f: &mut Formatter<'_>, changes: &[IdentityChange]) -> fmt::Result 
     Ok(())
 }
 
+/// The committees and ceremonies a devnet or a validator lists.
+fn committees(
+    f: &mut Formatter<'_>,
+    committees: &VecDeque<CommitteeView>,
+    ceremonies: &VecDeque<CeremonyView>,
+) -> fmt::Result {
+    writeln!(f, "committees:")?;
+    for committee in committees {
+        writeln!(
+            f,
+            "  epoch {} (heights {}..={}): threshold {} of {} ({})",
+            committee.epoch,
+            committee.first_height,
+            committee.last_height,
+            committee.threshold,
+            committee.validators.len(),
+            committee.validators.join(", "),
+        )?;
+    }
+    writeln!(f, "ceremonies:")?;
+    for ceremony in ceremonies {
+        writeln!(
+            f,
+            "  for epoch {}: {} ({} dealers, {} players)",
+            ceremony.for_epoch, ceremony.kind, ceremony.dealers, ceremony.players,
+        )?;
+    }
+    Ok(())
+}
+
+/// A validator's status: its heights and place, its certificates and skipped views, then the
+/// committees and ceremonies as its finalized boundaries announced them.
+fn validator(f: &mut Formatter<'_>, status: &ValidatorStatus) -> fmt::Result {
+    writeln!(
+        f,
+        "validator {} of chain {} | finalized {} | epoch {} (epochs of {}) | {} | {:.1} blocks/s",
+        status.index,
+        status.chain,
+        status.verified_height,
+        status.epoch,
+        status.epoch_length,
+        if status.in_committee {
+            "in the committee"
+        } else {
+            "not in the committee"
+        },
+        status.blocks_per_second,
+    )?;
+    writeln!(
+        f,
+        "key {} | view {} | views skipped {} | certificates for {} of {} blocks served since start",
+        short(&status.public_key),
+        status.view,
+        status.skipped_views,
+        status.certified,
+        status.served,
+    )?;
+    identities(f, &status.identities)?;
+    committees(f, &status.committees, &status.ceremonies)
+}
+
 impl Display for NodeStatus {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
             Self::Follower(report) => report.fmt(f),
             Self::Devnet(status) => status.fmt(f),
+            Self::Validator(status) => validator(f, status),
         }
     }
 }
@@ -293,26 +336,7 @@ impl Display for DevnetStatus {
             self.blocks_per_second,
         )?;
         identities(f, &self.identities)?;
-        writeln!(f, "committees:")?;
-        for committee in &self.committees {
-            writeln!(
-                f,
-                "  epoch {} (heights {}..={}): threshold {} of {}",
-                committee.epoch,
-                committee.first_height,
-                committee.last_height,
-                committee.threshold,
-                committee.validators.len(),
-            )?;
-        }
-        writeln!(f, "ceremonies:")?;
-        for ceremony in &self.ceremonies {
-            writeln!(
-                f,
-                "  for epoch {}: {} ({} dealers, {} players)",
-                ceremony.for_epoch, ceremony.kind, ceremony.dealers, ceremony.players,
-            )?;
-        }
+        committees(f, &self.committees, &self.ceremonies)?;
         writeln!(f, "followers:")?;
         for follower in &self.followers {
             writeln!(
@@ -330,7 +354,10 @@ impl Display for DevnetStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::{DevnetStatus, EvidenceSummary, FollowerReport, NodeStatus, short};
+    use super::{
+        CommitteeView, DevnetStatus, EvidenceSummary, FollowerReport, NodeStatus, ValidatorStatus,
+        short,
+    };
     use cairn_follow::status::FollowerStatus;
 
     #[test]
@@ -400,6 +427,52 @@ mod tests {
         );
         assert!(
             text.contains("committees:\nceremonies:\nfollowers:\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_validator_status_reads_back_and_prints_its_place_views_and_committees() {
+        let status = ValidatorStatus {
+            chain: "1337".into(),
+            index: 2,
+            public_key: "ab".repeat(32),
+            epoch_length: 20,
+            verified_height: 45,
+            epoch: 2,
+            in_committee: true,
+            served: 45,
+            certified: 44,
+            view: 47,
+            skipped_views: 2,
+            committees: [CommitteeView {
+                epoch: 2,
+                first_height: 40,
+                last_height: 59,
+                validators: vec!["0a0b0c0d".into(), "01020304".into()],
+                threshold: 2,
+                identity: "0x12".into(),
+            }]
+            .into(),
+            ..ValidatorStatus::default()
+        };
+        let sent = serde_json::to_value(NodeStatus::Validator(status)).expect("serialises");
+        assert_eq!(sent["role"], "validator");
+        assert_eq!(sent["skippedViews"], 2);
+        let read: NodeStatus = serde_json::from_value(sent).expect("reads back");
+        let text = read.to_string();
+        assert!(
+            text.starts_with(
+                "validator 2 of chain 1337 | finalized 45 | epoch 2 (epochs of 20) | in the committee"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| views skipped 2 | certificates for 44 of 45 "),
+            "{text}"
+        );
+        assert!(
+            text.contains("  epoch 2 (heights 40..=59): threshold 2 of 2 (0a0b0c0d, 01020304)"),
             "{text}"
         );
     }

@@ -1,11 +1,12 @@
 //! `cairn validator`: one simplex validator as its own process, with its own datadir, joining
 //! the validators of a network file (as `cairn devnet --consensus simplex` writes them).
 
-use cairn_validator::process::{KeyFile, NetworkFile};
+use crate::report::NodeStatus;
+use cairn_validator::process::{KeyFile, NetworkFile, RenderStatus};
 use clap::Args;
 use commonware_runtime::Runner as _;
 use eyre::{WrapErr, eyre};
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 /// Arguments of `cairn validator`.
 #[derive(Args, Debug)]
@@ -56,6 +57,8 @@ pub fn run(args: ValidatorArgs) -> eyre::Result<()> {
         .with_storage_directory(args.datadir.join("store"));
     let index = args.index;
     let stop_with_stdin = args.stop_with_stdin;
+    let render: RenderStatus =
+        Arc::new(|status| serde_json::to_value(NodeStatus::Validator(status)).unwrap_or_default());
     commonware_runtime::tokio::Runner::new(config).start(|context| async move {
         let stdin = async {
             if stop_with_stdin {
@@ -65,7 +68,7 @@ pub fn run(args: ValidatorArgs) -> eyre::Result<()> {
             }
         };
         tokio::select! {
-            result = cairn_validator::process::run(context, network, index, key, share) => {
+            result = cairn_validator::process::run(context, network, index, key, share, render) => {
                 result.map_err(|err| eyre!("validator {index}: {err}"))
             }
             () = crate::common::shutdown_signal() => Ok(()),

@@ -11,6 +11,7 @@ use cairn_tests::{
     process::{CairnProcess, finalization},
     verify_chain,
 };
+use cairn_validator::status::ValidatorStatus;
 use jsonrpsee::{core::client::ClientT, rpc_params};
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
@@ -398,6 +399,35 @@ async fn simplex_validators_reshare_every_epoch_survive_a_kill_and_are_followed(
         );
     };
     assert!(led > now);
+
+    // Each validator's `cairn_status` tells its place and what its chain went through: validator
+    // 0 counted the views skipped while 3 was down; the restarted one rebuilt its committees
+    // and identity from the boundaries it had stored.
+    let status: serde_json::Value = clients[0]
+        .request("cairn_status", rpc_params![])
+        .await
+        .expect("cairn_status");
+    assert_eq!(status["role"], "validator", "{status}");
+    let first: ValidatorStatus = serde_json::from_value(status).expect("a validator's status");
+    assert_eq!(
+        (first.index, first.chain.clone()),
+        (0, network.chain_id.to_string())
+    );
+    assert!(first.skipped_views >= skipped, "{first:?}");
+    assert!(first.verified_height >= led, "{first:?}");
+    let shown = Command::new(binary)
+        .args(["status", "--rpc", &network.validators[3].rpc.to_string()])
+        .output()
+        .expect("cairn status runs");
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.starts_with("validator 3 of chain "), "{shown}");
+    assert!(shown.contains("  epoch 0 from genesis: "), "{shown}");
+    let epoch = now / EPOCH;
+    assert!(
+        shown.contains(&format!("  epoch {epoch} (heights {}..=", epoch * EPOCH)),
+        "the committee of epoch {epoch} is listed: {shown}"
+    );
     restarted.stop();
     devnet.stop();
 }

@@ -238,6 +238,11 @@ impl ValidatorBlock {
     pub fn into_block(self) -> Block {
         self.block
     }
+
+    /// The reshare payload it carries, borrowed.
+    pub const fn payload_ref(&self) -> Option<&ValidatorPayload> {
+        self.payload.as_ref()
+    }
 }
 
 /// The block by height and hash, its context, and which payload it carries (glue's payload

@@ -9,10 +9,11 @@ use crate::{
     engine::{CHANNEL_QUOTA, CHANNELS, Channels, ValidatorConfig, start},
     secrets::DiskSecrets,
     serve::serve,
+    status::{StatusBoard, ValidatorStatus},
 };
 use alloy_primitives::hex;
 use cairn_devnet::ChainStore;
-use cairn_feed::{FeedState, RpcConfig};
+use cairn_feed::{FeedState, RpcConfig, StatusSource};
 use cairn_primitives::{Block, BlockCodecConfig};
 use commonware_codec::{DecodeExt as _, Encode as _};
 use commonware_cryptography::{ChaCha20Poly1305, bls12381::primitives::group::Share, ed25519};
@@ -29,6 +30,7 @@ use std::{
     net::SocketAddr,
     num::{NonZeroU32, NonZeroU64},
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 use tracing::info;
@@ -189,14 +191,20 @@ impl KeyFile {
     }
 }
 
+/// How a process presents its [`ValidatorStatus`] on `cairn_status` (the binary tags it with
+/// its role).
+pub type RenderStatus = Arc<dyn Fn(ValidatorStatus) -> serde_json::Value + Send + Sync>;
+
 /// Runs validator `index` of `network` in `context` (whose storage is its datadir) with `key`,
-/// importing `genesis_share` into its secrets on its first start, until it stops.
+/// importing `genesis_share` into its secrets on its first start, until it stops. Its
+/// `cairn_status` answers what `render` makes of its status.
 pub async fn run(
     context: tokio::Context,
     network: NetworkFile,
     index: usize,
     key: ed25519::PrivateKey,
     genesis_share: Option<Share>,
+    render: RenderStatus,
 ) -> Result<(), ProcessError> {
     let pool = network.pool().map_err(ProcessError::Stopped)?;
     let me = network.validators.get(index).ok_or(ProcessError::Index {
@@ -249,6 +257,7 @@ pub async fn run(
         Channels::from_pairs(CHANNELS.map(|channel| p2p.register(channel, CHANNEL_QUOTA)));
     let p2p = p2p.start();
 
+    let public_key = pool[index].clone();
     let config = ValidatorConfig {
         signer: key,
         committees: Committees::new(pool, network.committee),
@@ -273,12 +282,18 @@ pub async fn run(
         .await
         .map_err(|err| ProcessError::Storage(err.to_string()))?;
     let feed = FeedState::default();
+    let board = StatusBoard::new(network.chain_id, index, public_key, network.epoch_length);
+    let status = {
+        let board = board.clone();
+        StatusSource(Arc::new(move || render(board.snapshot())))
+    };
     let rpc = cairn_feed::start(
         &me.rpc.to_string(),
         store.clone(),
         feed.clone(),
         RpcConfig {
             chain_id: Some(network.chain_id),
+            status: Some(status),
             ..RpcConfig::default()
         },
     )
@@ -286,7 +301,15 @@ pub async fn run(
     .map_err(|err| ProcessError::Rpc(err.to_string()))?;
     info!(rpc = %rpc.local_addr, p2p = %me.p2p, index, "validator started");
 
-    let serving = serve(validator.marshal, store, feed, genesis, validator.finalized);
+    let serving = serve(
+        validator.marshal,
+        store,
+        feed,
+        board,
+        genesis,
+        blocks,
+        validator.finalized,
+    );
     let actors = Handle::select(
         validator
             .handles

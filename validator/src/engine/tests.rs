@@ -8,6 +8,7 @@ use crate::{
     block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo, genesis},
     committee::{Committees, MemorySecrets},
     serve::serve,
+    status::StatusBoard,
 };
 use cairn_devnet::ChainStore;
 use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
@@ -168,6 +169,7 @@ struct Launched {
     marshal: Marshal,
     store: ChainStore<deterministic::Context>,
     feed: FeedState,
+    board: StatusBoard,
 }
 
 impl Simulation {
@@ -267,8 +269,10 @@ impl Simulation {
             .await
             .expect("the chain store opens");
         let feed = FeedState::default();
+        let board = StatusBoard::new(1337, index, self.keys[index].public_key(), EPOCH_LENGTH);
         let (secrets, manager) = (self.secrets[index].clone(), self.oracle.manager());
         let (serving, published, genesis) = (store.clone(), feed.clone(), self.genesis.clone());
+        let noted = board.clone();
         let (started, marshal) = futures::channel::oneshot::channel();
         let handle = context.spawn(move |context| async move {
             let validator = start(context, config, secrets, manager, control, channels).await;
@@ -277,7 +281,9 @@ impl Simulation {
                 validator.marshal,
                 serving,
                 published,
+                noted,
                 genesis,
+                blocks(),
                 validator.finalized,
             );
             let (served, _) = futures::join!(serving, Handle::select(validator.handles));
@@ -289,6 +295,7 @@ impl Simulation {
             marshal,
             store,
             feed,
+            board,
         }
     }
 }
@@ -466,7 +473,7 @@ fn a_validator_killed_for_ten_seconds_leaves_skipped_views_and_catches_up_on_res
 
         // Views were skipped while it was down (its turns as leader timed out), and every
         // validator, the restarted one included, holds and serves the same blocks.
-        let mut skipped = 0;
+        let (mut skipped, mut views_skipped) = (0, 0);
         for height in 1..=tip {
             let block = marshals[0]
                 .get_block(Height::new(height))
@@ -484,11 +491,48 @@ fn a_validator_killed_for_ten_seconds_leaves_skipped_views_and_catches_up_on_res
             let served = validators[VICTIM].store.block(height).await.expect("reads");
             assert_eq!(served.as_ref(), Some(block.block()), "served at {height}");
             let context = block.context();
-            if height > at_kill && context.round.view().get() > context.parent.0.get() + 1 {
+            let gap = context.round.view().get() - context.parent.0.get() - 1;
+            views_skipped += gap;
+            if height > at_kill && gap > 0 {
                 skipped += 1;
             }
         }
         assert!(skipped > 0, "views were skipped after the kill");
+
+        // The status pages tell the same: validator 0 counted every skipped view and holds a
+        // certificate for most blocks; the restarted one rebuilt its committees and identity
+        // from the boundaries it had stored, and knows whether it signs.
+        let first = validators[0].board.snapshot();
+        assert!(first.verified_height >= tip, "{first:?}");
+        assert!(first.skipped_views >= views_skipped, "{first:?}");
+        assert_eq!(first.served, first.verified_height, "{first:?}");
+        assert!(
+            first.certified <= first.served && first.certified > 0,
+            "{first:?}"
+        );
+        let epochs: Vec<u64> = first.committees.iter().map(|c| c.epoch).collect();
+        assert_eq!(
+            epochs,
+            (0..epochs.len() as u64).collect::<Vec<_>>(),
+            "one per epoch"
+        );
+        let restarted = validators[VICTIM].board.snapshot();
+        assert!(restarted.verified_height >= tip, "{restarted:?}");
+        assert_eq!(restarted.identities.len(), 1, "{restarted:?}");
+        assert_eq!(restarted.identities[0].boundary, None);
+        let epochs: Vec<u64> = restarted.committees.iter().map(|c| c.epoch).collect();
+        let expected: Vec<u64> = (0..=restarted.epoch + 1).collect();
+        assert!(
+            epochs == expected || epochs == expected[..expected.len() - 1],
+            "{epochs:?} for epoch {}",
+            restarted.epoch
+        );
+        let pool = simulation.keys.iter().map(|key| key.public_key()).collect();
+        let signs = Committees::new(pool, COMMITTEE)
+            .players(restarted.epoch)
+            .position(&simulation.keys[VICTIM].public_key())
+            .is_some();
+        assert_eq!(restarted.in_committee, signs, "{restarted:?}");
         while *follower.executed.borrow() < tip {
             context.sleep(Duration::from_millis(500)).await;
         }
