@@ -1,18 +1,15 @@
 //! Who takes part in each epoch and with which keys: the committees (a window over the validator
 //! pool moving one validator per epoch from epoch 2 on), the per-epoch signing
-//! schemes glue's reshare actor registers, and the store of this validator's secrets.
+//! schemes glue's reshare actor registers.
 
 use crate::engine::Scheme;
 use commonware_consensus::types::Epoch;
 use commonware_cryptography::{
-    bls12381::{
-        dkg::feldman_desmedt::DealerPrivMsg, primitives::group::Share, primitives::variant::MinSig,
-    },
+    bls12381::{primitives::group::Share, primitives::variant::MinSig},
     certificate::{Provider, Scoped},
     ed25519::PublicKey,
-    transcript::Summary,
 };
-use commonware_glue::dkg::{ParticipantsProvider, Registrar, SecretStore, types::SchemeInfo};
+use commonware_glue::dkg::{ParticipantsProvider, Registrar, types::SchemeInfo};
 use commonware_utils::{ordered::Set, sequence::Unit};
 use std::{
     collections::BTreeMap,
@@ -153,80 +150,6 @@ impl Registrar for SchemeRegistry {
 
     async fn register(&self, epoch: Epoch, info: SchemeInfo<MinSig, PublicKey>) {
         self.install(epoch, info);
-    }
-}
-
-/// This validator's secrets (shares, dealer seeds, private dealings received), in memory.
-#[derive(Clone, Default)]
-pub struct MemorySecrets {
-    inner: Arc<Mutex<Secrets>>,
-}
-
-#[derive(Default)]
-struct Secrets {
-    shares: BTreeMap<Epoch, Share>,
-    seeds: BTreeMap<Epoch, Summary>,
-    dealings: BTreeMap<(Epoch, Vec<u8>), DealerPrivMsg>,
-}
-
-impl MemorySecrets {
-    /// A store holding `share` for epoch 0 (a genesis committee member's).
-    pub fn with_genesis_share(share: Option<Share>) -> Self {
-        let store = Self::default();
-        if let Some(share) = share {
-            store.lock().shares.insert(Epoch::zero(), share);
-        }
-        store
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Secrets> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl SecretStore for MemorySecrets {
-    async fn put_share(&mut self, epoch: Epoch, share: Share) {
-        self.lock().shares.insert(epoch, share);
-    }
-
-    async fn get_share(&mut self, epoch: Epoch) -> Option<Share> {
-        self.lock().shares.get(&epoch).cloned()
-    }
-
-    async fn put_seed(&mut self, epoch: Epoch, seed: Summary) {
-        self.lock().seeds.insert(epoch, seed);
-    }
-
-    async fn get_seed(&mut self, epoch: Epoch) -> Option<Summary> {
-        self.lock().seeds.get(&epoch).cloned()
-    }
-
-    async fn put_dealing<P: commonware_cryptography::PublicKey>(
-        &mut self,
-        epoch: Epoch,
-        dealer: P,
-        private: DealerPrivMsg,
-    ) {
-        let key = commonware_codec::Encode::encode(&dealer).to_vec();
-        self.lock().dealings.insert((epoch, key), private);
-    }
-
-    async fn get_dealing<P: commonware_cryptography::PublicKey>(
-        &mut self,
-        epoch: Epoch,
-        dealer: &P,
-    ) -> Option<DealerPrivMsg> {
-        let key = commonware_codec::Encode::encode(dealer).to_vec();
-        self.lock().dealings.get(&(epoch, key)).cloned()
-    }
-
-    async fn prune(&mut self, min: Epoch) {
-        let mut secrets = self.lock();
-        secrets.shares.retain(|epoch, _| *epoch >= min);
-        secrets.seeds.retain(|epoch, _| *epoch >= min);
-        secrets.dealings.retain(|(epoch, _), _| *epoch >= min);
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`engine`]: glue's orchestrator and reshare actors with marshal around them;
 //! - [`secrets`]: the shares on disk;
 //! - [`serve`] and [`status`]: what a validator stores, serves and tells about itself;
-//! - [`process`]: a validator as its own process, with p2p and RPC.
+//! - [`process`]: a validator as its own process, with p2p and RPC;
+//! - [`simulated`]: validators in the deterministic runtime, for simulations.
 
 pub mod application;
 pub mod block;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod process;
 pub mod secrets;
 pub mod serve;
+pub mod simulated;
 pub mod status;
 
 pub use block::{

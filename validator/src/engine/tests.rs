@@ -1,14 +1,11 @@
 //! Validators in the deterministic runtime over commonware-p2p's simulated network: real simplex,
 //! real reshare ceremonies every epoch, Tempo blocks.
 
-use super::{
-    CHANNEL_QUOTA, CHANNELS, Channels, Marshal, NAMESPACE, Scheme, ValidatorConfig, start,
-};
+use super::{Marshal, NAMESPACE, Scheme};
 use crate::{
-    block::{ValidatorBlock, ValidatorBlockConfig, ValidatorEpochInfo, genesis},
-    committee::{Committees, MemorySecrets},
-    serve::serve,
-    status::StatusBoard,
+    block::ValidatorBlock,
+    committee::Committees,
+    simulated::{SimulatedChain, SimulatedValidator as Launched, Timeouts, launch},
 };
 use cairn_devnet::ChainStore;
 use cairn_dkg::{DkgOutcome, OutcomeLayout, OutcomeLimits};
@@ -17,80 +14,24 @@ use cairn_follow::{
     Engine, EngineConfig, Upstreams,
     upstream::{Sources, in_process},
 };
-use cairn_primitives::BlockCodecConfig;
 use commonware_consensus::{
     CertifiableBlock as _,
     types::{Epoch, Height},
 };
-use commonware_cryptography::{
-    Signer as _,
-    bls12381::{
-        dkg::feldman_desmedt::deal,
-        primitives::{sharing::Mode, variant::MinSig},
-    },
-    ed25519,
-};
+use commonware_cryptography::{Signer as _, ed25519};
 use commonware_glue::dkg::{
     ReshareBlock as _,
     types::{EpochOutcome, Payload},
 };
 use commonware_p2p::{Manager as _, simulated};
-use commonware_runtime::{
-    Clock as _, Handle, Runner as _, Spawner as _, Supervisor as _, deterministic,
-};
-use commonware_utils::{N3f1, NZUsize, Probability, ordered::Set, sequence::Unit};
+use commonware_runtime::{Clock as _, Runner as _, Spawner as _, Supervisor as _, deterministic};
+use commonware_utils::{NZUsize, Probability, ordered::Set};
 use rand::{SeedableRng as _, rngs::StdRng};
-use std::{
-    num::{NonZeroU32, NonZeroU64},
-    time::Duration,
-};
+use std::time::Duration;
 
 const EPOCH_LENGTH: u64 = 20;
 const POOL: u64 = 5;
 const COMMITTEE: usize = 4;
-
-fn blocks() -> ValidatorBlockConfig {
-    ValidatorBlockConfig {
-        epoch_length: NonZeroU64::new(EPOCH_LENGTH).expect("non-zero"),
-        max_participants: NonZeroU32::new(16).expect("non-zero"),
-        block: BlockCodecConfig::default(),
-    }
-}
-
-/// The pool's keys, epoch 0's information (a trusted deal to epoch 0's players) and each
-/// player's share.
-fn chain() -> (
-    Vec<ed25519::PrivateKey>,
-    Committees,
-    ValidatorEpochInfo,
-    Vec<(
-        ed25519::PublicKey,
-        commonware_cryptography::bls12381::primitives::group::Share,
-    )>,
-) {
-    let keys: Vec<_> = (0..POOL).map(ed25519::PrivateKey::from_seed).collect();
-    let committees = Committees::new(keys.iter().map(|key| key.public_key()).collect(), COMMITTEE);
-    let players = committees.players(0);
-    let (output, shares) = deal::<MinSig, _, N3f1>(
-        StdRng::seed_from_u64(7),
-        Mode::NonZeroCounter,
-        players.clone(),
-    )
-    .expect("the trusted deal succeeds");
-    let info = ValidatorEpochInfo {
-        outcome: EpochOutcome::Success,
-        epoch: Epoch::zero(),
-        output,
-        players,
-        next_players: committees.players(1),
-        directory: Unit,
-    };
-    let shares = shares
-        .iter_pairs()
-        .map(|(key, share)| (key.clone(), share.clone()))
-        .collect();
-    (keys, committees, info, shares)
-}
 
 /// A cairn follower of `validator`, through the in-process upstream (the same actor, sources
 /// and verification as over a socket).
@@ -150,39 +91,18 @@ async fn processed(context: &deterministic::Context, marshals: &[Marshal], heigh
     }
 }
 
-/// The validators' network in the deterministic runtime: the chain, the simulated network
-/// with every pair linked, and each validator's secrets (kept across its restarts).
+/// The validators' network in the deterministic runtime: the chain and the simulated network
+/// with every pair linked.
 struct Simulation {
     context: deterministic::Context,
     oracle: simulated::Oracle<ed25519::PublicKey, deterministic::Context>,
-    keys: Vec<ed25519::PrivateKey>,
-    committees: Committees,
-    info: ValidatorEpochInfo,
-    genesis: ValidatorBlock,
-    secrets: Vec<MemorySecrets>,
-}
-
-/// A running validator of a [`Simulation`].
-struct Launched {
-    /// The task holding every actor of the validator (aborting it crashes the validator).
-    handle: Handle<()>,
-    marshal: Marshal,
-    store: ChainStore<deterministic::Context>,
-    feed: FeedState,
-    board: StatusBoard,
+    chain: SimulatedChain,
 }
 
 impl Simulation {
     async fn new(context: deterministic::Context) -> Self {
-        let (keys, committees, info, shares) = chain();
-        let genesis = genesis(
-            info.output.clone(),
-            info.players.clone(),
-            1_700_000_000_000,
-            &blocks(),
-        )
-        .expect("genesis");
-        assert!(genesis.payload() == Some(Payload::EpochInfo(info.clone())));
+        let chain = SimulatedChain::new(7, POOL as usize, COMMITTEE, EPOCH_LENGTH);
+        assert!(chain.genesis.payload() == Some(Payload::EpochInfo(chain.info.clone())));
         let (network, oracle) = simulated::Network::new(
             context.child("network"),
             simulated::Config {
@@ -193,8 +113,7 @@ impl Simulation {
             },
         );
         network.start();
-        let everyone: Set<ed25519::PublicKey> =
-            Set::from_iter_dedup(keys.iter().map(|key| key.public_key()));
+        let everyone: Set<ed25519::PublicKey> = Set::from_iter_dedup(chain.pool());
         oracle.manager().track(0, everyone.clone());
         let link = simulated::Link {
             latency: Duration::from_millis(20),
@@ -211,92 +130,29 @@ impl Simulation {
                 }
             }
         }
-        let secrets = keys
-            .iter()
-            .map(|key| {
-                let share = shares
-                    .iter()
-                    .find(|(player, _)| *player == key.public_key())
-                    .map(|(_, share)| share.clone());
-                MemorySecrets::with_genesis_share(share)
-            })
-            .collect();
         Self {
             context,
             oracle,
-            keys,
-            committees,
-            info,
-            genesis,
-            secrets,
+            chain,
         }
     }
 
-    /// Starts validator `index` (again, after a crash: its stores are where it left them) in
-    /// one task, serving what it finalizes.
+    /// Starts validator `index` (again, after a crash: its stores are where it left them).
     async fn launch(&self, index: usize, run: usize) -> Launched {
-        let key = self.keys[index].clone();
-        let control = self.oracle.control(key.public_key());
-        let mut pairs = Vec::new();
-        for channel in CHANNELS {
-            pairs.push(
-                control
-                    .register(channel, CHANNEL_QUOTA)
-                    .await
-                    .expect("registered"),
-            );
-        }
-        let Ok(pairs) = <[_; 6]>::try_from(pairs) else {
-            panic!("one pair per channel");
-        };
-        let channels = Channels::from_pairs(pairs);
-        let config = ValidatorConfig {
-            signer: key,
-            committees: self.committees.clone(),
-            genesis: self.genesis.clone(),
-            blocks: blocks(),
-            chain_id: 1337,
-            partition_prefix: format!("validator-{index}"),
-            leader_timeout: Duration::from_secs(1),
-            certification_timeout: Duration::from_secs(2),
-        };
         let context = self
             .context
             .child("validator")
             .with_attribute("index", index)
             .with_attribute("run", run);
-        let store = ChainStore::open_in(context.child("served"), &format!("served-{index}"))
-            .await
-            .expect("the chain store opens");
-        let feed = FeedState::default();
-        let board = StatusBoard::new(1337, index, self.keys[index].public_key(), EPOCH_LENGTH);
-        let (secrets, manager) = (self.secrets[index].clone(), self.oracle.manager());
-        let (serving, published, genesis) = (store.clone(), feed.clone(), self.genesis.clone());
-        let noted = board.clone();
-        let (started, marshal) = futures::channel::oneshot::channel();
-        let handle = context.spawn(move |context| async move {
-            let validator = start(context, config, secrets, manager, control, channels).await;
-            let _ = started.send(validator.marshal.clone());
-            let serving = serve(
-                validator.marshal,
-                serving,
-                published,
-                noted,
-                genesis,
-                blocks(),
-                validator.finalized,
-            );
-            let (served, _) = futures::join!(serving, Handle::select(validator.handles));
-            served.expect("serving stores every block");
-        });
-        let marshal = marshal.await.expect("the validator starts");
-        Launched {
-            handle,
-            marshal,
-            store,
-            feed,
-            board,
-        }
+        launch(
+            context,
+            &self.chain,
+            &self.oracle,
+            index,
+            Timeouts::default(),
+        )
+        .await
+        .expect("the validator starts")
     }
 }
 
@@ -308,9 +164,9 @@ fn five_validators_in_committees_of_four_finalize_three_epochs_resharing_the_sam
     deterministic::Runner::new(config).start(|context| async move {
         let simulation = Simulation::new(context.child("simulation")).await;
         let (committees, info, genesis) = (
-            simulation.committees.clone(),
-            simulation.info.clone(),
-            simulation.genesis.clone(),
+            simulation.chain.committees.clone(),
+            simulation.chain.info.clone(),
+            simulation.chain.genesis.clone(),
         );
         let mut validators = Vec::new();
         for index in 0..POOL as usize {
@@ -440,7 +296,7 @@ fn a_validator_killed_for_ten_seconds_leaves_skipped_views_and_catches_up_on_res
         .with_timeout(Some(Duration::from_secs(3_600)));
     deterministic::Runner::new(config).start(|context| async move {
         let simulation = Simulation::new(context.child("simulation")).await;
-        let genesis = simulation.genesis.clone();
+        let genesis = simulation.chain.genesis.clone();
         let mut validators = Vec::new();
         for index in 0..POOL as usize {
             validators.push(simulation.launch(index, 0).await);
@@ -527,10 +383,10 @@ fn a_validator_killed_for_ten_seconds_leaves_skipped_views_and_catches_up_on_res
             "{epochs:?} for epoch {}",
             restarted.epoch
         );
-        let pool = simulation.keys.iter().map(|key| key.public_key()).collect();
+        let pool = simulation.chain.pool();
         let signs = Committees::new(pool, COMMITTEE)
             .players(restarted.epoch)
-            .position(&simulation.keys[VICTIM].public_key())
+            .position(&simulation.chain.keys[VICTIM].public_key())
             .is_some();
         assert_eq!(restarted.in_committee, signs, "{restarted:?}");
         while *follower.executed.borrow() < tip {
