@@ -276,7 +276,8 @@ pub async fn run(
         oracle,
         channels,
     )
-    .await;
+    .await
+    .map_err(|err| ProcessError::Storage(err.to_string()))?;
 
     let store = ChainStore::open_in(context.child("served"), "served")
         .await

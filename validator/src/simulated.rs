@@ -222,7 +222,10 @@ pub async fn launch(
     let (started, marshal) = futures::channel::oneshot::channel();
     let mut failed = secrets.failed();
     let handle = context.spawn(move |context| async move {
-        let validator = start(context, config, secrets, manager, control, channels).await;
+        let validator = match start(context, config, secrets, manager, control, channels).await {
+            Ok(validator) => validator,
+            Err(err) => return warn!(index, %err, "the validator did not start"),
+        };
         let _ = started.send(validator.marshal.clone());
         let serving = serve(
             validator.marshal,

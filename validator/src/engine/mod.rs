@@ -92,12 +92,28 @@ pub struct ValidatorConfig {
 
 impl ValidatorConfig {
     /// Epoch 0's information, from the genesis block.
-    fn genesis_info(&self) -> ValidatorEpochInfo {
+    fn genesis_info(&self) -> Result<ValidatorEpochInfo, StartError> {
         match commonware_glue::dkg::ReshareBlock::payload(&self.genesis) {
-            Some(commonware_glue::dkg::types::Payload::EpochInfo(info)) => info,
-            _ => panic!("ValidatorConfig::genesis must be the chain's genesis, height 0"),
+            Some(commonware_glue::dkg::types::Payload::EpochInfo(info)) => Ok(info),
+            _ => Err(StartError::NotGenesis),
         }
     }
+}
+
+/// Why a validator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configured genesis block carries no epoch 0 information.
+    #[error("the configured genesis block carries no information for epoch 0")]
+    NotGenesis,
+    /// One of marshal's archives could not be opened.
+    #[error("opening the {what} archive: {error}")]
+    Archive {
+        /// Which archive.
+        what: &'static str,
+        /// Why.
+        error: commonware_storage::archive::Error,
+    },
 }
 
 /// The p2p channels a validator sends and receives on.
@@ -151,7 +167,9 @@ pub struct Validator {
 
 /// Starts a validator in `context`: its stores, marshal, reshare actor and orchestrator, on
 /// `channels`, with peers from `manager` and `blocker`. Its shares and ceremony secrets are kept
-/// in `secrets` (which holds its epoch-0 share, if it has one).
+/// in `secrets` (which holds its epoch-0 share, if it has one). An error if the genesis block is
+/// not one or a store cannot be opened (commonware's actors themselves stop on a storage
+/// failure once running).
 pub async fn start<E, S, R, M, B, SS>(
     context: E,
     config: ValidatorConfig,
@@ -159,7 +177,7 @@ pub async fn start<E, S, R, M, B, SS>(
     manager: M,
     blocker: B,
     channels: Channels<S, R>,
-) -> Validator
+) -> Result<Validator, StartError>
 where
     E: Spawner + Metrics + Clock + Storage + Network + CryptoRng,
     S: Sender<PublicKey = ed25519::PublicKey>,
@@ -172,7 +190,7 @@ where
     let prefix = config.partition_prefix.clone();
     let epoch_length = config.blocks.epoch_length;
     let page_cache = CacheRef::new(PAGE_SIZE, PAGE_CACHE_PAGES);
-    let info = config.genesis_info();
+    let info = config.genesis_info()?;
     let identity = *info.output.public().public();
 
     // Epoch 0's scheme, from the genesis output and this validator's share (if any).
@@ -213,13 +231,19 @@ where
         archive_config(&prefix, "finalizations", page_cache.clone(), ()),
     )
     .await
-    .expect("the finalizations archive opens");
+    .map_err(|error| StartError::Archive {
+        what: "finalizations",
+        error,
+    })?;
     let blocks = prunable::Archive::init(
         context.child("blocks"),
         archive_config(&prefix, "blocks", page_cache.clone(), config.blocks),
     )
     .await
-    .expect("the blocks archive opens");
+    .map_err(|error| StartError::Archive {
+        what: "blocks",
+        error,
+    })?;
     let genesis = Digested::precomputed(config.genesis.clone(), config.genesis.digest());
     let (marshal_actor, marshal, _floor) = MarshalActor::init(
         context.child("marshal"),
@@ -342,11 +366,11 @@ where
         buffer,
         resolver,
     );
-    Validator {
+    Ok(Validator {
         marshal,
         finalized,
         handles: vec![reshare_handle, orchestrator_handle, marshal_handle],
-    }
+    })
 }
 
 /// A prunable archive's settings under `prefix`.

@@ -1,0 +1,254 @@
+//! Starting the simulation's nodes, each in one task the harness can kill: a validator
+//! (`cairn_validator::simulated`), a cairn follower (the same [`Engine`] the binary runs, its
+//! upstreams in-process through the same actor and sources), or the deliberately broken
+//! [`FollowerKind::TrustingRelay`].
+
+use crate::served::{Served, relay};
+use cairn_devnet::ChainStore;
+use cairn_feed::FeedState;
+use cairn_follow::{
+    Engine, EngineConfig, EngineError, Upstreams,
+    chain::FollowerChain,
+    driver::DriverError,
+    upstream::{QuarantineConfig, Sources, in_process},
+};
+use cairn_primitives::Event;
+use cairn_storage::execution::EmbeddedExecution;
+use cairn_testkit::MemoryChain;
+use cairn_validator::simulated::{SimulatedChain, Timeouts, launch};
+use commonware_cryptography::ed25519;
+use commonware_p2p::simulated::Oracle;
+use commonware_runtime::{Handle, Spawner as _, Supervisor as _, deterministic};
+use futures::channel::oneshot;
+use std::future::Future;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+
+/// A validator's chain, as it serves it.
+pub type ValidatorChain = ChainStore<deterministic::Context>;
+/// A follower's chain, as it serves it.
+pub type CairnChain =
+    FollowerChain<EmbeddedExecution<deterministic::Context>, deterministic::Context>;
+
+/// Which follower runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FollowerKind {
+    /// cairn's follower.
+    #[default]
+    Cairn,
+    /// A deliberately broken follower, to show that the properties catch one: it serves every
+    /// block its upstreams announce, unverified, from memory (so a crash loses it).
+    TrustingRelay,
+}
+
+/// Why a node's task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// It stopped, for this reason (a storage failure, say).
+    Ended(String),
+    /// A follower halted on conflicting certificates.
+    Halted(String),
+    /// It panicked.
+    Panicked(String),
+}
+
+/// A node's running task.
+pub struct Running {
+    handle: Handle<()>,
+    stopped: oneshot::Receiver<Stop>,
+}
+
+impl Running {
+    /// Kills the node.
+    pub fn kill(self) {
+        self.handle.abort();
+    }
+
+    /// Why the node stopped, once it has.
+    pub fn stopped(&mut self) -> Option<Stop> {
+        match self.stopped.try_recv() {
+            Ok(stop) => stop,
+            Err(_) => Some(Stop::Ended("its task is gone".into())),
+        }
+    }
+}
+
+/// Runs `work` in a task of its own under `context`, reporting why it ended.
+fn supervise<F, Fut>(context: deterministic::Context, work: F) -> Running
+where
+    F: FnOnce(deterministic::Context) -> Fut + Send + 'static,
+    Fut: Future<Output = Stop> + Send + 'static,
+{
+    let (report, stopped) = oneshot::channel();
+    let handle = context.spawn(move |context| async move {
+        let stop = match context.child("work").spawn(work).await {
+            Ok(stop) => stop,
+            Err(err) => Stop::Panicked(err.to_string()),
+        };
+        let _ = report.send(stop);
+    });
+    Running { handle, stopped }
+}
+
+/// What followers reach of a node: its feed (kept across its restarts) and its chain.
+#[derive(Clone)]
+pub enum Upstream {
+    /// A validator's.
+    Validator(FeedState, Served<ValidatorChain>),
+    /// A cairn follower's.
+    Cairn(FeedState, Served<CairnChain>),
+    /// A trusting relay's.
+    Relay(FeedState, Served<MemoryChain>),
+}
+
+impl Upstream {
+    fn feed(&self) -> &FeedState {
+        match self {
+            Self::Validator(feed, _) | Self::Cairn(feed, _) | Self::Relay(feed, _) => feed,
+        }
+    }
+}
+
+/// Starts validator `index` of `chain`, serving on `served` and `feed`.
+pub fn start_validator(
+    context: deterministic::Context,
+    chain: SimulatedChain,
+    oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
+    index: usize,
+    timeouts: Timeouts,
+    (feed, served): (FeedState, Served<ValidatorChain>),
+) -> Running {
+    supervise(context, move |context| async move {
+        let epoch_length = chain.blocks.epoch_length.get();
+        let Some(validator) =
+            launch(context.child("validator"), &chain, &oracle, index, timeouts).await
+        else {
+            return Stop::Ended("its stores did not open".into());
+        };
+        served.up(validator.store.clone());
+        relay(
+            context.child("relay"),
+            &validator.feed,
+            feed,
+            served,
+            epoch_length,
+        );
+        match validator.handle.await {
+            Ok(()) => Stop::Ended("the validator stopped".into()),
+            Err(err) => Stop::Panicked(err.to_string()),
+        }
+    })
+}
+
+/// Starts follower `index` of kind `kind` following `upstreams`, serving on `served` (its
+/// feed and chain).
+pub fn start_follower(
+    context: deterministic::Context,
+    config: EngineConfig,
+    index: usize,
+    kind: FollowerKind,
+    upstreams: Vec<(String, Upstream)>,
+    served: Upstream,
+) -> Running {
+    supervise(context, move |context| async move {
+        let epoch_length = config.profile.epochs.length();
+        match (kind, served) {
+            (FollowerKind::Cairn, Upstream::Cairn(feed, served)) => {
+                run_cairn(context, config, index, upstreams, feed, served, epoch_length).await
+            }
+            (FollowerKind::TrustingRelay, Upstream::Relay(feed, served)) => {
+                run_relay(upstreams, feed, served).await
+            }
+            _ => Stop::Ended("a follower's kind and what it serves differ".into()),
+        }
+    })
+}
+
+async fn run_cairn(
+    context: deterministic::Context,
+    config: EngineConfig,
+    index: usize,
+    upstreams: Vec<(String, Upstream)>,
+    feed: FeedState,
+    served: Served<CairnChain>,
+    epoch_length: u64,
+) -> Stop {
+    let (notifications_tx, notifications) = mpsc::channel(1024);
+    let mut requests = Vec::with_capacity(upstreams.len());
+    for (source, (name, upstream)) in upstreams.into_iter().enumerate() {
+        let tx = notifications_tx.clone();
+        let feed = upstream.feed().clone();
+        let mailbox = match upstream {
+            Upstream::Validator(_, chain) => {
+                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
+                context.child("upstream").spawn(|context| actor.run(context));
+                mailbox
+            }
+            Upstream::Cairn(_, chain) => {
+                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
+                context.child("upstream").spawn(|context| actor.run(context));
+                mailbox
+            }
+            Upstream::Relay(_, chain) => {
+                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
+                context.child("upstream").spawn(|context| actor.run(context));
+                mailbox
+            }
+        };
+        requests.push((name, mailbox));
+    }
+    drop(notifications_tx);
+    let own = FeedState::default();
+    let config = EngineConfig {
+        partition_prefix: format!("follower-{index}"),
+        feed: own.clone(),
+        ..config
+    };
+    let upstreams = Upstreams {
+        notifications,
+        sources: Sources::new(requests, QuarantineConfig::default()),
+    };
+    let engine = match Engine::init(context.child("engine"), config, upstreams).await {
+        Ok(engine) => engine,
+        Err(err) => return Stop::Ended(format!("it did not start: {err}")),
+    };
+    served.up(engine.chain.clone());
+    relay(context.child("relay"), &own, feed, served, epoch_length);
+    match engine.run().await {
+        Ok(()) => Stop::Ended("its upstreams ended".into()),
+        Err(err @ EngineError::Driver(DriverError::Conflict { .. })) => {
+            Stop::Halted(err.to_string())
+        }
+        Err(err) => Stop::Ended(err.to_string()),
+    }
+}
+
+/// The trusting relay: every finalized block any upstream announces goes into memory and out
+/// on its feed, unchecked.
+async fn run_relay(
+    upstreams: Vec<(String, Upstream)>,
+    feed: FeedState,
+    served: Served<MemoryChain>,
+) -> Stop {
+    let chain = MemoryChain::default();
+    served.up(chain.clone());
+    let mut events: Vec<_> = upstreams
+        .iter()
+        .map(|(_, upstream)| upstream.feed().subscribe())
+        .collect();
+    loop {
+        let next = futures::future::select_all(events.iter_mut().map(|events| Box::pin(events.recv())));
+        let (published, _, _) = next.await;
+        match published {
+            Ok(published) => {
+                if let Event::Finalized { block, .. } = &published.event
+                    && block.block.is_some()
+                {
+                    chain.insert(block.clone());
+                    feed.publish_finalized(block.clone());
+                }
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return Stop::Ended("an upstream's feed closed".into()),
+        }
+    }
+}
