@@ -41,7 +41,7 @@ use futures::{StreamExt as _, stream::FuturesUnordered};
 use rand::{CryptoRng, Rng as _, SeedableRng as _, rngs::StdRng};
 use rangemap::RangeInclusiveSet;
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     num::NonZeroUsize,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
@@ -284,7 +284,7 @@ impl Coverage {
     }
 
     /// Ends the fetch of `heights`: those not stored are missing again.
-    fn fetched(&self, heights: &[u64], stored: &HashSet<u64>, on_demand: bool, refused: u64) {
+    fn fetched(&self, heights: &[u64], stored: &BTreeSet<u64>, on_demand: bool, refused: u64) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(heights.len() as u64);
         for height in heights {
@@ -451,8 +451,9 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
             Box::pin(async move { (taken, on_demand, handle.await) })
         };
         let mut jobs = FuturesUnordered::new();
-        let mut waiters: HashMap<u64, Vec<oneshot::Sender<Option<Finalization>>>> = HashMap::new();
-        let mut in_flight: HashSet<u64> = HashSet::new();
+        let mut waiters: BTreeMap<u64, Vec<oneshot::Sender<Option<Finalization>>>> =
+            BTreeMap::new();
+        let mut in_flight: BTreeSet<u64> = BTreeSet::new();
         let (mut background, mut on_demand) = (0usize, 0usize);
         let mut requests_open = true;
         let mut quiet = FIRST_QUIET;
@@ -504,7 +505,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                         Ok(Ok(fetched)) => fetched,
                         Ok(Err(err)) => {
                             warn!(%err, "storing verified certificates failed; the certificate fill stops");
-                            for (_, answers) in waiters.drain() {
+                            for (_, answers) in std::mem::take(&mut waiters) {
                                 for answer in answers {
                                     let _ = answer.send(None);
                                 }
@@ -524,7 +525,7 @@ impl<E: StoreContext, U: UpstreamRequests> Fill<E, U> {
                             quiet = FIRST_QUIET;
                         }
                     }
-                    let stored: HashSet<u64> =
+                    let stored: BTreeSet<u64> =
                         fetched.stored.iter().map(|(height, _)| *height).collect();
                     coverage.fetched(&heights, &stored, asked, fetched.refused);
                     for height in &heights {
@@ -837,7 +838,7 @@ async fn offload<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::{CertificateMode, Coverage};
-    use std::collections::HashSet;
+    use std::collections::BTreeSet;
 
     #[test]
     fn coverage_counts_what_neither_store_holds_and_takes_the_highest_first() {
@@ -865,7 +866,7 @@ mod tests {
         assert_eq!(coverage.report().missing(), 16);
         assert!(!coverage.take(17), "being fetched");
         // Two were stored, two were not: those are missing again.
-        coverage.fetched(&taken, &HashSet::from([22, 16]), false, 1);
+        coverage.fetched(&taken, &BTreeSet::from([22, 16]), false, 1);
         let report = coverage.report();
         assert_eq!(
             (report.missing(), report.filled, report.refused),

@@ -71,7 +71,9 @@ pub enum SetupError {
         committee: usize,
     },
     /// Epochs too short for a reshare.
-    #[error("epochs of {length} blocks are too short for committees of {committee}: at least {least}")]
+    #[error(
+        "epochs of {length} blocks are too short for committees of {committee}: at least {least}"
+    )]
     EpochLength {
         /// Blocks per epoch.
         length: u64,
@@ -189,7 +191,9 @@ impl Simulation {
         };
         for (index, follower) in self.followers.iter().enumerate() {
             if follower.upstreams.is_empty() {
-                return Err(SetupError::Node(format!("follower {index} follows nothing")));
+                return Err(SetupError::Node(format!(
+                    "follower {index} follows nothing"
+                )));
             }
             for upstream in &follower.upstreams {
                 let before = match *upstream {
@@ -222,7 +226,9 @@ impl Simulation {
                 | Action::PowerCut { .. } => Vec::new(),
             };
             if let Some(missing) = named.iter().find(|node| !exists(node)) {
-                return Err(SetupError::Node(format!("the plan names {missing}, which does not exist")));
+                return Err(SetupError::Node(format!(
+                    "the plan names {missing}, which does not exist"
+                )));
             }
         }
         Ok(())

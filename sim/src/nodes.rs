@@ -153,7 +153,16 @@ pub fn start_follower(
         let epoch_length = config.profile.epochs.length();
         match (kind, served) {
             (FollowerKind::Cairn, Upstream::Cairn(feed, served)) => {
-                run_cairn(context, config, index, upstreams, feed, served, epoch_length).await
+                run_cairn(
+                    context,
+                    config,
+                    index,
+                    upstreams,
+                    feed,
+                    served,
+                    epoch_length,
+                )
+                .await
             }
             (FollowerKind::TrustingRelay, Upstream::Relay(feed, served)) => {
                 run_relay(upstreams, feed, served).await
@@ -180,17 +189,23 @@ async fn run_cairn(
         let mailbox = match upstream {
             Upstream::Validator(_, chain) => {
                 let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context.child("upstream").spawn(|context| actor.run(context));
+                context
+                    .child("upstream")
+                    .spawn(|context| actor.run(context));
                 mailbox
             }
             Upstream::Cairn(_, chain) => {
                 let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context.child("upstream").spawn(|context| actor.run(context));
+                context
+                    .child("upstream")
+                    .spawn(|context| actor.run(context));
                 mailbox
             }
             Upstream::Relay(_, chain) => {
                 let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context.child("upstream").spawn(|context| actor.run(context));
+                context
+                    .child("upstream")
+                    .spawn(|context| actor.run(context));
                 mailbox
             }
         };
@@ -236,7 +251,8 @@ async fn run_relay(
         .map(|(_, upstream)| upstream.feed().subscribe())
         .collect();
     loop {
-        let next = futures::future::select_all(events.iter_mut().map(|events| Box::pin(events.recv())));
+        let next =
+            futures::future::select_all(events.iter_mut().map(|events| Box::pin(events.recv())));
         let (published, _, _) = next.await;
         match published {
             Ok(published) => {

@@ -160,7 +160,9 @@ impl Observer {
 
     /// The highest height follower `index` was seen serving.
     pub fn served_height(&self, index: usize) -> u64 {
-        self.followers.get(&index).map_or(0, |served| served.highest)
+        self.followers
+            .get(&index)
+            .map_or(0, |served| served.highest)
     }
 
     /// Validator `index` started again: its store is read again from the start.
@@ -293,7 +295,11 @@ impl Observer {
         }
         let certificates = std::mem::take(&mut served.certificates);
         for (height, certificate) in certificates {
-            match self.reference.get(&height).and_then(|f| f.certificate.as_ref()) {
+            match self
+                .reference
+                .get(&height)
+                .and_then(|f| f.certificate.as_ref())
+            {
                 Some(finalized) if *finalized == certificate => {}
                 Some(_) => found.push(format!(
                     "height {height}: serves a certificate the validators do not hold"
@@ -345,19 +351,29 @@ impl Observer {
             let epoch = certificate.epoch;
             let wrong = match certificate.key_from {
                 KeyOrigin::GenesisOutcome if epoch == 0 => None,
-                KeyOrigin::Boundary { height: boundary, hash } if epoch > 0 && boundary + 1 == epoch * epoch_length => {
+                KeyOrigin::Boundary {
+                    height: boundary,
+                    hash,
+                } if epoch > 0 && boundary + 1 == epoch * epoch_length => {
                     let finalized = self.reference.get(&boundary).map(|f| f.hash);
                     match (hash, finalized) {
-                        (Some(hash), Some(finalized)) if B256::from(hash.0) != finalized => Some(format!(
-                            "epoch {epoch}'s key came from boundary {boundary} with hash {hash}, the validators finalized {finalized}"
-                        )),
+                        (Some(hash), Some(finalized)) if B256::from(hash.0) != finalized => {
+                            Some(format!(
+                                "epoch {epoch}'s key came from boundary {boundary} with hash {hash}, the validators finalized {finalized}"
+                            ))
+                        }
                         _ => None,
                     }
                 }
                 other => Some(format!("epoch {epoch}'s key came from {other:?}")),
             };
             if let Some(detail) = wrong {
-                self.violated(at, node, Property::KeysFromBoundaries, format!("height {height}: {detail}"));
+                self.violated(
+                    at,
+                    node,
+                    Property::KeysFromBoundaries,
+                    format!("height {height}: {detail}"),
+                );
             }
         }
     }

@@ -243,7 +243,8 @@ impl Plan {
             }
             let cut = rng.random_range(1..validators.max(2));
             let groups = vec![order[..cut].to_vec(), order[cut..].to_vec()];
-            plan.actions.push((When::At(start), Action::Partition(groups)));
+            plan.actions
+                .push((When::At(start), Action::Partition(groups)));
             plan.actions.push((When::At(end), Action::Heal));
         }
         for _ in 0..draw(&mut rng, rates.link_changes) {
@@ -283,7 +284,8 @@ impl Plan {
             };
             plan.actions
                 .push((When::At(start), Action::Lie { validator, mode }));
-            plan.actions.push((When::At(end), Action::Honest(validator)));
+            plan.actions
+                .push((When::At(end), Action::Honest(validator)));
         }
         for _ in 0..draw(&mut rng, rates.power_cuts) {
             let (start, _) = window(&mut rng, 1_000);
@@ -374,7 +376,11 @@ impl fmt::Display for PlanSummary {
             plural(self.crashes, "crash", "crashes"),
             plural(self.partitions, "partition", "partitions"),
             plural(self.link_changes, "link change", "link changes"),
-            plural(self.storage_windows, "storage fault window", "storage fault windows"),
+            plural(
+                self.storage_windows,
+                "storage fault window",
+                "storage fault windows"
+            ),
             plural(self.lies, "lying rpc", "lying rpcs"),
             plural(self.power_cuts, "power cut", "power cuts"),
         )

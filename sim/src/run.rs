@@ -101,7 +101,12 @@ pub(crate) fn run(simulation: &Simulation, seed: u64) -> Report {
         let phase = carry.clone();
         let (after, checkpoint) = runner.start_and_recover(|context| {
             let chain = chain.clone();
-            async move { Phase::new(context, simulation, chain, seed, phase).await.run().await }
+            async move {
+                Phase::new(context, simulation, chain, seed, phase)
+                    .await
+                    .run()
+                    .await
+            }
         });
         carry = after;
         if carry.digest.is_some() {
@@ -308,7 +313,10 @@ impl<'a> Phase<'a> {
                 if from == to {
                     continue;
                 }
-                let _ = self.oracle.remove_link(sender.clone(), receiver.clone()).await;
+                let _ = self
+                    .oracle
+                    .remove_link(sender.clone(), receiver.clone())
+                    .await;
                 if group(from) != group(to) {
                     continue;
                 }
@@ -420,9 +428,12 @@ impl<'a> Phase<'a> {
                     .any(|violation| violation.property == Property::ValidatorsAgree);
                 if !conflict {
                     let detail = format!("halted although no two certificates conflict: {detail}");
-                    self.carry
-                        .observer
-                        .violated(now, Some(node), Property::HaltsOnlyOnConflict, detail);
+                    self.carry.observer.violated(
+                        now,
+                        Some(node),
+                        Property::HaltsOnlyOnConflict,
+                        detail,
+                    );
                 }
             } else {
                 let restart_at = Some(now + RESTART_DELAY);
@@ -497,9 +508,10 @@ impl<'a> Phase<'a> {
             }
             Action::Lie { validator, mode } => {
                 self.carry.lies.insert(*validator, mode.clone());
-                self.validators[*validator]
-                    .served
-                    .lie(Some(mode.clone()), self.seed.wrapping_add(*validator as u64));
+                self.validators[*validator].served.lie(
+                    Some(mode.clone()),
+                    self.seed.wrapping_add(*validator as u64),
+                );
             }
             Action::Honest(validator) => {
                 self.carry.lies.remove(validator);

@@ -36,12 +36,18 @@ fn down() -> ReadError {
 impl<C: Clone> Served<C> {
     /// The node serves `chain` (it started).
     pub fn up(&self, chain: C) {
-        *self.chain.write().unwrap_or_else(|poison| poison.into_inner()) = Some(chain);
+        *self
+            .chain
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(chain);
     }
 
     /// The node serves nothing (it stopped).
     pub fn down(&self) {
-        *self.chain.write().unwrap_or_else(|poison| poison.into_inner()) = None;
+        *self
+            .chain
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
     }
 
     /// The chain, if the node runs.
@@ -55,7 +61,10 @@ impl<C: Clone> Served<C> {
     /// From now on, what is served lies in `mode` (`None`: honest again); `seed` decides which
     /// events and answers the lies hit.
     pub fn lie(&self, mode: Option<Fault>, seed: u64) {
-        *self.lies.write().unwrap_or_else(|poison| poison.into_inner()) =
+        *self
+            .lies
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) =
             mode.map(|mode| Faults::new(vec![mode], seed));
     }
 

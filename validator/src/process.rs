@@ -319,6 +319,7 @@ pub async fn run(
             .collect::<Vec<_>>(),
     );
     let result = ::tokio::select! {
+        biased;
         served = serving => match served {
             Ok(()) => Err(ProcessError::Stopped("marshal stopped delivering".into())),
             Err(err) => Err(ProcessError::Storage(err.to_string())),

@@ -237,6 +237,7 @@ pub async fn launch(
             validator.finalized,
         );
         tokio::select! {
+            biased;
             served = serving => {
                 if let Err(err) = served {
                     warn!(index, %err, "the validator stopped serving");

@@ -196,6 +196,7 @@ pub(super) async fn holding<T>(
     tokio::pin!(work);
     loop {
         tokio::select! {
+            biased;
             result = &mut work => return Some(result),
             notification = notifications.recv() => {
                 let notification = notification?;

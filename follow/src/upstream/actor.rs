@@ -115,6 +115,7 @@ impl<T: Transport> Actor<T> {
         tokio::pin!(sleep);
         loop {
             tokio::select! {
+                biased;
                 () = &mut sleep => return true,
                 message = self.mailbox.recv() => match message {
                     Some(message) => message.reject(UpstreamError::NotConnected),
@@ -155,6 +156,7 @@ impl<T: Transport> Actor<T> {
         } = connection;
         loop {
             tokio::select! {
+                biased;
                 item = incoming.next() => match item {
                     Some(Incoming::Event(event)) => {
                         if !self.notify(Notification::Event(event)).await {
@@ -218,6 +220,7 @@ async fn answer(requests: impl UpstreamRequests, message: Message) {
             mut response,
         } => {
             tokio::select! {
+                biased;
                 answer = requests.get_finalization(height) => { let _ = response.send(answer); }
                 () = response.closed() => debug!(height, "finalization request cancelled by its requester"),
             }
@@ -227,12 +230,14 @@ async fn answer(requests: impl UpstreamRequests, message: Message) {
             mut response,
         } => {
             tokio::select! {
+                biased;
                 answer = requests.get_block(digest) => { let _ = response.send(answer); }
                 () = response.closed() => debug!(%digest, "block request cancelled by its requester"),
             }
         }
         Message::GetLatest { mut response } => {
             tokio::select! {
+                biased;
                 answer = requests.get_latest() => { let _ = response.send(answer); }
                 () = response.closed() => debug!("latest request cancelled by its requester"),
             }
@@ -243,6 +248,7 @@ async fn answer(requests: impl UpstreamRequests, message: Message) {
             mut response,
         } => {
             tokio::select! {
+                biased;
                 answer = requests.get_blocks(first, last) => { let _ = response.send(answer); }
                 () = response.closed() => debug!(first, last, "range request cancelled by its requester"),
             }
@@ -253,6 +259,7 @@ async fn answer(requests: impl UpstreamRequests, message: Message) {
         } => {
             let count = heights.len();
             tokio::select! {
+                biased;
                 answer = requests.get_certificates(heights) => { let _ = response.send(answer); }
                 () = response.closed() => debug!(count, "certificate request cancelled by its requester"),
             }

@@ -78,6 +78,7 @@ impl Transport for WebSocket {
         let incoming = futures::stream::unfold(Some((events, subscription)), |state| async move {
             let (client, mut subscription) = state?;
             let item = tokio::select! {
+                biased;
                 event = subscription.next() => match event {
                     Some(Ok(event)) => Incoming::Event(Box::new(event)),
                     Some(Err(err)) => Incoming::Unparsable(err.to_string()),
