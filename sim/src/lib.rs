@@ -296,3 +296,6 @@ impl fmt::Display for Report {
 }
 
 pub use nodes::Stop;
+
+#[cfg(test)]
+mod tests;
