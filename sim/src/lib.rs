@@ -41,9 +41,27 @@ pub struct FollowerSetup {
     pub kind: FollowerKind,
 }
 
+/// What makes the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainMaker {
+    /// Simplex validators, each its own node (the default).
+    Validators,
+    /// The certifying producer: one node that builds each block and has a quorum of the
+    /// committee's shares sign it, running a reshare or a full DKG at each boundary (the
+    /// lighter option, and the one that rotates the identity).
+    Producer {
+        /// Epochs whose key comes from a full DKG (a new identity).
+        full_dkg_at_epochs: Vec<u64>,
+        /// Time between blocks.
+        block_time: Duration,
+    },
+}
+
 /// A simulated network and the plan it runs.
 #[derive(Clone, Debug)]
 pub struct Simulation {
+    /// What makes the chain.
+    pub maker: ChainMaker,
     /// Validators in the pool.
     pub validators: usize,
     /// Validators per committee (a window over the pool, moving one per epoch).
@@ -98,6 +116,7 @@ impl Simulation {
     /// no faults.
     pub fn new(validators: usize) -> Self {
         Self {
+            maker: ChainMaker::Validators,
             validators,
             committee: validators,
             epoch_length: least_epoch_length(validators),
@@ -120,18 +139,81 @@ impl Simulation {
         .follower(&[Node::Follower(0), Node::Validator(4)])
     }
 
+    /// The certifying producer with a pool of `validators` in committees of `committee`,
+    /// resharing at every boundary (see [`Self::full_dkg_at`]), a block every 100 ms.
+    pub fn producer(validators: usize, committee: usize) -> Self {
+        Self {
+            maker: ChainMaker::Producer {
+                full_dkg_at_epochs: Vec::new(),
+                block_time: Duration::from_millis(100),
+            },
+            committee,
+            epoch_length: 10,
+            ..Self::new(validators)
+        }
+    }
+
+    /// With the producer: a full DKG (a new identity) makes the keys of these epochs.
+    pub fn full_dkg_at(mut self, epochs: &[u64]) -> Self {
+        if let ChainMaker::Producer {
+            full_dkg_at_epochs, ..
+        } = &mut self.maker
+        {
+            *full_dkg_at_epochs = epochs.to_vec();
+        }
+        self
+    }
+
+    /// The nodes that make the chain.
+    pub fn makers(&self) -> Vec<Node> {
+        match self.maker {
+            ChainMaker::Validators => (0..self.validators).map(Node::Validator).collect(),
+            ChainMaker::Producer { .. } => vec![Node::Producer],
+        }
+    }
+
+    /// This setup under a plan drawn from `seed` at `rates`.
+    pub fn with_random_plan(self, seed: u64, rates: &Rates) -> Self {
+        let tolerated = match self.maker {
+            ChainMaker::Validators => (self.committee - 1) / 3,
+            ChainMaker::Producer { .. } => 1,
+        };
+        let plan = Plan::random(seed, &self.makers(), tolerated, self.followers.len(), rates);
+        self.plan(plan)
+    }
+
+    /// [`Self::explored`] with the certifying producer making the chain instead (a pool of
+    /// five in committees of four, epochs of 10 blocks, a full DKG every third epoch).
+    pub fn explored_with_producer() -> Self {
+        Self {
+            followers: Self::explored().followers,
+            ..Self::producer(5, 4).full_dkg_at(&(1..=30).map(|n| 3 * n).collect::<Vec<_>>())
+        }
+        .follower_upstreams_made_by_the_producer()
+    }
+
+    /// Every follower's upstreams with validators replaced by the producer.
+    fn follower_upstreams_made_by_the_producer(mut self) -> Self {
+        for follower in &mut self.followers {
+            follower.upstreams = follower
+                .upstreams
+                .iter()
+                .map(|node| {
+                    if node.makes_the_chain() {
+                        Node::Producer
+                    } else {
+                        *node
+                    }
+                })
+                .collect();
+            follower.upstreams.dedup();
+        }
+        self
+    }
+
     /// [`Self::explored`] under a plan drawn from `seed` at `rates`.
     pub fn random(seed: u64, rates: &Rates) -> Self {
-        let simulation = Self::explored();
-        let tolerated = (simulation.committee - 1) / 3;
-        let plan = Plan::random(
-            seed,
-            simulation.validators,
-            tolerated,
-            simulation.followers.len(),
-            rates,
-        );
-        simulation.plan(plan)
+        Self::explored().with_random_plan(seed, rates)
     }
 
     /// Committees of `committee` (epochs made long enough for them).
@@ -177,7 +259,10 @@ impl Simulation {
                 committee: self.committee,
             });
         }
-        let least = least_epoch_length(self.committee);
+        let least = match self.maker {
+            ChainMaker::Validators => least_epoch_length(self.committee),
+            ChainMaker::Producer { .. } => 2,
+        };
         if self.epoch_length < least {
             return Err(SetupError::EpochLength {
                 length: self.epoch_length,
@@ -185,8 +270,10 @@ impl Simulation {
                 least,
             });
         }
+        let producer = matches!(self.maker, ChainMaker::Producer { .. });
         let exists = |node: &Node| match *node {
-            Node::Validator(index) => index < self.validators,
+            Node::Validator(index) => !producer && index < self.validators,
+            Node::Producer => producer,
             Node::Follower(index) => index < self.followers.len(),
         };
         for (index, follower) in self.followers.iter().enumerate() {
@@ -198,12 +285,12 @@ impl Simulation {
             for upstream in &follower.upstreams {
                 let before = match *upstream {
                     Node::Follower(other) => other < index,
-                    Node::Validator(_) => true,
+                    Node::Validator(_) | Node::Producer => true,
                 };
                 if !exists(upstream) || !before {
                     return Err(SetupError::Node(format!(
-                        "follower {index} follows {upstream}, which is not a validator or a \
-                         follower listed before it"
+                        "follower {index} follows {upstream}, which is not a node making the \
+                         chain or a follower listed before it"
                     )));
                 }
             }
@@ -217,8 +304,14 @@ impl Simulation {
                     .map(|index| Node::Validator(*index))
                     .collect(),
                 Action::Link { from, to, .. } => vec![Node::Validator(*from), Node::Validator(*to)],
-                Action::Lie { validator, .. } | Action::Honest(validator) => {
-                    vec![Node::Validator(*validator)]
+                Action::Lie { node, .. } | Action::Honest(node) => {
+                    if node.makes_the_chain() {
+                        vec![*node]
+                    } else {
+                        return Err(SetupError::Node(format!(
+                            "{node} has no RPC of its own to lie with"
+                        )));
+                    }
                 }
                 Action::Heal
                 | Action::StorageFaults(_)

@@ -4,7 +4,8 @@
 //! [`FollowerKind::TrustingRelay`].
 
 use crate::served::{Served, relay};
-use cairn_devnet::ChainStore;
+use cairn_devnet::{ChainStore, Devnet, DevnetConfig};
+use cairn_epoch::ChainProfile;
 use cairn_feed::FeedState;
 use cairn_follow::{
     Engine, EngineConfig, EngineError, Upstreams,
@@ -18,7 +19,7 @@ use cairn_testkit::MemoryChain;
 use cairn_validator::simulated::{SimulatedChain, Timeouts, launch};
 use commonware_cryptography::ed25519;
 use commonware_p2p::simulated::Oracle;
-use commonware_runtime::{Handle, Spawner as _, Supervisor as _, deterministic};
+use commonware_runtime::{Clock as _, Handle, Spawner as _, Supervisor as _, deterministic};
 use futures::channel::oneshot;
 use std::future::Future;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -92,7 +93,7 @@ where
 /// What followers reach of a node: its feed (kept across its restarts) and its chain.
 #[derive(Clone)]
 pub enum Upstream {
-    /// A validator's.
+    /// A validator's or the producer's.
     Validator(FeedState, Served<ValidatorChain>),
     /// A cairn follower's.
     Cairn(FeedState, Served<CairnChain>),
@@ -137,6 +138,45 @@ pub fn start_validator(
             Err(err) => Stop::Panicked(err.to_string()),
         }
     })
+}
+
+/// Starts the certifying producer of `config` (its seed fixes its keys, ceremonies and
+/// timestamps), producing a block every `block_time` and serving on `served` and `feed`. After
+/// a crash it resumes after the last height it stored.
+pub fn start_producer(
+    context: deterministic::Context,
+    config: DevnetConfig,
+    (feed, served): (FeedState, Served<ValidatorChain>),
+) -> Running {
+    supervise(context, move |context| async move {
+        let (block_time, epoch_length) = (config.block_time, config.epoch_length);
+        let own = FeedState::default();
+        let mut devnet = match Devnet::open(context.child("devnet"), config, own.clone()).await {
+            Ok(devnet) => devnet,
+            Err(err) => return Stop::Ended(format!("it did not start: {err}")),
+        };
+        served.up(devnet.store().clone());
+        relay(context.child("relay"), &own, feed, served, epoch_length);
+        loop {
+            context.sleep(block_time).await;
+            match devnet.produce_next().await {
+                Ok(produced) => own.publish_finalized(produced.certified),
+                Err(err) => return Stop::Ended(err.to_string()),
+            }
+        }
+    })
+}
+
+/// The chain profile of the producer of `config`, from its genesis (created in `context`'s
+/// storage if it is not there yet).
+pub async fn producer_profile(
+    context: deterministic::Context,
+    config: DevnetConfig,
+) -> Result<ChainProfile, String> {
+    let devnet = Devnet::open(context, config, FeedState::default())
+        .await
+        .map_err(|err| err.to_string())?;
+    devnet.profile("simulated").map_err(|err| err.to_string())
 }
 
 /// Starts follower `index` of kind `kind` following `upstreams`, serving on `served` (its

@@ -111,7 +111,7 @@ struct Served {
 pub struct Observer {
     seed: u64,
     reference: BTreeMap<u64, Finalized>,
-    validators_scanned: BTreeMap<usize, u64>,
+    makers_scanned: BTreeMap<Node, u64>,
     followers: BTreeMap<usize, Served>,
     /// Violations found so far.
     pub violations: Vec<Violation>,
@@ -123,7 +123,7 @@ impl Observer {
         Self {
             seed,
             reference: BTreeMap::new(),
-            validators_scanned: BTreeMap::new(),
+            makers_scanned: BTreeMap::new(),
             followers: BTreeMap::new(),
             violations: Vec::new(),
         }
@@ -165,9 +165,9 @@ impl Observer {
             .map_or(0, |served| served.highest)
     }
 
-    /// Validator `index` started again: its store is read again from the start.
-    pub fn validator_started(&mut self, index: usize) {
-        self.validators_scanned.insert(index, 0);
+    /// A validator or the producer started again: its store is read again from the start.
+    pub fn maker_started(&mut self, node: Node) {
+        self.makers_scanned.insert(node, 0);
     }
 
     /// Follower `index` started again: its next scan reads everything again and must find
@@ -178,10 +178,10 @@ impl Observer {
         served.restarted = true;
     }
 
-    /// Reads what validator `index` finalized since the last look.
-    pub async fn scan_validator(&mut self, at: Duration, index: usize, chain: &impl ChainReader) {
-        let node = Some(Node::Validator(index));
-        let from = self.validators_scanned.get(&index).copied().unwrap_or(0) + 1;
+    /// Reads what a validator or the producer finalized since the last look.
+    pub async fn scan_maker(&mut self, at: Duration, maker: Node, chain: &impl ChainReader) {
+        let node = Some(maker);
+        let from = self.makers_scanned.get(&maker).copied().unwrap_or(0) + 1;
         let Some(to) = chain.finalized_height() else {
             return;
         };
@@ -216,7 +216,7 @@ impl Observer {
             if let Some(detail) = disagreement {
                 self.violated(at, node, Property::ValidatorsAgree, detail);
             }
-            self.validators_scanned.insert(index, height);
+            self.makers_scanned.insert(maker, height);
         }
     }
 

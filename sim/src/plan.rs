@@ -10,19 +10,31 @@ use cairn_devnet::faults::Fault;
 use rand::{Rng, RngExt as _, SeedableRng as _, rngs::StdRng};
 use std::{fmt, time::Duration};
 
-/// A node of the simulation: validator `I` or follower `I` (each counted from 0).
+/// A node of the simulation: validator `I`, the certifying producer, or follower `I` (each
+/// counted from 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
     /// A simplex validator.
     Validator(usize),
+    /// The certifying producer (a chain made by one process, see
+    /// [`crate::Simulation::producer`]).
+    Producer,
     /// A cairn follower.
     Follower(usize),
+}
+
+impl Node {
+    /// Whether the node makes the chain (a validator or the producer).
+    pub const fn makes_the_chain(&self) -> bool {
+        !matches!(self, Self::Follower(_))
+    }
 }
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Validator(index) => write!(f, "validator {index}"),
+            Self::Producer => f.write_str("the producer"),
             Self::Follower(index) => write!(f, "follower {index}"),
         }
     }
@@ -109,16 +121,16 @@ pub enum Action {
     StorageFaults(StorageFaults),
     /// The disks are healthy again.
     StorageHealed,
-    /// A validator's RPC starts lying to the followers in one of the devnet's byzantine modes
-    /// (its consensus stays honest).
+    /// The RPC of a validator or the producer starts lying to the followers in one of the
+    /// devnet's byzantine modes (the chain it makes stays honest).
     Lie {
-        /// The validator.
-        validator: usize,
+        /// The validator or the producer.
+        node: Node,
         /// How it lies.
         mode: Fault,
     },
-    /// A validator's RPC is honest again.
-    Honest(usize),
+    /// Its RPC is honest again.
+    Honest(Node),
     /// The power fails: every node stops at once, and of what was written but not synced,
     /// each write keeps only a random prefix (`kept` of its bytes on average). Every node
     /// starts again on what its disk kept.
@@ -195,15 +207,21 @@ impl Plan {
         summary
     }
 
-    /// A plan drawn from `seed` at `rates` for a network of `validators` validators that
-    /// tolerates `tolerated` of them down, and `followers` followers.
+    /// A plan drawn from `seed` at `rates` for a chain made by `makers` (validators that
+    /// tolerate `tolerated` of them down, or the producer) and `followers` followers.
     pub fn random(
         seed: u64,
-        validators: usize,
+        makers: &[Node],
         tolerated: usize,
         followers: usize,
         rates: &Rates,
     ) -> Self {
+        let validators = makers
+            .iter()
+            .filter(|node| matches!(node, Node::Validator(_)))
+            .count();
+        // Links join validators only.
+        let linked = validators > 1;
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_9a7e);
         let span = rates.span.as_millis().max(10_000) as u64;
         let mut plan = Self::new().healed_by(rates.span, rates.liveness_bound);
@@ -213,8 +231,9 @@ impl Plan {
             let end = (start + rng.random_range(1_000..longest.max(1_001))).min(span - 1_000);
             (Duration::from_millis(start), Duration::from_millis(end))
         };
-        let nodes: Vec<Node> = (0..validators)
-            .map(Node::Validator)
+        let nodes: Vec<Node> = makers
+            .iter()
+            .copied()
             .chain((0..followers).map(Node::Follower))
             .collect();
         let mut validator_downtimes: Vec<(Duration, Duration)> = Vec::new();
@@ -222,7 +241,7 @@ impl Plan {
             let node = nodes[rng.random_range(0..nodes.len())];
             let (start, end) = window(&mut rng, 10_000);
             // Keep at most `tolerated` validators down at once, so the chain can go on.
-            if let Node::Validator(_) = node {
+            if node.makes_the_chain() {
                 let overlapping = validator_downtimes
                     .iter()
                     .filter(|(s, e)| *s < end && start < *e)
@@ -235,7 +254,11 @@ impl Plan {
             plan.actions.push((When::At(start), Action::Crash(node)));
             plan.actions.push((When::At(end), Action::Restart(node)));
         }
-        for _ in 0..draw(&mut rng, rates.partitions) {
+        for _ in 0..if linked {
+            draw(&mut rng, rates.partitions)
+        } else {
+            0
+        } {
             let (start, end) = window(&mut rng, 8_000);
             let mut order: Vec<usize> = (0..validators).collect();
             for i in (1..order.len()).rev() {
@@ -247,7 +270,11 @@ impl Plan {
                 .push((When::At(start), Action::Partition(groups)));
             plan.actions.push((When::At(end), Action::Heal));
         }
-        for _ in 0..draw(&mut rng, rates.link_changes) {
+        for _ in 0..if linked {
+            draw(&mut rng, rates.link_changes)
+        } else {
+            0
+        } {
             let (start, _) = window(&mut rng, 1_000);
             let from = rng.random_range(0..validators);
             let to = (from + rng.random_range(1..validators.max(2))) % validators;
@@ -274,7 +301,7 @@ impl Plan {
         }
         for _ in 0..draw(&mut rng, rates.lies) {
             let (start, end) = window(&mut rng, 8_000);
-            let validator = rng.random_range(0..validators);
+            let node = makers[rng.random_range(0..makers.len())];
             let mode = match rng.random_range(0..5) {
                 0 => Fault::BadSignature(0.5),
                 1 => Fault::WrongDigest(0.5),
@@ -283,9 +310,8 @@ impl Plan {
                 _ => Fault::LieOnFetch(0.5),
             };
             plan.actions
-                .push((When::At(start), Action::Lie { validator, mode }));
-            plan.actions
-                .push((When::At(end), Action::Honest(validator)));
+                .push((When::At(start), Action::Lie { node, mode }));
+            plan.actions.push((When::At(end), Action::Honest(node)));
         }
         for _ in 0..draw(&mut rng, rates.power_cuts) {
             let (start, _) = window(&mut rng, 1_000);

@@ -3,10 +3,10 @@
 //! phase starts every node on what was kept), with the properties checked every tick.
 
 use crate::{
-    Report, Simulation,
+    ChainMaker, Report, Simulation,
     nodes::{
-        CairnChain, FollowerKind, Running, Stop, Upstream, ValidatorChain, start_follower,
-        start_validator,
+        CairnChain, FollowerKind, Running, Stop, Upstream, ValidatorChain, producer_profile,
+        start_follower, start_producer, start_validator,
     },
     observe::{Observer, Property},
     plan::{Action, LinkSpec, Node, StorageFaults, When},
@@ -55,8 +55,8 @@ struct Carry {
     links: BTreeMap<(usize, usize), LinkSpec>,
     /// The disks' faults while on.
     storage: Option<StorageFaults>,
-    /// Validators' RPCs lying, and how.
-    lies: BTreeMap<usize, cairn_devnet::faults::Fault>,
+    /// RPCs lying, and how.
+    lies: BTreeMap<Node, cairn_devnet::faults::Fault>,
     /// The tip when the faults healed.
     tip_at_heal: Option<u64>,
     /// How long after the heal every follower was at the tip.
@@ -196,8 +196,31 @@ struct Phase<'a> {
     carry: Carry,
     oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
     validators: Vec<Slot<ValidatorChain>>,
+    producer: Slot<ValidatorChain>,
     followers: Vec<FollowerSlot>,
+    /// What followers follow (`None` if the producer's genesis could not be made).
+    profile: Option<cairn_epoch::ChainProfile>,
     start: SystemTime,
+}
+
+/// The producer's settings in a run of `seed`.
+fn devnet_config(simulation: &Simulation, seed: u64) -> cairn_devnet::DevnetConfig {
+    let (full_dkg_at_epochs, block_time) = match &simulation.maker {
+        ChainMaker::Producer {
+            full_dkg_at_epochs,
+            block_time,
+        } => (full_dkg_at_epochs.iter().copied().collect(), *block_time),
+        ChainMaker::Validators => (BTreeSet::new(), Duration::from_millis(100)),
+    };
+    cairn_devnet::DevnetConfig {
+        validators: simulation.validators,
+        committee: simulation.committee,
+        epoch_length: simulation.epoch_length,
+        full_dkg_at_epochs,
+        seed: Some(seed),
+        block_time,
+        ..cairn_devnet::DevnetConfig::default()
+    }
 }
 
 /// `value` (clamped to [0, 1]) as a probability, to a millionth.
@@ -262,6 +285,20 @@ impl<'a> Phase<'a> {
                 FollowerKind::TrustingRelay => FollowerSlot::Relay(Slot::new()),
             })
             .collect();
+        let profile = match simulation.maker {
+            ChainMaker::Validators => Some(chain.profile()),
+            ChainMaker::Producer { .. } => {
+                let config = devnet_config(simulation, seed);
+                match producer_profile(context.child("profile"), config).await {
+                    Ok(profile) => Some(profile),
+                    Err(err) => {
+                        let stop = Stop::Ended(format!("its genesis could not be made: {err}"));
+                        carry.stops.push((Duration::ZERO, Node::Producer, stop));
+                        None
+                    }
+                }
+            }
+        };
         let mut phase = Self {
             context,
             simulation,
@@ -270,18 +307,18 @@ impl<'a> Phase<'a> {
             carry,
             oracle,
             validators: (0..simulation.validators).map(|_| Slot::new()).collect(),
+            producer: Slot::new(),
             followers,
+            profile,
             start,
         };
         phase.relink().await;
-        for (index, lie) in phase.carry.lies.clone() {
-            phase.validators[index]
-                .served
-                .lie(Some(lie), seed.wrapping_add(index as u64));
+        for (node, lie) in phase.carry.lies.clone() {
+            phase.lie(node, Some(lie));
         }
-        for index in 0..simulation.validators {
-            if !phase.carry.down.contains(&Node::Validator(index)) {
-                phase.start(Node::Validator(index));
+        for maker in simulation.makers() {
+            if !phase.carry.down.contains(&maker) {
+                phase.start(maker);
             }
         }
         for index in 0..simulation.followers.len() {
@@ -290,6 +327,27 @@ impl<'a> Phase<'a> {
             }
         }
         phase
+    }
+
+    /// The slot of a validator or the producer.
+    fn maker(&mut self, node: Node) -> Option<&mut Slot<ValidatorChain>> {
+        match node {
+            Node::Validator(index) => self.validators.get_mut(index),
+            Node::Producer => Some(&mut self.producer),
+            Node::Follower(_) => None,
+        }
+    }
+
+    /// What the RPC of `node` (a validator or the producer) serves: `lie` in its mode, or the
+    /// truth.
+    fn lie(&mut self, node: Node, lie: Option<cairn_devnet::faults::Fault>) {
+        let seed = self.seed.wrapping_add(match node {
+            Node::Validator(index) => index as u64,
+            _ => 1 << 32,
+        });
+        if let Some(slot) = self.maker(node) {
+            slot.served.lie(lie, seed);
+        }
     }
 
     fn now(&self) -> Duration {
@@ -348,7 +406,17 @@ impl<'a> Phase<'a> {
                     self.simulation.timeouts,
                     (slot.feed.clone(), slot.served.clone()),
                 ));
-                self.carry.observer.validator_started(index);
+                self.carry.observer.maker_started(node);
+            }
+            Node::Producer => {
+                let config = devnet_config(self.simulation, self.seed);
+                let slot = &mut self.producer;
+                slot.running = Some(start_producer(
+                    context.with_attribute("producer", 0),
+                    config,
+                    (slot.feed.clone(), slot.served.clone()),
+                ));
+                self.carry.observer.maker_started(node);
             }
             Node::Follower(index) => {
                 let setup = &self.simulation.followers[index];
@@ -361,15 +429,22 @@ impl<'a> Phase<'a> {
                                 self.validators[v].feed.clone(),
                                 self.validators[v].served.clone(),
                             ),
+                            Node::Producer => Upstream::Validator(
+                                self.producer.feed.clone(),
+                                self.producer.served.clone(),
+                            ),
                             Node::Follower(f) => self.followers[f].upstream(),
                         };
                         (upstream.to_string(), reached)
                     })
                     .collect();
+                let Some(profile) = self.profile.clone() else {
+                    return;
+                };
                 let served = self.followers[index].upstream();
                 let running = start_follower(
                     context.with_attribute("follower", index),
-                    cairn_follow::EngineConfig::new(self.chain.profile()),
+                    cairn_follow::EngineConfig::new(profile),
                     index,
                     setup.kind,
                     upstreams,
@@ -384,11 +459,10 @@ impl<'a> Phase<'a> {
     /// Kills `node` (if it runs).
     fn kill(&mut self, node: Node) {
         let running = match node {
-            Node::Validator(index) => {
-                let slot = &mut self.validators[index];
+            Node::Validator(_) | Node::Producer => self.maker(node).and_then(|slot| {
                 slot.served.down();
                 slot.running.take()
-            }
+            }),
             Node::Follower(index) => {
                 let slot = &mut self.followers[index];
                 slot.down();
@@ -403,11 +477,14 @@ impl<'a> Phase<'a> {
     /// Notes the nodes that stopped on their own, and starts again those whose delay is over.
     fn supervise(&mut self, now: Duration) {
         let mut stopped = Vec::new();
-        for (index, slot) in self.validators.iter_mut().enumerate() {
+        for maker in self.simulation.makers() {
+            let Some(slot) = self.maker(maker) else {
+                continue;
+            };
             if let Some(stop) = slot.running.as_mut().and_then(Running::stopped) {
                 slot.running = None;
                 slot.served.down();
-                stopped.push((Node::Validator(index), stop));
+                stopped.push((maker, stop));
             }
         }
         for (index, slot) in self.followers.iter_mut().enumerate() {
@@ -438,17 +515,23 @@ impl<'a> Phase<'a> {
             } else {
                 let restart_at = Some(now + RESTART_DELAY);
                 match node {
-                    Node::Validator(index) => self.validators[index].restart_at = restart_at,
+                    Node::Validator(_) | Node::Producer => {
+                        if let Some(slot) = self.maker(node) {
+                            slot.restart_at = restart_at;
+                        }
+                    }
                     Node::Follower(index) => *self.followers[index].restart_at() = restart_at,
                 }
             }
             self.carry.stops.push((now, node, stop));
         }
         let mut due = Vec::new();
-        for (index, slot) in self.validators.iter_mut().enumerate() {
-            if slot.restart_at.is_some_and(|at| at <= now) {
+        for maker in self.simulation.makers() {
+            if let Some(slot) = self.maker(maker)
+                && slot.restart_at.is_some_and(|at| at <= now)
+            {
                 slot.restart_at = None;
-                due.push(Node::Validator(index));
+                due.push(maker);
             }
         }
         for (index, slot) in self.followers.iter_mut().enumerate() {
@@ -466,7 +549,9 @@ impl<'a> Phase<'a> {
 
     fn is_running(&mut self, node: Node) -> bool {
         match node {
-            Node::Validator(index) => self.validators[index].running.is_some(),
+            Node::Validator(_) | Node::Producer => {
+                self.maker(node).is_some_and(|slot| slot.running.is_some())
+            }
             Node::Follower(index) => self.followers[index].running().is_some(),
         }
     }
@@ -506,16 +591,13 @@ impl<'a> Phase<'a> {
                 self.carry.storage = None;
                 *self.context.storage_fault_config().write() = fault_config(None);
             }
-            Action::Lie { validator, mode } => {
-                self.carry.lies.insert(*validator, mode.clone());
-                self.validators[*validator].served.lie(
-                    Some(mode.clone()),
-                    self.seed.wrapping_add(*validator as u64),
-                );
+            Action::Lie { node, mode } => {
+                self.carry.lies.insert(*node, mode.clone());
+                self.lie(*node, Some(mode.clone()));
             }
-            Action::Honest(validator) => {
-                self.carry.lies.remove(validator);
-                self.validators[*validator].served.lie(None, 0);
+            Action::Honest(node) => {
+                self.carry.lies.remove(node);
+                self.lie(*node, None);
             }
             Action::PowerCut { kept } => {
                 let mut config = fault_config(self.carry.storage);
@@ -535,9 +617,10 @@ impl<'a> Phase<'a> {
 
     /// Reads every running node's chain and checks the properties.
     async fn observe(&mut self, now: Duration) {
-        for (index, slot) in self.validators.iter().enumerate() {
-            if let Some(chain) = slot.served.chain() {
-                self.carry.observer.scan_validator(now, index, &chain).await;
+        for maker in self.simulation.makers() {
+            let chain = self.maker(maker).and_then(|slot| slot.served.chain());
+            if let Some(chain) = chain {
+                self.carry.observer.scan_maker(now, maker, &chain).await;
             }
         }
         for (index, slot) in self.followers.iter().enumerate() {
@@ -561,6 +644,7 @@ impl<'a> Phase<'a> {
         let tip = self
             .validators
             .iter()
+            .chain(std::iter::once(&self.producer))
             .filter_map(|slot| slot.served.chain()?.finalized_height())
             .max()
             .unwrap_or(0);
@@ -578,8 +662,8 @@ impl<'a> Phase<'a> {
         for action in [Action::Heal, Action::StorageHealed] {
             self.apply(&action).await;
         }
-        for validator in self.carry.lies.keys().copied().collect::<Vec<_>>() {
-            self.apply(&Action::Honest(validator)).await;
+        for node in self.carry.lies.keys().copied().collect::<Vec<_>>() {
+            self.apply(&Action::Honest(node)).await;
         }
         for node in std::mem::take(&mut self.carry.down) {
             self.apply(&Action::Restart(node)).await;

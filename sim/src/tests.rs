@@ -43,7 +43,7 @@ fn a_follower_that_serves_what_it_did_not_verify_is_caught() {
         .at(
             secs(2),
             Action::Lie {
-                validator: 0,
+                node: Node::Validator(0),
                 mode: Fault::WrongDigest(1.0),
             },
         )
@@ -94,6 +94,34 @@ fn a_follower_that_acknowledges_blocks_before_they_are_durable_is_caught_by_a_po
 }
 
 #[test]
+fn followers_of_the_producer_follow_its_identity_rotations_through_a_crash_a_lie_and_a_power_cut() {
+    let plan = Plan::new()
+        .at(
+            secs(2),
+            Action::Lie {
+                node: Node::Producer,
+                mode: Fault::BadSignature(0.5),
+            },
+        )
+        .at(secs(3), Action::Crash(Node::Follower(0)))
+        .at(secs(5), Action::Restart(Node::Follower(0)))
+        .at(secs(6), Action::Honest(Node::Producer))
+        .at(secs(7), Action::PowerCut { kept: 0.5 })
+        .healed_by(secs(10), secs(30));
+    let report = Simulation::producer(5, 4)
+        .full_dkg_at(&[2, 4, 6])
+        .follower(&[Node::Producer])
+        .follower(&[Node::Follower(0), Node::Producer])
+        .plan(plan)
+        .run(8)
+        .expect("runs");
+    assert!(report.violations.is_empty(), "{report}");
+    // Past the third full DKG (epochs of 10 blocks).
+    assert!(report.tip > 60, "{report}");
+    assert!(report.caught_up_after.is_some(), "{report}");
+}
+
+#[test]
 fn setups_that_cannot_run_are_refused_naming_why() {
     let err = Simulation::new(3).committee(4).run(0).expect_err("refused");
     assert_eq!(err.to_string(), "3 validators cannot form committees of 4");
@@ -115,6 +143,16 @@ fn setups_that_cannot_run_are_refused_naming_why() {
         .run(0)
         .expect_err("refused");
     assert!(err.to_string().contains("validator 3"), "{err}");
+    let err = Simulation::producer(4, 4)
+        .plan(Plan::new().at(secs(1), Action::Partition(vec![vec![0], vec![1]])))
+        .run(0)
+        .expect_err("refused");
+    assert!(err.to_string().contains("validator 0"), "{err}");
+    let err = Simulation::new(3)
+        .follower(&[Node::Producer])
+        .run(0)
+        .expect_err("refused");
+    assert!(err.to_string().contains("follows the producer"), "{err}");
 }
 
 /// Random plans over shorter spans than `cairn-sim`'s (for a quicker suite), two at a time.
