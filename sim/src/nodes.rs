@@ -4,16 +4,17 @@
 //! [`FollowerKind::TrustingRelay`].
 
 use crate::served::{Served, relay};
+use alloy_primitives::B256;
 use cairn_devnet::{ChainStore, Devnet, DevnetConfig};
 use cairn_epoch::ChainProfile;
-use cairn_feed::FeedState;
+use cairn_feed::{ChainReader, Explained, FeedState, ReadError};
 use cairn_follow::{
     Engine, EngineConfig, EngineError, Upstreams,
     chain::FollowerChain,
     driver::DriverError,
     upstream::{QuarantineConfig, Sources, in_process},
 };
-use cairn_primitives::Event;
+use cairn_primitives::{Block, CertifiedBlock, Digest, Event};
 use cairn_storage::execution::EmbeddedExecution;
 use cairn_testkit::MemoryChain;
 use cairn_validator::simulated::{SimulatedChain, Timeouts, launch};
@@ -24,11 +25,57 @@ use futures::channel::oneshot;
 use std::future::Future;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-/// A validator's chain, as it serves it.
-pub type ValidatorChain = ChainStore<deterministic::Context>;
-/// A follower's chain, as it serves it.
+/// A cairn follower's chain, as it serves it.
 pub type CairnChain =
     FollowerChain<EmbeddedExecution<deterministic::Context>, deterministic::Context>;
+
+/// The chain a running node serves.
+#[derive(Clone)]
+pub enum NodeChain {
+    /// A validator's or the producer's store.
+    Store(ChainStore<deterministic::Context>),
+    /// A cairn follower's chain.
+    Cairn(CairnChain),
+    /// The trusting relay's memory.
+    Relay(MemoryChain),
+}
+
+/// `$body` with `$chain` bound to whichever chain `$node` holds.
+macro_rules! each {
+    ($node:expr, $chain:ident => $body:expr) => {
+        match $node {
+            NodeChain::Store($chain) => $body,
+            NodeChain::Cairn($chain) => $body,
+            NodeChain::Relay($chain) => $body,
+        }
+    };
+}
+
+impl ChainReader for NodeChain {
+    fn finalized_height(&self) -> Option<u64> {
+        each!(self, chain => chain.finalized_height())
+    }
+
+    async fn certified_at(&self, height: u64) -> Result<Option<CertifiedBlock>, ReadError> {
+        each!(self, chain => chain.certified_at(height).await)
+    }
+
+    async fn block_at(&self, height: u64) -> Result<Option<Block>, ReadError> {
+        each!(self, chain => chain.block_at(height).await)
+    }
+
+    async fn block_by_hash(&self, hash: Digest) -> Result<Option<Block>, ReadError> {
+        each!(self, chain => chain.block_by_hash(hash).await)
+    }
+
+    async fn transaction_by_hash(&self, hash: B256) -> Result<Option<(Block, usize)>, ReadError> {
+        each!(self, chain => chain.transaction_by_hash(hash).await)
+    }
+
+    async fn explain(&self, height: u64) -> Result<Explained, ReadError> {
+        each!(self, chain => chain.explain(height).await)
+    }
+}
 
 /// Which follower runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,22 +138,12 @@ where
 }
 
 /// What followers reach of a node: its feed (kept across its restarts) and its chain.
-#[derive(Clone)]
-pub enum Upstream {
-    /// A validator's or the producer's.
-    Validator(FeedState, Served<ValidatorChain>),
-    /// A cairn follower's.
-    Cairn(FeedState, Served<CairnChain>),
-    /// A trusting relay's.
-    Relay(FeedState, Served<MemoryChain>),
-}
-
-impl Upstream {
-    fn feed(&self) -> &FeedState {
-        match self {
-            Self::Validator(feed, _) | Self::Cairn(feed, _) | Self::Relay(feed, _) => feed,
-        }
-    }
+#[derive(Clone, Default)]
+pub struct Upstream {
+    /// Its feed.
+    pub feed: FeedState,
+    /// Its chain, while it runs.
+    pub served: Served<NodeChain>,
 }
 
 /// Starts validator `index` of `chain`, serving on `served` and `feed`.
@@ -116,7 +153,7 @@ pub fn start_validator(
     oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
     index: usize,
     timeouts: Timeouts,
-    (feed, served): (FeedState, Served<ValidatorChain>),
+    Upstream { feed, served }: Upstream,
 ) -> Running {
     supervise(context, move |context| async move {
         let epoch_length = chain.blocks.epoch_length.get();
@@ -125,7 +162,7 @@ pub fn start_validator(
         else {
             return Stop::Ended("its stores did not open".into());
         };
-        served.up(validator.store.clone());
+        served.up(NodeChain::Store(validator.store.clone()));
         relay(
             context.child("relay"),
             &validator.feed,
@@ -146,7 +183,7 @@ pub fn start_validator(
 pub fn start_producer(
     context: deterministic::Context,
     config: DevnetConfig,
-    (feed, served): (FeedState, Served<ValidatorChain>),
+    Upstream { feed, served }: Upstream,
 ) -> Running {
     supervise(context, move |context| async move {
         let (block_time, epoch_length) = (config.block_time, config.epoch_length);
@@ -155,7 +192,7 @@ pub fn start_producer(
             Ok(devnet) => devnet,
             Err(err) => return Stop::Ended(format!("it did not start: {err}")),
         };
-        served.up(devnet.store().clone());
+        served.up(NodeChain::Store(devnet.store().clone()));
         relay(context.child("relay"), &own, feed, served, epoch_length);
         loop {
             context.sleep(block_time).await;
@@ -191,23 +228,11 @@ pub fn start_follower(
 ) -> Running {
     supervise(context, move |context| async move {
         let epoch_length = config.profile.epochs.length();
-        match (kind, served) {
-            (FollowerKind::Cairn, Upstream::Cairn(feed, served)) => {
-                run_cairn(
-                    context,
-                    config,
-                    index,
-                    upstreams,
-                    feed,
-                    served,
-                    epoch_length,
-                )
-                .await
+        match kind {
+            FollowerKind::Cairn => {
+                run_cairn(context, config, index, upstreams, served, epoch_length).await
             }
-            (FollowerKind::TrustingRelay, Upstream::Relay(feed, served)) => {
-                run_relay(upstreams, feed, served).await
-            }
-            _ => Stop::Ended("a follower's kind and what it serves differ".into()),
+            FollowerKind::TrustingRelay => run_relay(upstreams, served).await,
         }
     })
 }
@@ -217,38 +242,22 @@ async fn run_cairn(
     config: EngineConfig,
     index: usize,
     upstreams: Vec<(String, Upstream)>,
-    feed: FeedState,
-    served: Served<CairnChain>,
+    Upstream { feed, served }: Upstream,
     epoch_length: u64,
 ) -> Stop {
     let (notifications_tx, notifications) = mpsc::channel(1024);
     let mut requests = Vec::with_capacity(upstreams.len());
     for (source, (name, upstream)) in upstreams.into_iter().enumerate() {
-        let tx = notifications_tx.clone();
-        let feed = upstream.feed().clone();
-        let mailbox = match upstream {
-            Upstream::Validator(_, chain) => {
-                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context
-                    .child("upstream")
-                    .spawn(|context| actor.run(context));
-                mailbox
-            }
-            Upstream::Cairn(_, chain) => {
-                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context
-                    .child("upstream")
-                    .spawn(|context| actor.run(context));
-                mailbox
-            }
-            Upstream::Relay(_, chain) => {
-                let (actor, mailbox) = in_process::init(name.clone(), source, feed, chain, tx);
-                context
-                    .child("upstream")
-                    .spawn(|context| actor.run(context));
-                mailbox
-            }
-        };
+        let (actor, mailbox) = in_process::init(
+            name.clone(),
+            source,
+            upstream.feed,
+            upstream.served,
+            notifications_tx.clone(),
+        );
+        context
+            .child("upstream")
+            .spawn(|context| actor.run(context));
         requests.push((name, mailbox));
     }
     drop(notifications_tx);
@@ -266,7 +275,7 @@ async fn run_cairn(
         Ok(engine) => engine,
         Err(err) => return Stop::Ended(format!("it did not start: {err}")),
     };
-    served.up(engine.chain.clone());
+    served.up(NodeChain::Cairn(engine.chain.clone()));
     relay(context.child("relay"), &own, feed, served, epoch_length);
     match engine.run().await {
         Ok(()) => Stop::Ended("its upstreams ended".into()),
@@ -281,14 +290,13 @@ async fn run_cairn(
 /// on its feed, unchecked.
 async fn run_relay(
     upstreams: Vec<(String, Upstream)>,
-    feed: FeedState,
-    served: Served<MemoryChain>,
+    Upstream { feed, served }: Upstream,
 ) -> Stop {
     let chain = MemoryChain::default();
-    served.up(chain.clone());
+    served.up(NodeChain::Relay(chain.clone()));
     let mut events: Vec<_> = upstreams
         .iter()
-        .map(|(_, upstream)| upstream.feed().subscribe())
+        .map(|(_, upstream)| upstream.feed.subscribe())
         .collect();
     loop {
         let next =

@@ -368,7 +368,7 @@ impl Default for Rates {
             storage_fault_rate: 0.05,
             lies: 0.7,
             power_cuts: 0.5,
-            span: Duration::from_secs(30),
+            span: Duration::from_secs(15),
             liveness_bound: Duration::from_secs(60),
         }
     }

@@ -5,15 +5,12 @@
 use crate::{
     ChainMaker, Report, Simulation,
     nodes::{
-        CairnChain, FollowerKind, Running, Stop, Upstream, ValidatorChain, producer_profile,
-        start_follower, start_producer, start_validator,
+        Running, Stop, Upstream, producer_profile, start_follower, start_producer, start_validator,
     },
     observe::{Observer, Property},
     plan::{Action, LinkSpec, Node, StorageFaults, When},
-    served::Served,
 };
-use cairn_feed::{ChainReader, FeedState};
-use cairn_testkit::MemoryChain;
+use cairn_feed::ChainReader;
 use cairn_validator::simulated::SimulatedChain;
 use commonware_cryptography::ed25519;
 use commonware_p2p::{
@@ -131,60 +128,13 @@ pub(crate) fn run(simulation: &Simulation, seed: u64) -> Report {
     }
 }
 
-/// A validator or follower slot of a phase: what it serves, and its task while it runs.
-struct Slot<C> {
-    feed: FeedState,
-    served: Served<C>,
+/// A node's place in a phase: what followers reach of it, and its task while it runs.
+#[derive(Default)]
+struct Slot {
+    reached: Upstream,
     running: Option<Running>,
     /// When a node that stopped on its own starts again.
     restart_at: Option<Duration>,
-}
-
-impl<C: Clone> Slot<C> {
-    fn new() -> Self {
-        Self {
-            feed: FeedState::default(),
-            served: Served::default(),
-            running: None,
-            restart_at: None,
-        }
-    }
-}
-
-/// What a follower serves, by its kind.
-enum FollowerSlot {
-    Cairn(Slot<CairnChain>),
-    Relay(Slot<MemoryChain>),
-}
-
-impl FollowerSlot {
-    fn running(&mut self) -> &mut Option<Running> {
-        match self {
-            Self::Cairn(slot) => &mut slot.running,
-            Self::Relay(slot) => &mut slot.running,
-        }
-    }
-
-    fn restart_at(&mut self) -> &mut Option<Duration> {
-        match self {
-            Self::Cairn(slot) => &mut slot.restart_at,
-            Self::Relay(slot) => &mut slot.restart_at,
-        }
-    }
-
-    fn down(&self) {
-        match self {
-            Self::Cairn(slot) => slot.served.down(),
-            Self::Relay(slot) => slot.served.down(),
-        }
-    }
-
-    fn upstream(&self) -> Upstream {
-        match self {
-            Self::Cairn(slot) => Upstream::Cairn(slot.feed.clone(), slot.served.clone()),
-            Self::Relay(slot) => Upstream::Relay(slot.feed.clone(), slot.served.clone()),
-        }
-    }
 }
 
 /// One phase of a run (from its start or a power cut to the next cut or its end).
@@ -195,9 +145,9 @@ struct Phase<'a> {
     seed: u64,
     carry: Carry,
     oracle: Oracle<ed25519::PublicKey, deterministic::Context>,
-    validators: Vec<Slot<ValidatorChain>>,
-    producer: Slot<ValidatorChain>,
-    followers: Vec<FollowerSlot>,
+    validators: Vec<Slot>,
+    producer: Slot,
+    followers: Vec<Slot>,
     /// What followers follow (`None` if the producer's genesis could not be made).
     profile: Option<cairn_epoch::ChainProfile>,
     start: SystemTime,
@@ -280,10 +230,7 @@ impl<'a> Phase<'a> {
         let followers = simulation
             .followers
             .iter()
-            .map(|follower| match follower.kind {
-                FollowerKind::Cairn => FollowerSlot::Cairn(Slot::new()),
-                FollowerKind::TrustingRelay => FollowerSlot::Relay(Slot::new()),
-            })
+            .map(|_| Slot::default())
             .collect();
         let profile = match simulation.maker {
             ChainMaker::Validators => Some(chain.profile()),
@@ -306,8 +253,10 @@ impl<'a> Phase<'a> {
             seed,
             carry,
             oracle,
-            validators: (0..simulation.validators).map(|_| Slot::new()).collect(),
-            producer: Slot::new(),
+            validators: (0..simulation.validators)
+                .map(|_| Slot::default())
+                .collect(),
+            producer: Slot::default(),
             followers,
             profile,
             start,
@@ -329,13 +278,23 @@ impl<'a> Phase<'a> {
         phase
     }
 
-    /// The slot of a validator or the producer.
-    fn maker(&mut self, node: Node) -> Option<&mut Slot<ValidatorChain>> {
+    /// The slot of `node`.
+    fn slot(&mut self, node: Node) -> &mut Slot {
         match node {
-            Node::Validator(index) => self.validators.get_mut(index),
-            Node::Producer => Some(&mut self.producer),
-            Node::Follower(_) => None,
+            Node::Validator(index) => &mut self.validators[index],
+            Node::Producer => &mut self.producer,
+            Node::Follower(index) => &mut self.followers[index],
         }
+    }
+
+    /// Every node of the simulation.
+    fn nodes(&self) -> Vec<Node> {
+        let followers = (0..self.simulation.followers.len()).map(Node::Follower);
+        self.simulation
+            .makers()
+            .into_iter()
+            .chain(followers)
+            .collect()
     }
 
     /// What the RPC of `node` (a validator or the producer) serves: `lie` in its mode, or the
@@ -345,9 +304,7 @@ impl<'a> Phase<'a> {
             Node::Validator(index) => index as u64,
             _ => 1 << 32,
         });
-        if let Some(slot) = self.maker(node) {
-            slot.served.lie(lie, seed);
-        }
+        self.slot(node).reached.served.lie(lie, seed);
     }
 
     fn now(&self) -> Duration {
@@ -397,25 +354,24 @@ impl<'a> Phase<'a> {
         let context = self.context.child("node");
         match node {
             Node::Validator(index) => {
-                let slot = &mut self.validators[index];
-                slot.running = Some(start_validator(
+                let running = start_validator(
                     context.with_attribute("validator", index),
                     self.chain.clone(),
                     self.oracle.clone(),
                     index,
                     self.simulation.timeouts,
-                    (slot.feed.clone(), slot.served.clone()),
-                ));
+                    self.validators[index].reached.clone(),
+                );
+                self.validators[index].running = Some(running);
                 self.carry.observer.maker_started(node);
             }
             Node::Producer => {
-                let config = devnet_config(self.simulation, self.seed);
-                let slot = &mut self.producer;
-                slot.running = Some(start_producer(
+                let running = start_producer(
                     context.with_attribute("producer", 0),
-                    config,
-                    (slot.feed.clone(), slot.served.clone()),
-                ));
+                    devnet_config(self.simulation, self.seed),
+                    self.producer.reached.clone(),
+                );
+                self.producer.running = Some(running);
                 self.carry.observer.maker_started(node);
             }
             Node::Follower(index) => {
@@ -423,25 +379,12 @@ impl<'a> Phase<'a> {
                 let upstreams = setup
                     .upstreams
                     .iter()
-                    .map(|upstream| {
-                        let reached = match *upstream {
-                            Node::Validator(v) => Upstream::Validator(
-                                self.validators[v].feed.clone(),
-                                self.validators[v].served.clone(),
-                            ),
-                            Node::Producer => Upstream::Validator(
-                                self.producer.feed.clone(),
-                                self.producer.served.clone(),
-                            ),
-                            Node::Follower(f) => self.followers[f].upstream(),
-                        };
-                        (upstream.to_string(), reached)
-                    })
+                    .map(|upstream| (upstream.to_string(), self.slot(*upstream).reached.clone()))
                     .collect();
                 let Some(profile) = self.profile.clone() else {
                     return;
                 };
-                let served = self.followers[index].upstream();
+                let served = self.followers[index].reached.clone();
                 let running = start_follower(
                     context.with_attribute("follower", index),
                     cairn_follow::EngineConfig::new(profile),
@@ -450,7 +393,7 @@ impl<'a> Phase<'a> {
                     upstreams,
                     served,
                 );
-                *self.followers[index].running() = Some(running);
+                self.followers[index].running = Some(running);
                 self.carry.observer.follower_started(index);
             }
         }
@@ -458,18 +401,9 @@ impl<'a> Phase<'a> {
 
     /// Kills `node` (if it runs).
     fn kill(&mut self, node: Node) {
-        let running = match node {
-            Node::Validator(_) | Node::Producer => self.maker(node).and_then(|slot| {
-                slot.served.down();
-                slot.running.take()
-            }),
-            Node::Follower(index) => {
-                let slot = &mut self.followers[index];
-                slot.down();
-                slot.running().take()
-            }
-        };
-        if let Some(running) = running {
+        let slot = self.slot(node);
+        slot.reached.served.down();
+        if let Some(running) = slot.running.take() {
             running.kill();
         }
     }
@@ -477,21 +411,12 @@ impl<'a> Phase<'a> {
     /// Notes the nodes that stopped on their own, and starts again those whose delay is over.
     fn supervise(&mut self, now: Duration) {
         let mut stopped = Vec::new();
-        for maker in self.simulation.makers() {
-            let Some(slot) = self.maker(maker) else {
-                continue;
-            };
+        for node in self.nodes() {
+            let slot = self.slot(node);
             if let Some(stop) = slot.running.as_mut().and_then(Running::stopped) {
                 slot.running = None;
-                slot.served.down();
-                stopped.push((maker, stop));
-            }
-        }
-        for (index, slot) in self.followers.iter_mut().enumerate() {
-            if let Some(stop) = slot.running().as_mut().and_then(Running::stopped) {
-                *slot.running() = None;
-                slot.down();
-                stopped.push((Node::Follower(index), stop));
+                slot.reached.served.down();
+                stopped.push((node, stop));
             }
         }
         for (node, stop) in stopped {
@@ -513,31 +438,16 @@ impl<'a> Phase<'a> {
                     );
                 }
             } else {
-                let restart_at = Some(now + RESTART_DELAY);
-                match node {
-                    Node::Validator(_) | Node::Producer => {
-                        if let Some(slot) = self.maker(node) {
-                            slot.restart_at = restart_at;
-                        }
-                    }
-                    Node::Follower(index) => *self.followers[index].restart_at() = restart_at,
-                }
+                self.slot(node).restart_at = Some(now + RESTART_DELAY);
             }
             self.carry.stops.push((now, node, stop));
         }
         let mut due = Vec::new();
-        for maker in self.simulation.makers() {
-            if let Some(slot) = self.maker(maker)
-                && slot.restart_at.is_some_and(|at| at <= now)
-            {
+        for node in self.nodes() {
+            let slot = self.slot(node);
+            if slot.restart_at.is_some_and(|at| at <= now) {
                 slot.restart_at = None;
-                due.push(maker);
-            }
-        }
-        for (index, slot) in self.followers.iter_mut().enumerate() {
-            if slot.restart_at().is_some_and(|at| at <= now) {
-                *slot.restart_at() = None;
-                due.push(Node::Follower(index));
+                due.push(node);
             }
         }
         for node in due {
@@ -548,12 +458,7 @@ impl<'a> Phase<'a> {
     }
 
     fn is_running(&mut self, node: Node) -> bool {
-        match node {
-            Node::Validator(_) | Node::Producer => {
-                self.maker(node).is_some_and(|slot| slot.running.is_some())
-            }
-            Node::Follower(index) => self.followers[index].running().is_some(),
-        }
+        self.slot(node).running.is_some()
     }
 
     /// Applies `action`; `true` when it is a power cut (the phase ends).
@@ -617,44 +522,32 @@ impl<'a> Phase<'a> {
 
     /// Reads every running node's chain and checks the properties.
     async fn observe(&mut self, now: Duration) {
-        for maker in self.simulation.makers() {
-            let chain = self.maker(maker).and_then(|slot| slot.served.chain());
-            if let Some(chain) = chain {
-                self.carry.observer.scan_maker(now, maker, &chain).await;
-            }
-        }
-        for (index, slot) in self.followers.iter().enumerate() {
-            match slot {
-                FollowerSlot::Cairn(slot) => {
-                    if let Some(chain) = slot.served.chain() {
-                        self.carry.observer.scan_follower(now, index, &chain).await;
-                    }
+        for node in self.nodes() {
+            let Some(chain) = self.slot(node).reached.served.chain() else {
+                continue;
+            };
+            match node {
+                Node::Follower(index) => {
+                    self.carry.observer.scan_follower(now, index, &chain).await;
                 }
-                FollowerSlot::Relay(slot) => {
-                    if let Some(chain) = slot.served.chain() {
-                        self.carry.observer.scan_follower(now, index, &chain).await;
-                    }
-                }
+                maker => self.carry.observer.scan_maker(now, maker, &chain).await,
             }
         }
     }
 
-    /// Every follower runs and serves within [`AT_THE_TIP`] of the validators' tip.
+    /// Every follower runs and serves within [`AT_THE_TIP`] of the tip of the chain's makers.
     fn at_the_tip(&self) -> bool {
+        let height = |slot: &Slot| slot.reached.served.chain()?.finalized_height();
         let tip = self
             .validators
             .iter()
             .chain(std::iter::once(&self.producer))
-            .filter_map(|slot| slot.served.chain()?.finalized_height())
+            .filter_map(height)
             .max()
             .unwrap_or(0);
-        self.followers.iter().all(|slot| {
-            let height = match slot {
-                FollowerSlot::Cairn(slot) => slot.served.chain().and_then(|c| c.finalized_height()),
-                FollowerSlot::Relay(slot) => slot.served.chain().and_then(|c| c.finalized_height()),
-            };
-            height.is_some_and(|height| height + AT_THE_TIP >= tip)
-        })
+        self.followers
+            .iter()
+            .all(|slot| height(slot).is_some_and(|height| height + AT_THE_TIP >= tip))
     }
 
     /// Ends every fault the plan left on.
@@ -746,23 +639,12 @@ impl<'a> Phase<'a> {
                 .violated(now, None, Property::ValidatorsGoOn, detail);
         }
         let epoch_length = self.simulation.epoch_length;
-        for (index, slot) in self.followers.iter().enumerate() {
-            match slot {
-                FollowerSlot::Cairn(slot) => {
-                    let chain = slot.served.chain();
-                    self.carry
-                        .observer
-                        .finish_follower(now, index, chain.as_ref(), epoch_length)
-                        .await;
-                }
-                FollowerSlot::Relay(slot) => {
-                    let chain = slot.served.chain();
-                    self.carry
-                        .observer
-                        .finish_follower(now, index, chain.as_ref(), epoch_length)
-                        .await;
-                }
-            }
+        for index in 0..self.followers.len() {
+            let chain = self.followers[index].reached.served.chain();
+            self.carry
+                .observer
+                .finish_follower(now, index, chain.as_ref(), epoch_length)
+                .await;
         }
         self.carry.ended_at = now;
         self.carry.digest = Some(self.context.auditor().state());

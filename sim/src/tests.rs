@@ -155,13 +155,10 @@ fn setups_that_cannot_run_are_refused_naming_why() {
     assert!(err.to_string().contains("follows the producer"), "{err}");
 }
 
-/// Random plans over shorter spans than `cairn-sim`'s (for a quicker suite), two at a time.
+/// Random plans, as `cairn-sim --seeds 0..50` draws them, two at a time.
 #[test]
 fn fifty_random_seeds_keep_every_property() {
-    let rates = Rates {
-        span: secs(15),
-        ..Rates::default()
-    };
+    let rates = Rates::default();
     let seeds: Vec<u64> = (0..50).collect();
     let reports: Vec<_> = std::thread::scope(|scope| {
         let halves: Vec<_> = seeds
