@@ -17,7 +17,7 @@ use std::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Property {
     /// Every block a follower serves is the block the validators finalized at its height, and
-    /// every certificate it serves is theirs, byte for byte.
+    /// every certificate it serves is one of theirs for that block, byte for byte.
     ServesTheFinalizedChain,
     /// A follower never serves two different blocks at one height.
     ServesEachHeightOnce,
@@ -82,11 +82,14 @@ impl fmt::Display for Violation {
     }
 }
 
-/// What the validators finalized at one height.
+/// What the validators finalized at one height: one block, and every certificate of it they
+/// hold. A block can have several: the last block of an epoch is proposed again in the views
+/// after it until the epoch ends (marshal's inline wrapper), and each of those views finalizes
+/// it anew, in its own round.
 #[derive(Clone, Debug, Default)]
 struct Finalized {
     hash: B256,
-    certificate: Option<String>,
+    certificates: BTreeSet<String>,
 }
 
 /// What one follower was seen serving.
@@ -197,21 +200,16 @@ impl Observer {
             let hash = B256::from(block.hash().0);
             let known = self.reference.entry(height).or_insert_with(|| Finalized {
                 hash,
-                certificate: None,
+                certificates: BTreeSet::new(),
             });
             let mut disagreement = None;
-            if known.hash != hash {
+            if known.hash == hash {
+                known.certificates.extend(certificate);
+            } else {
                 disagreement = Some(format!(
                     "height {height}: {hash} where another validator has {}",
                     known.hash
                 ));
-            }
-            match (&known.certificate, certificate) {
-                (None, Some(certificate)) => known.certificate = Some(certificate),
-                (Some(known), Some(certificate)) if *known != certificate => {
-                    disagreement = Some(format!("height {height}: two certificates for one block"));
-                }
-                _ => {}
             }
             if let Some(detail) = disagreement {
                 self.violated(at, node, Property::ValidatorsAgree, detail);
@@ -295,21 +293,19 @@ impl Observer {
         }
         let certificates = std::mem::take(&mut served.certificates);
         for (height, certificate) in certificates {
-            match self
+            let held = self
                 .reference
                 .get(&height)
-                .and_then(|f| f.certificate.as_ref())
-            {
-                Some(finalized) if *finalized == certificate => {}
-                Some(_) => found.push(format!(
-                    "height {height}: serves a certificate the validators do not hold"
-                )),
-                None if last => found.push(format!(
+                .is_some_and(|finalized| finalized.certificates.contains(&certificate));
+            if held {
+                continue;
+            }
+            if last {
+                found.push(format!(
                     "height {height}: serves a certificate no validator holds"
-                )),
-                None => {
-                    served.certificates.insert(height, certificate);
-                }
+                ));
+            } else {
+                served.certificates.insert(height, certificate);
             }
         }
         if let Some(first) = found.first() {

@@ -613,6 +613,11 @@ impl<'a> Phase<'a> {
 
     /// The last checks, and the run's digest.
     async fn finish(mut self, now: Duration, over: bool) -> Carry {
+        // The makers' stores are read whole once more: a certificate stored just after its
+        // block was read is then known too.
+        for maker in self.simulation.makers() {
+            self.carry.observer.maker_started(maker);
+        }
         self.observe(now).await;
         let tip = self.carry.observer.tip();
         if over && self.carry.caught_up_after.is_none() {
