@@ -154,31 +154,42 @@ impl<T: Transport> Actor<T> {
             requests,
             mut incoming,
         } = connection;
+        // Events and requests take turns at being looked at first: fair when both keep coming,
+        // and the same order on every replay of a deterministic run.
+        let mut requests_first = false;
         loop {
-            tokio::select! {
-                biased;
-                item = incoming.next() => match item {
-                    Some(Incoming::Event(event)) => {
-                        if !self.notify(Notification::Event(event)).await {
-                            return Ended::Stop;
-                        }
+            requests_first = !requests_first;
+            let step = if requests_first {
+                tokio::select! {
+                    biased;
+                    message = self.mailbox.recv() => Step::Request(message),
+                    item = incoming.next() => Step::Incoming(item),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    item = incoming.next() => Step::Incoming(item),
+                    message = self.mailbox.recv() => Step::Request(message),
+                }
+            };
+            match step {
+                Step::Incoming(Some(Incoming::Event(event))) => {
+                    if !self.notify(Notification::Event(event)).await {
+                        return Ended::Stop;
                     }
-                    Some(Incoming::Unparsable(err)) => {
-                        warn!(url = %self.url, %err, "upstream sent an event that does not parse; skipped");
-                        let what = format!("an event that does not parse: {err}");
-                        if !self.notify(Notification::Invalid { what }).await {
-                            return Ended::Stop;
-                        }
+                }
+                Step::Incoming(Some(Incoming::Unparsable(err))) => {
+                    warn!(url = %self.url, %err, "upstream sent an event that does not parse; skipped");
+                    let what = format!("an event that does not parse: {err}");
+                    if !self.notify(Notification::Invalid { what }).await {
+                        return Ended::Stop;
                     }
-                    Some(Incoming::Lost { reason, oversized }) => {
-                        return self.lost(reason, oversized).await;
-                    }
-                    None => return Ended::Stop,
-                },
-                message = self.mailbox.recv() => match message {
-                    Some(message) => self.dispatch(context, &requests, message),
-                    None => return Ended::Stop,
-                },
+                }
+                Step::Incoming(Some(Incoming::Lost { reason, oversized })) => {
+                    return self.lost(reason, oversized).await;
+                }
+                Step::Request(Some(message)) => self.dispatch(context, &requests, message),
+                Step::Incoming(None) | Step::Request(None) => return Ended::Stop,
             }
         }
     }
@@ -210,6 +221,14 @@ impl<T: Transport> Actor<T> {
             answer(requests, message).await;
         });
     }
+}
+
+/// What a connection's loop takes next.
+enum Step {
+    /// What the upstream sent (`None`: the connection ended).
+    Incoming(Option<Incoming>),
+    /// A request to send it (`None`: every mailbox is gone).
+    Request(Option<Message>),
 }
 
 /// Answers `message` through `requests`, unless its requester stops waiting first.
