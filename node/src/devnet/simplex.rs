@@ -76,8 +76,20 @@ pub(super) fn check(args: &DevnetArgs) -> eyre::Result<()> {
     Ok(())
 }
 
-/// A port the OS has free now on 127.0.0.1.
+/// Ports a validator is given when the OS chooses: below the range Linux hands out for
+/// `:0` and outgoing connections (32768 and up), so that nothing opened between this choice
+/// and the validator's start can take the port.
+const CHOSEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port free now on 127.0.0.1, from [`CHOSEN_PORTS`] if one of a few tries is free.
 fn free_port() -> eyre::Result<u16> {
+    let mut rng = rand::rng();
+    for _ in 0..64 {
+        let port = rand::RngExt::random_range(&mut rng, CHOSEN_PORTS);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").wrap_err("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -161,7 +173,19 @@ fn create(args: &DevnetArgs, datadir: &Path) -> eyre::Result<NetworkFile> {
 
 /// A validator child process, stopped when dropped; it also stops by itself when the devnet
 /// is gone (its standard input, a pipe from the devnet, closes).
-struct ValidatorProcess(Child);
+struct ValidatorProcess(Child, bool);
+
+impl ValidatorProcess {
+    /// How the process ended, the first time it is seen ended.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        if self.1 {
+            return None;
+        }
+        let status = self.0.try_wait().ok().flatten()?;
+        self.1 = true;
+        Some(status)
+    }
+}
 
 impl Drop for ValidatorProcess {
     fn drop(&mut self) {
@@ -273,11 +297,10 @@ pub(super) fn run(args: DevnetArgs) -> eyre::Result<()> {
     }
     let mut validators = Vec::with_capacity(network.validators.len());
     for index in 0..network.validators.len() {
-        validators.push(ValidatorProcess(start_validator(
-            &datadir,
-            &network_path,
-            index,
-        )?));
+        validators.push(ValidatorProcess(
+            start_validator(&datadir, &network_path, index)?,
+            false,
+        ));
     }
     say!(
         "started {} simplex validators (committees of {}, epochs of {}) | chain profile {} | \
@@ -315,6 +338,18 @@ pub(super) fn run(args: DevnetArgs) -> eyre::Result<()> {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = ticker.tick() => {}
+            }
+            for (index, validator) in validators.iter_mut().enumerate() {
+                if let Some(status) = validator.exited() {
+                    say!(
+                        "validator {index} exited ({status}); its log: {}",
+                        datadir
+                            .join("validators")
+                            .join(index.to_string())
+                            .join("validator.log")
+                            .display()
+                    );
+                }
             }
             let mut heights = Vec::with_capacity(network.validators.len());
             for member in &network.validators {
