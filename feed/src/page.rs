@@ -8,6 +8,7 @@ use jsonrpsee::{
     server::{HttpBody, HttpRequest, HttpResponse},
 };
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::{
     future::Future,
     pin::Pin,
@@ -103,4 +104,23 @@ pub struct CeremonyView {
     pub dealers: usize,
     /// Players that received shares.
     pub players: usize,
+}
+
+/// Epochs whose committee and ceremony a status page keeps (the newest).
+pub const STATUS_EPOCHS: usize = 32;
+
+/// Adds an epoch's `committee` and the `ceremony` that made its key, keeping the newest
+/// [`STATUS_EPOCHS`] of each (one of each per epoch: the two lists grow together).
+pub fn remember_epoch(
+    committees: &mut VecDeque<CommitteeView>,
+    ceremonies: &mut VecDeque<CeremonyView>,
+    committee: CommitteeView,
+    ceremony: CeremonyView,
+) {
+    committees.push_back(committee);
+    ceremonies.push_back(ceremony);
+    if committees.len() > STATUS_EPOCHS {
+        committees.pop_front();
+        ceremonies.pop_front();
+    }
 }

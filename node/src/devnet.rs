@@ -9,7 +9,7 @@ use cairn_devnet::{
     Devnet, DevnetConfig, EpochEntry, KeyOrigin,
     faults::{Fault, Faults, FaultyChain},
 };
-use cairn_feed::page::{CeremonyView, CommitteeView};
+use cairn_feed::page::{CeremonyView, CommitteeView, remember_epoch};
 use cairn_feed::{ChainReader, FeedState, RpcConfig, StatusSource};
 use cairn_storage::registry::IdentityHistory;
 use clap::Args;
@@ -221,9 +221,6 @@ fn print_epoch(entry: &EpochEntry, validators: usize) {
     );
 }
 
-/// Committees and ceremonies the devnet's status keeps (the newest).
-const STATUS_EPOCHS: usize = 32;
-
 /// The devnet's status, shared with the RPC server (cheap to clone).
 #[derive(Clone)]
 struct DevnetBoard {
@@ -276,7 +273,7 @@ impl DevnetBoard {
                 .committees
                 .back()
                 .map_or(0, |previous| previous.validators.len());
-            status.committees.push_back(CommitteeView {
+            let committee = CommitteeView {
                 epoch: entry.epoch,
                 first_height,
                 last_height: self.epochs.boundary_height(epoch).unwrap_or_default(),
@@ -289,8 +286,8 @@ impl DevnetBoard {
                     u32::try_from(players.max(1)).unwrap_or(u32::MAX),
                 ),
                 identity: alloy_primitives::hex::encode_prefixed(entry.identity.encode()),
-            });
-            status.ceremonies.push_back(CeremonyView {
+            };
+            let ceremony = CeremonyView {
                 for_epoch: entry.epoch,
                 kind: entry.origin.to_string(),
                 boundary: first_height.checked_sub(1),
@@ -300,12 +297,13 @@ impl DevnetBoard {
                     players
                 },
                 players,
-            });
-            // One committee and one ceremony per epoch: the two lists grow together.
-            if status.committees.len() > STATUS_EPOCHS {
-                status.committees.pop_front();
-                status.ceremonies.pop_front();
-            }
+            };
+            remember_epoch(
+                &mut status.committees,
+                &mut status.ceremonies,
+                committee,
+                ceremony,
+            );
             status.identities = identities;
         });
     }

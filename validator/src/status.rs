@@ -8,7 +8,7 @@
 
 use crate::{ValidatorBlock, ValidatorEpochInfo};
 use alloy_primitives::hex;
-use cairn_feed::page::{CeremonyView, CommitteeView};
+use cairn_feed::page::{CeremonyView, CommitteeView, remember_epoch};
 use cairn_storage::registry::IdentityChange;
 use commonware_codec::Encode as _;
 use commonware_consensus::CertifiableBlock as _;
@@ -21,8 +21,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// Committees and ceremonies the status keeps (the newest).
-pub const STATUS_EPOCHS: usize = 32;
 /// Blocks the rate is measured over (by their proposers' timestamps).
 const RATE_WINDOW: usize = 64;
 
@@ -83,19 +81,19 @@ impl ValidatorStatus {
         }
         let first_height = epoch * self.epoch_length;
         let committee = info.output.players();
-        self.committees.push_back(CommitteeView {
+        let committee_view = CommitteeView {
             epoch,
             first_height,
             last_height: first_height + self.epoch_length.saturating_sub(1),
             validators: committee.iter().map(short_key).collect(),
             threshold: info.output.quorum::<N3f1>(),
             identity,
-        });
+        };
         let outcome = match info.outcome {
             EpochOutcome::Success => "success",
             EpochOutcome::Failure => "failure (the previous key carries on)",
         };
-        self.ceremonies.push_back(CeremonyView {
+        let ceremony = CeremonyView {
             for_epoch: epoch,
             kind: match boundary {
                 None => "genesis".to_string(),
@@ -104,12 +102,13 @@ impl ValidatorStatus {
             boundary,
             dealers: info.output.dealers().len(),
             players: committee.len(),
-        });
-        // One committee and one ceremony per epoch: the two lists grow together.
-        if self.committees.len() > STATUS_EPOCHS {
-            self.committees.pop_front();
-            self.ceremonies.pop_front();
-        }
+        };
+        remember_epoch(
+            &mut self.committees,
+            &mut self.ceremonies,
+            committee_view,
+            ceremony,
+        );
     }
 }
 
